@@ -1,0 +1,73 @@
+"""Coordinate-wise rules: weighted mean, median, trimmed mean, mean-around-median."""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import require
+from ._columns import reduce_sorted
+from .report import Report
+
+
+def weighted_mean(stack: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The gossip baseline: sum_i w_i x_i / sum_i w_i (plain mean without weights)."""
+    if weights is None:
+        return stack.mean(dim=0)
+    w = weights.to(stack.dtype)
+    return (w / w.sum()) @ stack
+
+
+def mean(stack, weights, *, f: int = 0):
+    n = stack.shape[0]
+    details = {"weighted": weights is not None}
+    if f:
+        details["note"] = "mean tolerates no Byzantine row; f is recorded only"
+    return weighted_mean(stack, weights), Report("mean", n, f, details=details)
+
+
+def _middle(block: torch.Tensor) -> torch.Tensor:
+    """Median of each sorted column, numpy's definition (mean of the two middles if even)."""
+    n = block.shape[0]
+    if n % 2:
+        return block[n // 2].clone()
+    return (block[n // 2 - 1] + block[n // 2]) * 0.5
+
+
+def median(stack, weights, *, f: int = 0):
+    n = stack.shape[0]
+    require(n > 2 * f, "median", "n > 2f (an honest majority)", n, f)
+    return reduce_sorted(stack, _middle), Report("median", n, f)
+
+
+def trimmed_mean(stack, weights, *, f: int = 0):
+    n = stack.shape[0]
+    require(n > 2 * f, "trimmed_mean", "n > 2f (trims f rows per side)", n, f)
+    if f == 0:
+        return stack.mean(dim=0), Report("trimmed_mean", n, f, details={"trimmed_per_side": 0})
+    value = reduce_sorted(stack, lambda b: b[f : n - f].mean(dim=0))
+    return value, Report("trimmed_mean", n, f, details={"trimmed_per_side": f})
+
+
+def closest_to_median(block: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the k values of each sorted column closest to that column's median.
+
+    The k nearest values of a sorted column form a contiguous window; of the n - k + 1
+    windows, keep the one with the smallest sum of distances to the median (the first,
+    i.e. the one holding the smaller values, on a tie).
+    """
+    n = block.shape[0]
+    if k == n:
+        return block.mean(dim=0)
+    m = _middle(block)
+    windows = block.unfold(0, k, 1)  # (n - k + 1, C, k), a view
+    spread = (windows - m[None, :, None]).abs_().sum(dim=-1)  # (n - k + 1, C)
+    best = spread.argmin(dim=0, keepdim=True)
+    return windows.sum(dim=-1).gather(0, best).squeeze(0) / k
+
+
+def meamed(stack, weights, *, f: int = 0):
+    """MeaMed (Xie et al. 2018): per coordinate, the mean of the n - f values nearest the median."""
+    n = stack.shape[0]
+    require(n > 2 * f, "meamed", "n > 2f (an honest majority)", n, f)
+    value = reduce_sorted(stack, lambda b: closest_to_median(b, n - f))
+    return value, Report("meamed", n, f, details={"averaged_per_coordinate": n - f})

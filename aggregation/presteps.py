@@ -1,0 +1,46 @@
+"""Pre-aggregation steps that compose with any rule: each turns the (n, d) stack into
+another stack (and weights) by a mixing matrix M, value = M @ stack, so they never
+copy rows around.
+
+- nnm (Allouah et al. 2023): each row becomes the mean of its n - f nearest rows (itself included).
+- bucketing (Karimireddy, He, Jaggi 2022): rows are shuffled into buckets of size s and averaged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import AggregationError
+from .distances import squared_distances
+
+
+def nnm(stack, weights, *, f: int = 0):
+    n = stack.shape[0]
+    if not n > f:
+        raise AggregationError(f"nnm requires n > f; got n = {n}, f = {f}")
+    dist = squared_distances(stack)
+    # Self distance is 0, so each row is among its own nearest; ties go to lower indices.
+    order = torch.from_numpy(dist.numpy().argsort(axis=1, kind="stable")[:, : n - f].copy())
+    mix = torch.zeros(n, n, dtype=stack.dtype)
+    mix.scatter_(1, order, 1.0 / (n - f))
+    return mix @ stack, weights, {"step": "nnm", "f": f, "neighbours": n - f}
+
+
+def bucketing(stack, weights, *, f: int = 0, bucket_size: int = 2, seed: int = 0):
+    n = stack.shape[0]
+    s = bucket_size
+    if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+        raise AggregationError(f"bucketing: bucket_size must be a whole number >= 1, got {s!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=gen)
+    buckets = (n + s - 1) // s
+    w = torch.ones(n, dtype=stack.dtype) if weights is None else weights.to(stack.dtype)
+    member = torch.zeros(buckets, n, dtype=stack.dtype)
+    member[torch.arange(n) // s, perm] = 1.0
+    mass = member @ w
+    if bool((mass <= 0).any()):
+        raise AggregationError("bucketing: a bucket holds only zero-weight rows")
+    mix = member * w[None, :] / mass[:, None]
+    new_weights = None if weights is None else mass
+    groups = [perm[b * s : (b + 1) * s].tolist() for b in range(buckets)]
+    return mix @ stack, new_weights, {"step": "bucketing", "bucket_size": s, "buckets": groups}

@@ -1,0 +1,116 @@
+"""Names -> rules, so configs and the CLI can name them, and the one front door `aggregate`."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from . import clipping, coordinate, geomed, krum, mda, presteps
+from ._checks import AggregationError, check_f, check_stack, check_weights, is_uniform
+from .report import Aggregate
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    fn: Callable
+    takes_weights: bool
+    requirement: str
+    summary: str
+
+    @property
+    def params(self) -> list[str]:
+        sig = inspect.signature(self.fn)
+        return [p for p, v in sig.parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+_RULES = [
+    Rule("mean", coordinate.mean, True, "none (no robustness)", "weighted average: the gossip baseline"),
+    Rule("median", coordinate.median, False, "n > 2f", "coordinate-wise median"),
+    Rule("trimmed_mean", coordinate.trimmed_mean, False, "n > 2f", "coordinate-wise mean after trimming f per side"),
+    Rule("krum", krum.krum, False, "n > 2f + 2", "the row with the smallest Krum score"),
+    Rule("multi_krum", krum.multi_krum, True, "n > 2f + 2", "mean of the m best Krum rows"),
+    Rule("bulyan", krum.bulyan, False, "n >= 4f + 3", "Krum selection then mean around the median"),
+    Rule("geomed", geomed.geomed, True, "n > 2f", "geometric median (smoothed Weiszfeld)"),
+    Rule("centered_clip", clipping.centered_clip, True, "n > 2f", "centred clipping around a robust start"),
+    Rule("self_centered_clip", clipping.self_centered_clip, True, "n > 2f",
+         "each neighbour's pull on the own model clipped (ClippedGossip)"),
+    Rule("meamed", coordinate.meamed, False, "n > 2f", "coordinate-wise mean of the n - f values nearest the median"),
+    Rule("mda", mda.mda, True, f"n > 2f and C(n, f) <= {mda.MAX_SUBSETS:,}", "mean of the minimum-diameter n - f rows"),
+]
+PRE_REGISTRY = {
+    "nnm": Rule("nnm", presteps.nnm, True, "n > f", "nearest-neighbour mixing"),
+    "bucketing": Rule("bucketing", presteps.bucketing, True, "bucket_size >= 1", "average random buckets"),
+}
+
+REGISTRY: dict[str, Rule] = {r.name: r for r in _RULES}
+RULES: tuple[str, ...] = tuple(REGISTRY)
+PRE_STEPS: tuple[str, ...] = tuple(PRE_REGISTRY)
+
+
+def parse_rule(spec: str) -> tuple[list[str], str]:
+    """'nnm+krum' -> (['nnm'], 'krum'): pre-steps joined to the rule with '+'."""
+    parts = [p.strip() for p in spec.split("+")] if isinstance(spec, str) else []
+    if not parts or not all(parts):
+        raise AggregationError(f"aggregation rule must be a name such as 'median' or 'nnm+krum', got {spec!r}")
+    *pre, rule = parts
+    if rule not in REGISTRY:
+        raise AggregationError(f"unknown aggregation rule {rule!r}; choose one of {', '.join(RULES)}")
+    for p in pre:
+        if p not in PRE_REGISTRY:
+            raise AggregationError(f"unknown pre-aggregation step {p!r}; choose from {', '.join(PRE_STEPS)}")
+    return pre, rule
+
+
+def _split_params(rule: Rule, steps: list[Rule], params: dict) -> tuple[dict, list[dict]]:
+    """Route keyword parameters: `f` goes everywhere, the rest to whichever step names it."""
+    known = set(rule.params)
+    for s in steps:
+        known |= set(s.params)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise AggregationError(
+            f"unknown parameter(s) {unknown} for {'+'.join([s.name for s in steps] + [rule.name])}; "
+            f"allowed: {sorted(known)}")
+    rule_params = {k: v for k, v in params.items() if k in rule.params}
+    step_params = [{k: v for k, v in params.items() if k in s.params} for s in steps]
+    return rule_params, step_params
+
+
+def aggregate(rule: str, stack: torch.Tensor, weights: torch.Tensor | None = None, *,
+              pre: Sequence[str] = (), **params) -> Aggregate:
+    """Aggregate the rows of `stack` (n, d) with the named rule.
+
+    `rule` may carry pre-steps ('nnm+krum'), or they may be given as `pre=['nnm']`.
+    `f` is the number of Byzantine rows the rule must tolerate. Non-uniform weights are
+    refused by rules that have no weighted form, rather than silently ignored.
+    """
+    pre_names, rule_name = parse_rule(rule)
+    pre_names = list(pre) + pre_names
+    for p in pre_names:
+        if p not in PRE_REGISTRY:
+            raise AggregationError(f"unknown pre-aggregation step {p!r}; choose from {', '.join(PRE_STEPS)}")
+    chosen = REGISTRY[rule_name]
+    steps = [PRE_REGISTRY[p] for p in pre_names]
+    params.setdefault("f", 0)
+    check_f(params["f"])
+    rule_params, step_params = _split_params(chosen, steps, params)
+
+    x = check_stack(stack)
+    w = check_weights(weights, x.shape[0])
+    pre_reports = []
+    for step, sp in zip(steps, step_params, strict=True):
+        x, w, info = step.fn(x, w, **sp)
+        pre_reports.append(info)
+    if not chosen.takes_weights and not is_uniform(w):
+        raise AggregationError(
+            f"{rule_name} has no weighted form; pass weights=None or use one of "
+            f"{', '.join(r.name for r in _RULES if r.takes_weights)}")
+    if not chosen.takes_weights:
+        w = None
+    value, report = chosen.fn(x, w, **rule_params)
+    report.pre = pre_reports
+    return Aggregate(value, report)

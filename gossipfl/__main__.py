@@ -1,0 +1,3 @@
+from gossipfl.cli import main
+
+main()

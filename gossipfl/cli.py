@@ -1,0 +1,61 @@
+"""The `gossipfl` command. Each subcommand parses its arguments, calls one function of a
+package, and prints; errors that a user can fix become one line and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from gossipfl import __version__
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The project's typed errors: shown as one line, never a traceback."""
+    from aggregation import AggregationError
+
+    return (AggregationError,)
+
+
+def friendly(fn):
+    """Turn the project's typed errors into `error: ...` and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except user_errors() as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="gossipfl")
+def main() -> None:
+    """gossipfl: serverless peer-to-peer federated learning with signed, auditable,
+    robustly aggregated updates."""
+
+
+@main.command("rules")
+def rules_cmd() -> None:
+    """List the aggregation rules and pre-steps with their requirements."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from aggregation import PRE_REGISTRY, PRE_STEPS, REGISTRY, RULES
+
+    table = Table(title="aggregation rules")
+    table.add_column("name", no_wrap=True)
+    for col in ("tolerates f when", "weights", "parameters", "what it does"):
+        table.add_column(col)
+    for name in RULES:
+        r = REGISTRY[name]
+        table.add_row(name, r.requirement, "yes" if r.takes_weights else "uniform only",
+                      ", ".join(r.params), r.summary)
+    for name in PRE_STEPS:
+        r = PRE_REGISTRY[name]
+        table.add_row(f"{name}+RULE", r.requirement, "passes on", ", ".join(r.params), r.summary)
+    Console().print(table)
