@@ -1,0 +1,75 @@
+"""Payload codecs: flat float32 parameters <-> little-endian bytes.
+
+- raw-f32: the bytes of the tensor; decode is zero-copy (a view on the received buffer).
+- f16:     half precision; half the bytes.
+- int8:    symmetric int8 with one float32 scale per block of INT8_BLOCK values (a scale
+           per block, not per whole model, so one large layer does not flatten the rest);
+           payload = scales then codes; a quarter of the bytes plus 1/1024.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from .errors import CodecError
+
+CODECS = ("raw-f32", "f16", "int8")
+INT8_BLOCK = 4096
+
+
+def _n_blocks(n: int) -> int:
+    return (n + INT8_BLOCK - 1) // INT8_BLOCK
+
+
+def encoded_size(codec: str, n: int) -> int:
+    if codec == "raw-f32":
+        return 4 * n
+    if codec == "f16":
+        return 2 * n
+    if codec == "int8":
+        return 4 * _n_blocks(n) + n
+    raise CodecError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+
+
+def encode(flat: torch.Tensor, codec: str = "raw-f32") -> memoryview:
+    """The bytes of a flat float tensor in `codec` (for raw-f32, a view: no copy)."""
+    x = flat.detach().reshape(-1).to(torch.float32).contiguous()
+    arr = x.numpy()
+    if codec == "raw-f32":
+        return memoryview(arr.astype("<f4", copy=False)).cast("B")
+    if codec == "f16":
+        return memoryview(arr.astype("<f2")).cast("B")
+    if codec == "int8":
+        n = arr.size
+        pad = _n_blocks(n) * INT8_BLOCK - n
+        blocks = np.pad(arr, (0, pad)).reshape(-1, INT8_BLOCK)
+        scales = (np.abs(blocks).max(axis=1) / 127.0).astype("<f4")
+        safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
+        codes = np.clip(np.rint(blocks / safe[:, None]), -127, 127).astype(np.int8).reshape(-1)[:n]
+        return memoryview(scales.tobytes() + codes.tobytes())
+    raise CodecError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+
+
+def _view(buf, dtype: str, offset: int, count: int) -> torch.Tensor:
+    arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
+    with warnings.catch_warnings():  # read-only buffer: callers never write into the view
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
+
+
+def decode(payload, codec: str, n: int) -> torch.Tensor:
+    """Float32 tensor of n values from `payload`; raw-f32 returns a read-only view (no copy)."""
+    expected = encoded_size(codec, n)
+    if len(payload) != expected:
+        raise CodecError(f"{codec} payload for {n} values must have {expected} bytes, got {len(payload)}")
+    if codec == "raw-f32":
+        return _view(payload, "<f4", 0, n)
+    if codec == "f16":
+        return _view(payload, "<f2", 0, n).to(torch.float32)
+    nb = _n_blocks(n)
+    scales = _view(payload, "<f4", 0, nb)
+    codes = _view(payload, "i1", 4 * nb, n).to(torch.float32)
+    return codes * scales.repeat_interleave(INT8_BLOCK)[:n]

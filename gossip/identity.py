@@ -1,0 +1,159 @@
+"""Peer identities: Ed25519 keys and PeerIds derived exactly as libp2p derives them.
+
+PeerId = base58btc(identity multihash(protobuf PublicKey{Type: Ed25519, Data: key})), so
+the 32-byte public key is inside the PeerId itself: a verifier needs nothing but the
+PeerId to check a signature, and the same key can be the libp2p host identity.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .errors import KeyFileError, PeerIdError
+
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_B58_INDEX = {c: i for i, c in enumerate(_B58)}
+# protobuf PublicKey: field 1 (Type) varint 1 = Ed25519, field 2 (Data) 32 bytes
+_PB_ED25519_PREFIX = b"\x08\x01\x12\x20"
+_IDENTITY_MULTIHASH_PREFIX = b"\x00\x24"  # code 0x00 (identity), length 36
+MAX_PEER_ID_LEN = 64
+
+
+def b58encode(data: bytes) -> str:
+    num = int.from_bytes(data, "big")
+    out = []
+    while num:
+        num, rem = divmod(num, 58)
+        out.append(_B58[rem])
+    pad = len(data) - len(data.lstrip(b"\x00"))
+    return "1" * pad + "".join(reversed(out))
+
+
+def b58decode(text: str) -> bytes:
+    num = 0
+    for ch in text:
+        if ch not in _B58_INDEX:
+            raise PeerIdError(f"not base58: character {ch!r}")
+        num = num * 58 + _B58_INDEX[ch]
+    pad = len(text) - len(text.lstrip("1"))
+    body = num.to_bytes((num.bit_length() + 7) // 8, "big") if num else b""
+    return b"\x00" * pad + body
+
+
+def peer_id_from_public_bytes(raw: bytes) -> str:
+    if len(raw) != 32:
+        raise PeerIdError(f"an Ed25519 public key has 32 bytes, got {len(raw)}")
+    return b58encode(_IDENTITY_MULTIHASH_PREFIX + _PB_ED25519_PREFIX + raw)
+
+
+@lru_cache(maxsize=4096)
+def public_key_of(peer_id: str) -> Ed25519PublicKey:
+    """The Ed25519 public key inside a PeerId; PeerIdError if it is not one."""
+    if not isinstance(peer_id, str) or not 0 < len(peer_id) <= MAX_PEER_ID_LEN:
+        raise PeerIdError(f"not a PeerId: {peer_id!r:.80}")
+    raw = b58decode(peer_id)
+    prefix = _IDENTITY_MULTIHASH_PREFIX + _PB_ED25519_PREFIX
+    if len(raw) != len(prefix) + 32 or not raw.startswith(prefix):
+        raise PeerIdError(f"not an Ed25519 PeerId (expected 12D3KooW...): {peer_id!r:.80}")
+    return Ed25519PublicKey.from_public_bytes(raw[len(prefix):])
+
+
+def check_peer_id(peer_id: str) -> str:
+    public_key_of(peer_id)
+    return peer_id
+
+
+def verify_signature(peer_id: str, signature: bytes, message: bytes) -> bool:
+    """True if `signature` is `peer_id`'s Ed25519 signature of `message`."""
+    try:
+        public_key_of(peer_id).verify(signature, message)
+        return True
+    except (InvalidSignature, PeerIdError, ValueError, TypeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A peer's private key and the PeerId derived from it."""
+
+    private_key: Ed25519PrivateKey
+    peer_id: str
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls.from_private_key(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_private_key(cls, key: Ed25519PrivateKey) -> Identity:
+        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return cls(key, peer_id_from_public_bytes(raw))
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Identity:
+        """Deterministic identity from 32 bytes (simulations and tests only)."""
+        return cls.from_private_key(Ed25519PrivateKey.from_private_bytes(seed))
+
+    @property
+    def seed(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+
+    @property
+    def public_bytes(self) -> bytes:
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    def sign(self, message: bytes) -> bytes:
+        return self.private_key.sign(message)
+
+
+def save_key(identity: Identity, path: str | os.PathLike, force: bool = False) -> Path:
+    """Write the private key as PKCS#8 PEM with mode 0600; refuse to overwrite unless `force`."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise KeyFileError(f"{path} exists; refusing to overwrite a key (use --force to replace it)")
+    pem = identity.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+def load_key(path: str | os.PathLike) -> Identity:
+    """Read a key written by `save_key`; refuse files that group or others can read."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path} not found (create one with `gossipfl keygen --out {path}`)") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"key file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                           f"run `chmod 600 {path}`")
+    if len(data) > 16384:
+        raise KeyFileError(f"key file {path} is too large to be an Ed25519 key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"key file {path} is not a PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"key file {path} holds a {type(key).__name__}, not an Ed25519 key")
+    return Identity.from_private_key(key)

@@ -1,0 +1,87 @@
+"""Trust lists: which PeerIds may take part in a network."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PeerIdError, TrustListError
+from .identity import check_peer_id
+
+MAX_TRUST_FILE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TrustList:
+    """The allowed peers of one network; `names` maps a PeerId to an optional label."""
+
+    network: str
+    peers: frozenset[str]
+    names: dict[str, str]
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self.peers
+
+    def to_toml(self) -> str:
+        lines = [f'network = "{self.network}"', ""]
+        for pid in sorted(self.peers, key=lambda p: (self.names.get(p, ""), p)):
+            lines.append("[[peer]]")
+            lines.append(f'id = "{pid}"')
+            if pid in self.names:
+                lines.append(f'name = "{self.names[pid]}"')
+            lines.append("")
+        return "\n".join(lines)
+
+
+def build_trust_list(network: str, entries: list) -> TrustList:
+    """Entries are PeerId strings or {id, name} tables; errors name the bad entry."""
+    if not isinstance(network, str) or not network:
+        raise TrustListError("trust list: `network` must be a non-empty string")
+    peers: list[str] = []
+    names: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        pid, name = (entry, None) if isinstance(entry, str) else (
+            (entry.get("id"), entry.get("name")) if isinstance(entry, dict) else (None, None))
+        if not isinstance(pid, str):
+            raise TrustListError(f"trust list entry {i + 1}: expected a PeerId string or {{id, name}}, got {entry!r:.80}")
+        try:
+            check_peer_id(pid)
+        except PeerIdError as exc:
+            raise TrustListError(f"trust list entry {i + 1}: {exc}") from None
+        if pid in peers:
+            raise TrustListError(f"trust list entry {i + 1}: {pid} is listed twice")
+        peers.append(pid)
+        if name is not None:
+            names[pid] = str(name)
+    return TrustList(network, frozenset(peers), names)
+
+
+def load_trust_list(path: str | os.PathLike) -> TrustList:
+    """Read a TOML (`network = ...`, `[[peer]] id = ...`) or JSON ({"network", "peers"}) trust list."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_TRUST_FILE:
+            raise TrustListError(f"trust list {path} is larger than {MAX_TRUST_FILE} bytes")
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise TrustListError(f"trust list {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrustListError(f"cannot read trust list {path}: {exc}") from None
+    try:
+        if path.suffix.lower() == ".json":
+            doc = json.loads(text)
+            entries = doc.get("peers", []) if isinstance(doc, dict) else None
+        else:
+            doc = tomllib.loads(text)
+            entries = doc.get("peer", doc.get("peers", []))
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise TrustListError(f"trust list {path} does not parse: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(entries, list):
+        raise TrustListError(f"trust list {path}: expected `network` and a list of peers")
+    try:
+        return build_trust_list(doc.get("network"), entries)
+    except TrustListError as exc:
+        raise TrustListError(f"{path}: {exc}") from None
