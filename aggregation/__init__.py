@@ -7,8 +7,17 @@
 """
 
 from ._checks import AggregationError
-from .registry import PRE_REGISTRY, PRE_STEPS, REGISTRY, RULES, Rule, aggregate, parse_rule
+from .registry import (
+           PRE_REGISTRY,
+           PRE_STEPS,
+           REGISTRY,
+           RULES,
+           Rule,
+           aggregate,
+           parse_rule,
+           tolerates,
+)
 from .report import Aggregate, Report
 
 __all__ = ["AggregationError", "Aggregate", "PRE_REGISTRY", "PRE_STEPS", "REGISTRY", "RULES", "Report", "Rule",
-           "aggregate", "parse_rule"]
+           "aggregate", "parse_rule", "tolerates"]

@@ -54,8 +54,3 @@ def check_f(f: object, name: str = "f") -> int:
     if f < 0:
         raise AggregationError(f"{name} must be >= 0, got {f}")
     return f
-
-
-def require(condition: bool, rule: str, requirement: str, n: int, f: int) -> None:
-    if not condition:
-        raise AggregationError(f"{rule} requires {requirement}; got n = {n}, f = {f}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import AggregationError, require
+from ._checks import AggregationError
 from .coordinate import median as coordinate_median
 from .report import Report
 
@@ -44,7 +44,6 @@ def centered_clip(stack, weights, *, f: int = 0, tau: float | None = None, iters
     so at most half the rows are clipped whatever the scale of the model.
     """
     n = stack.shape[0]
-    require(n > 2 * f, "centered_clip", "n > 2f (an honest majority)", n, f)
     if not (isinstance(iters, int) and iters >= 1):
         raise AggregationError(f"centered_clip: iters must be a whole number >= 1, got {iters!r}")
     v, start = _start(stack, center)
@@ -71,7 +70,6 @@ def self_centered_clip(stack, weights, *, f: int = 0, own: int = 0, tau: float |
     at most tau. With tau unset, it is the distance of the (clip + 1)-th farthest row, so the
     `clip` farthest rows are clipped (clip = 2f by default: clipping 2f beat clipping f)."""
     n = stack.shape[0]
-    require(n > 2 * f, "self_centered_clip", "n > 2f (an honest majority)", n, f)
     if isinstance(own, bool) or not isinstance(own, int) or not 0 <= own < n:
         raise AggregationError(f"self_centered_clip: own must be a row index in 0..{n - 1}, got {own!r}")
     x = stack[own]

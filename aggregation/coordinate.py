@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import require
 from ._columns import reduce_sorted
 from .report import Report
 
@@ -35,13 +34,11 @@ def _middle(block: torch.Tensor) -> torch.Tensor:
 
 def median(stack, weights, *, f: int = 0):
     n = stack.shape[0]
-    require(n > 2 * f, "median", "n > 2f (an honest majority)", n, f)
     return reduce_sorted(stack, _middle), Report("median", n, f)
 
 
 def trimmed_mean(stack, weights, *, f: int = 0):
     n = stack.shape[0]
-    require(n > 2 * f, "trimmed_mean", "n > 2f (trims f rows per side)", n, f)
     if f == 0:
         return stack.mean(dim=0), Report("trimmed_mean", n, f, details={"trimmed_per_side": 0})
     value = reduce_sorted(stack, lambda b: b[f : n - f].mean(dim=0))
@@ -68,6 +65,5 @@ def closest_to_median(block: torch.Tensor, k: int) -> torch.Tensor:
 def meamed(stack, weights, *, f: int = 0):
     """MeaMed (Xie et al. 2018): per coordinate, the mean of the n - f values nearest the median."""
     n = stack.shape[0]
-    require(n > 2 * f, "meamed", "n > 2f (an honest majority)", n, f)
     value = reduce_sorted(stack, lambda b: closest_to_median(b, n - f))
     return value, Report("meamed", n, f, details={"averaged_per_coordinate": n - f})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import AggregationError, require
+from ._checks import AggregationError
 from .coordinate import weighted_mean
 from .report import Report
 
@@ -14,7 +14,6 @@ def geomed(stack, weights, *, f: int = 0, nu: float = 1e-6, tol: float = 1e-7, m
     b_i = w_i / max(nu, |z - x_i|), from the weighted mean, until the objective's relative
     change falls below `tol` or `max_iter` iterations ran."""
     n = stack.shape[0]
-    require(n > 2 * f, "geomed", "n > 2f (an honest majority)", n, f)
     if not nu > 0 or not tol > 0 or not (isinstance(max_iter, int) and max_iter >= 1):
         raise AggregationError("geomed: nu and tol must be > 0 and max_iter a whole number >= 1")
     alpha = torch.ones(n, dtype=torch.float64) if weights is None else weights.double()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import AggregationError, require
+from ._checks import AggregationError
 from ._columns import reduce_sorted
 from .coordinate import closest_to_median, weighted_mean
 from .distances import squared_distances
@@ -28,7 +28,6 @@ def _order(scores: torch.Tensor) -> torch.Tensor:
 
 def krum(stack, weights, *, f: int = 0):
     n = stack.shape[0]
-    require(n > 2 * f + 2, "krum", "n > 2f + 2", n, f)
     scores = krum_scores(squared_distances(stack), f)
     best = int(_order(scores)[0])
     return stack[best].clone(), Report("krum", n, f, selected=[best], scores=scores.tolist())
@@ -37,7 +36,6 @@ def krum(stack, weights, *, f: int = 0):
 def multi_krum(stack, weights, *, f: int = 0, m: int | None = None):
     """Average (weighted, if weights are given) of the m best-scoring rows, m = n - f by default."""
     n = stack.shape[0]
-    require(n > 2 * f + 2, "multi_krum", "n > 2f + 2", n, f)
     m = n - f if m is None else m
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= n:
         raise AggregationError(f"multi_krum: m must be a whole number in [1, n = {n}], got {m!r}")
@@ -54,7 +52,6 @@ def bulyan(stack, weights, *, f: int = 0):
     """Select theta = n - 2f rows by repeated Krum, then average, per coordinate, the
     beta = theta - 2f selected values nearest the coordinate's median."""
     n = stack.shape[0]
-    require(n >= 4 * f + 3, "bulyan", "n >= 4f + 3", n, f)
     theta = n - 2 * f
     dist = squared_distances(stack)
     remaining = list(range(n))

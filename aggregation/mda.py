@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from ._checks import AggregationError, require
+from ._checks import AggregationError
 from .coordinate import weighted_mean
 from .distances import squared_distances
 from .report import Report
@@ -19,7 +19,6 @@ _SUBSETS_PER_BATCH = 20_000
 
 def mda(stack, weights, *, f: int = 0):
     n = stack.shape[0]
-    require(n > 2 * f, "mda", "n > 2f (an honest majority)", n, f)
     count = math.comb(n, f)
     if count > MAX_SUBSETS:
         raise AggregationError(

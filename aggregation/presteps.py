@@ -16,8 +16,6 @@ from .distances import squared_distances
 
 def nnm(stack, weights, *, f: int = 0):
     n = stack.shape[0]
-    if not n > f:
-        raise AggregationError(f"nnm requires n > f; got n = {n}, f = {f}")
     dist = squared_distances(stack)
     # Self distance is 0, so each row is among its own nearest; ties go to lower indices.
     order = torch.from_numpy(dist.numpy().argsort(axis=1, kind="stable")[:, : n - f].copy())

@@ -20,6 +20,9 @@ class Rule:
     takes_weights: bool
     requirement: str
     summary: str
+    tolerates: Callable[[int, int], bool] = lambda n, f: True  # noqa: E731
+    """tolerates(n, f): can the rule aggregate n rows of which f may be Byzantine?"""
+    robust: bool = True  # False for mean: it accepts any f but one Byzantine row moves it anywhere
 
     @property
     def params(self) -> list[str]:
@@ -27,24 +30,43 @@ class Rule:
         return [p for p, v in sig.parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
+def _majority(n: int, f: int) -> bool:
+    return n > 2 * f
+
+
 _RULES = [
-    Rule("mean", coordinate.mean, True, "none (no robustness)", "weighted average: the gossip baseline"),
-    Rule("median", coordinate.median, False, "n > 2f", "coordinate-wise median"),
-    Rule("trimmed_mean", coordinate.trimmed_mean, False, "n > 2f", "coordinate-wise mean after trimming f per side"),
-    Rule("krum", krum.krum, False, "n > 2f + 2", "the row with the smallest Krum score"),
-    Rule("multi_krum", krum.multi_krum, True, "n > 2f + 2", "mean of the m best Krum rows"),
-    Rule("bulyan", krum.bulyan, False, "n >= 4f + 3", "Krum selection then mean around the median"),
-    Rule("geomed", geomed.geomed, True, "n > 2f", "geometric median (smoothed Weiszfeld)"),
-    Rule("centered_clip", clipping.centered_clip, True, "n > 2f", "centred clipping around a robust start"),
+    Rule("mean", coordinate.mean, True, "no robustness (f = 0)", "weighted average: the gossip baseline",
+         lambda n, f: True, robust=False),
+    Rule("median", coordinate.median, False, "n > 2f", "coordinate-wise median", _majority),
+    Rule("trimmed_mean", coordinate.trimmed_mean, False, "n > 2f", "coordinate-wise mean after trimming f per side",
+         _majority),
+    Rule("krum", krum.krum, False, "n > 2f + 2", "the row with the smallest Krum score", lambda n, f: n > 2 * f + 2),
+    Rule("multi_krum", krum.multi_krum, True, "n > 2f + 2", "mean of the m best Krum rows",
+         lambda n, f: n > 2 * f + 2),
+    Rule("bulyan", krum.bulyan, False, "n >= 4f + 3", "Krum selection then mean around the median",
+         lambda n, f: n >= 4 * f + 3),
+    Rule("geomed", geomed.geomed, True, "n > 2f", "geometric median (smoothed Weiszfeld)", _majority),
+    Rule("centered_clip", clipping.centered_clip, True, "n > 2f", "centred clipping around a robust start",
+         _majority),
     Rule("self_centered_clip", clipping.self_centered_clip, True, "n > 2f",
-         "each neighbour's pull on the own model clipped (ClippedGossip)"),
-    Rule("meamed", coordinate.meamed, False, "n > 2f", "coordinate-wise mean of the n - f values nearest the median"),
-    Rule("mda", mda.mda, True, f"n > 2f and C(n, f) <= {mda.MAX_SUBSETS:,}", "mean of the minimum-diameter n - f rows"),
+         "each neighbour's pull on the own model clipped (ClippedGossip)", _majority),
+    Rule("meamed", coordinate.meamed, False, "n > 2f", "coordinate-wise mean of the n - f values nearest the median",
+         _majority),
+    Rule("mda", mda.mda, True, f"n > 2f and C(n, f) <= {mda.MAX_SUBSETS:,}", "mean of the minimum-diameter n - f rows",
+         _majority),
 ]
 PRE_REGISTRY = {
-    "nnm": Rule("nnm", presteps.nnm, True, "n > f", "nearest-neighbour mixing"),
+    "nnm": Rule("nnm", presteps.nnm, True, "n > f", "nearest-neighbour mixing", lambda n, f: n > f),
     "bucketing": Rule("bucketing", presteps.bucketing, True, "bucket_size >= 1", "average random buckets"),
 }
+
+
+def tolerates(rule: str, n: int, f: int) -> bool:
+    """Whether `rule` (pre-steps allowed, e.g. 'nnm+krum') can aggregate n rows with f Byzantine."""
+    pre, name = parse_rule(rule)
+    if f > 0 and not REGISTRY[name].robust:
+        return False
+    return all(PRE_REGISTRY[p].tolerates(n, f) for p in pre) and REGISTRY[name].tolerates(n, f)
 
 REGISTRY: dict[str, Rule] = {r.name: r for r in _RULES}
 RULES: tuple[str, ...] = tuple(REGISTRY)
@@ -103,6 +125,8 @@ def aggregate(rule: str, stack: torch.Tensor, weights: torch.Tensor | None = Non
     w = check_weights(weights, x.shape[0])
     pre_reports = []
     for step, sp in zip(steps, step_params, strict=True):
+        if not step.tolerates(x.shape[0], params["f"]):
+            raise AggregationError(f"{step.name} requires {step.requirement}; got n = {x.shape[0]}, f = {params['f']}")
         x, w, info = step.fn(x, w, **sp)
         pre_reports.append(info)
     if not chosen.takes_weights and not is_uniform(w):
@@ -111,6 +135,9 @@ def aggregate(rule: str, stack: torch.Tensor, weights: torch.Tensor | None = Non
             f"{', '.join(r.name for r in _RULES if r.takes_weights)}")
     if not chosen.takes_weights:
         w = None
-    value, report = chosen.fn(x, w, **rule_params)
+    n, f = x.shape[0], params["f"]
+    if not chosen.tolerates(n, f):
+        raise AggregationError(f"{rule_name} requires {chosen.requirement}; got n = {n}, f = {f}")
+    value, report = chosen.fn(x, w, **rule_params)  # mean with f > 0 is allowed: sweeps compare it
     report.pre = pre_reports
     return Aggregate(value, report)

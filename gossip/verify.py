@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import msgpack
 import torch
@@ -20,7 +20,7 @@ from .identity import MAX_PEER_ID_LEN, public_key_of, verify_signature
 from .msgpack_scan import bin_body, map_items
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     TOO_LARGE = "too_large"
     MALFORMED = "malformed"
     BAD_VERSION = "bad_version"

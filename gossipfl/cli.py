@@ -16,8 +16,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from aggregation import AggregationError
     from gossip.errors import GossipError
     from peer.errors import PeerError
+    from topology.errors import TopologyError
 
-    return (AggregationError, GossipError, PeerError, OSError)
+    return (AggregationError, GossipError, PeerError, TopologyError, OSError)
 
 
 def friendly(fn):
@@ -193,3 +194,56 @@ def audit_export(db: str, fmt: str, out) -> None:
             fh.write(text)
     else:
         click.echo(text, nl=False)
+
+
+@main.group("topology")
+def topology_group() -> None:
+    """Generate, analyse and plan gossip topologies."""
+
+
+def _graph_options(fn):
+    fn = click.option("--seed", default=0, show_default=True, help="seed for random generators")(fn)
+    fn = click.option("--allow-directed", is_flag=True, help="accept a directed file as undirected")(fn)
+    fn = click.option("--allow-disconnected", is_flag=True, help="accept a disconnected graph")(fn)
+    return fn
+
+
+@topology_group.command("show")
+@click.argument("graph")
+@click.option("--rule", default="median", show_default=True, help="aggregation rule for the robustness check")
+@click.option("--byzantine", type=float, default=None, help="attack budget: a count, or a fraction below 1")
+@click.option("--png", type=click.Path(dir_okay=False), default="topology.png", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the analysis as JSON")
+@_graph_options
+@friendly
+def topology_show(graph: str, rule: str, byzantine, png: str, as_json: bool, seed: int,
+                  allow_directed: bool, allow_disconnected: bool) -> None:
+    """Analyse GRAPH (a spec like regular:32,4 or a graph file) and draw it."""
+    import json as _json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from topology import resolve, summarize
+    from topology.draw import draw
+
+    g = resolve(graph, seed=seed, allow_directed=allow_directed, allow_disconnected=allow_disconnected)
+    summary, report = summarize(g, rule if byzantine is not None else None, byzantine)
+    at_risk = report.at_risk if report else ()
+    draw(g, png, title=graph, at_risk=at_risk)
+    if as_json:
+        click.echo(_json.dumps({**summary.to_dict(), "png": png}, default=str))
+        return
+    table = Table(title=f"topology {graph}")
+    table.add_column("property")
+    table.add_column("value")
+    for k, v in summary.rows():
+        table.add_row(k, v)
+    console = Console()
+    console.print(table)
+    if report and report.at_risk:
+        shown = ", ".join(str(v) for v in report.at_risk[:20])
+        more = f" and {len(report.at_risk) - 20} more" if len(report.at_risk) > 20 else ""
+        console.print(f"[yellow]at risk[/yellow] (too few neighbours for {rule} against "
+                      f"{report.budget} Byzantine): {shown}{more}")
+    console.print(f"drawing: {png}")
