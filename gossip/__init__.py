@@ -1,0 +1,1 @@
+"""The wire: identities, signed envelopes, codecs, verification, transports. Never imports peer or sim."""

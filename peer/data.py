@@ -1,0 +1,165 @@
+"""Local training data: demo shards of scikit-learn's digits (offline), NPZ or CSV files, or a
+user loader; partitions (IID, Dirichlet alpha, label shards) are deterministic given a seed,
+so every peer computes the same split and takes only its own shard."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+DIGITS_TEST_FRACTION = 0.15
+
+
+@dataclass
+class LocalData:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_eval: torch.Tensor
+    y_eval: torch.Tensor
+    classes: int
+
+    @property
+    def features(self) -> int:
+        return int(self.x_train[0].numel())
+
+
+@lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits, read from the file in its wheel without importing
+    scikit-learn (which would add ~100 MB to a small gateway's peer process)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise DataError("data.source = digits needs scikit-learn installed (it ships the data set)")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise DataError(f"scikit-learn's digits file is missing: {path}")
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    return table[:, :-1] / 16.0, table[:, -1].astype(np.int64)
+
+
+def digits_pool_and_test() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Digits split once (fixed seed) into a pool that shards are cut from and a common test set."""
+    x, y = _digits()
+    order = np.random.default_rng(12345).permutation(len(y))
+    cut = int(len(y) * (1 - DIGITS_TEST_FRACTION))
+    return (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
+
+
+def partition(labels: np.ndarray, shards: int, how: str = "iid", *, alpha: float = 0.5,
+              labels_per_shard: int = 2, seed: int = 0) -> list[np.ndarray]:
+    """Index arrays, one per shard. 'iid': random equal split; 'dirichlet': per class, shard
+    proportions ~ Dir(alpha); 'labels': sorted by label, cut into shards * labels_per_shard
+    pieces, each shard taking labels_per_shard of them (the McMahan et al. pathological split)."""
+    n = len(labels)
+    if shards < 1 or shards > n:
+        raise DataError(f"data.shards must be between 1 and {n} samples, got {shards}")
+    rng = np.random.default_rng(seed)
+    if how == "iid":
+        return [np.sort(p) for p in np.array_split(rng.permutation(n), shards)]
+    if how == "dirichlet":
+        if not alpha > 0:
+            raise DataError(f"data.alpha must be > 0, got {alpha}")
+        parts: list[list[int]] = [[] for _ in range(shards)]
+        for c in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            cuts = (np.cumsum(rng.dirichlet([alpha] * shards)) * len(idx)).astype(int)[:-1]
+            for s, piece in enumerate(np.split(idx, cuts)):
+                parts[s].extend(piece.tolist())
+        # no shard may be empty: give an empty shard one sample from the largest
+        for s in range(shards):
+            if not parts[s]:
+                donor = max(range(shards), key=lambda k: len(parts[k]))
+                parts[s].append(parts[donor].pop())
+        return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    if how == "labels":
+        order = np.argsort(labels, kind="stable")
+        pieces = np.array_split(order, shards * labels_per_shard)
+        assignment = rng.permutation(len(pieces))
+        return [np.sort(np.concatenate([pieces[j] for j in assignment[s::shards]])) for s in range(shards)]
+    raise DataError(f"data.partition must be iid, dirichlet or labels, got {how!r}")
+
+
+def split_holdout(x: np.ndarray, y: np.ndarray, holdout: float, seed: int, classes: int) -> LocalData:
+    if not 0 <= holdout < 1:
+        raise DataError(f"data.holdout must be in [0, 1), got {holdout}")
+    if len(y) == 0:
+        raise DataError("the local data set is empty")
+    if y.min() < 0 or y.max() >= classes:
+        raise DataError(f"labels must be in 0..{classes - 1}, found {int(y.min())}..{int(y.max())} "
+                        "(set model.classes to the number of classes)")
+    order = np.random.default_rng(seed).permutation(len(y))
+    k = int(round(len(y) * holdout)) if len(y) > 1 else 0
+    ev, tr = order[:k], order[k:]
+    t = torch.from_numpy
+    return LocalData(t(np.ascontiguousarray(x[tr])), t(np.ascontiguousarray(y[tr])),
+                     t(np.ascontiguousarray(x[ev])), t(np.ascontiguousarray(y[ev])), classes)
+
+
+def digits_shard(shard: int, shards: int, how: str = "iid", *, alpha: float = 0.5, labels_per_shard: int = 2,
+                 seed: int = 0, holdout: float = 0.2) -> LocalData:
+    if not 0 <= shard < shards:
+        raise DataError(f"data.shard must be in 0..{shards - 1}, got {shard}")
+    (x, y), _ = digits_pool_and_test()
+    idx = partition(y, shards, how, alpha=alpha, labels_per_shard=labels_per_shard, seed=seed)[shard]
+    return split_holdout(x[idx], y[idx], holdout, seed + 1000 + shard, 10)
+
+
+def load_npz(path: str | os.PathLike, x_key: str = "x", y_key: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data.path: {path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in (x_key, y_key) if k not in f]
+            if missing:
+                raise DataError(f"data.path: {path} has arrays {sorted(f.files)}, missing {missing}")
+            x, y = f[x_key], f[y_key]
+    except (ValueError, OSError) as exc:
+        raise DataError(f"data.path: {path} is not a readable NPZ file ({exc})") from None
+    return _as_xy(x, y, str(path))
+
+
+def load_csv(path: str | os.PathLike, label_column: str = "label") -> tuple[np.ndarray, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data.path: {path} not found")
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if not header:
+            raise DataError(f"data.path: {path} is empty")
+        if label_column not in header:
+            raise DataError(f"data.label_column: {label_column!r} is not a column of {path} (columns: {header[:10]})")
+        li = header.index(label_column)
+        xs, ys = [], []
+        for lineno, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                raise DataError(f"{path}:{lineno}: expected {len(header)} columns, got {len(row)}")
+            try:
+                ys.append(int(row[li]))
+                xs.append([float(v) for j, v in enumerate(row) if j != li])
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: not a number") from None
+    return _as_xy(np.array(xs, dtype=np.float32), np.array(ys, dtype=np.int64), str(path))
+
+
+def _as_xy(x, y, where: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+        raise DataError(f"{where}: expected features (N, ...) and labels (N,), got {x.shape} and {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise DataError(f"{where}: labels must be whole numbers")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{where}: features contain NaN or Inf")
+    return x.astype(np.float32).reshape(len(x), -1), y.astype(np.int64)

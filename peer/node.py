@@ -1,0 +1,391 @@
+"""One peer: train, sign, gossip, verify, robustly aggregate, log, checkpoint, repeat.
+
+The asyncio driver of peer.round.RoundLogic. A silent neighbour never holds a round past
+its deadline; a restarted peer resumes from its checkpoint and catches up with its
+neighbours' round; a flooding neighbour is rate-limited before any verification work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from aggregation import REGISTRY, AggregationError, aggregate, parse_rule, tolerates
+from gossip.envelope import seal_update
+from gossip.identity import Identity, load_key
+from gossip.transport import Transport
+from gossip.trust import TrustList, load_trust_list
+from gossip.verify import Accepted, Rejected, Verifier
+from topology.mixing import mh_weights
+
+from . import checkpoint as ckpt
+from .config import PeerConfig
+from .data import LocalData, digits_shard, load_csv, load_npz, split_holdout
+from .errors import ConfigError, DataError
+from .model import FlatModel, build_model, load_object
+from .provenance import ProvenanceLog
+from .round import RoundLogic
+from .training import Metrics, Trainer
+
+log = logging.getLogger("gossipfl.peer")
+
+# craft(round, recipient PeerId, honest params) -> params to send (attack simulations only)
+Craft = Callable[[int, str, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    train: Metrics
+    eval: Metrics
+    accepted: int
+    rejected: Counter
+    aggregated: bool
+    note: str
+    bytes_sent: int
+    seconds: float
+    train_seconds: float = 0.0
+
+
+@dataclass
+class PeerParts:
+    """Everything a peer is made of; `Peer.from_config` builds it from a peer.toml."""
+
+    identity: Identity
+    trust: TrustList
+    neighbours: list[str]
+    transport: Transport
+    model: FlatModel
+    data: LocalData
+    cfg: PeerConfig
+    neighbour_degrees: dict[str, int] = field(default_factory=dict)
+
+
+def load_local_data(cfg: PeerConfig) -> LocalData:
+    d = cfg.data
+    if d.source == "digits":
+        return digits_shard(d.shard, d.shards, d.partition, alpha=d.alpha, labels_per_shard=d.labels_per_shard,
+                            seed=d.seed, holdout=d.holdout)
+    if d.source == "npz":
+        x, y = load_npz(d.path, d.x_key, d.y_key)
+    elif d.source == "csv":
+        x, y = load_csv(d.path, d.label_column)
+    else:
+        loader = load_object(d.source, "data.source")
+        try:
+            x, y = loader(shard=d.shard, shards=d.shards, seed=d.seed)
+        except Exception as exc:  # user code: report, do not crash with a traceback
+            raise DataError(f"data.source {d.source} failed: {type(exc).__name__}: {exc}") from None
+        x, y = torch.as_tensor(x).float().reshape(len(y), -1).numpy(), torch.as_tensor(y).long().numpy()
+    return split_holdout(x, y, d.holdout, d.seed + 1000 + d.shard, cfg.model.classes)
+
+
+def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: Identity | None = None) -> PeerParts:
+    """Load key, trust list, data and model, checking everything before any round starts."""
+    identity = identity or load_key(cfg.key)
+    trust = load_trust_list(cfg.trust)
+    if trust.network != cfg.network:
+        raise ConfigError(f"trust list {cfg.trust} is for network {trust.network!r}, this peer is in {cfg.network!r}")
+    neighbours = [n.id for n in cfg.neighbours]
+    untrusted = [n for n in neighbours if n not in trust]
+    if untrusted:
+        raise ConfigError(f"network.neighbours: {untrusted[0]} is not on the trust list {cfg.trust}")
+    if identity.peer_id in neighbours:
+        raise ConfigError("network.neighbours lists this peer itself")
+    data = load_local_data(cfg)
+    module = build_model(cfg.model.name, data.features, cfg.model.classes, cfg.model.options, cfg.model.seed)
+    try:
+        with torch.no_grad():
+            out = module(data.x_train[:2])
+    except Exception as exc:
+        raise ConfigError(f"model {cfg.model.name} does not accept the data ({data.features} features): {exc}") from None
+    if out.shape[-1] != cfg.model.classes:
+        raise ConfigError(f"model {cfg.model.name} outputs {out.shape[-1]} classes, model.classes = {cfg.model.classes}")
+    if transport is None:
+        from .transports import make_transport
+        transport = make_transport(cfg, identity)
+    degrees = {n.id: n.degree for n in cfg.neighbours if n.degree is not None}
+    return PeerParts(identity, trust, neighbours, transport, FlatModel(module), data, cfg, degrees)
+
+
+class Peer:
+    def __init__(self, parts: PeerParts, craft: Craft | None = None, label_map: torch.Tensor | None = None):
+        cfg = parts.cfg
+        self.parts, self.cfg = parts, cfg
+        self.identity = parts.identity
+        self.peer_id = parts.identity.peer_id
+        self.neighbours = list(parts.neighbours)
+        self.transport = parts.transport
+        self.model = parts.model
+        self.trainer = Trainer(self.model.module, self.model.flat, parts.data, cfg.train,
+                               seed=cfg.data.seed + 7 * cfg.data.shard)
+        self.verifier = Verifier(cfg.network, parts.trust.peers, self.model.schema, self.model.size,
+                                 neighbours=set(self.neighbours),
+                                 max_size=int(cfg.round.max_message_mb * 1024 * 1024),
+                                 max_lag=0, max_lead=cfg.round.max_lead)
+        self.logic = RoundLogic(frozenset(self.neighbours), 0, cfg.round.inbox_per_neighbour, cfg.round.max_lead)
+        self.prov = ProvenanceLog(Path(cfg.data_dir) / "provenance.db", self.identity, cfg.network)
+        self.ckpt_path = Path(cfg.data_dir) / "checkpoint.msgpack"
+        self.craft, self.label_map = craft, label_map
+        self.parents: list[str] = []
+        self.history: list[RoundRecord] = []
+        self.rejections: Counter = Counter()
+        self.neighbour_degrees = dict(parts.neighbour_degrees)
+        self._pending_events: list[tuple] = []
+        self._round_rejections: Counter = Counter()
+        self._last_inputs: list[Accepted] = []
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._receiver: asyncio.Task | None = None
+        self.started = False
+        self.resumed_from: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: PeerConfig, transport: Transport | None = None, **kw) -> Peer:
+        return cls(build_parts(cfg, transport), **kw)
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    @property
+    def round(self) -> int:
+        return self.logic.round
+
+    def resume(self) -> None:
+        ck = ckpt.load(self.ckpt_path, self.model.schema, self.model.size)
+        if ck is None:
+            return
+        self.model.set(ck.params)
+        self.trainer.load_momentum(ck.momentum)
+        self.verifier.restore(ck.replay)
+        self.parents = list(ck.parents)
+        self.logic.advance(ck.round)
+        self.resumed_from = ck.round
+
+    async def start(self) -> None:
+        self.resume()
+        await self.transport.start()
+        self._receiver = asyncio.get_running_loop().create_task(self._receive_loop())
+        addrs = self.transport.addresses()
+        self.prov.append("started", self.round, details={
+            "neighbours": self.neighbours, "rule": self.cfg.aggregation.rule, "f": self.cfg.aggregation.f,
+            "transport": self.cfg.transport.kind, "addresses": addrs, "resumed_from": self.resumed_from,
+            "schema": self.model.schema.hex(), "params": self.model.size})
+        for a in addrs:
+            log.info("listening on %s", a)
+        log.info("peer %s started at round %d with %d neighbours (%s, f=%d)", self.peer_id, self.round,
+                 len(self.neighbours), self.cfg.aggregation.rule, self.cfg.aggregation.f)
+        self.started = True
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def close(self, reason: str = "stopped") -> None:
+        if not self.started:
+            return
+        self.started = False
+        self._flush_events()
+        self._save_checkpoint()
+        self.prov.append("stopped", self.round, details={"reason": reason})
+        if self._receiver:
+            self._receiver.cancel()
+            try:
+                await self._receiver
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.transport.close()
+        self.prov.close()
+        log.info("peer %s stopped at round %d (%s)", self.peer_id, self.round, reason)
+
+    async def run(self, rounds: int | None = None) -> list[RoundRecord]:
+        """Run rounds until `rounds` are done (config round.rounds; 0 = forever) or a stop request."""
+        rounds = self.cfg.round.rounds if rounds is None else rounds
+        if not self.started:
+            await self.start()
+        done = 0
+        try:
+            while not self._stop.is_set() and (rounds == 0 or done < rounds):
+                await self.run_round()
+                done += 1
+        finally:
+            await self.close("stop requested" if self._stop.is_set() else "rounds done")
+        return self.history
+
+    # --- one round -------------------------------------------------------------------
+
+    async def run_round(self) -> RoundRecord | None:
+        t0 = time.monotonic()
+        target = self.logic.catch_up_target(self.cfg.aggregation.f)
+        if target is not None:
+            log.info("neighbours are at round %d, jumping from %d", target, self.round)
+            self._start_round(target)
+        r = self.round
+        t_train = time.monotonic()
+        if self.cfg.round.train_in_thread:
+            train_metrics = await asyncio.to_thread(self.trainer.train_round, self.label_map)
+        else:
+            train_metrics = self.trainer.train_round(self.label_map)
+        t_train = time.monotonic() - t_train
+        if self._stop.is_set():
+            return None
+        eval_metrics = self.trainer.evaluate()
+        own = self.model.get()
+        self.prov.append("trained", r, details={
+            "loss": train_metrics.loss, "accuracy": train_metrics.accuracy, "samples": train_metrics.samples,
+            "eval_loss": eval_metrics.loss, "eval_accuracy": eval_metrics.accuracy,
+            "eval_samples": eval_metrics.samples})
+        own_id, bytes_sent = await self._broadcast(r, own)
+        await self._collect(t0)
+        if self._stop.is_set():
+            return None
+        aggregated, note = self._aggregate(r, own, own_id)
+        self._start_round(r + 1)
+        self._save_checkpoint()
+        rec = RoundRecord(r, train_metrics, eval_metrics, len(self._last_inputs), Counter(self._round_rejections),
+                          aggregated, note, bytes_sent, time.monotonic() - t0, t_train)
+        self.history.append(rec)
+        log.info("round %d: train loss %.3f, eval acc %.3f, %d/%d neighbours accepted%s, %.2fs", r,
+                 train_metrics.loss, eval_metrics.accuracy, rec.accepted, len(self.neighbours),
+                 f" ({note})" if note else "", rec.seconds)
+        return rec
+
+    def _start_round(self, new_round: int) -> None:
+        self.logic.advance(new_round)
+        self.verifier.forget_before(new_round)
+        self._round_rejections = Counter()
+
+    async def _broadcast(self, r: int, own: torch.Tensor) -> tuple[str, int]:
+        codec = self.cfg.round.codec
+        common = dict(net=self.cfg.network, round=r, schema=self.model.schema, codec=codec,
+                      parents=[bytes.fromhex(p) for p in self.parents], deg=len(self.neighbours))
+        sealed = seal_update(self.identity, own, **common)
+        sent_events, total = [], 0
+        for nb in self.neighbours:
+            msg = sealed
+            if self.craft is not None:
+                msg = seal_update(self.identity, self.craft(r, nb, own).to(torch.float32), **common)
+            ok = await self.transport.send(nb, msg.data)
+            total += len(msg.data)
+            sent_events.append(("sent", r, nb, msg.update_id, {
+                "parents": self.parents, "bytes": len(msg.data), "codec": codec, "delivered": bool(ok)}))
+        self.prov.append_many(sent_events)
+        return sealed.update_id, total
+
+    async def _collect(self, t0: float) -> None:
+        deadline = time.monotonic() + self.cfg.round.deadline
+        while not self._stop.is_set() and not self.logic.complete(self.cfg.round.quorum):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                break
+
+    def _aggregate(self, r: int, own: torch.Tensor, own_id: str) -> tuple[bool, str]:
+        agg_cfg = self.cfg.aggregation
+        inputs = self.logic.inputs()
+        self._last_inputs = inputs
+        self._flush_events()
+        n = 1 + len(inputs)
+        if not tolerates(agg_cfg.rule, n, agg_cfg.f) and REGISTRY[parse_rule(agg_cfg.rule)[1]].robust:
+            note = f"kept own model: {agg_cfg.rule} with f = {agg_cfg.f} needs more than {n} rows"
+            self.prov.append("skipped", r, details={"reason": note, "have": n})
+            self.parents = [own_id]
+            return False, note
+        stack = torch.stack([own] + [a.params for a in inputs])
+        weights = self._weights(inputs)
+        rule_name = parse_rule(agg_cfg.rule)[1]
+        params = dict(agg_cfg.params)
+        if "own" in REGISTRY[rule_name].params:
+            params.setdefault("own", 0)
+        if weights is not None and not REGISTRY[rule_name].takes_weights:
+            weights = None
+        try:
+            out = aggregate(agg_cfg.rule, stack, weights, f=agg_cfg.f, **params)
+        except AggregationError as exc:
+            note = f"kept own model: {exc}"
+            self.prov.append("skipped", r, details={"reason": note, "have": n})
+            self.parents = [own_id]
+            return False, note
+        self.model.set(out.value)
+        input_ids = [own_id] + [a.update_id for a in inputs]
+        out_hash = hashlib.sha256(out.value.numpy().tobytes()).hexdigest()
+        self.prov.append("aggregated", r, None, out_hash, {
+            "rule": agg_cfg.rule, "f": agg_cfg.f, "inputs": input_ids,
+            "senders": [self.peer_id] + [a.sender for a in inputs],
+            "weights": None if weights is None else [round(float(w), 6) for w in weights],
+            "report": out.report.to_dict()})
+        self.parents = input_ids
+        return True, ""
+
+    def _weights(self, inputs: list[Accepted]) -> torch.Tensor | None:
+        if self.cfg.aggregation.weights != "metropolis_hastings":
+            return None
+        degrees = {}
+        for a in inputs:
+            deg = a.envelope.header.get("deg") or self.neighbour_degrees.get(a.sender) or 1
+            degrees[a.sender] = int(deg)
+        self_w, nbr = mh_weights(len(self.neighbours), degrees)
+        # neighbours missing this round: their weight stays with the own model
+        missing = sum(1.0 / (1 + max(len(self.neighbours), self.neighbour_degrees.get(n, 1)))
+                      for n in self.neighbours if n not in degrees)
+        return torch.tensor([self_w + missing] + [nbr[a.sender] for a in inputs], dtype=torch.float32)
+
+    def _save_checkpoint(self) -> None:
+        ckpt.save(self.ckpt_path, ckpt.Checkpoint(
+            self.round, self.model.schema, self.model.flat, self.trainer.momentum_state(),
+            self.verifier.state(), self.parents))
+        self.prov.append("checkpoint", self.round, details={
+            "next_round": self.round, "params_hash": hashlib.sha256(self.model.flat.numpy().tobytes()).hexdigest()})
+
+    # --- receiving ---------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        async for hint, data in self.transport:
+            self.handle_message(hint, data)
+
+    def handle_message(self, hint: str | None, data: bytes) -> None:
+        admitted, first = self.logic.admit(hint)
+        if not admitted:
+            self.rejections["rate_limited"] += 1
+            if first:
+                self._pending_events.append(("rate_limited", self.round, hint, None,
+                                             {"limit": self.logic.per_neighbour_limit}))
+                log.warning("rate-limiting %s: more than %d messages this round", hint,
+                            self.logic.per_neighbour_limit)
+            return
+        result = self.verifier.verify(data, self.round)
+        offered = self.logic.offer(result)
+        if isinstance(result, Rejected):
+            self.rejections[result.reason.value] += 1
+            self._round_rejections[result.reason.value] += 1
+            env = result.envelope
+            self._pending_events.append(("rejected", result.round, result.sender or hint,
+                                         env.update_id if env is not None else None,
+                                         {"reason": result.reason.value, "detail": result.detail[:300],
+                                          "bytes": len(data), "hint": hint}))
+            log.debug("rejected from %s: %s (%s)", result.sender or hint, result.reason.value, result.detail)
+        elif offered.kind in ("accepted", "buffered"):
+            sh = result.envelope.signed_header()
+            self._pending_events.append(("received", result.envelope.round, result.sender, result.update_id,
+                                         {"header": sh["header"].hex(), "sig": sh["sig"].hex(),
+                                          "bytes": len(data)}))
+        if len(self._pending_events) >= 64:
+            self._flush_events()
+        if offered.kind == "accepted":
+            self._wake.set()
+
+    def _flush_events(self) -> None:
+        if self._pending_events:
+            events, self._pending_events = self._pending_events, []
+            self.prov.append_many(events)

@@ -1,0 +1,1 @@
+"""Simulation: scenarios, engines, attacks, metrics, reports."""

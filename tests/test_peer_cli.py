@@ -1,0 +1,108 @@
+"""The peer and plan commands: init, id, plan, start (a real process, stopped by SIGTERM)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from gossip.identity import load_key
+from gossipfl.cli import main
+from peer.audit import load_events, verify_log
+from peer.config import load_config
+from peer.errors import ConfigError
+
+
+def test_peer_init_writes_a_loadable_config_and_key(tmp_path):
+    r = CliRunner().invoke(main, ["peer", "init", "--dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    cfg = load_config(tmp_path / "peer.toml")
+    assert cfg.transport.kind == "libp2p" and cfg.aggregation.rule == "median"
+    pid = load_key(tmp_path / "peer.key").peer_id
+    r = CliRunner().invoke(main, ["peer", "id", "--config", str(tmp_path / "peer.toml")])
+    assert r.exit_code == 0 and r.output.splitlines() == [pid, f"/ip4/0.0.0.0/tcp/4001/p2p/{pid}"]
+    r = CliRunner().invoke(main, ["peer", "init", "--dir", str(tmp_path)])
+    assert r.exit_code == 2 and "--force" in r.output
+
+
+def test_topology_plan_writes_loadable_configs_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "plan"
+    r = CliRunner().invoke(main, ["topology", "plan", "regular:8,4", "--out", str(out), "--network-id", "lab",
+                                  "--base-port", "5000", "--rule", "krum", "--f", "1"])
+    assert r.exit_code == 0, r.output
+    ids = set()
+    for i in range(8):
+        cfg = load_config(out / f"node-{i}" / "peer.toml")
+        assert cfg.network == "lab" and cfg.aggregation.rule == "krum" and len(cfg.neighbours) == 4
+        assert cfg.transport.listen == [f"/ip4/127.0.0.1/tcp/{5000 + i}"]
+        assert all(n.addr.endswith(n.id) and n.degree == 4 for n in cfg.neighbours)
+        assert oct((out / f"node-{i}" / "peer.key").stat().st_mode & 0o777) == "0o600"
+        ids.add(load_key(cfg.key).peer_id)
+    assert len(ids) == 8 and (out / "topology.png").exists() and (out / "analysis.json").exists()
+    r = CliRunner().invoke(main, ["topology", "plan", "ring:4", "--out", str(out)])
+    assert r.exit_code == 2 and "--force" in r.output
+    r = CliRunner().invoke(main, ["topology", "plan", "ring:4", "--out", str(out), "--transport", "mqtt",
+                                  "--broker", "127.0.0.1:1999", "--force"])
+    assert r.exit_code == 0
+    assert load_config(out / "node-0" / "peer.toml").transport.port == 1999
+
+
+@pytest.mark.parametrize("patch, message", [
+    (("rule = \"median\"", "rule = \"medain\""), "aggregation.rule"),
+    (("deadline = 10.0", "deadline = -1.0"), "round.deadline must be > 0"),
+    (("kind = \"memory\"", "kind = \"pigeon\""), "transport.kind must be one of"),
+    (("[storage]", "[storage]\nbogus = 1"), "unknown field(s) bogus in [storage]"),
+    (("shard = 0", "shard = 9"), "data.shard must be below"),
+    (("lr = 0.1", "lr = \"fast\""), "train.lr must be float"),
+])
+def test_config_errors_name_the_field(tmp_path, patch, message):
+    CliRunner().invoke(main, ["topology", "plan", "ring:4", "--out", str(tmp_path / "p"), "--transport", "memory"])
+    path = tmp_path / "p" / "node-0" / "peer.toml"
+    text = path.read_text()
+    assert patch[0] in text
+    path.write_text(text.replace(patch[0], patch[1], 1))
+    with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)").replace("[", "\\[")):
+        load_config(path)
+
+
+def test_missing_data_file_is_an_error_before_any_round(tmp_path):
+    CliRunner().invoke(main, ["topology", "plan", "ring:4", "--out", str(tmp_path / "p"), "--transport", "memory"])
+    path = tmp_path / "p" / "node-0" / "peer.toml"
+    path.write_text(path.read_text().replace('source = "digits"', 'source = "csv"\npath = "nope.csv"'))
+    r = CliRunner().invoke(main, ["peer", "start", "--config", str(path)])
+    assert r.exit_code == 2 and "nope.csv not found" in r.output
+
+
+@pytest.mark.timeout(120)
+def test_peer_start_runs_and_stops_cleanly_on_sigterm(tmp_path):
+    CliRunner().invoke(main, ["topology", "plan", "ring:3", "--out", str(tmp_path / "p"), "--transport", "memory"])
+    cfg = tmp_path / "p" / "node-0" / "peer.toml"
+    cfg.write_text(cfg.read_text().replace("deadline = 10.0", "deadline = 0.3"))
+    proc = subprocess.Popen([sys.executable, "-m", "gossipfl", "peer", "start", "--config", str(cfg),
+                             "--log-format", "json"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        lines = []
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if '"round 1:' in line or "round 1:" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert any('"level": "info"' in x for x in lines)
+    db = tmp_path / "p" / "node-0" / "data" / "provenance.db"
+    assert verify_log(db).ok
+    _, stopped = load_events(db, kind="stopped")
+    assert stopped and stopped[-1].details["reason"] == "stop requested"
+    assert (tmp_path / "p" / "node-0" / "data" / "checkpoint.msgpack").exists()
