@@ -57,6 +57,7 @@ class DataConfig:
     y_key: str = "y"
     holdout: float = 0.2
     seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments for a loader
 
 
 @dataclass
@@ -214,7 +215,7 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
         path=d.get("path", str, None), label_column=d.get("label_column", str, "label"),
         x_key=d.get("x_key", str, "x"), y_key=d.get("y_key", str, "y"),
         holdout=d.get("holdout", float, 0.2, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
-        seed=d.get("seed", int, 0))
+        seed=d.get("seed", int, 0), options=d.get("options", dict, {}))
     if data.shard >= data.shards:
         raise ConfigError(f"data.shard must be below data.shards = {data.shards}, got {data.shard}")
     if data.source in ("npz", "csv"):

@@ -81,7 +81,9 @@ def load_local_data(cfg: PeerConfig) -> LocalData:
     else:
         loader = load_object(d.source, "data.source")
         try:
-            x, y = loader(shard=d.shard, shards=d.shards, seed=d.seed)
+            x, y = loader(shard=d.shard, shards=d.shards, seed=d.seed, **d.options)
+        except DataError:
+            raise
         except Exception as exc:  # user code: report, do not crash with a traceback
             raise DataError(f"data.source {d.source} failed: {type(exc).__name__}: {exc}") from None
         x, y = torch.as_tensor(x).float().reshape(len(y), -1).numpy(), torch.as_tensor(y).long().numpy()
@@ -117,7 +119,8 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
 
 
 class Peer:
-    def __init__(self, parts: PeerParts, craft: Craft | None = None, label_map: torch.Tensor | None = None):
+    def __init__(self, parts: PeerParts, craft: Craft | None = None, label_map: torch.Tensor | None = None,
+                 mangle: Callable[[int, str, bytes], list[bytes]] | None = None):
         cfg = parts.cfg
         self.parts, self.cfg = parts, cfg
         self.identity = parts.identity
@@ -134,7 +137,8 @@ class Peer:
         self.logic = RoundLogic(frozenset(self.neighbours), 0, cfg.round.inbox_per_neighbour, cfg.round.max_lead)
         self.prov = ProvenanceLog(Path(cfg.data_dir) / "provenance.db", self.identity, cfg.network)
         self.ckpt_path = Path(cfg.data_dir) / "checkpoint.msgpack"
-        self.craft, self.label_map = craft, label_map
+        # attack simulation hooks: craft the values sent, poison labels, rewrite the bytes sent
+        self.craft, self.label_map, self.mangle = craft, label_map, mangle
         self.parents: list[str] = []
         self.history: list[RoundRecord] = []
         self.rejections: Counter = Counter()
@@ -168,6 +172,16 @@ class Peer:
         self.parents = list(ck.parents)
         self.logic.advance(ck.round)
         self.resumed_from = ck.round
+
+    async def go_offline(self) -> None:
+        """Simulated outage: stop receiving (messages sent meanwhile are lost)."""
+        if self._receiver:
+            self._receiver.cancel()
+        await self.transport.close()
+
+    async def go_online(self) -> None:
+        await self.transport.start()
+        self._receiver = asyncio.get_running_loop().create_task(self._receive_loop())
 
     async def start(self) -> None:
         self.resume()
@@ -222,7 +236,14 @@ class Peer:
     # --- one round -------------------------------------------------------------------
 
     async def run_round(self) -> RoundRecord | None:
-        t0 = time.monotonic()
+        """One full round: train and send, then collect and aggregate."""
+        if not await self.train_and_send():
+            return None
+        return await self.collect_and_aggregate()
+
+    async def train_and_send(self) -> bool:
+        """Phase 1 (the simulator runs it for every peer before phase 2, in lock-step)."""
+        self._t0 = time.monotonic()
         target = self.logic.catch_up_target(self.cfg.aggregation.f)
         if target is not None:
             log.info("neighbours are at round %d, jumping from %d", target, self.round)
@@ -235,7 +256,7 @@ class Peer:
             train_metrics = self.trainer.train_round(self.label_map)
         t_train = time.monotonic() - t_train
         if self._stop.is_set():
-            return None
+            return False
         eval_metrics = self.trainer.evaluate()
         own = self.model.get()
         self.prov.append("trained", r, details={
@@ -243,14 +264,21 @@ class Peer:
             "eval_loss": eval_metrics.loss, "eval_accuracy": eval_metrics.accuracy,
             "eval_samples": eval_metrics.samples})
         own_id, bytes_sent = await self._broadcast(r, own)
-        await self._collect(t0)
+        self._phase = (r, own, own_id, bytes_sent, train_metrics, eval_metrics, t_train)
+        return True
+
+    async def collect_and_aggregate(self) -> RoundRecord | None:
+        """Phase 2: wait for neighbours (all, quorum or deadline), aggregate, checkpoint."""
+        r, own, own_id, bytes_sent, train_metrics, eval_metrics, t_train = self._phase
+        await self._collect(self._t0)
         if self._stop.is_set():
             return None
         aggregated, note = self._aggregate(r, own, own_id)
+        rejected = Counter(self._round_rejections)
         self._start_round(r + 1)
         self._save_checkpoint()
-        rec = RoundRecord(r, train_metrics, eval_metrics, len(self._last_inputs), Counter(self._round_rejections),
-                          aggregated, note, bytes_sent, time.monotonic() - t0, t_train)
+        rec = RoundRecord(r, train_metrics, eval_metrics, len(self._last_inputs), rejected,
+                          aggregated, note, bytes_sent, time.monotonic() - self._t0, t_train)
         self.history.append(rec)
         log.info("round %d: train loss %.3f, eval acc %.3f, %d/%d neighbours accepted%s, %.2fs", r,
                  train_metrics.loss, eval_metrics.accuracy, rec.accepted, len(self.neighbours),
@@ -272,10 +300,14 @@ class Peer:
             msg = sealed
             if self.craft is not None:
                 msg = seal_update(self.identity, self.craft(r, nb, own).to(torch.float32), **common)
-            ok = await self.transport.send(nb, msg.data)
-            total += len(msg.data)
+            datas = [msg.data] if self.mangle is None else self.mangle(r, nb, msg.data)
+            ok = True
+            for data in datas:
+                ok = await self.transport.send(nb, data) and ok
+                total += len(data)
             sent_events.append(("sent", r, nb, msg.update_id, {
-                "parents": self.parents, "bytes": len(msg.data), "codec": codec, "delivered": bool(ok)}))
+                "parents": self.parents, "bytes": sum(len(d) for d in datas), "codec": codec,
+                "delivered": bool(ok)}))
         self.prov.append_many(sent_events)
         return sealed.update_id, total
 

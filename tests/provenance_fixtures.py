@@ -22,7 +22,7 @@ def write_ring_logs(tmp_path, peers: int = 3, rounds: int = 3, d: int = 16):
                  for i in range(peers)]
     updates: dict[tuple[int, int], str] = {}
     parents = {i: [] for i in range(peers)}
-    for i, log in enumerate(logs):
+    for log in logs:
         log.append("started", 0, details={"neighbours": 2})
     for r in range(1, rounds + 1):
         msgs = {}

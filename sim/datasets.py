@@ -1,0 +1,91 @@
+"""Offline data sets for simulations, as peer data loaders (`data.source = "sim.datasets:NAME"`).
+
+- digits: scikit-learn's 8x8 digits (peer.data does the work; here only its test split).
+- fashion_mnist: the standard 60k/10k set from Debian's `dataset-fashion-mnist` (IDX files).
+- synthetic: Synthetic(alpha, beta) of the FedProx paper: 60 features, 10 classes, each
+  node drawing its own linear model and inputs from (seed, node id).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from peer.data import digits_pool_and_test, partition
+from peer.errors import DataError
+
+FASHION_DIR = Path(os.environ.get("GOSSIPFL_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+FASHION_HINT = ("Fashion-MNIST is not installed: run `sudo apt-get install dataset-fashion-mnist` "
+                "(or set GOSSIPFL_FASHION_MNIST to a folder with its four IDX .gz files)")
+
+
+def fashion_available() -> bool:
+    return (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file()
+
+
+def _idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 8 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes")
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path}: IDX size does not match its header")
+    return body.reshape(shape)
+
+
+@lru_cache(maxsize=1)
+def _fashion() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if not fashion_available():
+        raise DataError(FASHION_HINT)
+    load = lambda name: _idx(FASHION_DIR / name)  # noqa: E731
+    xtr = load("train-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32) / 255.0
+    xte = load("t10k-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32) / 255.0
+    return xtr, load("train-labels-idx1-ubyte.gz").astype(np.int64), xte, load("t10k-labels-idx1-ubyte.gz").astype(np.int64)
+
+
+def fashion_mnist(shard: int, shards: int, seed: int = 0, partition_: str = "iid", alpha: float = 0.5,
+                  labels_per_shard: int = 2, limit: int = 0, **_):
+    """This shard of the 60k training images (optionally only the first `limit` of them)."""
+    x, y, _, _ = _fashion()
+    if limit:
+        x, y = x[:limit], y[:limit]
+    idx = partition(y, shards, partition_, alpha=alpha, labels_per_shard=labels_per_shard, seed=seed)[shard]
+    return x[idx], y[idx]
+
+
+def synthetic(shard: int, shards: int, seed: int = 0, alpha: float = 1.0, beta: float = 1.0, samples: int = 0,
+              dim: int = 60, classes: int = 10, **_):
+    """Node `shard` of Synthetic(alpha, beta): u ~ N(0, alpha), B ~ N(0, beta); W ~ N(u, 1),
+    b ~ N(u, 1); v ~ N(B, 1); x ~ N(v, diag(j^-1.2)); y = argmax softmax(W x + b)."""
+    rng = np.random.default_rng([seed, shard, 7919])
+    n = samples or int(rng.lognormal(4, 2)) + 50
+    n = min(n, 2000)
+    u, big_b = rng.normal(0, np.sqrt(alpha)), rng.normal(0, np.sqrt(beta))
+    w = rng.normal(u, 1, (dim, classes))
+    b = rng.normal(u, 1, classes)
+    v = rng.normal(big_b, 1, dim)
+    cov = np.arange(1, dim + 1) ** -1.2
+    x = rng.normal(v, np.sqrt(cov), (n, dim)).astype(np.float32)
+    y = np.argmax(x @ w + b, axis=1).astype(np.int64)
+    return x, y
+
+
+def test_set(dataset: str, options: dict | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """A common test set for global accuracy, or None where each node has its own distribution."""
+    if dataset == "digits":
+        return digits_pool_and_test()[1]
+    if dataset == "fashion_mnist":
+        _, _, x, y = _fashion()
+        limit = int((options or {}).get("test_limit", 2000))
+        return x[:limit], y[:limit]
+    return None
+
+
+FEATURES = {"digits": 64, "fashion_mnist": 784, "synthetic": 60}

@@ -1,0 +1,262 @@
+"""The protocol engine: real peers (signing, verification, aggregation, provenance) over the
+memory transport in one event loop, driven in lock-step rounds so runs are reproducible:
+every online honest peer trains and sends, then the attackers craft from what the honest
+peers just sent (omniscient), then every peer collects and aggregates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+import torch
+
+from gossip.identity import Identity
+from gossip.transport import LinkFaults, MemoryHub
+from peer.local import memory_peer
+from peer.node import Peer
+from peer.plan import write_plan
+from peer.runtime import configure_process
+
+from . import datasets
+from .attacks import (
+    DATA_ATTACKS,
+    MODEL_ATTACKS,
+    PROTOCOL_ATTACKS,
+    ProtocolAttacker,
+    label_flip_map,
+    model_attack,
+)
+from .errors import ScenarioError
+from .scenario import Scenario
+
+
+def place_byzantine(graph: nx.Graph, sc: Scenario, rng: random.Random) -> list:
+    """Which nodes attack: random, highest degree, or chosen; with `cap` > 0 no honest node
+    gets more than `cap` Byzantine neighbours (nodes that would break the cap are skipped)."""
+    nodes = sorted(graph.nodes)
+    count = int(round(sc.byzantine * len(nodes))) if 0 < sc.byzantine < 1 else int(sc.byzantine)
+    if count >= len(nodes):
+        raise ScenarioError(f"attack.byzantine = {sc.byzantine} leaves no honest node")
+    if sc.placement == "chosen":
+        chosen = [n for n in sc.byzantine_nodes if n in graph]
+        if len(chosen) != len(sc.byzantine_nodes):
+            raise ScenarioError(f"attack.nodes {sc.byzantine_nodes} are not all nodes of the graph")
+        return sorted(chosen)
+    if count == 0:
+        return []
+    for _attempt in range(200 if sc.placement == "random" else 1):
+        order = nodes[:]
+        if sc.placement == "degree":
+            order.sort(key=lambda v: (-graph.degree(v), v))
+        else:
+            rng.shuffle(order)
+        chosen: list = []
+        for v in order:
+            if len(chosen) == count:
+                break
+            if sc.cap > 0:
+                trial = set(chosen) | {v}
+                if any(sum(1 for u in graph.neighbors(h) if u in trial) > sc.cap
+                       for h in graph.nodes if h not in trial):
+                    continue
+            chosen.append(v)
+        if len(chosen) == count:
+            break
+    if len(chosen) < count:
+        raise ScenarioError(f"cannot place {count} attackers with at most {sc.cap} next to any honest node; "
+                            "lower attack.byzantine or raise attack.cap")
+    return sorted(chosen)
+
+
+@dataclass
+class RoundMetrics:
+    round: int
+    accuracy: dict  # node -> global test accuracy (honest nodes)
+    loss: dict
+    consensus: float
+    bytes_sent: int
+    rejected: Counter
+    online: int
+    seconds: float
+
+
+@dataclass
+class RunResult:
+    rule: str
+    scenario: Scenario
+    byzantine: list
+    rounds: list[RoundMetrics] = field(default_factory=list)
+    peer_dirs: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _identity(seed: int, node) -> Identity:
+    return Identity.from_seed(hashlib.sha256(f"gossipfl-sim/{seed}/{node}".encode()).digest())
+
+
+def data_overrides(sc: Scenario) -> dict:
+    if sc.dataset == "digits":
+        return {"source": "digits", "partition": sc.partition, "alpha": sc.alpha,
+                "labels_per_shard": sc.labels_per_shard, "seed": sc.seed, "holdout": 0.1}
+    opts = dict(sc.data_options)
+    if sc.dataset == "fashion_mnist":
+        opts.update({"partition_": sc.partition, "alpha": sc.alpha, "labels_per_shard": sc.labels_per_shard})
+    return {"source": f"sim.datasets:{sc.dataset}", "options": opts, "seed": sc.seed, "holdout": 0.1}
+
+
+class ProtocolEngine:
+    def __init__(self, sc: Scenario, rule: str, graph: nx.Graph, out: Path,
+                 progress: Callable[[int], None] | None = None):
+        self.sc, self.rule, self.graph, self.out = sc, rule, graph, Path(out)
+        self.progress = progress
+        self.rng = random.Random(sc.seed)
+        self.byzantine = place_byzantine(graph, sc, random.Random(sc.seed + 1))
+        self.gen = torch.Generator().manual_seed(sc.seed)
+
+    def _faults(self) -> LinkFaults:
+        sc = self.sc
+        stragglers = set(sorted(self.graph.nodes)[-sc.stragglers:]) if sc.stragglers else set()
+        self._straggler_ids: set[str] = set()
+        rng = random.Random(sc.seed + 2)
+
+        def latency(sender: str, to: str) -> float:
+            base = sc.latency * rng.expovariate(1.0) if sc.latency else 0.0
+            return base * 10 if sender in self._straggler_ids else base
+
+        self._stragglers = stragglers
+        return LinkFaults(loss=sc.loss, latency=latency if (sc.latency or stragglers) else None,
+                          blocked=self._blocked, rng=random.Random(sc.seed + 3))
+
+    def _blocked(self, sender: str, to: str) -> bool:
+        pr = self.sc.partition_rounds
+        if not pr or not pr[0] <= self.current_round <= pr[1]:
+            return False
+        return self.side.get(sender) != self.side.get(to)
+
+    def build(self) -> list[Peer]:
+        sc = self.sc
+        overrides = {
+            "model": {"name": sc.model, "options": sc.model_options, "classes": 10, "seed": sc.seed},
+            "data": data_overrides(sc),
+            "train": {"local_steps": sc.local_steps, "batch_size": sc.batch_size, "lr": sc.lr, "momentum": sc.momentum},
+            "aggregation": {"rule": self.rule, "f": sc.f, "weights": sc.weights, "params": sc.rule_params},
+            "round": {"deadline": sc.deadline, "train_in_thread": False, "codec": sc.codec,
+                      "max_message_mb": sc.max_message_mb, "max_lead": 2},
+        }
+        idents = {v: _identity(sc.seed, v) for v in self.graph.nodes}
+        self.nodes = write_plan(self.graph, self.out / "peers", network_id=f"sim-{sc.name}", transport="memory",
+                                overrides=overrides, identities=idents, force=True, draw=False)
+        # the digits partition is per plan index; for Byzantine data attacks use label maps
+        self.hub = MemoryHub(self._faults(), queue_size=1024)
+        self.node_of = {n.peer_id: n.label for n in self.nodes}
+        self.label_of = {str(v): v for v in self.graph.nodes}
+        self.id_of = {self.label_of[n.label]: n.peer_id for n in self.nodes}
+        self._straggler_ids = {self.id_of[v] for v in self._stragglers}
+        halves = sorted(self.graph.nodes)
+        self.side = {self.id_of[v]: i < len(halves) // 2 for i, v in enumerate(halves)}
+        self.current_round = 0
+        peers = []
+        for n in self.nodes:
+            v = self.label_of[n.label]
+            kw = {}
+            if v in self.byzantine:
+                kw = self._attacker_hooks(v, idents[v])
+            peers.append(memory_peer(n.config, self.hub, **kw))
+        self.peers = dict(zip([self.label_of[n.label] for n in self.nodes], peers, strict=True))
+        return peers
+
+    def _attacker_hooks(self, v, ident: Identity) -> dict:
+        kind = self.sc.attack
+        if kind in DATA_ATTACKS:
+            return {"label_map": label_flip_map(10)}
+        if kind in PROTOCOL_ATTACKS:
+            return {"mangle": ProtocolAttacker(kind, ident, int(self.sc.max_message_mb * 1024 * 1024))}
+        if kind in MODEL_ATTACKS:
+            def craft(r: int, recipient: str, own: torch.Tensor) -> torch.Tensor:
+                t = self.label_of[self.node_of[recipient]]
+                neigh = [u for u in self.graph.neighbors(t) if u not in self.byzantine]
+                honest_models = torch.stack([self.sent[t]] + [self.sent[u] for u in neigh if u in self.sent]) \
+                    if t in self.sent else own[None]
+                without = honest_models[1:] if len(honest_models) > 1 else honest_models
+                b = sum(1 for u in self.graph.neighbors(t) if u in self.byzantine)
+                return model_attack(kind, honest_models, self.sent.get(t, own), own, n=self.graph.degree(t) + 1,
+                                    b=b, gen=self.gen, params=self.sc.attack_params, honest_without_target=without)
+            return {"craft": craft}
+        return {}
+
+    async def run(self) -> RunResult:
+        sc = self.sc
+        configure_process()
+        peers = self.build()
+        honest = [v for v in sorted(self.graph.nodes) if v not in self.byzantine]
+        test = datasets.test_set(sc.dataset, sc.data_options)
+        test_xy = None if test is None else (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+        result = RunResult(self.rule, sc, self.byzantine, peer_dirs=[n.dir for n in self.nodes])
+        down: dict = {}
+        churn_rng = random.Random(sc.seed + 4)
+        t_start = time.monotonic()
+        for p in peers:
+            await p.start()
+        try:
+            for r in range(sc.rounds):
+                self.current_round = r
+                t0 = time.monotonic()
+                # churn: honest peers go down with probability `dropout`, come back with `rejoin`
+                if sc.dropout:
+                    for v in honest:
+                        if v in down:
+                            if churn_rng.random() < sc.rejoin:
+                                del down[v]
+                                await self.peers[v].go_online()
+                        elif churn_rng.random() < sc.dropout:
+                            down[v] = r
+                            await self.peers[v].go_offline()
+                online = [v for v in sorted(self.graph.nodes) if v not in down]
+                self.sent: dict = {}
+                for v in online:
+                    if v not in self.byzantine:
+                        await self.peers[v].train_and_send()
+                        self.sent[v] = self.peers[v].model.get()
+                for v in online:
+                    if v in self.byzantine:
+                        await self.peers[v].train_and_send()
+                recs = await asyncio.gather(*(self.peers[v].collect_and_aggregate() for v in online))
+                rejected = Counter()
+                bytes_sent = 0
+                for v, rec in zip(online, recs, strict=True):
+                    if rec is None:
+                        continue
+                    bytes_sent += rec.bytes_sent
+                    if v not in self.byzantine:
+                        rejected.update(rec.rejected)
+                result.rounds.append(self._measure(r, honest, test_xy, bytes_sent, rejected, len(online),
+                                                   time.monotonic() - t0))
+                if self.progress:
+                    self.progress(1)
+        finally:
+            for v in down:
+                await self.peers[v].go_online()
+            for p in peers:
+                await p.close("simulation done")
+        result.seconds = time.monotonic() - t_start
+        return result
+
+    def _measure(self, r, honest, test_xy, bytes_sent, rejected, online, seconds) -> RoundMetrics:
+        acc, loss = {}, {}
+        models = []
+        for v in honest:
+            p = self.peers[v]
+            m = p.trainer.evaluate(*test_xy) if test_xy is not None else p.trainer.evaluate()
+            acc[v], loss[v] = m.accuracy, m.loss
+            models.append(p.model.flat)
+        stack = torch.stack(models)
+        consensus = float(((stack - stack.mean(0)) ** 2).sum(1).mean())
+        return RoundMetrics(r, acc, loss, consensus, bytes_sent, rejected, online, seconds)
