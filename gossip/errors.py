@@ -19,3 +19,7 @@ class PeerIdError(GossipError):
 
 class CodecError(GossipError):
     """A payload codec is unknown or a payload does not decode to the expected size."""
+
+
+class TransportError(GossipError):
+    """A transport cannot start: port in use, bad address, unreachable broker."""

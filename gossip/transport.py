@@ -37,6 +37,9 @@ class Transport:
     def addresses(self) -> list[str]:
         return []
 
+    async def status(self, info: dict) -> None:
+        """Publish a small status (round, accuracy) where the transport has a place for it."""
+
 
 @dataclass
 class LinkFaults:

@@ -86,6 +86,7 @@ class RoundConfig:
     max_message_mb: float = 64.0
     inbox_per_neighbour: int = 4
     train_in_thread: bool = True
+    interval: float = 0.0  # minimum seconds from one round's start to the next (pacing)
 
 
 @dataclass
@@ -251,7 +252,8 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
         codec=r.get("codec", str, "raw-f32", allowed=CODECS),
         max_message_mb=r.get("max_message_mb", float, 64.0, check=_positive),
         inbox_per_neighbour=r.get("inbox_per_neighbour", int, 4, check=_positive),
-        train_in_thread=r.get("train_in_thread", bool, True))
+        train_in_thread=r.get("train_in_thread", bool, True),
+        interval=r.get("interval", float, 0.0, check=_non_negative))
     r.done()
 
     s = top.table("storage")
@@ -337,6 +339,7 @@ weights = "uniform"              # uniform | metropolis_hastings
 deadline = 10.0                  # seconds to wait for neighbours each round
 quorum = 0                       # proceed once this many arrived (0: all)
 rounds = 0                       # stop after this many rounds (0: run until stopped)
+interval = 0.0                   # at least this many seconds between round starts (pacing)
 codec = "raw-f32"                # raw-f32 | f16 | int8
 
 [storage]

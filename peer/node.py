@@ -227,8 +227,15 @@ class Peer:
         done = 0
         try:
             while not self._stop.is_set() and (rounds == 0 or done < rounds):
+                started = time.monotonic()
                 await self.run_round()
                 done += 1
+                pause = self.cfg.round.interval - (time.monotonic() - started)
+                if pause > 0 and (rounds == 0 or done < rounds):
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), pause)
+                    except TimeoutError:
+                        pass
         finally:
             await self.close("stop requested" if self._stop.is_set() else "rounds done")
         return self.history
@@ -280,6 +287,9 @@ class Peer:
         rec = RoundRecord(r, train_metrics, eval_metrics, len(self._last_inputs), rejected,
                           aggregated, note, bytes_sent, time.monotonic() - self._t0, t_train)
         self.history.append(rec)
+        await self.transport.status({"round": r, "eval_accuracy": round(eval_metrics.accuracy, 4),
+                                     "neighbours_seen": rec.accepted, "neighbours": len(self.neighbours),
+                                     "aggregated": aggregated, "ts": time.time()})
         log.info("round %d: train loss %.3f, eval acc %.3f, %d/%d neighbours accepted%s, %.2fs", r,
                  train_metrics.loss, eval_metrics.accuracy, rec.accepted, len(self.neighbours),
                  f" ({note})" if note else "", rec.seconds)
@@ -295,20 +305,24 @@ class Peer:
         common = dict(net=self.cfg.network, round=r, schema=self.model.schema, codec=codec,
                       parents=[bytes.fromhex(p) for p in self.parents], deg=len(self.neighbours))
         sealed = seal_update(self.identity, own, **common)
-        sent_events, total = [], 0
+        outgoing, sent_events = [], []
         for nb in self.neighbours:
             msg = sealed
             if self.craft is not None:
                 msg = seal_update(self.identity, self.craft(r, nb, own).to(torch.float32), **common)
             datas = [msg.data] if self.mangle is None else self.mangle(r, nb, msg.data)
-            ok = True
-            for data in datas:
-                ok = await self.transport.send(nb, data) and ok
-                total += len(data)
+            outgoing.append((nb, datas))
             sent_events.append(("sent", r, nb, msg.update_id, {
-                "parents": self.parents, "bytes": sum(len(d) for d in datas), "codec": codec,
-                "delivered": bool(ok)}))
+                "parents": self.parents, "bytes": sum(len(d) for d in datas), "codec": codec}))
+        # logged before transmission: a crash between the two leaves a `sent` with no receipt,
+        # never a receipt with no `sent`
         self.prov.append_many(sent_events)
+        total = 0
+        for nb, datas in outgoing:
+            for data in datas:
+                if not await self.transport.send(nb, data):
+                    log.debug("round %d: update to %s not delivered", r, nb)
+                total += len(data)
         return sealed.update_id, total
 
     async def _collect(self, t0: float) -> None:

@@ -37,11 +37,12 @@ def node_dir_name(label) -> str:
 def write_plan(graph: nx.Graph, out: str | os.PathLike, *, network_id: str = "gossipfl", transport: str = "libp2p",
                host: str = "127.0.0.1", base_port: int = 4001, mqtt_host: str = "127.0.0.1", mqtt_port: int = 1883,
                force: bool = False, overrides: dict | None = None, identities: dict | None = None,
-               draw: bool = True) -> list[PlannedNode]:
+               draw: bool = True, ports: list[int] | None = None) -> list[PlannedNode]:
     """Write keys (0600), peer.toml per node and trust.toml; refuse an existing folder unless `force`.
 
     `overrides` are merged into every node's config tables (e.g. {"round": {"deadline": 2.0}});
-    `identities` maps node labels to Identity objects to use instead of fresh keys.
+    `identities` maps node labels to Identity objects to use instead of fresh keys;
+    `ports` gives each node's libp2p port (default: base_port + index).
     """
     out = Path(out)
     if transport not in ("libp2p", "mqtt", "memory"):
@@ -53,6 +54,7 @@ def write_plan(graph: nx.Graph, out: str | os.PathLike, *, network_id: str = "go
     out.mkdir(parents=True, exist_ok=True)
     nodes = sorted(graph.nodes, key=lambda v: (str(type(v)), v))
     index = {v: i for i, v in enumerate(nodes)}
+    port_of = {v: (ports[i] if ports else base_port + i) for v, i in index.items()}
     idents = {v: (identities or {}).get(v) or Identity.generate() for v in nodes}
     trust = build_trust_list(network_id, [{"id": idents[v].peer_id, "name": str(v)} for v in nodes])
     (out / "trust.toml").write_text(trust.to_toml())
@@ -63,12 +65,12 @@ def write_plan(graph: nx.Graph, out: str | os.PathLike, *, network_id: str = "go
         d = out / node_dir_name(v)
         d.mkdir()
         save_key(idents[v], d / "peer.key")
-        port = base_port + i if transport == "libp2p" else None
+        port = port_of[v] if transport == "libp2p" else None
         neighbours = []
         for u in sorted(graph.neighbors(v), key=lambda x: index[x]):
             nb = {"id": idents[u].peer_id, "name": str(u), "degree": graph.degree(u)}
             if transport == "libp2p":
-                nb["addr"] = f"/ip4/{host}/tcp/{base_port + index[u]}/p2p/{idents[u].peer_id}"
+                nb["addr"] = f"/ip4/{host}/tcp/{port_of[u]}/p2p/{idents[u].peer_id}"
             neighbours.append(nb)
         tr = {"kind": transport}
         if transport == "libp2p":

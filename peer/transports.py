@@ -18,11 +18,15 @@ def make_transport(cfg: PeerConfig, identity: Identity, hub: MemoryHub | None = 
             from gossip.libp2p_transport import Libp2pTransport
         except ImportError as exc:
             raise ConfigError(f"transport.kind = libp2p is not available: {exc}") from None
-        return Libp2pTransport.from_config(cfg, identity)
+        return Libp2pTransport(identity, cfg.transport.listen, {n.id: n.addr for n in cfg.neighbours},
+                               max_size=int(cfg.round.max_message_mb * 1024 * 1024), mdns=cfg.transport.mdns)
     if kind == "mqtt":
         try:
             from gossip.mqtt_transport import MqttTransport
         except ImportError as exc:
             raise ConfigError(f"transport.kind = mqtt is not available: {exc}") from None
-        return MqttTransport.from_config(cfg, identity)
+        t = cfg.transport
+        return MqttTransport(identity, cfg.network, host=t.host, port=t.port, username=t.username,
+                             password=t.password, tls=t.tls, ca_file=t.ca_file, prefix=t.topic_prefix,
+                             status=t.status, max_size=int(cfg.round.max_message_mb * 1024 * 1024))
     raise ConfigError(f"transport.kind must be memory, libp2p or mqtt, got {kind!r}")

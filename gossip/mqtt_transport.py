@@ -1,0 +1,147 @@
+"""The MQTT transport (aiomqtt), for sites that already run a broker.
+
+The broker only relays bytes: every message is still a signed envelope that the receiver
+verifies; trust and aggregation stay with the peers. Each peer subscribes to
+`PREFIX/NETWORK/PEER_ID/inbox/+` and publishes to `PREFIX/NETWORK/NEIGHBOUR/inbox/SENDER`
+with QoS 1 (the last level is an unauthenticated hint, used only for rate limiting).
+It keeps a retained status message under `PREFIX/NETWORK/PEER_ID/status` for dashboards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+
+import aiomqtt
+
+from .errors import TransportError
+from .identity import Identity
+from .transport import Transport
+
+log = logging.getLogger("gossipfl.mqtt")
+PUBLISH_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 10.0
+
+
+class MqttTransport(Transport):
+    def __init__(self, identity: Identity, network: str, *, host: str = "127.0.0.1", port: int = 1883,
+                 username: str | None = None, password: str | None = None, tls: bool = False,
+                 ca_file: str | None = None, prefix: str = "gossipfl", status: bool = True,
+                 max_size: int = 64 * 1024 * 1024, inbox: int = 256):
+        self.identity, self.peer_id, self.network = identity, identity.peer_id, network
+        self.host, self.port, self.username, self.password = host, port, username, password
+        self.tls, self.ca_file, self.prefix, self.publish_status = tls, ca_file, prefix, status
+        self.max_size = max_size
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=inbox)
+        self.client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.closed = True
+        self.dropped_full = 0
+
+    def topic(self, peer_id: str, leaf: str) -> str:
+        return f"{self.prefix}/{self.network}/{peer_id}/{leaf}"
+
+    def addresses(self) -> list[str]:
+        return [f"mqtt://{self.host}:{self.port}/{self.topic(self.peer_id, 'inbox')}"]
+
+    def _client(self) -> aiomqtt.Client:
+        tls_context = None
+        if self.tls:
+            tls_context = ssl.create_default_context(cafile=self.ca_file)
+        return aiomqtt.Client(self.host, self.port, username=self.username, password=self.password,
+                              identifier=f"gossipfl-{self.peer_id[-16:]}", tls_context=tls_context,
+                              timeout=CONNECT_TIMEOUT, max_queued_incoming_messages=0)
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue(maxsize=self.queue.maxsize)
+        self._connected = asyncio.Event()
+        self.closed = False
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        waiter = asyncio.ensure_future(self._connected.wait())
+        done, _ = await asyncio.wait({waiter, self._task}, timeout=CONNECT_TIMEOUT,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            waiter.cancel()
+            self.closed = True
+            if self._task.done() and self._task.exception():
+                exc = self._task.exception()
+            else:
+                self._task.cancel()
+                exc = None
+            raise TransportError(f"cannot reach the MQTT broker at {self.host}:{self.port}"
+                                 + (f": {exc}" if exc else " (timed out)"))
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while not self.closed:
+            try:
+                async with self._client() as client:
+                    self.client = client
+                    await client.subscribe(self.topic(self.peer_id, "inbox/+"), qos=1)
+                    self._connected.set()
+                    delay = 0.5
+                    log.info("connected to MQTT broker %s:%d", self.host, self.port)
+                    async for message in client.messages:
+                        payload = message.payload
+                        if not isinstance(payload, (bytes, bytearray)) or len(payload) > self.max_size:
+                            continue
+                        hint = str(message.topic).rsplit("/", 1)[-1]
+                        try:
+                            self.queue.put_nowait((hint, bytes(payload)))
+                        except asyncio.QueueFull:
+                            self.dropped_full += 1
+            except aiomqtt.MqttError as exc:
+                self.client = None
+                self._connected.clear()
+                if self.closed:
+                    return
+                log.warning("MQTT connection lost (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def send(self, peer_id: str, data: bytes) -> bool:
+        client = self.client
+        if self.closed or client is None:
+            return False
+        try:
+            await client.publish(self.topic(peer_id, f"inbox/{self.peer_id}"), bytes(data), qos=1,
+                                 timeout=PUBLISH_TIMEOUT)
+            return True
+        except (TimeoutError, aiomqtt.MqttError) as exc:
+            log.warning("publish of %d bytes to %s failed (%s): if the message is large, check the broker's "
+                        "maximum packet size (mosquitto: max_packet_size / message_size_limit)",
+                        len(data), peer_id, exc or "timeout")
+            return False
+
+    async def status(self, info: dict) -> None:
+        client = self.client
+        if not self.publish_status or client is None:
+            return
+        with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
+            await client.publish(self.topic(self.peer_id, "status"), json.dumps(info), qos=1, retain=True,
+                                 timeout=10)
+
+    def __aiter__(self):
+        return self._iterate()
+
+    async def _iterate(self):
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            yield item
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)

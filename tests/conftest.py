@@ -1,0 +1,1 @@
+from .netfixtures import mosquitto, peer_processes  # noqa: F401  (fixtures)

@@ -1,0 +1,118 @@
+"""Real network pieces for tests: free loopback ports, a Mosquitto broker, peer processes.
+Everything started here is stopped here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A real Mosquitto broker on a free loopback port (config written by the test)."""
+    binary = mosquitto_binary()
+    if binary is None:
+        pytest.skip("mosquitto is not installed (the project's .ci/install puts it there: apt-get install mosquitto)")
+    (port,) = free_ports(1)
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_queued_messages 10000\nmax_inflight_messages 100\n")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class PeerProcesses:
+    """`gossipfl peer start` processes, stopped (SIGKILL as a last resort) at teardown."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp = tmp_path
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, config: Path, *extra: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "gossipfl", "peer", "start", "--config", str(config), *extra],
+                                stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait(30)
+
+    def wait_all(self, timeout: float) -> dict[str, int]:
+        end = time.time() + timeout
+        codes = {}
+        for name, p in self.procs.items():
+            try:
+                codes[name] = p.wait(max(1.0, end - time.time()))
+            except subprocess.TimeoutExpired:
+                codes[name] = None
+        return codes
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def peer_processes(tmp_path):
+    pp = PeerProcesses(tmp_path)
+    try:
+        yield pp
+    finally:
+        pp.stop_all()

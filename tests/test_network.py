@@ -1,0 +1,217 @@
+"""Peers in separate processes over real transports: libp2p (TCP + Noise + yamux) and MQTT
+through a real Mosquitto broker. All traffic on 127.0.0.1; every process is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gossip.envelope import seal_update
+from gossip.identity import Identity
+from gossip.libp2p_transport import Libp2pTransport
+from gossip.mqtt_transport import MqttTransport
+from gossipfl.cli import main
+from peer.audit import load_events, verify_log
+from peer.model import FlatModel, build_model
+from peer.plan import write_plan
+from topology import from_spec
+
+from .netfixtures import free_ports
+
+ROUNDS = 8
+SETTINGS = {"train": {"local_steps": 25, "lr": 0.1}, "round": {"deadline": 4.0, "interval": 1.0},
+            "aggregation": {"rule": "median", "f": 1}}
+
+
+def plan(tmp_path: Path, transport: str, rounds: int = ROUNDS, broker: int = 1883):
+    over = {k: dict(v) for k, v in SETTINGS.items()}
+    over["round"]["rounds"] = rounds
+    return write_plan(from_spec("regular:8,4", seed=2), tmp_path / "plan", network_id="lab", transport=transport,
+                      ports=free_ports(8), mqtt_port=broker, overrides=over, draw=False)
+
+
+def db(node) -> Path:
+    return node.dir / "data" / "provenance.db"
+
+
+def check_network(nodes, min_accuracy=0.8):
+    sent = {}
+    for n in nodes:
+        v = verify_log(db(n))
+        assert v.ok, v.line()
+        owner, events = load_events(db(n))
+        for e in events:
+            if e.kind == "sent":
+                sent[(owner, e.counterpart, e.update_hash)] = True
+        trained = [e for e in events if e.kind == "trained"]
+        assert trained and trained[-1].details["eval_accuracy"] >= min_accuracy, (n.label, trained[-1].details)
+    for n in nodes:
+        owner, received = load_events(db(n), kind="received")
+        assert received, n.label
+        for e in received:  # every received update was sent to this peer by its sender
+            assert (e.counterpart, owner, e.update_hash) in sent
+
+
+def wait_for_round(pp, names, rnd, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        if all(f"round {rnd}:" in pp.log(n) for n in names):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not all of {names} reached round {rnd}:\n" + pp.log(names[0])[-2000:])
+
+
+def schema_of_plan() -> bytes:
+    return FlatModel(build_model("mlp", 64, 10, {"hidden": [32]})).schema
+
+
+def test_libp2p_two_transports_move_a_large_update_and_refuse_oversize():
+    async def scenario():
+        a, b = Identity.generate(), Identity.generate()
+        ta = Libp2pTransport(a, ["/ip4/127.0.0.1/tcp/0"], {}, max_size=5_000_000)
+        await ta.start()
+        tb = Libp2pTransport(b, ["/ip4/127.0.0.1/tcp/0"], {a.peer_id: ta.addresses()[0]})
+        await tb.start()
+        try:
+            assert ta.addresses()[0].endswith(f"/p2p/{a.peer_id}")
+            msg = bytes(range(256)) * 16_000  # 4 MB
+            assert await tb.send(a.peer_id, msg)
+            it = ta.__aiter__()
+            sender, got = await asyncio.wait_for(it.__anext__(), 30)
+            assert sender == b.peer_id and got == msg
+            await tb.send(a.peer_id, bytes(6_000_000))  # over the receiver's limit: reset, never delivered
+            assert await tb.send(a.peer_id, b"small")
+            sender, got = await asyncio.wait_for(it.__anext__(), 30)
+            assert got == b"small"
+        finally:
+            await tb.close()
+            await ta.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(400)
+def test_eight_libp2p_peer_processes_learn_survive_kills_and_reject_an_intruder(tmp_path, peer_processes):
+    nodes = plan(tmp_path, "libp2p", rounds=16)
+    names = [n.label for n in nodes]
+    for n in nodes:
+        peer_processes.start(n.label, n.config)
+    wait_for_round(peer_processes, names, 2, 180)
+    # an intruder (this test process, not on the trust list) sends validly signed updates
+    intruder = Identity.generate()
+    target = nodes[0]
+
+    async def intrude():
+        t = Libp2pTransport(intruder, ["/ip4/127.0.0.1/tcp/0"],
+                            {target.peer_id: f"/ip4/127.0.0.1/tcp/{target.port}/p2p/{target.peer_id}"})
+        await t.start()
+        delivered = 0
+        try:
+            x = FlatModel(build_model("mlp", 64, 10, {"hidden": [32]})).get()
+            for r in range(0, 40):
+                msg = seal_update(intruder, x, net="lab", round=r, schema=schema_of_plan()).data
+                delivered += await t.send(target.peer_id, msg)
+                if delivered >= 3:
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await t.close()
+        return delivered
+
+    assert asyncio.run(intrude()) >= 3, peer_processes.log(target.label)[-3000:]
+    # kill -9 two peers in the middle of a round; the others keep completing rounds
+    victims = names[1:3]
+    for v in victims:
+        peer_processes.kill(v)
+    survivors = [n for n in names if n not in victims]
+    wait_for_round(peer_processes, survivors, 6, 180)
+    for n in nodes:
+        if n.label in victims:
+            peer_processes.start(n.label + "-again", n.config)
+    codes = peer_processes.wait_all(300)
+    assert all(codes[n] == 0 for n in survivors + [v + "-again" for v in victims]), codes
+    for v in victims:
+        text = peer_processes.log(v + "-again")
+        assert "jumping from" in text or "started at round" in text
+        assert "started at round 0 " not in text  # resumed from its checkpoint
+    check_network(nodes)
+    _, rejected = load_events(db(target), kind="rejected")
+    assert any(e.details["reason"] == "unknown_sender" and e.counterpart == intruder.peer_id for e in rejected)
+
+
+@pytest.mark.timeout(300)
+def test_eight_mqtt_peer_processes_learn_through_mosquitto(tmp_path, peer_processes, mosquitto):
+    nodes = plan(tmp_path, "mqtt", broker=mosquitto)
+    for n in nodes:
+        peer_processes.start(n.label, n.config)
+    codes = peer_processes.wait_all(240)
+    assert all(c == 0 for c in codes.values()), (codes, peer_processes.log(nodes[0].label)[-3000:])
+    check_network(nodes)
+
+    async def intrude_and_read_status():
+        intruder = Identity.generate()
+        t = MqttTransport(intruder, "lab", port=mosquitto)
+        await t.start()
+        try:
+            import aiomqtt
+            async with aiomqtt.Client("127.0.0.1", mosquitto) as c:
+                await c.subscribe(f"gossipfl/lab/{nodes[0].peer_id}/status")
+                msg = await asyncio.wait_for(c.messages.__anext__(), 10)
+                return msg.payload
+        finally:
+            await t.close()
+
+    status = asyncio.run(intrude_and_read_status())
+    assert b'"round": 7' in status  # the retained status of the last round
+
+
+@pytest.mark.timeout(120)
+def test_mqtt_intruder_is_rejected_as_unknown_sender(tmp_path, peer_processes, mosquitto):
+    nodes = plan(tmp_path, "mqtt", rounds=3, broker=mosquitto)
+    target = nodes[0]
+    cfg = target.config
+    cfg.write_text(cfg.read_text().replace("deadline = 4.0", "deadline = 1.0"))
+    peer_processes.start(target.label, cfg)
+
+    async def intrude():
+        intruder = Identity.generate()
+        t = MqttTransport(intruder, "lab", port=mosquitto)
+        await t.start()
+        try:
+            x = FlatModel(build_model("mlp", 64, 10, {"hidden": [32]})).get()
+            for _ in range(40):
+                await t.send(target.peer_id, seal_update(intruder, x, net="lab", round=0, schema=schema_of_plan()).data)
+                await asyncio.sleep(0.1)
+                if "round 0:" in peer_processes.log(target.label):
+                    break
+        finally:
+            await t.close()
+        return intruder.peer_id
+
+    intruder_id = asyncio.run(intrude())
+    assert peer_processes.wait_all(60)[target.label] == 0
+    _, rejected = load_events(db(target), kind="rejected")
+    assert any(e.details["reason"] == "unknown_sender" and e.counterpart == intruder_id for e in rejected)
+
+
+def test_peer_start_errors_are_one_line(tmp_path):
+    nodes = plan(tmp_path, "libp2p", rounds=1)
+    cfg = nodes[0].config
+    with socket.socket() as s:  # hold the peer's port
+        s.bind(("127.0.0.1", nodes[0].port))
+        s.listen()
+        r = CliRunner().invoke(main, ["peer", "start", "--config", str(cfg)])
+    assert r.exit_code == 2 and "address already in use" in r.output, r.output
+    key = nodes[1].dir / "peer.key"
+    key.write_text("not a key")
+    key.chmod(0o600)
+    r = CliRunner().invoke(main, ["peer", "start", "--config", str(nodes[1].config)])
+    assert r.exit_code == 2 and "not a PEM private key" in r.output
+    mq = plan(tmp_path / "mq", "mqtt", rounds=1, broker=free_ports(1)[0])
+    r = CliRunner().invoke(main, ["peer", "start", "--config", str(mq[0].config)])
+    assert r.exit_code == 2 and "cannot reach the MQTT broker" in r.output, r.output
