@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 
 def print_table(headers: list[str], rows: list[list], title: str = "") -> None:
@@ -28,3 +29,14 @@ def _fmt(c) -> str:
 def emit_json(figures: dict) -> None:
     """The last line of every bench script: one JSON object with the figures."""
     print(json.dumps(figures, sort_keys=True))
+
+
+def best_time(fn, repeat: int = 5) -> float:
+    """Best wall time of `repeat` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)

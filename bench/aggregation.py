@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from aggregation import aggregate  # noqa: E402
-from bench._table import emit_json, print_table  # noqa: E402
+from bench._table import best_time, emit_json, print_table  # noqa: E402
 from tests import reference_rules as R  # noqa: E402
 
 CASES = {  # rule -> (params given f, reference or None)
@@ -35,16 +34,6 @@ CASES = {  # rule -> (params given f, reference or None)
     "meamed": ({}, lambda x, f: R.meamed(x, f)),
     "nnm+krum": ({}, None),
 }
-
-
-def best_time(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:

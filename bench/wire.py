@@ -19,22 +19,13 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bench._table import emit_json, print_table  # noqa: E402
+from bench._table import best_time as best  # noqa: E402
+from bench._table import emit_json, print_table
 from gossip.envelope import seal_update  # noqa: E402
 from gossip.identity import Identity  # noqa: E402
 from gossip.verify import Accepted, Verifier  # noqa: E402
 from peer.provenance import ProvenanceLog  # noqa: E402
 from peer.runtime import tune_allocator  # noqa: E402
-
-
-def best(fn, repeat=5):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def torch_save_round_trip(x):

@@ -20,7 +20,7 @@ import trio
 
 from .errors import TransportError
 from .identity import Identity
-from .transport import Transport
+from .transport import QueuedTransport
 from .trio_bridge import TrioBridge
 
 PROTOCOL = "/gossipfl/update/1.0.0"
@@ -36,7 +36,7 @@ class DialFailed(Exception):
     """The neighbour could not be reached (backoff applies), as opposed to one stream failing."""
 
 
-class Libp2pTransport(Transport):
+class Libp2pTransport(QueuedTransport):
     def __init__(self, identity: Identity, listen: list[str], neighbours: Mapping[str, str | None],
                  *, max_size: int = 64 * 1024 * 1024, inbox: int = 256, mdns: bool = False):
         self.identity = identity
@@ -45,14 +45,13 @@ class Libp2pTransport(Transport):
         self.neighbour_addrs = {k: v for k, v in neighbours.items()}
         self.max_size = max_size
         self.mdns = mdns
+        super().__init__(inbox)
         self.bridge = TrioBridge(f"libp2p-{identity.peer_id[-6:]}")
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize=inbox)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.host = None
         self._stop_host: trio.Event | None = None
         self._backoff: dict[str, tuple[float, float]] = {}  # peer -> (retry at, delay)
         self._addrs: list[str] = []
-        self.dropped_full = 0
         self.closed = True
 
     # --- asyncio side ------------------------------------------------------------------
@@ -93,16 +92,6 @@ class Libp2pTransport(Transport):
         self._backoff.pop(peer_id, None)
         return True
 
-    def __aiter__(self):
-        return self._iterate()
-
-    async def _iterate(self):
-        while True:
-            item = await self.queue.get()
-            if item is None:
-                return
-            yield item
-
     async def close(self) -> None:
         if self.closed:
             return
@@ -112,16 +101,7 @@ class Libp2pTransport(Transport):
         except Exception:
             pass
         await asyncio.to_thread(self.bridge.stop)
-        try:
-            self.queue.put_nowait(None)
-        except asyncio.QueueFull:
-            pass
-
-    def _deliver(self, sender: str, data: bytes) -> None:
-        try:
-            self.queue.put_nowait((sender, data))
-        except asyncio.QueueFull:
-            self.dropped_full += 1
+        self._end()
 
     # --- trio side ---------------------------------------------------------------------
 

@@ -19,14 +19,14 @@ import aiomqtt
 
 from .errors import TransportError
 from .identity import Identity
-from .transport import Transport
+from .transport import QueuedTransport
 
 log = logging.getLogger("gossipfl.mqtt")
 PUBLISH_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
 
 
-class MqttTransport(Transport):
+class MqttTransport(QueuedTransport):
     def __init__(self, identity: Identity, network: str, *, host: str = "127.0.0.1", port: int = 1883,
                  username: str | None = None, password: str | None = None, tls: bool = False,
                  ca_file: str | None = None, prefix: str = "gossipfl", status: bool = True,
@@ -34,13 +34,12 @@ class MqttTransport(Transport):
         self.identity, self.peer_id, self.network = identity, identity.peer_id, network
         self.host, self.port, self.username, self.password = host, port, username, password
         self.tls, self.ca_file, self.prefix, self.publish_status = tls, ca_file, prefix, status
+        super().__init__(inbox)
         self.max_size = max_size
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize=inbox)
         self.client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.closed = True
-        self.dropped_full = 0
 
     def topic(self, peer_id: str, leaf: str) -> str:
         return f"{self.prefix}/{self.network}/{peer_id}/{leaf}"
@@ -89,11 +88,7 @@ class MqttTransport(Transport):
                         payload = message.payload
                         if not isinstance(payload, (bytes, bytearray)) or len(payload) > self.max_size:
                             continue
-                        hint = str(message.topic).rsplit("/", 1)[-1]
-                        try:
-                            self.queue.put_nowait((hint, bytes(payload)))
-                        except asyncio.QueueFull:
-                            self.dropped_full += 1
+                        self._deliver(str(message.topic).rsplit("/", 1)[-1], bytes(payload))
             except aiomqtt.MqttError as exc:
                 self.client = None
                 self._connected.clear()
@@ -125,16 +120,6 @@ class MqttTransport(Transport):
             await client.publish(self.topic(self.peer_id, "status"), json.dumps(info), qos=1, retain=True,
                                  timeout=10)
 
-    def __aiter__(self):
-        return self._iterate()
-
-    async def _iterate(self):
-        while True:
-            item = await self.queue.get()
-            if item is None:
-                return
-            yield item
-
     async def close(self) -> None:
         if self.closed:
             return
@@ -143,5 +128,4 @@ class MqttTransport(Transport):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(None)
+        self._end()

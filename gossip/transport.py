@@ -41,6 +41,37 @@ class Transport:
         """Publish a small status (round, accuracy) where the transport has a place for it."""
 
 
+class QueuedTransport(Transport):
+    """A transport whose receive side is a bounded asyncio queue (a full queue drops)."""
+
+    def __init__(self, inbox: int = 256):
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=inbox)
+        self.dropped_full = 0
+
+    def _deliver(self, sender: str | None, data: bytes) -> None:
+        try:
+            self.queue.put_nowait((sender, data))
+        except asyncio.QueueFull:
+            self.dropped_full += 1
+
+    def _end(self) -> None:
+        """Wake the receiving iterator so it finishes."""
+        try:
+            self.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            pass
+
+    def __aiter__(self):
+        return self._iterate()
+
+    async def _iterate(self):
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            yield item
+
+
 @dataclass
 class LinkFaults:
     """Per-message fault model: drop with probability `loss`, deliver after `latency(sender, to)` s."""
@@ -108,11 +139,11 @@ class MemoryHub:
         return self._deliver(sender, to, data)
 
 
-class MemoryTransport(Transport):
+class MemoryTransport(QueuedTransport):
     def __init__(self, hub: MemoryHub, peer_id: str):
+        super().__init__(hub.queue_size)
         self.hub = hub
         self.peer_id = peer_id
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize=hub.queue_size)
         self.closed = True
 
     async def start(self) -> None:
@@ -125,25 +156,12 @@ class MemoryTransport(Transport):
             return False
         return await self.hub.route(self.peer_id, peer_id, bytes(data))
 
-    def __aiter__(self):
-        return self._iterate()
-
-    async def _iterate(self):
-        while not self.closed:
-            item = await self.queue.get()
-            if item is None:
-                return
-            yield item
-
     async def close(self) -> None:
         if not self.closed:
             self.closed = True
             if self.hub.peers.get(self.peer_id) is self:
                 del self.hub.peers[self.peer_id]
-            try:
-                self.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                pass
+            self._end()
 
     def addresses(self) -> list[str]:
         return [f"memory://{self.peer_id}"]
