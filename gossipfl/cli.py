@@ -358,12 +358,18 @@ def topology_plan(graph: str, out: str, network_id: str, transport: str, host: s
         click.echo(f"  ... and {len(nodes) - 8} more")
 
 
-def _print_outcome(outcome, title: str, quiet: bool) -> None:
+def _console():
+    """Rich console; 120 columns when output is not a terminal (CI logs, pipes)."""
     from rich.console import Console
 
+    console = Console()
+    return console if console.is_terminal else Console(width=120)
+
+
+def _print_outcome(outcome, title: str, quiet: bool) -> None:
     from sim import report
 
-    console = Console()
+    console = _console()
     if not quiet:
         console.print(report.table(outcome.rows, title))
     console.print(f"results: {outcome.out} (summary.json, metrics.jsonl, metrics.csv, "
@@ -400,23 +406,22 @@ def sim_run(scenario: str, sweep, out, quiet: bool) -> None:
 @friendly
 def demo_cmd(rounds: int, nodes: int, out: str, quiet: bool) -> None:
     """16 peers on a small-world graph, non-IID digits, 3 sign-flip attackers: mean vs robust rules."""
-    from rich.console import Console
-
     from sim.demo import demo_scenarios
     from sim.run import run_all
 
-    console = Console()
+    console = _console()
     console.print(f"[bold]gossipfl demo[/bold]: {nodes} peers gossip signed updates over a small-world graph; "
                   "3 of them send sign-flipped models. Plain averaging vs robust aggregation, plus an attack-free run.")
     outcome = run_all(demo_scenarios(rounds, nodes), out, quiet=quiet)
     _print_outcome(outcome, f"demo: {nodes} peers, {rounds} rounds, non-IID digits", quiet)
     rows = {(r["rule"], r["attack"]): r for r in outcome.rows}
     clean = rows.get(("mean", "none"))
-    attacked = rows.get(("mean", "alie"))
+    attacked = next((r for r in outcome.rows if r["rule"] == "mean" and r["attack"] != "none"), None)
     best = max((r for r in outcome.rows if r["attack"] != "none" and r["rule"] != "mean"),
                key=lambda r: r["mean_accuracy"], default=None)
     if clean and attacked and best:
-        console.print(f"attack-free gossip averaging: {100 * clean['mean_accuracy']:.1f}%; under attack: "
+        console.print(f"attack-free gossip averaging: {100 * clean['mean_accuracy']:.1f}%; under "
+                      f"{attacked['attack']}: "
                       f"{100 * attacked['mean_accuracy']:.1f}%; best robust rule ({best['rule']}): "
                       f"{100 * best['mean_accuracy']:.1f}%")
     console.print(f"audit any peer's log: gossipfl audit verify {out}/*/peers/*/data/provenance.db")

@@ -132,12 +132,12 @@ def test_fashion_mnist_loads_the_full_standard_set():
 @pytest.mark.timeout(600)
 def test_reduced_demo_robust_rules_beat_mean_and_everything_is_written(tmp_path):
     clean, attacked = demo_scenarios(rounds=12, nodes=12)
-    attacked = replace(attacked, rules=["mean", "median", "self_centered_clip"])
+    attacked = replace(attacked, rules=["mean", "median", "nnm+trimmed_mean"])
     out = run_all([clean, attacked], tmp_path, quiet=True)
     rows = {(r["rule"], r["attack"]): r for r in out.rows}
     mean_acc = rows[("mean", "sign_flip")]["mean_accuracy"]
     assert rows[("mean", "none")]["mean_accuracy"] > 0.8
-    for rule in ("median", "self_centered_clip"):
+    for rule in ("median", "nnm+trimmed_mean"):
         assert rows[(rule, "sign_flip")]["mean_accuracy"] > mean_acc + 0.3, (rule, rows)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 12 * (12 + 3 * 9) and json.loads(lines[0])["accuracy"] >= 0
