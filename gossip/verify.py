@@ -189,7 +189,8 @@ class Verifier:
             params = decode_payload(env)
         except CodecError as exc:  # sizes were checked above; kept as a guard
             return reject(Reason.MALFORMED, str(exc))
-        if not bool(torch.isfinite(params.amax())) or not bool(torch.isfinite(params.amin())):
+        lo, hi = torch.aminmax(params) if params.numel() else (torch.zeros(()), torch.zeros(()))
+        if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):  # NaN and Inf propagate
             return reject(Reason.NON_FINITE, "payload holds NaN or Inf")
         self.seen.add((sender, rnd))
         return Accepted(env, params)
