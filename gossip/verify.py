@@ -6,6 +6,7 @@ checks first, and the signature is checked before anything in the payload is tru
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -143,6 +144,7 @@ class Verifier:
     max_lag: int = 0
     max_lead: int = 2
     seen: set[tuple[str, int]] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def verify(self, data: bytes, current_round: int) -> Accepted | Rejected:
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -176,7 +178,9 @@ class Verifier:
             return reject(Reason.STALE_ROUND, f"round {rnd} is before the window (current {current_round})")
         if rnd > current_round + self.max_lead:
             return reject(Reason.FUTURE_ROUND, f"round {rnd} is beyond the window (current {current_round})")
-        if (sender, rnd) in self.seen:
+        with self._lock:
+            replayed = (sender, rnd) in self.seen
+        if replayed:
             return reject(Reason.REPLAY, f"an update from this sender for round {rnd} was already accepted")
         if not self.authentic(env):
             return reject(Reason.BAD_SIGNATURE, "signature does not verify with the sender's key")
@@ -192,7 +196,10 @@ class Verifier:
         lo, hi = torch.aminmax(params) if params.numel() else (torch.zeros(()), torch.zeros(()))
         if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):  # NaN and Inf propagate
             return reject(Reason.NON_FINITE, "payload holds NaN or Inf")
-        self.seen.add((sender, rnd))
+        with self._lock:  # verification may run on a worker thread (large messages)
+            if (sender, rnd) in self.seen:
+                return reject(Reason.REPLAY, f"an update from this sender for round {rnd} was already accepted")
+            self.seen.add((sender, rnd))
         return Accepted(env, params)
 
     @staticmethod
@@ -205,10 +212,13 @@ class Verifier:
 
     def forget_before(self, round_: int) -> None:
         """Drop replay records of rounds that can no longer pass the round check."""
-        self.seen = {(s, r) for s, r in self.seen if r >= round_ - self.max_lag}
+        with self._lock:
+            self.seen = {(s, r) for s, r in self.seen if r >= round_ - self.max_lag}
 
     def state(self) -> list[list]:
-        return sorted([s, r] for s, r in self.seen)
+        with self._lock:
+            return sorted([s, r] for s, r in self.seen)
 
     def restore(self, pairs: Iterable) -> None:
-        self.seen = {(str(s), int(r)) for s, r in pairs}
+        with self._lock:
+            self.seen = {(str(s), int(r)) for s, r in pairs}

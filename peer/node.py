@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from .round import RoundLogic
 from .training import Metrics, Trainer
 
 log = logging.getLogger("gossipfl.peer")
+VERIFY_IN_THREAD_BYTES = 1 << 20
 
 # craft(round, recipient PeerId, honest params) -> params to send (attack simulations only)
 Craft = Callable[[int, str, torch.Tensor], torch.Tensor]
@@ -149,6 +151,7 @@ class Peer:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._receiver: asyncio.Task | None = None
+        self._verify_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify")
         self.started = False
         self.resumed_from: int | None = None
 
@@ -216,6 +219,7 @@ class Peer:
             except (asyncio.CancelledError, Exception):
                 pass
         await self.transport.close()
+        self._verify_pool.shutdown(wait=False)
         self.prov.close()
         log.info("peer %s stopped at round %d (%s)", self.peer_id, self.round, reason)
 
@@ -397,10 +401,23 @@ class Peer:
     # --- receiving ---------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         async for hint, data in self.transport:
-            self.handle_message(hint, data)
+            if not self._admit(hint):
+                continue
+            if len(data) >= VERIFY_IN_THREAD_BYTES:
+                # hashing tens of MB would stall the event loop; one worker keeps the order
+                result = await loop.run_in_executor(self._verify_pool, self.verifier.verify, data, self.round)
+            else:
+                result = self.verifier.verify(data, self.round)
+            self._take(hint, data, result)
 
     def handle_message(self, hint: str | None, data: bytes) -> None:
+        """Admit, verify and take one message synchronously (tests, small messages)."""
+        if self._admit(hint):
+            self._take(hint, data, self.verifier.verify(data, self.round))
+
+    def _admit(self, hint: str | None) -> bool:
         admitted, first = self.logic.admit(hint)
         if not admitted:
             self.rejections["rate_limited"] += 1
@@ -409,8 +426,9 @@ class Peer:
                                              {"limit": self.logic.per_neighbour_limit}))
                 log.warning("rate-limiting %s: more than %d messages this round", hint,
                             self.logic.per_neighbour_limit)
-            return
-        result = self.verifier.verify(data, self.round)
+        return admitted
+
+    def _take(self, hint: str | None, data: bytes, result: Accepted | Rejected) -> None:
         offered = self.logic.offer(result)
         if isinstance(result, Rejected):
             self.rejections[result.reason.value] += 1
