@@ -308,7 +308,10 @@ class Peer:
         codec = self.cfg.round.codec
         common = dict(net=self.cfg.network, round=r, schema=self.model.schema, codec=codec,
                       parents=[bytes.fromhex(p) for p in self.parents], deg=len(self.neighbours))
-        sealed = seal_update(self.identity, own, **common)
+        if own.numel() * 4 >= VERIFY_IN_THREAD_BYTES:  # hashing tens of MB off the event loop
+            sealed = await asyncio.to_thread(seal_update, self.identity, own, **common)
+        else:
+            sealed = seal_update(self.identity, own, **common)
         outgoing, sent_events = [], []
         for nb in self.neighbours:
             msg = sealed
