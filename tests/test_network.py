@@ -215,3 +215,37 @@ def test_peer_start_errors_are_one_line(tmp_path):
     mq = plan(tmp_path / "mq", "mqtt", rounds=1, broker=free_ports(1)[0])
     r = CliRunner().invoke(main, ["peer", "start", "--config", str(mq[0].config)])
     assert r.exit_code == 2 and "cannot reach the MQTT broker" in r.output, r.output
+
+
+def test_mdns_discovers_a_neighbour_that_has_no_address(monkeypatch):
+    """transport.mdns = true: a neighbour configured by PeerId only is found on the LAN
+    (here zeroconf is bound to 127.0.0.1 so nothing leaves the machine)."""
+    import functools
+
+    import libp2p.discovery.mdns.mdns as mdns_module
+    import zeroconf
+
+    monkeypatch.setattr(mdns_module, "Zeroconf", functools.partial(zeroconf.Zeroconf, interfaces=["127.0.0.1"]))
+
+    async def scenario():
+        a, b = Identity.generate(), Identity.generate()
+        ta = Libp2pTransport(a, ["/ip4/127.0.0.1/tcp/0"], {}, mdns=True)
+        await ta.start()
+        tb = Libp2pTransport(b, ["/ip4/127.0.0.1/tcp/0"], {a.peer_id: None}, mdns=True)
+        await tb.start()
+        try:
+            delivered = False
+            for _ in range(30):
+                tb._backoff.clear()
+                if await tb.send(a.peer_id, b"found you"):
+                    delivered = True
+                    break
+                await asyncio.sleep(0.5)
+            assert delivered
+            sender, data = await asyncio.wait_for(ta.__aiter__().__anext__(), 10)
+            assert (sender, data) == (b.peer_id, b"found you")
+        finally:
+            await tb.close()
+            await ta.close()
+
+    asyncio.run(scenario())
