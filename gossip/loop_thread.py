@@ -35,9 +35,6 @@ class LoopThread:
         """Run `coro` on the thread's loop; await the result from the caller's loop."""
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
-    def submit(self, coro: Coroutine[Any, Any, Any]):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
     def stop(self, timeout: float = 10.0) -> None:
         if self.loop is not None and self._thread is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)

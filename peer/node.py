@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from aggregation import REGISTRY, AggregationError, aggregate, parse_rule, tolerates
+from aggregation import REGISTRY, AggregationError, aggregate, parse_rule
 from gossip.envelope import seal_update
 from gossip.identity import Identity, load_key
 from gossip.transport import Transport
@@ -281,7 +281,7 @@ class Peer:
     async def collect_and_aggregate(self) -> RoundRecord | None:
         """Phase 2: wait for neighbours (all, quorum or deadline), aggregate, checkpoint."""
         r, own, own_id, bytes_sent, train_metrics, eval_metrics, t_train = self._phase
-        await self._collect(self._t0)
+        await self._collect()
         if self._stop.is_set():
             return None
         aggregated, note = self._aggregate(r, own, own_id)
@@ -332,7 +332,7 @@ class Peer:
                 total += len(data)
         return sealed.update_id, total
 
-    async def _collect(self, t0: float) -> None:
+    async def _collect(self) -> None:
         deadline = time.monotonic() + self.cfg.round.deadline
         while not self._stop.is_set() and not self.logic.complete(self.cfg.round.quorum):
             remaining = deadline - time.monotonic()
@@ -350,21 +350,14 @@ class Peer:
         self._last_inputs = inputs
         self._flush_events()
         n = 1 + len(inputs)
-        if not tolerates(agg_cfg.rule, n, agg_cfg.f) and REGISTRY[parse_rule(agg_cfg.rule)[1]].robust:
-            note = f"kept own model: {agg_cfg.rule} with f = {agg_cfg.f} needs more than {n} rows"
-            self.prov.append("skipped", r, details={"reason": note, "have": n})
-            self.parents = [own_id]
-            return False, note
-        stack = torch.stack([own] + [a.params for a in inputs])
-        weights = self._weights(inputs)
-        rule_name = parse_rule(agg_cfg.rule)[1]
+        rule = REGISTRY[parse_rule(agg_cfg.rule)[1]]
         params = dict(agg_cfg.params)
-        if "own" in REGISTRY[rule_name].params:
+        if "own" in rule.params:
             params.setdefault("own", 0)
-        if weights is not None and not REGISTRY[rule_name].takes_weights:
-            weights = None
-        try:
-            out = aggregate(agg_cfg.rule, stack, weights, f=agg_cfg.f, **params)
+        weights = self._weights(inputs) if rule.takes_weights else None
+        try:  # aggregate() checks the rule's requirement on n and f: too few rows is an error
+            out = aggregate(agg_cfg.rule, torch.stack([own] + [a.params for a in inputs]), weights,
+                            f=agg_cfg.f, **params)
         except AggregationError as exc:
             note = f"kept own model: {exc}"
             self.prov.append("skipped", r, details={"reason": note, "have": n})
@@ -384,14 +377,13 @@ class Peer:
     def _weights(self, inputs: list[Accepted]) -> torch.Tensor | None:
         if self.cfg.aggregation.weights != "metropolis_hastings":
             return None
-        degrees = {}
-        for a in inputs:
-            deg = a.envelope.header.get("deg") or self.neighbour_degrees.get(a.sender) or 1
-            degrees[a.sender] = int(deg)
+        degrees = {n: self.neighbour_degrees.get(n) or 1 for n in self.neighbours}
+        for a in inputs:  # the degree a neighbour signed into its update wins over the plan's
+            degrees[a.sender] = int(a.envelope.header.get("deg") or degrees.get(a.sender) or 1)
         self_w, nbr = mh_weights(len(self.neighbours), degrees)
+        present = {a.sender for a in inputs}
         # neighbours missing this round: their weight stays with the own model
-        missing = sum(1.0 / (1 + max(len(self.neighbours), self.neighbour_degrees.get(n, 1)))
-                      for n in self.neighbours if n not in degrees)
+        missing = sum(w for n, w in nbr.items() if n not in present)
         return torch.tensor([self_w + missing] + [nbr[a.sender] for a in inputs], dtype=torch.float32)
 
     def _save_checkpoint(self) -> None:

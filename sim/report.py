@@ -13,7 +13,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from gossip.verify import REASONS  # noqa: E402
 
-from .attacks import PROTOCOL_ATTACKS  # noqa: E402
 from .engine import RunResult  # noqa: E402
 
 
@@ -108,8 +107,3 @@ def table(rows: list[dict], title: str):
                   f"{100 * r['min_accuracy']:.1f}%", f"{r['consensus_distance']:.3g}", rej,
                   f"{r['seconds_per_node_round']:.4f}")
     return t
-
-
-def protocol_attack_rejected(row: dict) -> bool:
-    """For a protocol attack: honest peers rejected the attackers' messages (counted by reason)."""
-    return row["attack"] not in PROTOCOL_ATTACKS or sum(row["rejected"].values()) > 0

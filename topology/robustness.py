@@ -34,9 +34,6 @@ class RobustnessReport:
     def at_risk(self) -> list:
         return [v.node for v in self.nodes if not v.safe]
 
-    def max_tolerable_per_node(self) -> dict:
-        return {v.node: max_byzantine(self.rule, v.degree) for v in self.nodes}
-
 
 def budget_of(graph: nx.Graph, byzantine: float) -> int:
     """A count (>= 1) or a fraction (< 1) of the nodes."""
