@@ -122,17 +122,19 @@ class ProtocolEngine:
         self.gen = torch.Generator().manual_seed(sc.seed)
 
     def _faults(self) -> LinkFaults:
+        """Loss, exponential per-message latency (mean `latency`), stragglers (the last
+        `stragglers` nodes: 10x the latency, or 1.5 deadlines when no latency is set, so
+        their updates miss the round) and the partition window."""
         sc = self.sc
-        stragglers = set(sorted(self.graph.nodes)[-sc.stragglers:]) if sc.stragglers else set()
-        self._straggler_ids: set[str] = set()
         rng = random.Random(sc.seed + 2)
+        slow = 10 * sc.latency if sc.latency else 1.5 * sc.deadline
 
         def latency(sender: str, to: str) -> float:
-            base = sc.latency * rng.expovariate(1.0) if sc.latency else 0.0
-            return base * 10 if sender in self._straggler_ids else base
+            if sender in self._straggler_ids:
+                return slow * rng.expovariate(1.0) if sc.latency else slow
+            return sc.latency * rng.expovariate(1.0) if sc.latency else 0.0
 
-        self._stragglers = stragglers
-        return LinkFaults(loss=sc.loss, latency=latency if (sc.latency or stragglers) else None,
+        return LinkFaults(loss=sc.loss, latency=latency if (sc.latency or sc.stragglers) else None,
                           blocked=self._blocked, rng=random.Random(sc.seed + 3))
 
     def _blocked(self, sender: str, to: str) -> bool:
@@ -159,7 +161,8 @@ class ProtocolEngine:
         self.node_of = {n.peer_id: n.label for n in self.nodes}
         self.label_of = {str(v): v for v in self.graph.nodes}
         self.id_of = {self.label_of[n.label]: n.peer_id for n in self.nodes}
-        self._straggler_ids = {self.id_of[v] for v in self._stragglers}
+        stragglers = sorted(self.graph.nodes)[-self.sc.stragglers:] if self.sc.stragglers else []
+        self._straggler_ids = {self.id_of[v] for v in stragglers}
         halves = sorted(self.graph.nodes)
         self.side = {self.id_of[v]: i < len(halves) // 2 for i, v in enumerate(halves)}
         self.current_round = 0

@@ -194,3 +194,31 @@ def test_batched_robustness_runner_reduced():
     robust = run_batched(g, rule="self_centered_clip", attack="sign_flip", **common)
     assert len(robust.byzantine) == 4
     assert mean.mean_accuracy < 0.3 and robust.mean_accuracy > 0.6, (mean, robust)
+
+
+def _engine_run(tmp_path, **faults):
+    import asyncio
+
+    from sim.engine import ProtocolEngine
+    base = Scenario(name="faults", rounds=3, topology="ring:6", rules=["mean"], f=0, local_steps=1,
+                    deadline=0.2, **faults)
+    engine = ProtocolEngine(base, "mean", from_spec("ring:6"), tmp_path)
+    result = asyncio.run(engine.run())
+    accepted = {v: [rec.accepted for rec in engine.peers[v].history] for v in engine.peers}
+    return engine, result, accepted
+
+
+def test_faults_lose_delay_cut_and_drop_peers(tmp_path):
+    engine, _, accepted = _engine_run(tmp_path / "clean")
+    assert all(a == [2, 2, 2] for a in accepted.values())
+    engine, _, accepted = _engine_run(tmp_path / "loss", loss=0.5)
+    assert engine.hub.stats.dropped_loss > 0 and min(min(a) for a in accepted.values()) < 2
+    # the ring is cut into nodes 0-2 and 3-5 for rounds 0-1, then heals
+    engine, _, accepted = _engine_run(tmp_path / "partition", partition_rounds=[0, 1])
+    assert accepted[0][:2] == [1, 1] and accepted[2][:2] == [1, 1] and accepted[1][:2] == [2, 2]
+    assert all(a[2] == 2 for a in accepted.values())
+    # node 5 straggles: its updates arrive after its neighbours' deadline
+    engine, _, accepted = _engine_run(tmp_path / "straggler", stragglers=1)
+    assert accepted[4] == [1, 1, 1] and accepted[0] == [1, 1, 1] and accepted[2] == [2, 2, 2]
+    _, result, _ = _engine_run(tmp_path / "churn", dropout=0.5, rejoin=0.5)
+    assert min(rm.online for rm in result.rounds) < 6
