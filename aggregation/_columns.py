@@ -2,81 +2,105 @@
 
 `torch.median(dim=0)` and `sort(dim=0)` on an (n, d) stack cost ~0.5 s at n = 32,
 d = 1M. Here the columns are cut into cache-sized blocks and each block is put in
-order by a bitonic sorting network: every layer is one vectorized min/max over
-whole rows, so the work is branch-free elementwise math that stays in cache.
-The rows are padded with +inf up to a power of two; the padding sorts last and
-never reaches the first n positions.
+order by a sorting network: every comparator is one vectorized min and one max over
+two whole rows of the block, branch-free elementwise math that stays in cache.
+
+The network is Batcher's odd-even merge sort for the next power of two, cut down to
+n rows (every comparator puts the smaller value at the lower index, so one that
+touches a row >= n would only compare with a +inf pad and is dropped), and then to
+the comparators that can reach the ranks the caller reads: the median of 9 rows
+takes 24 comparators, not the 160 row operations of a padded 16-row bitonic network.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import torch
 
-BLOCK_ELEMENTS = 1 << 20  # elements per block: (padded rows) x (columns) ~ 4 MB of float32
+BLOCK_ELEMENTS = 1 << 20  # elements per block: (n + 1 rows) x (columns) ~ 4 MB of float32
+MIN_COLUMNS = 1 << 14  # below this, per-call overhead outweighs the cache
 
 
-def _bitonic_layers(rows: int) -> list[tuple[int, int]]:
-    """(k, j) pairs of the bitonic network for `rows` (a power of two)."""
-    layers = []
-    k = 2
-    while k <= rows:
-        j = k // 2
-        while j >= 1:
-            layers.append((k, j))
-            j //= 2
-        k *= 2
-    return layers
+@functools.cache
+def _batcher(p: int) -> tuple[tuple[int, int], ...]:
+    """Comparators (i < j) of Batcher's odd-even merge sort for p = 2^k inputs."""
+    pairs: list[tuple[int, int]] = []
+
+    def merge(lo: int, n: int, r: int) -> None:
+        step = 2 * r
+        if step < n:
+            merge(lo, n, step)
+            merge(lo + r, n, step)
+            pairs.extend((i, i + r) for i in range(lo + r, lo + n - r, step))
+        else:
+            pairs.append((lo, lo + r))
+
+    def sort(lo: int, n: int) -> None:
+        if n > 1:
+            sort(lo, n // 2)
+            sort(lo + n // 2, n // 2)
+            merge(lo, n, 1)
+
+    sort(0, p)
+    return tuple(pairs)
 
 
-def _sort_block(v: torch.Tensor, t: torch.Tensor, layers: list[tuple[int, int]]) -> torch.Tensor:
-    """Sort the columns of `v` (P, C) ascending, using `t` as scratch; returns the sorted buffer."""
-    p, c = v.shape
-    for k, j in layers:
-        if k == p:  # final merge: every comparator ascending
-            a = v.view(p // (2 * j), 2, j, c)
-            o = t.view(p // (2 * j), 2, j, c)
-            torch.minimum(a[:, 0], a[:, 1], out=o[:, 0])
-            torch.maximum(a[:, 0], a[:, 1], out=o[:, 1])
-        else:  # blocks of size k alternate ascending / descending
-            a = v.view(p // (2 * k), 2, k // (2 * j), 2, j, c)
-            o = t.view(p // (2 * k), 2, k // (2 * j), 2, j, c)
-            torch.minimum(a[:, 0, :, 0], a[:, 0, :, 1], out=o[:, 0, :, 0])
-            torch.maximum(a[:, 0, :, 0], a[:, 0, :, 1], out=o[:, 0, :, 1])
-            torch.maximum(a[:, 1, :, 0], a[:, 1, :, 1], out=o[:, 1, :, 0])
-            torch.minimum(a[:, 1, :, 0], a[:, 1, :, 1], out=o[:, 1, :, 1])
-        v, t = t, v
-    return v
+@functools.lru_cache(maxsize=256)
+def network(n: int, lo: int, hi: int) -> tuple[tuple[tuple[int, int, int], ...], tuple[int, ...]]:
+    """The program that leaves ranks lo..hi-1 of n rows in order, on n + 1 physical rows.
 
-
-def sorted_blocks(stack: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield (column slice, block) with each block's columns sorted ascending.
-
-    The block has shape (n, C); it is a view into scratch memory that is reused for
-    the next block, so consume it before advancing.
+    Returns (steps, rows): each step (a, b, s) writes min(row a, row b) to the free row s
+    and max to row b, after which row a is the free one (no copies); `rows` lists the
+    physical rows holding ranks lo..hi-1 at the end.
     """
+    p = 1 << max(0, (n - 1).bit_length())
+    pairs = [(i, j) for i, j in _batcher(p) if j < n]
+    needed, kept = set(range(lo, hi)), []
+    for i, j in reversed(pairs):  # keep only comparators whose results reach a needed rank
+        if i in needed or j in needed:
+            kept.append((i, j))
+            needed |= {i, j}
+    kept.reverse()
+    where, free, steps = list(range(n)), n, []
+    for i, j in kept:
+        steps.append((where[i], where[j], free))
+        where[i], free = free, where[i]
+    return tuple(steps), tuple(where[k] for k in range(lo, hi))
+
+
+def ranked_blocks(stack: torch.Tensor, lo: int = 0, hi: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield (column slice, block): row k of the (hi - lo, C) block holds rank lo + k of
+    each column. The block is scratch reused for the next one: consume it before advancing."""
     n, d = stack.shape
-    p = 1 << max(1, (n - 1).bit_length())
-    cols = max(256, BLOCK_ELEMENTS // p)
-    layers = _bitonic_layers(p)
-    buf_a = torch.empty(p, min(cols, d), dtype=stack.dtype)
-    buf_b = torch.empty_like(buf_a)
+    hi = n if hi is None else hi
+    if not 0 <= lo < hi <= n:
+        raise ValueError(f"ranks {lo}..{hi - 1} of {n} rows")
+    steps, rows = network(n, lo, hi)
+    cols = min(d, max(MIN_COLUMNS, BLOCK_ELEMENTS // (n + 1)))
+    work = torch.empty(n + 1, cols, dtype=stack.dtype)
+    ranked = torch.empty(hi - lo, cols, dtype=stack.dtype)
     for start in range(0, d, cols):
         c = min(cols, d - start)
-        a, b = buf_a[:, :c], buf_b[:, :c]
-        if c != buf_a.shape[1]:
-            a, b = a.contiguous(), b.contiguous()
-        a[:n].copy_(stack[:, start : start + c])
-        a[n:].fill_(float("inf"))
-        out = _sort_block(a, b, layers)
-        yield slice(start, start + c), out[:n]
+        block = work[:, :c]
+        block[:n].copy_(stack[:, start : start + c])
+        r = block.unbind(0)
+        for a, b, s in steps:
+            torch.minimum(r[a], r[b], out=r[s])
+            torch.maximum(r[a], r[b], out=r[b])
+        sel = ranked[:, :c]
+        for k, row in enumerate(rows):
+            sel[k].copy_(r[row])
+        yield slice(start, start + c), sel
 
 
-def reduce_sorted(stack: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Apply `fn` (sorted block (n, C) -> (C,)) to every block and assemble the (d,) result."""
+def reduce_sorted(stack: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
+                  lo: int = 0, hi: int | None = None) -> torch.Tensor:
+    """Apply `fn` (ranks lo..hi-1 of a block, (hi - lo, C) -> (C,)) to every block and
+    assemble the (d,) result."""
     out = torch.empty(stack.shape[1], dtype=stack.dtype)
-    for cols, block in sorted_blocks(stack):
+    for cols, block in ranked_blocks(stack, lo, hi):
         out[cols] = fn(block)
     return out
 
@@ -84,6 +108,6 @@ def reduce_sorted(stack: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor
 def sort_columns(stack: torch.Tensor) -> torch.Tensor:
     """The whole stack with every column sorted (used where a rule needs all of it)."""
     out = torch.empty_like(stack)
-    for cols, block in sorted_blocks(stack):
+    for cols, block in ranked_blocks(stack):
         out[:, cols] = block
     return out

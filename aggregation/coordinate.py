@@ -33,15 +33,15 @@ def _middle(block: torch.Tensor) -> torch.Tensor:
 
 
 def median(stack, weights, *, f: int = 0):
-    n = stack.shape[0]
-    return reduce_sorted(stack, _middle), Report("median", n, f)
+    n = stack.shape[0]  # only the middle rank(s) are computed: ranks (n-1)//2 .. n//2
+    return reduce_sorted(stack, lambda b: b.mean(dim=0), (n - 1) // 2, n // 2 + 1), Report("median", n, f)
 
 
 def trimmed_mean(stack, weights, *, f: int = 0):
     n = stack.shape[0]
     if f == 0:
         return stack.mean(dim=0), Report("trimmed_mean", n, f, details={"trimmed_per_side": 0})
-    value = reduce_sorted(stack, lambda b: b[f : n - f].mean(dim=0))
+    value = reduce_sorted(stack, lambda b: b.mean(dim=0), f, n - f)
     return value, Report("trimmed_mean", n, f, details={"trimmed_per_side": f})
 
 

@@ -17,7 +17,7 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bench._table import emit_json, print_table  # noqa: E402
+from bench._table import emit_json, free_ports, print_table  # noqa: E402
 
 MODELS = {"100k": [1024, 32], "1M": [1024, 900]}  # MLP hidden sizes: ~100k and ~1M parameters
 
@@ -64,6 +64,42 @@ def run(hidden: list[int], rounds: int, rule: str, shards: int) -> dict:
         return {"params": peer.model.size, "overhead_s": overhead, "train_epoch_s": train,
                 "samples": len(peer.trainer.data.y_train), "accepted": hist[-1].accepted,
                 "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def process_peak_rss(hidden: list[int], rounds: int, rule: str) -> dict:
+    """Nine real `gossipfl peer start` processes over libp2p on 127.0.0.1 (a star: the
+    centre has 8 neighbours); the centre's peak RSS as the kernel accounts it (wait4)."""
+    from peer.plan import write_plan
+    from topology import from_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        nodes = write_plan(from_spec("star:9"), tmp, transport="libp2p", ports=free_ports(9), draw=False,
+                           overrides={"model": {"options": {"hidden": hidden}},
+                                      "train": {"epochs": 1.0, "batch_size": 32},
+                                      "aggregation": {"rule": rule, "f": 2},
+                                      "round": {"rounds": rounds, "deadline": 60.0}})
+        procs = []
+        try:
+            for n in nodes[1:] + nodes[:1]:  # leaves first: the centre dials them as it starts
+                log = open(os.path.join(tmp, f"{n.label}.log"), "wb")
+                procs.append(subprocess.Popen([sys.executable, "-m", "gossipfl", "peer", "start", "--config",
+                                               str(n.config), "--log-format", "json"], stdout=log, stderr=log))
+            _, status, usage = os.wait4(procs[-1].pid, 0)
+            if status != 0:
+                raise SystemExit(open(os.path.join(tmp, f"{nodes[0].label}.log")).read()[-3000:])
+            rounds_done = [json.loads(line) for line in open(os.path.join(tmp, f"{nodes[0].label}.log"))
+                           if '"round ' in line]
+        finally:
+            for p in procs:
+                if p.returncode is None and p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        return {"centre_peak_rss_mb": usage.ru_maxrss / 1024, "rounds": len(rounds_done)}
 
 
 def main() -> None:

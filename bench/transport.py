@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bench._table import emit_json, print_table  # noqa: E402
+from bench._table import emit_json, free_ports, print_table  # noqa: E402
 
 SENDER_SEED, RECEIVER_SEED = b"s" * 32, b"r" * 32
 SCHEMA = b"\x05" * 32
@@ -155,19 +155,12 @@ async def sender(mode: str, port: int, mb: int, broker: int | None) -> dict:
     return {"seconds": best, "MBps": mb / best, "lag_ms": 1000 * max(lag.worst, out["lag"])}
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_broker(tmp: str) -> tuple[subprocess.Popen | None, int | None]:
     import shutil
     binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
     if binary is None:
         return None, None
-    port = free_port()
+    port = free_ports(1)[0]
     conf = os.path.join(tmp, "m.conf")
     with open(conf, "w") as fh:
         fh.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
@@ -190,7 +183,7 @@ def main() -> None:
                 for mode in ("tcp", "yamux", "libp2p", "mqtt"):
                     if mode == "mqtt" and broker is None:
                         continue
-                    port = free_port()
+                    port = free_ports(1)[0]
                     res[mode] = asyncio.run(sender(mode, port, mb, broker_port))
                 for mode, r in res.items():
                     vs_yamux = r["MBps"] / res["yamux"]["MBps"]

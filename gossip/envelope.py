@@ -41,6 +41,13 @@ def header_digest(header: dict) -> bytes:
     return hashlib.sha256(DOMAIN + header_bytes(header)).digest()
 
 
+def bin_header(n: int) -> bytes:
+    """The msgpack header of an n-byte bin (what packb writes before the bytes themselves),
+    for writers that put large buffers on the wire or to disk without copying them."""
+    return (b"\xc4" + n.to_bytes(1, "big") if n < 1 << 8 else
+            b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xc6" + n.to_bytes(4, "big"))
+
+
 def payload_digest(payload) -> bytes:
     return hashlib.sha256(payload).digest()
 
@@ -97,12 +104,9 @@ def seal(identity: Identity, *, net: str, round: int, schema: bytes, payload: by
     sig = identity.sign(digest)
     # The map is written by hand so the payload is copied once, into the message itself.
     payload = memoryview(payload).cast("B")
-    n = len(payload)
-    bin_head = (b"\xc4" + n.to_bytes(1, "big") if n < 1 << 8 else
-                b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xc6" + n.to_bytes(4, "big"))
     pairs = b"".join(canonical(k) + canonical(v) for k, v in sorted({**header, "sig": sig}.items()))
     head = bytes([0x80 | (len(header) + 2)])
-    return Sealed(b"".join((head, pairs, canonical("payload"), bin_head, payload)), digest.hex())
+    return Sealed(b"".join((head, pairs, canonical("payload"), bin_header(len(payload)), payload)), digest.hex())
 
 
 def seal_update(identity: Identity, flat, *, codec: str = "raw-f32", **fields) -> Sealed:

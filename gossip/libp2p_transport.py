@@ -216,22 +216,27 @@ class Libp2pTransport(QueuedTransport):
             await _reset(stream)
             return
         if self.loop is not None and not self.closed:
-            self.loop.call_soon_threadsafe(self._deliver, sender, bytes(body))
+            self.loop.call_soon_threadsafe(self._deliver, sender, body)
 
 
-async def _read_exactly(stream, n: int) -> bytearray:
+async def _read_exactly(stream, n: int) -> bytes:
+    """Exactly n bytes. The chunks are kept as they come and joined once: memory grows with
+    what the sender really sent (a declared size reserves nothing), and a message costs
+    its size twice only for the moment of the join (growing a bytearray and copying it
+    out cost up to three times, per concurrent stream)."""
     from libp2p.network.stream.exceptions import StreamEOF
 
-    buf = bytearray()
-    while len(buf) < n:
+    chunks, got = [], 0
+    while got < n:
         try:
-            chunk = await stream.read(min(n - len(buf), 1 << 20))
+            chunk = await stream.read(min(n - got, 1 << 20))
         except StreamEOF:
-            raise EOFError(f"stream ended after {len(buf)} of {n} bytes") from None
+            chunk = b""
         if not chunk:
-            raise EOFError(f"stream ended after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
+            raise EOFError(f"stream ended after {got} of {n} bytes")
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _reset(stream) -> None:

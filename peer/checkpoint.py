@@ -15,6 +15,8 @@ import msgpack
 import numpy as np
 import torch
 
+from gossip.envelope import bin_header
+
 from .errors import PeerError
 
 FORMAT = "gossipfl-checkpoint/1"
@@ -34,20 +36,31 @@ class Checkpoint:
     parents: list[str] = field(default_factory=list)
 
 
-def _f32(t: torch.Tensor) -> bytes:
-    return t.detach().to(torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
+def _f32(t: torch.Tensor) -> memoryview:
+    """Little-endian float32 bytes of `t`, a view where the tensor already is that."""
+    arr = t.detach().to(torch.float32).contiguous().numpy().astype("<f4", copy=False)
+    return memoryview(arr).cast("B")
 
 
 def save(path: str | os.PathLike, ck: Checkpoint) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = msgpack.packb({
-        "format": FORMAT, "round": ck.round, "schema": ck.schema, "params": _f32(ck.params),
-        "momentum": None if ck.momentum is None else _f32(ck.momentum),
-        "replay": [list(x) for x in ck.replay], "parents": list(ck.parents)}, use_bin_type=True)
+    doc = {"format": FORMAT, "round": ck.round, "schema": ck.schema, "params": _f32(ck.params),
+           "momentum": None if ck.momentum is None else _f32(ck.momentum),
+           "replay": [list(x) for x in ck.replay], "parents": list(ck.parents)}
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
-        fh.write(body)
+        # the same msgpack map packb would build, written piece by piece so the parameter
+        # blocks go from the tensors to the file without a copy
+        packer = msgpack.Packer(use_bin_type=True)
+        fh.write(packer.pack_map_header(len(doc)))
+        for key, value in doc.items():
+            fh.write(packer.pack(key))
+            if isinstance(value, memoryview):
+                fh.write(bin_header(len(value)))
+                fh.write(value)
+            else:
+                fh.write(packer.pack(value))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -34,6 +34,7 @@ from .errors import ConfigError, DataError
 from .model import FlatModel, build_model, load_object
 from .provenance import ProvenanceLog
 from .round import RoundLogic
+from .stack import UpdateStack
 from .training import Metrics, Trainer
 
 log = logging.getLogger("gossipfl.peer")
@@ -137,6 +138,7 @@ class Peer:
                                  max_size=int(cfg.round.max_message_mb * 1024 * 1024),
                                  max_lag=0, max_lead=cfg.round.max_lead)
         self.logic = RoundLogic(frozenset(self.neighbours), 0, cfg.round.inbox_per_neighbour, cfg.round.max_lead)
+        self.stack = UpdateStack(self.neighbours, self.model.size)
         self.prov = ProvenanceLog(Path(cfg.data_dir) / "provenance.db", self.identity, cfg.network)
         self.ckpt_path = Path(cfg.data_dir) / "checkpoint.msgpack"
         # attack simulation hooks: craft the values sent, poison labels, rewrite the bytes sent
@@ -147,7 +149,7 @@ class Peer:
         self.neighbour_degrees = dict(parts.neighbour_degrees)
         self._pending_events: list[tuple] = []
         self._round_rejections: Counter = Counter()
-        self._last_inputs: list[Accepted] = []
+        self._last_accepted = 0
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._receiver: asyncio.Task | None = None
@@ -288,7 +290,7 @@ class Peer:
         rejected = Counter(self._round_rejections)
         self._start_round(r + 1)
         self._save_checkpoint()
-        rec = RoundRecord(r, train_metrics, eval_metrics, len(self._last_inputs), rejected,
+        rec = RoundRecord(r, train_metrics, eval_metrics, self._last_accepted, rejected,
                           aggregated, note, bytes_sent, time.monotonic() - self._t0, t_train)
         self.history.append(rec)
         await self.transport.status({"round": r, "eval_accuracy": round(eval_metrics.accuracy, 4),
@@ -300,7 +302,8 @@ class Peer:
         return rec
 
     def _start_round(self, new_round: int) -> None:
-        self.logic.advance(new_round)
+        for update in self.logic.advance(new_round):  # buffered updates that now count
+            self.logic.collected[update.sender] = self.stack.settle(update)
         self.verifier.forget_before(new_round)
         self._round_rejections = Counter()
 
@@ -347,7 +350,7 @@ class Peer:
     def _aggregate(self, r: int, own: torch.Tensor, own_id: str) -> tuple[bool, str]:
         agg_cfg = self.cfg.aggregation
         inputs = self.logic.inputs()
-        self._last_inputs = inputs
+        self._last_accepted = len(inputs)
         self._flush_events()
         n = 1 + len(inputs)
         rule = REGISTRY[parse_rule(agg_cfg.rule)[1]]
@@ -356,8 +359,7 @@ class Peer:
             params.setdefault("own", 0)
         weights = self._weights(inputs) if rule.takes_weights else None
         try:  # aggregate() checks the rule's requirement on n and f: too few rows is an error
-            out = aggregate(agg_cfg.rule, torch.stack([own] + [a.params for a in inputs]), weights,
-                            f=agg_cfg.f, **params)
+            out = aggregate(agg_cfg.rule, self.stack.stacked(own, inputs), weights, f=agg_cfg.f, **params)
         except AggregationError as exc:
             note = f"kept own model: {exc}"
             self.prov.append("skipped", r, details={"reason": note, "have": n})
@@ -365,7 +367,7 @@ class Peer:
             return False, note
         self.model.set(out.value)
         input_ids = [own_id] + [a.update_id for a in inputs]
-        out_hash = hashlib.sha256(out.value.numpy().tobytes()).hexdigest()
+        out_hash = hashlib.sha256(out.value.numpy()).hexdigest()
         self.prov.append("aggregated", r, None, out_hash, {
             "rule": agg_cfg.rule, "f": agg_cfg.f, "inputs": input_ids,
             "senders": [self.peer_id] + [a.sender for a in inputs],
@@ -391,7 +393,7 @@ class Peer:
             self.round, self.model.schema, self.model.flat, self.trainer.momentum_state(),
             self.verifier.state(), self.parents))
         self.prov.append("checkpoint", self.round, details={
-            "next_round": self.round, "params_hash": hashlib.sha256(self.model.flat.numpy().tobytes()).hexdigest()})
+            "next_round": self.round, "params_hash": hashlib.sha256(self.model.flat.detach().numpy()).hexdigest()})
 
     # --- receiving ---------------------------------------------------------------------
 
@@ -435,6 +437,8 @@ class Peer:
                                           "bytes": len(data), "hint": hint}))
             log.debug("rejected from %s: %s (%s)", result.sender or hint, result.reason.value, result.detail)
         elif offered.kind in ("accepted", "buffered"):
+            if offered.kind == "accepted":  # into the aggregation stack; the message is let go
+                self.logic.collected[result.sender] = self.stack.settle(result)
             sh = result.envelope.signed_header()
             self._pending_events.append(("received", result.envelope.round, result.sender, result.update_id,
                                          {"header": sh["header"].hex(), "sig": sh["sig"].hex(),

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import aggregation as A
 from aggregation import AggregationError, aggregate
-from aggregation._columns import BLOCK_ELEMENTS, sort_columns
+from aggregation import _columns as columns
 
 from . import reference_rules as R
 
@@ -204,11 +204,25 @@ def test_bucketing_uses_a_seeded_permutation():
 # --- layout and numerics -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13, 32, 33])
-def test_column_sort_across_several_blocks(n):
-    d = BLOCK_ELEMENTS // 16 + 7  # several blocks and a ragged last one
-    x = torch.randn(n, d)
-    assert torch.equal(sort_columns(x), x.sort(dim=0).values)
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9, 13, 32, 33])
+def test_column_sort_across_several_blocks(n, monkeypatch):
+    monkeypatch.setattr(columns, "BLOCK_ELEMENTS", 64 * (n + 1))
+    monkeypatch.setattr(columns, "MIN_COLUMNS", 16)
+    x = torch.randn(n, 3 * 64 + 7)  # three blocks and a ragged last one
+    assert torch.equal(columns.sort_columns(x), x.sort(dim=0).values)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.data())
+def test_pruned_networks_give_exactly_the_ranks_asked_for(n, data):
+    lo = data.draw(st.integers(0, n - 1))
+    hi = data.draw(st.integers(lo + 1, n))
+    x = torch.from_numpy(np.random.default_rng(n).integers(-3, 4, size=(n, 50)).astype(np.float32))  # ties
+    got = columns.reduce_sorted(x, lambda b: b.sum(dim=0) * 1000 + b[0], lo, hi)
+    ref = x.sort(dim=0).values[lo:hi]
+    assert torch.equal(got, ref.sum(dim=0) * 1000 + ref[0])
+    full, _ = columns.network(n, 0, n)
+    assert len(columns.network(n, lo, hi)[0]) <= len(full)  # pruning only ever removes comparators
 
 
 def test_krum_distances_survive_a_large_common_offset():

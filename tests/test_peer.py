@@ -178,3 +178,51 @@ def test_unknown_sender_is_rejected_and_logged(tmp_path):
 
     victim = asyncio.run(scenario())
     assert victim.rejections["unknown_sender"] == 1
+
+
+def _accepted(identity: Identity, values: torch.Tensor, round_: int = 0):
+    from gossip.verify import Accepted, Verifier
+
+    sealed = seal_update(identity, values, net="n", round=round_, schema=b"s" * 32)
+    v = Verifier(network="n", trusted={identity.peer_id}, schema=b"s" * 32, n_params=values.numel(),
+                 neighbours={identity.peer_id}, max_size=1 << 20)
+    result = v.verify(sealed.data, round_)
+    assert isinstance(result, Accepted), result
+    return result
+
+
+def test_update_stack_settles_updates_and_closes_up_absent_rows():
+    from peer.stack import UpdateStack
+
+    ids = sorted((Identity.generate() for _ in range(4)), key=lambda i: i.peer_id)
+    stack = UpdateStack([i.peer_id for i in ids], 6)
+    values = {i.peer_id: torch.randn(6) for i in ids}
+    present = [ids[1], ids[3]]  # neighbours 0 and 2 stay silent this round
+    settled = []
+    for ident in present:
+        update = _accepted(ident, values[ident.peer_id])
+        kept = stack.settle(update)
+        assert len(kept.envelope.payload) == 0 and kept.update_id == update.update_id
+        assert torch.equal(kept.params, values[ident.peer_id])
+        settled.append(kept)
+    own = torch.randn(6)
+    rows = stack.stacked(own, settled)
+    assert torch.equal(rows, torch.stack([own] + [values[i.peer_id] for i in present]))
+    assert rows.data_ptr() == stack.rows.data_ptr()  # a view on the preallocated rows
+    with pytest.raises(ValueError, match="not settled"):
+        stack.stacked(own, [_accepted(ids[0], values[ids[0].peer_id])])
+
+
+def test_checkpoint_is_the_msgpack_document_it_claims_to_be(tmp_path):
+    import msgpack
+
+    from peer import checkpoint as ckpt
+
+    params, momentum = torch.randn(70_000), torch.randn(70_000)
+    ckpt.save(tmp_path / "c", ckpt.Checkpoint(3, b"s" * 32, params, momentum, [("a", 1)], ["p"]))
+    raw = (tmp_path / "c").read_bytes()
+    assert raw == msgpack.packb({"format": ckpt.FORMAT, "round": 3, "schema": b"s" * 32,
+                                 "params": params.numpy().tobytes(), "momentum": momentum.numpy().tobytes(),
+                                 "replay": [["a", 1]], "parents": ["p"]}, use_bin_type=True)
+    back = ckpt.load(tmp_path / "c", b"s" * 32, 70_000)
+    assert torch.equal(back.params, params) and torch.equal(back.momentum, momentum) and back.round == 3

@@ -1,13 +1,33 @@
 """Graphs for gossip: generators, file formats, mixing weights, analysis, drawings.
-Imports nothing of the project but `aggregation` (for rule requirements)."""
+Imports nothing of the project but `aggregation` (for rule requirements).
 
-from .analysis import Summary, summarize
-from .errors import TopologyError
-from .formats import load, resolve, save
-from .generators import GENERATORS, from_spec
-from .mixing import metropolis_hastings, mh_weights, rounds_to_consensus, spectral_gap
-from .robustness import analyse, max_byzantine
+Names load on first use (PEP 562): a peer that needs only `topology.mixing.mh_weights`
+does not pay for networkx, scipy and the analysis (~35 MB of RSS on a gateway).
+"""
 
-__all__ = ["GENERATORS", "Summary", "TopologyError", "analyse", "from_spec", "load", "max_byzantine",
-           "metropolis_hastings", "mh_weights", "resolve", "rounds_to_consensus", "save", "spectral_gap",
-           "summarize"]
+from __future__ import annotations
+
+import importlib
+
+_HOME = {
+    "Summary": "analysis", "summarize": "analysis",
+    "TopologyError": "errors",
+    "load": "formats", "resolve": "formats", "save": "formats",
+    "GENERATORS": "generators", "from_spec": "generators",
+    "metropolis_hastings": "mixing", "mh_weights": "mixing", "rounds_to_consensus": "mixing",
+    "spectral_gap": "mixing",
+    "analyse": "robustness", "max_byzantine": "robustness",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'topology' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

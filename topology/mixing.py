@@ -8,17 +8,21 @@ so each node knows its own row from its neighbours' degrees.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
+
+if TYPE_CHECKING:  # a peer needs only mh_weights: networkx and scipy load where they are used
+    import networkx as nx
+    import scipy.sparse as sp
 
 DENSE_LIMIT = 1500
 
 
 def metropolis_hastings(graph: nx.Graph) -> tuple[list, sp.csr_matrix]:
     """(node order, sparse W)."""
+    import scipy.sparse as sp
+
     nodes = list(graph.nodes)
     index = {v: i for i, v in enumerate(nodes)}
     deg = np.array([graph.degree(v) for v in nodes], dtype=float)
@@ -47,6 +51,8 @@ def second_eigenvalue_modulus(w: sp.csr_matrix) -> float:
     if n <= DENSE_LIMIT:
         ev = np.linalg.eigvalsh(w.toarray())
         return float(max(abs(ev[0]), abs(ev[-2]))) if n > 1 else 0.0
+    import scipy.sparse.linalg as spla
+
     # Sparse: the top two and the bottom one eigenvalue (Lanczos on a symmetric matrix).
     top = spla.eigsh(w, k=2, which="LA", return_eigenvectors=False, tol=1e-8, maxiter=20 * n)
     bottom = spla.eigsh(w, k=1, which="SA", return_eigenvectors=False, tol=1e-8, maxiter=20 * n)
