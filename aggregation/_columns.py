@@ -70,10 +70,13 @@ def network(n: int, lo: int, hi: int) -> tuple[tuple[tuple[int, int, int], ...],
     return tuple(steps), tuple(where[k] for k in range(lo, hi))
 
 
-def ranked_blocks(stack: torch.Tensor, lo: int = 0, hi: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+def ranked_blocks(stack: torch.Tensor, lo: int = 0, hi: int | None = None,
+                  mix: torch.Tensor | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield (column slice, block): row k of the (hi - lo, C) block holds rank lo + k of
-    each column. The block is scratch reused for the next one: consume it before advancing."""
-    n, d = stack.shape
+    each column of `stack`, or of `mix @ stack` when a pre-step's mixing matrix is given
+    (mixed per block, so the mixed stack never exists whole). The block is scratch
+    reused for the next one: consume it before advancing."""
+    n, d = stack.shape if mix is None else (mix.shape[0], stack.shape[1])
     hi = n if hi is None else hi
     if not 0 <= lo < hi <= n:
         raise ValueError(f"ranks {lo}..{hi - 1} of {n} rows")
@@ -84,7 +87,10 @@ def ranked_blocks(stack: torch.Tensor, lo: int = 0, hi: int | None = None) -> It
     for start in range(0, d, cols):
         c = min(cols, d - start)
         block = work[:, :c]
-        block[:n].copy_(stack[:, start : start + c])
+        if mix is None:
+            block[:n].copy_(stack[:, start : start + c])
+        else:
+            torch.mm(mix, stack[:, start : start + c], out=block[:n])
         r = block.unbind(0)
         for a, b, s in steps:
             torch.minimum(r[a], r[b], out=r[s])
@@ -96,11 +102,11 @@ def ranked_blocks(stack: torch.Tensor, lo: int = 0, hi: int | None = None) -> It
 
 
 def reduce_sorted(stack: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
-                  lo: int = 0, hi: int | None = None) -> torch.Tensor:
+                  lo: int = 0, hi: int | None = None, mix: torch.Tensor | None = None) -> torch.Tensor:
     """Apply `fn` (ranks lo..hi-1 of a block, (hi - lo, C) -> (C,)) to every block and
     assemble the (d,) result."""
     out = torch.empty(stack.shape[1], dtype=stack.dtype)
-    for cols, block in ranked_blocks(stack, lo, hi):
+    for cols, block in ranked_blocks(stack, lo, hi, mix):
         out[cols] = fn(block)
     return out
 

@@ -32,16 +32,23 @@ def _middle(block: torch.Tensor) -> torch.Tensor:
     return (block[n // 2 - 1] + block[n // 2]) * 0.5
 
 
-def median(stack, weights, *, f: int = 0):
-    n = stack.shape[0]  # only the middle rank(s) are computed: ranks (n-1)//2 .. n//2
-    return reduce_sorted(stack, lambda b: b.mean(dim=0), (n - 1) // 2, n // 2 + 1), Report("median", n, f)
+def _rows(stack: torch.Tensor, mix: torch.Tensor | None) -> int:
+    """Rows the rule aggregates: those of mix @ stack when a pre-step's matrix is given."""
+    return stack.shape[0] if mix is None else mix.shape[0]
 
 
-def trimmed_mean(stack, weights, *, f: int = 0):
-    n = stack.shape[0]
+def median(stack, weights, *, f: int = 0, mix=None):
+    n = _rows(stack, mix)  # only the middle rank(s) are computed: ranks (n-1)//2 .. n//2
+    value = reduce_sorted(stack, lambda b: b.mean(dim=0), (n - 1) // 2, n // 2 + 1, mix=mix)
+    return value, Report("median", n, f)
+
+
+def trimmed_mean(stack, weights, *, f: int = 0, mix=None):
+    n = _rows(stack, mix)
     if f == 0:
-        return stack.mean(dim=0), Report("trimmed_mean", n, f, details={"trimmed_per_side": 0})
-    value = reduce_sorted(stack, lambda b: b.mean(dim=0), f, n - f)
+        value = stack.mean(dim=0) if mix is None else mix.mean(dim=0) @ stack
+        return value, Report("trimmed_mean", n, f, details={"trimmed_per_side": 0})
+    value = reduce_sorted(stack, lambda b: b.mean(dim=0), f, n - f, mix=mix)
     return value, Report("trimmed_mean", n, f, details={"trimmed_per_side": f})
 
 
@@ -62,8 +69,8 @@ def closest_to_median(block: torch.Tensor, k: int) -> torch.Tensor:
     return windows.sum(dim=-1).gather(0, best).squeeze(0) / k
 
 
-def meamed(stack, weights, *, f: int = 0):
+def meamed(stack, weights, *, f: int = 0, mix=None):
     """MeaMed (Xie et al. 2018): per coordinate, the mean of the n - f values nearest the median."""
-    n = stack.shape[0]
-    value = reduce_sorted(stack, lambda b: closest_to_median(b, n - f))
+    n = _rows(stack, mix)
+    value = reduce_sorted(stack, lambda b: closest_to_median(b, n - f), mix=mix)
     return value, Report("meamed", n, f, details={"averaged_per_coordinate": n - f})

@@ -1,6 +1,6 @@
-"""Pre-aggregation steps that compose with any rule: each turns the (n, d) stack into
-another stack (and weights) by a mixing matrix M, value = M @ stack, so they never
-copy rows around.
+"""Pre-aggregation steps that compose with any rule: each returns a mixing matrix M
+(and new weights); the rule then aggregates M @ stack. `aggregate` hands M to rules that
+apply it block by block (the coordinate-wise ones), so the mixed stack is never built.
 
 - nnm (Allouah et al. 2023): each row becomes the mean of its n - f nearest rows (itself included).
 - bucketing (Karimireddy, He, Jaggi 2022): rows are shuffled into buckets of size s and averaged.
@@ -21,7 +21,7 @@ def nnm(stack, weights, *, f: int = 0):
     order = torch.from_numpy(dist.numpy().argsort(axis=1, kind="stable")[:, : n - f].copy())
     mix = torch.zeros(n, n, dtype=stack.dtype)
     mix.scatter_(1, order, 1.0 / (n - f))
-    return mix @ stack, weights, {"step": "nnm", "f": f, "neighbours": n - f}
+    return mix, weights, {"step": "nnm", "f": f, "neighbours": n - f}
 
 
 def bucketing(stack, weights, *, f: int = 0, bucket_size: int = 2, seed: int = 0):
@@ -41,4 +41,4 @@ def bucketing(stack, weights, *, f: int = 0, bucket_size: int = 2, seed: int = 0
     mix = member * w[None, :] / mass[:, None]
     new_weights = None if weights is None else mass
     groups = [perm[b * s : (b + 1) * s].tolist() for b in range(buckets)]
-    return mix @ stack, new_weights, {"step": "bucketing", "bucket_size": s, "buckets": groups}
+    return mix, new_weights, {"step": "bucketing", "bucket_size": s, "buckets": groups}

@@ -26,8 +26,14 @@ class Rule:
 
     @property
     def params(self) -> list[str]:
+        """Keyword parameters a user may set (`mix` is passed by aggregate itself)."""
         sig = inspect.signature(self.fn)
-        return [p for p, v in sig.parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
+        return [p for p, v in sig.parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p != "mix"]
+
+    @property
+    def fuses_mix(self) -> bool:
+        """The rule takes a pre-step's mixing matrix and applies it per block (mix=)."""
+        return "mix" in inspect.signature(self.fn).parameters
 
 
 def _majority(n: int, f: int) -> bool:
@@ -123,19 +129,26 @@ def aggregate(rule: str, stack: torch.Tensor, weights: torch.Tensor | None = Non
 
     x = check_stack(stack)
     w = check_weights(weights, x.shape[0])
-    pre_reports = []
+    pre_reports, mix = [], None
     for step, sp in zip(steps, step_params, strict=True):
+        if mix is not None:  # a later step needs the rows the earlier one made
+            x, mix = mix @ x, None
         if not step.tolerates(x.shape[0], params["f"]):
             raise AggregationError(f"{step.name} requires {step.requirement}; got n = {x.shape[0]}, f = {params['f']}")
-        x, w, info = step.fn(x, w, **sp)
+        mix, w, info = step.fn(x, w, **sp)
         pre_reports.append(info)
+    if mix is not None:
+        if chosen.fuses_mix:  # applied block by block inside the rule: no (n, d) copy
+            rule_params["mix"] = mix
+        else:
+            x, mix = mix @ x, None
     if not chosen.takes_weights and not is_uniform(w):
         raise AggregationError(
             f"{rule_name} has no weighted form; pass weights=None or use one of "
             f"{', '.join(r.name for r in _RULES if r.takes_weights)}")
     if not chosen.takes_weights:
         w = None
-    n, f = x.shape[0], params["f"]
+    n, f = (x.shape[0] if mix is None else mix.shape[0]), params["f"]
     if not chosen.tolerates(n, f):
         raise AggregationError(f"{rule_name} requires {chosen.requirement}; got n = {n}, f = {f}")
     value, report = chosen.fn(x, w, **rule_params)  # mean with f > 0 is allowed: sweeps compare it

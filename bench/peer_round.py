@@ -2,7 +2,7 @@
 aggregate, provenance, checkpoint), excluding training, next to one epoch of local
 training on its digits shard; and the peak RSS of a peer process with a 1M-parameter model.
 
-    python bench/peer_round.py
+    python bench/peer_round.py [--quick]
 """
 
 from __future__ import annotations
@@ -22,7 +22,15 @@ from bench._table import emit_json, free_ports, print_table  # noqa: E402
 MODELS = {"100k": [1024, 32], "1M": [1024, 900]}  # MLP hidden sizes: ~100k and ~1M parameters
 
 
-def run(hidden: list[int], rounds: int, rule: str, shards: int) -> dict:
+def run(hidden: list[int], rounds: int, rule: str, shards: int, overlapped: bool) -> dict:
+    """One peer (the centre of a star) with 8 in-process neighbours over the memory transport.
+
+    serial: the neighbours' updates are waiting when the round starts and training runs on
+    the event loop, so every piece of protocol work adds to the round (an upper bound).
+    overlapped: training runs on its thread and the updates arrive while it trains, as
+    from neighbours that finished first; verification then uses the second core and only
+    what must follow training stays on the round's critical path.
+    """
     import torch
 
     from gossip.envelope import seal_update
@@ -38,7 +46,7 @@ def run(hidden: list[int], rounds: int, rule: str, shards: int) -> dict:
         nodes = write_plan(from_spec("star:9"), tmp, transport="memory", draw=False, overrides={
             "model": {"options": {"hidden": hidden}}, "train": {"epochs": 1.0, "batch_size": 32},
             "data": {"shards": shards, "shard": 0},
-            "aggregation": {"rule": rule, "f": 2}, "round": {"deadline": 30.0, "train_in_thread": False}})
+            "aggregation": {"rule": rule, "f": 2}, "round": {"deadline": 30.0, "train_in_thread": overlapped}})
         hub = MemoryHub()
         peer = memory_peer(nodes[0].config, hub)  # node 0 is the centre: 8 neighbours
         others = [load_key(n.dir / "peer.key") for n in nodes[1:]]
@@ -50,11 +58,17 @@ def run(hidden: list[int], rounds: int, rule: str, shards: int) -> dict:
                 await t.start()
             base = peer.model.get()
             for r in range(rounds):
-                for o, t in zip(others, raws, strict=True):
-                    x = base + 0.01 * torch.randn_like(base)
-                    msg = seal_update(o, x, net="gossipfl", round=r, schema=peer.model.schema, deg=1)
-                    await t.send(peer.peer_id, msg.data)
-                await peer.run_round()
+                msgs = [seal_update(o, base + 0.01 * torch.randn_like(base), net="gossipfl", round=r,
+                                    schema=peer.model.schema, deg=1) for o in others]
+                if overlapped:
+                    round_task = asyncio.create_task(peer.run_round())
+                    await asyncio.sleep(0)
+                for t, m in zip(raws, msgs, strict=True):
+                    await t.send(peer.peer_id, m.data)
+                if overlapped:
+                    await round_task
+                else:
+                    await peer.run_round()
             await peer.close()
 
         asyncio.run(scenario())
@@ -62,8 +76,65 @@ def run(hidden: list[int], rounds: int, rule: str, shards: int) -> dict:
         overhead = sum(h.seconds - h.train_seconds for h in hist) / len(hist)
         train = sum(h.train_seconds for h in hist) / len(hist)
         return {"params": peer.model.size, "overhead_s": overhead, "train_epoch_s": train,
-                "samples": len(peer.trainer.data.y_train), "accepted": hist[-1].accepted,
+                "samples": len(peer.trainer.data.y_train), "accepted": min(h.accepted for h in hist),
                 "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def breakdown(hidden: list[int], rule: str) -> dict:
+    """Each piece of a round's protocol work on its own (best of 5, ms), and two floors
+    measured in the same run: one read of the aggregation stack, and SHA-256 of it."""
+    import hashlib
+
+    import torch
+
+    from aggregation import aggregate
+    from bench._table import best_time
+    from gossip.envelope import seal_update
+    from gossip.identity import Identity
+    from gossip.verify import Verifier
+    from peer import checkpoint as ckpt
+    from peer.model import FlatModel, build_model
+    from peer.provenance import ProvenanceLog
+    from peer.runtime import configure_process
+    from peer.stack import UpdateStack
+
+    configure_process()
+    model = FlatModel(build_model("mlp", 64, 10, {"hidden": hidden}))
+    d, me, nbrs = model.size, Identity.generate(), [Identity.generate() for _ in range(8)]
+    own = model.get()
+    msgs = [seal_update(o, own + 0.01 * torch.randn_like(own), net="n", round=0, schema=model.schema).data
+            for o in nbrs]
+    verifier = Verifier(network="n", trusted={o.peer_id for o in nbrs}, schema=model.schema, n_params=d,
+                        neighbours={o.peer_id for o in nbrs}, max_size=1 << 30)
+    stack = UpdateStack([o.peer_id for o in nbrs], d)
+
+    def verify_all():
+        verifier.forget_before(1)  # the replay window would refuse the second pass
+        verifier.restore([])
+        return [verifier.verify(m, 0) for m in msgs]
+
+    accepted = sorted(verify_all(), key=lambda a: a.sender)
+    settled = [stack.settle(a) for a in accepted]
+    rows = stack.stacked(own, settled)
+    with tempfile.TemporaryDirectory() as tmp:
+        prov = ProvenanceLog(os.path.join(tmp, "p.db"), me, "n")
+        events = [("received", 0, a.sender, a.update_id, {"bytes": len(m)}) for a, m in zip(accepted, msgs, strict=True)]
+        path = os.path.join(tmp, "checkpoint.msgpack")
+        ck = ckpt.Checkpoint(1, model.schema, model.flat, torch.zeros(d), [], [])
+        ms = {
+            "seal own update": best_time(lambda: seal_update(me, own, net="n", round=0, schema=model.schema)),
+            "verify 8 updates": best_time(verify_all),
+            "settle 8 into the stack": best_time(lambda: [stack.settle(a) for a in accepted]),
+            f"aggregate ({rule}, n=9)": best_time(lambda: aggregate(rule, rows, f=2)),
+            "SHA-256 of the new model": best_time(lambda: hashlib.sha256(model.flat.detach().numpy()).digest()),
+            "provenance: one transaction of 9 events": best_time(lambda: prov.append_many(events)),
+            "checkpoint write (page cache)": best_time(lambda: ckpt.write(path, ck)),
+            "checkpoint fsync+rename (worker thread)": best_time(lambda: ckpt.commit(ckpt.write(path, ck), path)),
+            "floor: one read of the 9-row stack": best_time(lambda: rows.sum()),
+            "floor: SHA-256 of the 9-row stack": best_time(lambda: hashlib.sha256(rows.numpy()).digest()),
+        }
+        prov.close()
+    return {k: round(1000 * v, 2) for k, v in ms.items()}
 
 
 def process_peak_rss(hidden: list[int], rounds: int, rule: str) -> dict:
@@ -104,23 +175,53 @@ def process_peak_rss(hidden: list[int], rounds: int, rule: str) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(run(json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))))
+        args = json.loads(sys.argv[2])
+        print(json.dumps(breakdown(*args) if sys.argv[3] == "breakdown" else run(*args)))
         return
+    quick = "--quick" in sys.argv
+
+    def child(what: str, *args) -> dict:  # each measurement in a fresh process: its own peak RSS
+        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(args), what],
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     rows, figures = [], {}
     for name, hidden in MODELS.items():
         for shards, what in ((9, "1/9 of digits"), (1, "all of digits")):
-            # each measurement in a fresh process, so peak RSS is that of one peer
-            out = subprocess.run([sys.executable, __file__, "--child", json.dumps(hidden), "6", "median", str(shards)],
-                                 capture_output=True, text=True, check=True)
-            fig = json.loads(out.stdout.strip().splitlines()[-1])
-            ratio = fig["overhead_s"] / fig["train_epoch_s"]
-            rows.append([name, f"{fig['params']:,}", f"{what} ({fig['samples']})", fig["overhead_s"],
-                         fig["train_epoch_s"], f"{100 * ratio:.0f}%", f"{fig['maxrss_mb']:.0f}"])
-            figures[f"{name}/shards{shards}"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in fig.items()}
-            figures[f"{name}/shards{shards}"]["overhead_vs_epoch"] = round(ratio, 3)
-    print_table(["model", "params", "shard (train samples)", "protocol s/round", "1 epoch train s",
-                 "overhead/epoch", "peak RSS MB"], rows,
-                title="one peer, 8 neighbours, median, raw-f32 (protocol = seal, send, verify 8, aggregate, log, checkpoint)")
+            serial = child("run", hidden, 6, "median", shards, False)
+            over = child("run", hidden, 6, "median", shards, True)
+            epoch = serial["train_epoch_s"]
+            rows.append([name, f"{serial['params']:,}", f"{what} ({serial['samples']})", epoch,
+                         serial["overhead_s"], f"{100 * serial['overhead_s'] / epoch:.0f}%",
+                         over["overhead_s"], f"{100 * over['overhead_s'] / epoch:.0f}%", f"{serial['maxrss_mb']:.0f}"])
+            figures[f"{name}/shards{shards}"] = {
+                "params": serial["params"], "samples": serial["samples"], "train_epoch_s": round(epoch, 4),
+                "serial_overhead_s": round(serial["overhead_s"], 4),
+                "serial_vs_epoch": round(serial["overhead_s"] / epoch, 3),
+                "overlapped_overhead_s": round(over["overhead_s"], 4),
+                "overlapped_vs_epoch": round(over["overhead_s"] / epoch, 3),
+                "inprocess_peak_rss_mb": round(serial["maxrss_mb"], 1)}
+    print_table(["model", "params", "shard (train samples)", "1 epoch s", "serial s", "/epoch",
+                 "overlapped s", "/epoch", "RSS MB*"], rows,
+                title="one peer, 8 neighbours, median, raw-f32: protocol time per round beyond training "
+                      "(seal, send, verify 8, aggregate, log, checkpoint)")
+    print("  serial: updates wait, training on the loop (all work adds up); overlapped: updates arrive "
+          "during training, verified on the second core.\n  *in-process: the process also holds the 8 "
+          "neighbours' messages\n")
+
+    parts = child("breakdown", MODELS["1M"], "median")
+    figures["1M/breakdown_ms"] = parts
+    print_table(["1M parameters: piece of the round", "ms"], [[k, v] for k, v in parts.items()])
+    print()
+
+    rss_rows = []
+    for rule in ("median",) if quick else ("median", "nnm+trimmed_mean"):
+        peak = process_peak_rss(MODELS["1M"], 4, rule)
+        figures[f"1M/process_peak_rss_mb/{rule}"] = round(peak["centre_peak_rss_mb"], 1)
+        rss_rows.append([rule, peak["rounds"], f"{peak['centre_peak_rss_mb']:.0f}", "400"])
+    print_table(["rule", "rounds", "peak RSS MB", "target MB"], rss_rows,
+                title="a real `gossipfl peer start` process, 1M parameters, 8 neighbours in 8 other "
+                      "processes, libp2p on 127.0.0.1")
     emit_json(figures)
 
 

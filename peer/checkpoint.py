@@ -43,6 +43,14 @@ def _f32(t: torch.Tensor) -> memoryview:
 
 
 def save(path: str | os.PathLike, ck: Checkpoint) -> None:
+    """Write and commit: when this returns, the checkpoint survives a power cut."""
+    commit(write(path, ck), path)
+
+
+def write(path: str | os.PathLike, ck: Checkpoint) -> Path:
+    """Write the checkpoint beside `path` (not yet durable, not yet in place); returns the
+    temporary file for commit(). Split so a peer can fsync on a worker thread while its
+    next round trains: the bytes are in the page cache, nothing needs to stay in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"format": FORMAT, "round": ck.round, "schema": ck.schema, "params": _f32(ck.params),
@@ -61,8 +69,18 @@ def save(path: str | os.PathLike, ck: Checkpoint) -> None:
                 fh.write(value)
             else:
                 fh.write(packer.pack(value))
-        fh.flush()
-        os.fsync(fh.fileno())
+    return tmp
+
+
+def commit(tmp: Path, path: str | os.PathLike) -> None:
+    """fsync the written file, rename it over the old checkpoint, fsync the directory: a
+    crash at any point leaves the old or the new checkpoint, never a torn one."""
+    path = Path(path)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
     dfd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -148,6 +148,8 @@ class Peer:
         self.rejections: Counter = Counter()
         self.neighbour_degrees = dict(parts.neighbour_degrees)
         self._pending_events: list[tuple] = []
+        self._commit: tuple[asyncio.Future, tuple] | None = None  # checkpoint being made durable
+        self._params_hash: str | None = None  # SHA-256 of the model, while it is unchanged
         self._round_rejections: Counter = Counter()
         self._last_accepted = 0
         self._wake = asyncio.Event()
@@ -211,9 +213,9 @@ class Peer:
         if not self.started:
             return
         self.started = False
+        await self._checkpoint(wait=True)
+        self._pending_events.append(("stopped", self.round, None, None, {"reason": reason}))
         self._flush_events()
-        self._save_checkpoint()
-        self.prov.append("stopped", self.round, details={"reason": reason})
         if self._receiver:
             self._receiver.cancel()
             try:
@@ -268,14 +270,17 @@ class Peer:
         else:
             train_metrics = self.trainer.train_round(self.label_map)
         t_train = time.monotonic() - t_train
+        self._params_hash = None
+        await self._checkpoint_durable()  # the last round's, fsynced while this one trained
         if self._stop.is_set():
             return False
         eval_metrics = self.trainer.evaluate()
-        own = self.model.get()
-        self.prov.append("trained", r, details={
+        own = self.stack.hold_own(self.model.flat.detach())  # what is sent is what is aggregated
+        # logged in one transaction with the `sent` events
+        self._pending_events.append(("trained", r, None, None, {
             "loss": train_metrics.loss, "accuracy": train_metrics.accuracy, "samples": train_metrics.samples,
             "eval_loss": eval_metrics.loss, "eval_accuracy": eval_metrics.accuracy,
-            "eval_samples": eval_metrics.samples})
+            "eval_samples": eval_metrics.samples}))
         own_id, bytes_sent = await self._broadcast(r, own)
         self._phase = (r, own, own_id, bytes_sent, train_metrics, eval_metrics, t_train)
         return True
@@ -289,7 +294,7 @@ class Peer:
         aggregated, note = self._aggregate(r, own, own_id)
         rejected = Counter(self._round_rejections)
         self._start_round(r + 1)
-        self._save_checkpoint()
+        await self._checkpoint()
         rec = RoundRecord(r, train_metrics, eval_metrics, self._last_accepted, rejected,
                           aggregated, note, bytes_sent, time.monotonic() - self._t0, t_train)
         self.history.append(rec)
@@ -326,7 +331,8 @@ class Peer:
                 "parents": self.parents, "bytes": sum(len(d) for d in datas), "codec": codec}))
         # logged before transmission: a crash between the two leaves a `sent` with no receipt,
         # never a receipt with no `sent`
-        self.prov.append_many(sent_events)
+        self._pending_events.extend(sent_events)
+        self._flush_events()
         total = 0
         for nb, datas in outgoing:
             for data in datas:
@@ -351,7 +357,6 @@ class Peer:
         agg_cfg = self.cfg.aggregation
         inputs = self.logic.inputs()
         self._last_accepted = len(inputs)
-        self._flush_events()
         n = 1 + len(inputs)
         rule = REGISTRY[parse_rule(agg_cfg.rule)[1]]
         params = dict(agg_cfg.params)
@@ -362,17 +367,19 @@ class Peer:
             out = aggregate(agg_cfg.rule, self.stack.stacked(own, inputs), weights, f=agg_cfg.f, **params)
         except AggregationError as exc:
             note = f"kept own model: {exc}"
-            self.prov.append("skipped", r, details={"reason": note, "have": n})
+            self._pending_events.append(("skipped", r, None, None, {"reason": note, "have": n}))
+            self._flush_events()
             self.parents = [own_id]
             return False, note
         self.model.set(out.value)
         input_ids = [own_id] + [a.update_id for a in inputs]
-        out_hash = hashlib.sha256(out.value.numpy()).hexdigest()
-        self.prov.append("aggregated", r, None, out_hash, {
+        out_hash = self._params_hash = hashlib.sha256(out.value.numpy()).hexdigest()
+        self._pending_events.append(("aggregated", r, None, out_hash, {
             "rule": agg_cfg.rule, "f": agg_cfg.f, "inputs": input_ids,
             "senders": [self.peer_id] + [a.sender for a in inputs],
             "weights": None if weights is None else [round(float(w), 6) for w in weights],
-            "report": out.report.to_dict()})
+            "report": out.report.to_dict()}))
+        self._flush_events()  # the round's receipts and its aggregation: one transaction
         self.parents = input_ids
         return True, ""
 
@@ -388,12 +395,25 @@ class Peer:
         missing = sum(w for n, w in nbr.items() if n not in present)
         return torch.tensor([self_w + missing] + [nbr[a.sender] for a in inputs], dtype=torch.float32)
 
-    def _save_checkpoint(self) -> None:
-        ckpt.save(self.ckpt_path, ckpt.Checkpoint(
+    async def _checkpoint(self, wait: bool = False) -> None:
+        """Write the state the next round starts from. The fsync and rename run on a worker
+        thread while the next round trains (`wait` does them here); the `checkpoint` event
+        is logged once the checkpoint is durable, by _checkpoint_durable()."""
+        await self._checkpoint_durable()
+        params_hash = self._params_hash or hashlib.sha256(self.model.flat.detach().numpy()).hexdigest()
+        tmp = ckpt.write(self.ckpt_path, ckpt.Checkpoint(
             self.round, self.model.schema, self.model.flat, self.trainer.momentum_state(),
             self.verifier.state(), self.parents))
-        self.prov.append("checkpoint", self.round, details={
-            "next_round": self.round, "params_hash": hashlib.sha256(self.model.flat.detach().numpy()).hexdigest()})
+        self._commit = (asyncio.get_running_loop().run_in_executor(None, ckpt.commit, tmp, self.ckpt_path),
+                        ("checkpoint", self.round, None, None, {"next_round": self.round, "params_hash": params_hash}))
+        if wait:
+            await self._checkpoint_durable()
+
+    async def _checkpoint_durable(self) -> None:
+        if self._commit is not None:
+            (commit, event), self._commit = self._commit, None
+            await commit
+            self._pending_events.append(event)
 
     # --- receiving ---------------------------------------------------------------------
 

@@ -27,6 +27,13 @@ class UpdateStack:
             self._rows = torch.empty(1 + len(self.row_of), self.size, dtype=torch.float32)
         return self._rows
 
+    def hold_own(self, values: torch.Tensor) -> torch.Tensor:
+        """Copy the peer's own model into row 0 and return that row (it stays put until the
+        next call; settling neighbours' updates never touches it)."""
+        row = self.rows[0]
+        row.copy_(values)
+        return row
+
     def settle(self, update: Accepted) -> Accepted:
         """Copy `update` into its sender's row; the returned Accepted no longer holds the message."""
         row = self.rows[self.row_of[update.sender]]
@@ -41,7 +48,8 @@ class UpdateStack:
         which is their row order), so the result is a view, never a fresh stack.
         """
         rows = self.rows
-        rows[0].copy_(own)
+        if own.data_ptr() != rows[0].data_ptr():
+            rows[0].copy_(own)
         for i, update in enumerate(inputs, start=1):
             src = self.row_of[update.sender]
             if src < i:

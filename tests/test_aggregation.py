@@ -190,6 +190,17 @@ def test_nnm_then_mean_matches_reference(x, data):
     close(aggregate("nnm+mean", t(x), f=f).value, R.nnm(x, f).mean(axis=0), tol=1e-3)
 
 
+@SETTINGS
+@given(stacks(min_n=3), st.data())
+def test_coordinate_rules_apply_the_mixing_per_block_like_the_reference(x, data):
+    # median / trimmed mean / MeaMed take NNM's matrix and mix block by block (no mixed copy)
+    f = data.draw(st.integers(0, (len(x) - 1) // 2))
+    x = x + np.random.default_rng(1).normal(size=x.shape) * 1e-3
+    mixed = R.nnm(x, f)
+    close(aggregate("nnm+median", t(x), f=f).value, np.median(mixed, axis=0), tol=1e-3)
+    close(aggregate("nnm+trimmed_mean", t(x), f=f).value, R.trimmed_mean(mixed, f), tol=1e-3)
+
+
 def test_bucketing_uses_a_seeded_permutation():
     x = np.random.default_rng(3).normal(size=(7, 5))
     out = aggregate("median", t(x), pre=["bucketing"], bucket_size=2, seed=4)

@@ -226,3 +226,41 @@ def test_checkpoint_is_the_msgpack_document_it_claims_to_be(tmp_path):
                                  "replay": [["a", 1]], "parents": ["p"]}, use_bin_type=True)
     back = ckpt.load(tmp_path / "c", b"s" * 32, 70_000)
     assert torch.equal(back.params, params) and torch.equal(back.momentum, momentum) and back.round == 3
+
+
+def test_a_checkpoint_written_but_not_committed_leaves_the_old_one(tmp_path):
+    from peer import checkpoint as ckpt
+
+    path, schema = tmp_path / "c", b"s" * 32
+    ckpt.save(path, ckpt.Checkpoint(1, schema, torch.zeros(10)))
+    tmp = ckpt.write(path, ckpt.Checkpoint(2, schema, torch.ones(10)))  # a crash before commit()
+    assert ckpt.load(path, schema, 10).round == 1
+    ckpt.commit(tmp, path)
+    back = ckpt.load(path, schema, 10)
+    assert back.round == 2 and torch.equal(back.params, torch.ones(10)) and not tmp.exists()
+
+
+def test_the_checkpoint_event_is_logged_once_the_checkpoint_is_durable(tmp_path):
+    import hashlib
+
+    from peer import checkpoint as ckpt
+    from peer.audit import load_events
+
+    nodes = plan(tmp_path, "ring:3")
+    hub, peers = build_memory_network(nodes)
+
+    async def scenario():
+        for p in peers:
+            await p.start()
+        await asyncio.gather(*(p.run_round() for p in peers))
+        p = peers[0]
+        await p._checkpoint_durable()
+        p._flush_events()
+        _, events = load_events(p.prov.path, kind="checkpoint")
+        on_disk = ckpt.load(p.ckpt_path, p.model.schema, p.model.size)
+        assert events[-1].details["next_round"] == on_disk.round == 1
+        assert events[-1].details["params_hash"] == hashlib.sha256(on_disk.params.numpy()).hexdigest()
+        for q in peers:
+            await q.close()
+
+    asyncio.run(scenario())
