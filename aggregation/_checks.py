@@ -10,7 +10,7 @@ class AggregationError(ValueError):
 
 
 def check_stack(stack: torch.Tensor) -> torch.Tensor:
-    """Return `stack` as a contiguous float tensor of shape (n, d) with finite values."""
+    """Return `stack` as a contiguous float32/float64 tensor of shape (n, d) with finite values."""
     if not isinstance(stack, torch.Tensor):
         raise AggregationError(f"stack must be a torch.Tensor of shape (n, d), got {type(stack).__name__}")
     if stack.dim() != 2:
@@ -20,6 +20,8 @@ def check_stack(stack: torch.Tensor) -> torch.Tensor:
         raise AggregationError(f"stack is empty (shape {tuple(stack.shape)}): nothing to aggregate")
     if not stack.is_floating_point():
         raise AggregationError(f"stack must be floating point, got {stack.dtype}")
+    if stack.dtype not in (torch.float32, torch.float64):  # half precision: aggregate in float32
+        stack = stack.float()
     # min/max propagate NaN and keep +-Inf: one pass over the stack instead of an (n, d) mask;
     # only when that finds something, name the rows.
     lo, hi = torch.aminmax(stack)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
-BLOCK_ELEMENTS = 1 << 20  # elements per block: (n + 1 rows) x (columns) ~ 4 MB of float32
+BLOCK_ELEMENTS = 1 << 19  # elements per block: (n + 1 rows) x (columns) ~ 2 MB of float32
 MIN_COLUMNS = 1 << 14  # below this, per-call overhead outweighs the cache
 
 
@@ -84,21 +85,20 @@ def ranked_blocks(stack: torch.Tensor, lo: int = 0, hi: int | None = None,
     cols = min(d, max(MIN_COLUMNS, BLOCK_ELEMENTS // (n + 1)))
     work = torch.empty(n + 1, cols, dtype=stack.dtype)
     ranked = torch.empty(hi - lo, cols, dtype=stack.dtype)
+    work_np, ranked_np = work.numpy(), ranked.numpy()  # same memory; numpy's ufuncs cost less per call
     for start in range(0, d, cols):
         c = min(cols, d - start)
-        block = work[:, :c]
         if mix is None:
-            block[:n].copy_(stack[:, start : start + c])
+            work[:n, :c].copy_(stack[:, start : start + c])
         else:
-            torch.mm(mix, stack[:, start : start + c], out=block[:n])
-        r = block.unbind(0)
+            torch.mm(mix, stack[:, start : start + c], out=work[:n, :c])
+        r = list(work_np[:, :c])
         for a, b, s in steps:
-            torch.minimum(r[a], r[b], out=r[s])
-            torch.maximum(r[a], r[b], out=r[b])
-        sel = ranked[:, :c]
+            np.minimum(r[a], r[b], out=r[s])
+            np.maximum(r[a], r[b], out=r[b])
         for k, row in enumerate(rows):
-            sel[k].copy_(r[row])
-        yield slice(start, start + c), sel
+            ranked_np[k, :c] = r[row]
+        yield slice(start, start + c), ranked[:, :c]
 
 
 def reduce_sorted(stack: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],

@@ -6,6 +6,12 @@ a stream whose reader stalls for 5 s) and only then hands the bytes to asyncio; 
 over the size limit resets the stream; a full inbox drops the message, it never stalls
 the stream. The host key is the peer's own Ed25519 key, so the PeerId that libp2p
 authenticates (Noise) is the PeerId that signs the updates.
+
+Memory is bounded before any verification: a sender has at most one stream being read
+and one waiting (more are reset), at most `max_reads` messages are read at once (the
+others wait under yamux flow control, a window each), and a message must arrive within
+READ_TIMEOUT_BASE plus one second per MB. A flooding or trickling sender occupies its
+own slot, never all of them while max_reads > the number of Byzantine neighbours.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ LENGTH_BYTES = 8
 DIAL_TIMEOUT = 10.0
 SEND_TIMEOUT = 120.0
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
+STREAMS_PER_SENDER = 2  # one being read, one waiting its turn
+READ_TIMEOUT_BASE = 10.0
 
 log = logging.getLogger("gossipfl.libp2p")
 
@@ -38,13 +46,18 @@ class DialFailed(Exception):
 
 class Libp2pTransport(QueuedTransport):
     def __init__(self, identity: Identity, listen: list[str], neighbours: Mapping[str, str | None],
-                 *, max_size: int = 64 * 1024 * 1024, inbox: int = 256, mdns: bool = False):
+                 *, max_size: int = 64 * 1024 * 1024, inbox: int = 256, mdns: bool = False, max_reads: int = 4):
         self.identity = identity
         self.peer_id = identity.peer_id
         self.listen = list(listen)
         self.neighbour_addrs = {k: v for k, v in neighbours.items()}
         self.max_size = max_size
         self.mdns = mdns
+        self.max_reads = max_reads
+        self._open_from: dict[str, int] = {}  # sender -> streams open (trio thread only)
+        self._one_per_sender: dict[str, trio.Lock] = {}
+        self._reads: trio.Semaphore | None = None
+        self.refused_streams = 0
         super().__init__(inbox)
         self.bridge = TrioBridge(f"libp2p-{identity.peer_id[-6:]}")
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -161,7 +174,7 @@ class Libp2pTransport(QueuedTransport):
         from libp2p.peer.id import ID
 
         pid = ID.from_base58(peer_id)
-        frame = len(data).to_bytes(LENGTH_BYTES, "big") + bytes(data)
+        head = len(data).to_bytes(LENGTH_BYTES, "big")  # written apart: no copy of the message
         with trio.fail_after(SEND_TIMEOUT):
             for attempt in (1, 2):
                 await self._ensure_connection(pid, fresh=attempt == 2)
@@ -172,7 +185,8 @@ class Libp2pTransport(QueuedTransport):
                         raise
                     continue  # a stale or half-open connection: drop it and dial again
                 try:
-                    await stream.write(frame)
+                    await stream.write(head)
+                    await stream.write(data)
                     await stream.close()
                     return
                 except BaseException:
@@ -199,24 +213,47 @@ class Libp2pTransport(QueuedTransport):
             raise DialFailed(_why(exc)) from None
 
     async def _handle(self, stream) -> None:
-        """Read one whole length-prefixed message, then hand it to asyncio."""
-        sender = None
+        """Read one whole length-prefixed message within the stream limits, then hand it to asyncio."""
         try:
             sender = stream.muxed_conn.peer_id.to_base58()
-            head = await _read_exactly(stream, LENGTH_BYTES)
+        except Exception:
+            await _reset(stream)
+            return
+        if self._open_from.get(sender, 0) >= STREAMS_PER_SENDER:
+            self.refused_streams += 1
+            log.debug("resetting a stream from %s: %d already open", sender, STREAMS_PER_SENDER)
+            await _reset(stream)
+            return
+        if self._reads is None:
+            self._reads = trio.Semaphore(self.max_reads)
+        self._open_from[sender] = self._open_from.get(sender, 0) + 1
+        try:
+            async with self._one_per_sender.setdefault(sender, trio.Lock()), self._reads:
+                body = await self._read_message(stream, sender)
+        finally:
+            self._open_from[sender] -= 1
+            if not self._open_from[sender]:
+                del self._open_from[sender], self._one_per_sender[sender]
+        if body is not None and self.loop is not None and not self.closed:
+            self.loop.call_soon_threadsafe(self._deliver, sender, body)
+
+    async def _read_message(self, stream, sender: str) -> bytes | None:
+        try:
+            with trio.fail_after(READ_TIMEOUT_BASE):
+                head = await _read_exactly(stream, LENGTH_BYTES)
             size = int.from_bytes(head, "big")
             if size > self.max_size:
                 log.warning("resetting a %d-byte message from %s (limit %d)", size, sender, self.max_size)
                 await _reset(stream)
-                return
-            body = await _read_exactly(stream, size)
+                return None
+            with trio.fail_after(READ_TIMEOUT_BASE + size / (1 << 20)):
+                body = await _read_exactly(stream, size)
             await stream.close()
-        except Exception as exc:  # a broken stream from one peer must not hurt the host
+            return body
+        except Exception as exc:  # a broken or too slow stream from one peer must not hurt the host
             log.debug("stream from %s failed: %s", sender, _why(exc))
             await _reset(stream)
-            return
-        if self.loop is not None and not self.closed:
-            self.loop.call_soon_threadsafe(self._deliver, sender, body)
+            return None
 
 
 async def _read_exactly(stream, n: int) -> bytes:

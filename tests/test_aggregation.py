@@ -336,3 +336,11 @@ def test_report_names_the_outliers_krum_left_out():
     rep = aggregate("multi_krum", x, f=2).report
     assert 2 not in rep.selected and 5 not in rep.selected
     assert math.isfinite(max(rep.scores))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_stacks_are_aggregated_in_float32(dtype):
+    x = torch.randn(7, 300)
+    out = aggregate("median", x.to(dtype), f=2).value
+    assert out.dtype == torch.float32
+    assert torch.equal(out, x.to(dtype).float().median(dim=0).values)

@@ -95,6 +95,50 @@ def test_libp2p_two_transports_move_a_large_update_and_refuse_oversize():
     asyncio.run(scenario())
 
 
+def test_libp2p_bounds_streams_per_sender_and_cuts_a_trickler_without_blocking_others(monkeypatch):
+    from gossip import libp2p_transport as lt
+
+    monkeypatch.setattr(lt, "READ_TIMEOUT_BASE", 1.0)
+
+    async def trickle(sender: Libp2pTransport, to: str, streams: int):
+        """Open `streams` streams that each declare 1 MB and send 10 bytes of it."""
+        from libp2p.peer.id import ID
+
+        async def in_trio():
+            pid = ID.from_base58(to)
+            await sender._ensure_connection(pid, fresh=False)
+            for _ in range(streams):
+                stream = await sender.host.new_stream(pid, [lt.PROTOCOL])
+                await stream.write((1 << 20).to_bytes(lt.LENGTH_BYTES, "big") + b"x" * 10)
+
+        await sender.bridge.call(in_trio)
+
+    async def scenario():
+        a, b, c = Identity.generate(), Identity.generate(), Identity.generate()
+        ta = Libp2pTransport(a, ["/ip4/127.0.0.1/tcp/0"], {}, max_reads=2)
+        await ta.start()
+        tb = Libp2pTransport(b, ["/ip4/127.0.0.1/tcp/0"], {a.peer_id: ta.addresses()[0]})
+        tc = Libp2pTransport(c, ["/ip4/127.0.0.1/tcp/0"], {a.peer_id: ta.addresses()[0]})
+        await tb.start()
+        await tc.start()
+        try:
+            it = ta.__aiter__()
+            await trickle(tb, a.peer_id, 4)  # one read, one waiting, two reset at once
+            assert await tc.send(a.peer_id, b"honest")  # the trickler holds one slot, not all
+            sender, got = await asyncio.wait_for(it.__anext__(), 5)
+            assert (sender, got) == (c.peer_id, b"honest")
+            assert ta.refused_streams == 2
+            await asyncio.sleep(2.5)  # both trickling streams time out and are reset
+            assert await tb.send(a.peer_id, b"later")
+            sender, got = await asyncio.wait_for(it.__anext__(), 5)
+            assert (sender, got) == (b.peer_id, b"later")
+        finally:
+            for t in (tc, tb, ta):
+                await t.close()
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.timeout(400)
 def test_eight_libp2p_peer_processes_learn_survive_kills_and_reject_an_intruder(tmp_path, peer_processes):
     nodes = plan(tmp_path, "libp2p", rounds=16)
