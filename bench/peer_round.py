@@ -73,9 +73,10 @@ def run(hidden: list[int], rounds: int, rule: str, shards: int, overlapped: bool
 
         asyncio.run(scenario())
         hist = peer.history[1:]  # the first round warms up
-        overhead = sum(h.seconds - h.train_seconds for h in hist) / len(hist)
+        overhead = sum(h.seconds - h.train_seconds - h.eval_seconds for h in hist) / len(hist)
         train = sum(h.train_seconds for h in hist) / len(hist)
         return {"params": peer.model.size, "overhead_s": overhead, "train_epoch_s": train,
+                "eval_s": sum(h.eval_seconds for h in hist) / len(hist),
                 "samples": len(peer.trainer.data.y_train), "accepted": min(h.accepted for h in hist),
                 "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

@@ -49,8 +49,7 @@ def save(path: str | os.PathLike, ck: Checkpoint) -> None:
 
 def write(path: str | os.PathLike, ck: Checkpoint) -> Path:
     """Write the checkpoint beside `path` (not yet durable, not yet in place); returns the
-    temporary file for commit(). Split so a peer can fsync on a worker thread while its
-    next round trains: the bytes are in the page cache, nothing needs to stay in memory."""
+    temporary file for commit(): a crash in between leaves the old checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"format": FORMAT, "round": ck.round, "schema": ck.schema, "params": _f32(ck.params),

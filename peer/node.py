@@ -56,6 +56,21 @@ class RoundRecord:
     bytes_sent: int
     seconds: float
     train_seconds: float = 0.0
+    eval_seconds: float = 0.0  # local evaluation on the held-out split (neither training nor protocol)
+
+
+@dataclass
+class SentRound:
+    """What phase 1 of a round (train and send) hands to phase 2 (collect and aggregate)."""
+
+    round: int
+    own: torch.Tensor  # the model that was sent, row 0 of the aggregation stack
+    own_id: str
+    bytes_sent: int
+    train: Metrics
+    eval: Metrics
+    train_seconds: float
+    eval_seconds: float
 
 
 @dataclass
@@ -148,8 +163,8 @@ class Peer:
         self.rejections: Counter = Counter()
         self.neighbour_degrees = dict(parts.neighbour_degrees)
         self._pending_events: list[tuple] = []
-        self._commit: tuple[asyncio.Future, tuple] | None = None  # checkpoint being made durable
-        self._params_hash: str | None = None  # SHA-256 of the model, while it is unchanged
+        self._commit: tuple[asyncio.Future, int, tuple | None] | None = None  # checkpoint on its way to disk
+        self._round_result: tuple[torch.Tensor, tuple | None] | None = None  # (model, aggregated event)
         self._round_rejections: Counter = Counter()
         self._last_accepted = 0
         self._wake = asyncio.Event()
@@ -270,11 +285,12 @@ class Peer:
         else:
             train_metrics = self.trainer.train_round(self.label_map)
         t_train = time.monotonic() - t_train
-        self._params_hash = None
-        await self._checkpoint_durable()  # the last round's, fsynced while this one trained
+        await self._checkpoint_durable()  # the last round's, written while this one trained
         if self._stop.is_set():
             return False
+        t_eval = time.monotonic()
         eval_metrics = self.trainer.evaluate()
+        t_eval = time.monotonic() - t_eval
         own = self.stack.hold_own(self.model.flat.detach())  # what is sent is what is aggregated
         # logged in one transaction with the `sent` events
         self._pending_events.append(("trained", r, None, None, {
@@ -282,27 +298,28 @@ class Peer:
             "eval_loss": eval_metrics.loss, "eval_accuracy": eval_metrics.accuracy,
             "eval_samples": eval_metrics.samples}))
         own_id, bytes_sent = await self._broadcast(r, own)
-        self._phase = (r, own, own_id, bytes_sent, train_metrics, eval_metrics, t_train)
+        self._sent = SentRound(r, own, own_id, bytes_sent, train_metrics, eval_metrics, t_train, t_eval)
         return True
 
     async def collect_and_aggregate(self) -> RoundRecord | None:
         """Phase 2: wait for neighbours (all, quorum or deadline), aggregate, checkpoint."""
-        r, own, own_id, bytes_sent, train_metrics, eval_metrics, t_train = self._phase
+        sent = self._sent
+        r = sent.round
         await self._collect()
         if self._stop.is_set():
             return None
-        aggregated, note = self._aggregate(r, own, own_id)
+        aggregated, note = self._aggregate(r, sent.own, sent.own_id)
         rejected = Counter(self._round_rejections)
         self._start_round(r + 1)
         await self._checkpoint()
-        rec = RoundRecord(r, train_metrics, eval_metrics, self._last_accepted, rejected,
-                          aggregated, note, bytes_sent, time.monotonic() - self._t0, t_train)
+        rec = RoundRecord(r, sent.train, sent.eval, self._last_accepted, rejected, aggregated, note,
+                          sent.bytes_sent, time.monotonic() - self._t0, sent.train_seconds, sent.eval_seconds)
         self.history.append(rec)
-        await self.transport.status({"round": r, "eval_accuracy": round(eval_metrics.accuracy, 4),
+        await self.transport.status({"round": r, "eval_accuracy": round(sent.eval.accuracy, 4),
                                      "neighbours_seen": rec.accepted, "neighbours": len(self.neighbours),
                                      "aggregated": aggregated, "ts": time.time()})
         log.info("round %d: train loss %.3f, eval acc %.3f, %d/%d neighbours accepted%s, %.2fs", r,
-                 train_metrics.loss, eval_metrics.accuracy, rec.accepted, len(self.neighbours),
+                 sent.train.loss, sent.eval.accuracy, rec.accepted, len(self.neighbours),
                  f" ({note})" if note else "", rec.seconds)
         return rec
 
@@ -368,18 +385,18 @@ class Peer:
         except AggregationError as exc:
             note = f"kept own model: {exc}"
             self._pending_events.append(("skipped", r, None, None, {"reason": note, "have": n}))
-            self._flush_events()
             self.parents = [own_id]
+            self._round_result = (own, None)
             return False, note
-        self.model.set(out.value)
+        value = out.value.clone() if self.stack.owns(out.value) else out.value  # e.g. Krum's chosen row
+        self.model.set(value)
         input_ids = [own_id] + [a.update_id for a in inputs]
-        out_hash = self._params_hash = hashlib.sha256(out.value.numpy()).hexdigest()
-        self._pending_events.append(("aggregated", r, None, out_hash, {
+        # logged with the model's hash once _checkpoint has computed it off the loop
+        self._round_result = (value, ("aggregated", r, None, None, {
             "rule": agg_cfg.rule, "f": agg_cfg.f, "inputs": input_ids,
             "senders": [self.peer_id] + [a.sender for a in inputs],
             "weights": None if weights is None else [round(float(w), 6) for w in weights],
             "report": out.report.to_dict()}))
-        self._flush_events()  # the round's receipts and its aggregation: one transaction
         self.parents = input_ids
         return True, ""
 
@@ -396,24 +413,39 @@ class Peer:
         return torch.tensor([self_w + missing] + [nbr[a.sender] for a in inputs], dtype=torch.float32)
 
     async def _checkpoint(self, wait: bool = False) -> None:
-        """Write the state the next round starts from. The fsync and rename run on a worker
-        thread while the next round trains (`wait` does them here); the `checkpoint` event
-        is logged once the checkpoint is durable, by _checkpoint_durable()."""
+        """Checkpoint the state the next round starts from, on a worker thread while the
+        next round trains (`wait`: here and now). The thread hashes the model, writes the
+        file and commits it (fsync, rename); the `aggregated` event (which carries that
+        hash) and the `checkpoint` event are logged once it is durable, by
+        _checkpoint_durable(). It reads the aggregation output (or the own model row),
+        which nothing changes before then, never the model that is training."""
         await self._checkpoint_durable()
-        params_hash = self._params_hash or hashlib.sha256(self.model.flat.detach().numpy()).hexdigest()
-        tmp = ckpt.write(self.ckpt_path, ckpt.Checkpoint(
-            self.round, self.model.schema, self.model.flat, self.trainer.momentum_state(),
-            self.verifier.state(), self.parents))
-        self._commit = (asyncio.get_running_loop().run_in_executor(None, ckpt.commit, tmp, self.ckpt_path),
-                        ("checkpoint", self.round, None, None, {"next_round": self.round, "params_hash": params_hash}))
+        if self._round_result is None:  # no round since the last checkpoint: the model is idle
+            params, aggregated_event = self.model.flat.detach().clone(), None
+        else:
+            (params, aggregated_event), self._round_result = self._round_result, None
+        momentum = self.trainer.momentum_state()
+        ck = ckpt.Checkpoint(self.round, self.model.schema, params, None if momentum is None else momentum.clone(),
+                             self.verifier.state(), list(self.parents))
+
+        def hash_and_save() -> str:
+            digest = hashlib.sha256(params.numpy()).hexdigest()
+            ckpt.save(self.ckpt_path, ck)
+            return digest
+
+        self._commit = (asyncio.get_running_loop().run_in_executor(None, hash_and_save), ck.round, aggregated_event)
         if wait:
             await self._checkpoint_durable()
 
     async def _checkpoint_durable(self) -> None:
         if self._commit is not None:
-            (commit, event), self._commit = self._commit, None
-            await commit
-            self._pending_events.append(event)
+            (job, next_round, aggregated_event), self._commit = self._commit, None
+            params_hash = await job
+            if aggregated_event is not None:
+                kind, r, cp, _, details = aggregated_event
+                self._pending_events.append((kind, r, cp, params_hash, details))
+            self._pending_events.append(("checkpoint", next_round, None, None,
+                                         {"next_round": next_round, "params_hash": params_hash}))
 
     # --- receiving ---------------------------------------------------------------------
 

@@ -27,6 +27,11 @@ class UpdateStack:
             self._rows = torch.empty(1 + len(self.row_of), self.size, dtype=torch.float32)
         return self._rows
 
+    def owns(self, t: torch.Tensor) -> bool:
+        """Whether `t` is (a view of) these rows: a rule may return one of its input rows,
+        which the next settle() would overwrite."""
+        return self._rows is not None and t.untyped_storage().data_ptr() == self._rows.untyped_storage().data_ptr()
+
     def hold_own(self, values: torch.Tensor) -> torch.Tensor:
         """Copy the peer's own model into row 0 and return that row (it stays put until the
         next call; settling neighbours' updates never touches it)."""

@@ -209,6 +209,7 @@ def test_update_stack_settles_updates_and_closes_up_absent_rows():
     rows = stack.stacked(own, settled)
     assert torch.equal(rows, torch.stack([own] + [values[i.peer_id] for i in present]))
     assert rows.data_ptr() == stack.rows.data_ptr()  # a view on the preallocated rows
+    assert stack.owns(rows[1]) and not stack.owns(rows[1].clone())  # a rule may return a row
     with pytest.raises(ValueError, match="not settled"):
         stack.stacked(own, [_accepted(ids[0], values[ids[0].peer_id])])
 
@@ -260,6 +261,8 @@ def test_the_checkpoint_event_is_logged_once_the_checkpoint_is_durable(tmp_path)
         on_disk = ckpt.load(p.ckpt_path, p.model.schema, p.model.size)
         assert events[-1].details["next_round"] == on_disk.round == 1
         assert events[-1].details["params_hash"] == hashlib.sha256(on_disk.params.numpy()).hexdigest()
+        _, aggregated = load_events(p.prov.path, kind="aggregated")
+        assert aggregated[-1].update_hash == events[-1].details["params_hash"]  # the model it aggregated
         for q in peers:
             await q.close()
 
