@@ -8,6 +8,7 @@ neighbours' round; a flooding neighbour is rate-limited before any verification 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -39,6 +40,7 @@ from .training import Metrics, Trainer
 
 log = logging.getLogger("gossipfl.peer")
 VERIFY_IN_THREAD_BYTES = 1 << 20
+VERIFY_WORKERS = 2  # SHA-256 releases the GIL: two updates hash at once on a 2-core gateway
 
 # craft(round, recipient PeerId, honest params) -> params to send (attack simulations only)
 Craft = Callable[[int, str, torch.Tensor], torch.Tensor]
@@ -170,7 +172,7 @@ class Peer:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._receiver: asyncio.Task | None = None
-        self._verify_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify")
+        self._verify_pool = ThreadPoolExecutor(max_workers=VERIFY_WORKERS, thread_name_prefix="verify")
         self.started = False
         self.resumed_from: int | None = None
 
@@ -451,15 +453,26 @@ class Peer:
 
     async def _receive_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(VERIFY_WORKERS)  # bounds the messages held while being verified
         async for hint, data in self.transport:
             if not self._admit(hint):
                 continue
-            if len(data) >= VERIFY_IN_THREAD_BYTES:
-                # hashing tens of MB would stall the event loop; one worker keeps the order
-                result = await loop.run_in_executor(self._verify_pool, self.verifier.verify, data, self.round)
-            else:
-                result = self.verifier.verify(data, self.round)
-            self._take(hint, data, result)
+            if len(data) < VERIFY_IN_THREAD_BYTES:
+                self._take(hint, data, self.verifier.verify(data, self.round))
+                continue
+            # hashing megabytes would stall the event loop: worker threads verify, the loop takes
+            await slots.acquire()
+            job = loop.run_in_executor(self._verify_pool, self.verifier.verify, data, self.round)
+            job.add_done_callback(functools.partial(self._verified, slots, hint, data))
+
+    def _verified(self, slots: asyncio.Semaphore, hint: str | None, data: bytes, job: asyncio.Future) -> None:
+        slots.release()
+        if not self.started or job.cancelled():
+            return
+        if job.exception() is not None:  # the verifier returns Rejected for bad input; this is a bug
+            log.error("verifying a message from %s failed: %r", hint, job.exception())
+            return
+        self._take(hint, data, job.result())
 
     def handle_message(self, hint: str | None, data: bytes) -> None:
         """Admit, verify and take one message synchronously (tests, small messages)."""

@@ -267,3 +267,26 @@ def test_the_checkpoint_event_is_logged_once_the_checkpoint_is_durable(tmp_path)
             await q.close()
 
     asyncio.run(scenario())
+
+
+def test_large_updates_are_verified_on_worker_threads_with_every_rejection_counted(tmp_path):
+    # ~1.5 MB updates take the threaded path (two verifications at once); a replayed copy and a
+    # corrupted payload are still rejected with their reasons and never reach aggregation
+    nodes = plan(tmp_path, "complete:4", model={"options": {"hidden": [1024, 300]}}, round={"deadline": 1.0})
+
+    def duplicate(r, nb, data):
+        return [data, data]
+
+    def corrupt(r, nb, data):
+        return [data[:-1] + bytes([data[-1] ^ 1])]
+
+    hub, peers = build_memory_network(nodes, peer_kw={nodes[0].label: {"mangle": duplicate},
+                                                      nodes[1].label: {"mangle": corrupt}})
+    assert peers[0].model.size * 4 > (1 << 20)
+    asyncio.run(run_peers(peers, rounds=3))
+    for p in peers[2:]:
+        assert [r.accepted for r in p.history] == [2, 2, 2]
+        assert p.rejections["replay"] == 3 and p.rejections["payload_hash_mismatch"] == 3
+        assert all(r.aggregated for r in p.history)
+    for n in nodes:
+        assert verify_log(n.dir / "data" / "provenance.db").ok
