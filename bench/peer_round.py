@@ -147,33 +147,31 @@ def process_peak_rss(hidden: list[int], rounds: int, rule: str, transport: str =
     from topology import from_spec
 
     with tempfile.TemporaryDirectory() as tmp:
-        broker, broker_port = start_broker(tmp) if transport == "mqtt" else (None, None)
-        if transport == "mqtt" and broker is None:
-            return None
-        nodes = write_plan(from_spec("star:9"), os.path.join(tmp, "plan"), transport=transport, ports=free_ports(9),
-                           draw=False,
-                           mqtt_port=broker_port or 1883,
-                           overrides={"model": {"options": {"hidden": hidden}},
-                                      "train": {"epochs": 1.0, "batch_size": 32},
-                                      "aggregation": {"rule": rule, "f": 2},
-                                      "round": {"rounds": rounds, "deadline": 60.0}})
-        procs = []
+        procs, broker = [], None
         try:
+            broker, broker_port = start_broker(tmp) if transport == "mqtt" else (None, None)
+            if transport == "mqtt" and broker is None:
+                return None
+            nodes = write_plan(from_spec("star:9"), os.path.join(tmp, "plan"), transport=transport,
+                               ports=free_ports(9), draw=False, mqtt_port=broker_port or 1883,
+                               overrides={"model": {"options": {"hidden": hidden}},
+                                          "train": {"epochs": 1.0, "batch_size": 32},
+                                          "aggregation": {"rule": rule, "f": 2},
+                                          "round": {"rounds": rounds, "deadline": 60.0}})
             for n in nodes[1:] + nodes[:1]:  # leaves first: the centre dials them as it starts
                 log = open(os.path.join(tmp, f"{n.label}.log"), "wb")
                 procs.append(subprocess.Popen([sys.executable, "-m", "gossipfl", "peer", "start", "--config",
                                                str(n.config), "--log-format", "json"], stdout=log, stderr=log))
-            _, status, usage = os.wait4(procs[-1].pid, 0)
+            centre = procs[-1]
+            _, status, usage = os.wait4(centre.pid, 0)  # reaped here: its rusage is the figure
+            centre.returncode = status
             if status != 0:
                 raise SystemExit(open(os.path.join(tmp, f"{nodes[0].label}.log")).read()[-3000:])
             rounds_done = [json.loads(line) for line in open(os.path.join(tmp, f"{nodes[0].label}.log"))
                            if '"round ' in line]
         finally:
-            for p in procs:
-                if p.returncode is None and p.poll() is None:
-                    p.terminate()
             for p in procs + ([broker] if broker else []):
-                if p is broker:
+                if p.poll() is None:
                     p.terminate()
                 try:
                     p.wait(30)
