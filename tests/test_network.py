@@ -95,21 +95,31 @@ def test_libp2p_two_transports_move_a_large_update_and_refuse_oversize():
     asyncio.run(scenario())
 
 
+async def _until(condition, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
 def test_libp2p_bounds_streams_per_sender_and_cuts_a_trickler_without_blocking_others(monkeypatch):
     from gossip import libp2p_transport as lt
 
     monkeypatch.setattr(lt, "READ_TIMEOUT_BASE", 1.0)
 
     async def trickle(sender: Libp2pTransport, to: str, streams: int):
-        """Open `streams` streams that each declare 1 MB and send 10 bytes of it."""
+        """Open `streams` streams that each declare 1,000 bytes and send 10 of them."""
         from libp2p.peer.id import ID
 
         async def in_trio():
             pid = ID.from_base58(to)
             await sender._ensure_connection(pid, fresh=False)
             for _ in range(streams):
-                stream = await sender.host.new_stream(pid, [lt.PROTOCOL])
-                await stream.write((1 << 20).to_bytes(lt.LENGTH_BYTES, "big") + b"x" * 10)
+                try:  # the receiver may reset a stream before its protocol handshake ends
+                    stream = await sender.host.new_stream(pid, [lt.PROTOCOL])
+                    await stream.write((1000).to_bytes(lt.LENGTH_BYTES, "big") + b"x" * 10)
+                except Exception:
+                    pass
 
         await sender.bridge.call(in_trio)
 
@@ -127,8 +137,8 @@ def test_libp2p_bounds_streams_per_sender_and_cuts_a_trickler_without_blocking_o
             assert await tc.send(a.peer_id, b"honest")  # the trickler holds one slot, not all
             sender, got = await asyncio.wait_for(it.__anext__(), 5)
             assert (sender, got) == (c.peer_id, b"honest")
-            assert ta.refused_streams == 2
-            await asyncio.sleep(2.5)  # both trickling streams time out and are reset
+            await _until(lambda: ta.refused_streams == 2, 5)
+            await _until(lambda: not ta._open_from, 10)  # both trickling streams time out (1 s each), reset
             assert await tb.send(a.peer_id, b"later")
             sender, got = await asyncio.wait_for(it.__anext__(), 5)
             assert (sender, got) == (b.peer_id, b"later")
