@@ -49,12 +49,13 @@ def _batcher(p: int) -> tuple[tuple[int, int], ...]:
 
 
 @functools.lru_cache(maxsize=256)
-def network(n: int, lo: int, hi: int) -> tuple[tuple[tuple[int, int, int], ...], tuple[int, ...]]:
-    """The program that leaves ranks lo..hi-1 of n rows in order, on n + 1 physical rows.
+def network(n: int, lo: int, hi: int) -> tuple[tuple[tuple[int, int, int, int], ...], tuple[int, ...]]:
+    """The program that leaves ranks lo..hi-1 of n rows in order, reading the input rows
+    in place (never writing them) and writing only n + 1 scratch rows.
 
-    Returns (steps, rows): each step (a, b, s) writes min(row a, row b) to the free row s
-    and max to row b, after which row a is the free one (no copies); `rows` lists the
-    physical rows holding ranks lo..hi-1 at the end.
+    Rows are numbered 0..n-1 for the inputs and n..2n for scratch. Each step (a, b, lo, hi)
+    writes min(row a, row b) to row lo (a free scratch row) and max to row hi (b or a when
+    that is scratch, else another free row); `rows` lists where ranks lo..hi-1 end up.
     """
     p = 1 << max(0, (n - 1).bit_length())
     pairs = [(i, j) for i, j in _batcher(p) if j < n]
@@ -64,10 +65,15 @@ def network(n: int, lo: int, hi: int) -> tuple[tuple[tuple[int, int, int], ...],
             kept.append((i, j))
             needed |= {i, j}
     kept.reverse()
-    where, free, steps = list(range(n)), n, []
+    where, free, steps = list(range(n)), list(range(2 * n, n - 1, -1)), []
     for i, j in kept:
-        steps.append((where[i], where[j], free))
-        where[i], free = free, where[i]
+        a, b = where[i], where[j]
+        low = free.pop()
+        high = b if b >= n else a if a >= n else free.pop()  # max in place over a scratch input
+        if a >= n and high != a:
+            free.append(a)
+        steps.append((a, b, low, high))
+        where[i], where[j] = low, high
     return tuple(steps), tuple(where[k] for k in range(lo, hi))
 
 
@@ -76,26 +82,29 @@ def ranked_blocks(stack: torch.Tensor, lo: int = 0, hi: int | None = None,
     """Yield (column slice, block): row k of the (hi - lo, C) block holds rank lo + k of
     each column of `stack`, or of `mix @ stack` when a pre-step's mixing matrix is given
     (mixed per block, so the mixed stack never exists whole). The block is scratch
-    reused for the next one: consume it before advancing."""
+    reused for the next one: consume it before advancing. `stack` is only read."""
     n, d = stack.shape if mix is None else (mix.shape[0], stack.shape[1])
     hi = n if hi is None else hi
     if not 0 <= lo < hi <= n:
         raise ValueError(f"ranks {lo}..{hi - 1} of {n} rows")
     steps, rows = network(n, lo, hi)
     cols = min(d, max(MIN_COLUMNS, BLOCK_ELEMENTS // (n + 1)))
-    work = torch.empty(n + 1, cols, dtype=stack.dtype)
+    scratch = torch.empty(n + 1, cols, dtype=stack.dtype)
+    mixed = None if mix is None else torch.empty(n, cols, dtype=stack.dtype)
     ranked = torch.empty(hi - lo, cols, dtype=stack.dtype)
-    work_np, ranked_np = work.numpy(), ranked.numpy()  # same memory; numpy's ufuncs cost less per call
+    # numpy views of the same memory: numpy's ufuncs cost less per call than torch ops
+    source, scratch_np, ranked_np = stack.detach().numpy(), scratch.numpy(), ranked.numpy()
     for start in range(0, d, cols):
         c = min(cols, d - start)
         if mix is None:
-            work[:n, :c].copy_(stack[:, start : start + c])
+            inputs = source[:, start : start + c]
         else:
-            torch.mm(mix, stack[:, start : start + c], out=work[:n, :c])
-        r = list(work_np[:, :c])
-        for a, b, s in steps:
-            np.minimum(r[a], r[b], out=r[s])
-            np.maximum(r[a], r[b], out=r[b])
+            torch.mm(mix, stack[:, start : start + c], out=mixed[:, :c])
+            inputs = mixed.numpy()[:, :c]
+        r = list(inputs) + list(scratch_np[:, :c])
+        for a, b, low, high in steps:
+            np.minimum(r[a], r[b], out=r[low])
+            np.maximum(r[a], r[b], out=r[high])
         for k, row in enumerate(rows):
             ranked_np[k, :c] = r[row]
         yield slice(start, start + c), ranked[:, :c]

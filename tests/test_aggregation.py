@@ -229,7 +229,9 @@ def test_pruned_networks_give_exactly_the_ranks_asked_for(n, data):
     lo = data.draw(st.integers(0, n - 1))
     hi = data.draw(st.integers(lo + 1, n))
     x = torch.from_numpy(np.random.default_rng(n).integers(-3, 4, size=(n, 50)).astype(np.float32))  # ties
+    before = x.clone()
     got = columns.reduce_sorted(x, lambda b: b.sum(dim=0) * 1000 + b[0], lo, hi)
+    assert torch.equal(x, before)  # the input rows are read in place, never written
     ref = x.sort(dim=0).values[lo:hi]
     assert torch.equal(got, ref.sum(dim=0) * 1000 + ref[0])
     full, _ = columns.network(n, 0, n)
