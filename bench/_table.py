@@ -41,17 +41,3 @@ def best_time(fn, repeat: int = 5) -> float:
         times.append(time.perf_counter() - t0)
     return min(times)
 
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (all bound at once, so they differ)."""
-    import socket
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()

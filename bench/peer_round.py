@@ -8,6 +8,7 @@ training on its digits shard; and the peak RSS of a peer process with a 1M-param
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -17,7 +18,7 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bench._table import emit_json, free_ports, print_table  # noqa: E402
+from bench._table import emit_json, print_table  # noqa: E402
 
 MODELS = {"100k": [1024, 32], "1M": [1024, 900]}  # MLP hidden sizes: ~100k and ~1M parameters
 
@@ -142,42 +143,35 @@ def process_peak_rss(hidden: list[int], rounds: int, rule: str, transport: str =
     """Nine real `gossipfl peer start` processes on 127.0.0.1 (a star: the centre has 8
     neighbours); the centre's peak RSS as the kernel accounts it (wait4). None for MQTT
     where Mosquitto is not installed."""
-    from bench.transport import start_broker
+    from pathlib import Path
+
     from peer.plan import write_plan
+    from tests.netfixtures import PeerProcesses, free_ports, mosquitto_broker
     from topology import from_spec
 
     with tempfile.TemporaryDirectory() as tmp:
-        procs, broker = [], None
-        try:
-            broker, broker_port = start_broker(tmp) if transport == "mqtt" else (None, None)
-            if transport == "mqtt" and broker is None:
+        tmp = Path(tmp)
+        with mosquitto_broker(tmp) if transport == "mqtt" else contextlib.nullcontext(1883) as broker_port:
+            if broker_port is None:
                 return None
-            nodes = write_plan(from_spec("star:9"), os.path.join(tmp, "plan"), transport=transport,
-                               ports=free_ports(9), draw=False, mqtt_port=broker_port or 1883,
+            nodes = write_plan(from_spec("star:9"), tmp / "plan", transport=transport, ports=free_ports(9),
+                               draw=False, mqtt_port=broker_port,
                                overrides={"model": {"options": {"hidden": hidden}},
                                           "train": {"epochs": 1.0, "batch_size": 32},
                                           "aggregation": {"rule": rule, "f": 2},
                                           "round": {"rounds": rounds, "deadline": 60.0}})
-            for n in nodes[1:] + nodes[:1]:  # leaves first: the centre dials them as it starts
-                log = open(os.path.join(tmp, f"{n.label}.log"), "wb")
-                procs.append(subprocess.Popen([sys.executable, "-m", "gossipfl", "peer", "start", "--config",
-                                               str(n.config), "--log-format", "json"], stdout=log, stderr=log))
-            centre = procs[-1]
-            _, status, usage = os.wait4(centre.pid, 0)  # reaped here: its rusage is the figure
-            centre.returncode = status
-            if status != 0:
-                raise SystemExit(open(os.path.join(tmp, f"{nodes[0].label}.log")).read()[-3000:])
-            rounds_done = [json.loads(line) for line in open(os.path.join(tmp, f"{nodes[0].label}.log"))
-                           if '"round ' in line]
-        finally:
-            for p in procs + ([broker] if broker else []):
-                if p.poll() is None:
-                    p.terminate()
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            pp = PeerProcesses(tmp)
+            try:
+                for n in nodes[1:] + nodes[:1]:  # leaves first: the centre dials them as it starts
+                    centre = pp.start(n.label, n.config, "--log-format", "json")
+                _, status, usage = os.wait4(centre.pid, 0)  # reaped here: its rusage is the figure
+                centre.returncode = status
+                log = pp.log(nodes[0].label)
+                if status != 0:
+                    raise SystemExit(log[-3000:])
+                rounds_done = [json.loads(line) for line in log.splitlines() if '"round ' in line]
+            finally:
+                pp.stop_all()
         return {"centre_peak_rss_mb": usage.ru_maxrss / 1024, "rounds": len(rounds_done)}
 
 

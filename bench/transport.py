@@ -16,10 +16,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bench._table import emit_json, free_ports, print_table  # noqa: E402
+from bench._table import emit_json, print_table  # noqa: E402
+from tests.netfixtures import free_ports, mosquitto_broker  # noqa: E402
 
 SENDER_SEED, RECEIVER_SEED = b"s" * 32, b"r" * 32
 SCHEMA = b"\x05" * 32
@@ -155,48 +157,28 @@ async def sender(mode: str, port: int, mb: int, broker: int | None) -> dict:
     return {"seconds": best, "MBps": mb / best, "lag_ms": 1000 * max(lag.worst, out["lag"])}
 
 
-def start_broker(tmp: str) -> tuple[subprocess.Popen | None, int | None]:
-    import shutil
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-    if binary is None:
-        return None, None
-    port = free_ports(1)[0]
-    conf = os.path.join(tmp, "m.conf")
-    with open(conf, "w") as fh:
-        fh.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([binary, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    return proc, port
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         mode, port, n_values, count = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
         asyncio.run(receiver(mode, port, n_values, count))
         return
     rows, figures = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        broker, broker_port = start_broker(tmp)
-        try:
-            for mb in (10, 50):
-                res = {}
-                for mode in ("tcp", "yamux", "libp2p", "mqtt"):
-                    if mode == "mqtt" and broker is None:
-                        continue
-                    port = free_ports(1)[0]
-                    res[mode] = asyncio.run(sender(mode, port, mb, broker_port))
-                for mode, r in res.items():
-                    vs_yamux = r["MBps"] / res["yamux"]["MBps"]
-                    rows.append([f"{mb} MB", {"tcp": "plain TCP socket (ceiling)", "yamux": "bare libp2p yamux stream",
-                                             "libp2p": "libp2p: seal+send+verify+decode",
-                                             "mqtt": "MQTT via Mosquitto: full path"}[mode],
-                                 r["seconds"], r["MBps"], f"{100 * vs_yamux:.0f}%", f"{r['lag_ms']:.0f}"])
-                    figures[f"{mode}/{mb}MB"] = {k: round(v, 4) for k, v in r.items()} | {
-                        "vs_yamux": round(vs_yamux, 3)}
-        finally:
-            if broker is not None:
-                broker.terminate()
-                broker.wait(10)
+    with tempfile.TemporaryDirectory() as tmp, mosquitto_broker(Path(tmp)) as broker_port:
+        for mb in (10, 50):
+            res = {}
+            for mode in ("tcp", "yamux", "libp2p", "mqtt"):
+                if mode == "mqtt" and broker_port is None:
+                    continue
+                port = free_ports(1)[0]
+                res[mode] = asyncio.run(sender(mode, port, mb, broker_port))
+            for mode, r in res.items():
+                vs_yamux = r["MBps"] / res["yamux"]["MBps"]
+                rows.append([f"{mb} MB", {"tcp": "plain TCP socket (ceiling)", "yamux": "bare libp2p yamux stream",
+                                         "libp2p": "libp2p: seal+send+verify+decode",
+                                         "mqtt": "MQTT via Mosquitto: full path"}[mode],
+                             r["seconds"], r["MBps"], f"{100 * vs_yamux:.0f}%", f"{r['lag_ms']:.0f}"])
+                figures[f"{mode}/{mb}MB"] = {k: round(v, 4) for k, v in r.items()} | {
+                    "vs_yamux": round(vs_yamux, 3)}
     print_table(["update", "path", "seconds", "MB/s", "of yamux", "worst loop lag ms"], rows,
                 title="one update between two processes on 127.0.0.1 (best of 3)")
     emit_json(figures)

@@ -1,8 +1,9 @@
-"""Real network pieces for tests: free loopback ports, a Mosquitto broker, peer processes.
-Everything started here is stopped here."""
+"""Real network pieces for tests and benchmarks: free loopback ports, a Mosquitto broker,
+peer processes. Everything started here is stopped here."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,14 +45,16 @@ def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
 
 
-@pytest.fixture
-def mosquitto(tmp_path):
-    """A real Mosquitto broker on a free loopback port (config written by the test)."""
+@contextlib.contextmanager
+def mosquitto_broker(directory: Path) -> Iterator[int | None]:
+    """A real Mosquitto broker on a free loopback port, stopped on exit; yields its port, or
+    None where Mosquitto is not installed. Used by the tests' fixture and by bench/."""
     binary = mosquitto_binary()
     if binary is None:
-        pytest.skip("mosquitto is not installed (the project's .ci/install puts it there: apt-get install mosquitto)")
+        yield None
+        return
     (port,) = free_ports(1)
-    conf = tmp_path / "mosquitto.conf"
+    conf = Path(directory) / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                     "max_queued_messages 10000\nmax_inflight_messages 100\n")
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -64,6 +68,15 @@ def mosquitto(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A real Mosquitto broker on a free loopback port (config written by the test)."""
+    with mosquitto_broker(tmp_path) as port:
+        if port is None:
+            pytest.skip("mosquitto is not installed (the project's .ci/install puts it there: apt-get install mosquitto)")
+        yield port
 
 
 class PeerProcesses:
