@@ -93,14 +93,15 @@ def ranked_blocks(stack: torch.Tensor, lo: int = 0, hi: int | None = None,
     mixed = None if mix is None else torch.empty(n, cols, dtype=stack.dtype)
     ranked = torch.empty(hi - lo, cols, dtype=stack.dtype)
     # numpy views of the same memory: numpy's ufuncs cost less per call than torch ops
-    source, scratch_np, ranked_np = stack.detach().numpy(), scratch.numpy(), ranked.numpy()
+    source = stack.detach().numpy() if mix is None else mixed.numpy()
+    scratch_np, ranked_np = scratch.numpy(), ranked.numpy()
     for start in range(0, d, cols):
         c = min(cols, d - start)
         if mix is None:
             inputs = source[:, start : start + c]
         else:
             torch.mm(mix, stack[:, start : start + c], out=mixed[:, :c])
-            inputs = mixed.numpy()[:, :c]
+            inputs = source[:, :c]
         r = list(inputs) + list(scratch_np[:, :c])
         for a, b, low, high in steps:
             np.minimum(r[a], r[b], out=r[low])
