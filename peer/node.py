@@ -154,8 +154,9 @@ class Peer:
                                  neighbours=set(self.neighbours),
                                  max_size=int(cfg.round.max_message_mb * 1024 * 1024),
                                  max_lag=0, max_lead=cfg.round.max_lead)
-        self.logic = RoundLogic(frozenset(self.neighbours), 0, cfg.round.inbox_per_neighbour, cfg.round.max_lead)
         self.stack = UpdateStack(self.neighbours, self.model.size)
+        self.logic = RoundLogic(frozenset(self.neighbours), 0, cfg.round.inbox_per_neighbour, cfg.round.max_lead,
+                                keep=self.stack.settle)  # a counted update's message is let go at once
         self.prov = ProvenanceLog(Path(cfg.data_dir) / "provenance.db", self.identity, cfg.network)
         self.ckpt_path = Path(cfg.data_dir) / "checkpoint.msgpack"
         # attack simulation hooks: craft the values sent, poison labels, rewrite the bytes sent
@@ -326,8 +327,7 @@ class Peer:
         return rec
 
     def _start_round(self, new_round: int) -> None:
-        for update in self.logic.advance(new_round):  # buffered updates that now count
-            self.logic.collected[update.sender] = self.stack.settle(update)
+        self.logic.advance(new_round)
         self.verifier.forget_before(new_round)
         self._round_rejections = Counter()
 
@@ -502,8 +502,6 @@ class Peer:
                                           "bytes": len(data), "hint": hint}))
             log.debug("rejected from %s: %s (%s)", result.sender or hint, result.reason.value, result.detail)
         elif offered.kind in ("accepted", "buffered"):
-            if offered.kind == "accepted":  # into the aggregation stack; the message is let go
-                self.logic.collected[result.sender] = self.stack.settle(result)
             sh = result.envelope.signed_header()
             self._pending_events.append(("received", result.envelope.round, result.sender, result.update_id,
                                          {"header": sh["header"].hex(), "sig": sh["sig"].hex(),

@@ -5,6 +5,7 @@ real time and a real transport; tests drive it directly."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gossip.verify import Accepted, Reason, Rejected
@@ -30,6 +31,9 @@ class RoundLogic:
     ahead: dict[str, int] = field(default_factory=dict)
     arrivals: Counter = field(default_factory=Counter)
     flagged: set[str] = field(default_factory=set)
+    # applied to an update when it starts to count for the current round (on arrival, or
+    # when its buffered round begins); the peer copies it into its aggregation stack
+    keep: Callable[[Accepted], Accepted] = lambda update: update  # noqa: E731
 
     def admit(self, hint: str | None) -> tuple[bool, bool]:
         """Rate limit per transport sender per round: (admit?, first refusal this round?)."""
@@ -51,7 +55,7 @@ class RoundLogic:
             return Offered("rejected", result)
         sender, rnd = result.sender, result.envelope.round
         if rnd == self.round:
-            self.collected[sender] = result
+            self.collected[sender] = self.keep(result)
             return Offered("accepted", result)
         if rnd > self.round:
             self.ahead[sender] = max(self.ahead.get(sender, -1), rnd)
@@ -79,7 +83,7 @@ class RoundLogic:
     def advance(self, new_round: int) -> list[Accepted]:
         """Start `new_round`; returns the buffered updates that now count."""
         self.round = new_round
-        self.collected = dict(self.future.pop(new_round, {}))
+        self.collected = {s: self.keep(a) for s, a in self.future.pop(new_round, {}).items()}
         for r in [r for r in self.future if r < new_round]:
             del self.future[r]
         self.arrivals.clear()

@@ -290,3 +290,15 @@ def test_large_updates_are_verified_on_worker_threads_with_every_rejection_count
         assert all(r.aggregated for r in p.history)
     for n in nodes:
         assert verify_log(n.dir / "data" / "provenance.db").ok
+
+
+def test_round_logic_keeps_an_update_when_it_starts_to_count():
+    ids = [Identity.from_seed(bytes([i]) * 32) for i in (1, 2)]
+    kept = []
+    logic = RoundLogic(frozenset(i.peer_id for i in ids), round=0, keep=lambda u: kept.append(u.sender) or u)
+    assert logic.offer(_accepted(ids[0], torch.ones(4), round_=0)).kind == "accepted"
+    assert kept == [ids[0].peer_id]  # on arrival for the current round
+    assert logic.offer(_accepted(ids[1], torch.ones(4), round_=1)).kind == "buffered"
+    assert kept == [ids[0].peer_id]  # a buffered update is not kept yet
+    logic.advance(1)
+    assert kept == [ids[0].peer_id, ids[1].peer_id] and list(logic.collected) == [ids[1].peer_id]
