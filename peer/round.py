@@ -80,15 +80,14 @@ class RoundLogic:
         target = rounds[f]
         return target if target > self.round else None
 
-    def advance(self, new_round: int) -> list[Accepted]:
-        """Start `new_round`; returns the buffered updates that now count."""
+    def advance(self, new_round: int) -> None:
+        """Start `new_round`: its buffered updates now count (and are kept)."""
         self.round = new_round
         self.collected = {s: self.keep(a) for s, a in self.future.pop(new_round, {}).items()}
         for r in [r for r in self.future if r < new_round]:
             del self.future[r]
         self.arrivals.clear()
         self.flagged.clear()
-        return list(self.collected.values())
 
     def inputs(self) -> list[Accepted]:
         """Accepted updates of this round in a deterministic order (by sender)."""
