@@ -3,7 +3,8 @@
 The broker only relays bytes: every message is still a signed envelope that the receiver
 verifies; trust and aggregation stay with the peers. Each peer subscribes to
 `PREFIX/NETWORK/PEER_ID/inbox/+` and publishes to `PREFIX/NETWORK/NEIGHBOUR/inbox/SENDER`
-with QoS 1 (the last level is an unauthenticated hint, used only for rate limiting).
+with QoS 1. The last level is the sender as the broker lets it through: a hint only, unless
+the broker enforces it with the ACL that `gossipfl topology plan --transport mqtt` writes.
 It keeps a retained status message under `PREFIX/NETWORK/PEER_ID/status` for dashboards.
 The MQTT client runs on its own event loop thread (gossip.loop_thread): paho moves whole
 packets inside its loop, which stalled the peer's loop for 150 ms on a 50 MB update.
@@ -27,6 +28,31 @@ from .transport import QueuedTransport
 log = logging.getLogger("gossipfl.mqtt")
 PUBLISH_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
+# CONNACK codes that retrying cannot fix: v3.1.1 (4, 5) and v5 (134 bad login, 135 not authorized)
+LOGIN_REFUSED = {4, 5, 134, 135}
+
+
+def inbox_topic(prefix: str, network: str, owner: str, sender: str) -> str:
+    """Where `sender` publishes updates for `owner` (the broker ACL of a plan uses the same)."""
+    return f"{prefix}/{network}/{owner}/inbox/{sender}"
+
+
+def status_topic(prefix: str, network: str, owner: str) -> str:
+    return f"{prefix}/{network}/{owner}/status"
+
+
+def _code(rc) -> int | None:
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) else None
+
+
+def _refused(granted) -> bool:
+    """A SUBACK entry of 0x80 or more is a refusal (an ACL that does not grant the inbox)."""
+    return any((_code(c) or 0) >= 0x80 for c in granted)
+
+
+class _Refused(aiomqtt.MqttError):
+    """The broker refused this login or its inbox subscription: retrying will not help."""
 
 
 class MqttTransport(QueuedTransport):
@@ -45,12 +71,20 @@ class MqttTransport(QueuedTransport):
         self.io: LoopThread | None = None
         self.main_loop: asyncio.AbstractEventLoop | None = None
         self.closed = True
+        self._ever_connected = False
+        self._last_error = ""
 
     def topic(self, peer_id: str, leaf: str) -> str:
         return f"{self.prefix}/{self.network}/{peer_id}/{leaf}"
 
+    def inbox(self) -> str:
+        return inbox_topic(self.prefix, self.network, self.peer_id, "+")
+
     def addresses(self) -> list[str]:
         return [f"mqtt://{self.host}:{self.port}/{self.topic(self.peer_id, 'inbox')}"]
+
+    def _login(self) -> str:
+        return f"as {self.username!r}" if self.username else "anonymously"
 
     def _client(self) -> aiomqtt.Client:
         tls_context = None
@@ -75,6 +109,7 @@ class MqttTransport(QueuedTransport):
     async def _start_on_io(self) -> str | None:
         """On the MQTT thread: start the client task, wait for the first connection."""
         self._connected = asyncio.Event()
+        self._last_error = ""
         self._task = asyncio.get_running_loop().create_task(self._run())
         waiter = asyncio.ensure_future(self._connected.wait())
         done, _ = await asyncio.wait({waiter, self._task}, timeout=CONNECT_TIMEOUT,
@@ -84,7 +119,9 @@ class MqttTransport(QueuedTransport):
         waiter.cancel()
         exc = self._task.exception() if self._task.done() else None
         self._task.cancel()
-        return f": {exc}" if exc else " (timed out)"
+        if exc:
+            return f": {exc}"
+        return f": {self._last_error}" if self._last_error else " (timed out)"
 
     async def _run(self) -> None:
         delay = 0.5
@@ -92,8 +129,12 @@ class MqttTransport(QueuedTransport):
             try:
                 async with self._client() as client:
                     self.client = client
-                    await client.subscribe(self.topic(self.peer_id, "inbox/+"), qos=1)
+                    granted = await client.subscribe(self.inbox(), qos=1)
+                    if _refused(granted):
+                        raise _Refused(f"the broker refused the subscription to {self.inbox()} "
+                                       f"for the login {self._login()} (check its ACL)")
                     self._connected.set()
+                    self._ever_connected = True
                     delay = 0.5
                     log.info("connected to MQTT broker %s:%d", self.host, self.port)
                     async for message in client.messages:
@@ -107,6 +148,12 @@ class MqttTransport(QueuedTransport):
                 self._connected.clear()
                 if self.closed:
                     return
+                if isinstance(exc, aiomqtt.MqttCodeError) and _code(exc.rc) in LOGIN_REFUSED:
+                    exc = _Refused(f"the broker refused the login {self._login()}: {exc} "
+                                   "(check transport.username and transport.password)")
+                self._last_error = str(exc)
+                if isinstance(exc, _Refused) and not self._ever_connected:
+                    raise exc  # at start: fail now with the reason, do not retry for CONNECT_TIMEOUT
                 log.warning("MQTT connection lost (%s); reconnecting in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -121,7 +168,7 @@ class MqttTransport(QueuedTransport):
         if client is None:
             return False
         try:
-            await client.publish(self.topic(peer_id, f"inbox/{self.peer_id}"), bytes(data), qos=1,
+            await client.publish(inbox_topic(self.prefix, self.network, peer_id, self.peer_id), bytes(data), qos=1,
                                  timeout=PUBLISH_TIMEOUT)
             return True
         except (TimeoutError, aiomqtt.MqttError) as exc:
@@ -139,8 +186,8 @@ class MqttTransport(QueuedTransport):
         if client is None:
             return
         with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
-            await client.publish(self.topic(self.peer_id, "status"), json.dumps(info), qos=1, retain=True,
-                                 timeout=10)
+            await client.publish(status_topic(self.prefix, self.network, self.peer_id), json.dumps(info), qos=1,
+                                 retain=True, timeout=10)
 
     async def close(self) -> None:
         if self.closed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -45,21 +46,44 @@ def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
 
 
+def listener_port(conf: str) -> int:
+    """The port of the first `listener PORT [HOST]` line of a mosquitto.conf."""
+    for line in conf.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "listener" and parts[1].isdigit():
+            return int(parts[1])
+    raise ValueError("the mosquitto config has no `listener PORT` line")
+
+
 @contextlib.contextmanager
-def mosquitto_broker(directory: Path) -> Iterator[int | None]:
-    """A real Mosquitto broker on a free loopback port, stopped on exit; yields its port, or
-    None where Mosquitto is not installed. Used by the tests' fixture and by bench/."""
+def mosquitto_broker(directory: Path, config: Path | None = None) -> Iterator[int | None]:
+    """A real Mosquitto broker on a loopback port, stopped on exit; yields its port, or None
+    where Mosquitto is not installed. Used by the tests' fixture and by bench/.
+
+    Without `config`: anonymous, on a free port. With `config` (e.g. the mosquitto.conf of an
+    mqtt plan, with its password file and ACL): that file as is, on its listener port, plus
+    `user <the current user>` so that a broker started as root can still read a 0600 password
+    file owned by root. The broker's log is DIRECTORY/mosquitto.log."""
     binary = mosquitto_binary()
     if binary is None:
         yield None
         return
-    (port,) = free_ports(1)
-    conf = Path(directory) / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 10000\nmax_inflight_messages 100\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    directory = Path(directory)
+    conf = directory / "mosquitto.conf"
+    if config is None:
+        (port,) = free_ports(1)
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                        "max_queued_messages 10000\nmax_inflight_messages 100\n")
+    else:
+        text = Path(config).read_text()
+        port = listener_port(text)
+        conf = directory / "mosquitto-run.conf"
+        conf.write_text(text.rstrip("\n") + f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n")
+    log_path = directory / "mosquitto.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
     try:
-        wait_port(port)
+        _wait_broker(proc, port, log_path)
         yield port
     finally:
         proc.terminate()
@@ -68,6 +92,19 @@ def mosquitto_broker(directory: Path) -> Iterator[int | None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _wait_broker(proc: subprocess.Popen, port: int, log_path: Path, timeout: float = 10.0) -> None:
+    """Until the broker listens; a broker that exits (e.g. an unreadable password file) fails at once."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mosquitto exited with {proc.returncode}: {log_path.read_text(errors='replace')[-1000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"mosquitto does not listen on 127.0.0.1:{port}: {log_path.read_text(errors='replace')[-1000:]}")
 
 
 @pytest.fixture
