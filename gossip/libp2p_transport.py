@@ -1,17 +1,46 @@
 """The libp2p transport: TCP + Noise + yamux via py-libp2p, one direct stream per update.
 
 Each update travels on a fresh stream of protocol /gossipfl/update/1.0.0 as an 8-byte
-big-endian length and the message. The handler reads the whole message (yamux resets
-a stream whose reader stalls for 5 s) and only then hands the bytes to asyncio; a message
-over the size limit resets the stream; a full inbox drops the message, it never stalls
-the stream. The host key is the peer's own Ed25519 key, so the PeerId that libp2p
-authenticates (Noise) is the PeerId that signs the updates.
+big-endian length, the message, and the end of the stream. The handler reads the whole
+message and the end of the stream, and only then hands the bytes to asyncio; a full inbox
+drops the message, it never stalls the stream. The host key is the peer's own Ed25519 key,
+so the PeerId that libp2p authenticates (Noise, the only security protocol offered: py-libp2p
+would otherwise also accept /plaintext/2.0.0, where anyone can claim any PeerId) is the
+PeerId that signs the updates.
 
-Memory is bounded before any verification: a sender has at most one stream being read
-and one waiting (more are reset), at most `max_reads` messages are read at once (the
-others wait under yamux flow control, a window each), and a message must arrive within
-READ_TIMEOUT_BASE plus one second per MB. A flooding or trickling sender occupies its
-own slot, never all of them while max_reads > the number of Byzantine neighbours.
+Only the trusted talk. `allowed` (a set of PeerIds, or a callable PeerId -> bool, read at
+each check; default: the neighbours) is checked right after the Noise handshake of every
+inbound connection: a stranger's connection is closed before the muxer is negotiated, so it
+never has a stream, a read slot or a connection slot. Streams are checked again (membership
+changes), and a stream from a peer no longer allowed closes its connection.
+
+Bounded by what is expected, per trusted sender:
+- one stream read and one waiting (more are reset), each sender its own lock: no slot is
+  shared between senders;
+- a message of at most `max_size` bytes, read within `read_deadline` = READ_TIMEOUT_BASE +
+  (max_size + 8) / MIN_RATE, fixed by max_size (never by the size a sender declares); a
+  stream past the deadline is reset;
+- a declared size over max_size, bytes after the declared message, data beyond the yamux
+  receive window, a DATA frame over the stream bound, or more than STREAMS_PER_CONNECTION
+  streams: the stream is reset and the connection closed (gossip/yamux_guard.py).
+
+Memory held for unverified input, hard bounds (M = max_size + 8, W = 256 KB, yamux's
+initial window): per connection, yamux buffers at most B = M + STREAM_SLACK per stream and
+B + (STREAMS_PER_CONNECTION - 1) * W in all; per sender, at most CONNECTIONS_PER_PEER
+connections plus the message being read (2 M at the moment of the join), so at most
+3 * (M + 64 KB + 7 * 256 KB) + 2 M (about 5.7 MB + 5 M; 6 MB for a 10 KB model). In total:
+that times the number of trusted neighbours, plus HANDSHAKE_SLOTS handshakes in progress
+(each a few KB of Noise messages, at most 64 KB each).
+
+Connections: at most HANDSHAKE_SLOTS inbound handshakes run at once, each within
+HANDSHAKE_TIMEOUT; when all slots are taken, the oldest handshake is dropped for the new
+one, so a flood of fresh identities or stalled TCP connections cannot keep a neighbour out
+(it would have to open HANDSHAKE_SLOTS connections within one honest handshake, a few ms).
+A connection occupies nothing after it closes: py-libp2p's own inbound path holds a slot
+of a 250-slot limiter for the life of the swarm, even after the connection closed, so a
+host refused every inbound connection after 250 of them; this transport does not use that
+path. An inbound connection from a neighbour clears the dial backoff towards it, and
+py-libp2p's 60 s "negative cache" of failed peers is bypassed (the backoff here replaces it).
 """
 
 from __future__ import annotations
@@ -19,7 +48,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 
 import multiaddr
 import trio
@@ -28,6 +58,7 @@ from .errors import TransportError
 from .identity import Identity
 from .transport import QueuedTransport
 from .trio_bridge import TrioBridge
+from .yamux_guard import guard as guard_yamux
 
 PROTOCOL = "/gossipfl/update/1.0.0"
 LENGTH_BYTES = 8
@@ -35,37 +66,89 @@ DIAL_TIMEOUT = 10.0
 SEND_TIMEOUT = 120.0
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 STREAMS_PER_SENDER = 2  # one being read, one waiting its turn
-READ_TIMEOUT_BASE = 10.0
+STREAMS_PER_CONNECTION = 8  # our update streams, identify, ping, ours outbound
+CONNECTIONS_PER_PEER = 3
+STREAM_SLACK = 64 * 1024  # protocol negotiation and one yamux frame on top of a message
+READ_TIMEOUT_BASE = 5.0
+MIN_RATE = 1 << 20  # bytes per second a neighbour's message must at least arrive at
+HANDSHAKE_SLOTS = 64
+HANDSHAKE_TIMEOUT = 5.0
+YAMUX_WINDOW = 256 * 1024
 
 log = logging.getLogger("gossipfl.libp2p")
+
+Allowed = Collection[str] | Callable[[str], bool]
 
 
 class DialFailed(Exception):
     """The neighbour could not be reached (backoff applies), as opposed to one stream failing."""
 
 
+class ProtocolViolation(Exception):
+    """A trusted sender broke the stream protocol: its stream is reset and its connection closed."""
+
+
+@dataclass
+class _Sender:
+    """One trusted sender's read slot: one stream read at a time, one more waiting."""
+
+    open: int = 0
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+@dataclass
+class Counters:
+    refused_peers: int = 0  # connections closed after the handshake: not allowed
+    refused_streams: int = 0  # streams reset: the sender had two open
+    dropped_handshakes: int = 0  # oldest handshake dropped for a new one (slots full)
+    timeouts: int = 0  # streams reset at the read deadline
+    violations: int = 0  # connections closed for a protocol violation
+
+
 class Libp2pTransport(QueuedTransport):
     def __init__(self, identity: Identity, listen: list[str], neighbours: Mapping[str, str | None],
-                 *, max_size: int = 64 * 1024 * 1024, inbox: int = 256, mdns: bool = False, max_reads: int = 4):
+                 *, max_size: int = 64 * 1024 * 1024, inbox: int = 256, mdns: bool = False,
+                 allowed: Allowed | None = None, max_reads: int | None = None):
+        """`allowed`: who may connect and send (default: the keys of `neighbours`). `max_reads`
+        is accepted for compatibility and unused: reads are bounded per sender."""
+        if max_size < 1:
+            raise TransportError(f"max_size must be a positive number of bytes, got {max_size}")
         self.identity = identity
         self.peer_id = identity.peer_id
         self.listen = list(listen)
         self.neighbour_addrs = {k: v for k, v in neighbours.items()}
+        self.allowed: Allowed = set(self.neighbour_addrs) if allowed is None else allowed
         self.max_size = max_size
         self.mdns = mdns
-        self.max_reads = max_reads
-        self._open_from: dict[str, int] = {}  # sender -> streams open (trio thread only)
-        self._one_per_sender: dict[str, trio.Lock] = {}
-        self._reads: trio.Semaphore | None = None
-        self.refused_streams = 0
+        self.counters = Counters()
+        self._senders: dict[str, _Sender] = {}  # trio thread only
+        self._handshakes: dict[int, trio.CancelScope] = {}  # in arrival order; trio thread only
         super().__init__(inbox)
         self.bridge = TrioBridge(f"libp2p-{identity.peer_id[-6:]}")
         self.loop: asyncio.AbstractEventLoop | None = None
         self.host = None
+        self._nursery: trio.Nursery | None = None
         self._stop_host: trio.Event | None = None
-        self._backoff: dict[str, tuple[float, float]] = {}  # peer -> (retry at, delay)
+        self._backoff: dict[str, tuple[float, float]] = {}  # peer -> (retry at, delay); asyncio side
         self._addrs: list[str] = []
         self.closed = True
+
+    @property
+    def refused_streams(self) -> int:
+        return self.counters.refused_streams
+
+    @property
+    def read_deadline(self) -> float:
+        """Seconds a whole message may take: fixed by max_size, not by what a sender declares."""
+        return READ_TIMEOUT_BASE + (self.max_size + LENGTH_BYTES) / MIN_RATE
+
+    def is_allowed(self, peer_id: str) -> bool:
+        allowed = self.allowed
+        try:
+            return bool(allowed(peer_id)) if callable(allowed) else peer_id in allowed
+        except Exception:  # a broken predicate trusts nobody
+            log.exception("the allowed() check failed for %s", peer_id)
+            return False
 
     # --- asyncio side ------------------------------------------------------------------
 
@@ -116,18 +199,27 @@ class Libp2pTransport(QueuedTransport):
         await asyncio.to_thread(self.bridge.stop)
         self._end()
 
-    # --- trio side ---------------------------------------------------------------------
+    def _reachable_again(self, peer_id: str) -> None:
+        """The neighbour just connected to us: dial it at once, whatever the backoff said."""
+        self._backoff.pop(peer_id, None)
+
+    # --- trio side: host ---------------------------------------------------------------
 
     async def _trio_start(self) -> list[str]:
         from libp2p import new_host
         from libp2p.crypto.ed25519 import create_new_key_pair
+        from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+        from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
+        from libp2p.security.noise.transport import Transport as Noise
 
         key_pair = create_new_key_pair(self.identity.seed)
         addrs = [multiaddr.Multiaddr(a) for a in self.listen]
+        noise_only = {NOISE: Noise(key_pair, noise_privkey=create_x25519_key_pair().private_key)}
         self.host = new_host(key_pair=key_pair, muxer_preference="YAMUX", listen_addrs=addrs,
-                             enable_mDNS=self.mdns)
+                             enable_mDNS=self.mdns, sec_opt=noise_only)
         if self.host.get_id().to_base58() != self.peer_id:
             raise TransportError("libp2p derived a different PeerId from the key")
+        self._harden(self.host.get_network())
         self.host.set_stream_handler(PROTOCOL, self._handle)
         started = trio.Event()
         failure: list[BaseException] = []
@@ -135,14 +227,19 @@ class Libp2pTransport(QueuedTransport):
 
         async def run_host():
             try:
-                async with self.host.run(addrs):
-                    started.set()
-                    await self._stop_host.wait()
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    async with self.host.run(addrs):
+                        started.set()
+                        await self._stop_host.wait()
+                    nursery.cancel_scope.cancel()
             except BaseException as exc:  # noqa: BLE001 - reported through `failure`
                 failure.append(exc)
                 started.set()
                 if isinstance(exc, trio.Cancelled):
                     raise
+            finally:
+                self._nursery = None
 
         self.bridge.spawn(run_host)
         await started.wait()
@@ -159,6 +256,76 @@ class Libp2pTransport(QueuedTransport):
             out.append(text if "/p2p/" in text else f"{text}/p2p/{self.peer_id}")
         return out
 
+    def _harden(self, swarm) -> None:
+        """Install the trust check, the yamux bounds and our inbound path on this host's swarm.
+        Instance attributes only: py-libp2p's classes stay as they are."""
+        from libp2p.transport.exceptions import SecurityUpgradeFailure
+
+        swarm.set_resource_manager(None)  # its limits are global, not per neighbour; ours replace them
+        swarm.connection_config.max_connections_per_peer = CONNECTIONS_PER_PEER
+        upgrader = swarm.upgrader
+        upgrade_security, upgrade_connection = upgrader.upgrade_security, upgrader.upgrade_connection
+
+        async def secure_then_check(raw_conn, is_initiator: bool, peer_id=None):
+            secured = await upgrade_security(raw_conn, is_initiator, peer_id)
+            if not is_initiator:
+                remote = secured.get_remote_peer().to_base58()
+                if not self.is_allowed(remote):
+                    self.counters.refused_peers += 1
+                    log.debug("closing a connection from %s: not a trusted neighbour", remote)
+                    await _close_quietly(secured)
+                    raise SecurityUpgradeFailure(f"{remote} is not a trusted neighbour")
+                if self.loop is not None:
+                    self.loop.call_soon_threadsafe(self._reachable_again, remote)
+            return secured
+
+        async def mux_then_bound(secured, peer_id):
+            muxed = await upgrade_connection(secured, peer_id)
+            per_stream = self.max_size + LENGTH_BYTES + STREAM_SLACK
+            guard_yamux(muxed, per_stream=per_stream, per_conn=per_stream + (STREAMS_PER_CONNECTION - 1) * YAMUX_WINDOW,
+                        max_streams=STREAMS_PER_CONNECTION, on_violation=self._violated)
+            return muxed
+
+        upgrader.upgrade_security = secure_then_check
+        upgrader.upgrade_connection = mux_then_bound
+
+        async def inbound(read_write_closer, maddr, _swarm=swarm):
+            await self._inbound(_swarm, read_write_closer, maddr)
+
+        swarm._handle_inbound_connection = inbound
+
+    async def _inbound(self, swarm, read_write_closer, maddr) -> None:
+        """Handshake within HANDSHAKE_TIMEOUT in one of HANDSHAKE_SLOTS (the oldest is dropped
+        when all are taken), then hold the socket exactly as long as the connection lives."""
+        from libp2p.network.connection.raw_connection import RawConnection
+
+        raw = RawConnection(read_write_closer, False)
+        scope = trio.CancelScope(deadline=trio.current_time() + HANDSHAKE_TIMEOUT)
+        if len(self._handshakes) >= HANDSHAKE_SLOTS:
+            oldest = next(iter(self._handshakes))
+            self._handshakes.pop(oldest).cancel()
+            self.counters.dropped_handshakes += 1
+        self._handshakes[id(scope)] = scope
+        muxed = None
+        try:
+            with scope:
+                muxed = await swarm.upgrade_inbound_raw_conn(raw, maddr)
+        except Exception as exc:
+            log.debug("inbound connection on %s failed: %s", maddr, _why(exc))
+        finally:
+            self._handshakes.pop(id(scope), None)
+        if muxed is None:
+            await _close_quietly(raw)
+            return
+        await muxed.event_closed.wait()
+
+    def _violated(self, conn, why: str) -> None:
+        """Called by the yamux guard (synchronously, on the trio thread): close that connection."""
+        self.counters.violations += 1
+        log.warning("closing the connection of %s: %s", _peer_of(conn), why)
+        if self._nursery is not None:
+            self._nursery.start_soon(_close_quietly, conn)
+
     def _remember(self, pid: str, addr: str) -> None:
         from libp2p.peer.id import ID
 
@@ -169,6 +336,8 @@ class Libp2pTransport(QueuedTransport):
         if self._stop_host is not None:
             self._stop_host.set()
         await trio.sleep(0.05)
+
+    # --- trio side: sending ------------------------------------------------------------
 
     async def _trio_send(self, peer_id: str, data: bytes) -> None:
         from libp2p.peer.id import ID
@@ -204,6 +373,7 @@ class Libp2pTransport(QueuedTransport):
                 pass
         elif network.connections.get(pid):
             return
+        network.unblock_peer(pid)  # our backoff decides when to retry, not py-libp2p's 60 s cache
         store = self.host.get_peerstore()
         addrs = store.addrs(pid) if pid in store.peer_ids() else []
         try:
@@ -212,45 +382,61 @@ class Libp2pTransport(QueuedTransport):
         except Exception as exc:
             raise DialFailed(_why(exc)) from None
 
+    # --- trio side: receiving ----------------------------------------------------------
+
     async def _handle(self, stream) -> None:
-        """Read one whole length-prefixed message within the stream limits, then hand it to asyncio."""
+        """Read one whole length-prefixed message in the sender's own slot, then hand it to asyncio."""
         try:
             sender = stream.muxed_conn.peer_id.to_base58()
         except Exception:
             await _reset(stream)
             return
-        if self._open_from.get(sender, 0) >= STREAMS_PER_SENDER:
-            self.refused_streams += 1
+        if not self.is_allowed(sender):  # no longer trusted since it connected
+            self.counters.refused_peers += 1
+            await _reset(stream)
+            await _close_quietly(stream.muxed_conn)
+            return
+        slot = self._senders.setdefault(sender, _Sender())
+        if slot.open >= STREAMS_PER_SENDER:
+            self.counters.refused_streams += 1
             log.debug("resetting a stream from %s: %d already open", sender, STREAMS_PER_SENDER)
             await _reset(stream)
             return
-        if self._reads is None:
-            self._reads = trio.Semaphore(self.max_reads)
-        self._open_from[sender] = self._open_from.get(sender, 0) + 1
+        slot.open += 1
         try:
-            async with self._one_per_sender.setdefault(sender, trio.Lock()), self._reads:
+            async with slot.lock:
                 body = await self._read_message(stream, sender)
         finally:
-            self._open_from[sender] -= 1
-            if not self._open_from[sender]:
-                del self._open_from[sender], self._one_per_sender[sender]
+            slot.open -= 1
+            if not slot.open:
+                del self._senders[sender]
         if body is not None and self.loop is not None and not self.closed:
             self.loop.call_soon_threadsafe(self._deliver, sender, body)
 
     async def _read_message(self, stream, sender: str) -> bytes | None:
         try:
-            with trio.fail_after(READ_TIMEOUT_BASE):
+            with trio.move_on_after(self.read_deadline) as deadline:
                 head = await _read_exactly(stream, LENGTH_BYTES)
-            size = int.from_bytes(head, "big")
-            if size > self.max_size:
-                log.warning("resetting a %d-byte message from %s (limit %d)", size, sender, self.max_size)
+                size = int.from_bytes(head, "big")
+                if size > self.max_size:
+                    raise ProtocolViolation(f"declared a {size}-byte message (limit {self.max_size})")
+                body = await _read_exactly(stream, size)
+                if await _read_more(stream):
+                    raise ProtocolViolation(f"sent more than the {size} bytes it declared")
+            if deadline.cancelled_caught:
+                self.counters.timeouts += 1
+                log.info("resetting a stream from %s: no whole message within %.1fs", sender, self.read_deadline)
                 await _reset(stream)
                 return None
-            with trio.fail_after(READ_TIMEOUT_BASE + size / (1 << 20)):
-                body = await _read_exactly(stream, size)
-            await stream.close()
+            await _close_quietly(stream)
             return body
-        except Exception as exc:  # a broken or too slow stream from one peer must not hurt the host
+        except ProtocolViolation as exc:
+            self.counters.violations += 1
+            log.warning("closing the connection of %s: %s", sender, exc)
+            await _reset(stream)
+            await _close_quietly(stream.muxed_conn)
+            return None
+        except Exception as exc:  # a broken stream from one peer must not hurt the host
             log.debug("stream from %s failed: %s", sender, _why(exc))
             await _reset(stream)
             return None
@@ -311,3 +497,27 @@ def _why(exc: BaseException) -> str:
     if "Address already in use" in text or "[Errno 98]" in text:
         return "address already in use (another process has this port)"
     return text.splitlines()[0][:200]
+
+
+async def _read_more(stream) -> bool:
+    """After the declared message: True if the sender sent anything but the end of the stream."""
+    from libp2p.network.stream.exceptions import StreamEOF
+
+    try:
+        return bool(await stream.read(1))
+    except StreamEOF:
+        return False
+
+
+async def _close_quietly(thing) -> None:
+    try:
+        await thing.close()
+    except Exception:
+        pass
+
+
+def _peer_of(conn) -> str:
+    try:
+        return conn.peer_id.to_base58()
+    except Exception:
+        return "an unknown peer"
