@@ -11,28 +11,51 @@ Byzantine row is huge. Callers outside a peer should put a trusted row first.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 BLOCK_COLUMNS = 16384
+BLOCK_ELEMENTS = 1 << 19  # with short rows, batch entries per block fill (b, n, C) up to this
+ALIGN = 16  # elements: 64 bytes of float32
 
 
-def gram_centred(stack: torch.Tensor) -> torch.Tensor:
-    """G = Xc Xc^T (returned as float64) where Xc is `stack` minus its row 0."""
-    n, d = stack.shape
-    acc = torch.zeros(n, n, dtype=stack.dtype)
-    buf = torch.empty(n, min(BLOCK_COLUMNS, d), dtype=stack.dtype)
-    for start in range(0, d, BLOCK_COLUMNS):
-        block = stack[:, start : start + BLOCK_COLUMNS]
-        b = buf[:, : block.shape[1]]
-        torch.sub(block, block[0:1], out=b)
-        acc.addmm_(b, b.T)
-    return acc.double()
+def centred_blocks(stack: torch.Tensor, row: int = 0) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+    """Yield (batch slice, column slice, block): the columns of `stack` (B, n, d) minus those of
+    its row `row`, a cache-sized block at a time (scratch reused for the next block)."""
+    batch, n, d = stack.shape
+    cols = min(d, BLOCK_COLUMNS)
+    bb = min(batch, max(1, BLOCK_ELEMENTS // (n * cols)))  # several entries per block when d is short
+    # Each entry's block starts on a 64-byte boundary, as a lone entry's would: MKL's rounding
+    # depends on alignment, and an entry's results must not depend on its batch neighbours
+    # (Krum's or NNM's choice among near-equal rows would).
+    entry = -(-n * cols // ALIGN) * ALIGN
+    buf = torch.empty(bb * entry, dtype=stack.dtype).as_strided((bb, n, cols), (entry, cols, 1))
+    for b0 in range(0, batch, bb):
+        b1 = min(batch, b0 + bb)
+        for start in range(0, d, cols):
+            block = stack[b0:b1, :, start : start + cols]
+            c = buf[: b1 - b0, :, : block.shape[2]]
+            torch.sub(block, block[:, row : row + 1], out=c)
+            yield slice(b0, b1), slice(start, start + block.shape[2]), c
 
 
-def squared_distances(stack: torch.Tensor) -> torch.Tensor:
-    """(n, n) float64 matrix of squared Euclidean distances, exact zeros on the diagonal."""
-    g = gram_centred(stack)
-    sq = g.diagonal()
-    dist = (sq[:, None] + sq[None, :] - 2.0 * g).clamp_min_(0.0)
-    dist.fill_diagonal_(0.0)
+def gram_centred(stack: torch.Tensor, row: int = 0) -> torch.Tensor:
+    """G[b] = Xc Xc^T (returned as float64) where Xc is stack[b] (n, d) minus its row `row`,
+    for every batch entry b of `stack` (B, n, d)."""
+    batch, n, _ = stack.shape
+    acc = torch.zeros(batch, n, n, dtype=stack.dtype)
+    for entries, _, c in centred_blocks(stack, row):
+        acc[entries].baddbmm_(c, c.transpose(1, 2))
+    g = acc.double()
+    return (g + g.mT) * 0.5  # exactly symmetric: d(i, j) == d(j, i), so equal scores tie exactly
+
+
+def squared_distances(stack: torch.Tensor, row: int = 0) -> torch.Tensor:
+    """(B, n, n) float64 squared Euclidean distances, exact zeros on the diagonals; the
+    distances to row `row` (the Gram matrix's centre) are the most precise."""
+    g = gram_centred(stack, row)
+    sq = g.diagonal(dim1=1, dim2=2)
+    dist = (sq[:, :, None] + sq[:, None, :] - 2.0 * g).clamp_min_(0.0)
+    dist.diagonal(dim1=1, dim2=2).zero_()
     return dist

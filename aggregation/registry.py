@@ -110,7 +110,11 @@ def _split_params(rule: Rule, steps: list[Rule], params: dict) -> tuple[dict, li
 
 def aggregate(rule: str, stack: torch.Tensor, weights: torch.Tensor | None = None, *,
               pre: Sequence[str] = (), **params) -> Aggregate:
-    """Aggregate the rows of `stack` (n, d) with the named rule.
+    """Aggregate the rows of `stack` (n, d) with the named rule: value (d,) and a Report.
+
+    A batch of stacks (B, n, d), with weights (B, n), (n,) or None, is aggregated entry by
+    entry in one vectorized pass: value (B, d) and a BatchReport (indexing it gives each
+    entry's Report). The (n, d) call is the batch of one, through the same code.
 
     `rule` may carry pre-steps ('nnm+krum'), or they may be given as `pre=['nnm']`.
     `f` is the number of Byzantine rows the rule must tolerate. Non-uniform weights are
@@ -127,30 +131,31 @@ def aggregate(rule: str, stack: torch.Tensor, weights: torch.Tensor | None = Non
     check_f(params["f"])
     rule_params, step_params = _split_params(chosen, steps, params)
 
-    x = check_stack(stack)
-    w = check_weights(weights, x.shape[0])
+    batched = isinstance(stack, torch.Tensor) and stack.dim() == 3
+    x = check_stack(stack)  # (B, n, d)
+    w = check_weights(weights, x.shape[0], x.shape[1], batched)
     pre_reports, mix = [], None
     for step, sp in zip(steps, step_params, strict=True):
         if mix is not None:  # a later step needs the rows the earlier one made
-            x, mix = mix @ x, None
-        if not step.tolerates(x.shape[0], params["f"]):
-            raise AggregationError(f"{step.name} requires {step.requirement}; got n = {x.shape[0]}, f = {params['f']}")
+            x, mix = torch.bmm(mix, x), None
+        if not step.tolerates(x.shape[1], params["f"]):
+            raise AggregationError(f"{step.name} requires {step.requirement}; got n = {x.shape[1]}, f = {params['f']}")
         mix, w, info = step.fn(x, w, **sp)
         pre_reports.append(info)
     if mix is not None:
-        if chosen.fuses_mix:  # applied block by block inside the rule: no (n, d) copy
+        if chosen.fuses_mix:  # applied block by block inside the rule: no (B, n, d) copy
             rule_params["mix"] = mix
         else:
-            x, mix = mix @ x, None
+            x, mix = torch.bmm(mix, x), None
     if not chosen.takes_weights and not is_uniform(w):
         raise AggregationError(
             f"{rule_name} has no weighted form; pass weights=None or use one of "
             f"{', '.join(r.name for r in _RULES if r.takes_weights)}")
     if not chosen.takes_weights:
         w = None
-    n, f = (x.shape[0] if mix is None else mix.shape[0]), params["f"]
+    n, f = (x.shape[1] if mix is None else mix.shape[1]), params["f"]
     if not chosen.tolerates(n, f):
         raise AggregationError(f"{rule_name} requires {chosen.requirement}; got n = {n}, f = {f}")
     value, report = chosen.fn(x, w, **rule_params)  # mean with f > 0 is allowed: sweeps compare it
     report.pre = pre_reports
-    return Aggregate(value, report)
+    return Aggregate(value, report) if batched else Aggregate(value[0], report[0])

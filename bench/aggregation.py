@@ -5,6 +5,10 @@
 
 The reference (tests/reference_rules.py, float64 numpy with loops over rows and pairs)
 is timed once per size where it finishes in reasonable time, and the ratio printed.
+
+Then the batched call a simulator makes, one (B, n, d) stack per round (B = 1,000 nodes,
+n = 9 rows each, d = 2,410: the digits MLP), next to B separate (n, d) calls measured in
+the same run; the issue's target is a whole round well under 0.1 s.
 """
 
 from __future__ import annotations
@@ -34,12 +38,28 @@ CASES = {  # rule -> (params given f, reference or None)
     "meamed": ({}, lambda x, f: R.meamed(x, f)),
     "nnm+krum": ({}, None),
 }
+BATCHED = {"mean": {}, "median": {}, "trimmed_mean": {}, "nnm+trimmed_mean": {}, "krum": {},
+           "self_centered_clip": {}}
+
+
+def batched_rows(batch: int, n: int, d: int, f: int) -> tuple[list[list], dict]:
+    """One batched call vs `batch` separate calls on the same stacks, per rule."""
+    x = torch.randn(batch, n, d)
+    rows, figures = [], {}
+    for rule, params in BATCHED.items():
+        one = best_time(lambda: aggregate(rule, x, f=f, **params), repeat=3)
+        separate = best_time(lambda: [aggregate(rule, x[b], f=f, **params) for b in range(batch)], repeat=1)
+        rows.append([batch, n, f"{d:,}", rule, one, separate, f"{separate / one:.1f}x"])
+        figures[f"batched/{rule}/B{batch}/n{n}/d{d}"] = {"s": round(one, 5), "separate_s": round(separate, 4),
+                                                        "speedup": round(separate / one, 1)}
+    return rows, figures
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only n = 32, d = 1M")
     ap.add_argument("--max-cells", type=float, default=3.3e8, help="skip n*d above this (memory/time)")
+    ap.add_argument("--batch", type=int, default=1000, help="stacks in the batched call (0: skip it)")
     args = ap.parse_args()
     torch.manual_seed(0)
     sizes = [(32, 1_000_000)] if args.quick else [
@@ -65,6 +85,12 @@ def main() -> None:
         figures[f"read/n{n}/d{d}"] = {"s": round(pass_mb, 5)}
     print_table(["n", "d", "rule", "vectorized s", "reference s", "speed-up"], rows,
                 title=f"aggregation rules, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.batch > 0:
+        brows, bfig = batched_rows(args.batch, 9, 2410, 2)
+        figures.update(bfig)
+        print()
+        print_table(["B", "n", "d", "rule", "batched s", f"{args.batch} calls s", "speed-up"], brows,
+                    title="one batched (B, n, d) call vs B separate (n, d) calls, f = 2")
     emit_json(figures)
 
 

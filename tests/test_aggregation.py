@@ -216,11 +216,13 @@ def test_bucketing_uses_a_seeded_permutation():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9, 13, 32, 33])
-def test_column_sort_across_several_blocks(n, monkeypatch):
+@pytest.mark.parametrize("batch, d", [(1, 3 * 64 + 7), (2, 3 * 64 + 7), (7, 20)])
+def test_column_sort_across_several_blocks(n, batch, d, monkeypatch):
+    # long rows: three column blocks and a ragged last one; short rows: 3 batch entries a block
     monkeypatch.setattr(columns, "BLOCK_ELEMENTS", 64 * (n + 1))
-    monkeypatch.setattr(columns, "MIN_COLUMNS", 16)
-    x = torch.randn(n, 3 * 64 + 7)  # three blocks and a ragged last one
-    assert torch.equal(columns.sort_columns(x), x.sort(dim=0).values)
+    monkeypatch.setattr(columns, "MIN_COLUMNS", 60)
+    x = torch.randn(batch, n, d)
+    assert torch.equal(columns.sort_columns(x), x.sort(dim=1).values)
 
 
 @settings(max_examples=60, deadline=None)
@@ -228,12 +230,14 @@ def test_column_sort_across_several_blocks(n, monkeypatch):
 def test_pruned_networks_give_exactly_the_ranks_asked_for(n, data):
     lo = data.draw(st.integers(0, n - 1))
     hi = data.draw(st.integers(lo + 1, n))
-    x = torch.from_numpy(np.random.default_rng(n).integers(-3, 4, size=(n, 50)).astype(np.float32))  # ties
+    batch = data.draw(st.integers(1, 3))
+    rng = np.random.default_rng(n)
+    x = torch.from_numpy(rng.integers(-3, 4, size=(batch, n, 50)).astype(np.float32))  # ties
     before = x.clone()
     got = columns.reduce_sorted(x, lambda b: b.sum(dim=0) * 1000 + b[0], lo, hi)
     assert torch.equal(x, before)  # the input rows are read in place, never written
-    ref = x.sort(dim=0).values[lo:hi]
-    assert torch.equal(got, ref.sum(dim=0) * 1000 + ref[0])
+    ref = x.sort(dim=1).values[:, lo:hi]
+    assert torch.equal(got, ref.sum(dim=1) * 1000 + ref[:, 0])
     full, _ = columns.network(n, 0, n)
     assert len(columns.network(n, lo, hi)[0]) <= len(full)  # pruning only ever removes comparators
 
@@ -248,6 +252,17 @@ def test_krum_distances_survive_a_large_common_offset():
     ref = R.krum_scores(x.astype(np.float32).astype(np.float64), 2)
     close(np.array(out.report.scores), ref, tol=2e-2)
     assert out.report.selected[0] != 0
+
+
+def test_self_centered_clip_keeps_small_pulls_precise_far_from_the_origin():
+    # models far from the origin that differ a little: the pulls are differences, never a
+    # float32 sum of the rows minus the own row
+    rng = np.random.default_rng(2)
+    x = 300.0 + rng.normal(size=(7, 5000)) * 1e-3
+    x32 = x.astype(np.float32).astype(np.float64)
+    out = aggregate("self_centered_clip", t(x), own=2, tau=0.03)
+    want = R.self_centered_clip(x32, 2, 0.03)
+    assert np.abs(out.value.double().numpy() - want).max() < 1e-4 * np.abs(x32 - x32[2]).max() + 4e-5
 
 
 # --- bad input ----------------------------------------------------------------------
