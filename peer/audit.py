@@ -21,11 +21,14 @@ from .provenance import (
     GENESIS,
     KINDS,
     Event,
+    EventKind,
     connect,
     details_text,
     event_hash,
     head_message,
     iter_events,
+    parse_details,
+    read_head,
     read_meta,
     row_to_event,
 )
@@ -33,18 +36,27 @@ from .provenance import (
 
 @dataclass
 class Verdict:
+    """What `audit verify` found: OK (events, all valid), EMPTY (a valid log with no events:
+    nothing to vouch for, so not OK) or BROKEN (the first bad event and why)."""
+
     path: str
     peer_id: str
     events: int
-    ok: bool
+    status: str = "OK"
     first_bad: int | None = None
     problem: str = ""
     received_headers: int = 0
 
+    @property
+    def ok(self) -> bool:
+        return self.status == "OK"
+
     def line(self) -> str:
-        if self.ok:
+        if self.status == "OK":
             return (f"OK      {self.path}: {self.events} events, chain and signatures valid, "
                     f"{self.received_headers} sender headers re-verified (peer {self.peer_id})")
+        if self.status == "EMPTY":
+            return f"EMPTY   {self.path}: 0 events, nothing to vouch for ({self.problem}; peer {self.peer_id})"
         return f"BROKEN  {self.path}: event {self.first_bad}: {self.problem}"
 
 
@@ -70,6 +82,33 @@ def _check_received(ev_details: dict, counterpart: str | None, update_hash: str 
     return None
 
 
+def _check_event(peer_id: str, row: tuple, prev: str, expected: int) -> str | None:
+    """The problem with one stored event given the previous event's hash, or None."""
+    seq, ts, kind, rnd, cp, uh, details, prev_field, h, sig = row
+    if seq != expected:
+        return f"sequence jumps from {expected - 1} to {seq} (events deleted or reordered)"
+    if not isinstance(details, str) or not isinstance(sig, bytes) or not isinstance(h, str):
+        return "a field has the wrong type"
+    if prev_field != prev:
+        return "prev does not match the previous event's hash"
+    try:
+        parsed = parse_details(details)
+        canonical = details_text(parsed)
+    except ValueError as exc:  # invalid JSON, not an object, nested too deeply
+        return f"details are not valid: {exc}"
+    if canonical != details:
+        return "details are not in canonical form"
+    if event_hash(peer_id, seq, ts, kind, rnd, cp, uh, details, prev) != h:
+        return "hash does not match the event's content (altered)"
+    if not verify_signature(peer_id, sig, bytes.fromhex(h)):
+        return "signature does not verify with the owner's key"
+    if kind not in KINDS:
+        return f"unknown kind {kind!r}"
+    if kind == EventKind.RECEIVED:
+        return _check_received(parsed, cp, uh)
+    return None
+
+
 def verify_log(path: str | os.PathLike) -> Verdict:
     """Check every link, every event signature, every stored sender header, and the head."""
     con = connect(path)
@@ -80,58 +119,37 @@ def verify_log(path: str | os.PathLike) -> Verdict:
             check_peer_id(peer_id)
         except PeerIdError as exc:
             raise ProvenanceError(f"{path}: owner is not a PeerId ({exc})") from None
-        verdict = Verdict(str(path), peer_id, 0, True)
+        verdict = Verdict(str(path), peer_id, 0)
         prev, expected = GENESIS, 1
 
         def broken(seq, problem):
-            verdict.ok, verdict.first_bad, verdict.problem = False, seq, problem
+            verdict.status, verdict.first_bad, verdict.problem = "BROKEN", seq, problem
             return verdict
 
         try:
-            rows = list(iter_events(con))
+            for row in iter_events(con):
+                problem = _check_event(peer_id, row, prev, expected)
+                if problem:
+                    return broken(row[0], problem)
+                verdict.received_headers += row[2] == EventKind.RECEIVED
+                prev, expected = row[8], expected + 1
+                verdict.events += 1
         except sqlite3.DatabaseError as exc:
             return broken(None, f"database unreadable: {exc}")
-        for row in rows:
-            seq, ts, kind, rnd, cp, uh, details, prev_field, h, sig = row
-            if seq != expected:
-                return broken(seq, f"sequence jumps from {expected - 1} to {seq} (events deleted or reordered)")
-            if not isinstance(details, str) or not isinstance(sig, bytes) or not isinstance(h, str):
-                return broken(seq, "a field has the wrong type")
-            if prev_field != prev:
-                return broken(seq, "prev does not match the previous event's hash")
-            try:
-                parsed = json.loads(details)
-                canonical = details_text(parsed)
-            except (json.JSONDecodeError, ValueError):
-                return broken(seq, "details are not valid JSON")
-            if canonical != details:
-                return broken(seq, "details are not in canonical form")
-            if event_hash(peer_id, seq, ts, kind, rnd, cp, uh, details, prev) != h:
-                return broken(seq, "hash does not match the event's content (altered)")
-            if not verify_signature(peer_id, sig, bytes.fromhex(h)):
-                return broken(seq, "signature does not verify with the owner's key")
-            if kind not in KINDS:
-                return broken(seq, f"unknown kind {kind!r}")
-            if kind == "received":
-                problem = _check_received(parsed, cp, uh)
-                if problem:
-                    return broken(seq, problem)
-                verdict.received_headers += 1
-            prev, expected = h, expected + 1
-            verdict.events += 1
         head = meta.get("head")
-        if verdict.events == 0 and head is None:
-            return verdict
-        try:
-            head_seq, head_hash, head_sig = msgpack.unpackb(head, raw=False)
-        except Exception:
-            return broken(expected, "the signed head is missing or unreadable")
+        parsed = read_head(head)
+        if parsed is None:  # a log has a signed head from its creation on (seq 0 at genesis)
+            return broken(expected, "the signed head is unreadable" if head is not None else
+                          "the signed head is missing (deleted, with any events after it?)")
+        head_seq, head_hash, head_sig = parsed
         if not verify_signature(peer_id, head_sig, head_message(head_seq, head_hash)):
             return broken(head_seq, "the head's signature does not verify")
         if head_seq != verdict.events or head_hash != prev:
             return broken(expected if head_seq > verdict.events else head_seq,
                           f"the signed head names event {head_seq} but the log ends at {verdict.events} "
                           "(events cut off the end, or the log rolled back)")
+        if verdict.events == 0:
+            verdict.status, verdict.problem = "EMPTY", "signed head at genesis"
         return verdict
     finally:
         con.close()

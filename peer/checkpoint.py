@@ -7,6 +7,7 @@ old or the new checkpoint, never a torn one.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from gossip.envelope import bin_header
+from gossip.identity import MAX_PEER_ID_LEN
 
 from .errors import PeerError
 
@@ -88,33 +90,66 @@ def commit(tmp: Path, path: str | os.PathLike) -> None:
         os.close(dfd)
 
 
+MAX_REPLAY = 1 << 16  # (sender, round) pairs in the replay window
+MAX_PARENTS = 1 << 12  # update ids the next update names as parents
+_KEYS = {"format", "round", "schema", "params", "momentum", "replay", "parents"}
+
+
+def params_hash(params: torch.Tensor) -> str:
+    """SHA-256 hex of the parameters as little-endian float32: what a `checkpoint` event
+    records and what resuming compares against the checkpoint's parameters."""
+    return hashlib.sha256(_f32(params)).hexdigest()
+
+
 def load(path: str | os.PathLike, schema: bytes, n_params: int) -> Checkpoint | None:
-    """The checkpoint at `path`, None if there is none; CheckpointError if it does not fit."""
+    """The checkpoint at `path`, None if there is none; CheckpointError naming the field
+    that does not fit (every field is checked: a checkpoint is bytes from disk)."""
     path = Path(path)
     if not path.exists():
         return None
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
     limit = 8 * n_params + (1 << 22)
-    if path.stat().st_size > limit:
-        raise CheckpointError(f"{path}: larger than a checkpoint of this model can be")
     try:
-        doc = msgpack.unpackb(path.read_bytes(), raw=False, max_bin_len=limit, max_array_len=1 << 20)
+        if path.stat().st_size > limit:
+            raise CheckpointError(f"{path}: larger than a checkpoint of this model can be")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc.strerror})") from None
+    try:
+        doc = msgpack.unpackb(raw, raw=False, max_bin_len=limit, max_str_len=1 << 12,
+                              max_array_len=MAX_REPLAY, max_map_len=4 * len(_KEYS), strict_map_key=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}); move it away to start fresh") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a gossipfl checkpoint")
-    if doc.get("schema") != schema:
+    if set(doc) != _KEYS:
+        raise CheckpointError(f"{path}: fields {sorted(map(str, set(doc) ^ _KEYS))} missing or unexpected")
+    if doc["schema"] != schema:
         raise CheckpointError(f"{path}: saved for a different model (schema differs); move it away to start fresh")
 
-    def tensor(raw):
-        if raw is None:
-            return None
-        if len(raw) != 4 * n_params:
-            raise CheckpointError(f"{path}: parameter block has the wrong size")
-        return torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32))
+    def bad(field_: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: field {field_!r} {why}")
 
-    try:
-        return Checkpoint(int(doc["round"]), schema, tensor(doc["params"]), tensor(doc.get("momentum")),
-                          [(str(s), int(r)) for s, r in doc.get("replay", [])],
-                          [str(p) for p in doc.get("parents", [])])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: malformed checkpoint ({exc})") from None
+    rnd = doc["round"]
+    if type(rnd) is not int or rnd < 0:
+        raise bad("round", f"must be a non-negative integer, not {rnd!r:.40}")
+
+    def tensor(field_: str, optional: bool) -> torch.Tensor | None:
+        raw_ = doc[field_]
+        if raw_ is None and optional:
+            return None
+        if not isinstance(raw_, bytes) or len(raw_) != 4 * n_params:
+            raise bad(field_, f"must be {4 * n_params} bytes of float32")
+        return torch.from_numpy(np.frombuffer(raw_, dtype="<f4").astype(np.float32))
+
+    replay, parents = doc["replay"], doc["parents"]
+    if not isinstance(replay, list) or not all(
+            isinstance(x, list) and len(x) == 2 and isinstance(x[0], str) and len(x[0]) <= MAX_PEER_ID_LEN
+            and type(x[1]) is int and x[1] >= 0 for x in replay):
+        raise bad("replay", "must be a list of [PeerId, round] pairs")
+    if not isinstance(parents, list) or len(parents) > MAX_PARENTS or not all(
+            isinstance(p, str) and len(p) <= 64 for p in parents):
+        raise bad("parents", f"must be a list of at most {MAX_PARENTS} update ids")
+    return Checkpoint(rnd, schema, tensor("params", False), tensor("momentum", True),
+                      [(s, r) for s, r in replay], list(parents))

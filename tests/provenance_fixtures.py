@@ -52,3 +52,25 @@ def write_ring_logs(tmp_path, peers: int = 3, rounds: int = 3, d: int = 16):
         log.append("stopped", rounds)
         log.close()
     return [tmp_path / f"p{i}.db" for i in range(peers)], idents, updates
+
+
+def append_signed_row(path, ident: Identity, kind: str, round_, counterpart, update_hash, details: str,
+                      prev: str | None = None) -> None:
+    """Append a row the owner signed, with details text as given (what a log writer with the key
+    but without ProvenanceLog's checks could store), and move the signed head to it."""
+    import sqlite3
+    import time
+
+    from peer.provenance import event_hash, signed_head
+
+    con = sqlite3.connect(path)
+    seq, last = con.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    prev = last if prev is None else prev
+    ts = time.time()
+    h = event_hash(ident.peer_id, seq + 1, ts, kind, round_, counterpart, update_hash, details, prev)
+    con.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (seq + 1, ts, kind, round_, counterpart, update_hash, details, prev, h,
+                 ident.sign(bytes.fromhex(h))))
+    con.execute("UPDATE meta SET value = ? WHERE key = 'head'", (signed_head(ident, seq + 1, h),))
+    con.commit()
+    con.close()
