@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import KeyFileError, PeerIdError
+from .files import FileReadError, read_limited
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58)}
@@ -135,21 +136,25 @@ def save_key(identity: Identity, path: str | os.PathLike, force: bool = False) -
     return path
 
 
+MAX_KEY_FILE = 16384  # a PEM Ed25519 key is ~120 bytes
+
+
 def load_key(path: str | os.PathLike) -> Identity:
-    """Read a key written by `save_key`; refuse files that group or others can read."""
+    """Read a key written by `save_key`; refuse files that group or others can read, and
+    anything that is not a small regular file (never read past MAX_KEY_FILE bytes)."""
     path = Path(path)
+
+    def private(mode: int) -> str | None:
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            return (f"key file {path} is readable by others (mode {stat.S_IMODE(mode):04o}); "
+                    f"run `chmod 600 {path}`")
+        return None
+
     try:
-        st = path.stat()
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(f"key file {path} not found (create one with `gossipfl keygen --out {path}`)") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(f"key file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                           f"run `chmod 600 {path}`")
-    if len(data) > 16384:
-        raise KeyFileError(f"key file {path} is too large to be an Ed25519 key")
+        data = read_limited(path, MAX_KEY_FILE, "key file", check_mode=private)
+    except FileReadError as exc:
+        hint = f" (create one with `gossipfl keygen --out {path}`)" if not path.exists() else ""
+        raise KeyFileError(f"{exc}{hint}") from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PeerIdError, TrustListError
+from .files import FileReadError, read_limited_text
 from .identity import check_peer_id
 
 MAX_TRUST_FILE = 4 * 1024 * 1024
@@ -63,13 +64,9 @@ def load_trust_list(path: str | os.PathLike) -> TrustList:
     """Read a TOML (`network = ...`, `[[peer]] id = ...`) or JSON ({"network", "peers"}) trust list."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_TRUST_FILE:
-            raise TrustListError(f"trust list {path} is larger than {MAX_TRUST_FILE} bytes")
-        text = path.read_text("utf-8")
-    except FileNotFoundError:
-        raise TrustListError(f"trust list {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrustListError(f"cannot read trust list {path}: {exc}") from None
+        text = read_limited_text(path, MAX_TRUST_FILE, "trust list")
+    except FileReadError as exc:
+        raise TrustListError(str(exc)) from None
     try:
         if path.suffix.lower() == ".json":
             doc = json.loads(text)
@@ -79,6 +76,8 @@ def load_trust_list(path: str | os.PathLike) -> TrustList:
             entries = doc.get("peer", doc.get("peers", []))
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise TrustListError(f"trust list {path} does not parse: {exc}") from None
+    except RecursionError:
+        raise TrustListError(f"trust list {path} does not parse: nested too deeply") from None
     if not isinstance(doc, dict) or not isinstance(entries, list):
         raise TrustListError(f"trust list {path}: expected `network` and a list of peers")
     try:

@@ -139,7 +139,7 @@ def _short(v) -> str:
 @audit_group.command("trace")
 @click.argument("update_hash")
 @click.argument("dbs", nargs=-1, required=True, type=click.Path())
-@click.option("--depth", default=3, show_default=True, help="rounds to follow back and forward")
+@click.option("--depth", default=3, show_default=True, type=click.IntRange(0, 100), help="rounds to follow back and forward")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--dot", "dot", type=click.Path(dir_okay=False), help="write a Graphviz file of the lineage")
 @friendly
@@ -203,7 +203,8 @@ def topology_group() -> None:
 
 
 def _graph_options(fn):
-    fn = click.option("--seed", default=0, show_default=True, help="seed for random generators")(fn)
+    fn = click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+                      help="seed for random generators")(fn)
     fn = click.option("--allow-directed", is_flag=True, help="accept a directed file as undirected")(fn)
     fn = click.option("--allow-disconnected", is_flag=True, help="accept a disconnected graph")(fn)
     return fn
@@ -226,8 +227,9 @@ def topology_show(graph: str, rule: str, byzantine, png: str, as_json: bool, see
     from rich.table import Table
 
     from topology import resolve, summarize
-    from topology.draw import draw
+    from topology.draw import check_image_path, draw
 
+    check_image_path(png)
     g = resolve(graph, seed=seed, allow_directed=allow_directed, allow_disconnected=allow_disconnected)
     summary, report = summarize(g, rule if byzantine is not None else None, byzantine)
     at_risk = report.at_risk if report else ()
@@ -266,8 +268,8 @@ def peer_init(directory: str, force: bool) -> None:
 
     from gossip.identity import Identity, save_key
     from gossip.trust import build_trust_list
-    from peer.config import EXAMPLE
     from peer.errors import ConfigError
+    from peer.example import example_config
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -276,7 +278,7 @@ def peer_init(directory: str, force: bool) -> None:
         raise ConfigError(f"{cfg} exists (use --force to overwrite)")
     ident = Identity.generate()
     save_key(ident, d / "peer.key", force=force)
-    cfg.write_text(EXAMPLE)
+    cfg.write_text(example_config())
     trust = d / "trust.toml"
     if force or not trust.exists():
         trust.write_text(build_trust_list("my-network", [{"id": ident.peer_id, "name": "gateway-1"}]).to_toml())
@@ -287,7 +289,7 @@ def peer_init(directory: str, force: bool) -> None:
 
 @peer_group.command("start")
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False))
-@click.option("--rounds", type=int, default=None, help="stop after this many rounds (default: from the config)")
+@click.option("--rounds", type=click.IntRange(0), default=None, help="stop after this many rounds (default: from the config)")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="log every rejection")
 @friendly
@@ -330,10 +332,10 @@ def peer_id_cmd(config: str) -> None:
 @click.option("--network-id", default="gossipfl", show_default=True)
 @click.option("--transport", type=click.Choice(["libp2p", "mqtt", "memory"]), default="libp2p", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="libp2p: the address every node listens on")
-@click.option("--base-port", default=4001, show_default=True, help="libp2p: node i listens on base-port + i")
+@click.option("--base-port", default=4001, show_default=True, type=click.IntRange(1, 65535), help="libp2p: node i listens on base-port + i")
 @click.option("--broker", default="127.0.0.1:1883", show_default=True, help="mqtt: HOST:PORT of the broker")
 @click.option("--rule", default="median", show_default=True, help="aggregation rule for every node")
-@click.option("--f", "f", default=1, show_default=True, help="Byzantine neighbours each node tolerates")
+@click.option("--f", "f", default=1, show_default=True, type=click.IntRange(0), help="Byzantine neighbours each node tolerates")
 @click.option("--force", is_flag=True, help="replace an existing plan folder (new keys!)")
 @_graph_options
 @friendly
@@ -346,8 +348,8 @@ def topology_plan(graph: str, out: str, network_id: str, transport: str, host: s
 
     g = resolve(graph, seed=seed, allow_directed=allow_directed, allow_disconnected=allow_disconnected)
     mqtt_host, _, mqtt_port = broker.rpartition(":")
-    if not mqtt_port.isdigit():
-        raise ConfigError(f"--broker must be HOST:PORT, got {broker!r}")
+    if not mqtt_host or not mqtt_port.isdigit() or not 0 < int(mqtt_port) < 65536:
+        raise ConfigError(f"--broker must be HOST:PORT with a TCP port, got {broker!r}")
     nodes = write_plan(g, out, network_id=network_id, transport=transport, host=host, base_port=base_port,
                        mqtt_host=mqtt_host, mqtt_port=int(mqtt_port), force=force,
                        overrides={"aggregation": {"rule": rule, "f": f}})
@@ -399,8 +401,8 @@ def sim_run(scenario: str, sweep, out, quiet: bool) -> None:
 
 
 @main.command("demo")
-@click.option("--rounds", default=30, show_default=True)
-@click.option("--nodes", default=16, show_default=True)
+@click.option("--rounds", default=30, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--nodes", default=16, show_default=True, type=click.IntRange(10, 1000))
 @click.option("--out", type=click.Path(file_okay=False), default="demo-results", show_default=True)
 @click.option("--quiet", is_flag=True)
 @friendly

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from aggregation import AggregationError, parse_rule
+from aggregation import PRE_REGISTRY, REGISTRY, AggregationError, parse_rule
 from gossip.codecs import CODECS
 from gossip.errors import PeerIdError
+from gossip.files import FileReadError, read_limited_text
 from gossip.identity import check_peer_id
 
 from .errors import ConfigError
+from .model import BUILTIN, check_builtin_options, check_call, load_object
 from .training import TrainConfig
 
 TRANSPORTS = ("memory", "libp2p", "mqtt")
+BUILTIN_SOURCES = ("digits", "npz", "csv")
+DEFAULT_DATA_DIR = "peer-data"
+LOADER_ARGUMENTS = ("shard", "shards", "seed")  # what the peer passes every package.module:loader
 
 
 @dataclass
@@ -83,7 +89,7 @@ class RoundConfig:
     rounds: int = 0  # 0: run until stopped
     max_lead: int = 2
     codec: str = "raw-f32"
-    max_message_mb: float = 64.0
+    max_message_mb: float | None = None  # None: derived from the model's update size and the codec
     inbox_per_neighbour: int = 4
     train_in_thread: bool = True
     interval: float = 0.0  # minimum seconds from one round's start to the next (pacing)
@@ -106,15 +112,26 @@ class PeerConfig:
     source: Path | None = None
 
 
+MAX_CONFIG_FILE = 1024 * 1024
+MAX_SECONDS = 30 * 86400.0  # round deadlines and pacing intervals: at most 30 days
+MAX_SEED = 2**32 - 1
+MAX_LEAD = 100
+MAX_INBOX = 64
+MAX_MESSAGE_MB = 4096.0
+
+
 class _Table:
     """Typed access to one TOML table that remembers its path for error messages."""
 
     def __init__(self, data: dict, path: str):
         self.data, self.path, self.used = data, path, set()
 
+    def name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
     def get(self, key: str, typ, default=..., allowed=None, check=None, what: str = ""):
         self.used.add(key)
-        name = f"{self.path}.{key}" if self.path else key
+        name = self.name(key)
         if key not in self.data:
             if default is ...:
                 raise ConfigError(f"{name} is required ({what or typ.__name__})")
@@ -123,28 +140,51 @@ class _Table:
         if typ is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
         if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
-            raise ConfigError(f"{name} must be {what or typ.__name__}, got {v!r}")
+            raise ConfigError(f"{name} must be {what or typ.__name__}, got {v!r:.80}")
+        if typ is float and not math.isfinite(v):
+            raise ConfigError(f"{name} must be a finite number, got {v!r}")
         if allowed is not None and v not in allowed:
-            raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {v!r}")
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {v!r:.80}")
         if check is not None:
             problem = check(v)
             if problem:
-                raise ConfigError(f"{name} {problem}, got {v!r}")
+                raise ConfigError(f"{name} {problem}, got {v!r:.80}")
         return v
 
     def table(self, key: str) -> _Table:
         self.used.add(key)
         v = self.data.get(key, {})
-        name = f"{self.path}.{key}" if self.path else key
+        name = self.name(key)
         if not isinstance(v, dict):
             raise ConfigError(f"[{name}] must be a table")
         return _Table(v, name)
+
+    def section(self, cls, spec: dict[str, tuple]) -> Any:
+        """This table as dataclass `cls`: `spec` maps each field to (type, get() keywords);
+        defaults come from `cls` itself, so each default lives in one place."""
+        values = {}
+        for f in fields(cls):
+            if f.name in spec:
+                typ, kw = spec[f.name]
+                values[f.name] = self.get(f.name, typ, default_of(f), **kw)
+        assert set(spec) <= set(values), set(spec) - set(values)
+        self.done()
+        return cls(**values)
 
     def done(self) -> None:
         extra = sorted(set(self.data) - self.used)
         if extra:
             where = f"[{self.path}]" if self.path else "the top level"
             raise ConfigError(f"unknown field(s) {', '.join(extra)} in {where}")
+
+
+def default_of(f: Field):
+    """A dataclass field's default (a fresh copy for a factory); `...` if it has none."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return ...
 
 
 def _positive(v):
@@ -155,17 +195,46 @@ def _non_negative(v):
     return None if v >= 0 else "must be >= 0"
 
 
-def parse_config(doc: dict, base: Path) -> PeerConfig:
-    top = _Table(doc, "")
-    name = top.get("name", str, "")
-    ident = top.table("identity")
-    key = base / ident.get("key", str, what="the path of the peer's key file")
-    ident.done()
+def _between(low, high):
+    def check(v):
+        return None if low <= v <= high else f"must be in {low}..{high}"
+    return check
 
-    net = top.table("network")
-    network = net.get("id", str, what="a non-empty network id", check=lambda v: None if v else "must not be empty")
-    trust = base / net.get("trust", str, what="the path of the trust list")
-    neighbours = []
+
+def _fraction(v):
+    return None if 0 <= v < 1 else "must be in [0, 1)"
+
+
+def _seconds(positive: bool):
+    def check(v):
+        if positive and v <= 0:
+            return "must be > 0 seconds"
+        return None if 0 <= v <= MAX_SECONDS else f"must be in 0..{MAX_SECONDS:g} seconds"
+    return check
+
+
+def _message_mb(v):
+    return None if 0 < v <= MAX_MESSAGE_MB else f"must be > 0 and at most {MAX_MESSAGE_MB:g} (MB)"
+
+
+_SEED = (int, {"check": _between(0, MAX_SEED)})
+_MQTT_TOPIC_CHARS = ("+", "#", "\x00")
+
+
+def _topic_prefix(v):
+    if not v or any(c in v for c in _MQTT_TOPIC_CHARS) or v.startswith("/") or v.endswith("/"):
+        return "must be a non-empty MQTT topic without +, # or a leading/trailing /"
+    return None
+
+
+def _network_id(v):
+    if not v or len(v) > 128 or not v.isprintable():
+        return "must be 1 to 128 printable characters"
+    return None
+
+
+def _neighbours(net: _Table) -> list[Neighbour]:
+    neighbours: list[Neighbour] = []
     raw = net.get("neighbours", list, [], what="a list of PeerIds or {id, addr, name, degree} tables")
     for i, item in enumerate(raw):
         where = f"network.neighbours[{i}]"
@@ -179,85 +248,128 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
             check_peer_id(nid)
         except PeerIdError as exc:
             raise ConfigError(f"{where}.id: {exc}") from None
-        nb = Neighbour(nid, t.get("addr", str, None), t.get("name", str, None),
-                       t.get("degree", int, None, check=_non_negative))
-        t.done()
+        nb = t.section(Neighbour, {"id": (str, {}), "addr": (str, {"check": _multiaddr}),
+                                   "name": (str, {}), "degree": (int, {"check": _between(1, 1 << 20)})})
         if any(n.id == nid for n in neighbours):
             raise ConfigError(f"{where}.id: {nid} is listed twice")
         neighbours.append(nb)
-    net.done()
+    return neighbours
 
-    tr = top.table("transport")
-    transport = TransportConfig(
-        kind=tr.get("kind", str, "memory", allowed=TRANSPORTS),
-        listen=tr.get("listen", list, ["/ip4/127.0.0.1/tcp/0"]),
-        mdns=tr.get("mdns", bool, False),
-        host=tr.get("host", str, "127.0.0.1"),
-        port=tr.get("port", int, 1883, check=lambda v: None if 0 < v < 65536 else "must be a TCP port"),
-        username=tr.get("username", str, None), password=tr.get("password", str, None),
-        tls=tr.get("tls", bool, False), ca_file=tr.get("ca_file", str, None),
-        topic_prefix=tr.get("topic_prefix", str, "gossipfl"), status=tr.get("status", bool, True))
-    if not all(isinstance(a, str) and a.startswith("/") for a in transport.listen):
-        raise ConfigError(f"transport.listen must be multiaddr strings like /ip4/0.0.0.0/tcp/4001, got {transport.listen!r}")
-    tr.done()
 
-    m = top.table("model")
-    model = ModelConfig(m.get("name", str, "mlp"), m.get("classes", int, 10, check=_positive),
-                        m.get("options", dict, {}), m.get("seed", int, 0))
-    m.done()
+def _multiaddr(v):
+    return None if v.startswith("/") and v.isprintable() else "must be a multiaddr like /ip4/10.0.0.2/tcp/4001"
 
-    d = top.table("data")
-    data = DataConfig(
-        source=d.get("source", str, "digits"), shard=d.get("shard", int, 0, check=_non_negative),
-        shards=d.get("shards", int, 1, check=_positive),
-        partition=d.get("partition", str, "iid", allowed=("iid", "dirichlet", "labels")),
-        alpha=d.get("alpha", float, 0.5, check=_positive),
-        labels_per_shard=d.get("labels_per_shard", int, 2, check=_positive),
-        path=d.get("path", str, None), label_column=d.get("label_column", str, "label"),
-        x_key=d.get("x_key", str, "x"), y_key=d.get("y_key", str, "y"),
-        holdout=d.get("holdout", float, 0.2, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
-        seed=d.get("seed", int, 0), options=d.get("options", dict, {}))
+
+def _listen(v):
+    if not v or not all(isinstance(a, str) and not _multiaddr(a) for a in v):
+        return "must be a non-empty list of multiaddrs like /ip4/0.0.0.0/tcp/4001"
+    return None
+
+
+def _model(m: _Table) -> ModelConfig:
+    model = m.section(ModelConfig, {"name": (str, {}), "classes": (int, {"check": _between(2, 1_000_000)}),
+                                    "options": (dict, {}), "seed": _SEED})
+    if model.name in BUILTIN:
+        check_builtin_options(model.name, model.options)
+    elif ":" not in model.name:
+        raise ConfigError(f"model.name must be {', '.join(BUILTIN)} or package.module:factory, got {model.name!r}")
+    return model
+
+
+def _data(d: _Table, base: Path) -> DataConfig:
+    data = d.section(DataConfig, {
+        "source": (str, {}), "shard": (int, {"check": _non_negative}), "shards": (int, {"check": _between(1, 1 << 20)}),
+        "partition": (str, {"allowed": ("iid", "dirichlet", "labels")}), "alpha": (float, {"check": _positive}),
+        "labels_per_shard": (int, {"check": _between(1, 1 << 20)}), "path": (str, {}),
+        "label_column": (str, {}), "x_key": (str, {}), "y_key": (str, {}), "holdout": (float, {"check": _fraction}),
+        "seed": _SEED, "options": (dict, {})})
     if data.shard >= data.shards:
         raise ConfigError(f"data.shard must be below data.shards = {data.shards}, got {data.shard}")
-    if data.source in ("npz", "csv"):
-        if not data.path:
-            raise ConfigError(f"data.path is required when data.source = {data.source!r}")
-        data.path = str(base / data.path)
-    elif data.source != "digits" and ":" not in data.source:
+    if data.source in BUILTIN_SOURCES:
+        if data.options:
+            raise ConfigError(f"data.options: {', '.join(sorted(data.options))} unused: data.source = "
+                              f"{data.source!r} takes no options (they are keyword arguments of a "
+                              "package.module:loader source)")
+        if data.source != "digits":
+            if not data.path:
+                raise ConfigError(f"data.path is required when data.source = {data.source!r}")
+            data.path = str(base / data.path)
+    elif ":" in data.source:
+        loader = load_object(data.source, "data.source")
+        check_call(loader, "data.options", data.options, fixed=LOADER_ARGUMENTS)
+    else:
         raise ConfigError(f"data.source must be digits, npz, csv or package.module:loader, got {data.source!r}")
-    d.done()
+    return data
 
-    t = top.table("train")
-    train = TrainConfig(
-        local_steps=t.get("local_steps", int, 10, check=_positive), epochs=t.get("epochs", float, 0.0, check=_non_negative),
-        batch_size=t.get("batch_size", int, 32, check=_positive), lr=t.get("lr", float, 0.05, check=_positive),
-        momentum=t.get("momentum", float, 0.0, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
-        weight_decay=t.get("weight_decay", float, 0.0, check=_non_negative))
-    t.done()
+
+def check_aggregation_params(rule: str, params: dict) -> None:
+    """Every key of aggregation.params is a parameter that `rule` or one of its pre-steps
+    declares (an unknown one would make every aggregation fail)."""
+    pre, name = parse_rule(rule)
+    known = {p for r in [REGISTRY[name], *(PRE_REGISTRY[s] for s in pre)] for p in r.params}
+    if "f" in params:
+        raise ConfigError("aggregation.params.f: set aggregation.f instead")
+    unknown = sorted(set(params) - known)
+    if unknown:
+        allowed = sorted(known - {"f"})
+        raise ConfigError(f"aggregation.params.{unknown[0]}: {rule} takes no such parameter; "
+                          f"allowed: {', '.join(allowed) or 'none'}")
+
+
+def parse_config(doc: dict, base: Path) -> PeerConfig:
+    top = _Table(doc, "")
+    name = top.get("name", str, "", check=lambda v: None if len(v) <= 128 and v.isprintable() else
+                   "must be at most 128 printable characters")
+    ident = top.table("identity")
+    key = base / ident.get("key", str, what="the path of the peer's key file")
+    ident.done()
+
+    net = top.table("network")
+    network = net.get("id", str, what="a non-empty network id", check=_network_id)
+    trust = base / net.get("trust", str, what="the path of the trust list")
+    neighbours = _neighbours(net)
+    net.done()
+
+    transport = top.table("transport").section(TransportConfig, {
+        "kind": (str, {"allowed": TRANSPORTS}), "listen": (list, {"check": _listen}), "mdns": (bool, {}),
+        "host": (str, {"check": lambda v: None if v and v.isprintable() else "must be a host name or address"}),
+        "port": (int, {"check": lambda v: None if 0 < v < 65536 else "must be a TCP port"}),
+        "username": (str, {}), "password": (str, {}), "tls": (bool, {}), "ca_file": (str, {}),
+        "topic_prefix": (str, {"check": _topic_prefix}), "status": (bool, {})})
+    if transport.kind == "mqtt" and any(c in network for c in ("/", *_MQTT_TOPIC_CHARS)):
+        raise ConfigError(f"network.id must not contain /, + or # with transport.kind = mqtt, got {network!r}")
+
+    model = _model(top.table("model"))
+    data = _data(top.table("data"), base)
+
+    train = top.table("train").section(TrainConfig, {
+        "local_steps": (int, {"check": _between(1, 1 << 31)}), "epochs": (float, {"check": _between(0, 1e6)}),
+        "batch_size": (int, {"check": _between(1, 1 << 20)}), "lr": (float, {"check": _positive}),
+        "momentum": (float, {"check": _fraction}), "weight_decay": (float, {"check": _non_negative})})
 
     a = top.table("aggregation")
-    agg = AggregationConfig(a.get("rule", str, "median"), a.get("f", int, 1, check=_non_negative),
-                            a.get("weights", str, "uniform", allowed=("uniform", "metropolis_hastings")),
-                            a.get("params", dict, {}))
+    agg = a.section(AggregationConfig, {
+        "rule": (str, {}), "f": (int, {"check": _between(0, 1 << 20)}),
+        "weights": (str, {"allowed": ("uniform", "metropolis_hastings")}), "params": (dict, {})})
     try:
-        parse_rule(agg.rule)
+        check_aggregation_params(agg.rule, agg.params)
     except AggregationError as exc:
         raise ConfigError(f"aggregation.rule: {exc}") from None
-    a.done()
+    if neighbours and agg.f > len(neighbours):
+        raise ConfigError(f"aggregation.f must be at most the number of neighbours ({len(neighbours)}), got {agg.f}")
 
-    r = top.table("round")
-    rnd = RoundConfig(
-        deadline=r.get("deadline", float, 10.0, check=_positive), quorum=r.get("quorum", int, 0, check=_non_negative),
-        rounds=r.get("rounds", int, 0, check=_non_negative), max_lead=r.get("max_lead", int, 2, check=_non_negative),
-        codec=r.get("codec", str, "raw-f32", allowed=CODECS),
-        max_message_mb=r.get("max_message_mb", float, 64.0, check=_positive),
-        inbox_per_neighbour=r.get("inbox_per_neighbour", int, 4, check=_positive),
-        train_in_thread=r.get("train_in_thread", bool, True),
-        interval=r.get("interval", float, 0.0, check=_non_negative))
-    r.done()
+    rnd = top.table("round").section(RoundConfig, {
+        "deadline": (float, {"check": _seconds(True)}), "quorum": (int, {"check": _non_negative}),
+        "rounds": (int, {"check": _non_negative}), "max_lead": (int, {"check": _between(0, MAX_LEAD)}),
+        "codec": (str, {"allowed": CODECS}), "max_message_mb": (float, {"check": _message_mb}),
+        "inbox_per_neighbour": (int, {"check": _between(1, MAX_INBOX)}), "train_in_thread": (bool, {}),
+        "interval": (float, {"check": _seconds(False)})})
+    if neighbours and rnd.quorum > len(neighbours):
+        raise ConfigError(f"round.quorum must be at most the number of neighbours ({len(neighbours)}), "
+                          f"got {rnd.quorum}")
 
     s = top.table("storage")
-    data_dir = base / s.get("dir", str, "peer-data")
+    data_dir = base / s.get("dir", str, DEFAULT_DATA_DIR, check=lambda v: None if v else "must not be empty")
     s.done()
     top.done()
     return PeerConfig(key=key, network=network, trust=trust, neighbours=neighbours, data_dir=data_dir,
@@ -268,80 +380,19 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
 def load_config(path: str | os.PathLike) -> PeerConfig:
     path = Path(path)
     try:
-        text = path.read_text("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config {path} not found (write one with `gossipfl peer init`)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from None
+        text = read_limited_text(path, MAX_CONFIG_FILE, "config")
+    except FileReadError as exc:
+        hint = " (write one with `gossipfl peer init`)" if not path.exists() else ""
+        raise ConfigError(f"{exc}{hint}") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     try:
         cfg = parse_config(doc, path.resolve().parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     cfg.source = path
     return cfg
-
-
-EXAMPLE = '''\
-# gossipfl peer configuration. Paths are relative to this file.
-name = "gateway-1"
-
-[identity]
-key = "peer.key"                 # Ed25519 key, mode 0600 (gossipfl keygen --out peer.key)
-
-[network]
-id = "my-network"                # peers only accept updates for their own network id
-trust = "trust.toml"             # PeerIds allowed in the network
-# neighbours: PeerIds, or tables with the address to dial and the neighbour's degree
-neighbours = [
-    # { id = "12D3KooW...", addr = "/ip4/10.0.0.2/tcp/4001", degree = 4 },
-]
-
-[transport]
-kind = "libp2p"                  # libp2p | mqtt | memory (memory: only inside one process)
-listen = ["/ip4/0.0.0.0/tcp/4001"]
-mdns = false                     # also discover neighbours on the LAN
-# for kind = "mqtt":
-# host = "broker.example"
-# port = 1883
-# username = "..."
-# password = "..."
-# tls = false
-# topic_prefix = "gossipfl"
-
-[model]
-name = "mlp"                     # mlp | cnn | package.module:factory
-classes = 10
-options = { hidden = [32] }
-
-[data]
-source = "digits"                # digits | npz | csv | package.module:loader
-shard = 0                        # this peer's shard of the demo data ...
-shards = 8                       # ... out of this many
-partition = "iid"                # iid | dirichlet (alpha) | labels (labels_per_shard)
-holdout = 0.2                    # fraction kept for local evaluation
-
-[train]
-local_steps = 20
-batch_size = 32
-lr = 0.05
-momentum = 0.0
-
-[aggregation]
-rule = "median"                  # see `gossipfl rules`; pre-steps compose: "nnm+krum"
-f = 1                            # Byzantine neighbours to tolerate
-weights = "uniform"              # uniform | metropolis_hastings
-
-[round]
-deadline = 10.0                  # seconds to wait for neighbours each round
-quorum = 0                       # proceed once this many arrived (0: all)
-rounds = 0                       # stop after this many rounds (0: run until stopped)
-interval = 0.0                   # at least this many seconds between round starts (pacing)
-codec = "raw-f32"                # raw-f32 | f16 | int8
-
-[storage]
-dir = "peer-data"                # checkpoints and the provenance log
-'''

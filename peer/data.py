@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -114,42 +116,93 @@ def digits_shard(shard: int, shards: int, how: str = "iid", *, alpha: float = 0.
     return split_holdout(x[idx], y[idx], holdout, seed + 1000 + shard, 10)
 
 
-def load_npz(path: str | os.PathLike, x_key: str = "x", y_key: str = "y") -> tuple[np.ndarray, np.ndarray]:
-    path = Path(path)
-    if not path.is_file():
+MAX_ARRAY_BYTES = 1 << 30  # one array of a data file, as stored
+MAX_CSV_BYTES = 256 * 1024 * 1024
+NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what training can use
+
+
+def _regular_file(path: Path) -> None:
+    if not path.exists():
         raise DataError(f"data.path: {path} not found")
+    if not path.is_file():
+        raise DataError(f"data.path: {path} is not a regular file")
+
+
+def _npz_header(f, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of one array, read from its .npy header before the data is touched
+    (so a member that would decompress to gigabytes is refused unread)."""
+    with f.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+    if dtype.kind not in NUMERIC_KINDS or dtype.hasobject:
+        raise DataError(f"data.path: {path}: array {key!r} holds {dtype}, not numbers")
+    nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise DataError(f"data.path: {path}: array {key!r} of shape {shape} is larger than "
+                        f"{MAX_ARRAY_BYTES >> 20} MB")
+    return shape, dtype
+
+
+def load_npz(path: str | os.PathLike, x_key: str = "x", y_key: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels from an .npz of numeric arrays (never pickled objects)."""
+    path = Path(path)
+    _regular_file(path)
+    with path.open("rb") as fh:
+        if fh.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # np.load of anything else may try pickle
+            raise DataError(f"data.path: {path} is not an NPZ file (a zip of .npy arrays {x_key!r} and {y_key!r})")
     try:
         with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in (x_key, y_key) if k not in f]
+            missing = [k for k in (x_key, y_key) if k not in f.files]
             if missing:
-                raise DataError(f"data.path: {path} has arrays {sorted(f.files)}, missing {missing}")
+                raise DataError(f"data.path: {path} has arrays {sorted(f.files)[:10]}, missing {missing} "
+                                "(set data.x_key and data.y_key)")
+            for k in (x_key, y_key):
+                _npz_header(f, k, path)
             x, y = f[x_key], f[y_key]
-    except (ValueError, OSError) as exc:
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"data.path: {path} is not a readable NPZ file ({exc})") from None
     return _as_xy(x, y, str(path))
 
 
 def load_csv(path: str | os.PathLike, label_column: str = "label") -> tuple[np.ndarray, np.ndarray]:
+    """A header row, then one sample per row: numeric features and an integer label column."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data.path: {path} not found")
-    with path.open(newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"data.path: {path} is empty")
-        if label_column not in header:
-            raise DataError(f"data.label_column: {label_column!r} is not a column of {path} (columns: {header[:10]})")
-        li = header.index(label_column)
-        xs, ys = [], []
-        for lineno, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                raise DataError(f"{path}:{lineno}: expected {len(header)} columns, got {len(row)}")
-            try:
-                ys.append(int(row[li]))
-                xs.append([float(v) for j, v in enumerate(row) if j != li])
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: not a number") from None
+    _regular_file(path)
+    if path.stat().st_size > MAX_CSV_BYTES:
+        raise DataError(f"data.path: {path} is larger than {MAX_CSV_BYTES >> 20} MB; use an .npz file")
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"data.path: {path} is empty")
+            if label_column not in header:
+                raise DataError(f"data.label_column: {label_column!r} is not a column of {path} "
+                                f"(columns: {header[:10]})")
+            if len(header) < 2:
+                raise DataError(f"data.path: {path} has no feature columns besides {label_column!r}")
+            li = header.index(label_column)
+            xs, ys = [], []
+            for row in reader:
+                lineno = reader.line_num
+                if len(row) != len(header):
+                    raise DataError(f"{path}:{lineno}: expected {len(header)} columns, got {len(row)}")
+                try:
+                    ys.append(int(row[li]))
+                    xs.append([float(v) for j, v in enumerate(row) if j != li])
+                except ValueError:
+                    raise DataError(f"{path}:{lineno}: not a number (labels are whole numbers)") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"data.path: {path} is not UTF-8 text (byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(f"data.path: {path} is not a valid CSV file: {exc}") from None
+    if not ys:
+        raise DataError(f"data.path: {path} has a header but no rows")
     return _as_xy(np.array(xs, dtype=np.float32), np.array(ys, dtype=np.int64), str(path))
 
 
@@ -157,6 +210,10 @@ def _as_xy(x, y, where: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{where}: expected features (N, ...) and labels (N,), got {x.shape} and {y.shape}")
+    if x.dtype.kind not in NUMERIC_KINDS or y.dtype.kind not in NUMERIC_KINDS:
+        raise DataError(f"{where}: features and labels must be numbers, got {x.dtype} and {y.dtype}")
+    if x[0].size == 0:
+        raise DataError(f"{where}: the samples have no features (shape {x.shape})")
     if not np.issubdtype(y.dtype, np.integer):
         if not np.all(np.equal(np.mod(y, 1), 0)):
             raise DataError(f"{where}: labels must be whole numbers")

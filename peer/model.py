@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 
 import msgpack
 import torch
@@ -38,6 +39,71 @@ def cnn(in_features: int = 64, channels: int = 16, classes: int = 10, side: int 
 
 
 BUILTIN = {"mlp": mlp, "cnn": cnn}
+MAX_WIDTH = 1 << 16  # a hidden layer, channel count or image side of a built-in model
+MAX_LAYERS = 64
+MAX_PARAMETERS = 50_000_000  # 200 MB of float32: beyond it, name your own factory
+
+
+def _whole(v, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= MAX_WIDTH
+
+
+def _check_hidden(v) -> str | None:
+    if not isinstance(v, list | tuple) or len(v) > MAX_LAYERS or not all(_whole(h, 1) for h in v):
+        return (f"must be a list of at most {MAX_LAYERS} layer widths, each a whole number in 1..{MAX_WIDTH} "
+                "([] for a linear model)")
+    return None
+
+
+def _check_size(low: int):
+    def check(v) -> str | None:
+        return None if _whole(v, low) else f"must be a whole number in {low}..{MAX_WIDTH}"
+    return check
+
+
+BUILTIN_OPTIONS = {"mlp": {"hidden": _check_hidden}, "cnn": {"channels": _check_size(1), "side": _check_size(2)}}
+
+
+def check_builtin_options(name: str, options: dict) -> None:
+    """Each option of a built-in model is known and in range; errors name model.options.KEY."""
+    allowed = BUILTIN_OPTIONS[name]
+    for key, v in options.items():
+        if key not in allowed:
+            raise ConfigError(f"model.options.{key}: the {name} model has no such option; "
+                              f"allowed: {', '.join(allowed)}")
+        problem = allowed[key](v)
+        if problem:
+            raise ConfigError(f"model.options.{key} {problem}, got {v!r}")
+
+
+def builtin_parameter_count(name: str, in_features: int, classes: int, options: dict) -> int:
+    """Parameters a built-in model would have, computed before anything is allocated."""
+    defaults = {k: p.default for k, p in inspect.signature(BUILTIN[name]).parameters.items()}
+    o = {**defaults, **options}
+    if name == "mlp":
+        widths = [in_features, *o["hidden"], classes]
+        return sum((a + 1) * b for a, b in zip(widths, widths[1:], strict=False))
+    c, half = o["channels"], o["side"] // 2
+    return 10 * c + (9 * c + 1) * 2 * c + (2 * c * half * half + 1) * 64 + 65 * classes
+
+
+def check_call(fn, what: str, options: dict, fixed: tuple[str, ...] = ()) -> None:
+    """`fn(**fixed, **options)` binds to fn's signature (anything goes if it takes **kwargs);
+    `what` names the table the options come from, e.g. "model.options"."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: let the call itself report
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    clash = sorted(set(options) & set(fixed))
+    if clash:
+        raise ConfigError(f"{what}.{clash[0]}: set by gossipfl itself, not an option")
+    try:
+        sig.bind(**dict.fromkeys(fixed), **options)
+    except TypeError as exc:
+        takes = [p for p in sig.parameters if p not in fixed]
+        raise ConfigError(f"{what}: {getattr(fn, '__name__', fn)} {exc} (it takes: {', '.join(takes) or 'nothing'})") from None
 
 
 def load_object(path: str, what: str):
@@ -52,6 +118,8 @@ def load_object(path: str, what: str):
     obj = getattr(mod, name, None)
     if obj is None:
         raise ConfigError(f"{what}: {module!r} has no {name!r}")
+    if not callable(obj):
+        raise ConfigError(f"{what}: {path} is a {type(obj).__name__}, not a function")
     return obj
 
 
@@ -60,11 +128,14 @@ def build_model(name: str, in_features: int, classes: int, options: dict | None 
     options = dict(options or {})
     torch.manual_seed(seed)
     if name in BUILTIN:
-        try:
-            return BUILTIN[name](in_features=in_features, classes=classes, **options)
-        except TypeError as exc:
-            raise ConfigError(f"model.{name}: bad option ({exc})") from None
+        check_builtin_options(name, options)
+        count = builtin_parameter_count(name, in_features, classes, options)
+        if count > MAX_PARAMETERS:
+            raise ConfigError(f"model.options: this {name} would have {count:,} parameters, at most "
+                              f"{MAX_PARAMETERS:,} for a built-in model (name your own factory for more)")
+        return BUILTIN[name](in_features=in_features, classes=classes, **options)
     factory = load_object(name, "model.name")
+    check_call(factory, "model.options", options)
     model = factory(**options)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name: {name} returned {type(model).__name__}, not a torch.nn.Module")

@@ -15,6 +15,8 @@ def value(v) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(value(x) for x in v) + "]"
     if isinstance(v, dict):
+        if not v:
+            return "{}"
         return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
     if v is None:
         raise ValueError("TOML has no null")

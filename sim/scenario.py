@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aggregation import AggregationError, parse_rule
+from aggregation import REGISTRY, AggregationError, parse_rule
+from gossip.codecs import CODECS
+from gossip.files import FileReadError, read_limited_text
+from peer.config import check_aggregation_params
+from peer.errors import ConfigError
+from peer.model import BUILTIN, check_builtin_options
+from topology import TopologyError, max_byzantine, resolve
 
 from .attacks import ATTACKS
 from .errors import ScenarioError
@@ -92,16 +99,22 @@ def _flatten(doc: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+MAX_SCENARIO_FILE = 1024 * 1024
+MAX_ROUNDS = 1_000_000
+MAX_SECONDS = 600.0  # simulated deadlines and latencies are real waits: at most 10 minutes
+MAX_SEED = 2**32 - 1
+
+
 def build(doc: dict, source: str = "") -> Scenario:
     sc = Scenario(source=source)
     for key, v in _flatten(doc).items():
         if key not in _FIELDS:
-            raise ScenarioError(f"unknown scenario field {key!r}; known: {', '.join(sorted(_FIELDS))}")
+            raise ScenarioError(f"unknown scenario field {key!r:.80}; known: {', '.join(sorted(_FIELDS))}")
         attr, typ = _FIELDS[key]
         if typ is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
         if not isinstance(v, typ) or isinstance(v, bool):
-            raise ScenarioError(f"{key} must be {typ.__name__}, got {v!r}")
+            raise ScenarioError(f"{key} must be {typ.__name__}, got {v!r:.80}")
         if key == "aggregation.rule":
             v = [v]
         setattr(sc, attr, v)
@@ -109,16 +122,94 @@ def build(doc: dict, source: str = "") -> Scenario:
     return sc
 
 
+# attribute -> (field name, low, high): every number of a scenario has a range
+_RANGES = {
+    "seed": ("seed", 0, MAX_SEED), "rounds": ("rounds", 1, MAX_ROUNDS),
+    "alpha": ("data.alpha", 1e-6, 1e6), "labels_per_shard": ("data.labels_per_shard", 1, 1 << 20),
+    "local_steps": ("train.local_steps", 1, 1 << 31), "batch_size": ("train.batch_size", 1, 1 << 20),
+    "lr": ("train.lr", 1e-12, 1e6), "momentum": ("train.momentum", 0.0, 0.999999),
+    "f": ("aggregation.f", 0, 1 << 20), "byzantine": ("attack.byzantine", 0.0, float(1 << 20)),
+    "cap": ("attack.cap", 0, 1 << 20), "dropout": ("faults.dropout", 0.0, 0.999999),
+    "rejoin": ("faults.rejoin", 0.0, 1.0), "loss": ("faults.loss", 0.0, 0.999999),
+    "latency": ("faults.latency", 0.0, MAX_SECONDS), "stragglers": ("faults.stragglers", 0, 1 << 20),
+    "deadline": ("faults.deadline", 1e-3, MAX_SECONDS), "max_message_mb": ("round.max_message_mb", 1e-3, 4096.0),
+}
+
+
+def _num(v) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+
+
+def _check_ranges(sc: Scenario) -> None:
+    for attr, (name, low, high) in _RANGES.items():
+        v = getattr(sc, attr)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ScenarioError(f"{name} must be a number, got {v!r:.80}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ScenarioError(f"{name} must be a finite number, got {v}")
+        if v < low:
+            raise ScenarioError(f"{name} must be >= {_num(low)}, got {v}")
+        if v > high:
+            raise ScenarioError(f"{name} must be at most {_num(high)}, got {v}")
+    pr = sc.partition_rounds
+    if pr and (len(pr) != 2 or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in pr)
+               or pr[0] > pr[1]):
+        raise ScenarioError(f"faults.partition must be [FIRST_ROUND, LAST_ROUND] (whole numbers >= 0), got {pr!r:.80}")
+
+
+def _check_options(sc: Scenario) -> None:
+    if sc.model in BUILTIN:
+        try:
+            check_builtin_options(sc.model, sc.model_options)
+        except ConfigError as exc:
+            raise ScenarioError(str(exc)) from None
+    elif ":" not in sc.model:
+        raise ScenarioError(f"model.name must be {', '.join(BUILTIN)} or package.module:factory, got {sc.model!r:.80}")
+    if sc.dataset == "digits" and sc.data_options:
+        raise ScenarioError(f"data.options: {', '.join(sorted(sc.data_options))} unused: the digits data set "
+                            "takes no options")
+    for r in sc.rules:
+        try:
+            check_aggregation_params(r, sc.rule_params)
+        except ConfigError as exc:
+            raise ScenarioError(str(exc)) from None
+    if sc.codec not in CODECS:
+        raise ScenarioError(f"round.codec must be one of {', '.join(CODECS)}, got {sc.codec!r:.80}")
+
+
+def _check_graph(sc: Scenario) -> None:
+    """What the topology allows: f, stragglers and attackers within its size and degrees."""
+    try:
+        graph = resolve(sc.topology, seed=sc.seed)
+    except TopologyError as exc:
+        raise ScenarioError(f"topology.graph: {exc}") from None
+    n = graph.number_of_nodes()
+    top_degree = max(d for _, d in graph.degree())
+    if sc.stragglers > n:
+        raise ScenarioError(f"faults.stragglers must be at most the {n} nodes of {sc.topology}, got {sc.stragglers}")
+    if sc.byzantine >= 1 and sc.byzantine > n:
+        raise ScenarioError(f"attack.byzantine must be at most the {n} nodes of {sc.topology}, got {sc.byzantine:g}")
+    if sc.f > top_degree:
+        raise ScenarioError(f"aggregation.f must be at most {top_degree} (the largest degree of {sc.topology}: "
+                            f"no node has more neighbours to distrust), got {sc.f}")
+    for rule in sc.rules:
+        if sc.f and REGISTRY[parse_rule(rule)[1]].robust:
+            limit = max_byzantine(rule, top_degree)
+            if sc.f > limit:
+                raise ScenarioError(f"aggregation.f = {sc.f} is more than {rule} tolerates on {sc.topology}: at most "
+                                    f"{max(limit, 0)} at the best-connected node (degree {top_degree}); "
+                                    "lower f or use a denser graph")
+
+
 def validate(sc: Scenario) -> None:
     def bad(field_: str, msg: str):
         raise ScenarioError(f"{field_} {msg}")
 
-    if sc.rounds < 1:
-        bad("rounds", f"must be >= 1, got {sc.rounds}")
+    _check_ranges(sc)
     if sc.dataset not in DATASETS:
-        bad("data.dataset", f"must be one of {', '.join(DATASETS)}, got {sc.dataset!r}")
+        bad("data.dataset", f"must be one of {', '.join(DATASETS)}, got {sc.dataset!r:.80}")
     if sc.partition not in ("iid", "dirichlet", "labels"):
-        bad("data.partition", f"must be iid, dirichlet or labels, got {sc.partition!r}")
+        bad("data.partition", f"must be iid, dirichlet or labels, got {sc.partition!r:.80}")
     if not sc.rules:
         bad("aggregation.rules", "must name at least one rule")
     for r in sc.rules:
@@ -127,32 +218,25 @@ def validate(sc: Scenario) -> None:
         except AggregationError as exc:
             bad("aggregation.rules", f": {exc}")
     if sc.attack not in ATTACKS:
-        bad("attack.kind", f"must be one of {', '.join(ATTACKS)}, got {sc.attack!r}")
+        bad("attack.kind", f"must be one of {', '.join(ATTACKS)}, got {sc.attack!r:.80}")
     if sc.placement not in ("random", "degree", "chosen"):
-        bad("attack.placement", f"must be random, degree or chosen, got {sc.placement!r}")
-    if sc.byzantine < 0:
-        bad("attack.byzantine", f"must be >= 0, got {sc.byzantine}")
+        bad("attack.placement", f"must be random, degree or chosen, got {sc.placement!r:.80}")
     if sc.weights not in ("uniform", "metropolis_hastings"):
-        bad("aggregation.weights", f"must be uniform or metropolis_hastings, got {sc.weights!r}")
-    for name in ("dropout", "loss"):
-        if not 0 <= getattr(sc, name) < 1:
-            bad(f"faults.{name}", f"must be in [0, 1), got {getattr(sc, name)}")
-    if sc.partition_rounds and (len(sc.partition_rounds) != 2 or sc.partition_rounds[0] > sc.partition_rounds[1]):
-        bad("faults.partition", f"must be [FIRST_ROUND, LAST_ROUND], got {sc.partition_rounds!r}")
-    if sc.deadline <= 0:
-        bad("faults.deadline", f"must be > 0, got {sc.deadline}")
-    if sc.local_steps < 1 or sc.batch_size < 1 or sc.lr <= 0:
-        bad("train", "needs local_steps >= 1, batch_size >= 1 and lr > 0")
+        bad("aggregation.weights", f"must be uniform or metropolis_hastings, got {sc.weights!r:.80}")
+    _check_options(sc)
+    _check_graph(sc)
 
 
 def load(path: str) -> Scenario:
     p = Path(path)
     try:
-        doc = tomllib.loads(p.read_text("utf-8"))
-    except FileNotFoundError:
-        raise ScenarioError(f"scenario {p} not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        doc = tomllib.loads(read_limited_text(p, MAX_SCENARIO_FILE, "scenario"))
+    except FileReadError as exc:
+        raise ScenarioError(str(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{p}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"{p}: not valid TOML: nested too deeply") from None
     try:
         return build(doc, str(p))
     except ScenarioError as exc:

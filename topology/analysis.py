@@ -3,11 +3,13 @@ failures it survives, how fast gossip mixes on it, and which nodes an attack put
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import networkx as nx
 import numpy as np
 
+from .errors import TopologyError
 from .mixing import metropolis_hastings, rounds_to_consensus, second_eigenvalue_modulus
 from .robustness import RobustnessReport, analyse
 
@@ -79,6 +81,9 @@ def summarize(graph: nx.Graph, rule: str | None = None, byzantine: float | None 
         rounds = rounds_to_consensus(gap)
     report = None
     robustness = None
+    if byzantine is not None and not (math.isfinite(byzantine) and 0 <= byzantine <= n):
+        raise TopologyError(f"the Byzantine budget must be a count in 0..{n} (the nodes) or a fraction below 1, "
+                            f"got {byzantine}")
     if rule is not None and byzantine is not None:
         report = analyse(graph, rule, byzantine)
         robustness = {"rule": rule, "budget": report.budget, "at_risk": [str(v) for v in report.at_risk]}

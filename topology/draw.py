@@ -10,17 +10,35 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
 
+from .errors import TopologyError  # noqa: E402
+
+SPRING_LIMIT = 2000  # force layouts are quadratic in the nodes; above this, a circle
+
 
 def layout(graph: nx.Graph, seed: int = 0) -> dict:
     n = graph.number_of_nodes()
     if n <= 300:
         return nx.kamada_kawai_layout(graph) if n <= 64 else nx.spring_layout(graph, seed=seed, iterations=60)
-    return nx.spring_layout(graph, seed=seed, iterations=15)
+    if n <= SPRING_LIMIT:
+        return nx.spring_layout(graph, seed=seed, iterations=15)
+    return nx.circular_layout(graph)
+
+
+def check_image_path(path: str | os.PathLike) -> None:
+    """The drawing's file name ends in a format matplotlib writes (checked before any work)."""
+    suffix = os.path.splitext(str(path))[1].lower().lstrip(".")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        raise TopologyError(f"{path}: cannot draw in format {suffix or '(none)'!r}; use a name ending in "
+                            f"{', '.join('.' + f for f in sorted(formats))}")
 
 
 def draw(graph: nx.Graph, path: str | os.PathLike, *, title: str = "", at_risk=(), byzantine=(),
          seed: int = 0) -> str:
     """Honest nodes blue, at-risk orange, Byzantine red; labels only on small graphs."""
+    check_image_path(path)
     at_risk, byzantine = set(at_risk), set(byzantine)
     n = graph.number_of_nodes()
     pos = layout(graph, seed)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import networkx as nx
 
 from .errors import TopologyError
-from .generators import from_spec
+from .generators import MAX_EDGES, MAX_NODES, from_spec
 
 FORMATS = {".edgelist": "edgelist", ".txt": "edgelist", ".graphml": "graphml", ".gml": "gml",
            ".json": "json"}
@@ -36,25 +37,77 @@ def save(graph: nx.Graph, path: str | os.PathLike) -> Path:
     return path
 
 
+MAX_GRAPH_FILE = 64 * 1024 * 1024
+PARSE_ERRORS = (nx.NetworkXError, ValueError, KeyError, TypeError, AttributeError, IndexError, SyntaxError,
+                UnicodeDecodeError, RecursionError)  # SyntaxError: xml.etree's ParseError
+
+
+def read_graph_text(path: Path) -> str:
+    """The file's text, refusing non-regular files and anything over MAX_GRAPH_FILE unread."""
+    try:  # O_NONBLOCK: a FIFO without a writer must not block the open
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TopologyError(f"{path}: not a regular file")
+            data = fh.read(MAX_GRAPH_FILE + 1)
+    except FileNotFoundError:
+        raise TopologyError(f"{path}: no such graph file") from None
+    except IsADirectoryError:
+        raise TopologyError(f"{path}: a directory, not a graph file") from None
+    except OSError as exc:
+        raise TopologyError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_GRAPH_FILE:
+        raise TopologyError(f"{path}: larger than {MAX_GRAPH_FILE >> 20} MB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TopologyError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def parse_edgelist(text: str, where: str) -> nx.Graph:
+    """One edge per line: two node labels separated by whitespace; '#' starts a comment."""
+    g = nx.Graph()
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split("#", 1)[0].split()
+        if not tokens:
+            continue
+        if len(tokens) != 2:
+            raise TopologyError(f"{where}:{lineno}: expected two node labels per line, got {line.strip()!r:.60}")
+        g.add_edge(*tokens)
+        if g.number_of_edges() > MAX_EDGES:
+            raise TopologyError(f"{where}: more than {MAX_EDGES:,} edges")
+    return g
+
+
+def parse_node_link(text: str, where: str) -> nx.Graph:
+    doc = json.loads(text)
+    if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list) or not isinstance(doc.get("links"), list):
+        raise TopologyError(f"{where}: expected a networkx node-link JSON object with \"nodes\" and \"links\" lists")
+    if not all(isinstance(x, dict) for x in doc["nodes"] + doc["links"]):
+        raise TopologyError(f"{where}: every node and link must be a JSON object")
+    return nx.node_link_graph(doc, edges="links")
+
+
 def load(path: str | os.PathLike, *, allow_directed: bool = False, allow_disconnected: bool = False) -> nx.Graph:
     """Read a graph; directed or disconnected input is an error unless explicitly allowed."""
     path = Path(path)
     fmt = _format(path)
-    if not path.is_file():
-        raise TopologyError(f"{path}: no such graph file")
+    text = read_graph_text(path)
     try:
         if fmt == "edgelist":
-            g = nx.read_edgelist(path, nodetype=str)
-            g = _maybe_int_labels(g)
+            g = parse_edgelist(text, str(path))
         elif fmt == "graphml":
-            g = _maybe_int_labels(nx.read_graphml(path))
+            g = nx.parse_graphml(text)
         elif fmt == "gml":
-            g = _maybe_int_labels(nx.read_gml(path, label="label"))
+            g = nx.parse_gml(text, label="label")
         else:
-            g = nx.node_link_graph(json.loads(path.read_text()), edges="links")
-    except (nx.NetworkXError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise TopologyError(f"{path}: cannot read as {fmt}: {exc}") from None
-    return check(g, str(path), allow_directed=allow_directed, allow_disconnected=allow_disconnected)
+            g = parse_node_link(text, str(path))
+    except TopologyError:
+        raise
+    except PARSE_ERRORS as exc:
+        raise TopologyError(f"{path}: cannot read as {fmt}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__:.200}") from None
+    return check(_maybe_int_labels(g), str(path), allow_directed=allow_directed,
+                 allow_disconnected=allow_disconnected)
 
 
 def check(g: nx.Graph, where: str, *, allow_directed: bool = False, allow_disconnected: bool = False) -> nx.Graph:
@@ -66,6 +119,9 @@ def check(g: nx.Graph, where: str, *, allow_directed: bool = False, allow_discon
     if g.is_multigraph():
         g = nx.Graph(g)
     g.remove_edges_from(list(nx.selfloop_edges(g)))
+    if g.number_of_nodes() > MAX_NODES or g.number_of_edges() > MAX_EDGES:
+        raise TopologyError(f"{where}: {g.number_of_nodes():,} nodes and {g.number_of_edges():,} edges; "
+                            f"at most {MAX_NODES:,} nodes and {MAX_EDGES:,} edges")
     if g.number_of_nodes() < 2:
         raise TopologyError(f"{where}: a topology needs at least 2 nodes")
     if not nx.is_connected(g) and not allow_disconnected:
@@ -78,7 +134,9 @@ def check(g: nx.Graph, where: str, *, allow_directed: bool = False, allow_discon
 def _maybe_int_labels(g: nx.Graph) -> nx.Graph:
     try:
         mapping = {v: int(v) for v in g.nodes}
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        return g
+    if len(set(mapping.values())) != len(mapping):  # "1" and "01" are different nodes
         return g
     return nx.relabel_nodes(g, mapping)
 
