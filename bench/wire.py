@@ -1,6 +1,8 @@
 """Wire-path speed: seal (encode + hash + sign) and verify (+ decode) of 1M and 10M float32
 parameters, next to SHA-256 of the same bytes (the floor: the payload must be hashed) and
-pickle / torch.save round trips; then the provenance log's append rate.
+pickle / torch.save round trips; the cost of rejecting hostile input (a scanner bomb, garbage,
+a non-canonical re-encoding, a forged signature) next to SHA-256 of the same bytes; then the
+provenance log's append rate.
 
     python bench/wire.py
 """
@@ -15,6 +17,7 @@ import sys
 import tempfile
 import time
 
+import msgpack
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -23,7 +26,7 @@ from bench._table import best_time as best  # noqa: E402
 from bench._table import emit_json, print_table
 from gossip.envelope import seal_update  # noqa: E402
 from gossip.identity import Identity  # noqa: E402
-from gossip.verify import Accepted, Verifier  # noqa: E402
+from gossip.verify import Accepted, Rejected, Verifier  # noqa: E402
 from peer.provenance import ProvenanceLog  # noqa: E402
 from peer.runtime import tune_allocator  # noqa: E402
 
@@ -42,6 +45,7 @@ def main() -> None:
         if tuned:
             tune_allocator()
         figures[label] = wire_figures(label)
+    figures["hostile"] = hostile_figures()
     provenance(figures)
     emit_json(figures)
 
@@ -58,8 +62,7 @@ def wire_figures(label: str) -> dict:
         msg = seal_update(ident, x, net="net", round=1, schema=schema).data
 
         def verify_once():
-            v.seen.clear()
-            r = v.verify(msg, 1)
+            r = v.verify(msg, 1, set())
             assert isinstance(r, Accepted)
             return r.params
 
@@ -79,6 +82,41 @@ def wire_figures(label: str) -> dict:
             "seal_vs_sha256": round(t_hash / t_seal, 3), "verify_vs_sha256": round(t_hash / t_verify, 3)}
     print_table(["params", "operation", "seconds", "MB/s", "x sha256 speed"], rows,
                 title=f"wire path, 1 torch thread, {label}")
+    return figures
+
+
+def hostile_inputs(ident: Identity, schema: bytes, n: int) -> dict[str, bytes]:
+    """Messages an attacker without a key can send, each a few MB."""
+    good = seal_update(ident, torch.randn(n), net="net", round=1, schema=schema).data
+    sorted_keys = msgpack.unpackb(good, raw=False)
+    forged = bytearray(good)
+    i = good.find(b"\xa3sig\xc4\x40") + 6  # the signature's first byte
+    forged[i] ^= 1
+    return {
+        "4.2 MB of nested msgpack arrays": b"\x91" * 4_200_000,
+        "1 MB of random garbage": os.urandom(1 << 20),
+        "non-canonical: the update with sorted keys": msgpack.packb(dict(sorted(sorted_keys.items()))),
+        "a 4 MB network id (over its bound)": b"\x8e\xa1v\x01\xa3net\xdb" + (4 << 20).to_bytes(4, "big") + b"a" * (4 << 20),
+        "forged signature on a valid update": bytes(forged),
+    }
+
+
+def hostile_figures() -> dict:
+    """Rejection cost of hostile input next to SHA-256 of the same bytes, measured in this run."""
+    ident, schema, n = Identity.generate(), b"\x01" * 32, 1_000_000
+    v = Verifier("net", {ident.peer_id}, schema, n, max_size=8 * n + 4096, max_lag=10**9)
+    rows, figures = [], {}
+    for name, data in hostile_inputs(ident, schema, n).items():
+        result = v.verify(data, 1, set())
+        assert isinstance(result, Rejected), name
+        t_reject = best(lambda data=data: v.verify(data, 1, set()), repeat=20)
+        t_hash = best(lambda data=data: hashlib.sha256(data).digest(), repeat=20)
+        rows.append([name, f"{len(data) / 1e6:.1f}", result.reason.value, t_reject * 1e6, t_hash * 1e6,
+                     t_reject / t_hash])
+        figures[name] = {"bytes": len(data), "reason": result.reason.value, "reject_us": round(t_reject * 1e6, 1),
+                         "sha256_us": round(t_hash * 1e6, 1), "reject_vs_sha256": round(t_reject / t_hash, 4)}
+    print_table(["hostile input", "MB", "rejected as", "reject us", "sha256 us", "reject / sha256"], rows,
+                title="rejecting hostile input, 1 torch thread (the model: 1M float32)")
     return figures
 
 
