@@ -96,7 +96,7 @@ def breakdown(hidden: list[int], rule: str) -> dict:
     from gossip.verify import Verifier
     from peer import checkpoint as ckpt
     from peer.model import FlatModel, build_model
-    from peer.provenance import ProvenanceLog
+    from peer.provenance import EventKind, NewEvent, ProvenanceLog
     from peer.runtime import configure_process
     from peer.stack import UpdateStack
 
@@ -110,17 +110,16 @@ def breakdown(hidden: list[int], rule: str) -> dict:
                         neighbours={o.peer_id for o in nbrs}, max_size=1 << 30)
     stack = UpdateStack([o.peer_id for o in nbrs], d)
 
-    def verify_all():
-        verifier.forget_before(1)  # the replay window would refuse the second pass
-        verifier.restore([])
-        return [verifier.verify(m, 0) for m in msgs]
+    def verify_all():  # the replay window is the round state's: each pass starts with an empty one
+        return [verifier.verify(m, 0, seen=()) for m in msgs]
 
     accepted = sorted(verify_all(), key=lambda a: a.sender)
     settled = [stack.settle(a) for a in accepted]
     rows = stack.stacked(own, settled)
     with tempfile.TemporaryDirectory() as tmp:
         prov = ProvenanceLog(os.path.join(tmp, "p.db"), me, "n")
-        events = [("received", 0, a.sender, a.update_id, {"bytes": len(m)}) for a, m in zip(accepted, msgs, strict=True)]
+        events = [NewEvent(EventKind.RECEIVED, 0, a.sender, a.update_id, {"bytes": len(m)})
+                  for a, m in zip(accepted, msgs, strict=True)]
         path = os.path.join(tmp, "checkpoint.msgpack")
         ck = ckpt.Checkpoint(1, model.schema, model.flat, torch.zeros(d), [], [])
         ms = {

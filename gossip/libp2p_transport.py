@@ -194,8 +194,8 @@ class Libp2pTransport(QueuedTransport):
         self.closed = True
         try:
             await asyncio.wait_for(self.bridge.call(self._trio_stop), 10)
-        except Exception:
-            pass
+        except Exception as exc:  # the host is going away either way; the trio thread is stopped next
+            log.debug("libp2p host did not stop cleanly: %s", _why(exc))
         await asyncio.to_thread(self.bridge.stop)
         self._end()
 
@@ -235,6 +235,8 @@ class Libp2pTransport(QueuedTransport):
                     nursery.cancel_scope.cancel()
             except BaseException as exc:  # noqa: BLE001 - reported through `failure`
                 failure.append(exc)
+                if started.is_set() and not self.closed and not isinstance(exc, trio.Cancelled):
+                    self._failed(exc)  # the host died after it started: the peer must know
                 started.set()
                 if isinstance(exc, trio.Cancelled):
                     raise
@@ -369,8 +371,8 @@ class Libp2pTransport(QueuedTransport):
         if fresh:
             try:
                 await self.host.disconnect(pid)
-            except Exception:
-                pass
+            except Exception as exc:  # already gone: the dial below starts afresh anyway
+                log.debug("disconnecting %s before a redial: %s", pid, _why(exc))
         elif network.connections.get(pid):
             return
         network.unblock_peer(pid)  # our backoff decides when to retry, not py-libp2p's 60 s cache
@@ -465,8 +467,8 @@ async def _read_exactly(stream, n: int) -> bytes:
 async def _reset(stream) -> None:
     try:
         await stream.reset()
-    except Exception:
-        pass
+    except Exception as exc:  # a stream that is already broken needs no reset
+        log.debug("stream reset failed: %s", _why(exc))
 
 
 def _check_bindable(addr: str) -> None:
@@ -512,8 +514,8 @@ async def _read_more(stream) -> bool:
 async def _close_quietly(thing) -> None:
     try:
         await thing.close()
-    except Exception:
-        pass
+    except Exception as exc:  # closing what an attacker left half-open may fail in many ways
+        log.debug("closing %s failed: %s", type(thing).__name__, _why(exc))
 
 
 def _peer_of(conn) -> str:

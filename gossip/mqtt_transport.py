@@ -115,6 +115,7 @@ class MqttTransport(QueuedTransport):
         done, _ = await asyncio.wait({waiter, self._task}, timeout=CONNECT_TIMEOUT,
                                      return_when=asyncio.FIRST_COMPLETED)
         if waiter in done:
+            self._task.add_done_callback(self._task_ended)
             return None
         waiter.cancel()
         exc = self._task.exception() if self._task.done() else None
@@ -122,6 +123,10 @@ class MqttTransport(QueuedTransport):
         if exc:
             return f": {exc}"
         return f": {self._last_error}" if self._last_error else " (timed out)"
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None and not self.closed:
+            self._failed(task.exception())  # the client loop died: the peer must know
 
     async def _run(self) -> None:
         delay = 0.5

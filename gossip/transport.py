@@ -12,9 +12,12 @@ optional faults per link: loss and latency.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+
+log = logging.getLogger("gossipfl.transport")
 
 
 class Transport:
@@ -39,6 +42,14 @@ class Transport:
 
     async def status(self, info: dict) -> None:
         """Publish a small status (round, accuracy) where the transport has a place for it."""
+
+    on_failure = None  # callable(exc): a background task of the transport died (set by the owner)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Report a dead background task to the owner (from any thread); never silent."""
+        log.error("transport %s failed: %r", type(self).__name__, exc)
+        if self.on_failure is not None:
+            self.on_failure(exc)
 
 
 class QueuedTransport(Transport):

@@ -11,6 +11,7 @@ from typing import Any
 
 from aggregation import PRE_REGISTRY, REGISTRY, AggregationError, parse_rule
 from gossip.codecs import CODECS
+from gossip.envelope import MAX_NETWORK_ID_LEN
 from gossip.errors import PeerIdError
 from gossip.files import FileReadError, read_limited_text
 from gossip.identity import check_peer_id
@@ -43,6 +44,7 @@ class TransportConfig:
     port: int = 1883
     username: str | None = None
     password: str | None = None
+    password_file: str | None = None  # the password in a file of its own (mode 0600), beside the key
     tls: bool = False
     ca_file: str | None = None
     topic_prefix: str = "gossipfl"
@@ -228,8 +230,8 @@ def _topic_prefix(v):
 
 
 def _network_id(v):
-    if not v or len(v) > 128 or not v.isprintable():
-        return "must be 1 to 128 printable characters"
+    if not v or len(v.encode()) > MAX_NETWORK_ID_LEN or not v.isprintable():
+        return f"must be 1 to {MAX_NETWORK_ID_LEN} bytes of printable characters (it is signed into every update)"
     return None
 
 
@@ -334,8 +336,14 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
         "kind": (str, {"allowed": TRANSPORTS}), "listen": (list, {"check": _listen}), "mdns": (bool, {}),
         "host": (str, {"check": lambda v: None if v and v.isprintable() else "must be a host name or address"}),
         "port": (int, {"check": lambda v: None if 0 < v < 65536 else "must be a TCP port"}),
-        "username": (str, {}), "password": (str, {}), "tls": (bool, {}), "ca_file": (str, {}),
-        "topic_prefix": (str, {"check": _topic_prefix}), "status": (bool, {})})
+        "username": (str, {}), "password": (str, {}), "password_file": (str, {}), "tls": (bool, {}),
+        "ca_file": (str, {}), "topic_prefix": (str, {"check": _topic_prefix}), "status": (bool, {})})
+    if transport.password_file is not None:
+        if transport.password is not None:
+            raise ConfigError("transport.password and transport.password_file are both set; keep one")
+        transport.password_file = str(base / transport.password_file)
+        transport.password = read_limited_text(transport.password_file, 4096,
+                                               "transport.password_file").rstrip("\r\n")
     if transport.kind == "mqtt" and any(c in network for c in ("/", *_MQTT_TOPIC_CHARS)):
         raise ConfigError(f"network.id must not contain /, + or # with transport.kind = mqtt, got {network!r}")
 

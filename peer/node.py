@@ -1,49 +1,58 @@
-"""One peer: train, sign, gossip, verify, robustly aggregate, log, checkpoint, repeat.
+"""One peer: the asyncio driver of peer.round.RoundState.
 
-The asyncio driver of peer.round.RoundLogic. A silent neighbour never holds a round past
-its deadline; a restarted peer resumes from its checkpoint and catches up with its
-neighbours' round; a flooding neighbour is rate-limited before any verification work.
+The state machine decides (catch-up, rate limits, quorum and deadline, aggregate or skip,
+what to log); this class only does the I/O it asks for: training, sealing and sending,
+verifying payloads (large ones on worker threads), aggregating, writing the provenance log
+and committing checkpoints.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from aggregation import REGISTRY, AggregationError, aggregate, parse_rule
+from aggregation import AggregationError, aggregate
 from gossip.envelope import seal_update
-from gossip.identity import Identity, load_key
 from gossip.transport import Transport
-from gossip.trust import TrustList, load_trust_list
-from gossip.verify import Accepted, Rejected, Verifier
-from topology.mixing import mh_weights
+from gossip.verify import Verifier
 
 from . import checkpoint as ckpt
+from .commit import CheckpointWriter
 from .config import PeerConfig
-from .data import LocalData, digits_shard, load_csv, load_npz, split_holdout
-from .errors import ConfigError, DataError
-from .model import FlatModel, build_model, load_object
-from .provenance import ProvenanceLog
-from .round import RoundLogic
+from .errors import PeerError
+from .lock import DataDirLock
+from .parts import PeerParts, build_parts
+from .provenance import EventKind, NewEvent, ProvenanceLog
+from .resume import load_for_resume
+from .round import (
+    Aggregate,
+    Checkpoint,
+    Command,
+    Finish,
+    JumpTo,
+    Log,
+    OfferKind,
+    RoundConfig,
+    RoundState,
+    Send,
+    Skip,
+    rule_params,
+)
 from .stack import UpdateStack
 from .training import Metrics, Trainer
 
 log = logging.getLogger("gossipfl.peer")
 VERIFY_IN_THREAD_BYTES = 1 << 20
 VERIFY_WORKERS = 2  # SHA-256 releases the GIL: two updates hash at once on a 2-core gateway
-
-# craft(round, recipient PeerId, honest params) -> params to send (attack simulations only)
-Craft = Callable[[int, str, torch.Tensor], torch.Tensor]
+MAX_DIVERGED = 3  # rounds in a row with a non-finite model before the peer stops
 
 
 @dataclass
@@ -61,189 +70,141 @@ class RoundRecord:
     eval_seconds: float = 0.0  # local evaluation on the held-out split (neither training nor protocol)
 
 
-@dataclass
-class SentRound:
-    """What phase 1 of a round (train and send) hands to phase 2 (collect and aggregate)."""
-
-    round: int
-    own: torch.Tensor  # the model that was sent, row 0 of the aggregation stack
-    own_id: str
-    bytes_sent: int
-    train: Metrics
-    eval: Metrics
-    train_seconds: float
-    eval_seconds: float
-
-
-@dataclass
-class PeerParts:
-    """Everything a peer is made of; `Peer.from_config` builds it from a peer.toml."""
-
-    identity: Identity
-    trust: TrustList
-    neighbours: list[str]
-    transport: Transport
-    model: FlatModel
-    data: LocalData
-    cfg: PeerConfig
-    neighbour_degrees: dict[str, int] = field(default_factory=dict)
-
-
-def load_local_data(cfg: PeerConfig) -> LocalData:
-    d = cfg.data
-    if d.source == "digits":
-        return digits_shard(d.shard, d.shards, d.partition, alpha=d.alpha, labels_per_shard=d.labels_per_shard,
-                            seed=d.seed, holdout=d.holdout)
-    if d.source == "npz":
-        x, y = load_npz(d.path, d.x_key, d.y_key)
-    elif d.source == "csv":
-        x, y = load_csv(d.path, d.label_column)
-    else:
-        loader = load_object(d.source, "data.source")
-        try:
-            x, y = loader(shard=d.shard, shards=d.shards, seed=d.seed, **d.options)
-        except DataError:
-            raise
-        except Exception as exc:  # user code: report, do not crash with a traceback
-            raise DataError(f"data.source {d.source} failed: {type(exc).__name__}: {exc}") from None
-        x, y = torch.as_tensor(x).float().reshape(len(y), -1).numpy(), torch.as_tensor(y).long().numpy()
-    return split_holdout(x, y, d.holdout, d.seed + 1000 + d.shard, cfg.model.classes)
-
-
-def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: Identity | None = None) -> PeerParts:
-    """Load key, trust list, data and model, checking everything before any round starts."""
-    identity = identity or load_key(cfg.key)
-    trust = load_trust_list(cfg.trust)
-    if trust.network != cfg.network:
-        raise ConfigError(f"trust list {cfg.trust} is for network {trust.network!r}, this peer is in {cfg.network!r}")
-    neighbours = [n.id for n in cfg.neighbours]
-    untrusted = [n for n in neighbours if n not in trust]
-    if untrusted:
-        raise ConfigError(f"network.neighbours: {untrusted[0]} is not on the trust list {cfg.trust}")
-    if identity.peer_id in neighbours:
-        raise ConfigError("network.neighbours lists this peer itself")
-    data = load_local_data(cfg)
-    module = build_model(cfg.model.name, data.features, cfg.model.classes, cfg.model.options, cfg.model.seed)
-    try:
-        with torch.no_grad():
-            out = module(data.x_train[:2])
-    except Exception as exc:
-        raise ConfigError(f"model {cfg.model.name} does not accept the data ({data.features} features): {exc}") from None
-    if out.shape[-1] != cfg.model.classes:
-        raise ConfigError(f"model {cfg.model.name} outputs {out.shape[-1]} classes, model.classes = {cfg.model.classes}")
-    if transport is None:
-        from .transports import make_transport
-        transport = make_transport(cfg, identity)
-    degrees = {n.id: n.degree for n in cfg.neighbours if n.degree is not None}
-    return PeerParts(identity, trust, neighbours, transport, FlatModel(module), data, cfg, degrees)
-
-
 class Peer:
-    def __init__(self, parts: PeerParts, craft: Craft | None = None, label_map: torch.Tensor | None = None,
-                 mangle: Callable[[int, str, bytes], list[bytes]] | None = None):
-        cfg = parts.cfg
-        self.parts, self.cfg = parts, cfg
-        self.identity = parts.identity
-        self.peer_id = parts.identity.peer_id
-        self.neighbours = list(parts.neighbours)
-        self.transport = parts.transport
-        self.model = parts.model
+    def __init__(self, parts: PeerParts):
+        cfg = self.cfg = parts.cfg
+        self.parts, self.identity, self.peer_id = parts, parts.identity, parts.identity.peer_id
+        self.neighbours, self.transport, self.model = list(parts.neighbours), parts.transport, parts.model
         self.trainer = Trainer(self.model.module, self.model.flat, parts.data, cfg.train,
                                seed=cfg.data.seed + 7 * cfg.data.shard)
         self.verifier = Verifier(cfg.network, parts.trust.peers, self.model.schema, self.model.size,
-                                 neighbours=set(self.neighbours),
-                                 max_size=int(cfg.round.max_message_mb * 1024 * 1024),
+                                 neighbours=set(self.neighbours), max_size=parts.max_message,
                                  max_lag=0, max_lead=cfg.round.max_lead)
         self.stack = UpdateStack(self.neighbours, self.model.size)
-        self.logic = RoundLogic(frozenset(self.neighbours), 0, cfg.round.inbox_per_neighbour, cfg.round.max_lead,
-                                keep=self.stack.settle)  # a counted update's message is let go at once
-        self.prov = ProvenanceLog(Path(cfg.data_dir) / "provenance.db", self.identity, cfg.network)
+        agg = cfg.aggregation
+        self.state = RoundState(RoundConfig(
+            frozenset(self.neighbours), agg.rule, agg.f, cfg.round.deadline, cfg.round.quorum,
+            cfg.round.inbox_per_neighbour, cfg.round.max_lead, 0, agg.weights == "metropolis_hastings",
+            dict(parts.neighbour_degrees), self.peer_id), keep=self.stack.settle)
+        self.lock = DataDirLock(cfg.data_dir)
+        self.lock.acquire()  # before the log and the checkpoint are touched
+        try:
+            self.prov = ProvenanceLog(Path(cfg.data_dir) / "provenance.db", self.identity, cfg.network)
+        except BaseException:
+            self.lock.release()
+            raise
         self.ckpt_path = Path(cfg.data_dir) / "checkpoint.msgpack"
-        # attack simulation hooks: craft the values sent, poison labels, rewrite the bytes sent
-        self.craft, self.label_map, self.mangle = craft, label_map, mangle
-        self.parents: list[str] = []
+        self.commits = CheckpointWriter(self.ckpt_path)
         self.history: list[RoundRecord] = []
-        self.rejections: Counter = Counter()
-        self.neighbour_degrees = dict(parts.neighbour_degrees)
-        self._pending_events: list[tuple] = []
-        self._commit: tuple[asyncio.Future, int, tuple | None] | None = None  # checkpoint on its way to disk
-        self._round_result: tuple[torch.Tensor, tuple | None] | None = None  # (model, aggregated event)
-        self._round_rejections: Counter = Counter()
-        self._last_accepted = 0
-        self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
+        self._events: list[NewEvent] = []
+        self._result: torch.Tensor | None = None  # the model the next checkpoint holds
+        self._wake, self._stop = asyncio.Event(), asyncio.Event()
         self._receiver: asyncio.Task | None = None
+        self._sending: dict[str, asyncio.Task] = {}  # neighbour -> the transmission in flight
         self._verify_pool = ThreadPoolExecutor(max_workers=VERIFY_WORKERS, thread_name_prefix="verify")
+        self._diverged = 0
+        self.failure: BaseException | None = None
         self.started = False
         self.resumed_from: int | None = None
 
     @classmethod
-    def from_config(cls, cfg: PeerConfig, transport: Transport | None = None, **kw) -> Peer:
-        return cls(build_parts(cfg, transport), **kw)
-
-    # --- lifecycle -----------------------------------------------------------------
+    def from_config(cls, cfg: PeerConfig, transport: Transport | None = None) -> Peer:
+        return cls(build_parts(cfg, transport))
 
     @property
     def round(self) -> int:
-        return self.logic.round
+        return self.state.round
+
+    @property
+    def rejections(self) -> Counter:
+        """Messages rejected since start, by reason (rate limiting included)."""
+        return self.state.total_rejected
+
+    # --- lifecycle -----------------------------------------------------------------
 
     def resume(self) -> None:
-        ck = ckpt.load(self.ckpt_path, self.model.schema, self.model.size)
-        if ck is None:
-            return
-        self.model.set(ck.params)
-        self.trainer.load_momentum(ck.momentum)
-        self.verifier.restore(ck.replay)
-        self.parents = list(ck.parents)
-        self.logic.advance(ck.round)
-        self.resumed_from = ck.round
+        """Continue from the checkpoint, after checking it against the log's last checkpoint event."""
+        ck = load_for_resume(self.ckpt_path, self.prov, self.model.schema, self.model.size)
+        if ck is not None:
+            self.model.set(ck.params)
+            self.trainer.load_momentum(ck.momentum)
+            self.state.resume(ck.round, ck.parents, ck.replay)
+            self.resumed_from = ck.round
 
     async def go_offline(self) -> None:
         """Simulated outage: stop receiving (messages sent meanwhile are lost)."""
         if self._receiver:
             self._receiver.cancel()
+            self._receiver = None
         await self.transport.close()
 
     async def go_online(self) -> None:
+        if self._receiver is not None and not self._receiver.done():
+            return  # one receiver at a time
+        loop = asyncio.get_running_loop()
+        self.transport.on_failure = lambda exc: loop.call_soon_threadsafe(self._failed, "the transport", exc)
         await self.transport.start()
         self._receiver = asyncio.get_running_loop().create_task(self._receive_loop())
+        self._receiver.add_done_callback(self._receiver_ended)
 
     async def start(self) -> None:
         self.resume()
-        await self.transport.start()
-        self._receiver = asyncio.get_running_loop().create_task(self._receive_loop())
+        await self.go_online()
         addrs = self.transport.addresses()
-        self.prov.append("started", self.round, details={
+        self._events.append(NewEvent(EventKind.STARTED, self.round, details={
             "neighbours": self.neighbours, "rule": self.cfg.aggregation.rule, "f": self.cfg.aggregation.f,
             "transport": self.cfg.transport.kind, "addresses": addrs, "resumed_from": self.resumed_from,
-            "schema": self.model.schema.hex(), "params": self.model.size})
+            "schema": self.model.schema.hex(), "params": self.model.size}))
+        if self.resumed_from is None:  # a first checkpoint: a diverging first round has a model to return to
+            self._begin_checkpoint(self.round)
+            await self._durable()
+        self._flush()
         for a in addrs:
             log.info("listening on %s", a)
-        log.info("peer %s started at round %d with %d neighbours (%s, f=%d)", self.peer_id, self.round,
-                 len(self.neighbours), self.cfg.aggregation.rule, self.cfg.aggregation.f)
+        log.info("peer %s started at round %d with %d neighbours (%s, f=%d)", self.cfg.name or self.peer_id,
+                 self.round, len(self.neighbours), self.cfg.aggregation.rule, self.cfg.aggregation.f)
         self.started = True
 
     def request_stop(self) -> None:
         self._stop.set()
         self._wake.set()
 
+    def _receiver_ended(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._failed("the receive loop", task.exception())
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        """A background task died: say why and stop the peer (never a silent half-alive peer)."""
+        if self.started and self.failure is None:
+            self.failure = exc
+            log.error("%s failed, stopping the peer: %r", what, exc)
+            self.request_stop()
+
     async def close(self, reason: str = "stopped") -> None:
         if not self.started:
             return
         self.started = False
-        await self._checkpoint(wait=True)
-        self._pending_events.append(("stopped", self.round, None, None, {"reason": reason}))
-        self._flush_events()
+        await self._checkpoint_now()
+        in_flight = [t for t in self._sending.values() if not t.done()]
+        if in_flight:  # let the last updates go out, within reason
+            _, late = await asyncio.wait(in_flight, timeout=min(5.0, self.cfg.round.deadline))
+            for t in late:
+                t.cancel()
+        self._events.append(NewEvent(EventKind.STOPPED, self.round, details={"reason": reason}))
+        self._flush()
         if self._receiver:
             self._receiver.cancel()
             try:
                 await self._receiver
-            except (asyncio.CancelledError, Exception):
+            except asyncio.CancelledError:
                 pass
+            except Exception as exc:  # already reported by _receiver_ended
+                log.debug("receive loop ended with %r", exc)
         await self.transport.close()
         self._verify_pool.shutdown(wait=False)
         self.prov.close()
-        log.info("peer %s stopped at round %d (%s)", self.peer_id, self.round, reason)
+        self.lock.release()
+        log.info("peer %s stopped at round %d (%s)", self.cfg.name or self.peer_id, self.round, reason)
 
     async def run(self, rounds: int | None = None) -> list[RoundRecord]:
         """Run rounds until `rounds` are done (config round.rounds; 0 = forever) or a stop request."""
@@ -264,6 +225,8 @@ class Peer:
                         pass
         finally:
             await self.close("stop requested" if self._stop.is_set() else "rounds done")
+        if self.failure is not None:
+            raise PeerError(f"the peer stopped: {type(self.failure).__name__}: {self.failure}")
         return self.history
 
     # --- one round -------------------------------------------------------------------
@@ -277,241 +240,191 @@ class Peer:
     async def train_and_send(self) -> bool:
         """Phase 1 (the simulator runs it for every peer before phase 2, in lock-step)."""
         self._t0 = time.monotonic()
-        target = self.logic.catch_up_target(self.cfg.aggregation.f)
-        if target is not None:
-            log.info("neighbours are at round %d, jumping from %d", target, self.round)
-            self._start_round(target)
-        r = self.round
-        t_train = time.monotonic()
+        await self._execute(self.state.start())
+        t = time.monotonic()
         if self.cfg.round.train_in_thread:
-            train_metrics = await asyncio.to_thread(self.trainer.train_round, self.label_map)
+            train = await asyncio.to_thread(self.trainer.train_round)
         else:
-            train_metrics = self.trainer.train_round(self.label_map)
-        t_train = time.monotonic() - t_train
-        await self._checkpoint_durable()  # the last round's, written while this one trained
+            train = self.trainer.train_round()
+        self._train_s = time.monotonic() - t
+        await self._durable()  # the last round's checkpoint, written while this one trained
         if self._stop.is_set():
             return False
-        t_eval = time.monotonic()
-        eval_metrics = self.trainer.evaluate()
-        t_eval = time.monotonic() - t_eval
-        own = self.stack.hold_own(self.model.flat.detach())  # what is sent is what is aggregated
-        # logged in one transaction with the `sent` events
-        self._pending_events.append(("trained", r, None, None, {
-            "loss": train_metrics.loss, "accuracy": train_metrics.accuracy, "samples": train_metrics.samples,
-            "eval_loss": eval_metrics.loss, "eval_accuracy": eval_metrics.accuracy,
-            "eval_samples": eval_metrics.samples}))
-        own_id, bytes_sent = await self._broadcast(r, own)
-        self._sent = SentRound(r, own, own_id, bytes_sent, train_metrics, eval_metrics, t_train, t_eval)
+        await self._check_finite()
+        t = time.monotonic()
+        self._eval = self.trainer.evaluate()
+        self._eval_s, self._train = time.monotonic() - t, train
+        self._own = self.stack.hold_own(self.model.flat.detach())  # what is sent is what is aggregated
+        self._bytes_sent = 0
+        await self._execute(self.state.trained(time.monotonic(), {
+            "loss": train.loss, "accuracy": train.accuracy, "samples": train.samples, "eval_loss": self._eval.loss,
+            "eval_accuracy": self._eval.accuracy, "eval_samples": self._eval.samples}))
         return True
 
     async def collect_and_aggregate(self) -> RoundRecord | None:
-        """Phase 2: wait for neighbours (all, quorum or deadline), aggregate, checkpoint."""
-        sent = self._sent
-        r = sent.round
-        await self._collect()
-        if self._stop.is_set():
-            return None
-        aggregated, note = self._aggregate(r, sent.own, sent.own_id)
-        rejected = Counter(self._round_rejections)
-        self._start_round(r + 1)
-        await self._checkpoint()
-        rec = RoundRecord(r, sent.train, sent.eval, self._last_accepted, rejected, aggregated, note,
-                          sent.bytes_sent, time.monotonic() - self._t0, sent.train_seconds, sent.eval_seconds)
-        self.history.append(rec)
-        await self.transport.status({"round": r, "eval_accuracy": round(sent.eval.accuracy, 4),
-                                     "neighbours_seen": rec.accepted, "neighbours": len(self.neighbours),
-                                     "aggregated": aggregated, "ts": time.time()})
-        log.info("round %d: train loss %.3f, eval acc %.3f, %d/%d neighbours accepted%s, %.2fs", r,
-                 sent.train.loss, sent.eval.accuracy, rec.accepted, len(self.neighbours),
-                 f" ({note})" if note else "", rec.seconds)
-        return rec
-
-    def _start_round(self, new_round: int) -> None:
-        self.logic.advance(new_round)
-        self.verifier.forget_before(new_round)
-        self._round_rejections = Counter()
-
-    async def _broadcast(self, r: int, own: torch.Tensor) -> tuple[str, int]:
-        codec = self.cfg.round.codec
-        common = dict(net=self.cfg.network, round=r, schema=self.model.schema, codec=codec,
-                      parents=[bytes.fromhex(p) for p in self.parents], deg=len(self.neighbours))
-        if own.numel() * 4 >= VERIFY_IN_THREAD_BYTES:  # hashing tens of MB off the event loop
-            sealed = await asyncio.to_thread(seal_update, self.identity, own, **common)
-        else:
-            sealed = seal_update(self.identity, own, **common)
-        outgoing, sent_events = [], []
-        for nb in self.neighbours:
-            msg = sealed
-            if self.craft is not None:
-                msg = seal_update(self.identity, self.craft(r, nb, own).to(torch.float32), **common)
-            datas = [msg.data] if self.mangle is None else self.mangle(r, nb, msg.data)
-            outgoing.append((nb, datas))
-            sent_events.append(("sent", r, nb, msg.update_id, {
-                "parents": self.parents, "bytes": sum(len(d) for d in datas), "codec": codec}))
-        # logged before transmission: a crash between the two leaves a `sent` with no receipt,
-        # never a receipt with no `sent`
-        self._pending_events.extend(sent_events)
-        self._flush_events()
-        total = 0
-        for nb, datas in outgoing:
-            for data in datas:
-                if not await self.transport.send(nb, data):
-                    log.debug("round %d: update to %s not delivered", r, nb)
-                total += len(data)
-        return sealed.update_id, total
-
-    async def _collect(self) -> None:
-        deadline = time.monotonic() + self.cfg.round.deadline
-        while not self._stop.is_set() and not self.logic.complete(self.cfg.round.quorum):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
+        """Phase 2: wait for neighbours (all, quorum or deadline), aggregate or skip, checkpoint."""
+        r = self.round
+        while not self._stop.is_set() and not self.state.ready(time.monotonic()):
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
+                await asyncio.wait_for(self._wake.wait(), self.state.wait_time(time.monotonic()))
             except TimeoutError:
-                break
+                pass
+        if self._stop.is_set():
+            return None
+        accepted, rejected = len(self.state.collected), Counter(self.state.rejected)
+        self._note, self._aggregated = "", False
+        await self._execute(self.state.close())
+        rec = RoundRecord(r, self._train, self._eval, accepted, rejected, self._aggregated, self._note,
+                          self._bytes_sent, time.monotonic() - self._t0, self._train_s, self._eval_s)
+        self.history.append(rec)
+        await self.transport.status({"round": r, "eval_accuracy": round(self._eval.accuracy, 4),
+                                     "neighbours_seen": accepted, "neighbours": len(self.neighbours),
+                                     "aggregated": self._aggregated, "ts": time.time()})
+        log.info("round %d: train loss %.3f, eval acc %.3f, %d/%d neighbours accepted%s, %.2fs", r,
+                 self._train.loss, self._eval.accuracy, accepted, len(self.neighbours),
+                 f" ({self._note})" if self._note else "", rec.seconds)
+        return rec
 
-    def _aggregate(self, r: int, own: torch.Tensor, own_id: str) -> tuple[bool, str]:
-        agg_cfg = self.cfg.aggregation
-        inputs = self.logic.inputs()
-        self._last_accepted = len(inputs)
-        n = 1 + len(inputs)
-        rule = REGISTRY[parse_rule(agg_cfg.rule)[1]]
-        params = dict(agg_cfg.params)
-        if "own" in rule.params:
-            params.setdefault("own", 0)
-        weights = self._weights(inputs) if rule.takes_weights else None
-        try:  # aggregate() checks the rule's requirement on n and f: too few rows is an error
-            out = aggregate(agg_cfg.rule, self.stack.stacked(own, inputs), weights, f=agg_cfg.f, **params)
+    async def _execute(self, commands: list[Command]) -> None:
+        """Carry out what the state machine decided, in order."""
+        for cmd in commands:
+            match cmd:
+                case Log(event):
+                    self._events.append(event)
+                case JumpTo(target, before):
+                    log.info("neighbours are at round %d, jumping from %d", target, before)
+                case Send():
+                    await self._send(cmd)
+                case Aggregate():
+                    await self._aggregate(cmd)
+                case Skip(_, reason):
+                    self._note, self._result = reason, self._own
+                case Checkpoint():
+                    self._begin_checkpoint(cmd.next_round)
+                case Finish(env):
+                    self._finish(env)
+
+    async def _check_finite(self) -> None:
+        """A model that diverged is never sent: log it and return to the last checkpoint."""
+        flat = self.model.flat
+        lo, hi = torch.aminmax(flat)
+        if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
+            self._diverged = 0
+            return
+        self._diverged += 1
+        ck = ckpt.load(self.commits.latest, self.model.schema, self.model.size)
+        self._events.append(NewEvent(EventKind.DIVERGED, self.round, details={
+            "times": self._diverged, "restored_round": None if ck is None else ck.round}))
+        self._flush()
+        if ck is None or self._diverged >= MAX_DIVERGED:
+            raise PeerError(f"the model diverged (NaN or Inf parameters after training) in {self._diverged} "
+                            "round(s) in a row and there is no good checkpoint to return to; lower train.lr")
+        log.warning("round %d: the model diverged after training; back to the checkpoint of round %d",
+                    self.round, ck.round)
+        self.model.set(ck.params)
+        self.trainer.load_momentum(ck.momentum)
+
+    async def _send(self, cmd: Send) -> None:
+        codec = self.cfg.round.codec
+        fields = dict(net=self.cfg.network, round=cmd.round, schema=self.model.schema, codec=codec,
+                      parents=[bytes.fromhex(p) for p in cmd.parents], deg=len(self.neighbours))
+        if self._own.numel() * 4 >= VERIFY_IN_THREAD_BYTES:  # hashing tens of MB off the event loop
+            sealed = await asyncio.to_thread(seal_update, self.identity, self._own, **fields)
+        else:
+            sealed = seal_update(self.identity, self._own, **fields)
+        size = len(sealed.data)
+        await self._execute(self.state.sent(sealed.update_id, [
+            (nb, sealed.update_id, {"bytes": size, "codec": codec}) for nb in self.neighbours]))
+        self._flush()  # `sent` is durable before transmission: never a receipt without a send
+        loop = asyncio.get_running_loop()
+        for nb in self.neighbours:  # at once: a slow or stalled neighbour never holds up the others
+            pending = self._sending.get(nb)
+            if pending is not None and not pending.done():
+                log.warning("round %d: the last update to %s is still in flight; not sending this one",
+                            cmd.round, nb)
+                continue
+            self._sending[nb] = loop.create_task(self._transmit(nb, sealed.data, cmd.round))
+
+    async def _transmit(self, nb: str, data: bytes, round_: int) -> None:
+        if await self.transport.send(nb, data):
+            self._bytes_sent += len(data)
+        else:
+            log.debug("round %d: update to %s not delivered", round_, nb)
+
+    async def _aggregate(self, cmd: Aggregate) -> None:
+        agg = self.cfg.aggregation
+        inputs = [self.state.collected[s] for s in cmd.senders]
+        params = rule_params(agg.rule, agg.params)
+        weights = None if cmd.weights is None else torch.tensor(cmd.weights, dtype=torch.float32)
+        try:
+            out = aggregate(agg.rule, self.stack.stacked(self._own, inputs), weights, f=agg.f, **params)
         except AggregationError as exc:
-            note = f"kept own model: {exc}"
-            self._pending_events.append(("skipped", r, None, None, {"reason": note, "have": n}))
-            self.parents = [own_id]
-            self._round_result = (own, None)
-            return False, note
+            await self._execute(self.state.skip(f"kept own model: {exc}"))
+            return
         value = out.value.clone() if self.stack.owns(out.value) else out.value  # e.g. Krum's chosen row
         self.model.set(value)
-        input_ids = [own_id] + [a.update_id for a in inputs]
-        # logged with the model's hash once _checkpoint has computed it off the loop
-        self._round_result = (value, ("aggregated", r, None, None, {
-            "rule": agg_cfg.rule, "f": agg_cfg.f, "inputs": input_ids,
-            "senders": [self.peer_id] + [a.sender for a in inputs],
-            "weights": None if weights is None else [round(float(w), 6) for w in weights],
-            "report": out.report.to_dict()}))
-        self.parents = input_ids
-        return True, ""
+        self._result, self._aggregated = value, True
+        await self._execute(self.state.aggregated(cmd.senders, cmd.weights, out.report.to_dict()))
 
-    def _weights(self, inputs: list[Accepted]) -> torch.Tensor | None:
-        if self.cfg.aggregation.weights != "metropolis_hastings":
-            return None
-        degrees = {n: self.neighbour_degrees.get(n) or 1 for n in self.neighbours}
-        for a in inputs:  # the degree a neighbour signed into its update wins over the plan's
-            degrees[a.sender] = int(a.envelope.header.get("deg") or degrees.get(a.sender) or 1)
-        self_w, nbr = mh_weights(len(self.neighbours), degrees)
-        present = {a.sender for a in inputs}
-        # neighbours missing this round: their weight stays with the own model
-        missing = sum(w for n, w in nbr.items() if n not in present)
-        return torch.tensor([self_w + missing] + [nbr[a.sender] for a in inputs], dtype=torch.float32)
-
-    async def _checkpoint(self, wait: bool = False) -> None:
-        """Checkpoint the state the next round starts from, on a worker thread while the
-        next round trains (`wait`: here and now). The thread hashes the model, writes the
-        file and commits it (fsync, rename); the `aggregated` event (which carries that
-        hash) and the `checkpoint` event are logged once it is durable, by
-        _checkpoint_durable(). It reads the aggregation output (or the own model row),
-        which nothing changes before then, never the model that is training."""
-        await self._checkpoint_durable()
-        if self._round_result is None:  # no round since the last checkpoint: the model is idle
-            params, aggregated_event = self.model.flat.detach().clone(), None
-        else:
-            (params, aggregated_event), self._round_result = self._round_result, None
+    def _begin_checkpoint(self, next_round: int) -> None:
+        """Hash and write the state the next round starts from while it trains; logged once durable."""
+        params = self.model.flat.detach().clone() if self._result is None else self._result
+        self._result = None
         momentum = self.trainer.momentum_state()
-        ck = ckpt.Checkpoint(self.round, self.model.schema, params, None if momentum is None else momentum.clone(),
-                             self.verifier.state(), list(self.parents))
+        self.commits.begin(ckpt.Checkpoint(next_round, self.model.schema, params,
+                                           None if momentum is None else momentum.clone(),
+                                           sorted([s, r] for s, r in self.state.seen), list(self.state.parents)))
 
-        def hash_and_save() -> str:
-            digest = hashlib.sha256(params.numpy()).hexdigest()
-            ckpt.save(self.ckpt_path, ck)
-            return digest
+    async def _durable(self) -> None:
+        done = await self.commits.durable()
+        if done is not None:
+            await self._execute(self.state.committed(*done))
 
-        self._commit = (asyncio.get_running_loop().run_in_executor(None, hash_and_save), ck.round, aggregated_event)
-        if wait:
-            await self._checkpoint_durable()
+    async def _checkpoint_now(self) -> None:
+        await self._durable()
+        self._begin_checkpoint(self.round)
+        await self._durable()
+        self._flush()
 
-    async def _checkpoint_durable(self) -> None:
-        if self._commit is not None:
-            (job, next_round, aggregated_event), self._commit = self._commit, None
-            params_hash = await job
-            if aggregated_event is not None:
-                kind, r, cp, _, details = aggregated_event
-                self._pending_events.append((kind, r, cp, params_hash, details))
-            self._pending_events.append(("checkpoint", next_round, None, None,
-                                         {"next_round": next_round, "params_hash": params_hash}))
+    def _flush(self) -> None:
+        if self._events:
+            events, self._events = self._events, []
+            self.prov.append_many(events)
+        self.commits.publish()  # its `checkpoint` event is in the log now
 
     # --- receiving ---------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        slots = asyncio.Semaphore(VERIFY_WORKERS)  # bounds the messages held while being verified
-        async for hint, data in self.transport:
-            if not self._admit(hint):
-                continue
-            if len(data) < VERIFY_IN_THREAD_BYTES:
-                self._take(hint, data, self.verifier.verify(data, self.round))
-                continue
-            # hashing megabytes would stall the event loop: worker threads verify, the loop takes
-            await slots.acquire()
-            job = loop.run_in_executor(self._verify_pool, self.verifier.verify, data, self.round)
-            job.add_done_callback(functools.partial(self._verified, slots, hint, data))
+        self._slots = asyncio.Semaphore(VERIFY_WORKERS)  # bounds the messages held while being verified
+        async for _hint, data in self.transport:
+            screened = self.verifier.screen(data, self.round, self.state.seen)
+            for cmd in self.state.screened(screened):
+                if isinstance(cmd, Finish) and len(data) >= VERIFY_IN_THREAD_BYTES:
+                    # hashing megabytes would stall the event loop: worker threads verify, the loop takes
+                    await self._slots.acquire()
+                    job = asyncio.get_running_loop().run_in_executor(self._verify_pool, self.verifier.finish,
+                                                                     cmd.envelope)
+                    job.add_done_callback(functools.partial(self._verified, len(data)))
+                else:
+                    await self._execute([cmd])
 
-    def _verified(self, slots: asyncio.Semaphore, hint: str | None, data: bytes, job: asyncio.Future) -> None:
-        slots.release()
+    def _finish(self, env) -> None:
+        self._take(self.verifier.finish(env), env.size)
+
+    def _verified(self, size: int, job: asyncio.Future) -> None:
+        self._slots.release()
         if not self.started or job.cancelled():
             return
         if job.exception() is not None:  # the verifier returns Rejected for bad input; this is a bug
-            log.error("verifying a message from %s failed: %r", hint, job.exception())
+            log.error("verifying a message failed: %r", job.exception())
             return
-        self._take(hint, data, job.result())
+        self._take(job.result(), size)
 
-    def handle_message(self, hint: str | None, data: bytes) -> None:
-        """Admit, verify and take one message synchronously (tests, small messages)."""
-        if self._admit(hint):
-            self._take(hint, data, self.verifier.verify(data, self.round))
-
-    def _admit(self, hint: str | None) -> bool:
-        admitted, first = self.logic.admit(hint)
-        if not admitted:
-            self.rejections["rate_limited"] += 1
-            if first:
-                self._pending_events.append(("rate_limited", self.round, hint, None,
-                                             {"limit": self.logic.per_neighbour_limit}))
-                log.warning("rate-limiting %s: more than %d messages this round", hint,
-                            self.logic.per_neighbour_limit)
-        return admitted
-
-    def _take(self, hint: str | None, data: bytes, result: Accepted | Rejected) -> None:
-        offered = self.logic.offer(result)
-        if isinstance(result, Rejected):
-            self.rejections[result.reason.value] += 1
-            self._round_rejections[result.reason.value] += 1
-            env = result.envelope
-            self._pending_events.append(("rejected", result.round, result.sender or hint,
-                                         env.update_id if env is not None else None,
-                                         {"reason": result.reason.value, "detail": result.detail[:300],
-                                          "bytes": len(data), "hint": hint}))
-            log.debug("rejected from %s: %s (%s)", result.sender or hint, result.reason.value, result.detail)
-        elif offered.kind in ("accepted", "buffered"):
-            sh = result.envelope.signed_header()
-            self._pending_events.append(("received", result.envelope.round, result.sender, result.update_id,
-                                         {"header": sh["header"].hex(), "sig": sh["sig"].hex(),
-                                          "bytes": len(data)}))
-        if len(self._pending_events) >= 64:
-            self._flush_events()
-        if offered.kind == "accepted":
+    def _take(self, result, size: int) -> None:
+        kind, commands = self.state.offer(result, size)
+        self._events.extend(c.event for c in commands if isinstance(c, Log))
+        if len(self._events) >= 64:
+            self._flush()
+        if kind is OfferKind.ACCEPTED:
             self._wake.set()
-
-    def _flush_events(self) -> None:
-        if self._pending_events:
-            events, self._pending_events = self._pending_events, []
-            self.prov.append_many(events)

@@ -95,10 +95,10 @@ def write_plan(graph: nx.Graph, out: str | os.PathLike, *, network_id: str = "go
         tr = {"kind": transport}
         if transport == "libp2p":
             tr["listen"] = [f"/ip4/{host}/tcp/{port}"]
-        elif transport == "mqtt":
-            # the password sits in peer.toml (0600 below) until peer.config reads a password file
+        elif transport == "mqtt":  # the password lives beside the key, 0600, not in peer.toml
+            write_secret(d / "mqtt.password", new_password() + "\n")
             tr.update({"host": mqtt_host, "port": mqtt_port, "username": idents[v].peer_id,
-                       "password": new_password()})
+                       "password_file": "mqtt.password"})
         tables = default_tables()
         tables["data"].update({"shard": i, "shards": len(nodes)})
         doc = {
@@ -116,10 +116,7 @@ def write_plan(graph: nx.Graph, out: str | os.PathLike, *, network_id: str = "go
                 doc[table] = values
         cfg_path = d / "peer.toml"
         text = f"# node {v} of a {len(nodes)}-node plan ({graph.graph.get('spec', 'graph')})\n" + dumps(doc)
-        if transport == "mqtt":
-            write_secret(cfg_path, text)  # it holds the broker password
-        else:
-            cfg_path.write_text(text)
+        cfg_path.write_text(text)
         configs.append(load_config(cfg_path))  # every written config must load
         planned.append(PlannedNode(str(v), idents[v].peer_id, d, cfg_path, port))
     if transport == "mqtt":

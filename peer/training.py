@@ -76,12 +76,10 @@ class Trainer:
             return max(1, int(round(self.cfg.epochs * n / self.cfg.batch_size)))
         return self.cfg.local_steps
 
-    def train_round(self, label_map=None) -> Metrics:
-        """One round of local SGD; `label_map` (a tensor) poisons labels for attack simulations."""
+    def train_round(self) -> Metrics:
+        """One round of local SGD on the local data."""
         self.module.train()
         x, y = self.data.x_train, self.data.y_train
-        if label_map is not None:
-            y = label_map[y]
         total, correct, seen = 0.0, 0, 0
         for _ in range(self.steps_per_round()):
             idx = torch.randint(0, len(y), (min(self.cfg.batch_size, len(y)),), generator=self.gen)

@@ -9,7 +9,8 @@ from .config import PeerConfig
 from .errors import ConfigError
 
 
-def make_transport(cfg: PeerConfig, identity: Identity, hub: MemoryHub | None = None) -> Transport:
+def make_transport(cfg: PeerConfig, identity: Identity, hub: MemoryHub | None = None, *, max_size: int) -> Transport:
+    """`max_size`: the largest message to read (peer.parts.message_limit)."""
     kind = cfg.transport.kind
     if kind == "memory":
         return (hub or MemoryHub()).transport(identity.peer_id)
@@ -19,7 +20,7 @@ def make_transport(cfg: PeerConfig, identity: Identity, hub: MemoryHub | None = 
         except ImportError as exc:
             raise ConfigError(f"transport.kind = libp2p is not available: {exc}") from None
         return Libp2pTransport(identity, cfg.transport.listen, {n.id: n.addr for n in cfg.neighbours},
-                               max_size=int(cfg.round.max_message_mb * 1024 * 1024), mdns=cfg.transport.mdns)
+                               max_size=max_size, mdns=cfg.transport.mdns)
     if kind == "mqtt":
         try:
             from gossip.mqtt_transport import MqttTransport
@@ -28,5 +29,5 @@ def make_transport(cfg: PeerConfig, identity: Identity, hub: MemoryHub | None = 
         t = cfg.transport
         return MqttTransport(identity, cfg.network, host=t.host, port=t.port, username=t.username,
                              password=t.password, tls=t.tls, ca_file=t.ca_file, prefix=t.topic_prefix,
-                             status=t.status, max_size=int(cfg.round.max_message_mb * 1024 * 1024))
+                             status=t.status, max_size=max_size)
     raise ConfigError(f"transport.kind must be memory, libp2p or mqtt, got {kind!r}")

@@ -15,14 +15,16 @@ oversized, non_finite; honest peers must reject every one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from statistics import NormalDist
 
 import torch
 
-from gossip.envelope import seal
+from gossip.codecs import encode
+from gossip.envelope import decode_payload, parse, seal
 from gossip.identity import Identity
-from gossip.verify import parse
+from gossip.transport import Transport
 
 from .errors import ScenarioError
 
@@ -67,47 +69,130 @@ def model_attack(kind: str, honest: torch.Tensor, target: torch.Tensor, own: tor
     raise ScenarioError(f"attack.kind {kind!r} is not a model attack")
 
 
+def model_attack_rows(kind: str, *, mean: torch.Tensor, std: torch.Tensor | None, target: torch.Tensor,
+                      own: torch.Tensor, mean_without_target: torch.Tensor | None, n: torch.Tensor, b: torch.Tensor,
+                      noise, params: dict | None = None) -> torch.Tensor:
+    """`model_attack` for P (target, attacker) pairs at once (the batched engine): row p is what
+    the attacker sends to the target. mean, std, mean_without_target: (P, d) statistics of each
+    target's honest neighbourhood (the target included; std with unbiased=False); target: (P, d)
+    the target's own trained model; own: (P, d) the attacker's; n, b: (P,) the target's
+    aggregation size and Byzantine neighbour count; noise(): (P, d) standard normal draws."""
+    p = {**DEFAULTS.get(kind, {}), **(params or {})}
+    if kind == "sign_flip":
+        return -float(p["scale"]) * mean
+    if kind == "gaussian":
+        return mean + float(p["sigma"]) * noise()
+    if kind == "scaling":
+        return target + float(p["lam"]) * (own - target)
+    if kind == "alie":
+        if p.get("z") is None:
+            pairs = torch.stack([n, b], 1)
+            uniq, inv = torch.unique(pairs, dim=0, return_inverse=True)
+            z = torch.tensor([alie_z(int(nn), int(bb)) for nn, bb in uniq.tolist()], dtype=mean.dtype)[inv]
+        else:
+            z = torch.full((len(mean),), float(p["z"]), dtype=mean.dtype)
+        return mean - z[:, None] * std
+    if kind == "ipm":
+        return -float(p["eps"]) * mean
+    if kind == "dissensus":
+        return target - float(p["eps"]) * (mean_without_target - target)
+    raise ScenarioError(f"attack.kind {kind!r} is not a model attack")
+
+
 def label_flip_map(classes: int) -> torch.Tensor:
     return torch.arange(classes - 1, -1, -1)
 
 
+def reseal(identity: Identity, data: bytes, **changes) -> bytes:
+    """The signed message `data` (the attacker's own) signed again with some fields or the payload changed."""
+    env = parse(data)
+    payload = changes.pop("payload", None)
+    payload = bytes(env.payload) if payload is None else payload
+    fields = {k: env.header[k] for k in ("net", "round", "schema", "codec", "n", "deg", "parents", "kind")}
+    fields.update(changes)
+    return seal(identity, payload=payload, **fields).data
+
+
 class ProtocolAttacker:
-    """Rewrites an attacker's outgoing signed bytes into a message honest peers must reject."""
+    """Rewrites an attacker's outgoing signed bytes into messages honest peers must reject."""
 
     def __init__(self, kind: str, identity: Identity, max_bytes: int):
         if kind not in PROTOCOL_ATTACKS:
             raise ScenarioError(f"attack.kind {kind!r} is not a protocol attack")
         self.kind, self.identity, self.max_bytes = kind, identity, max_bytes
-        self.last: dict[str, bytes] = {}
 
-    def _reseal(self, data: bytes, **changes) -> bytes:
-        env = parse(data, 1 << 40)
-        h = dict(env.header)
-        payload = bytes(env.payload)
-        if "payload" in changes:
-            payload = changes.pop("payload")
-        fields = {k: h[k] for k in ("net", "round", "schema", "codec", "n", "deg", "parents", "kind")}
-        fields.update(changes)
-        return seal(self.identity, payload=payload, **fields).data
-
-    def __call__(self, round_: int, recipient: str, data: bytes) -> list[bytes]:
+    def __call__(self, recipient: str, data: bytes) -> list[bytes]:
         k = self.kind
         if k == "forged":
             return [_corrupt_signature(data)]
         if k == "replay":
             return [data, data]  # the same signed update twice: the second is a replay
         if k == "wrong_round":
-            return [self._reseal(data, round=round_ + 50)]
+            return [reseal(self.identity, data, round=parse(data).round + 50)]
         if k == "wrong_network":
-            return [self._reseal(data, net="not-this-network")]
+            return [reseal(self.identity, data, net="not-this-network")]
         if k == "oversized":
             return [b"\x00" * (self.max_bytes + 1)]
         if k == "non_finite":
-            env = parse(data, 1 << 40)
-            raw = bytearray(env.payload)
+            raw = bytearray(parse(data).payload)
             raw[0:4] = b"\x00\x00\xc0\x7f"  # a float32 NaN, little-endian
-            return [self._reseal(data, payload=bytes(raw))]
+            return [reseal(self.identity, data, payload=bytes(raw))]
         raise ScenarioError(f"unknown protocol attack {k!r}")
+
+
+class ModelAttacker:
+    """Replaces the attacker's update, per recipient, with a crafted vector (signed by the attacker)."""
+
+    def __init__(self, identity: Identity, craft):
+        self.identity, self.craft = identity, craft  # craft(round, recipient, own params) -> params
+
+    def __call__(self, recipient: str, data: bytes) -> list[bytes]:
+        env = parse(data)
+        own = decode_payload(env)
+        crafted = self.craft(env.round, recipient, own).to(torch.float32).contiguous()
+        return [reseal(self.identity, data, payload=encode(crafted, env.header["codec"]))]
+
+
+class AttackTransport(Transport):
+    """An attacker's transport: what its peer sends passes through `rewrite(recipient, data)`,
+    which returns the messages really sent. The peer itself has no attack code path."""
+
+    def __init__(self, inner: Transport, rewrite):
+        self.inner, self.rewrite, self.peer_id = inner, rewrite, inner.peer_id
+
+    @property
+    def on_failure(self):
+        return self.inner.on_failure
+
+    @on_failure.setter
+    def on_failure(self, callback) -> None:
+        self.inner.on_failure = callback
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def send(self, peer_id: str, data: bytes) -> bool:
+        ok = True
+        for message in self.rewrite(peer_id, data):
+            ok = await self.inner.send(peer_id, message) and ok
+        return ok
+
+    def __aiter__(self):
+        return self.inner.__aiter__()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def addresses(self) -> list[str]:
+        return self.inner.addresses()
+
+    async def status(self, info: dict) -> None:
+        await self.inner.status(info)
+
+
+def poison_labels(trainer, label_map: torch.Tensor) -> None:
+    """Data poisoning: from now on the trainer learns `label_map[y]` for every label y."""
+    trainer.data = dataclasses.replace(trainer.data, y_train=label_map[trainer.data.y_train])
 
 
 def _corrupt_signature(data: bytes) -> bytes:

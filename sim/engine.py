@@ -30,50 +30,16 @@ from .attacks import (
     DATA_ATTACKS,
     MODEL_ATTACKS,
     PROTOCOL_ATTACKS,
+    AttackTransport,
+    ModelAttacker,
     ProtocolAttacker,
     label_flip_map,
     model_attack,
+    poison_labels,
 )
 from .errors import ScenarioError
+from .placement import place_byzantine
 from .scenario import Scenario
-
-
-def place_byzantine(graph: nx.Graph, sc: Scenario, rng: random.Random) -> list:
-    """Which nodes attack: random, highest degree, or chosen; with `cap` > 0 no honest node
-    gets more than `cap` Byzantine neighbours (nodes that would break the cap are skipped)."""
-    nodes = sorted(graph.nodes)
-    count = int(round(sc.byzantine * len(nodes))) if 0 < sc.byzantine < 1 else int(sc.byzantine)
-    if count >= len(nodes):
-        raise ScenarioError(f"attack.byzantine = {sc.byzantine} leaves no honest node")
-    if sc.placement == "chosen":
-        chosen = [n for n in sc.byzantine_nodes if n in graph]
-        if len(chosen) != len(sc.byzantine_nodes):
-            raise ScenarioError(f"attack.nodes {sc.byzantine_nodes} are not all nodes of the graph")
-        return sorted(chosen)
-    if count == 0:
-        return []
-    for _attempt in range(200 if sc.placement == "random" else 1):
-        order = nodes[:]
-        if sc.placement == "degree":
-            order.sort(key=lambda v: (-graph.degree(v), v))
-        else:
-            rng.shuffle(order)
-        chosen: list = []
-        for v in order:
-            if len(chosen) == count:
-                break
-            if sc.cap > 0:
-                trial = set(chosen) | {v}
-                if any(sum(1 for u in graph.neighbors(h) if u in trial) > sc.cap
-                       for h in graph.nodes if h not in trial):
-                    continue
-            chosen.append(v)
-        if len(chosen) == count:
-            break
-    if len(chosen) < count:
-        raise ScenarioError(f"cannot place {count} attackers with at most {sc.cap} next to any honest node; "
-                            "lower attack.byzantine or raise attack.cap")
-    return sorted(chosen)
 
 
 @dataclass
@@ -96,6 +62,7 @@ class RunResult:
     rounds: list[RoundMetrics] = field(default_factory=list)
     peer_dirs: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    engine: str = "protocol"  # "batched": no wire, no provenance logs
 
 
 def _identity(seed: int, node) -> Identity:
@@ -118,7 +85,8 @@ class ProtocolEngine:
         self.sc, self.rule, self.graph, self.out = sc, rule, graph, Path(out)
         self.progress = progress
         self.rng = random.Random(sc.seed)
-        self.byzantine = place_byzantine(graph, sc, random.Random(sc.seed + 1))
+        self.byzantine = place_byzantine(graph, sc.byzantine, random.Random(sc.seed + 1), placement=sc.placement,
+                                         cap=sc.cap, chosen=sc.byzantine_nodes) if sc.attack != "none" else []
         self.gen = torch.Generator().manual_seed(sc.seed)
 
     def _faults(self) -> LinkFaults:
@@ -169,20 +137,22 @@ class ProtocolEngine:
         peers = []
         for n in self.nodes:
             v = self.label_of[n.label]
-            kw = {}
+            peer = memory_peer(n.config, self.hub)
             if v in self.byzantine:
-                kw = self._attacker_hooks(v, idents[v])
-            peers.append(memory_peer(n.config, self.hub, **kw))
+                self._arm(v, peer, idents[v])
+            peers.append(peer)
         self.peers = dict(zip([self.label_of[n.label] for n in self.nodes], peers, strict=True))
         return peers
 
-    def _attacker_hooks(self, v, ident: Identity) -> dict:
+    def _arm(self, v, peer: Peer, ident: Identity) -> None:
+        """Turn node v's peer into an attacker from the outside: poisoned labels, or a transport
+        that rewrites what it sends (crafted models, protocol attacks)."""
         kind = self.sc.attack
         if kind in DATA_ATTACKS:
-            return {"label_map": label_flip_map(10)}
-        if kind in PROTOCOL_ATTACKS:
-            return {"mangle": ProtocolAttacker(kind, ident, int(self.sc.max_message_mb * 1024 * 1024))}
-        if kind in MODEL_ATTACKS:
+            poison_labels(peer.trainer, label_flip_map(10))
+        elif kind in PROTOCOL_ATTACKS:
+            peer.transport = AttackTransport(peer.transport, ProtocolAttacker(kind, ident, peer.verifier.max_size))
+        elif kind in MODEL_ATTACKS:
             def craft(r: int, recipient: str, own: torch.Tensor) -> torch.Tensor:
                 t = self.label_of[self.node_of[recipient]]
                 neigh = [u for u in self.graph.neighbors(t) if u not in self.byzantine]
@@ -192,8 +162,7 @@ class ProtocolEngine:
                 b = sum(1 for u in self.graph.neighbors(t) if u in self.byzantine)
                 return model_attack(kind, honest_models, self.sent.get(t, own), own, n=self.graph.degree(t) + 1,
                                     b=b, gen=self.gen, params=self.sc.attack_params, honest_without_target=without)
-            return {"craft": craft}
-        return {}
+            peer.transport = AttackTransport(peer.transport, ModelAttacker(ident, craft))
 
     async def run(self) -> RunResult:
         sc = self.sc

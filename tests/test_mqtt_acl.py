@@ -89,7 +89,9 @@ def test_plan_writes_a_login_per_peer_and_the_broker_files(tmp_path):
     for c in configs:
         assert c.transport.username == load_key(c.key).peer_id  # the ACL's %u is the PeerId
         assert c.transport.password and c.transport.password not in (broker / "passwd").read_text()
-        assert stat.S_IMODE(c.source.stat().st_mode) == 0o600  # peer.toml holds the password
+        secret = Path(c.transport.password_file)
+        assert secret.parent == c.source.parent and stat.S_IMODE(secret.stat().st_mode) == 0o600
+        assert c.transport.password not in c.source.read_text()  # peer.toml holds no secret
     assert stat.S_IMODE((broker / "passwd").stat().st_mode) == 0o600
     conf = (broker / "mosquitto.conf").read_text()
     assert f"listener {configs[0].transport.port} 127.0.0.1" in conf and "allow_anonymous false" in conf

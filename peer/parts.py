@@ -1,0 +1,100 @@
+"""What a peer is made of, loaded and checked from a peer.toml before any round starts:
+key, trust list, neighbours, data, model and transport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from gossip.envelope import max_message_size
+from gossip.identity import Identity, load_key
+from gossip.transport import MemoryHub, Transport
+from gossip.trust import TrustList, load_trust_list
+
+from .config import PeerConfig
+from .data import LocalData, digits_shard, load_csv, load_npz, split_holdout
+from .errors import ConfigError, DataError
+from .model import FlatModel, build_model, load_object
+
+
+@dataclass
+class PeerParts:
+    """Everything a peer is made of; `Peer.from_config` builds it from a peer.toml."""
+
+    identity: Identity
+    trust: TrustList
+    neighbours: list[str]
+    transport: Transport
+    model: FlatModel
+    data: LocalData
+    cfg: PeerConfig
+    neighbour_degrees: dict[str, int] = field(default_factory=dict)
+    max_message: int = 0  # bytes: the largest valid update of this model and codec
+
+
+def message_limit(cfg: PeerConfig, n_params: int) -> int:
+    """The largest message a peer reads: exactly what a valid update of its model can take
+    (schema and codec fix the payload size), never a generous default an attacker can fill."""
+    need = max_message_size(cfg.round.codec, n_params)
+    cap_mb = cfg.round.max_message_mb
+    if cap_mb is None:
+        return need
+    cap = int(cap_mb * 1024 * 1024)
+    if cap < need:
+        raise ConfigError(f"round.max_message_mb = {cap_mb} is below the size of one update of this model "
+                          f"({need / 1048576:.3f} MB with codec {cfg.round.codec}); remove it to use the exact size")
+    return cap
+
+
+def load_local_data(cfg: PeerConfig) -> LocalData:
+    d = cfg.data
+    if d.source == "digits":
+        return digits_shard(d.shard, d.shards, d.partition, alpha=d.alpha, labels_per_shard=d.labels_per_shard,
+                            seed=d.seed, holdout=d.holdout)
+    if d.source == "npz":
+        x, y = load_npz(d.path, d.x_key, d.y_key)
+    elif d.source == "csv":
+        x, y = load_csv(d.path, d.label_column)
+    else:
+        loader = load_object(d.source, "data.source")
+        try:
+            x, y = loader(shard=d.shard, shards=d.shards, seed=d.seed, **d.options)
+        except DataError:
+            raise
+        except Exception as exc:  # user code: report, do not crash with a traceback
+            raise DataError(f"data.source {d.source} failed: {type(exc).__name__}: {exc}") from None
+        x, y = torch.as_tensor(x).float().reshape(len(y), -1).numpy(), torch.as_tensor(y).long().numpy()
+    return split_holdout(x, y, d.holdout, d.seed + 1000 + d.shard, cfg.model.classes)
+
+
+def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: Identity | None = None,
+                hub: MemoryHub | None = None) -> PeerParts:
+    """Load key, trust list, data and model, checking everything before any round starts
+    (`hub`: the in-process network of a memory transport)."""
+    identity = identity or load_key(cfg.key)
+    trust = load_trust_list(cfg.trust)
+    if trust.network != cfg.network:
+        raise ConfigError(f"trust list {cfg.trust} is for network {trust.network!r}, this peer is in {cfg.network!r}")
+    neighbours = [n.id for n in cfg.neighbours]
+    untrusted = [n for n in neighbours if n not in trust]
+    if untrusted:
+        raise ConfigError(f"network.neighbours: {untrusted[0]} is not on the trust list {cfg.trust}")
+    if identity.peer_id in neighbours:
+        raise ConfigError("network.neighbours lists this peer itself")
+    data = load_local_data(cfg)
+    module = build_model(cfg.model.name, data.features, cfg.model.classes, cfg.model.options, cfg.model.seed)
+    try:
+        with torch.no_grad():
+            out = module(data.x_train[:2])
+    except Exception as exc:
+        raise ConfigError(f"model {cfg.model.name} does not accept the data ({data.features} features): {exc}") from None
+    if out.shape[-1] != cfg.model.classes:
+        raise ConfigError(f"model {cfg.model.name} outputs {out.shape[-1]} classes, model.classes = {cfg.model.classes}")
+    model = FlatModel(module)
+    limit = message_limit(cfg, model.size)
+    if transport is None:
+        from .transports import make_transport
+        transport = make_transport(cfg, identity, hub, max_size=limit)
+    degrees = {n.id: n.degree for n in cfg.neighbours if n.degree is not None}
+    return PeerParts(identity, trust, neighbours, transport, model, data, cfg, degrees, limit)
