@@ -4,31 +4,47 @@ package, and prints; errors that a user can fix become one line and exit code 2.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import click
 
 from gossipfl import __version__
 
+# module -> the typed error it raises; an error class is only looked up once its module is loaded
+# (an error of a package that was never imported cannot have been raised), so a command that
+# needs no model never imports torch just to be able to report a mistake.
+_ERROR_CLASSES = (("aggregation._checks", "AggregationError"), ("gossip.errors", "GossipError"),
+                  ("peer.errors", "PeerError"), ("topology.errors", "TopologyError"),
+                  ("sim.errors", "ScenarioError"))
+
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The project's typed errors: shown as one line, never a traceback."""
-    from aggregation import AggregationError
-    from gossip.errors import GossipError
-    from peer.errors import PeerError
-    from sim.errors import ScenarioError
-    from topology.errors import TopologyError
+    """The project's typed errors (of the packages loaded so far): one line, never a traceback."""
+    found = [getattr(sys.modules[m], name) for m, name in _ERROR_CLASSES if m in sys.modules]
+    return (*found, OSError)
 
-    return (AggregationError, GossipError, PeerError, TopologyError, ScenarioError, OSError)
+
+def _quiet_stdout() -> None:
+    """Point standard output at /dev/null so the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capture output)
+        pass
 
 
 def friendly(fn):
-    """Turn the project's typed errors into `error: ...` and exit status 2."""
+    """Turn the project's typed errors into `error: ...` and exit status 2; a reader that
+    closes the pipe early (`| head`) is not an error: stop quietly with status 0."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:
+            _quiet_stdout()
+            sys.exit(0)
         except user_errors() as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)

@@ -13,7 +13,6 @@ from typing import Any
 
 import msgpack
 
-from gossip.envelope import DOMAIN as ENVELOPE_DOMAIN
 from gossip.identity import PeerIdError, check_peer_id, verify_signature
 
 from .errors import ProvenanceError
@@ -32,6 +31,10 @@ from .provenance import (
     read_meta,
     row_to_event,
 )
+
+# gossip.envelope.DOMAIN, spelled here because importing gossip.envelope loads torch (its codecs)
+# and auditing needs no model; tests/test_audit_queries.py pins the two to each other.
+ENVELOPE_DOMAIN = b"gossipfl/envelope/v1\x00"
 
 
 @dataclass
@@ -252,43 +255,12 @@ class LineageIndex:
 
 
 def trace(update: str, paths, depth: int = 3) -> Lineage:
-    """The update's inputs `depth` rounds back and the aggregations it fed `depth` rounds on."""
-    update = update.lower()
+    """The update's inputs `depth` rounds back and the aggregations it fed `depth` rounds on
+    (`update`: any unambiguous prefix; the picture of the same lineage is peer.audit_lineage's)."""
+    from .audit_fleet import Fleet
+
+    update = Fleet.load(paths).resolve_update(update)
     index = LineageIndex(paths)
-    if update not in index.seen_in:
-        raise ProvenanceError(f"update {update[:16]}... appears in none of the {len(list(paths))} logs given")
     back = index.backward(update, depth)
     back.fed = index.forward(update, depth).fed
     return back
-
-
-def lineage_dot(node: Lineage) -> str:
-    """Graphviz: an edge from each input update to the update it fed."""
-    edges, labels = set(), {}
-
-    def label(n: Lineage) -> str:
-        who = (n.sender or "?")[-6:]
-        return f"{n.update[:10]}\\nfrom ..{who}\\nround {n.round}"
-
-    def walk_back(n: Lineage):
-        labels[n.update] = label(n)
-        for i in n.inputs:
-            edges.add((i.update, n.update))
-            walk_back(i)
-
-    def walk_fwd(n: Lineage):
-        labels[n.update] = label(n)
-        for f in n.fed:
-            if f["next"]:
-                edges.add((n.update, f["next"].update))
-                walk_fwd(f["next"])
-
-    walk_back(node)
-    walk_fwd(node)
-    lines = ["digraph lineage {", "  rankdir=LR;", "  node [shape=box, fontname=monospace];"]
-    for u, lab in sorted(labels.items()):
-        style = ", style=filled, fillcolor=lightyellow" if u == node.update else ""
-        lines.append(f'  "{u}" [label="{lab}"{style}];')
-    lines += [f'  "{a}" -> "{b}";' for a, b in sorted(edges)]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
