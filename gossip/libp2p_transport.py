@@ -168,6 +168,19 @@ class Libp2pTransport(QueuedTransport):
     def addresses(self) -> list[str]:
         return list(self._addrs)
 
+    async def set_neighbours(self, addrs: Mapping[str, str | None]) -> None:
+        """Fleet membership changed the neighbours: dial the new ones at their addresses."""
+        self.neighbour_addrs = dict(addrs)
+        if self.closed:
+            return
+
+        async def remember() -> None:
+            for pid, addr in addrs.items():
+                if addr:
+                    self._remember(pid, addr)
+
+        await self.bridge.call(remember)
+
     async def send(self, peer_id: str, data: bytes) -> bool:
         if self.closed:
             return False

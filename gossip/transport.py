@@ -43,6 +43,9 @@ class Transport:
     async def status(self, info: dict) -> None:
         """Publish a small status (round, accuracy) where the transport has a place for it."""
 
+    async def set_neighbours(self, addrs: dict[str, str | None]) -> None:
+        """The neighbours changed (fleet membership): id -> address where the transport dials."""
+
     on_failure = None  # callable(exc): a background task of the transport died (set by the owner)
 
     def _failed(self, exc: BaseException) -> None:

@@ -29,6 +29,7 @@ class Reason(StrEnum):
     MALFORMED = "malformed"
     BAD_VERSION = "bad_version"
     WRONG_NETWORK = "wrong_network"
+    REVOKED = "revoked"  # the network admin revoked this sender (a membership record)
     UNKNOWN_SENDER = "unknown_sender"
     NOT_A_NEIGHBOUR = "not_a_neighbour"
     STALE_ROUND = "stale_round"
@@ -87,6 +88,7 @@ class Verifier:
     max_size: int = 64 * 1024 * 1024
     max_lag: int = 0
     max_lead: int = 2
+    revoked: Collection[str] = ()  # revoked senders get their own reason (read at each call)
 
     def screen(self, data, current_round: int, seen: Container[tuple[str, int]] = ()) -> Envelope | Rejected:
         """Every check that needs only the header, the signature last; `seen` (read only) holds
@@ -113,6 +115,8 @@ class Verifier:
         if h["net"] != self.network:
             return reject(Reason.WRONG_NETWORK, f"network {h['net']!r:.60}, expected {self.network!r}")
         if sender not in self.trusted:
+            if sender in self.revoked:
+                return reject(Reason.REVOKED, "the network admin revoked this sender")
             return reject(Reason.UNKNOWN_SENDER, "sender is not on the trust list")
         neighbours = self.neighbours
         if neighbours is not None and sender not in neighbours:

@@ -21,6 +21,7 @@ import torch
 
 from aggregation import AggregationError, aggregate
 from gossip.envelope import seal_update
+from gossip.membership import is_record
 from gossip.transport import Transport
 from gossip.verify import Verifier
 
@@ -29,6 +30,7 @@ from .commit import CheckpointWriter
 from .config import PeerConfig
 from .errors import PeerError
 from .lock import DataDirLock
+from .membership import Membership
 from .parts import PeerParts, build_parts
 from .provenance import EventKind, NewEvent, ProvenanceLog
 from .resume import load_for_resume
@@ -77,9 +79,12 @@ class Peer:
         self.neighbours, self.transport, self.model = list(parts.neighbours), parts.transport, parts.model
         self.trainer = Trainer(self.model.module, self.model.flat, parts.data, cfg.train,
                                seed=cfg.data.seed + 7 * cfg.data.shard)
-        self.verifier = Verifier(cfg.network, parts.trust.peers, self.model.schema, self.model.size,
+        self.membership = Membership(self.peer_id, cfg.network, getattr(parts.trust, "admin", None),
+                                     set(parts.trust.peers), {n.id: n.addr for n in cfg.neighbours},
+                                     Path(cfg.data_dir) / "membership.msgpack")
+        self.verifier = Verifier(cfg.network, self.membership.trusted, self.model.schema, self.model.size,
                                  neighbours=set(self.neighbours), max_size=parts.max_message,
-                                 max_lag=0, max_lead=cfg.round.max_lead)
+                                 max_lag=0, max_lead=cfg.round.max_lead, revoked=self.membership.revoked)
         self.stack = UpdateStack(self.neighbours, self.model.size)
         agg = cfg.aggregation
         self.state = RoundState(RoundConfig(
@@ -90,6 +95,7 @@ class Peer:
         self.lock.acquire()  # before the log and the checkpoint are touched
         try:
             self.prov = ProvenanceLog(Path(cfg.data_dir) / "provenance.db", self.identity, cfg.network)
+            self.membership.load()  # the admin's records since the trust list, verified again
         except BaseException:
             self.lock.release()
             raise
@@ -240,6 +246,7 @@ class Peer:
     async def train_and_send(self) -> bool:
         """Phase 1 (the simulator runs it for every peer before phase 2, in lock-step)."""
         self._t0 = time.monotonic()
+        await self._apply_neighbours()
         await self._execute(self.state.start())
         t = time.monotonic()
         if self.cfg.round.train_in_thread:
@@ -393,11 +400,56 @@ class Peer:
             self.prov.append_many(events)
         self.commits.publish()  # its `checkpoint` event is in the log now
 
+    # --- fleet membership ----------------------------------------------------------------
+
+    def _on_record(self, hint: str | None, data: bytes) -> None:
+        """An admin-signed membership record: apply it at once, log it, pass it on."""
+        offer = self.membership.offer(bytes(data))
+        r = offer.record
+        if r is None and not offer.reason:  # an echo of a record this peer applied: nothing new
+            return
+        if r is None:  # forged or malformed: unproven; an older epoch: proven (admin-signed) but stale
+            proven = offer.reason == "stale_membership"
+            who = self.membership.admin if proven else hint
+            self._events.extend(c.event for c in self.state.reject(offer.reason, offer.detail, who, proven)
+                                if isinstance(c, Log))
+            return
+        log.info("membership epoch %d: %s %s", r.epoch, r.action, r.peer)
+        self._events.append(NewEvent(EventKind.MEMBERSHIP, self.round, r.peer, r.record_id,
+                                     {**r.summary(), "bytes": data.hex()}))
+        self._flush()
+        if r.action == "revoke":  # from now on: its updates are rejected, what it sent this round dropped
+            self.state.forget(r.peer)
+        self.parts.allowed.clear()
+        self.parts.allowed.update(self.membership.neighbours)
+        self.parts.allowed.update([self.membership.admin] if self.membership.admin else [])
+        loop = asyncio.get_running_loop()
+        for nb in self.neighbours:  # gossip it on; the epoch stops it coming back
+            if nb != hint and nb != r.peer:
+                loop.create_task(self.transport.send(nb, data))
+
+    async def _apply_neighbours(self) -> None:
+        """New or revoked neighbours count from a round boundary (the stack has one row each)."""
+        wanted = self.membership.neighbours
+        if set(wanted) == set(self.neighbours):
+            return
+        log.info("neighbours now %s", ", ".join(sorted(wanted)) or "none")
+        self.neighbours = sorted(wanted)
+        self.stack = UpdateStack(self.neighbours, self.model.size)
+        self.state.keep = self.stack.settle
+        self.state.set_neighbours(frozenset(wanted))
+        self.state.collected = {s: self.stack.settle(a) for s, a in self.state.collected.items()}
+        self.verifier.neighbours = set(wanted)
+        await self.transport.set_neighbours(dict(wanted))
+
     # --- receiving ---------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
         self._slots = asyncio.Semaphore(VERIFY_WORKERS)  # bounds the messages held while being verified
-        async for _hint, data in self.transport:
+        async for hint, data in self.transport:
+            if is_record(data):
+                self._on_record(hint, data)
+                continue
             screened = self.verifier.screen(data, self.round, self.state.seen)
             for cmd in self.state.screened(screened):
                 if isinstance(cmd, Finish) and len(data) >= VERIFY_IN_THREAD_BYTES:

@@ -31,6 +31,7 @@ class PeerParts:
     cfg: PeerConfig
     neighbour_degrees: dict[str, int] = field(default_factory=dict)
     max_message: int = 0  # bytes: the largest valid update of this model and codec
+    allowed: set[str] = field(default_factory=set)  # who may connect: neighbours and the network admin
 
 
 def message_limit(cfg: PeerConfig, n_params: int) -> int:
@@ -93,8 +94,10 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
         raise ConfigError(f"model {cfg.model.name} outputs {out.shape[-1]} classes, model.classes = {cfg.model.classes}")
     model = FlatModel(module)
     limit = message_limit(cfg, model.size)
+    admin = getattr(trust, "admin", None)
+    allowed = set(neighbours) | ({admin} if admin else set())  # live: membership changes it
     if transport is None:
         from .transports import make_transport
-        transport = make_transport(cfg, identity, hub, max_size=limit)
+        transport = make_transport(cfg, identity, hub, max_size=limit, allowed=allowed)
     degrees = {n.id: n.degree for n in cfg.neighbours if n.degree is not None}
-    return PeerParts(identity, trust, neighbours, transport, model, data, cfg, degrees, limit)
+    return PeerParts(identity, trust, neighbours, transport, model, data, cfg, degrees, limit, allowed)

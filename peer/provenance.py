@@ -55,6 +55,7 @@ class EventKind(StrEnum):
     SKIPPED = "skipped"
     RATE_LIMITED = "rate_limited"
     DIVERGED = "diverged"  # the model went non-finite; the peer returned to its last good checkpoint
+    MEMBERSHIP = "membership"  # an admin-signed membership record was applied (admit or revoke)
 
 
 KINDS = tuple(k.value for k in EventKind)

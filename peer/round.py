@@ -242,6 +242,29 @@ class RoundState:
             return OfferKind.BUFFERED, log
         return OfferKind.DROPPED, []
 
+    def reject(self, reason: str, detail: str, claimed: str | None, authenticated: bool) -> list[Command]:
+        """A rejection decided outside the verifier (a membership record): logged like the others."""
+        self._count(reason)
+        if authenticated:
+            return [Log(NewEvent(EventKind.REJECTED, self.round, claimed, None,
+                                 {"reason": reason, "detail": detail[:300]}))]
+        self._summarise_later(reason, claimed)
+        return []
+
+    def set_neighbours(self, neighbours: frozenset[str]) -> None:
+        """Fleet membership changed who the neighbours are (at a round boundary): forget the rest."""
+        self.cfg.neighbours = frozenset(neighbours)
+        for gone in set(self.collected) | set(self.ahead) | {s for r in self.future.values() for s in r}:
+            if gone not in neighbours:
+                self.forget(gone)
+
+    def forget(self, sender: str) -> None:
+        """Drop everything a sender contributed (it was revoked: from now on it never counts)."""
+        self.collected.pop(sender, None)
+        self.ahead.pop(sender, None)
+        for updates in self.future.values():
+            updates.pop(sender, None)
+
     def _count(self, reason: str) -> None:
         self.rejected[reason] += 1
         self.total_rejected[reason] += 1
@@ -255,14 +278,15 @@ class RoundState:
         if result.authenticated:  # the sender is proven: one event each, under its name
             return [Log(NewEvent(EventKind.REJECTED, result.round, result.sender, env.update_id, {
                 "reason": result.reason.value, "detail": result.detail[:300], "bytes": size}))]
-        # anyone can claim anything: counted per reason and round, logged once at close
-        key = (result.reason.value, self.round)
-        entry = self.strangers.setdefault(key, [0, []])
+        self._summarise_later(result.reason.value, result.sender)
+        return []
+
+    def _summarise_later(self, reason: str, claimed: str | None) -> None:
+        """Anyone can claim anything: counted per reason and round, logged once at close."""
+        entry = self.strangers.setdefault((reason, self.round), [0, []])
         entry[0] += 1
-        claimed = result.sender
         if claimed is not None and claimed not in entry[1] and len(entry[1]) < CLAIMED_SAMPLE:
             entry[1].append(claimed[:64])
-        return []
 
     def _saw_ahead(self, sender: str, rnd: int) -> None:
         self.ahead[sender] = max(self.ahead.get(sender, -1), rnd)

@@ -9,8 +9,10 @@ from .config import PeerConfig
 from .errors import ConfigError
 
 
-def make_transport(cfg: PeerConfig, identity: Identity, hub: MemoryHub | None = None, *, max_size: int) -> Transport:
-    """`max_size`: the largest message to read (peer.parts.message_limit)."""
+def make_transport(cfg: PeerConfig, identity: Identity, hub: MemoryHub | None = None, *, max_size: int,
+                   allowed: set[str] | None = None) -> Transport:
+    """`max_size`: the largest message to read (peer.parts.message_limit); `allowed`: the PeerIds
+    libp2p lets connect (a live set: fleet membership changes it)."""
     kind = cfg.transport.kind
     if kind == "memory":
         return (hub or MemoryHub()).transport(identity.peer_id)
@@ -20,7 +22,7 @@ def make_transport(cfg: PeerConfig, identity: Identity, hub: MemoryHub | None = 
         except ImportError as exc:
             raise ConfigError(f"transport.kind = libp2p is not available: {exc}") from None
         return Libp2pTransport(identity, cfg.transport.listen, {n.id: n.addr for n in cfg.neighbours},
-                               max_size=max_size, mdns=cfg.transport.mdns)
+                               max_size=max_size, mdns=cfg.transport.mdns, allowed=allowed)
     if kind == "mqtt":
         try:
             from gossip.mqtt_transport import MqttTransport

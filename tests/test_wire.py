@@ -25,6 +25,7 @@ from gossip.verify import REASONS, Accepted, Reason, Rejected, Verifier
 ALICE = Identity.from_seed(b"a" * 32)
 BOB = Identity.from_seed(b"b" * 32)
 MALLORY = Identity.from_seed(b"m" * 32)
+CAROL = Identity.from_seed(b"c" * 32)  # revoked by the network admin
 SCHEMA = bytes(range(32))
 N = 257
 PARAMS = torch.linspace(-1, 1, N)
@@ -32,7 +33,7 @@ PARAMS = torch.linspace(-1, 1, N)
 
 def verifier(**kw) -> Verifier:
     args = dict(network="net", trusted={ALICE.peer_id, BOB.peer_id}, schema=SCHEMA, n_params=N,
-                neighbours={ALICE.peer_id}, max_size=1 << 20)
+                neighbours={ALICE.peer_id}, max_size=1 << 20, revoked={CAROL.peer_id})
     args.update(kw)
     return Verifier(**args)
 
@@ -86,6 +87,7 @@ def _crafted():
         Reason.BAD_VERSION: (tamper(good, v=1), {}),
         Reason.WRONG_NETWORK: (message(net="other"), {}),
         Reason.UNKNOWN_SENDER: (message(ident=MALLORY), {}),
+        Reason.REVOKED: (message(ident=CAROL), {}),
         Reason.NOT_A_NEIGHBOUR: (message(ident=BOB), {}),
         Reason.STALE_ROUND: (message(round=4), {}),
         Reason.FUTURE_ROUND: (message(round=8), {}),

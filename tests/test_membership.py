@@ -1,0 +1,142 @@
+"""Fleet membership: admin-signed records (admit, revoke) applied while peers run."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import pytest
+import torch
+
+from gossip.identity import Identity
+from gossip.membership import MAGIC, MembershipError, open_record, seal_record
+from peer.audit import load_events, verify_log
+from peer.local import build_memory_network
+from peer.membership import Membership, MembershipFileError
+from peer.plan import write_plan
+from topology import from_spec
+
+ADMIN = Identity.from_seed(b"A" * 32)
+MALLORY = Identity.from_seed(b"M" * 32)
+IDS = [Identity.from_seed(bytes([i + 1]) * 32) for i in range(4)]
+
+
+def record(epoch, action="admit", peer=IDS[3], neighbours=(IDS[0],), key=ADMIN, net="net", **kw):
+    return seal_record(key, network=net, epoch=epoch, action=action, peer=peer.peer_id,
+                       neighbours=[n.peer_id for n in neighbours] if action == "admit" else (), **kw)
+
+
+def test_a_record_opens_only_for_its_network_and_its_admin():
+    data = record(1, addr="/ip4/127.0.0.1/tcp/4001")
+    r = open_record(data, admin=ADMIN.peer_id, network="net")
+    assert (r.epoch, r.action, r.peer, r.neighbours) == (1, "admit", IDS[3].peer_id, (IDS[0].peer_id,))
+    with pytest.raises(MembershipError, match="not signed by this network's admin"):
+        open_record(record(1, key=MALLORY), admin=ADMIN.peer_id, network="net")
+    with pytest.raises(MembershipError, match="network"):
+        open_record(data, admin=ADMIN.peer_id, network="other")
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda d: d[:-1],  # truncated
+    lambda d: d + b"\x00",  # trailing bytes
+    lambda d: b"GFLM\x02" + d[5:],  # another magic
+    lambda d: MAGIC + msgpack.packb({"sig": msgpack.unpackb(d[5:])["sig"], "body": msgpack.unpackb(d[5:])["body"]}),
+    lambda d: d[:6] + b"\x00" + d[7:],  # a flipped byte
+    lambda d: MAGIC + b"\xc1" * 100,
+    lambda d: d + b"x" * 20_000,  # oversize
+])
+def test_a_mangled_record_is_refused(mangle):
+    data = record(1)
+    with pytest.raises(MembershipError):
+        open_record(mangle(data), admin=ADMIN.peer_id, network="net")
+
+
+def test_a_non_canonical_body_is_refused_even_when_signed():
+    import hashlib
+
+    from gossip import membership as m
+
+    body = msgpack.packb({"peer": IDS[3].peer_id, "action": "revoke", "addr": "", "epoch": 1, "neighbours": [],
+                          "net": "net", "ts": 1.0})  # keys out of order: another byte string, same content
+    sig = ADMIN.sign(hashlib.sha256(m.DOMAIN + body).digest())
+    with pytest.raises(MembershipError, match="canonical"):
+        open_record(MAGIC + msgpack.packb({"body": body, "sig": sig}), admin=ADMIN.peer_id, network="net")
+
+
+def test_epochs_only_go_forward_and_survive_a_restart(tmp_path):
+    def fresh():
+        m = Membership(IDS[0].peer_id, "net", ADMIN.peer_id, {i.peer_id for i in IDS[:3]},
+                       {IDS[1].peer_id: None}, tmp_path / "membership.msgpack")
+        m.load()
+        return m
+
+    m = fresh()
+    assert m.offer(record(1, addr="/ip4/127.0.0.1/tcp/9")).record is not None
+    assert IDS[3].peer_id in m.trusted and m.neighbours[IDS[3].peer_id] == "/ip4/127.0.0.1/tcp/9"
+    stale = m.offer(record(1, action="revoke", peer=IDS[1]))
+    assert stale.record is None and stale.reason == "stale_membership"
+    forged = m.offer(record(2, action="revoke", peer=IDS[1], key=MALLORY))
+    assert forged.record is None and forged.reason == "bad_membership"
+    assert m.offer(record(2, action="revoke", peer=IDS[1])).record is not None
+    assert IDS[1].peer_id not in m.trusted and IDS[1].peer_id in m.revoked and IDS[1].peer_id not in m.neighbours
+    again = fresh()  # the records were persisted and verify again
+    assert (again.epoch, again.trusted, again.revoked, again.neighbours) == (2, m.trusted, m.revoked, m.neighbours)
+    raw = bytearray((tmp_path / "membership.msgpack").read_bytes())
+    raw[-3] ^= 1
+    (tmp_path / "membership.msgpack").write_bytes(bytes(raw))
+    with pytest.raises(MembershipFileError, match="move it aside"):
+        fresh()
+
+
+def test_peers_admit_and_revoke_while_they_run(tmp_path):
+    graph = from_spec("ring:4", seed=1)
+    graph.add_node(4)  # a gateway planned but not yet anyone's neighbour
+    over = {"train": {"local_steps": 10, "lr": 0.1}, "round": {"deadline": 1.0, "train_in_thread": False, "interval": 0.3},
+            "aggregation": {"rule": "mean", "f": 0}}
+    nodes = write_plan(graph, tmp_path, transport="memory", overrides=over, draw=False)
+    hub, peers = build_memory_network(nodes)
+    ids = [p.peer_id for p in peers]
+    for p in peers:
+        p.membership.admin = ADMIN.peer_id
+    net = peers[0].cfg.network
+
+    def seal(epoch, action, peer, nbrs=()):
+        return seal_record(ADMIN, network=net, epoch=epoch, action=action, peer=ids[peer],
+                           neighbours=[ids[n] for n in nbrs])
+
+    async def scenario():
+        admin = hub.transport(ADMIN.peer_id)
+        await admin.start()
+        for p in peers:
+            await p.start()
+        runs = [asyncio.ensure_future(p.run(8)) for p in peers]
+        while peers[0].round < 2:
+            await asyncio.sleep(0.05)
+        admit = seal(1, "admit", 4, nbrs=(0, 2))
+        await admin.send(ids[0], admit)  # node 0 passes it on to its neighbours, and so on
+        await admin.send(ids[4], admit)
+        await admin.send(ids[0], seal_record(MALLORY, network=net, epoch=9, action="revoke", peer=ids[0]))
+        while peers[0].round < 4:
+            await asyncio.sleep(0.05)
+        await admin.send(ids[2], seal(2, "revoke", 1))
+        await admin.send(ids[2], admit)  # a replay of an older epoch
+        revoked_at = {i: p.round for i, p in enumerate(peers)}
+        await asyncio.gather(*runs)
+        return revoked_at
+
+    revoked_at = asyncio.run(scenario())
+    assert all(p.membership.epoch == 2 for i, p in enumerate(peers) if i != 1)  # everyone heard, by gossip
+    for i in (0, 2):
+        _, aggregated = load_events(nodes[i].dir / "data" / "provenance.db", kind="aggregated")
+        assert any(ids[4] in e.details["senders"] for e in aggregated), i  # the new gateway counts
+    for i in (0, 2):
+        _, received = load_events(nodes[i].dir / "data" / "provenance.db", kind="received")
+        late = [e.round for e in received if e.counterpart == ids[1] and e.round >= revoked_at[i] + 2]
+        assert late == [], (i, late)
+    assert peers[0].rejections["revoked"] + peers[2].rejections["revoked"] > 0
+    assert peers[0].rejections["bad_membership"] == 1 and peers[2].rejections["stale_membership"] == 1
+    _, membership = load_events(nodes[3].dir / "data" / "provenance.db", kind="membership")
+    assert [(e.details["epoch"], e.details["action"]) for e in membership] == [(1, "admit"), (2, "revoke")]
+    for n in nodes:
+        assert verify_log(n.dir / "data" / "provenance.db").ok
+    assert torch.isfinite(peers[4].model.flat).all() and peers[4].history[-1].accepted == 2
