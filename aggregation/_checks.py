@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import torch
 
-
-class AggregationError(ValueError):
-    """Raised for input a rule cannot aggregate; the message says what to fix."""
+from .catalog import AggregationError  # noqa: F401  (defined without torch, raised here)
 
 
 def check_stack(stack: torch.Tensor) -> torch.Tensor:

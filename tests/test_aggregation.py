@@ -361,3 +361,15 @@ def test_half_precision_stacks_are_aggregated_in_float32(dtype):
     out = aggregate("median", x.to(dtype), f=2).value
     assert out.dtype == torch.float32
     assert torch.equal(out, x.to(dtype).float().median(dim=0).values)
+
+
+def test_the_torch_free_catalogue_matches_the_rules_it_names():
+    import inspect
+
+    from aggregation import catalog, mda
+
+    assert catalog.MAX_MDA_SUBSETS == mda.MAX_SUBSETS
+    for rule in [*A.REGISTRY.values(), *A.PRE_REGISTRY.values()]:
+        sig = inspect.signature(rule.fn)
+        declared = [p for p, v in sig.parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p != "mix"]
+        assert list(rule.params) == declared, rule.name
