@@ -5,7 +5,10 @@ verifies; trust and aggregation stay with the peers. Each peer subscribes to
 `PREFIX/NETWORK/PEER_ID/inbox/+` and publishes to `PREFIX/NETWORK/NEIGHBOUR/inbox/SENDER`
 with QoS 1. The last level is the sender as the broker lets it through: a hint only, unless
 the broker enforces it with the ACL that `gossipfl topology plan --transport mqtt` writes.
-It keeps a retained status message under `PREFIX/NETWORK/PEER_ID/status` for dashboards.
+It keeps a retained status message under `PREFIX/NETWORK/PEER_ID/status` for dashboards
+(`gossipfl fleet status`): the peer's last status with `"online": true` while connected, an
+explicit `"online": false` on a clean close, and a last will (published by the broker when
+the connection dies without one: a killed process, a lost link) saying the same.
 The MQTT client runs on its own event loop thread (gossip.loop_thread): paho moves whole
 packets inside its loop, which stalled the peer's loop for 150 ms on a 50 MB update.
 """
@@ -17,6 +20,7 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 
 import aiomqtt
 
@@ -59,8 +63,8 @@ class MqttTransport(QueuedTransport):
     def __init__(self, identity: Identity, network: str, *, host: str = "127.0.0.1", port: int = 1883,
                  username: str | None = None, password: str | None = None, tls: bool = False,
                  ca_file: str | None = None, prefix: str = "gossipfl", status: bool = True,
-                 max_size: int = 64 * 1024 * 1024, inbox: int = 256):
-        self.identity, self.peer_id, self.network = identity, identity.peer_id, network
+                 max_size: int = 64 * 1024 * 1024, inbox: int = 256, name: str = ""):
+        self.identity, self.peer_id, self.network, self.name = identity, identity.peer_id, network, name
         self.host, self.port, self.username, self.password = host, port, username, password
         self.tls, self.ca_file, self.prefix, self.publish_status = tls, ca_file, prefix, status
         super().__init__(inbox)
@@ -73,6 +77,7 @@ class MqttTransport(QueuedTransport):
         self.closed = True
         self._ever_connected = False
         self._last_error = ""
+        self._last_status: dict = {}
 
     def topic(self, peer_id: str, leaf: str) -> str:
         return f"{self.prefix}/{self.network}/{peer_id}/{leaf}"
@@ -86,13 +91,23 @@ class MqttTransport(QueuedTransport):
     def _login(self) -> str:
         return f"as {self.username!r}" if self.username else "anonymously"
 
+    def _offline(self, reason: str) -> bytes:
+        """The status saying this peer is gone (its last round kept when there was one)."""
+        return json.dumps({**self._identity_status(), **self._last_status, "online": False, "reason": reason,
+                           "ts": time.time()}).encode()
+
+    def _identity_status(self) -> dict:
+        return {"v": 1, "name": self.name, "peer_id": self.peer_id}
+
     def _client(self) -> aiomqtt.Client:
         tls_context = None
         if self.tls:
             tls_context = ssl.create_default_context(cafile=self.ca_file)
+        will = aiomqtt.Will(status_topic(self.prefix, self.network, self.peer_id), self._offline("connection lost"),
+                            qos=1, retain=True)
         return aiomqtt.Client(self.host, self.port, username=self.username, password=self.password,
                               identifier=f"gossipfl-{self.peer_id[-16:]}", tls_context=tls_context,
-                              timeout=CONNECT_TIMEOUT, max_queued_incoming_messages=0)
+                              timeout=CONNECT_TIMEOUT, max_queued_incoming_messages=0, will=will)
 
     async def start(self) -> None:
         self.queue = asyncio.Queue(maxsize=self.queue.maxsize)
@@ -142,6 +157,8 @@ class MqttTransport(QueuedTransport):
                     self._ever_connected = True
                     delay = 0.5
                     log.info("connected to MQTT broker %s:%d", self.host, self.port)
+                    if self.publish_status:  # online again: replaces a will the broker may have published
+                        await self._status({**self._identity_status(), **self._last_status, "online": True})
                     async for message in client.messages:
                         payload = message.payload
                         if not isinstance(payload, (bytes, bytearray)) or len(payload) > self.max_size:
@@ -183,13 +200,18 @@ class MqttTransport(QueuedTransport):
             return False
 
     async def status(self, info: dict) -> None:
+        """Publish `info` (peer.metrics.PeerMetrics.status()) as the retained, online status.
+        A clean close repeats its last values with `"online": false`; the will, fixed when the
+        client connects, carries the values known then (always the name and PeerId)."""
+        self._last_status = {k: v for k, v in info.items() if k not in ("online", "reason", "ts")}
         if self.publish_status and self.client is not None and not self.closed:
-            await self.io.call(self._status(info))
+            await self.io.call(self._status({**self._identity_status(), **info, "online": True}))
 
     async def _status(self, info: dict) -> None:
         client = self.client
         if client is None:
             return
+        info.setdefault("ts", time.time())
         with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
             await client.publish(status_topic(self.prefix, self.network, self.peer_id), json.dumps(info), qos=1,
                                  retain=True, timeout=10)
@@ -204,6 +226,11 @@ class MqttTransport(QueuedTransport):
         self._end()
 
     async def _stop_on_io(self) -> None:
+        client = self.client
+        if self.publish_status and client is not None:  # a clean close says so (the will is for the rest)
+            with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
+                await client.publish(status_topic(self.prefix, self.network, self.peer_id), self._offline("stopped"),
+                                     qos=1, retain=True, timeout=5)
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

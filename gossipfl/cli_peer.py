@@ -60,7 +60,7 @@ def peer_start(config: str, rounds, log_format: str, verbose: bool) -> None:
     from peer.service import serve
 
     cfg = load_config(config)
-    logs.setup(log_format, logging.DEBUG if verbose else logging.INFO)
+    logs.setup(log_format, logging.DEBUG if verbose else logging.INFO, peer=cfg.name or None, names=logs.names_of(cfg))
     sys.exit(asyncio.run(serve(cfg, rounds)))
 
 

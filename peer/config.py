@@ -17,7 +17,8 @@ from gossip.files import FileReadError, read_limited_text
 from gossip.identity import check_peer_id
 
 from .errors import ConfigError
-from .model import BUILTIN, check_builtin_options, check_call, load_object
+from .learner import check_learner
+from .model import BUILTIN, check_builtin_options, check_call, check_model_factory, load_object
 from .training import TrainConfig
 
 TRANSPORTS = ("memory", "libp2p", "mqtt")
@@ -98,6 +99,31 @@ class RoundConfig:
 
 
 @dataclass
+class MetricsConfig:
+    listen: str | None = None  # "HOST:PORT" to serve Prometheus metrics on (peer.metrics); None: off
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """"127.0.0.1:9464" or "[::1]:9464" -> (host, port); ValueError says what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT with a TCP port, like 127.0.0.1:9464")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if not host or not host.isprintable() or any(c in host for c in " /[]") or (":" in host and not bracketed):
+        raise ValueError("must be HOST:PORT with a host name or address (IPv6 in brackets: [::1]:9464)")
+    return host, int(port)
+
+
+def _host_port(v):
+    try:
+        split_host_port(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
 class PeerConfig:
     key: Path
     network: str
@@ -110,6 +136,7 @@ class PeerConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     round: RoundConfig = field(default_factory=RoundConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     name: str = ""
     source: Path | None = None
 
@@ -268,13 +295,15 @@ def _listen(v):
     return None
 
 
-def _model(m: _Table) -> ModelConfig:
+def _model(m: _Table, base: Path) -> ModelConfig:
     model = m.section(ModelConfig, {"name": (str, {}), "classes": (int, {"check": _between(2, 1_000_000)}),
                                     "options": (dict, {}), "seed": _SEED})
     if model.name in BUILTIN:
         check_builtin_options(model.name, model.options)
     elif ":" not in model.name:
         raise ConfigError(f"model.name must be {', '.join(BUILTIN)} or package.module:factory, got {model.name!r}")
+    else:
+        check_model_factory(model.name, model.options, base)
     return model
 
 
@@ -297,7 +326,7 @@ def _data(d: _Table, base: Path) -> DataConfig:
                 raise ConfigError(f"data.path is required when data.source = {data.source!r}")
             data.path = str(base / data.path)
     elif ":" in data.source:
-        loader = load_object(data.source, "data.source")
+        loader = load_object(data.source, "data.source", base)
         check_call(loader, "data.options", data.options, fixed=LOADER_ARGUMENTS)
     else:
         raise ConfigError(f"data.source must be digits, npz, csv or package.module:loader, got {data.source!r}")
@@ -347,13 +376,15 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
     if transport.kind == "mqtt" and any(c in network for c in ("/", *_MQTT_TOPIC_CHARS)):
         raise ConfigError(f"network.id must not contain /, + or # with transport.kind = mqtt, got {network!r}")
 
-    model = _model(top.table("model"))
+    model = _model(top.table("model"), base)
     data = _data(top.table("data"), base)
 
     train = top.table("train").section(TrainConfig, {
         "local_steps": (int, {"check": _between(1, 1 << 31)}), "epochs": (float, {"check": _between(0, 1e6)}),
         "batch_size": (int, {"check": _between(1, 1 << 20)}), "lr": (float, {"check": _positive}),
-        "momentum": (float, {"check": _fraction}), "weight_decay": (float, {"check": _non_negative})})
+        "momentum": (float, {"check": _fraction}), "weight_decay": (float, {"check": _non_negative}),
+        "learner": (str, {"check": lambda v: None if v else "must not be empty"}), "options": (dict, {})})
+    check_learner(train.learner, train.options, base)
 
     a = top.table("aggregation")
     agg = a.section(AggregationConfig, {
@@ -376,13 +407,15 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
         raise ConfigError(f"round.quorum must be at most the number of neighbours ({len(neighbours)}), "
                           f"got {rnd.quorum}")
 
+    metrics = top.table("metrics").section(MetricsConfig, {"listen": (str, {"check": _host_port})})
+
     s = top.table("storage")
     data_dir = base / s.get("dir", str, DEFAULT_DATA_DIR, check=lambda v: None if v else "must not be empty")
     s.done()
     top.done()
     return PeerConfig(key=key, network=network, trust=trust, neighbours=neighbours, data_dir=data_dir,
                       transport=transport, model=model, data=data, train=train, aggregation=agg, round=rnd,
-                      name=name)
+                      metrics=metrics, name=name)
 
 
 def load_config(path: str | os.PathLike) -> PeerConfig:

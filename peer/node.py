@@ -9,11 +9,9 @@ and committing checkpoints.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,6 @@ import torch
 
 from aggregation import AggregationError, aggregate
 from gossip.envelope import seal_update
-from gossip.membership import is_record
 from gossip.transport import Transport
 from gossip.verify import Verifier
 
@@ -29,8 +26,10 @@ from . import checkpoint as ckpt
 from .commit import CheckpointWriter
 from .config import PeerConfig
 from .errors import PeerError
+from .inbox import VERIFY_IN_THREAD_BYTES, Inbox
 from .lock import DataDirLock
 from .membership import Membership
+from .metrics import PeerMetrics, metric_dict
 from .parts import PeerParts, build_parts
 from .provenance import EventKind, NewEvent, ProvenanceLog
 from .resume import load_for_resume
@@ -38,10 +37,8 @@ from .round import (
     Aggregate,
     Checkpoint,
     Command,
-    Finish,
     JumpTo,
     Log,
-    OfferKind,
     RoundConfig,
     RoundState,
     Send,
@@ -52,8 +49,6 @@ from .stack import UpdateStack
 from .training import Metrics, Trainer
 
 log = logging.getLogger("gossipfl.peer")
-VERIFY_IN_THREAD_BYTES = 1 << 20
-VERIFY_WORKERS = 2  # SHA-256 releases the GIL: two updates hash at once on a 2-core gateway
 MAX_DIVERGED = 3  # rounds in a row with a non-finite model before the peer stops
 
 
@@ -107,7 +102,10 @@ class Peer:
         self._wake, self._stop = asyncio.Event(), asyncio.Event()
         self._receiver: asyncio.Task | None = None
         self._sending: dict[str, asyncio.Task] = {}  # neighbour -> the transmission in flight
-        self._verify_pool = ThreadPoolExecutor(max_workers=VERIFY_WORKERS, thread_name_prefix="verify")
+        self.inbox = Inbox(self)
+        names = {**parts.trust.names, **{n.id: n.name for n in cfg.neighbours if n.name}}
+        self.metrics = PeerMetrics(cfg.name or self.peer_id[-8:], self.peer_id, neighbours=len(self.neighbours),
+                                   names=names)
         self._diverged = 0
         self.failure: BaseException | None = None
         self.started = False
@@ -150,10 +148,11 @@ class Peer:
         loop = asyncio.get_running_loop()
         self.transport.on_failure = lambda exc: loop.call_soon_threadsafe(self._failed, "the transport", exc)
         await self.transport.start()
-        self._receiver = asyncio.get_running_loop().create_task(self._receive_loop())
+        self._receiver = asyncio.get_running_loop().create_task(self.inbox.run())
         self._receiver.add_done_callback(self._receiver_ended)
 
     async def start(self) -> None:
+        self.metrics.start(self.cfg.metrics.listen)
         self.resume()
         await self.go_online()
         addrs = self.transport.addresses()
@@ -207,9 +206,10 @@ class Peer:
             except Exception as exc:  # already reported by _receiver_ended
                 log.debug("receive loop ended with %r", exc)
         await self.transport.close()
-        self._verify_pool.shutdown(wait=False)
+        self.inbox.close()
         self.prov.close()
         self.lock.release()
+        self.metrics.stop()
         log.info("peer %s stopped at round %d (%s)", self.cfg.name or self.peer_id, self.round, reason)
 
     async def run(self, rounds: int | None = None) -> list[RoundRecord]:
@@ -246,7 +246,7 @@ class Peer:
     async def train_and_send(self) -> bool:
         """Phase 1 (the simulator runs it for every peer before phase 2, in lock-step)."""
         self._t0 = time.monotonic()
-        await self._apply_neighbours()
+        await self.inbox.apply_neighbours()
         await self._execute(self.state.start())
         t = time.monotonic()
         if self.cfg.round.train_in_thread:
@@ -280,17 +280,22 @@ class Peer:
         if self._stop.is_set():
             return None
         accepted, rejected = len(self.state.collected), Counter(self.state.rejected)
+        heard = list(self.state.collected)
         self._note, self._aggregated = "", False
         await self._execute(self.state.close())
         rec = RoundRecord(r, self._train, self._eval, accepted, rejected, self._aggregated, self._note,
                           self._bytes_sent, time.monotonic() - self._t0, self._train_s, self._eval_s)
         self.history.append(rec)
-        await self.transport.status({"round": r, "eval_accuracy": round(self._eval.accuracy, 4),
-                                     "neighbours_seen": accepted, "neighbours": len(self.neighbours),
-                                     "aggregated": self._aggregated, "ts": time.time()})
+        await self.transport.status(self.metrics.round_done(
+            r, train=self._train, eval=self._eval, heard=heard, aggregated=self._aggregated, seconds=rec.seconds,
+            rejected_total=self.state.total_rejected, note=self._note))
         log.info("round %d: train loss %.3f, eval acc %.3f, %d/%d neighbours accepted%s, %.2fs", r,
                  self._train.loss, self._eval.accuracy, accepted, len(self.neighbours),
-                 f" ({self._note})" if self._note else "", rec.seconds)
+                 f" ({self._note})" if self._note else "", rec.seconds, extra={
+                     "event": "round", "round": r, "accepted": accepted, "neighbours": len(self.neighbours),
+                     "rejected": dict(rejected), "aggregated": self._aggregated, "note": self._note,
+                     "train": metric_dict(self._train), "eval": metric_dict(self._eval),
+                     "seconds": round(rec.seconds, 3)})
         return rec
 
     async def _execute(self, commands: list[Command]) -> None:
@@ -309,8 +314,6 @@ class Peer:
                     self._note, self._result = reason, self._own
                 case Checkpoint():
                     self._begin_checkpoint(cmd.next_round)
-                case Finish(env):
-                    self._finish(env)
 
     async def _check_finite(self) -> None:
         """A model that diverged is never sent: log it and return to the last checkpoint."""
@@ -356,6 +359,7 @@ class Peer:
     async def _transmit(self, nb: str, data: bytes, round_: int) -> None:
         if await self.transport.send(nb, data):
             self._bytes_sent += len(data)
+            self.metrics.bytes_out(len(data))
         else:
             log.debug("round %d: update to %s not delivered", round_, nb)
 
@@ -394,89 +398,17 @@ class Peer:
         await self._durable()
         self._flush()
 
+    def log_events(self, commands, flush: bool = False) -> None:
+        """Queue the Log commands' events for the next provenance transaction."""
+        self._events.extend(c.event for c in commands if isinstance(c, Log))
+        if flush or len(self._events) >= 64:
+            self._flush()
+
+    def wake(self) -> None:
+        self._wake.set()
+
     def _flush(self) -> None:
         if self._events:
             events, self._events = self._events, []
             self.prov.append_many(events)
         self.commits.publish()  # its `checkpoint` event is in the log now
-
-    # --- fleet membership ----------------------------------------------------------------
-
-    def _on_record(self, hint: str | None, data: bytes) -> None:
-        """An admin-signed membership record: apply it at once, log it, pass it on."""
-        offer = self.membership.offer(bytes(data))
-        r = offer.record
-        if r is None and not offer.reason:  # an echo of a record this peer applied: nothing new
-            return
-        if r is None:  # forged or malformed: unproven; an older epoch: proven (admin-signed) but stale
-            proven = offer.reason == "stale_membership"
-            who = self.membership.admin if proven else hint
-            self._events.extend(c.event for c in self.state.reject(offer.reason, offer.detail, who, proven)
-                                if isinstance(c, Log))
-            return
-        log.info("membership epoch %d: %s %s", r.epoch, r.action, r.peer)
-        self._events.append(NewEvent(EventKind.MEMBERSHIP, self.round, r.peer, r.record_id,
-                                     {**r.summary(), "bytes": data.hex()}))
-        self._flush()
-        if r.action == "revoke":  # from now on: its updates are rejected, what it sent this round dropped
-            self.state.forget(r.peer)
-        self.parts.allowed.clear()
-        self.parts.allowed.update(self.membership.neighbours)
-        self.parts.allowed.update([self.membership.admin] if self.membership.admin else [])
-        loop = asyncio.get_running_loop()
-        for nb in self.neighbours:  # gossip it on; the epoch stops it coming back
-            if nb != hint and nb != r.peer:
-                loop.create_task(self.transport.send(nb, data))
-
-    async def _apply_neighbours(self) -> None:
-        """New or revoked neighbours count from a round boundary (the stack has one row each)."""
-        wanted = self.membership.neighbours
-        if set(wanted) == set(self.neighbours):
-            return
-        log.info("neighbours now %s", ", ".join(sorted(wanted)) or "none")
-        self.neighbours = sorted(wanted)
-        self.stack = UpdateStack(self.neighbours, self.model.size)
-        self.state.keep = self.stack.settle
-        self.state.set_neighbours(frozenset(wanted))
-        self.state.collected = {s: self.stack.settle(a) for s, a in self.state.collected.items()}
-        self.verifier.neighbours = set(wanted)
-        await self.transport.set_neighbours(dict(wanted))
-
-    # --- receiving ---------------------------------------------------------------------
-
-    async def _receive_loop(self) -> None:
-        self._slots = asyncio.Semaphore(VERIFY_WORKERS)  # bounds the messages held while being verified
-        async for hint, data in self.transport:
-            if is_record(data):
-                self._on_record(hint, data)
-                continue
-            screened = self.verifier.screen(data, self.round, self.state.seen)
-            for cmd in self.state.screened(screened):
-                if isinstance(cmd, Finish) and len(data) >= VERIFY_IN_THREAD_BYTES:
-                    # hashing megabytes would stall the event loop: worker threads verify, the loop takes
-                    await self._slots.acquire()
-                    job = asyncio.get_running_loop().run_in_executor(self._verify_pool, self.verifier.finish,
-                                                                     cmd.envelope)
-                    job.add_done_callback(functools.partial(self._verified, len(data)))
-                else:
-                    await self._execute([cmd])
-
-    def _finish(self, env) -> None:
-        self._take(self.verifier.finish(env), env.size)
-
-    def _verified(self, size: int, job: asyncio.Future) -> None:
-        self._slots.release()
-        if not self.started or job.cancelled():
-            return
-        if job.exception() is not None:  # the verifier returns Rejected for bad input; this is a bug
-            log.error("verifying a message failed: %r", job.exception())
-            return
-        self._take(job.result(), size)
-
-    def _take(self, result, size: int) -> None:
-        kind, commands = self.state.offer(result, size)
-        self._events.extend(c.event for c in commands if isinstance(c, Log))
-        if len(self._events) >= 64:
-            self._flush()
-        if kind is OfferKind.ACCEPTED:
-            self._wake.set()

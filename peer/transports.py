@@ -31,5 +31,5 @@ def make_transport(cfg: PeerConfig, identity: Identity, hub: MemoryHub | None = 
         t = cfg.transport
         return MqttTransport(identity, cfg.network, host=t.host, port=t.port, username=t.username,
                              password=t.password, tls=t.tls, ca_file=t.ca_file, prefix=t.topic_prefix,
-                             status=t.status, max_size=max_size)
+                             status=t.status, max_size=max_size, name=cfg.name)
     raise ConfigError(f"transport.kind must be memory, libp2p or mqtt, got {kind!r}")

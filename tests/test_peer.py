@@ -302,7 +302,7 @@ def test_the_checkpoint_event_is_logged_once_the_checkpoint_is_durable(tmp_path)
 def test_large_updates_are_verified_on_worker_threads_with_every_rejection_counted(tmp_path):
     # ~1.5 MB updates take the threaded path (two verifications at once); a replayed copy and a
     # corrupted payload are still rejected with their reasons and never reach aggregation
-    nodes = plan(tmp_path, "complete:4", model={"options": {"hidden": [1024, 300]}}, round={"deadline": 1.0})
+    nodes = plan(tmp_path, "complete:4", model={"options": {"hidden": [1024, 300]}}, round={"deadline": 10.0, "quorum": 2})
 
     def duplicate(nb, data):
         return [data, data]

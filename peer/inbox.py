@@ -1,0 +1,110 @@
+"""What arrives at a peer: updates (screened, rate-limited, verified, counted) and the
+admin's membership records (applied, logged, passed on). The driver half of the peer that
+listens; peer.node.Peer owns it and the round state it feeds."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from gossip.membership import is_record
+
+from .provenance import EventKind, NewEvent
+from .round import Finish, Log, OfferKind
+from .stack import UpdateStack
+
+if TYPE_CHECKING:
+    from .node import Peer
+
+log = logging.getLogger("gossipfl.peer")
+VERIFY_IN_THREAD_BYTES = 1 << 20
+VERIFY_WORKERS = 2  # SHA-256 releases the GIL: two updates hash at once on a 2-core gateway
+
+
+class Inbox:
+    def __init__(self, peer: Peer):
+        self.peer = peer
+        self.pool = ThreadPoolExecutor(max_workers=VERIFY_WORKERS, thread_name_prefix="verify")
+        self.slots: asyncio.Semaphore | None = None  # bounds the messages held while being verified
+
+    async def run(self) -> None:
+        p = self.peer
+        self.slots = asyncio.Semaphore(VERIFY_WORKERS)
+        async for hint, data in p.transport:
+            p.metrics.bytes_in(len(data))
+            if is_record(data):
+                self.on_record(hint, data)
+                continue
+            screened = p.verifier.screen(data, p.round, p.state.seen)
+            for cmd in p.state.screened(screened):
+                if isinstance(cmd, Finish) and len(data) >= VERIFY_IN_THREAD_BYTES:
+                    # hashing megabytes would stall the event loop: worker threads verify, the loop takes
+                    await self.slots.acquire()
+                    job = asyncio.get_running_loop().run_in_executor(self.pool, p.verifier.finish, cmd.envelope)
+                    job.add_done_callback(functools.partial(self._verified, len(data)))
+                elif isinstance(cmd, Finish):
+                    self.take(p.verifier.finish(cmd.envelope), len(data))
+                else:
+                    p.log_events([cmd])
+
+    def _verified(self, size: int, job: asyncio.Future) -> None:
+        self.slots.release()
+        if not self.peer.started or job.cancelled():
+            return
+        if job.exception() is not None:  # the verifier returns Rejected for bad input; this is a bug
+            log.error("verifying a message failed: %r", job.exception())
+            return
+        self.take(job.result(), size)
+
+    def take(self, result, size: int) -> None:
+        kind, commands = self.peer.state.offer(result, size)
+        self.peer.log_events(commands)
+        if kind is OfferKind.ACCEPTED:
+            self.peer.wake()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False)
+
+    # --- fleet membership ----------------------------------------------------------------
+
+    def on_record(self, hint: str | None, data: bytes) -> None:
+        """An admin-signed membership record: apply it at once, log it, pass it on."""
+        p = self.peer
+        offer = p.membership.offer(bytes(data))
+        r = offer.record
+        if r is None and not offer.reason:  # an echo of a record this peer applied: nothing new
+            return
+        if r is None:  # forged or malformed: unproven; an older epoch: proven (admin-signed) but stale
+            proven = offer.reason == "stale_membership"
+            p.log_events(p.state.reject(offer.reason, offer.detail, p.membership.admin if proven else hint, proven))
+            return
+        log.info("membership epoch %d: %s %s", r.epoch, r.action, r.peer)
+        p.log_events([Log(NewEvent(EventKind.MEMBERSHIP, p.round, r.peer, r.record_id,
+                                   {**r.summary(), "bytes": data.hex()}))], flush=True)
+        if r.action == "revoke":  # from now on: its updates are rejected, what it sent this round dropped
+            p.state.forget(r.peer)
+        p.parts.allowed.clear()
+        p.parts.allowed.update(p.membership.neighbours)
+        p.parts.allowed.update([p.membership.admin] if p.membership.admin else [])
+        loop = asyncio.get_running_loop()
+        for nb in p.neighbours:  # gossip it on; the epoch stops it coming back
+            if nb != hint and nb != r.peer:
+                loop.create_task(p.transport.send(nb, data))
+
+    async def apply_neighbours(self) -> None:
+        """New or revoked neighbours count from a round boundary (the stack has one row each)."""
+        p = self.peer
+        wanted = p.membership.neighbours
+        if set(wanted) == set(p.neighbours):
+            return
+        log.info("neighbours now %s", ", ".join(sorted(wanted)) or "none")
+        p.neighbours = sorted(wanted)
+        p.stack = UpdateStack(p.neighbours, p.model.size)
+        p.state.keep = p.stack.settle
+        p.state.set_neighbours(frozenset(wanted))
+        p.state.collected = {s: p.stack.settle(a) for s, a in p.state.collected.items()}
+        p.verifier.neighbours = set(wanted)
+        await p.transport.set_neighbours(dict(wanted))
