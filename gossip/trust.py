@@ -17,17 +17,23 @@ MAX_TRUST_FILE = 4 * 1024 * 1024
 
 @dataclass(frozen=True)
 class TrustList:
-    """The allowed peers of one network; `names` maps a PeerId to an optional label."""
+    """The allowed peers of one network; `names` maps a PeerId to an optional label.
+    `admin` is the PeerId of the network's admin key, which signs membership records
+    (None in trust lists written before there was one: no membership changes then)."""
 
     network: str
     peers: frozenset[str]
     names: dict[str, str]
+    admin: str | None = None
 
     def __contains__(self, peer_id: object) -> bool:
         return peer_id in self.peers
 
     def to_toml(self) -> str:
-        lines = [f'network = "{self.network}"', ""]
+        lines = [f'network = "{self.network}"']
+        if self.admin is not None:
+            lines.append(f'admin = "{self.admin}"  # signs membership records; its key is kept off the gateways')
+        lines.append("")
         for pid in sorted(self.peers, key=lambda p: (self.names.get(p, ""), p)):
             lines.append("[[peer]]")
             lines.append(f'id = "{pid}"')
@@ -37,10 +43,17 @@ class TrustList:
         return "\n".join(lines)
 
 
-def build_trust_list(network: str, entries: list) -> TrustList:
+def build_trust_list(network: str, entries: list, admin: str | None = None) -> TrustList:
     """Entries are PeerId strings or {id, name} tables; errors name the bad entry."""
     if not isinstance(network, str) or not network:
         raise TrustListError("trust list: `network` must be a non-empty string")
+    if admin is not None:
+        if not isinstance(admin, str):
+            raise TrustListError(f"trust list: `admin` must be a PeerId string, got {admin!r:.80}")
+        try:
+            check_peer_id(admin)
+        except PeerIdError as exc:
+            raise TrustListError(f"trust list: `admin`: {exc}") from None
     peers: list[str] = []
     names: dict[str, str] = {}
     for i, entry in enumerate(entries):
@@ -57,11 +70,14 @@ def build_trust_list(network: str, entries: list) -> TrustList:
         peers.append(pid)
         if name is not None:
             names[pid] = str(name)
-    return TrustList(network, frozenset(peers), names)
+    if admin is not None and admin in peers:
+        raise TrustListError(f"trust list: `admin` {admin} is also a peer; the admin key must be kept apart from the nodes")
+    return TrustList(network, frozenset(peers), names, admin)
 
 
 def load_trust_list(path: str | os.PathLike) -> TrustList:
-    """Read a TOML (`network = ...`, `[[peer]] id = ...`) or JSON ({"network", "peers"}) trust list."""
+    """Read a TOML (`network = ...`, optional `admin = ...`, `[[peer]] id = ...`) or JSON
+    ({"network", "peers", optional "admin"}) trust list."""
     path = Path(path)
     try:
         text = read_limited_text(path, MAX_TRUST_FILE, "trust list")
@@ -81,6 +97,6 @@ def load_trust_list(path: str | os.PathLike) -> TrustList:
     if not isinstance(doc, dict) or not isinstance(entries, list):
         raise TrustListError(f"trust list {path}: expected `network` and a list of peers")
     try:
-        return build_trust_list(doc.get("network"), entries)
+        return build_trust_list(doc.get("network"), entries, doc.get("admin"))
     except TrustListError as exc:
         raise TrustListError(f"{path}: {exc}") from None

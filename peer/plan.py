@@ -1,6 +1,8 @@
-"""Deployment plans: from a topology to a ready folder per node (key, peer.toml) plus one
-shared trust list, the drawing and the analysis. Lives in `peer` because it writes keys
-(gossip) and the peer's config format; the graph math stays in `topology`."""
+"""Deployment plans: from a topology to a ready folder per node (key, peer.toml, systemd
+unit) plus one shared trust list, the network's admin key (in its own folder, to be moved
+off the machine), the drawing and the analysis with its robustness verdict. Lives in `peer`
+because it writes keys (gossip) and the peer's config format; the graph math stays in
+`topology`."""
 
 from __future__ import annotations
 
@@ -18,10 +20,25 @@ from gossip.trust import build_trust_list
 from .config import AggregationConfig, DataConfig, ModelConfig, RoundConfig, load_config
 from .errors import ConfigError
 from .mosquitto import BrokerPeer, new_password, write_broker_files, write_secret
+from .systemd import GatewayLayout, unit_text
 from .tomlwrite import dumps
 from .training import TrainConfig
 
 BROKER_DIR = "broker"  # mqtt plans: mosquitto.conf, passwd and acl for the broker host
+ADMIN_DIR = "admin"  # the network admin key: signs membership records, never copied to a gateway
+ADMIN_KEY = "admin.key"
+ADMIN_README = """\
+This folder holds the admin key of network {network!r} (PeerId {peer_id}).
+
+It signs membership records: `gossipfl fleet admit` and `gossipfl fleet revoke` need it,
+the peers do not. Every peer trusts it (trust.toml: admin = ...), so whoever holds it
+decides who is in the network. Move this folder off this machine (an offline disk, a
+password manager) once the plan is copied to the gateways; never copy it to a gateway.
+"""
+
+
+class WeakPlanError(ConfigError):
+    """Some node's neighbourhood is too small for the aggregation rule at its f."""
 
 
 @dataclass
@@ -31,6 +48,7 @@ class PlannedNode:
     dir: Path
     config: Path
     port: int | None
+    unit: Path | None = None  # the node's systemd unit file (libp2p and mqtt plans)
 
 
 def default_tables() -> dict:
@@ -52,21 +70,62 @@ def node_dir_name(label) -> str:
     return f"node-{safe}"
 
 
+def aggregation_of(overrides: dict | None) -> tuple[str, int]:
+    """The rule and f every node of a plan gets (the defaults, then the overrides)."""
+    table = {**default_tables()["aggregation"], **((overrides or {}).get("aggregation") or {})}
+    return table["rule"], table["f"]
+
+
+def check_robustness(graph: nx.Graph, overrides: dict | None = None):
+    """topology.robustness.check_plan for the rule and f the plan writes; errors name the field."""
+    from topology.errors import TopologyError
+    from topology.robustness import check_plan
+
+    rule, f = aggregation_of(overrides)
+    try:
+        return check_plan(graph, rule, f)
+    except TopologyError as exc:
+        raise ConfigError(f"aggregation: {exc}") from None
+
+
+def weak_plan_message(check, *, refused: bool = True) -> str:
+    """Why the plan is refused (or, written anyway, weak) and what would work, in the flags
+    of `topology plan`."""
+    ideas = check.suggestions()
+    fix = f" What would work: {'; '.join(ideas)}." if ideas else ""
+    if refused:
+        return (f"refusing a plan in which {check.problem()}; they would keep their own model every round.{fix} "
+                "Use --allow-weak to write it anyway")
+    return f"wrote a plan in which {check.problem()}; they will keep their own model every round.{fix}"
+
+
 def write_plan(graph: nx.Graph, out: str | os.PathLike, *, network_id: str = "gossipfl", transport: str = "libp2p",
                host: str = "127.0.0.1", base_port: int = 4001, mqtt_host: str = "127.0.0.1", mqtt_port: int = 1883,
                force: bool = False, overrides: dict | None = None, identities: dict | None = None,
-               draw: bool = True, ports: list[int] | None = None) -> list[PlannedNode]:
-    """Write keys (0600), peer.toml per node and trust.toml; refuse an existing folder unless `force`.
+               draw: bool = True, ports: list[int] | None = None, allow_weak: bool = True,
+               gateway: GatewayLayout | None = None, admin: Identity | None = None) -> list[PlannedNode]:
+    """Write keys (0600), peer.toml per node, trust.toml and the admin key (ADMIN_DIR, whose
+    PeerId trust.toml names as the network's admin); refuse an existing folder unless `force`.
     An mqtt plan also gives every node a broker login (username = its PeerId) and writes the
     broker's password file, ACL and mosquitto.conf into BROKER_DIR (see peer.mosquitto).
+    libp2p and mqtt plans get a systemd unit per node, for the `gateway` layout (default
+    GatewayLayout()), and an empty data folder (the only one the unit lets the peer write).
 
+    `allow_weak=False` refuses (WeakPlanError, before writing anything) a plan in which some
+    node's neighbourhood cannot meet its rule's requirement for its f; the CLI passes it.
+    Either way analysis.json carries the verdict.
     `overrides` are merged into every node's config tables (e.g. {"round": {"deadline": 2.0}});
-    `identities` maps node labels to Identity objects to use instead of fresh keys;
-    `ports` gives each node's libp2p port (default: base_port + index).
+    `identities` maps node labels to Identity objects to use instead of fresh keys (`admin`
+    likewise for the admin key); `ports` gives each node's libp2p port (default: base_port + index).
     """
     out = Path(out)
     if transport not in ("libp2p", "mqtt", "memory"):
         raise ConfigError(f"--transport must be libp2p, mqtt or memory, got {transport!r}")
+    robustness = check_robustness(graph, overrides)
+    if not robustness.ok and not allow_weak:
+        raise WeakPlanError(weak_plan_message(robustness))
+    if transport != "memory" and gateway is None:
+        gateway = GatewayLayout()
     if out.exists() and any(out.iterdir()):
         if not force:
             raise ConfigError(f"{out} exists and is not empty; refusing to overwrite keys (use --force)")
@@ -76,7 +135,10 @@ def write_plan(graph: nx.Graph, out: str | os.PathLike, *, network_id: str = "go
     index = {v: i for i, v in enumerate(nodes)}
     port_of = {v: (ports[i] if ports else base_port + i) for v, i in index.items()}
     idents = {v: (identities or {}).get(v) or Identity.generate() for v in nodes}
-    trust = build_trust_list(network_id, [{"id": idents[v].peer_id, "name": str(v)} for v in nodes])
+    admin = admin or Identity.generate()
+    write_admin_key(out / ADMIN_DIR, admin, network_id)
+    trust = build_trust_list(network_id, [{"id": idents[v].peer_id, "name": str(v)} for v in nodes],
+                             admin=admin.peer_id)
     (out / "trust.toml").write_text(trust.to_toml())
     planned, configs = [], []
     overrides = overrides or {}
@@ -117,22 +179,52 @@ def write_plan(graph: nx.Graph, out: str | os.PathLike, *, network_id: str = "go
         cfg_path = d / "peer.toml"
         text = f"# node {v} of a {len(nodes)}-node plan ({graph.graph.get('spec', 'graph')})\n" + dumps(doc)
         cfg_path.write_text(text)
-        configs.append(load_config(cfg_path))  # every written config must load
-        planned.append(PlannedNode(str(v), idents[v].peer_id, d, cfg_path, port))
+        cfg = load_config(cfg_path)  # every written config must load
+        configs.append(cfg)
+        unit = None
+        if gateway is not None:
+            unit = write_unit(d, cfg, gateway, f"node {v} of gossipfl network {network_id}")
+        planned.append(PlannedNode(str(v), idents[v].peer_id, d, cfg_path, port, unit))
     if transport == "mqtt":
         write_plan_broker(out / BROKER_DIR, configs, mqtt_host)
-    manifest = [{"node": p.label, "peer_id": p.peer_id, "config": str(p.config.relative_to(out)), "port": p.port}
-                for p in planned]
-    (out / "plan.json").write_text(json.dumps({"network": network_id, "transport": transport, "nodes": manifest},
-                                              indent=1))
+    manifest = [{"node": p.label, "peer_id": p.peer_id, "config": str(p.config.relative_to(out)), "port": p.port,
+                 **({"unit": str(p.unit.relative_to(out))} if p.unit else {})} for p in planned]
+    (out / "plan.json").write_text(json.dumps({"network": network_id, "transport": transport,
+                                               "admin": admin.peer_id, "nodes": manifest}, indent=1))
     if draw:
         from topology.analysis import summarize
         from topology.draw import draw as draw_graph
 
         summary, _ = summarize(graph)
+        summary.robustness = robustness.to_dict()
         (out / "analysis.json").write_text(json.dumps(summary.to_dict(), indent=1, default=str))
-        draw_graph(graph, out / "topology.png", title=graph.graph.get("spec", ""))
+        draw_graph(graph, out / "topology.png", title=graph.graph.get("spec", ""), at_risk=robustness.weak)
     return planned
+
+
+def write_admin_key(folder: Path, admin: Identity, network_id: str) -> Path:
+    """ADMIN_DIR/admin.key (0600, in a 0700 folder) beside a README that says to move it away."""
+    folder.mkdir(mode=0o700)
+    os.chmod(folder, 0o700)
+    path = save_key(admin, folder / ADMIN_KEY)
+    (folder / "README.txt").write_text(ADMIN_README.format(network=network_id, peer_id=admin.peer_id))
+    return path
+
+
+def write_unit(node_dir: Path, cfg, gateway: GatewayLayout, description: str) -> Path:
+    """The node's systemd unit, for its folder's place on the gateway; creates the data folder
+    it may write when that lies inside the node's folder (the unit needs it to exist)."""
+    node, data_dir = node_dir.resolve(), cfg.data_dir.resolve()
+    if data_dir.is_relative_to(node):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        data = data_dir.relative_to(node).as_posix()
+    else:  # storage.dir outside the node's folder: the same absolute path on the gateway
+        data = data_dir.as_posix()
+    label = node_dir.name.removeprefix("node-")
+    spec = gateway.unit(label, node_dir.name, data, description)
+    path = node_dir / f"{spec.name}.service"
+    path.write_text(unit_text(spec))
+    return path
 
 
 def write_plan_broker(folder: Path, configs: list, host: str):

@@ -33,7 +33,7 @@ class Summary:
     connectivity_exact: bool
     spectral_gap: float | None
     rounds_to_1e3: float | None
-    robustness: dict | None = field(default=None)
+    robustness: dict | None = field(default=None)  # None: not assessed (no rule and budget given)
 
     def rows(self) -> list[tuple[str, str]]:
         approx = "" if self.diameter_exact else " (lower bound)"
@@ -46,8 +46,13 @@ class Summary:
                ("edge cuts to disconnect", f"{self.edge_connectivity}{conn}" if self.edge_connectivity is not None else "-"),
                ("spectral gap (Metropolis-Hastings)", f"{self.spectral_gap:.4g}" if self.spectral_gap is not None else "-"),
                ("gossip rounds to 1e-3 consensus", f"{self.rounds_to_1e3:.1f}" if self.rounds_to_1e3 is not None else "-")]
-        if self.robustness:
-            r = self.robustness
+        r = self.robustness
+        if not r:
+            out.append(("robustness", "not assessed (no attack budget given)"))
+        elif "f" in r:  # a plan's verdict: each node against its own f
+            out.append((f"cannot aggregate with {r['rule']} at f={r['f']} per node",
+                        f"{len(r['at_risk'])} of {self.nodes} nodes"))
+        else:
             out.append((f"at risk under {r['rule']} with {r['budget']} Byzantine",
                         f"{len(r['at_risk'])} of {self.nodes} nodes"))
         return out

@@ -35,11 +35,13 @@ def check_image_path(path: str | os.PathLike) -> None:
                             f"{', '.join('.' + f for f in sorted(formats))}")
 
 
-def draw(graph: nx.Graph, path: str | os.PathLike, *, title: str = "", at_risk=(), byzantine=(),
+def draw(graph: nx.Graph, path: str | os.PathLike, *, title: str = "", at_risk=None, byzantine=(),
          seed: int = 0) -> str:
-    """Honest nodes blue, at-risk orange, Byzantine red; labels only on small graphs."""
+    """Honest nodes blue, at-risk orange, Byzantine red; labels only on small graphs.
+    `at_risk=None` means robustness was not assessed: the legend says so rather than "safe"."""
     check_image_path(path)
-    at_risk, byzantine = set(at_risk), set(byzantine)
+    assessed = at_risk is not None
+    at_risk, byzantine = set(at_risk or ()), set(byzantine)
     n = graph.number_of_nodes()
     pos = layout(graph, seed)
     colours = ["#d62728" if v in byzantine else "#ff7f0e" if v in at_risk else "#1f77b4" for v in graph.nodes]
@@ -50,7 +52,9 @@ def draw(graph: nx.Graph, path: str | os.PathLike, *, title: str = "", at_risk=(
     if n <= 40:
         nx.draw_networkx_labels(graph, pos, ax=ax, font_size=8, font_color="white")
     from matplotlib.lines import Line2D
-    legend = [Line2D([], [], marker="o", ls="", color="#1f77b4", label="honest, safe")]
+    plain = "honest" if byzantine else "node"
+    label = f"{plain}, safe" if assessed else f"{plain} (robustness not assessed)"
+    legend = [Line2D([], [], marker="o", ls="", color="#1f77b4", label=label)]
     if at_risk:
         legend.append(Line2D([], [], marker="o", ls="", color="#ff7f0e", label="at risk"))
     if byzantine:
