@@ -19,32 +19,82 @@ def _print_outcome(outcome, title: str, quiet: bool) -> None:
     from sim import report
 
     console = _console()
+    for w in outcome.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
     if not quiet:
         console.print(report.table(outcome.rows, title))
+    engines = {r["engine"] for r in outcome.rows}
+    logs = "per-run topology.png (small graphs)"
+    if "protocol" in engines:
+        logs += " and peers/*/data/provenance.db"
+    if "batched" in engines:
+        logs += "; batched runs write no provenance logs (no wire: see summary.json)"
     console.print(f"results: {outcome.out} (summary.json, metrics.jsonl, metrics.csv, "
-                  f"{', '.join(p.name for p in outcome.plots)}, per-run topology.png and peers/*/data/provenance.db)")
+                  f"{', '.join(p.name for p in outcome.plots)}, {logs})")
 
 
 @main.group("sim")
 def sim_group() -> None:
-    """Simulate many peers on one machine."""
+    """Simulate many peers on one machine (or a Ray cluster)."""
 
 
 @sim_group.command("run")
 @click.argument("scenario", type=click.Path(dir_okay=False))
-@click.option("--sweep", multiple=True, help="KEY=V1,V2 (aggregator, attack, byzantine, topology, partition, ...)")
+@click.argument("sweep_items", nargs=-1, metavar="[KEY=V1,V2 ...]")
+@click.option("--sweep", multiple=True, help="KEY=V1,V2: run every combination (aggregator, attack, byzantine, "
+              "topology, dataset, ... or a field name such as attack.kind); also as extra arguments")
+@click.option("--engine", type=click.Choice(["auto", "protocol", "batched"]), default=None,
+              help="override the scenario's engine (auto: protocol up to 100 nodes, batched beyond)")
+@click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
+              help="run the sweep's points as Ray tasks (auto: a running cluster, else a local one)")
+@click.option("--shards", type=click.IntRange(0, 4096), default=0,
+              help="with --ray: split each batched run over this many Ray actors")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="results folder (default: results/NAME)")
 @click.option("--quiet", is_flag=True, help="no progress bar or table")
 @friendly
-def sim_run(scenario: str, sweep, out, quiet: bool) -> None:
-    """Run SCENARIO.toml (optionally a grid of variants) and write metrics, plots and logs."""
+def sim_run(scenario: str, sweep_items, sweep, engine, ray_address, shards: int, out, quiet: bool) -> None:
+    """Run SCENARIO.toml (optionally a grid of variants) and write metrics, plots and logs.
+
+    \b
+    gossipfl sim run s.toml --sweep aggregator=mean,median attack=none,sign_flip,alie
+    gossipfl sim run s.toml --engine batched --ray auto --shards 2
+    """
+    from sim.errors import ScenarioError
     from sim.run import run_all
     from sim.scenario import expand, load, parse_sweep
 
+    items = list(sweep) + list(sweep_items)
+    for item in sweep_items:
+        if "=" not in item:
+            raise ScenarioError(f"unexpected argument {item!r}: sweep items are KEY=V1,V2 (e.g. attack=none,alie)")
+    if shards > 1 and not ray_address:
+        raise ScenarioError("--shards needs --ray auto|ADDRESS (the shards are Ray actors)")
     base = load(scenario)
-    scenarios = expand(base, parse_sweep(list(sweep))) if sweep else [base]
-    outcome = run_all(scenarios, out or f"results/{base.name}", quiet=quiet)
+    scenarios = expand(base, parse_sweep(items)) if items else [base]
+    outcome = run_all(scenarios, out or f"results/{base.name}", quiet=quiet, engine=engine, ray=ray_address,
+                      shards=shards, console=_console())
     _print_outcome(outcome, f"simulation {base.name}", quiet)
+
+
+@sim_group.command("init")
+@click.argument("path", type=click.Path(dir_okay=False), default="scenario.toml")
+@click.option("--force", is_flag=True, help="overwrite an existing file")
+@friendly
+def sim_init(path: str, force: bool) -> None:
+    """Write a commented example scenario to PATH (default scenario.toml)."""
+    from pathlib import Path
+
+    from sim.errors import ScenarioError
+    from sim.scenario import EXAMPLE, build
+
+    import tomllib
+
+    build(tomllib.loads(EXAMPLE))  # the example is always a valid scenario
+    p = Path(path)
+    if p.exists() and not force:
+        raise ScenarioError(f"{p} exists; use --force to overwrite it")
+    p.write_text(EXAMPLE)
+    click.echo(f"wrote {p}; run it with: gossipfl sim run {p}")
 
 
 @main.command("demo")

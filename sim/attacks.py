@@ -189,6 +189,9 @@ class AttackTransport(Transport):
     async def status(self, info: dict) -> None:
         await self.inner.status(info)
 
+    async def set_neighbours(self, addrs: dict) -> None:
+        await self.inner.set_neighbours(addrs)
+
 
 def poison_labels(trainer, label_map: torch.Tensor) -> None:
     """Data poisoning: from now on the trainer learns `label_map[y]` for every label y."""

@@ -1,140 +1,405 @@
-"""A vectorized robustness simulator for long sweeps (bench/robustness.py).
+"""The batched engine: thousands of nodes as rows of one tensor.
 
-All nodes' parameters live in one (N, d) tensor; one local SGD step for every node is a
-single torch.func.vmap(grad(...)) over `functional_call` of the peer's own model; each
-honest node then aggregates its neighbourhood (own row first) with aggregation.aggregate,
-the attackers' rows crafted per target by sim.attacks. No signing, transport or logs:
-this answers "which rule, on which graph, under which attack", fast; the protocol engine
-(sim.engine) is the one that runs the real peer code.
+All nodes' parameters live in one (N, d) tensor. A round: every online node takes its local
+SGD steps at once (torch.func vmap over nodes of grad of the peer's own model through
+`functional_call`), in chunks of nodes; which messages arrive (dropout, loss, latency,
+stragglers, partition) is drawn per edge; the honest nodes are grouped by how many rows they
+aggregate (own + neighbours that delivered) and each group is one batched `aggregate` call
+on a (B, n, d) stack: the same aggregation code a peer runs. Attackers' rows are crafted per
+target neighbourhood, vectorized (sim.attacks.model_attack_rows); label flip poisons the
+attackers' data. No signing, transport or provenance logs: protocol attacks need the
+protocol engine (sim.engine), the reference this engine is tested against.
+
+Every random draw is a hash of (seed, node, round, ...) (sim.streams), so chunk sizes and
+sharding (sim.sharded: one `Shard` per Ray actor) never change a result.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from aggregation import REGISTRY, aggregate, parse_rule
-from peer.data import digits_pool_and_test, partition
+from aggregation import AggregationError, aggregate
+from gossip.envelope import max_message_size
 from peer.model import build_model
-from topology.mixing import metropolis_hastings
+from peer.round import _fits, rule_params
 
-from .attacks import MODEL_ATTACKS, label_flip_map, model_attack
-from .engine import place_byzantine
+from . import datasets, streams
+from .attacks import DATA_ATTACKS, MODEL_ATTACKS, PROTOCOL_ATTACKS, label_flip_map, model_attack_rows
+from .engine import RoundMetrics, RunResult
+from .errors import ScenarioError
+from .placement import place_byzantine
 from .scenario import Scenario
+
+STACK_BUDGET = 64 << 20  # bytes of one gathered (B, n, d) stack: chunks of targets stay below it
+CHUNK_NODES = 2048  # nodes per vmap call of training and evaluation
+
+
+def plan_order(graph: nx.Graph) -> list:
+    """Node labels in the order of peer.plan (node i gets data shard i in both engines)."""
+    return sorted(graph.nodes, key=lambda v: (str(type(v)), v))
+
+
+def refuse_protocol_attack(attack: str) -> None:
+    if attack in PROTOCOL_ATTACKS:
+        raise ScenarioError(f"attack.kind = {attack!r} is a protocol attack (bytes on the wire): the batched engine "
+                            "has no wire and does not model it; run it with engine = \"protocol\"")
 
 
 @dataclass
-class BatchedResult:
-    mean_accuracy: float
-    min_accuracy: float
-    byzantine: list
-    cap: int
+class Topo:
+    """The graph as arrays in plan order, with the Byzantine nodes: what every shard shares."""
+
+    labels: list
+    ptr: np.ndarray  # (N + 1,) node i's neighbours are nbr[ptr[i] : ptr[i + 1]], ascending
+    nbr: np.ndarray
+    degree: np.ndarray
+    byz: np.ndarray  # (N,) bool
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    @staticmethod
+    def of(graph: nx.Graph, byzantine: list) -> Topo:
+        labels = plan_order(graph)
+        index = {v: i for i, v in enumerate(labels)}
+        rows = [sorted(index[u] for u in graph.neighbors(v)) for v in labels]
+        degree = np.array([len(r) for r in rows], dtype=np.int64)
+        ptr = np.concatenate([[0], np.cumsum(degree)]).astype(np.int64)
+        nbr = np.fromiter((u for r in rows for u in r), dtype=np.int64, count=int(ptr[-1]))
+        byz = np.zeros(len(labels), dtype=bool)
+        byz[[index[b] for b in byzantine]] = True
+        return Topo(labels, ptr, nbr, degree, byz)
 
 
-def _loss(module, names, shapes):
-    def loss(flat, x, y):
-        params, offset = {}, 0
-        for n, s in zip(names, shapes, strict=True):
-            k = int(np.prod(s))
-            params[n] = flat[offset : offset + k].view(s)
-            offset += k
-        out = functional_call(module, params, (x,))
-        return torch.nn.functional.cross_entropy(out, y)
-    return loss
+def _unflatten(names, shapes):
+    sizes = [math.prod(s) for s in shapes]
+
+    def params_of(flat: torch.Tensor) -> dict:
+        return {n: p.view(s) for n, p, s in zip(names, torch.split(flat, sizes), shapes, strict=True)}
+    return params_of
 
 
-def run_batched(graph: nx.Graph, *, rule: str | None, attack: str, byzantine: int, cap: int, f: int, split: str,
-                rounds: int, seed: int, lr: float = 0.1, momentum: float = 0.0, batch: int = 32,
-                attack_params: dict | None = None) -> BatchedResult:
-    """rule=None: local training only (no gossip). `cap` > 0 caps the attackers next to any honest
-    node (0: random placement); `f` is what each rule is told to tolerate."""
-    torch.manual_seed(seed)
-    nodes = sorted(graph.nodes)
-    n = len(nodes)
-    index = {v: i for i, v in enumerate(nodes)}
-    sc = Scenario(byzantine=byzantine, cap=cap, placement="random")
-    bad = place_byzantine(graph, sc, random.Random(seed + 1)) if byzantine else []
-    bad_idx = {index[v] for v in bad}
-    honest = [i for i in range(n) if i not in bad_idx]
+class Shard:
+    """The nodes `own` (global plan indices, ascending) of a batched run, plus copies of the
+    rows of their neighbours outside the block (the halo), refreshed by `take_halo` each
+    round. One shard holding every node is the single-process engine."""
 
-    (x_pool, y_pool), (x_test, y_test) = digits_pool_and_test()
-    how, extra = ("labels", {"labels_per_shard": 2}) if split == "noniid" else ("iid", {})
-    shards = partition(y_pool, n, how, seed=seed, **extra)
-    xs = [torch.from_numpy(x_pool[s]) for s in shards]
-    ys = [torch.from_numpy(y_pool[s]) for s in shards]
-    flip = label_flip_map(10)
-    if attack == "label_flip":
-        for i in bad_idx:
-            ys[i] = flip[ys[i]]
-    x_test, y_test = torch.from_numpy(x_test), torch.from_numpy(y_test)
+    def __init__(self, sc: Scenario, rule: str, topo: Topo, own: np.ndarray,
+                 progress: Callable[[int], None] | None = None):
+        self.sc, self.rule, self.topo = sc, rule, topo
+        self.own = np.asarray(own, dtype=np.int64)
+        n_all = topo.n
+        inner = np.zeros(n_all, dtype=bool)
+        inner[self.own] = True
+        neigh = np.unique(np.concatenate([topo.nbr[topo.ptr[i]:topo.ptr[i + 1]] for i in self.own])) \
+            if len(self.own) else np.zeros(0, dtype=np.int64)
+        self.halo = neigh[~inner[neigh]]
+        self.view = np.concatenate([self.own, self.halo])
+        self.pos = np.full(n_all, -1, dtype=np.int64)
+        self.pos[self.view] = np.arange(len(self.view))
+        # boundary: own nodes that some other block needs
+        outer_nb = [np.any(~inner[topo.nbr[topo.ptr[i]:topo.ptr[i + 1]]]) for i in self.own]
+        self.boundary = self.own[np.array(outer_nb, dtype=bool)] if len(self.own) else self.own
+        # in-edges of own nodes, grouped by target (ascending), sources ascending
+        counts = topo.degree[self.own]
+        self.e_row = np.repeat(np.arange(len(self.own)), counts)
+        self.e_dst = self.own[self.e_row]
+        self.e_src = np.concatenate([topo.nbr[topo.ptr[i]:topo.ptr[i + 1]] for i in self.own]) \
+            if len(self.own) else np.zeros(0, dtype=np.int64)
 
-    module = build_model("mlp", 64, 10, {"hidden": [32]}, seed=seed)
-    names = [k for k, _ in module.named_parameters()]
-    shapes = [tuple(p.shape) for _, p in module.named_parameters()]
-    init = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
-    params = init.repeat(n, 1)  # every node starts from the same seeded model
-    buf = torch.zeros_like(params)
-    step = vmap(grad(_loss(module, names, shapes)))
-    gen = torch.Generator().manual_seed(seed)
+        self.train_data, self.eval_data = datasets.node_data(
+            sc.dataset, sc.data_options, partition_=sc.partition, alpha=sc.alpha,
+            labels_per_shard=sc.labels_per_shard, seed=sc.seed, nodes=self.own, total=n_all, progress=progress)
+        if sc.attack in DATA_ATTACKS:
+            flip = label_flip_map(10)
+            for k in np.flatnonzero(topo.byz[self.own]):
+                lo, c = self.train_data.offset[k], self.train_data.count[k]
+                self.train_data.y[lo:lo + c] = flip[self.train_data.y[lo:lo + c]]
+        features = datasets.FEATURES[sc.dataset]
+        module = build_model(sc.model, features, 10, sc.model_options, seed=sc.seed)
+        self.module = module
+        names = [k for k, _ in module.named_parameters()]
+        shapes = [tuple(p.shape) for _, p in module.named_parameters()]
+        params_of = _unflatten(names, shapes)
+        init = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+        self.d = init.numel()
+        self.params = init.repeat(len(self.view), 1)  # every node starts from the same seeded model
+        self.buf = torch.zeros(len(self.own), self.d) if sc.momentum else None
 
-    _, w_mat = metropolis_hastings(graph)
-    w_dense = torch.tensor(w_mat.toarray(), dtype=torch.float32)
-    neigh = [[index[u] for u in sorted(graph.neighbors(v))] for v in nodes]
-    rule_takes_weights = rule is not None and REGISTRY[parse_rule(rule)[1]].takes_weights
-    gen_attack = torch.Generator().manual_seed(seed + 99)
+        def loss(flat, x, y):
+            return torch.nn.functional.cross_entropy(functional_call(module, params_of(flat), (x,)), y)
 
-    for _ in range(rounds):
-        idx = [torch.randint(0, len(y), (min(batch, len(y)),), generator=gen) for y in ys]
-        xb = torch.stack([x[i] for x, i in zip(xs, idx, strict=True)])
-        yb = torch.stack([y[i] for y, i in zip(ys, idx, strict=True)])
-        g = step(params, xb, yb)
-        if momentum:
-            buf.mul_(momentum).add_(g)
-            g = buf
-        params = params - lr * g
-        if rule is None:
-            continue
-        new = params.clone()
-        for i in honest:
-            rows = [i] + neigh[i]
-            stack = params[rows].clone()
-            for j, r in enumerate(rows):
-                if r in bad_idx and attack in MODEL_ATTACKS:
-                    hon = [i] + [u for u in neigh[i] if u not in bad_idx]
-                    stack[j] = model_attack(attack, params[hon], params[i], params[r], n=len(rows),
-                                            b=sum(1 for u in neigh[i] if u in bad_idx), gen=gen_attack,
-                                            params=attack_params, honest_without_target=params[hon[1:]])
-            weights = w_dense[i, rows] if rule_takes_weights else None
-            out = aggregate(rule, stack, weights, f=f, **({"own": 0} if "own" in REGISTRY[parse_rule(rule)[1]].params else {}))
-            new[i] = out.value
-        params = new
+        def logits(flat, x):
+            return functional_call(module, params_of(flat), (x,))
 
-    with torch.no_grad():
-        accs = []
-        for i in honest:
-            p, offset = {}, 0
-            for nme, s in zip(names, shapes, strict=True):
-                k = int(np.prod(s))
-                p[nme] = params[i, offset : offset + k].view(s)
-                offset += k
-            out = functional_call(module, p, (x_test,))
-            accs.append(float((out.argmax(1) == y_test).float().mean()))
-    return BatchedResult(float(np.mean(accs)), float(np.min(accs)), bad, cap)
+        self._grad = vmap(grad(loss))
+        self._logits_common = vmap(logits, in_dims=(0, None))
+        self._logits_own = vmap(logits)
+        test = datasets.test_set(sc.dataset, sc.data_options)
+        self.test = None if test is None else (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+        self.down = np.zeros(n_all, dtype=bool)
+        self.honest_own = np.flatnonzero(~topo.byz[self.own])
+        side = np.arange(n_all) < n_all // 2
+        self.cross = side[self.e_src] != side[self.e_dst]
+        self.slow = self.e_src >= n_all - sc.stragglers if sc.stragglers else np.zeros(len(self.e_src), dtype=bool)
+
+    # --- a round ------------------------------------------------------------------------
+
+    def churn(self, r: int) -> None:
+        """Honest nodes go down with probability `dropout` and come back with `rejoin` (every
+        shard runs the chain for every node: cheap, and the same in each)."""
+        sc = self.sc
+        if not sc.dropout:
+            return
+        u = streams.uniform(sc.seed, streams.CHURN, r, np.arange(self.topo.n))
+        honest = ~self.topo.byz
+        self.down = np.where(self.down, u >= sc.rejoin, u < sc.dropout) & honest
+
+    def train(self, r: int) -> None:
+        """Local SGD for every online own node, chunk by chunk."""
+        sc, data = self.sc, self.train_data
+        active = np.flatnonzero(~self.down[self.own])
+        batch = np.arange(sc.batch_size)[None, :]
+        for lo in range(0, len(active), CHUNK_NODES):
+            local = active[lo:lo + CHUNK_NODES]
+            glob = self.own[local]
+            p = self.params[local]
+            buf = self.buf[local] if self.buf is not None else None
+            for s in range(sc.local_steps):
+                pick = streams.below(sc.seed, streams.BATCH, data.count[local][:, None], glob[:, None], r, s, batch)
+                idx = torch.from_numpy(data.offset[local][:, None] + pick)
+                g = self._grad(p, data.x[idx], data.y[idx])
+                if buf is not None:
+                    buf = buf.mul_(sc.momentum).add_(g)
+                    g = buf
+                p = p - sc.lr * g
+            self.params[local] = p
+            if buf is not None:
+                self.buf[local] = buf
+
+    def export(self) -> tuple[np.ndarray, torch.Tensor]:
+        """The trained rows other blocks need (their halo), for the exchange."""
+        return self.boundary, self.params[self.pos[self.boundary]]
+
+    def take_halo(self, ids: np.ndarray, rows: torch.Tensor) -> None:
+        """Another block's exported rows: keep the ones in this block's halo."""
+        p = self.pos[ids]
+        keep = p >= len(self.own)
+        if keep.any():
+            self.params[torch.from_numpy(p[keep])] = rows[torch.from_numpy(np.flatnonzero(keep))]
+
+    def _delivered(self, r: int) -> np.ndarray:
+        """Which in-edges of own nodes deliver this round (both ends online, not lost, not cut
+        by the partition, not later than the deadline)."""
+        sc = self.sc
+        ok = ~self.down[self.e_src] & ~self.down[self.e_dst]
+        if sc.loss:
+            ok &= streams.uniform(sc.seed, streams.LOSS, r, self.e_src, self.e_dst) >= sc.loss
+        pr = sc.partition_rounds
+        if pr and pr[0] <= r <= pr[1]:
+            ok &= ~self.cross
+        if sc.latency:
+            wait = -np.log1p(-streams.uniform(sc.seed, streams.LATENCY, r, self.e_src, self.e_dst))
+            ok &= np.where(self.slow, 10 * sc.latency, sc.latency) * wait <= sc.deadline
+        elif sc.stragglers:
+            ok &= ~self.slow
+        return ok
+
+    def aggregate(self, r: int) -> int:
+        """Every online own node aggregates what it received; returns messages delivered."""
+        sc, topo = self.sc, self.topo
+        n_own = len(self.own)
+        online = ~self.down[self.own]
+        ok = self._delivered(r)
+        src = self.e_src[ok]
+        got = np.bincount(self.e_row[ok], minlength=n_own)
+        start = np.concatenate([[0], np.cumsum(got)[:-1]])
+        new = self.params[:n_own].clone()
+        attack = sc.attack in MODEL_ATTACKS
+        mh = sc.weights == "metropolis_hastings"
+        params = rule_params(self.rule, sc.rule_params)
+        for k in np.unique(got[online] + 1) if online.any() else []:
+            if not _fits(self.rule, int(k), sc.f):
+                continue  # kept own model, as a peer skips
+            targets = np.flatnonzero(online & (got + 1 == k))
+            chunk = max(1, STACK_BUDGET // (int(k) * self.d * 4))
+            for lo in range(0, len(targets), chunk):
+                t = targets[lo:lo + chunk]
+                rows = np.empty((len(t), int(k)), dtype=np.int64)
+                rows[:, 0] = t
+                if k > 1:
+                    rows[:, 1:] = self.pos[src[start[t][:, None] + np.arange(int(k) - 1)[None, :]]]
+                stack = self.params[torch.from_numpy(rows)]
+                if attack:
+                    self._craft(r, stack, t, rows)
+                weights = self._mh(t, rows) if mh else None
+                try:
+                    out = aggregate(self.rule, stack, weights, f=sc.f, **params)
+                except AggregationError:
+                    continue  # kept own model: the rule refused these inputs
+                new[torch.from_numpy(t)] = out.value
+        self.params[:n_own] = new
+        return int(ok.sum())
+
+    def _mh(self, t: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """Metropolis-Hastings weights of the rows that arrived; a missing neighbour's weight
+        stays with the own model (peer.round does the same)."""
+        deg = self.topo.degree
+        nb = deg[self.view[rows[:, 1:]]]
+        w = 1.0 / (1.0 + np.maximum(deg[self.own[t]][:, None], nb))
+        return torch.from_numpy(np.concatenate([1.0 - w.sum(1, keepdims=True), w], 1).astype(np.float32))
+
+    def _craft(self, r: int, stack: torch.Tensor, t: np.ndarray, rows: np.ndarray) -> None:
+        """Replace, in place, the Byzantine rows that honest targets received with what an
+        omniscient attacker sends each target (from the target's honest neighbourhood)."""
+        sc, topo = self.sc, self.topo
+        glob_rows = self.view[rows]
+        is_bad = topo.byz[glob_rows]
+        is_bad[:, 0] = False
+        is_bad &= ~topo.byz[self.own[t]][:, None]
+        which = np.flatnonzero(is_bad.any(1))
+        if len(which) == 0:
+            return
+        tg = self.own[t[which]]  # global ids of targets under attack
+        deg = topo.degree[tg]
+        width = int(deg.max()) + 1
+        hood = np.full((len(tg), width), -1, dtype=np.int64)
+        hood[:, 0] = tg
+        bad_count = np.zeros(len(tg), dtype=np.int64)
+        for j, v in enumerate(tg):  # honest online neighbours (the attacker sees all they sent)
+            nb = topo.nbr[topo.ptr[v]:topo.ptr[v + 1]]
+            bad_count[j] = int(topo.byz[nb].sum())
+            nb = nb[~topo.byz[nb] & ~self.down[nb]]
+            hood[j, 1:1 + len(nb)] = nb
+        mask = torch.from_numpy(hood >= 0)
+        h = self.params[torch.from_numpy(self.pos[np.maximum(hood, 0)])] * mask[..., None]
+        cnt = mask.sum(1, keepdim=True).to(h.dtype)
+        mean = h.sum(1) / cnt
+        var = (((h - mean[:, None]) * mask[..., None]) ** 2).sum(1) / cnt
+        others = torch.where(cnt > 1, (h.sum(1) - h[:, 0]) / (cnt - 1).clamp(min=1), mean)
+        bi, bj = np.nonzero(is_bad[which])
+        rows_t = which[bi]
+        d = self.d
+
+        def noise() -> torch.Tensor:
+            return streams.normal(sc.seed, streams.NOISE, r, tg[bi][:, None], glob_rows[rows_t, bj][:, None],
+                                  np.arange(d)[None, :])
+
+        crafted = model_attack_rows(
+            sc.attack, mean=mean[bi], std=var[bi].sqrt(), target=stack[rows_t, 0], own=stack[rows_t, bj],
+            mean_without_target=others[bi], n=torch.from_numpy(deg[bi] + 1), b=torch.from_numpy(bad_count[bi]),
+            noise=noise, params=sc.attack_params)
+        stack[torch.from_numpy(rows_t), torch.from_numpy(bj)] = crafted
+
+    def measure(self) -> dict:
+        """Test accuracy and loss of every honest own node, and sums for the consensus distance."""
+        idx = self.honest_own
+        acc = np.zeros(len(idx))
+        loss = np.zeros(len(idx))
+        with torch.no_grad():
+            for lo in range(0, len(idx), CHUNK_NODES):
+                local = idx[lo:lo + CHUNK_NODES]
+                p = self.params[local]
+                if self.test is not None:
+                    x, y = self.test
+                    out = self._logits_common(p, x)  # (c, T, C)
+                    yy = y.expand(len(local), -1)
+                    mask = torch.ones_like(yy, dtype=torch.bool)
+                else:
+                    out, yy, mask = self._own_eval(p, local)
+                ce = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), yy.reshape(-1),
+                                                       reduction="none").view_as(yy)
+                m = mask.to(ce.dtype)
+                count = m.sum(1)
+                acc[lo:lo + len(local)] = (((out.argmax(-1) == yy).to(ce.dtype) * m).sum(1) / count).numpy()
+                loss[lo:lo + len(local)] = ((ce * m).sum(1) / count).numpy()
+        hp = self.params[idx].double()
+        return {"nodes": self.own[idx], "accuracy": acc, "loss": loss, "sum": hp.sum(0),
+                "sumsq": float((hp * hp).sum()), "count": len(idx)}
+
+    def _own_eval(self, p: torch.Tensor, local: np.ndarray):
+        """Each node's own held-out samples, padded to the chunk's largest (with a mask)."""
+        ev = self.eval_data
+        count = ev.count[local]
+        width = max(int(count.max()), 1)
+        j = np.arange(width)[None, :]
+        mask = j < count[:, None]
+        idx = torch.from_numpy(ev.offset[local][:, None] + np.where(mask, j, 0))
+        return self._logits_own(p, ev.x[idx]), ev.y[idx], torch.from_numpy(mask)
+
+    def own_params(self) -> torch.Tensor:
+        return self.params[:len(self.own)]
 
 
-def minimal_cap(graph: nx.Graph, byzantine: int, seed: int) -> int:
-    """The smallest per-node cap for which `byzantine` attackers can be placed."""
-    if byzantine == 0:
-        return 0
-    for cap in range(1, max(d for _, d in graph.degree()) + 1):
-        try:
-            place_byzantine(graph, Scenario(byzantine=byzantine, cap=cap), random.Random(seed + 1))
-            return cap
-        except Exception:
-            continue
-    return 0
+def consensus(parts: list[dict]) -> float:
+    """Mean squared distance of the honest models to their average, from per-shard sums."""
+    count = sum(p["count"] for p in parts)
+    total = sum(p["sum"] for p in parts)
+    sumsq = sum(p["sumsq"] for p in parts)
+    mean = total / count
+    return max(float(sumsq / count - (mean * mean).sum()), 0.0)
+
+
+def round_metrics(r: int, parts: list[dict], labels: list, delivered: int, sent: int, message_bytes: int,
+                  online: int, seconds: float) -> RoundMetrics:
+    nodes = np.concatenate([p["nodes"] for p in parts])
+    order = np.argsort(nodes, kind="stable")
+    names = [labels[v] for v in nodes[order].tolist()]
+    acc = dict(zip(names, np.concatenate([p["accuracy"] for p in parts])[order].tolist(), strict=True))
+    loss = dict(zip(names, np.concatenate([p["loss"] for p in parts])[order].tolist(), strict=True))
+    return RoundMetrics(r, acc, loss, consensus(parts), sent * message_bytes, Counter(), online, seconds)
+
+
+def messages_sent(topo: Topo, down: np.ndarray) -> int:
+    """Every online node sends its update to every neighbour, delivered or not."""
+    return int(topo.degree[~down].sum())
+
+
+def setup(sc: Scenario, graph: nx.Graph) -> Topo:
+    refuse_protocol_attack(sc.attack)
+    byz = place_byzantine(graph, sc.byzantine, random.Random(sc.seed + 1), placement=sc.placement, cap=sc.cap,
+                          chosen=sc.byzantine_nodes) if sc.attack != "none" else []
+    return Topo.of(graph, byz)
+
+
+class BatchedEngine:
+    """One process, one shard holding every node. Same RunResult as the protocol engine."""
+
+    def __init__(self, sc: Scenario, rule: str, graph: nx.Graph, out: Path,
+                 progress: Callable[[int], None] | None = None, setup_progress: Callable[[int], None] | None = None):
+        self.sc, self.rule, self.graph, self.out = sc, rule, graph, Path(out)
+        self.progress, self.setup_progress = progress, setup_progress
+        self.topo = setup(sc, graph)
+        self.byzantine = [self.topo.labels[i] for i in np.flatnonzero(self.topo.byz)]
+
+    def run(self) -> RunResult:
+        sc, topo = self.sc, self.topo
+        t_start = time.monotonic()
+        shard = Shard(sc, self.rule, topo, np.arange(topo.n), progress=self.setup_progress)
+        self.shard = shard
+        size = max_message_size(sc.codec, shard.d)
+        result = RunResult(self.rule, sc, self.byzantine, engine="batched")
+        for r in range(sc.rounds):
+            t0 = time.monotonic()
+            shard.churn(r)
+            shard.train(r)
+            delivered = shard.aggregate(r)
+            m = shard.measure()
+            result.rounds.append(round_metrics(r, [m], topo.labels, delivered, messages_sent(topo, shard.down), size,
+                                               int((~shard.down).sum()), time.monotonic() - t0))
+            if self.progress:
+                self.progress(1)
+        result.seconds = time.monotonic() - t_start
+        return result

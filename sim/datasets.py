@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import gzip
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from peer.data import digits_pool_and_test, partition
+from peer.data import digits_pool_and_test, partition, split_holdout
 from peer.errors import DataError
 
 FASHION_DIR = Path(os.environ.get("GOSSIPFL_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
@@ -56,8 +58,16 @@ def fashion_mnist(shard: int, shards: int, seed: int = 0, partition_: str = "iid
     x, y, _, _ = _fashion()
     if limit:
         x, y = x[:limit], y[:limit]
-    idx = partition(y, shards, partition_, alpha=alpha, labels_per_shard=labels_per_shard, seed=seed)[shard]
+    idx = _fashion_split(shards, partition_, alpha, labels_per_shard, seed, limit)[shard]
     return x[idx], y[idx]
+
+
+@lru_cache(maxsize=2)
+def _fashion_split(shards: int, how: str, alpha: float, labels_per_shard: int, seed: int, limit: int) -> list:
+    """The partition of the training labels, computed once per simulation, not once per node."""
+    y = _fashion()[1]
+    return partition(y[:limit] if limit else y, shards, how, alpha=alpha, labels_per_shard=labels_per_shard,
+                     seed=seed)
 
 
 def synthetic(shard: int, shards: int, seed: int = 0, alpha: float = 1.0, beta: float = 1.0, samples: int = 0,
@@ -89,3 +99,57 @@ def test_set(dataset: str, options: dict | None = None) -> tuple[np.ndarray, np.
 
 
 FEATURES = {"digits": 64, "fashion_mnist": 784, "synthetic": 60}
+
+
+def digits_node_limit() -> int:
+    """Digits has one training sample per node at most: the size of its training pool."""
+    return len(digits_pool_and_test()[0][1])
+
+
+HOLDOUT = 0.1  # each node's held-out split (the protocol engine's peers use the same)
+
+
+@dataclass
+class Packed:
+    """Ragged per-node samples in one tensor: node k's samples are x[offset[k] : offset[k] + count[k]]."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    offset: np.ndarray
+    count: np.ndarray
+
+    @staticmethod
+    def of(parts: list[tuple[torch.Tensor, torch.Tensor]], features: int) -> Packed:
+        count = np.array([len(y) for _, y in parts], dtype=np.int64)
+        offset = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+        x = torch.cat([x for x, _ in parts]) if parts else torch.zeros(0, features)
+        y = torch.cat([y for _, y in parts]) if parts else torch.zeros(0, dtype=torch.int64)
+        return Packed(x.reshape(len(y), features).contiguous(), y.contiguous(), offset, count)
+
+
+def node_data(dataset: str, options: dict, *, partition_: str, alpha: float, labels_per_shard: int, seed: int,
+              nodes: np.ndarray, total: int, progress=None) -> tuple[Packed, Packed]:
+    """(train, held-out) samples of the given node indices out of `total` nodes: exactly what
+    the protocol engine's peer with that plan index loads, with each partition computed once."""
+    if dataset == "digits":
+        (x_pool, y_pool), _ = digits_pool_and_test()
+        split = partition(y_pool, total, partition_, alpha=alpha, labels_per_shard=labels_per_shard, seed=seed)
+        load = lambda i: (x_pool[split[i]], y_pool[split[i]])  # noqa: E731
+    elif dataset == "fashion_mnist":
+        opts = {**options, "partition_": partition_, "alpha": alpha, "labels_per_shard": labels_per_shard}
+        load = lambda i: fashion_mnist(int(i), total, seed=seed, **opts)  # noqa: E731
+    else:
+        load = lambda i: synthetic(int(i), total, seed=seed, **options)  # noqa: E731
+    train, held = [], []
+    for k, i in enumerate(nodes):
+        x, y = load(i)
+        d = split_holdout(np.asarray(x, dtype=np.float32).reshape(len(y), -1), np.asarray(y, dtype=np.int64),
+                          HOLDOUT, seed + 1000 + int(i), 10)
+        train.append((d.x_train, d.y_train))
+        held.append((d.x_eval, d.y_eval) if len(d.y_eval) else (d.x_train, d.y_train))  # as a peer evaluates
+        if progress is not None and (k + 1) % 256 == 0:
+            progress(256)
+    if progress is not None:
+        progress(len(nodes) % 256)
+    features = FEATURES[dataset]
+    return Packed.of(train, features), Packed.of(held, features)

@@ -18,7 +18,7 @@ from peer.errors import ConfigError
 from peer.model import BUILTIN, check_builtin_options
 from topology import TopologyError, max_byzantine, resolve
 
-from .attacks import ATTACKS
+from .attacks import ATTACKS, PROTOCOL_ATTACKS
 from .errors import ScenarioError
 
 DATASETS = ("digits", "fashion_mnist", "synthetic")
@@ -60,6 +60,7 @@ class Scenario:
     deadline: float = 0.2
     codec: str = "raw-f32"
     max_message_mb: float = 4.0
+    engine: str = "auto"
     source: str = ""
 
     def to_dict(self) -> dict:
@@ -67,7 +68,7 @@ class Scenario:
 
 
 _FIELDS = {  # table.key -> (attribute, type, check)
-    "name": ("name", str), "seed": ("seed", int), "rounds": ("rounds", int),
+    "name": ("name", str), "seed": ("seed", int), "rounds": ("rounds", int), "engine": ("engine", str),
     "topology.graph": ("topology", str),
     "data.dataset": ("dataset", str), "data.partition": ("partition", str), "data.alpha": ("alpha", float),
     "data.labels_per_shard": ("labels_per_shard", int), "data.options": ("data_options", dict),
@@ -85,7 +86,11 @@ _FIELDS = {  # table.key -> (attribute, type, check)
 }
 SWEEP_ALIASES = {"aggregator": "aggregation.rules", "rule": "aggregation.rules", "attack": "attack.kind",
                  "byzantine": "attack.byzantine", "topology": "topology.graph", "partition": "data.partition",
-                 "placement": "attack.placement", "f": "aggregation.f", "alpha": "data.alpha"}
+                 "placement": "attack.placement", "f": "aggregation.f", "alpha": "data.alpha",
+                 "dataset": "data.dataset", "dropout": "faults.dropout", "loss": "faults.loss", "seed": "seed",
+                 "rounds": "rounds", "engine": "engine", "lr": "train.lr", "local_steps": "train.local_steps"}
+ENGINES = ("auto", "protocol", "batched")
+AUTO_PROTOCOL_NODES = 100  # engine = "auto": the protocol engine up to this many nodes, the batched one beyond
 
 
 def _flatten(doc: dict, prefix: str = "") -> dict[str, Any]:
@@ -185,6 +190,14 @@ def _check_graph(sc: Scenario) -> None:
         raise ScenarioError(f"topology.graph: {exc}") from None
     n = graph.number_of_nodes()
     top_degree = max(d for _, d in graph.degree())
+    if sc.dataset == "digits":
+        from .datasets import digits_node_limit
+
+        limit = digits_node_limit()
+        if n > limit:
+            raise ScenarioError(f"data.dataset = \"digits\" has {limit:,} training samples, fewer than the {n:,} "
+                                f"nodes of {sc.topology}; for more nodes use a data set that scales: "
+                                "\"synthetic\" (any number of nodes) or \"fashion_mnist\" (60,000 samples)")
     if sc.stragglers > n:
         raise ScenarioError(f"faults.stragglers must be at most the {n} nodes of {sc.topology}, got {sc.stragglers}")
     if sc.byzantine >= 1 and sc.byzantine > n:
@@ -221,6 +234,11 @@ def validate(sc: Scenario) -> None:
         bad("attack.kind", f"must be one of {', '.join(ATTACKS)}, got {sc.attack!r:.80}")
     if sc.placement not in ("random", "degree", "chosen"):
         bad("attack.placement", f"must be random, degree or chosen, got {sc.placement!r:.80}")
+    if sc.engine not in ENGINES:
+        bad("engine", f"must be one of {', '.join(ENGINES)}, got {sc.engine!r:.80}")
+    if sc.engine == "batched" and sc.attack in PROTOCOL_ATTACKS:
+        bad("engine", f"= \"batched\" does not model protocol attacks (attack.kind = {sc.attack!r}: bytes on the "
+                      "wire); use engine = \"protocol\"")
     if sc.weights not in ("uniform", "metropolis_hastings"):
         bad("aggregation.weights", f"must be uniform or metropolis_hastings, got {sc.weights!r:.80}")
     _check_options(sc)
@@ -250,10 +268,13 @@ def parse_sweep(items: list[str]) -> dict[str, list[str]]:
         key, eq, values = item.partition("=")
         if not eq or not values:
             raise ScenarioError(f"--sweep takes KEY=V1,V2,...; got {item!r}")
-        key = SWEEP_ALIASES.get(key, key)
-        if key not in _FIELDS:
+        key = SWEEP_ALIASES.get(key.strip(), key.strip())
+        if key == "aggregation.rule":
+            key = "aggregation.rules"
+        if key not in _FIELDS or _FIELDS[key][1] in (list, dict) and key != "aggregation.rules":
             raise ScenarioError(f"--sweep: unknown key {item.partition('=')[0]!r}; use one of "
-                                f"{', '.join(sorted(SWEEP_ALIASES))} or a dotted field")
+                                f"{', '.join(sorted(SWEEP_ALIASES))} or a field of the scenario file such as "
+                                "attack.kind (lists and tables cannot be swept)")
         grid[key] = [v.strip() for v in values.split(",") if v.strip()]
     return grid
 
@@ -279,3 +300,80 @@ def expand(base: Scenario, grid: dict[str, list[str]]) -> list[Scenario]:
         validate(sc)
         out.append(sc)
     return out
+
+
+def engine_for(sc: Scenario, nodes: int, override: str | None = None) -> str:
+    """The engine a run uses: the command line's, else the scenario's; "auto" picks the
+    protocol engine for small graphs and protocol attacks, the batched one otherwise."""
+    choice = override or sc.engine
+    if choice not in ENGINES:
+        raise ScenarioError(f"--engine must be one of {', '.join(ENGINES)}, got {choice!r:.80}")
+    if choice == "batched" and sc.attack in PROTOCOL_ATTACKS:
+        raise ScenarioError(f"engine batched does not model protocol attacks (attack.kind = {sc.attack!r}); "
+                            "use the protocol engine")
+    if choice != "auto":
+        return choice
+    return "protocol" if nodes <= AUTO_PROTOCOL_NODES or sc.attack in PROTOCOL_ATTACKS else "batched"
+
+
+EXAMPLE = '''\
+# A gossipfl simulation scenario. Run it:   gossipfl sim run scenario.toml
+# Sweep it:                                 gossipfl sim run scenario.toml --sweep aggregator=mean,median attack=none,alie
+# Every field is optional; the value shown is the default unless the comment says otherwise.
+
+name = "example"          # results go to results/NAME unless --out is given
+seed = 0                  # one seed fixes graph, data split, placement, training and faults
+rounds = 20               # gossip rounds (train, send, aggregate)
+engine = "auto"           # "protocol" (real peers, signed messages, provenance logs), "batched" (one tensor for
+                          # all nodes: thousands of nodes, no wire, no logs) or "auto" (protocol up to 100 nodes)
+
+[topology]
+graph = "ws:16,6,0.2"     # ring, torus, grid, complete, star, regular, er, ws, ba, exp specs or a graph file
+
+[data]
+dataset = "digits"        # digits (1,527 training samples: at most that many nodes), fashion_mnist, synthetic
+partition = "iid"         # iid, dirichlet (label skew alpha) or labels (labels_per_shard classes per node)
+alpha = 0.5               # Dirichlet concentration: small = very non-IID
+labels_per_shard = 2      # classes per node with partition = "labels"
+# options = { samples = 200 }   # data set options: synthetic takes samples, dim, alpha, beta;
+                                # fashion_mnist takes limit, test_limit
+
+[model]
+name = "mlp"              # mlp or cnn (built in), or package.module:factory
+options = { hidden = [32] }
+
+[train]
+local_steps = 5           # SGD steps per round
+batch_size = 32
+lr = 0.1
+momentum = 0.0
+
+[aggregation]
+rules = ["median"]        # one run per rule: mean, median, trimmed_mean, krum, geomed, self_centered_clip,
+                          # pre-steps joined with +: "nnm+trimmed_mean"
+f = 1                     # Byzantine neighbours each rule must tolerate
+weights = "uniform"       # or metropolis_hastings (rules with a weighted form: mean, geomed, ...)
+# params = { tau = 1.0 }  # rule parameters
+
+[attack]
+kind = "none"             # none; model attacks sign_flip, gaussian, scaling, alie, ipm, dissensus; label_flip;
+                          # protocol attacks forged, replay, wrong_round, wrong_network, oversized, non_finite
+byzantine = 0             # attackers: a fraction (0.1) or a count (3)
+placement = "random"      # random, degree (best-connected first) or chosen (attack.nodes)
+cap = 0                   # > 0: no honest node gets more than this many Byzantine neighbours
+# nodes = [0, 5]          # with placement = "chosen"
+# params = { scale = 1.0 }   # attack parameters (sign_flip scale, gaussian sigma, alie z, ipm eps, ...)
+
+[faults]
+dropout = 0.0             # per round, an honest node goes offline with this probability
+rejoin = 0.5              # per round, an offline node comes back with this probability
+loss = 0.0                # each message is lost with this probability
+latency = 0.0             # mean message delay in seconds (exponential); later than the deadline = missed
+stragglers = 0            # the last N nodes are slow: their updates miss the deadline
+partition = []            # [FIRST, LAST]: rounds during which the two halves of the nodes cannot talk
+deadline = 0.2            # seconds a node waits for its neighbours each round (real time in the protocol engine)
+
+[round]
+codec = "raw-f32"         # update encoding on the wire
+max_message_mb = 4.0
+'''

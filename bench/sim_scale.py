@@ -1,0 +1,193 @@
+"""Fleet-scale simulation: the batched engine against baselines measured in the same run.
+
+1. 1,000 nodes, 8-regular, digits MLP 64-32-10, one local SGD step of batch 32 per round,
+   100 rounds: wall time per rule (goal <= 10 s each), next to the protocol engine's seconds
+   per node-round on the same scenario (a few rounds) and a plain per-node PyTorch loop doing
+   the same arithmetic (one SGD step per node-round, no aggregation).
+2. 10,000 nodes x 100 rounds, median, synthetic data (digits stops at 1,527 nodes) (goal <= 120 s), peak RSS.
+3. 100,000 nodes x 10 rounds on the synthetic data set (64 samples per node), peak RSS.
+4. One batched run sharded over two Ray actors vs one process: time ratio and whether the
+   results are equal.
+
+Each figure is measured in its own subprocess (one thread) so peak RSS is its own.
+
+    python bench/sim_scale.py            # the figures above (about 10 minutes on 2 cores)
+    python bench/sim_scale.py --quick    # 10x fewer rounds and nodes (about 2 minutes)
+
+Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from bench._table import emit_json, print_table  # noqa: E402
+
+RULES = ["mean", "median", "trimmed_mean", "nnm+trimmed_mean", "krum", "self_centered_clip"]
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _scenario(nodes: int, rounds: int, rule: str, dataset: str = "digits", **kw):
+    from sim.scenario import Scenario
+
+    return Scenario(name=f"scale{nodes}", seed=0, rounds=rounds, topology=f"regular:{nodes},8", dataset=dataset,
+                    local_steps=1, batch_size=32, lr=0.1, rules=[rule], f=2, engine="batched", **kw)
+
+
+def batched(nodes: int, rounds: int, rule: str, dataset: str = "digits", options: str = "{}") -> dict:
+    from sim.batched import BatchedEngine
+    from topology import from_spec
+
+    sc = _scenario(nodes, rounds, rule, dataset, data_options=json.loads(options))
+    t0 = time.perf_counter()
+    graph = from_spec(sc.topology, seed=0)
+    eng = BatchedEngine(sc, rule, graph, ".")
+    t_setup = time.perf_counter()
+    res = eng.run()
+    total = time.perf_counter() - t0
+    run_rounds = sum(rm.seconds for rm in res.rounds)
+    accs = list(res.rounds[-1].accuracy.values())
+    return {"seconds": total, "round_seconds": run_rounds, "setup_seconds": total - run_rounds,
+            "graph_seconds": t_setup - t0, "s_per_node_round": run_rounds / (nodes * rounds),
+            "mean_accuracy": sum(accs) / len(accs), "maxrss_mb": _rss_mb()}
+
+
+def protocol(nodes: int, rounds: int) -> dict:
+    import tempfile
+
+    from sim.run import run_all
+
+    sc = _scenario(nodes, rounds, "median")
+    sc.engine = "protocol"
+    with tempfile.TemporaryDirectory() as tmp:
+        row = run_all([sc], tmp, quiet=True).rows[0]
+    return {"s_per_node_round": row["seconds_per_node_round"], "maxrss_mb": _rss_mb()}
+
+
+def per_node_loop(nodes: int, rounds: int) -> dict:
+    """The baseline of the issue: one SGD step per node-round, a PyTorch module per node."""
+    import torch
+
+    from peer.data import digits_pool_and_test
+    from peer.model import build_model
+
+    (x, y), _ = digits_pool_and_test()
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    models = [build_model("mlp", 64, 10, {"hidden": [32]}, seed=0) for _ in range(nodes)]
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        for m in models:
+            idx = torch.randint(0, len(y), (32,))
+            loss = torch.nn.functional.cross_entropy(m(x[idx]), y[idx])
+            m.zero_grad()
+            loss.backward()
+            with torch.no_grad():
+                for p in m.parameters():
+                    p -= 0.1 * p.grad
+    return {"s_per_node_round": (time.perf_counter() - t0) / (nodes * rounds), "maxrss_mb": _rss_mb()}
+
+
+def sharded(nodes: int, rounds: int) -> dict:
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind 127.0.0.1
+    import ray
+
+    from sim.batched import BatchedEngine
+    from sim.sharded import run_sharded
+    from topology import from_spec
+
+    sc = _scenario(nodes, rounds, "median", "synthetic", data_options={"samples": 64})
+    graph = from_spec(sc.topology, seed=0)
+    t0 = time.perf_counter()
+    one = BatchedEngine(sc, "median", graph, ".").run()
+    t_one = time.perf_counter() - t0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        t0 = time.perf_counter()
+        two, _ = run_sharded(sc, "median", graph, 2)
+        t_two = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    equal = all(a.accuracy == b.accuracy for a, b in zip(one.rounds, two.rounds, strict=True))
+    rel = max(abs(a.consensus - b.consensus) / max(a.consensus, 1e-30) for a, b in zip(one.rounds, two.rounds,
+                                                                                        strict=True))
+    return {"one_process_s": t_one, "two_actors_s": t_two, "ratio": t_two / t_one, "accuracy_equal": equal,
+            "consensus_max_rel_diff": rel}
+
+
+def child(args: list[str]) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    kind, *rest = args
+    fn = {"batched": batched, "protocol": protocol, "loop": per_node_loop, "sharded": sharded}[kind]
+    conv = [int(a) if a.isdigit() else a for a in rest]
+    return fn(*conv)
+
+
+def run(*args) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True,
+                         env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{args}: failed\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(child(sys.argv[2:])))
+        return
+    quick = "--quick" in sys.argv
+    n1, r1 = (1000, 10) if quick else (1000, 100)
+    n2, r2 = (2000, 10) if quick else (10_000, 100)
+    n3, r3 = (10_000, 2) if quick else (100_000, 10)
+    figures: dict = {"quick": quick}
+    rows = []
+    loop = run("loop", 200, 5)
+    proto = run("protocol", 200 if quick else n1, 2)
+    figures["baseline_per_node_loop_s"] = loop["s_per_node_round"]
+    figures["protocol_engine_s_per_node_round"] = proto["s_per_node_round"]
+    for rule in RULES:
+        f = run("batched", n1, r1, rule)
+        figures[f"n{n1}/{rule}"] = f
+        rows.append([f"{n1:,} x {r1} {rule}", f["seconds"], f["round_seconds"], f["s_per_node_round"],
+                     f"{proto['s_per_node_round'] / f['s_per_node_round']:.0f}x",
+                     f"{loop['s_per_node_round'] / f['s_per_node_round']:.1f}x", f"{f['maxrss_mb']:.0f}",
+                     f"{100 * f['mean_accuracy']:.1f}%"])
+    f = run("batched", n2, r2, "median", "synthetic", json.dumps({"samples": 64}))  # digits stops at 1,527 nodes
+    figures[f"n{n2}/synthetic/median"] = f
+    rows.append([f"{n2:,} x {r2} median synthetic", f["seconds"], f["round_seconds"], f["s_per_node_round"],
+                 f"{proto['s_per_node_round'] / f['s_per_node_round']:.0f}x",
+                 f"{loop['s_per_node_round'] / f['s_per_node_round']:.1f}x", f"{f['maxrss_mb']:.0f}",
+                 f"{100 * f['mean_accuracy']:.1f}%"])
+    f = run("batched", n3, r3, "median", "synthetic", json.dumps({"samples": 64}))
+    figures[f"n{n3}/synthetic/median"] = f
+    rows.append([f"{n3:,} x {r3} median synthetic", f["seconds"], f["round_seconds"], f["s_per_node_round"],
+                 f"{proto['s_per_node_round'] / f['s_per_node_round']:.0f}x",
+                 f"{loop['s_per_node_round'] / f['s_per_node_round']:.1f}x", f"{f['maxrss_mb']:.0f}",
+                 f"{100 * f['mean_accuracy']:.1f}%"])
+    print_table(["run", "total s", "rounds s", "s/node-round", "vs protocol", "vs per-node loop", "peak RSS MB",
+                 "mean acc"], rows,
+                title=f"batched engine, 8-regular, one SGD step of batch 32 per round (protocol engine: "
+                      f"{proto['s_per_node_round']:.4f} s/node-round; per-node PyTorch loop: "
+                      f"{loop['s_per_node_round']:.5f} s/node-round, training only)")
+    sh = run("sharded", 2000, 5 if quick else 20)
+    figures["sharded"] = sh
+    print(f"\nsharded over 2 Ray actors vs one process (2,000 nodes, synthetic): {sh['two_actors_s']:.1f} s vs "
+          f"{sh['one_process_s']:.1f} s (ratio {sh['ratio']:.2f}); accuracies equal: {sh['accuracy_equal']}; "
+          f"consensus max rel. diff {sh['consensus_max_rel_diff']:.1e}")
+    emit_json(figures)
+
+
+if __name__ == "__main__":
+    main()
