@@ -10,8 +10,7 @@ rate, every honest neighbour's update accepted in every round, peak RSS within 5
 
     python bench/hostile.py [--quick] [--only NAME,...] [--window SECONDS] [--workdir DIR]
 
-Every attack runs in its own process (tests/attackers.py, tests/mqtt_attackers.py, or the
-nested-msgpack bombs below), bounded in count and time, and stops by itself; every process
+Every attack runs in its own process (tests/attackers.py, tests/mqtt_attackers.py), bounded in count and time, and stops by itself; every process
 is stopped at the end, also on errors. Prints a table, then one JSON line with all figures.
 """
 
@@ -50,7 +49,6 @@ START_TIMEOUT = 300.0
 ATTACKER_READY_TIMEOUT = 90.0
 SETTLE = 3.0  # seconds between one attack's end and the next window
 BOMB_MB = 4.2
-MAX_BOMBS = 100_000
 ROUND_LINE = re.compile(r"^round (\d+): .*?(\d+)/(\d+) neighbours accepted")
 
 
@@ -85,9 +83,11 @@ ATTACKS = [
     Attack("connection flood (300 fresh identities)", "libp2p", lambda r: [
         {"kind": "libp2p", "attack": "conn_flood", "options": {"connections": 300, "parallel": 32}}]),
     Attack(f"msgpack bombs ({BOMB_MB} MB nested, 50 fresh identities)", "libp2p", lambda r: [
-        {"kind": "bombs", "options": {"identities": 50, "size": int(BOMB_MB * 2**20)}}]),
+        {"kind": "libp2p", "attack": "junk",
+         "options": {"identities": 50, "size": int(BOMB_MB * 2**20), "body": "nested"}}]),
     Attack("msgpack bombs (node-1's key, max message size)", "libp2p", lambda r: [
-        {"kind": "bombs", "options": {"identities": 1, "size": r.max_message}, "key": _key(r)}], quick=True),
+        {"kind": "libp2p", "attack": "junk",
+         "options": {"size": r.max_message, "body": "nested"}, "key": _key(r)}], quick=True),
     Attack("64 MB junk messages (node-1's key)", "libp2p", lambda r: [
         {"kind": "libp2p", "attack": "junk", "options": {"size": 64 << 20}, "key": _key(r)}], quick=True),
     Attack("none, after the attacks above", "libp2p", lambda r: []),
@@ -97,47 +97,6 @@ ATTACKS = [
     Attack("topic spoof as node-1 (anonymous, 50 msg/s)", "mqtt+acl", lambda r: [r.spoof()]),
     Attack("topic spoof as node-1 (node-2's login, 50 msg/s)", "mqtt+acl", lambda r: [r.spoof(login="node-2")]),
 ]
-
-
-def nested_arrays(size: int) -> bytes:
-    """`size` bytes of msgpack: arrays of one element nested as deep as the size allows."""
-    return b"\x91" * (size - 1) + b"\xc0"
-
-
-async def bombs(target, seconds: float, identities: int = 50, size: int = 1 << 20, seed: bytes | None = None) -> dict:
-    """Each identity sends well-framed nested-array messages of `size` bytes back to back.
-    (tests/attackers.py `junk` with a msgpack body: ask there for a `body` option.)"""
-    import trio
-
-    from tests.attackers import LENGTH_BYTES, MAX_BYTES, MAX_IDENTITIES, _bounded, _run_all, connect
-
-    _bounded(identities, MAX_IDENTITIES, "identities")
-    _bounded(size, MAX_BYTES, "size")
-    frame = size.to_bytes(LENGTH_BYTES, "big") + nested_arrays(size)
-    out = {"identities": identities, "sessions": 0, "refused": 0, "messages": 0, "failures": 0,
-           "closed_by_target": 0}
-
-    async def one(nursery):
-        try:
-            session = await connect(target, nursery, seed)
-        except Exception:
-            out["refused"] += 1
-            return
-        out["sessions"] += 1
-        while not session.closed and out["messages"] < MAX_BOMBS:
-            try:
-                stream = await session.open_update_stream()
-                await stream.write(frame)
-                await stream.close()
-                out["messages"] += 1
-            except Exception:
-                out["failures"] += 1
-                await trio.sleep(0.1)
-        out["closed_by_target"] += session.closed
-        await session.close()
-
-    await _run_all(seconds, [one] * identities)
-    return out
 
 
 def attacker_main(spec: dict) -> None:
@@ -153,7 +112,6 @@ def attacker_main(spec: dict) -> None:
         print("READY", flush=True)
         result = spoof("127.0.0.1", spec["port"], spec["topic"], spec["seconds"], password=password, **options)
     else:
-        import trio
 
         from tests import attackers
 
@@ -162,12 +120,7 @@ def attacker_main(spec: dict) -> None:
 
             options["seed"] = load_key(spec["key"]).seed
         print("READY", flush=True)
-        if spec["kind"] == "bombs":
-            started = time.monotonic()
-            result = trio.run(lambda: bombs(attackers.Target.parse(spec["target"]), spec["seconds"], **options))
-            result["elapsed"] = round(time.monotonic() - started, 2)
-        else:
-            result = attackers.run(spec["attack"], spec["target"], spec["seconds"], **options)
+        result = attackers.run(spec["attack"], spec["target"], spec["seconds"], **options)
     print(json.dumps(result), flush=True)
 
 

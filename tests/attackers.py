@@ -278,11 +278,28 @@ async def _one_message(target, seconds, declared, send, seed) -> dict:
     return out
 
 
-async def junk(target: Target, seconds: float, size: int = 1 << 20, seed: bytes | None = None) -> dict:
-    """Well-framed messages of `size` random-looking bytes, one after another, until time is up."""
+MAX_JUNK_MESSAGES = 100_000  # per identity
+
+
+def junk_body(size: int, body: str = "bytes") -> bytes:
+    """`bytes`: random-looking bytes; `nested`: msgpack arrays of one element nested as deep as
+    `size` allows (the scanner bomb that cost 1.57 s of CPU before the strict envelope reader)."""
+    if body == "nested":
+        return b"\x91" * (size - 1) + b"\xc0"
+    if body == "bytes":
+        return (bytes(range(256)) * (size // 256 + 1))[:size]
+    raise ValueError(f"body must be bytes or nested, got {body!r}")
+
+
+async def junk(target: Target, seconds: float, size: int = 1 << 20, seed: bytes | None = None,
+               identities: int = 1, body: str = "bytes") -> dict:
+    """Each of `identities` connections sends well-framed messages of `size` bytes of junk, one
+    after another, until time is up (or MAX_JUNK_MESSAGES each)."""
     _bounded(size, MAX_BYTES, "size")
-    out = {"sessions": 0, "refused": 0, "messages": 0, "failures": 0, "closed_by_target": False}
-    body = (bytes(range(256)) * (size // 256 + 1))[:size]
+    _bounded(identities, MAX_IDENTITIES, "identities")
+    content = junk_body(size, body)
+    out = {"identities": identities, "sessions": 0, "refused": 0, "messages": 0, "failures": 0,
+           "closed_by_target": 0}
 
     async def one(nursery):
         try:
@@ -291,20 +308,22 @@ async def junk(target: Target, seconds: float, size: int = 1 << 20, seed: bytes 
             out["refused"] += 1
             return
         out["sessions"] += 1
-        while not session.closed:
+        sent = 0
+        while not session.closed and sent < MAX_JUNK_MESSAGES:
             try:
                 stream = await session.open_update_stream()
                 await stream.write(size.to_bytes(LENGTH_BYTES, "big"))
-                await stream.write(body)
+                await stream.write(content)
                 await stream.close()
                 out["messages"] += 1
+                sent += 1
             except Exception:
                 out["failures"] += 1
                 await trio.sleep(0.1)
-        out["closed_by_target"] = session.closed
+        out["closed_by_target"] += session.closed
         await session.close()
 
-    await _run_all(seconds, [one])
+    await _run_all(seconds, [one] * identities)
     return out
 
 
@@ -398,8 +417,9 @@ async def plaintext(target: Target, seconds: float, claim: str | None = None) ->
 
     claimed_key = None
     if claim:
-        from gossip.identity import public_key_of
         from cryptography.hazmat.primitives import serialization
+
+        from gossip.identity import public_key_of
 
         raw = public_key_of(claim).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         claimed_key = Ed25519PublicKey.from_bytes(raw)
@@ -474,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int)
     p.add_argument("--parallel", type=int)
     p.add_argument("--claim")
+    p.add_argument("--body", choices=["bytes", "nested"], help="junk: random-looking bytes or a msgpack bomb")
     a = p.parse_args(argv)
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # our half-protocols make it complain
     if not 0 < a.seconds <= MAX_SECONDS:
