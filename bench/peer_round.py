@@ -78,7 +78,7 @@ def run(hidden: list[int], rounds: int, rule: str, shards: int, overlapped: bool
         train = sum(h.train_seconds for h in hist) / len(hist)
         return {"params": peer.model.size, "overhead_s": overhead, "train_epoch_s": train,
                 "eval_s": sum(h.eval_seconds for h in hist) / len(hist),
-                "samples": len(peer.trainer.data.y_train), "accepted": min(h.accepted for h in hist),
+                "samples": len(peer.learner.data.y_train), "accepted": min(h.accepted for h in hist),
                 "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

@@ -96,7 +96,7 @@ def split_holdout(x: np.ndarray, y: np.ndarray, holdout: float, seed: int, class
         raise DataError(f"data.holdout must be in [0, 1), got {holdout}")
     if len(y) == 0:
         raise DataError("the local data set is empty")
-    if y.min() < 0 or y.max() >= classes:
+    if np.issubdtype(y.dtype, np.integer) and (y.min() < 0 or y.max() >= classes):
         raise DataError(f"labels must be in 0..{classes - 1}, found {int(y.min())}..{int(y.max())} "
                         "(set model.classes to the number of classes)")
     order = np.random.default_rng(seed).permutation(len(y))
@@ -147,7 +147,8 @@ def _npz_header(f, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def load_npz(path: str | os.PathLike, x_key: str = "x", y_key: str = "y") -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels from an .npz of numeric arrays (never pickled objects)."""
+    """Features and labels from an .npz of numeric arrays (never pickled objects); y_key = ""
+    for unlabelled data (the labels are then zeros)."""
     path = Path(path)
     _regular_file(path)
     with path.open("rb") as fh:
@@ -155,13 +156,14 @@ def load_npz(path: str | os.PathLike, x_key: str = "x", y_key: str = "y") -> tup
             raise DataError(f"data.path: {path} is not an NPZ file (a zip of .npy arrays {x_key!r} and {y_key!r})")
     try:
         with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in (x_key, y_key) if k not in f.files]
+            keys = (x_key, y_key) if y_key else (x_key,)
+            missing = [k for k in keys if k not in f.files]
             if missing:
                 raise DataError(f"data.path: {path} has arrays {sorted(f.files)[:10]}, missing {missing} "
                                 "(set data.x_key and data.y_key)")
-            for k in (x_key, y_key):
+            for k in keys:
                 _npz_header(f, k, path)
-            x, y = f[x_key], f[y_key]
+            x, y = f[x_key], (f[y_key] if y_key else None)
     except DataError:
         raise
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
@@ -170,7 +172,8 @@ def load_npz(path: str | os.PathLike, x_key: str = "x", y_key: str = "y") -> tup
 
 
 def load_csv(path: str | os.PathLike, label_column: str = "label") -> tuple[np.ndarray, np.ndarray]:
-    """A header row, then one sample per row: numeric features and an integer label column."""
+    """A header row, then one sample per row: numeric features and a label column (whole
+    numbers for classes, any number for regression targets); label_column = "" for none."""
     path = Path(path)
     _regular_file(path)
     if path.stat().st_size > MAX_CSV_BYTES:
@@ -181,42 +184,68 @@ def load_csv(path: str | os.PathLike, label_column: str = "label") -> tuple[np.n
             header = next(reader, None)
             if not header:
                 raise DataError(f"data.path: {path} is empty")
-            if label_column not in header:
+            if label_column and label_column not in header:
                 raise DataError(f"data.label_column: {label_column!r} is not a column of {path} "
                                 f"(columns: {header[:10]})")
-            if len(header) < 2:
+            if len(header) < (2 if label_column else 1):
                 raise DataError(f"data.path: {path} has no feature columns besides {label_column!r}")
-            li = header.index(label_column)
+            li = header.index(label_column) if label_column else -1
             xs, ys = [], []
             for row in reader:
                 lineno = reader.line_num
                 if len(row) != len(header):
                     raise DataError(f"{path}:{lineno}: expected {len(header)} columns, got {len(row)}")
                 try:
-                    ys.append(int(row[li]))
+                    if li >= 0:
+                        ys.append(float(row[li]))
                     xs.append([float(v) for j, v in enumerate(row) if j != li])
                 except ValueError:
-                    raise DataError(f"{path}:{lineno}: not a number (labels are whole numbers)") from None
+                    raise DataError(f"{path}:{lineno}: not a number") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"data.path: {path} is not UTF-8 text (byte {exc.start})") from None
     except csv.Error as exc:
         raise DataError(f"data.path: {path} is not a valid CSV file: {exc}") from None
-    if not ys:
+    if not xs:
         raise DataError(f"data.path: {path} has a header but no rows")
-    return _as_xy(np.array(xs, dtype=np.float32), np.array(ys, dtype=np.int64), str(path))
+    return _as_xy(np.array(xs, dtype=np.float32), np.array(ys, dtype=np.float64) if li >= 0 else None, str(path))
+
+
+def from_loader(result, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """What a package.module:loader returned: (x, y), (x, None) or x alone (unlabelled)."""
+    if isinstance(result, tuple | list):
+        if len(result) == 1:
+            result = (result[0], None)
+        if len(result) != 2:
+            raise DataError(f"{where} must return x, (x, y) or (x, None), got {len(result)} values")
+        x, y = result
+    else:
+        x, y = result, None
+    try:
+        x = torch.as_tensor(x).numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        y = None if y is None else (y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DataError(f"{where}: not arrays of numbers ({exc})") from None
+    return _as_xy(x, y, where)
 
 
 def _as_xy(x, y, where: str) -> tuple[np.ndarray, np.ndarray]:
-    x, y = np.asarray(x), np.asarray(y)
+    """(N, features) float32 and labels: int64 when whole numbers (classes), else float32
+    (regression targets); no labels (y None) become zeros."""
+    x = np.asarray(x)
+    y = np.zeros(len(x), dtype=np.int64) if y is None else np.asarray(y)
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{where}: expected features (N, ...) and labels (N,), got {x.shape} and {y.shape}")
     if x.dtype.kind not in NUMERIC_KINDS or y.dtype.kind not in NUMERIC_KINDS:
         raise DataError(f"{where}: features and labels must be numbers, got {x.dtype} and {y.dtype}")
     if x[0].size == 0:
         raise DataError(f"{where}: the samples have no features (shape {x.shape})")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise DataError(f"{where}: labels must be whole numbers")
     if not np.all(np.isfinite(x)):
         raise DataError(f"{where}: features contain NaN or Inf")
-    return x.astype(np.float32).reshape(len(x), -1), y.astype(np.int64)
+    x = x.astype(np.float32).reshape(len(x), -1)
+    if np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
+        return x, y.astype(np.int64)
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"{where}: labels contain NaN or Inf")
+    if np.all(np.equal(np.mod(y, 1), 0)):
+        return x, y.astype(np.int64)
+    return x, y.astype(np.float32)

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import os
+import sys
+from pathlib import Path
 
 import msgpack
 import torch
@@ -94,11 +97,11 @@ def check_call(fn, what: str, options: dict, fixed: tuple[str, ...] = ()) -> Non
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return  # a builtin without a signature: let the call itself report
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-        return
     clash = sorted(set(options) & set(fixed))
     if clash:
         raise ConfigError(f"{what}.{clash[0]}: set by gossipfl itself, not an option")
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return
     try:
         sig.bind(**dict.fromkeys(fixed), **options)
     except TypeError as exc:
@@ -106,25 +109,108 @@ def check_call(fn, what: str, options: dict, fixed: tuple[str, ...] = ()) -> Non
         raise ConfigError(f"{what}: {getattr(fn, '__name__', fn)} {exc} (it takes: {', '.join(takes) or 'nothing'})") from None
 
 
-def load_object(path: str, what: str):
-    """'package.module:name' -> the object; errors say what was wrong with the path."""
+def accepted_arguments(fn, offered: dict) -> dict:
+    """The part of `offered` that fn declares by name (all of it if fn takes **kwargs): a
+    factory names only what it needs (an autoencoder has no use for `classes`)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return dict(offered)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return dict(offered)
+    named = {k for k, p in sig.parameters.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return {k: v for k, v in offered.items() if k in named}
+
+
+def _local_origin(module: str, base: Path) -> Path | None:
+    """The file `module` would be imported from inside `base`, None if it is not there."""
+    parts = module.split(".")
+    for candidate in (base.joinpath(*parts).with_suffix(".py"), base.joinpath(*parts, "__init__.py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _same_file_bytes(a: Path, b: Path) -> bool:
+    """Two copies of one module (e.g. every gateway folder of a plan run in one process)."""
+    try:
+        return a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+def _import(module: str, what: str, base: Path | None):
+    """Import `module`, from the folder `base` (the config's) first, then the installed packages."""
+    local = _local_origin(module, base) if base is not None else None
+    if local is not None:
+        top = module.split(".")[0]
+        loaded = sys.modules.get(top)
+        origin = getattr(loaded, "__file__", None) if loaded is not None else None
+        if origin is not None and not Path(origin).resolve().is_relative_to(base.resolve()) \
+                and not _same_file_bytes(Path(origin), local):
+            raise ConfigError(f"{what}: module {top!r} is already imported from {origin}, not from {base}; "
+                              f"rename {local.name} (every module a process imports needs its own name)")
+    added = local is not None and str(base) not in sys.path
+    if added:
+        sys.path.insert(0, str(base))
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or module
+        if module == missing or module.startswith(missing + "."):
+            where = f"{base} (the config's folder) or " if base is not None else ""
+            file = module.replace(".", "/") + ".py"
+            raise ConfigError(f"{what}: no module {module!r} in {where}the installed packages; put {file} "
+                              f"beside the config{'' if base is None else f' ({base / file})'}, or pip install "
+                              "the package that provides it") from None
+        raise ConfigError(f"{what}: {module!r} imports {missing!r}, which is not installed "
+                          f"(pip install it)") from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # user code failed while importing: one line, no traceback
+        raise ConfigError(f"{what}: importing {module!r} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(str(base))
+
+
+def load_object(path: str, what: str, base: str | os.PathLike | None = None):
+    """'package.module:name' -> the object, the module looked up in the folder `base` (the
+    config's) before the installed packages; errors say what was wrong and how to fix it."""
     module, _, name = path.partition(":")
     if not module or not name:
         raise ConfigError(f"{what}: expected 'package.module:name', got {path!r}")
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        raise ConfigError(f"{what}: cannot import {module!r}: {exc}") from None
+    mod = _import(module, what, None if base is None else Path(base))
     obj = getattr(mod, name, None)
     if obj is None:
-        raise ConfigError(f"{what}: {module!r} has no {name!r}")
+        raise ConfigError(f"{what}: {module!r} ({getattr(mod, '__file__', '?')}) has no {name!r}")
     if not callable(obj):
         raise ConfigError(f"{what}: {path} is a {type(obj).__name__}, not a function")
     return obj
 
 
-def build_model(name: str, in_features: int, classes: int, options: dict | None = None, seed: int = 0) -> nn.Module:
-    """A built-in model by name or a user factory by import path, seeded for reproducibility."""
+MODEL_ARGUMENTS = ("in_features", "input_shape", "classes")  # what gossipfl offers every model factory
+
+
+def check_model_factory(name: str, options: dict, base: str | os.PathLike | None = None):
+    """The user factory model.name names, after checking it takes model.options."""
+    factory = load_object(name, "model.name", base)
+    clash = sorted(set(options) & set(MODEL_ARGUMENTS))
+    if clash:
+        raise ConfigError(f"model.options.{clash[0]}: set by gossipfl itself, not an option")
+    given = accepted_arguments(factory, dict.fromkeys(MODEL_ARGUMENTS))
+    check_call(factory, "model.options", options, fixed=tuple(given))
+    return factory
+
+
+def build_model(name: str, in_features: int, classes: int, options: dict | None = None, seed: int = 0,
+                base: str | os.PathLike | None = None) -> nn.Module:
+    """A built-in model by name or a user factory by import path, seeded for reproducibility.
+
+    A user factory receives, by keyword, whichever of `in_features` (values per sample),
+    `input_shape` (the shape of one sample as the model sees it: `(in_features,)`) and
+    `classes` (model.classes) it declares, plus its model.options."""
     options = dict(options or {})
     torch.manual_seed(seed)
     if name in BUILTIN:
@@ -134,9 +220,15 @@ def build_model(name: str, in_features: int, classes: int, options: dict | None 
             raise ConfigError(f"model.options: this {name} would have {count:,} parameters, at most "
                               f"{MAX_PARAMETERS:,} for a built-in model (name your own factory for more)")
         return BUILTIN[name](in_features=in_features, classes=classes, **options)
-    factory = load_object(name, "model.name")
-    check_call(factory, "model.options", options)
-    model = factory(**options)
+    factory = check_model_factory(name, options, base)
+    given = accepted_arguments(factory, {"in_features": in_features, "input_shape": (in_features,),
+                                         "classes": classes})
+    try:
+        model = factory(**given, **options)
+    except ConfigError:
+        raise
+    except Exception as exc:  # user code: one line naming the factory
+        raise ConfigError(f"model.name: {name}({', '.join(given)}) failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name: {name} returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -23,14 +23,16 @@ from gossip.transport import Transport
 from gossip.verify import Verifier
 
 from . import checkpoint as ckpt
+from .checkpoint import ModelInfo
 from .commit import CheckpointWriter
 from .config import PeerConfig
 from .errors import PeerError
 from .inbox import VERIFY_IN_THREAD_BYTES, Inbox
+from .learner import Metrics, make_learner
 from .lock import DataDirLock
 from .membership import Membership
 from .metrics import PeerMetrics, metric_dict
-from .parts import PeerParts, build_parts
+from .parts import PeerParts, build_parts, config_folder
 from .provenance import EventKind, NewEvent, ProvenanceLog
 from .resume import load_for_resume
 from .round import (
@@ -46,7 +48,6 @@ from .round import (
     rule_params,
 )
 from .stack import UpdateStack
-from .training import Metrics, Trainer
 
 log = logging.getLogger("gossipfl.peer")
 MAX_DIVERGED = 3  # rounds in a row with a non-finite model before the peer stops
@@ -72,8 +73,9 @@ class Peer:
         cfg = self.cfg = parts.cfg
         self.parts, self.identity, self.peer_id = parts, parts.identity, parts.identity.peer_id
         self.neighbours, self.transport, self.model = list(parts.neighbours), parts.transport, parts.model
-        self.trainer = Trainer(self.model.module, self.model.flat, parts.data, cfg.train,
-                               seed=cfg.data.seed + 7 * cfg.data.shard)
+        self.learner = make_learner(self.model.module, self.model.flat, parts.data, cfg.train,
+                                    seed=cfg.data.seed + 7 * cfg.data.shard, base=config_folder(cfg))
+        self.model_info = ModelInfo.of(self.model, parts.data.features)  # checkpoints carry it, for export
         self.membership = Membership(self.peer_id, cfg.network, getattr(parts.trust, "admin", None),
                                      set(parts.trust.peers), {n.id: n.addr for n in cfg.neighbours},
                                      Path(cfg.data_dir) / "membership.msgpack")
@@ -131,7 +133,7 @@ class Peer:
         ck = load_for_resume(self.ckpt_path, self.prov, self.model.schema, self.model.size)
         if ck is not None:
             self.model.set(ck.params)
-            self.trainer.load_momentum(ck.momentum)
+            self.learner.load_state(ck.learner_state())
             self.state.resume(ck.round, ck.parents, ck.replay)
             self.resumed_from = ck.round
 
@@ -250,22 +252,21 @@ class Peer:
         await self._execute(self.state.start())
         t = time.monotonic()
         if self.cfg.round.train_in_thread:
-            train = await asyncio.to_thread(self.trainer.train_round)
+            train = await asyncio.to_thread(self.learner.train, self.round)
         else:
-            train = self.trainer.train_round()
+            train = self.learner.train(self.round)
         self._train_s = time.monotonic() - t
         await self._durable()  # the last round's checkpoint, written while this one trained
         if self._stop.is_set():
             return False
         await self._check_finite()
         t = time.monotonic()
-        self._eval = self.trainer.evaluate()
+        self._eval = self.learner.evaluate()
         self._eval_s, self._train = time.monotonic() - t, train
         self._own = self.stack.hold_own(self.model.flat.detach())  # what is sent is what is aggregated
         self._bytes_sent = 0
         await self._execute(self.state.trained(time.monotonic(), {
-            "loss": train.loss, "accuracy": train.accuracy, "samples": train.samples, "eval_loss": self._eval.loss,
-            "eval_accuracy": self._eval.accuracy, "eval_samples": self._eval.samples}))
+            **train, **{f"eval_{k}": v for k, v in self._eval.items()}}))
         return True
 
     async def collect_and_aggregate(self) -> RoundRecord | None:
@@ -289,8 +290,8 @@ class Peer:
         await self.transport.status(self.metrics.round_done(
             r, train=self._train, eval=self._eval, heard=heard, aggregated=self._aggregated, seconds=rec.seconds,
             rejected_total=self.state.total_rejected, note=self._note))
-        log.info("round %d: train loss %.3f, eval acc %.3f, %d/%d neighbours accepted%s, %.2fs", r,
-                 self._train.loss, self._eval.accuracy, accepted, len(self.neighbours),
+        log.info("round %d: train %s; eval %s; %d/%d neighbours accepted%s, %.2fs", r,
+                 self._train.line(), self._eval.line(), accepted, len(self.neighbours),
                  f" ({self._note})" if self._note else "", rec.seconds, extra={
                      "event": "round", "round": r, "accepted": accepted, "neighbours": len(self.neighbours),
                      "rejected": dict(rejected), "aggregated": self._aggregated, "note": self._note,
@@ -333,7 +334,7 @@ class Peer:
         log.warning("round %d: the model diverged after training; back to the checkpoint of round %d",
                     self.round, ck.round)
         self.model.set(ck.params)
-        self.trainer.load_momentum(ck.momentum)
+        self.learner.load_state(ck.learner_state())
 
     async def _send(self, cmd: Send) -> None:
         codec = self.cfg.round.codec
@@ -382,10 +383,10 @@ class Peer:
         """Hash and write the state the next round starts from while it trains; logged once durable."""
         params = self.model.flat.detach().clone() if self._result is None else self._result
         self._result = None
-        momentum = self.trainer.momentum_state()
-        self.commits.begin(ckpt.Checkpoint(next_round, self.model.schema, params,
-                                           None if momentum is None else momentum.clone(),
-                                           sorted([s, r] for s, r in self.state.seen), list(self.state.parents)))
+        state = {k: v.clone() for k, v in self.learner.state().items()}
+        self.commits.begin(ckpt.Checkpoint(next_round, self.model.schema, params, None,
+                                           sorted([s, r] for s, r in self.state.seen), list(self.state.parents),
+                                           self.model_info, state))
 
     async def _durable(self) -> None:
         done = await self.commits.durable()

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from gossip.envelope import max_message_size
 from gossip.identity import Identity, load_key
 from gossip.transport import MemoryHub, Transport
 from gossip.trust import TrustList, load_trust_list
 
 from .config import PeerConfig
-from .data import LocalData, digits_shard, load_csv, load_npz, split_holdout
+from .data import LocalData, digits_shard, from_loader, load_csv, load_npz, split_holdout
 from .errors import ConfigError, DataError
+from .learner import probe_model
 from .model import FlatModel, build_model, load_object
 
 
@@ -48,6 +47,11 @@ def message_limit(cfg: PeerConfig, n_params: int) -> int:
     return cap
 
 
+def config_folder(cfg: PeerConfig):
+    """Where the config's own modules (models, learners, loaders) are imported from first."""
+    return cfg.source.resolve().parent if cfg.source is not None else None
+
+
 def load_local_data(cfg: PeerConfig) -> LocalData:
     d = cfg.data
     if d.source == "digits":
@@ -58,14 +62,14 @@ def load_local_data(cfg: PeerConfig) -> LocalData:
     elif d.source == "csv":
         x, y = load_csv(d.path, d.label_column)
     else:
-        loader = load_object(d.source, "data.source")
+        loader = load_object(d.source, "data.source", config_folder(cfg))
         try:
-            x, y = loader(shard=d.shard, shards=d.shards, seed=d.seed, **d.options)
+            result = loader(shard=d.shard, shards=d.shards, seed=d.seed, **d.options)
         except DataError:
             raise
         except Exception as exc:  # user code: report, do not crash with a traceback
             raise DataError(f"data.source {d.source} failed: {type(exc).__name__}: {exc}") from None
-        x, y = torch.as_tensor(x).float().reshape(len(y), -1).numpy(), torch.as_tensor(y).long().numpy()
+        x, y = from_loader(result, f"data.source {d.source}")
     return split_holdout(x, y, d.holdout, d.seed + 1000 + d.shard, cfg.model.classes)
 
 
@@ -84,14 +88,9 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
     if identity.peer_id in neighbours:
         raise ConfigError("network.neighbours lists this peer itself")
     data = load_local_data(cfg)
-    module = build_model(cfg.model.name, data.features, cfg.model.classes, cfg.model.options, cfg.model.seed)
-    try:
-        with torch.no_grad():
-            out = module(data.x_train[:2])
-    except Exception as exc:
-        raise ConfigError(f"model {cfg.model.name} does not accept the data ({data.features} features): {exc}") from None
-    if out.shape[-1] != cfg.model.classes:
-        raise ConfigError(f"model {cfg.model.name} outputs {out.shape[-1]} classes, model.classes = {cfg.model.classes}")
+    module = build_model(cfg.model.name, data.features, cfg.model.classes, cfg.model.options, cfg.model.seed,
+                         base=config_folder(cfg))
+    probe_model(module, data, cfg.model.classes, cfg.train.learner, cfg.model.name)
     model = FlatModel(module)
     limit = message_limit(cfg, model.size)
     admin = getattr(trust, "admin", None)

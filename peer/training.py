@@ -1,13 +1,17 @@
-"""Local training and evaluation: plain SGD (optional momentum) on the peer's own data."""
+"""The built-in learner: classification with cross-entropy and plain SGD (optional momentum)
+on the peer's own data. Other tasks plug in through `train.learner` (see peer.learner)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from .data import LocalData
+from .errors import ConfigError
+from .learner import Metrics
 
 
 @dataclass
@@ -18,13 +22,15 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
+    learner: str = "classification"  # a built-in learner or package.module:factory
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the learner factory
 
 
-@dataclass
-class Metrics:
-    loss: float
-    accuracy: float
-    samples: int
+def steps_per_round(cfg: TrainConfig, samples: int) -> int:
+    """Local steps in one round: train.epochs passes over the data if set, else train.local_steps."""
+    if cfg.epochs > 0:
+        return max(1, int(round(cfg.epochs * samples / cfg.batch_size)))
+    return cfg.local_steps
 
 
 class FlatSGD:
@@ -63,20 +69,31 @@ class FlatSGD:
         self.flat.add_(g, alpha=-self.lr)
 
 
-class Trainer:
-    def __init__(self, module: nn.Module, flat: torch.Tensor, data: LocalData, cfg: TrainConfig, seed: int = 0):
-        self.module, self.data, self.cfg = module, data, cfg
-        self.opt = FlatSGD(flat, list(module.parameters()), cfg.lr, cfg.momentum, cfg.weight_decay)
+class ClassificationLearner:
+    """Cross-entropy on integer labels, SGD on the flat buffer; metrics loss, accuracy, samples.
+
+    Built like any learner: `ClassificationLearner(model, flat, data, cfg, seed)`."""
+
+    def __init__(self, model: nn.Module, flat: torch.Tensor, data: LocalData, cfg: TrainConfig, seed: int = 0,
+                 **options):
+        if options:
+            raise ConfigError(f"train.options.{sorted(options)[0]}: the built-in classification learner takes "
+                              "no options (its settings are train.lr, momentum, weight_decay, batch_size)")
+        if data.y_train.is_floating_point():
+            y = torch.cat([data.y_train, data.y_eval])
+            odd = float(y[y != y.round()][0])
+            raise ConfigError(f"found label {odd:g}, not a number in 0..{data.classes - 1}: the classification "
+                              "learner needs whole-number class labels; for regression set train.learner "
+                              "to your own package.module:factory")
+        self.module, self.data, self.cfg = model, data, cfg
+        self.opt = FlatSGD(flat, list(model.parameters()), cfg.lr, cfg.momentum, cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(seed)
         self.loss_fn = nn.CrossEntropyLoss()
 
     def steps_per_round(self) -> int:
-        n = len(self.data.y_train)
-        if self.cfg.epochs > 0:
-            return max(1, int(round(self.cfg.epochs * n / self.cfg.batch_size)))
-        return self.cfg.local_steps
+        return steps_per_round(self.cfg, len(self.data.y_train))
 
-    def train_round(self) -> Metrics:
+    def train(self, round: int = 0) -> Metrics:
         """One round of local SGD on the local data."""
         self.module.train()
         x, y = self.data.x_train, self.data.y_train
@@ -92,7 +109,10 @@ class Trainer:
             total += float(loss.detach()) * len(yb)
             correct += int((out.argmax(1) == yb).sum())
             seen += len(yb)
-        return Metrics(total / max(seen, 1), correct / max(seen, 1), seen)
+        return Metrics(loss=total / max(seen, 1), accuracy=correct / max(seen, 1), samples=seen)
+
+    def train_round(self) -> Metrics:
+        return self.train()
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Metrics:
@@ -102,10 +122,24 @@ class Trainer:
                 x, y = self.data.x_train, self.data.y_train
         self.module.eval()
         out = self.module(x)
-        return Metrics(float(self.loss_fn(out, y)), float((out.argmax(1) == y).float().mean()), len(y))
+        return Metrics(loss=float(self.loss_fn(out, y)), accuracy=float((out.argmax(1) == y).float().mean()),
+                       samples=len(y))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint carries: the momentum buffer, once there is one."""
+        return {} if self.opt.buf is None else {"momentum": self.opt.buf}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        buf = state.get("momentum")
+        if buf is not None and buf.shape != self.opt.flat.shape:
+            raise ValueError(f"momentum has {buf.numel()} values, the model {self.opt.flat.numel()}")
+        self.opt.buf = None if buf is None else buf.detach().to(torch.float32).clone()
 
     def momentum_state(self) -> torch.Tensor | None:
         return self.opt.buf
 
     def load_momentum(self, buf: torch.Tensor | None) -> None:
-        self.opt.buf = None if buf is None else buf.clone()
+        self.load_state({} if buf is None else {"momentum": buf})
+
+
+Trainer = ClassificationLearner  # the name the peer and the simulator have used

@@ -193,9 +193,9 @@ class AttackTransport(Transport):
         await self.inner.set_neighbours(addrs)
 
 
-def poison_labels(trainer, label_map: torch.Tensor) -> None:
-    """Data poisoning: from now on the trainer learns `label_map[y]` for every label y."""
-    trainer.data = dataclasses.replace(trainer.data, y_train=label_map[trainer.data.y_train])
+def poison_labels(learner, label_map: torch.Tensor) -> None:
+    """Data poisoning: from now on the learner trains on `label_map[y]` for every label y."""
+    learner.data = dataclasses.replace(learner.data, y_train=label_map[learner.data.y_train])
 
 
 def _corrupt_signature(data: bytes) -> bytes:

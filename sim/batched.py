@@ -35,7 +35,13 @@ from peer.model import build_model
 from peer.round import _fits, rule_params
 
 from . import datasets, streams
-from .attacks import DATA_ATTACKS, MODEL_ATTACKS, PROTOCOL_ATTACKS, label_flip_map, model_attack_rows
+from .attacks import (
+    DATA_ATTACKS,
+    MODEL_ATTACKS,
+    PROTOCOL_ATTACKS,
+    label_flip_map,
+    model_attack_rows,
+)
 from .engine import RoundMetrics, RunResult
 from .errors import ScenarioError
 from .placement import place_byzantine
@@ -219,7 +225,7 @@ class Shard:
 
     def aggregate(self, r: int) -> int:
         """Every online own node aggregates what it received; returns messages delivered."""
-        sc, topo = self.sc, self.topo
+        sc = self.sc
         n_own = len(self.own)
         online = ~self.down[self.own]
         ok = self._delivered(r)
@@ -264,7 +270,7 @@ class Shard:
     def _craft(self, r: int, stack: torch.Tensor, t: np.ndarray, rows: np.ndarray) -> None:
         """Replace, in place, the Byzantine rows that honest targets received with what an
         omniscient attacker sends each target (from the target's honest neighbourhood)."""
-        sc, topo = self.sc, self.topo
+        sc = self.sc
         glob_rows = self.view[rows]
         is_bad = topo.byz[glob_rows]
         is_bad[:, 0] = False
@@ -385,7 +391,7 @@ class BatchedEngine:
         self.byzantine = [self.topo.labels[i] for i in np.flatnonzero(self.topo.byz)]
 
     def run(self) -> RunResult:
-        sc, topo = self.sc, self.topo
+        sc = self.sc
         t_start = time.monotonic()
         shard = Shard(sc, self.rule, topo, np.arange(topo.n), progress=self.setup_progress)
         self.shard = shard

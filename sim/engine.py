@@ -37,7 +37,6 @@ from .attacks import (
     model_attack,
     poison_labels,
 )
-from .errors import ScenarioError
 from .placement import place_byzantine
 from .scenario import Scenario
 
@@ -149,7 +148,7 @@ class ProtocolEngine:
         that rewrites what it sends (crafted models, protocol attacks)."""
         kind = self.sc.attack
         if kind in DATA_ATTACKS:
-            poison_labels(peer.trainer, label_flip_map(10))
+            poison_labels(peer.learner, label_flip_map(10))
         elif kind in PROTOCOL_ATTACKS:
             peer.transport = AttackTransport(peer.transport, ProtocolAttacker(kind, ident, peer.verifier.max_size))
         elif kind in MODEL_ATTACKS:
@@ -226,7 +225,7 @@ class ProtocolEngine:
         models = []
         for v in honest:
             p = self.peers[v]
-            m = p.trainer.evaluate(*test_xy) if test_xy is not None else p.trainer.evaluate()
+            m = p.learner.evaluate(*test_xy) if test_xy is not None else p.learner.evaluate()
             acc[v], loss[v] = m.accuracy, m.loss
             models.append(p.model.flat)
         stack = torch.stack(models)

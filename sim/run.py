@@ -75,7 +75,7 @@ def run_one(sc: Scenario, rule: str, run_dir: Path, *, engine: str | None = None
     else:
         eng = ProtocolEngine(sc, rule, graph, run_dir, progress=progress)
         res = asyncio.run(eng.run())
-        counts = [len(p.trainer.data.y_train) for p in eng.peers.values()]
+        counts = [len(p.learner.data.y_train) for p in eng.peers.values()]
     w = small_batch_warning(sc, counts)
     if w:
         warnings.append(w)
@@ -112,7 +112,13 @@ def run_all(scenarios: list[Scenario], out: str | Path, *, quiet: bool = False, 
 
 
 def _run_here(jobs, total: int, *, quiet: bool, engine: str | None, console) -> list:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         disable=quiet, transient=False, console=console)
