@@ -82,12 +82,11 @@ def sim_run(scenario: str, sweep_items, sweep, engine, ray_address, shards: int,
 @friendly
 def sim_init(path: str, force: bool) -> None:
     """Write a commented example scenario to PATH (default scenario.toml)."""
+    import tomllib
     from pathlib import Path
 
     from sim.errors import ScenarioError
     from sim.scenario import EXAMPLE, build
-
-    import tomllib
 
     build(tomllib.loads(EXAMPLE))  # the example is always a valid scenario
     p = Path(path)

@@ -11,14 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from gossip.identity import Identity, save_key
 from gossip.libp2p_transport import Libp2pTransport
 
-from .netfixtures import ROOT, free_ports
+from .netfixtures import ROOT
 
 MAX_SIZE = 10_000  # the victim's exact maximum message size: read deadline about 5 s
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -18,8 +18,8 @@ from peer.audit import verify_log
 from sim.attacks import ProtocolAttacker, alie_z, label_flip_map, model_attack
 from sim.datasets import fashion_available, fashion_mnist, synthetic
 from sim.demo import demo_scenarios
-from sim.placement import place_byzantine
 from sim.errors import ScenarioError
+from sim.placement import place_byzantine
 from sim.run import run_all
 from sim.scenario import Scenario, build, expand, parse_sweep
 from topology import from_spec
