@@ -12,9 +12,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch
 
 from .errors import CodecError
+from .lazy import lazy
+
+torch = lazy("torch")  # loaded by the first encode/decode
 
 CODECS = ("raw-f32", "f16", "int8")
 INT8_BLOCK = 4096

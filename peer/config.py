@@ -19,7 +19,6 @@ from gossip.identity import check_peer_id
 from .errors import ConfigError
 from .learner import check_learner
 from .model import BUILTIN, check_builtin_options, check_call, check_model_factory, load_object
-from .training import TrainConfig
 
 TRANSPORTS = ("memory", "libp2p", "mqtt")
 BUILTIN_SOURCES = ("digits", "npz", "csv")
@@ -96,6 +95,18 @@ class RoundConfig:
     inbox_per_neighbour: int = 4
     train_in_thread: bool = True
     interval: float = 0.0  # minimum seconds from one round's start to the next (pacing)
+
+
+@dataclass
+class TrainConfig:
+    local_steps: int = 10
+    epochs: float = 0.0  # > 0: train this many passes instead of local_steps
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    learner: str = "classification"  # a built-in learner or package.module:factory
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the learner factory
 
 
 @dataclass

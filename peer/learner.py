@@ -29,10 +29,11 @@ import os
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-import torch
-from torch import nn
+from gossip.lazy import lazy
 
 from .errors import ConfigError, PeerError
+
+torch, nn = lazy("torch"), lazy("torch.nn")  # loaded when a learner is built, not to read a config
 
 LEARNER_ARGUMENTS = ("model", "flat", "data", "cfg", "seed")  # what gossipfl passes every learner factory
 BUILTIN_LEARNERS = {"classification": "peer.training:ClassificationLearner"}
@@ -169,9 +170,8 @@ def check_learner(name: str, options: dict, base: str | os.PathLike | None = Non
     """At config load: the learner imports and its factory takes train.options."""
     from .model import check_call
 
-    factory = resolve_learner(name, base)
-    if name not in BUILTIN_LEARNERS:
-        check_call(factory, "train.options", options, fixed=LEARNER_ARGUMENTS)
+    if name not in BUILTIN_LEARNERS:  # a built-in is not imported just to read a config
+        check_call(resolve_learner(name, base), "train.options", options, fixed=LEARNER_ARGUMENTS)
     elif options:
         raise ConfigError(f"train.options.{sorted(options)[0]}: the built-in {name} learner takes no options")
 

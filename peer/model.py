@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 
 import msgpack
-import torch
-from torch import nn
+
+from gossip.lazy import lazy
 
 from .errors import ConfigError
+
+torch, nn = lazy("torch"), lazy("torch.nn")  # loaded when a model is built, not to read a config
 
 
 def mlp(in_features: int = 64, hidden: list[int] | tuple[int, ...] = (32,), classes: int = 10) -> nn.Module:

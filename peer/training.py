@@ -3,27 +3,13 @@ on the peer's own data. Other tasks plug in through `train.learner` (see peer.le
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 from torch import nn
 
+from .config import TrainConfig  # noqa: F401  (re-exported: where learners look for it)
 from .data import LocalData
 from .errors import ConfigError
 from .learner import Metrics
-
-
-@dataclass
-class TrainConfig:
-    local_steps: int = 10
-    epochs: float = 0.0  # > 0: train this many passes instead of local_steps
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    learner: str = "classification"  # a built-in learner or package.module:factory
-    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the learner factory
 
 
 def steps_per_round(cfg: TrainConfig, samples: int) -> int:

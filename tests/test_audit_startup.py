@@ -42,13 +42,18 @@ def logs(tmp_path_factory):
                                   ["audit", "verify", "{log}"], ["audit", "show", "{log}"],
                                   ["audit", "timeline", "{log}", "--peer", "{peer}"],
                                   ["audit", "rejections", "{log}"], ["audit", "where", "{update}", "{log}"],
-                                  ["audit", "show", "/nope.db"]])
+                                  ["audit", "show", "/nope.db"], ["rules"], ["peer", "id", "--config", "{config}"]])
 def test_no_model_commands_import_neither_torch_nor_libp2p(args, logs, tmp_path):
     paths, updates = logs
     from peer.audit import load_events
 
     owner, _ = load_events(paths[0])
-    fill = {"tmp": tmp_path, "log": paths[0], "peer": owner[-8:], "update": updates[(0, 1)][:8]}
+    from peer.plan import write_plan
+    from topology import from_spec
+
+    nodes = write_plan(from_spec("ring:3"), tmp_path / "plan", draw=False)
+    fill = {"tmp": tmp_path, "log": paths[0], "peer": owner[-8:], "update": updates[(0, 1)][:8],
+            "config": nodes[0].config}
     r = run(*[a.format(**fill) for a in args])
     assert r["heavy"] == [], r
     assert r["code"] in (0, None) or (args[-1] == "/nope.db" and r["code"] == 2 and "error:" in r["stderr"]
