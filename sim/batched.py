@@ -270,7 +270,7 @@ class Shard:
     def _craft(self, r: int, stack: torch.Tensor, t: np.ndarray, rows: np.ndarray) -> None:
         """Replace, in place, the Byzantine rows that honest targets received with what an
         omniscient attacker sends each target (from the target's honest neighbourhood)."""
-        sc = self.sc
+        sc, topo = self.sc, self.topo
         glob_rows = self.view[rows]
         is_bad = topo.byz[glob_rows]
         is_bad[:, 0] = False
@@ -391,7 +391,7 @@ class BatchedEngine:
         self.byzantine = [self.topo.labels[i] for i in np.flatnonzero(self.topo.byz)]
 
     def run(self) -> RunResult:
-        sc = self.sc
+        sc, topo = self.sc, self.topo
         t_start = time.monotonic()
         shard = Shard(sc, self.rule, topo, np.arange(topo.n), progress=self.setup_progress)
         self.shard = shard
