@@ -157,6 +157,11 @@ def params_hash(params: torch.Tensor) -> str:
     return hashlib.sha256(_f32(params)).hexdigest()
 
 
+def max_file_size(n_params: int) -> int:
+    """The largest checkpoint file of a model of n_params: parameters, learner state, the rest."""
+    return 8 * n_params + state_limit(n_params) + MAX_STATE_TENSORS * 512 + (1 << 22)
+
+
 def load(path: str | os.PathLike, schema: bytes, n_params: int) -> Checkpoint | None:
     """The checkpoint at `path`, None if there is none; CheckpointError naming the field
     that does not fit (every field is checked: a checkpoint is bytes from disk)."""
@@ -165,7 +170,7 @@ def load(path: str | os.PathLike, schema: bytes, n_params: int) -> Checkpoint | 
         return None
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file")
-    limit = 8 * n_params + state_limit(n_params) + MAX_STATE_TENSORS * 512 + (1 << 22)
+    limit = max_file_size(n_params)
     try:
         if path.stat().st_size > limit:
             raise CheckpointError(f"{path}: larger than a checkpoint of this model can be")

@@ -420,7 +420,7 @@ def test_load_refuses_garbage_a_directory_and_an_oversized_file(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="not a file"):
         ckpt.load(tmp_path / "d", SCHEMA, N)
     with open(tmp_path / "big", "wb") as fh:
-        fh.truncate(8 * N + (1 << 22) + 1)
+        fh.truncate(ckpt.max_file_size(N) + 1)
     with pytest.raises(ckpt.CheckpointError, match="larger than"):
         ckpt.load(tmp_path / "big", SCHEMA, N)
 
