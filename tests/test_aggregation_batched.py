@@ -51,14 +51,14 @@ def takes_weights(spec: str) -> bool:
     return rule in {"mean", "multi_krum", "geomed", "centered_clip", "self_centered_clip", "mda"}
 
 
-def batch_of_stacks(draw, min_n: int, max_n: int = 9) -> np.ndarray:
+def batch_of_stacks(draw, min_n: int, max_n: int = 9, ties: bool = True) -> np.ndarray:
     """(B, n, d) with B in 1..4; some with rounded values (ties) and a duplicated row."""
     b = draw(st.integers(1, 4))
     n = draw(st.integers(min_n, max_n))
     d = draw(st.integers(1, 5))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     x = rng.normal(size=(b, n, d)) * draw(st.sampled_from([1.0, 10.0]))
-    if draw(st.booleans()):
+    if ties and draw(st.booleans()):
         x = np.round(x)  # many ties
     if n > 1 and draw(st.booleans()):
         x[:, rng.integers(0, n)] = x[:, rng.integers(0, n)]  # a duplicate row in every entry
@@ -97,13 +97,20 @@ def t(x) -> torch.Tensor:
 def test_a_batch_equals_separate_calls(spec):
     min_n, extra = CASES[spec]
 
+    # After NNM mixes rows (each the mean of its nearest ones), exact value ties among mixed
+    # rows are broken by float rounding, which may differ with the batch's shape: both picks are
+    # valid, so those rules are checked on inputs without exact ties, and nnm with f = 0 (every
+    # row becomes the same mean: any Krum pick is right) on values alone.
+    mixed_selection = spec in ("nnm+krum", "nnm+meamed")
+
     @SETTINGS
     @given(st.data())
     def check(data):
-        x = t(batch_of_stacks(data.draw, min_n))
+        x = t(batch_of_stacks(data.draw, min_n, ties=not mixed_selection))
         b, n, _ = x.shape
         params = extra(n, data.draw)
         params["f"] = data.draw(st.integers(0, largest_f(spec, n, params)), label="f")
+        reports = not (mixed_selection and params["f"] == 0)
         weights = None
         if takes_weights(spec):
             kind = data.draw(st.sampled_from(["none", "shared", "per entry"]), label="weights")
@@ -118,9 +125,11 @@ def test_a_batch_equals_separate_calls(spec):
             alone = aggregate(spec, x[i], per_entry[i], **params)
             torch.testing.assert_close(out.value[i], alone.value, rtol=1e-5, atol=1e-5)
             assert isinstance(alone.report, Report)
-            assert_same_report(out.report[i].to_dict(), alone.report.to_dict())
-        assert_same_report(out.report.to_dict(), [aggregate(spec, x[i], per_entry[i], **params).report.to_dict()
-                                                  for i in range(b)])
+            if reports:
+                assert_same_report(out.report[i].to_dict(), alone.report.to_dict())
+        if reports:
+            assert_same_report(out.report.to_dict(), [aggregate(spec, x[i], per_entry[i], **params).report.to_dict()
+                                                      for i in range(b)])
 
     check()
 
