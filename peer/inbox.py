@@ -29,6 +29,34 @@ class Inbox:
         self.peer = peer
         self.pool = ThreadPoolExecutor(max_workers=VERIFY_WORKERS, thread_name_prefix="verify")
         self.slots: asyncio.Semaphore | None = None  # bounds the messages held while being verified
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Start the transport and one receive loop (never a second); a failure of either, even on
+        another thread, stops the peer with its cause."""
+        if self.task is not None and not self.task.done():
+            return
+        p, loop = self.peer, asyncio.get_running_loop()
+        p.transport.on_failure = lambda exc: loop.call_soon_threadsafe(p.failed, "the transport", exc)
+        await p.transport.start()
+        self.task = loop.create_task(self.run())
+        self.task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.peer.failed("the receive loop", task.exception())
+
+    async def stop(self) -> None:
+        if self.task is None:
+            return
+        task, self.task = self.task, None
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # already reported by _ended
+            log.debug("receive loop ended with %r", exc)
 
     async def run(self) -> None:
         p = self.peer

@@ -18,23 +18,21 @@ from pathlib import Path
 import torch
 
 from aggregation import AggregationError, aggregate
-from gossip.envelope import seal_update
 from gossip.transport import Transport
 from gossip.verify import Verifier
 
-from . import checkpoint as ckpt
 from .checkpoint import ModelInfo
-from .commit import CheckpointWriter
+from .commit import Checkpoints
 from .config import PeerConfig
 from .errors import PeerError
-from .inbox import VERIFY_IN_THREAD_BYTES, Inbox
+from .inbox import Inbox
 from .learner import Metrics, make_learner
 from .lock import DataDirLock
 from .membership import Membership
 from .metrics import PeerMetrics, metric_dict
+from .outbox import Outbox
 from .parts import PeerParts, build_parts, config_folder
 from .provenance import EventKind, NewEvent, ProvenanceLog
-from .resume import load_for_resume
 from .round import (
     Aggregate,
     Checkpoint,
@@ -50,7 +48,6 @@ from .round import (
 from .stack import UpdateStack
 
 log = logging.getLogger("gossipfl.peer")
-MAX_DIVERGED = 3  # rounds in a row with a non-finite model before the peer stops
 
 
 @dataclass
@@ -96,19 +93,14 @@ class Peer:
         except BaseException:
             self.lock.release()
             raise
-        self.ckpt_path = Path(cfg.data_dir) / "checkpoint.msgpack"
-        self.commits = CheckpointWriter(self.ckpt_path)
+        self.checkpoints = Checkpoints(self)
         self.history: list[RoundRecord] = []
         self._events: list[NewEvent] = []
-        self._result: torch.Tensor | None = None  # the model the next checkpoint holds
         self._wake, self._stop = asyncio.Event(), asyncio.Event()
-        self._receiver: asyncio.Task | None = None
-        self._sending: dict[str, asyncio.Task] = {}  # neighbour -> the transmission in flight
-        self.inbox = Inbox(self)
+        self.inbox, self.outbox = Inbox(self), Outbox(self)
         names = {**parts.trust.names, **{n.id: n.name for n in cfg.neighbours if n.name}}
         self.metrics = PeerMetrics(cfg.name or self.peer_id[-8:], self.peer_id, neighbours=len(self.neighbours),
                                    names=names)
-        self._diverged = 0
         self.failure: BaseException | None = None
         self.started = False
         self.resumed_from: int | None = None
@@ -129,29 +121,15 @@ class Peer:
     # --- lifecycle -----------------------------------------------------------------
 
     def resume(self) -> None:
-        """Continue from the checkpoint, after checking it against the log's last checkpoint event."""
-        ck = load_for_resume(self.ckpt_path, self.prov, self.model.schema, self.model.size)
-        if ck is not None:
-            self.model.set(ck.params)
-            self.learner.load_state(ck.learner_state())
-            self.state.resume(ck.round, ck.parents, ck.replay)
-            self.resumed_from = ck.round
+        self.resumed_from = self.checkpoints.resume()
 
     async def go_offline(self) -> None:
         """Simulated outage: stop receiving (messages sent meanwhile are lost)."""
-        if self._receiver:
-            self._receiver.cancel()
-            self._receiver = None
+        await self.inbox.stop()
         await self.transport.close()
 
     async def go_online(self) -> None:
-        if self._receiver is not None and not self._receiver.done():
-            return  # one receiver at a time
-        loop = asyncio.get_running_loop()
-        self.transport.on_failure = lambda exc: loop.call_soon_threadsafe(self._failed, "the transport", exc)
-        await self.transport.start()
-        self._receiver = asyncio.get_running_loop().create_task(self.inbox.run())
-        self._receiver.add_done_callback(self._receiver_ended)
+        await self.inbox.start()
 
     async def start(self) -> None:
         self.metrics.start(self.cfg.metrics.listen)
@@ -163,8 +141,8 @@ class Peer:
             "transport": self.cfg.transport.kind, "addresses": addrs, "resumed_from": self.resumed_from,
             "schema": self.model.schema.hex(), "params": self.model.size}))
         if self.resumed_from is None:  # a first checkpoint: a diverging first round has a model to return to
-            self._begin_checkpoint(self.round)
-            await self._durable()
+            self.checkpoints.begin(self.round)
+            await self.checkpoints.durable()
         self._flush()
         for a in addrs:
             log.info("listening on %s", a)
@@ -176,11 +154,7 @@ class Peer:
         self._stop.set()
         self._wake.set()
 
-    def _receiver_ended(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._failed("the receive loop", task.exception())
-
-    def _failed(self, what: str, exc: BaseException) -> None:
+    def failed(self, what: str, exc: BaseException) -> None:
         """A background task died: say why and stop the peer (never a silent half-alive peer)."""
         if self.started and self.failure is None:
             self.failure = exc
@@ -191,22 +165,11 @@ class Peer:
         if not self.started:
             return
         self.started = False
-        await self._checkpoint_now()
-        in_flight = [t for t in self._sending.values() if not t.done()]
-        if in_flight:  # let the last updates go out, within reason
-            _, late = await asyncio.wait(in_flight, timeout=min(5.0, self.cfg.round.deadline))
-            for t in late:
-                t.cancel()
+        await self.checkpoints.now()
+        await self.outbox.drain(min(5.0, self.cfg.round.deadline))
         self._events.append(NewEvent(EventKind.STOPPED, self.round, details={"reason": reason}))
         self._flush()
-        if self._receiver:
-            self._receiver.cancel()
-            try:
-                await self._receiver
-            except asyncio.CancelledError:
-                pass
-            except Exception as exc:  # already reported by _receiver_ended
-                log.debug("receive loop ended with %r", exc)
+        await self.inbox.stop()
         await self.transport.close()
         self.inbox.close()
         self.prov.close()
@@ -256,15 +219,15 @@ class Peer:
         else:
             train = self.learner.train(self.round)
         self._train_s = time.monotonic() - t
-        await self._durable()  # the last round's checkpoint, written while this one trained
+        await self.checkpoints.durable()  # the last round's checkpoint, written while this one trained
         if self._stop.is_set():
             return False
-        await self._check_finite()
+        self.checkpoints.check_finite()
         t = time.monotonic()
         self._eval = self.learner.evaluate()
         self._eval_s, self._train = time.monotonic() - t, train
         self._own = self.stack.hold_own(self.model.flat.detach())  # what is sent is what is aggregated
-        self._bytes_sent = 0
+        self.outbox.bytes_sent = 0
         await self._execute(self.state.trained(time.monotonic(), {
             **train, **{f"eval_{k}": v for k, v in self._eval.items()}}))
         return True
@@ -285,7 +248,7 @@ class Peer:
         self._note, self._aggregated = "", False
         await self._execute(self.state.close())
         rec = RoundRecord(r, self._train, self._eval, accepted, rejected, self._aggregated, self._note,
-                          self._bytes_sent, time.monotonic() - self._t0, self._train_s, self._eval_s)
+                          self.outbox.bytes_sent, time.monotonic() - self._t0, self._train_s, self._eval_s)
         self.history.append(rec)
         await self.transport.status(self.metrics.round_done(
             r, train=self._train, eval=self._eval, heard=heard, aggregated=self._aggregated, seconds=rec.seconds,
@@ -308,61 +271,13 @@ class Peer:
                 case JumpTo(target, before):
                     log.info("neighbours are at round %d, jumping from %d", target, before)
                 case Send():
-                    await self._send(cmd)
+                    await self.outbox.send(cmd, self._own)
                 case Aggregate():
                     await self._aggregate(cmd)
                 case Skip(_, reason):
-                    self._note, self._result = reason, self._own
+                    self._note, self.checkpoints.result = reason, self._own
                 case Checkpoint():
-                    self._begin_checkpoint(cmd.next_round)
-
-    async def _check_finite(self) -> None:
-        """A model that diverged is never sent: log it and return to the last checkpoint."""
-        flat = self.model.flat
-        lo, hi = torch.aminmax(flat)
-        if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
-            self._diverged = 0
-            return
-        self._diverged += 1
-        ck = ckpt.load(self.commits.latest, self.model.schema, self.model.size)
-        self._events.append(NewEvent(EventKind.DIVERGED, self.round, details={
-            "times": self._diverged, "restored_round": None if ck is None else ck.round}))
-        self._flush()
-        if ck is None or self._diverged >= MAX_DIVERGED:
-            raise PeerError(f"the model diverged (NaN or Inf parameters after training) in {self._diverged} "
-                            "round(s) in a row and there is no good checkpoint to return to; lower train.lr")
-        log.warning("round %d: the model diverged after training; back to the checkpoint of round %d",
-                    self.round, ck.round)
-        self.model.set(ck.params)
-        self.learner.load_state(ck.learner_state())
-
-    async def _send(self, cmd: Send) -> None:
-        codec = self.cfg.round.codec
-        fields = dict(net=self.cfg.network, round=cmd.round, schema=self.model.schema, codec=codec,
-                      parents=[bytes.fromhex(p) for p in cmd.parents], deg=len(self.neighbours))
-        if self._own.numel() * 4 >= VERIFY_IN_THREAD_BYTES:  # hashing tens of MB off the event loop
-            sealed = await asyncio.to_thread(seal_update, self.identity, self._own, **fields)
-        else:
-            sealed = seal_update(self.identity, self._own, **fields)
-        size = len(sealed.data)
-        await self._execute(self.state.sent(sealed.update_id, [
-            (nb, sealed.update_id, {"bytes": size, "codec": codec}) for nb in self.neighbours]))
-        self._flush()  # `sent` is durable before transmission: never a receipt without a send
-        loop = asyncio.get_running_loop()
-        for nb in self.neighbours:  # at once: a slow or stalled neighbour never holds up the others
-            pending = self._sending.get(nb)
-            if pending is not None and not pending.done():
-                log.warning("round %d: the last update to %s is still in flight; not sending this one",
-                            cmd.round, nb)
-                continue
-            self._sending[nb] = loop.create_task(self._transmit(nb, sealed.data, cmd.round))
-
-    async def _transmit(self, nb: str, data: bytes, round_: int) -> None:
-        if await self.transport.send(nb, data):
-            self._bytes_sent += len(data)
-            self.metrics.bytes_out(len(data))
-        else:
-            log.debug("round %d: update to %s not delivered", round_, nb)
+                    self.checkpoints.begin(cmd.next_round)
 
     async def _aggregate(self, cmd: Aggregate) -> None:
         agg = self.cfg.aggregation
@@ -376,28 +291,8 @@ class Peer:
             return
         value = out.value.clone() if self.stack.owns(out.value) else out.value  # e.g. Krum's chosen row
         self.model.set(value)
-        self._result, self._aggregated = value, True
+        self.checkpoints.result, self._aggregated = value, True
         await self._execute(self.state.aggregated(cmd.senders, cmd.weights, out.report.to_dict()))
-
-    def _begin_checkpoint(self, next_round: int) -> None:
-        """Hash and write the state the next round starts from while it trains; logged once durable."""
-        params = self.model.flat.detach().clone() if self._result is None else self._result
-        self._result = None
-        state = {k: v.clone() for k, v in self.learner.state().items()}
-        self.commits.begin(ckpt.Checkpoint(next_round, self.model.schema, params, None,
-                                           sorted([s, r] for s, r in self.state.seen), list(self.state.parents),
-                                           self.model_info, state))
-
-    async def _durable(self) -> None:
-        done = await self.commits.durable()
-        if done is not None:
-            await self._execute(self.state.committed(*done))
-
-    async def _checkpoint_now(self) -> None:
-        await self._durable()
-        self._begin_checkpoint(self.round)
-        await self._durable()
-        self._flush()
 
     def log_events(self, commands, flush: bool = False) -> None:
         """Queue the Log commands' events for the next provenance transaction."""
@@ -412,4 +307,4 @@ class Peer:
         if self._events:
             events, self._events = self._events, []
             self.prov.append_many(events)
-        self.commits.publish()  # its `checkpoint` event is in the log now
+        self.checkpoints.publish()  # its `checkpoint` event is in the log now

@@ -285,10 +285,10 @@ def test_the_checkpoint_event_is_logged_once_the_checkpoint_is_durable(tmp_path)
             await p.start()
         await asyncio.gather(*(p.run_round() for p in peers))
         p = peers[0]
-        await p._durable()
-        p._flush()
+        await p.checkpoints.durable()
+        p.log_events([], flush=True)
         _, events = load_events(p.prov.path, kind="checkpoint")
-        on_disk = ckpt.load(p.ckpt_path, p.model.schema, p.model.size)
+        on_disk = ckpt.load(p.checkpoints.path, p.model.schema, p.model.size)
         assert events[-1].details["next_round"] == on_disk.round == 1
         assert events[-1].details["params_hash"] == hashlib.sha256(on_disk.params.numpy()).hexdigest()
         _, aggregated = load_events(p.prov.path, kind="aggregated")

@@ -1,0 +1,64 @@
+"""What a peer sends: its own update, sealed once, logged as `sent` before it leaves, and sent
+to every neighbour at once, so a slow or stalled neighbour never holds up the others."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from gossip.envelope import seal_update
+
+from .inbox import VERIFY_IN_THREAD_BYTES
+from .round import Send
+
+if TYPE_CHECKING:
+    import torch
+
+    from .node import Peer
+
+log = logging.getLogger("gossipfl.peer")
+
+
+class Outbox:
+    def __init__(self, peer: Peer):
+        self.peer = peer
+        self.sending: dict[str, asyncio.Task] = {}  # neighbour -> the transmission in flight
+        self.bytes_sent = 0  # this round
+
+    async def send(self, cmd: Send, own: torch.Tensor) -> None:
+        p = self.peer
+        codec = p.cfg.round.codec
+        fields = dict(net=p.cfg.network, round=cmd.round, schema=p.model.schema, codec=codec,
+                      parents=[bytes.fromhex(x) for x in cmd.parents], deg=len(p.neighbours))
+        if own.numel() * 4 >= VERIFY_IN_THREAD_BYTES:  # hashing tens of MB off the event loop
+            sealed = await asyncio.to_thread(seal_update, p.identity, own, **fields)
+        else:
+            sealed = seal_update(p.identity, own, **fields)
+        size = len(sealed.data)
+        p.log_events(p.state.sent(sealed.update_id, [
+            (nb, sealed.update_id, {"bytes": size, "codec": codec}) for nb in p.neighbours]),
+            flush=True)  # `sent` is durable before transmission: never a receipt without a send
+        loop = asyncio.get_running_loop()
+        for nb in p.neighbours:
+            pending = self.sending.get(nb)
+            if pending is not None and not pending.done():
+                log.warning("round %d: the last update to %s is still in flight; not sending this one",
+                            cmd.round, nb)
+                continue
+            self.sending[nb] = loop.create_task(self._transmit(nb, sealed.data, cmd.round))
+
+    async def _transmit(self, nb: str, data: bytes, round_: int) -> None:
+        if await self.peer.transport.send(nb, data):
+            self.bytes_sent += len(data)
+            self.peer.metrics.bytes_out(len(data))
+        else:
+            log.debug("round %d: update to %s not delivered", round_, nb)
+
+    async def drain(self, timeout: float) -> None:
+        """Let the last updates go out, within reason, at shutdown."""
+        in_flight = [t for t in self.sending.values() if not t.done()]
+        if in_flight:
+            _, late = await asyncio.wait(in_flight, timeout=timeout)
+            for t in late:
+                t.cancel()
