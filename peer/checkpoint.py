@@ -157,6 +157,10 @@ def params_hash(params: torch.Tensor) -> str:
     return hashlib.sha256(_f32(params)).hexdigest()
 
 
+def _is_update_id(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 def max_file_size(n_params: int) -> int:
     """The largest checkpoint file of a model of n_params: parameters, learner state, the rest."""
     return 8 * n_params + state_limit(n_params) + MAX_STATE_TENSORS * 512 + (1 << 22)
@@ -202,8 +206,8 @@ def load(path: str | os.PathLike, schema: bytes, n_params: int) -> Checkpoint | 
             and type(x[1]) is int and x[1] >= 0 for x in replay):
         raise bad("replay", "must be a list of [PeerId, round] pairs")
     if not isinstance(parents, list) or len(parents) > MAX_PARENTS or not all(
-            isinstance(p, str) and len(p) <= 64 for p in parents):
-        raise bad("parents", f"must be a list of at most {MAX_PARENTS} update ids")
+            isinstance(p, str) and _is_update_id(p) for p in parents):
+        raise bad("parents", f"must be a list of at most {MAX_PARENTS} update ids (64 hex digits)")
     info = _model_info(path, doc) if "model" in doc else None
     if info is not None and info.schema != schema:
         raise bad("model", "does not match the checkpoint's schema hash")

@@ -317,8 +317,14 @@ def test_registry_lists_every_rule_with_a_requirement():
 
 def test_report_is_json_serialisable():
     import json
-    out = aggregate("nnm+multi_krum", torch.randn(9, 10), f=2)
-    json.dumps(out.report.to_dict())
+    x = torch.randn(9, 10)
+    x[3] += 100.0  # a far outlier: Multi-Krum must leave it out
+    out = aggregate("nnm+multi_krum", x, f=2)
+    back = json.loads(json.dumps(out.report.to_dict()))  # the provenance log stores it as JSON
+    assert back == out.report.to_dict()
+    assert back["rule"] == "multi_krum" and back["pre"][0]["step"] == "nnm"
+    assert len(back["selected"]) == 9 - 2 and 3 not in back["selected"]
+    assert len(back["scores"]) == 9 and all(isinstance(v, float) for v in back["scores"])
 
 
 # --- robustness ------------------------------------------------------------------------

@@ -399,6 +399,7 @@ def _doc(**changes):
     (_doc(replay={"a": 1}), "'replay'"),
     (_doc(replay=[["x" * 65, 1]]), "'replay'"),
     (_doc(parents=["ab" * 33]), "'parents'"),
+    (_doc(parents=["zz" * 32]), "'parents'"),
     (_doc(parents=["ab" * 32] * 5000), "'parents'"),
     (_doc(parents="ab" * 32), "'parents'"),
     (_doc(schema=b"\x06" * 32), "different model"),
@@ -430,3 +431,43 @@ def test_a_well_formed_checkpoint_loads(tmp_path):
     path.write_bytes(msgpack.packb(_doc(), use_bin_type=True))
     ck = ckpt.load(path, SCHEMA, N)
     assert ck.round == 3 and ck.momentum is None and ck.replay == [("12D3KooWabc", 2)]
+
+
+def _start(config, *extra):
+    from .netfixtures import ROOT
+
+    return subprocess.run([sys.executable, "-m", "gossipfl", "peer", "start", "--config", str(config), *extra],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+@pytest.mark.parametrize("damage", ["cut the log's tail", "empty the log", "delete the checkpoint",
+                                    "flip checkpoint bytes"])
+def test_a_real_peer_refuses_to_start_on_damaged_files_with_one_line(tmp_path, damage):
+    from peer.plan import write_plan
+    from topology import from_spec
+
+    over = {"round": {"deadline": 0.2, "rounds": 3}, "train": {"local_steps": 2}}
+    (node, *_) = write_plan(from_spec("ring:3"), tmp_path / "plan", transport="memory", overrides=over,
+                            draw=False)
+    first = _start(node.config)
+    assert first.returncode == 0, first.stderr[-2000:]
+    data = node.dir / "data"
+    if damage == "cut the log's tail":
+        con = sqlite3.connect(data / "provenance.db")
+        con.execute("DELETE FROM events WHERE seq > (SELECT MAX(seq) - 5 FROM events)")
+        con.commit()
+        con.close()
+    elif damage == "empty the log":
+        (data / "provenance.db").write_bytes(b"")
+        for side in data.glob("provenance.db-*"):
+            side.unlink()
+    elif damage == "delete the checkpoint":
+        (data / "checkpoint.msgpack").unlink()
+    else:
+        raw = bytearray((data / "checkpoint.msgpack").read_bytes())
+        raw[-40:-24] = bytes(16)  # 16 bytes of the parameters
+        (data / "checkpoint.msgpack").write_bytes(bytes(raw))
+    again = _start(node.config)
+    assert again.returncode == 2, (damage, again.stderr[-2000:])
+    lines = [ln for ln in again.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in again.stderr and len([ln for ln in lines if ln.startswith("error:")]) == 1, lines

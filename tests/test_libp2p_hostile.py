@@ -201,13 +201,15 @@ def test_a_restarted_neighbour_reconnects_under_a_connection_flood(trusted, vict
     victim = victim_of([a, b])
     honest = Neighbour(b, victim)
     assert honest.send(b"before")  # then its transport stops: the neighbour "restarts"
-    flood = attack("conn_flood", victim.addr, 40, "--connections", "300", "--parallel", "32")
+    # 1,000 fresh identities: long enough that the flood still runs when the neighbour is back
+    flood = attack("conn_flood", victim.addr, 40, "--connections", "1000", "--parallel", "32")
     stall = attack("stall", victim.addr, 40, "--connections", "100")
-    time.sleep(3)
+    time.sleep(1)
     assert flood.poll() is None and stall.poll() is None  # the flood is still running
     assert honest.send(b"after restart", timeout=10)
+    assert flood.poll() is None  # ... and was still running while the neighbour reconnected
     f, s = result(flood), result(stall)
-    assert f["sessions"] == 0 and f["handshakes"] + f["refused"] == 300, f
+    assert f["sessions"] == 0 and f["handshakes"] + f["refused"] >= 300, f
     assert s["opened"] == 100 and s["closed_by_target"] == 100, s  # stalled handshakes are dropped
     # after the flood the host still accepts new connections
     assert Neighbour(a, victim).send(b"after the flood")

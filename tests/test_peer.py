@@ -250,11 +250,11 @@ def test_checkpoint_is_the_msgpack_document_it_claims_to_be(tmp_path):
     from peer import checkpoint as ckpt
 
     params, momentum = torch.randn(70_000), torch.randn(70_000)
-    ckpt.save(tmp_path / "c", ckpt.Checkpoint(3, b"s" * 32, params, momentum, [("a", 1)], ["p"]))
+    ckpt.save(tmp_path / "c", ckpt.Checkpoint(3, b"s" * 32, params, momentum, [("a", 1)], ["ab" * 32]))
     raw = (tmp_path / "c").read_bytes()
     assert raw == msgpack.packb({"format": ckpt.FORMAT, "round": 3, "schema": b"s" * 32,
                                  "params": params.numpy().tobytes(), "momentum": momentum.numpy().tobytes(),
-                                 "replay": [["a", 1]], "parents": ["p"]}, use_bin_type=True)
+                                 "replay": [["a", 1]], "parents": ["ab" * 32]}, use_bin_type=True)
     back = ckpt.load(tmp_path / "c", b"s" * 32, 70_000)
     assert torch.equal(back.params, params) and torch.equal(back.momentum, momentum) and back.round == 3
 
