@@ -47,7 +47,8 @@ def run(hidden: list[int], rounds: int, rule: str, shards: int, overlapped: bool
         nodes = write_plan(from_spec("star:9"), tmp, transport="memory", draw=False, overrides={
             "model": {"options": {"hidden": hidden}}, "train": {"epochs": 1.0, "batch_size": 32},
             "data": {"shards": shards, "shard": 0},
-            "aggregation": {"rule": rule, "f": 2}, "round": {"deadline": 30.0, "train_in_thread": overlapped}})
+            "aggregation": {"rule": rule, "f": 1}, "round": {"deadline": 30.0, "train_in_thread": overlapped}})
+        centre_tolerates(nodes, 2)
         hub = MemoryHub()
         peer = memory_peer(nodes[0].config, hub)  # node 0 is the centre: 8 neighbours
         others = [load_key(n.dir / "peer.key") for n in nodes[1:]]
@@ -80,6 +81,15 @@ def run(hidden: list[int], rounds: int, rule: str, shards: int, overlapped: bool
                 "eval_s": sum(h.eval_seconds for h in hist) / len(hist),
                 "samples": len(peer.learner.data.y_train), "accepted": min(h.accepted for h in hist),
                 "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def centre_tolerates(nodes, f: int) -> None:
+    """The star's centre (8 neighbours) tolerates f; a leaf has one neighbour, so its config
+    may not ask for more than f = 1."""
+    import re
+
+    cfg = nodes[0].config
+    cfg.write_text(re.sub(r"(?m)^f = 1$", f"f = {f}", cfg.read_text(), count=1))
 
 
 def breakdown(hidden: list[int], rule: str) -> dict:
@@ -157,8 +167,9 @@ def process_peak_rss(hidden: list[int], rounds: int, rule: str, transport: str =
                                draw=False, mqtt_port=broker_port,
                                overrides={"model": {"options": {"hidden": hidden}},
                                           "train": {"epochs": 1.0, "batch_size": 32},
-                                          "aggregation": {"rule": rule, "f": 2},
+                                          "aggregation": {"rule": rule, "f": 1},
                                           "round": {"rounds": rounds, "deadline": 60.0}})
+            centre_tolerates(nodes, 2)
             pp = PeerProcesses(tmp)
             try:
                 for n in nodes[1:] + nodes[:1]:  # leaves first: the centre dials them as it starts

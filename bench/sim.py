@@ -27,6 +27,7 @@ def child(nodes: int) -> dict:
     from sim.scenario import Scenario
 
     sc = Scenario(name=f"bench{nodes}", rounds=ROUNDS, topology=f"regular:{nodes},8", rules=["median"], f=2,
+                  engine="protocol",
                   local_steps=5, deadline=1.0)
     with tempfile.TemporaryDirectory() as tmp:
         out = run_all([sc], tmp, quiet=True)

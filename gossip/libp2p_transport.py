@@ -72,6 +72,10 @@ STREAM_SLACK = 64 * 1024  # protocol negotiation and one yamux frame on top of a
 READ_TIMEOUT_BASE = 5.0
 MIN_RATE = 1 << 20  # bytes per second a neighbour's message must at least arrive at
 HANDSHAKE_SLOTS = 64
+# A neighbour sends one update a round (plus the odd membership record): past MESSAGE_BURST
+# messages at MESSAGE_RATE a second, its connection is closed and refused for COOLDOWN s. Junk
+# under a stolen key then costs the peer a burst, not a stream of decryptions (bench/hostile).
+MESSAGE_BURST, MESSAGE_RATE, COOLDOWN = 32, 16.0, 10.0
 HANDSHAKE_TIMEOUT = 5.0
 YAMUX_WINDOW = 256 * 1024
 
@@ -122,6 +126,8 @@ class Libp2pTransport(QueuedTransport):
         self.mdns = mdns
         self.counters = Counters()
         self._senders: dict[str, _Sender] = {}  # trio thread only
+        self._budget: dict[str, tuple[float, float]] = {}  # sender -> (tokens, at); trio thread only
+        self._cooling: dict[str, float] = {}  # sender -> refused until (monotonic)
         self._handshakes: dict[int, trio.CancelScope] = {}  # in arrival order; trio thread only
         super().__init__(inbox)
         self.bridge = TrioBridge(f"libp2p-{identity.peer_id[-6:]}")
@@ -143,6 +149,11 @@ class Libp2pTransport(QueuedTransport):
         return READ_TIMEOUT_BASE + (self.max_size + LENGTH_BYTES) / MIN_RATE
 
     def is_allowed(self, peer_id: str) -> bool:
+        until = self._cooling.get(peer_id)
+        if until is not None:
+            if time.monotonic() < until:
+                return False
+            self._cooling.pop(peer_id, None)
         allowed = self.allowed
         try:
             return bool(allowed(peer_id)) if callable(allowed) else peer_id in allowed
@@ -411,6 +422,14 @@ class Libp2pTransport(QueuedTransport):
             await _reset(stream)
             await _close_quietly(stream.muxed_conn)
             return
+        if not self._spend(sender):
+            self.counters.violations += 1
+            self._cooling[sender] = time.monotonic() + COOLDOWN
+            log.warning("closing the connection of %s for %.0fs: more than %d messages at %.0f/s",
+                        sender, COOLDOWN, MESSAGE_BURST, MESSAGE_RATE)
+            await _reset(stream)
+            await _close_quietly(stream.muxed_conn)
+            return
         slot = self._senders.setdefault(sender, _Sender())
         if slot.open >= STREAMS_PER_SENDER:
             self.counters.refused_streams += 1
@@ -427,6 +446,16 @@ class Libp2pTransport(QueuedTransport):
                 del self._senders[sender]
         if body is not None and self.loop is not None and not self.closed:
             self.loop.call_soon_threadsafe(self._deliver, sender, body)
+
+    def _spend(self, sender: str) -> bool:
+        """Take one message from the sender's token bucket; False when it is empty."""
+        now = time.monotonic()
+        tokens, at = self._budget.get(sender, (float(MESSAGE_BURST), now))
+        tokens = min(float(MESSAGE_BURST), tokens + (now - at) * MESSAGE_RATE)
+        if tokens < 1.0:
+            return False
+        self._budget[sender] = (tokens - 1.0, now)
+        return True
 
     async def _read_message(self, stream, sender: str) -> bytes | None:
         try:

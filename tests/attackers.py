@@ -292,10 +292,11 @@ def junk_body(size: int, body: str = "bytes") -> bytes:
 
 
 async def junk(target: Target, seconds: float, size: int = 1 << 20, seed: bytes | None = None,
-               identities: int = 1, body: str = "bytes") -> dict:
+               identities: int = 1, body: str = "bytes", messages: int = MAX_JUNK_MESSAGES) -> dict:
     """Each of `identities` connections sends well-framed messages of `size` bytes of junk, one
-    after another, until time is up (or MAX_JUNK_MESSAGES each)."""
+    after another, until time is up (or `messages` each)."""
     _bounded(size, MAX_BYTES, "size")
+    _bounded(messages, MAX_JUNK_MESSAGES, "messages")
     _bounded(identities, MAX_IDENTITIES, "identities")
     content = junk_body(size, body)
     out = {"identities": identities, "sessions": 0, "refused": 0, "messages": 0, "failures": 0,
@@ -309,7 +310,7 @@ async def junk(target: Target, seconds: float, size: int = 1 << 20, seed: bytes 
             return
         out["sessions"] += 1
         sent = 0
-        while not session.closed and sent < MAX_JUNK_MESSAGES:
+        while not session.closed and sent < messages:
             try:
                 stream = await session.open_update_stream()
                 await stream.write(size.to_bytes(LENGTH_BYTES, "big"))
@@ -495,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int)
     p.add_argument("--claim")
     p.add_argument("--body", choices=["bytes", "nested"], help="junk: random-looking bytes or a msgpack bomb")
+    p.add_argument("--messages", type=int, help="junk: at most this many messages per identity")
     a = p.parse_args(argv)
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # our half-protocols make it complain
     if not 0 < a.seconds <= MAX_SECONDS:

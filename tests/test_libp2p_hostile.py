@@ -190,9 +190,24 @@ def test_declaring_or_sending_more_than_max_size_is_reset_and_closed(trusted, vi
     longer = result(attack("overlong", victim.addr, 10, "--key", str(key), "--size", "1000", "--extra", "100"))
     assert longer["sessions"] == 1 and longer["stream_reset"] and longer["closed_by_target"], longer
     assert victim.got == []  # neither the oversized nor the overlong message was delivered
-    exact = result(attack("junk", victim.addr, 2, "--key", str(key), "--size", str(MAX_SIZE)))
-    assert exact["messages"] >= 1 and not exact["closed_by_target"], exact  # exactly max_size is fine
+    exact = result(attack("junk", victim.addr, 2, "--key", str(key), "--size", str(MAX_SIZE), "--messages", "5"))
+    assert exact["messages"] == 5 and not exact["closed_by_target"], exact  # exactly max_size is fine
     assert {s for s, n in victim.got} == {a.peer_id} and {n for s, n in victim.got} == {MAX_SIZE}
+
+
+@pytest.mark.timeout(120)
+def test_a_stolen_key_flooding_messages_is_cut_off_and_the_others_are_not(trusted, victim_of):
+    from gossip.libp2p_transport import COOLDOWN, MESSAGE_BURST
+
+    a, b, key = trusted
+    victim = victim_of([a, b])
+    flood = result(attack("junk", victim.addr, 8, "--key", str(key), "--size", "1000", "--body", "nested"))
+    # a burst is read, then the connection is closed: not thousands of messages decrypted
+    assert flood["closed_by_target"] == 1 and flood["messages"] <= MESSAGE_BURST + 4, flood
+    assert Neighbour(b, victim).send(b"unaffected")
+    assert not Neighbour(a, victim).send(b"too soon", timeout=3)  # refused during the cooldown
+    time.sleep(COOLDOWN)
+    assert Neighbour(a, victim).send(b"cooled down")
 
 
 @pytest.mark.timeout(240)
