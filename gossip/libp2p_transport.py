@@ -75,7 +75,7 @@ HANDSHAKE_SLOTS = 64
 # A neighbour sends one update a round (plus the odd membership record): past MESSAGE_BURST
 # messages at MESSAGE_RATE a second, its connection is closed and refused for COOLDOWN s. Junk
 # under a stolen key then costs the peer a burst, not a stream of decryptions (bench/hostile).
-MESSAGE_BURST, MESSAGE_RATE, COOLDOWN = 32, 16.0, 10.0
+MESSAGE_BURST, MESSAGE_RATE, COOLDOWN = 32, 16.0, 2.0
 HANDSHAKE_TIMEOUT = 5.0
 YAMUX_WINDOW = 256 * 1024
 
