@@ -2,7 +2,7 @@
 aggregate, provenance, checkpoint), excluding training, next to one epoch of local
 training on its digits shard; and the peak RSS of a peer process with a 1M-parameter model.
 
-    python bench/peer_round.py [--quick]
+    python bench/peer_round.py [--quick] [--metrics]
 """
 
 from __future__ import annotations
@@ -148,10 +148,11 @@ def breakdown(hidden: list[int], rule: str) -> dict:
     return {k: round(1000 * v, 2) for k, v in ms.items()}
 
 
-def process_peak_rss(hidden: list[int], rounds: int, rule: str, transport: str = "libp2p") -> dict | None:
+def process_peak_rss(hidden: list[int], rounds: int, rule: str, transport: str = "libp2p",
+                     metrics: bool = False) -> dict | None:
     """Nine real `gossipfl peer start` processes on 127.0.0.1 (a star: the centre has 8
     neighbours); the centre's peak RSS as the kernel accounts it (wait4). None for MQTT
-    where Mosquitto is not installed."""
+    where Mosquitto is not installed. `metrics`: the centre serves Prometheus metrics."""
     from pathlib import Path
 
     from peer.plan import write_plan
@@ -170,6 +171,9 @@ def process_peak_rss(hidden: list[int], rounds: int, rule: str, transport: str =
                                           "aggregation": {"rule": rule, "f": 1},
                                           "round": {"rounds": rounds, "deadline": 60.0}})
             centre_tolerates(nodes, 2)
+            if metrics:
+                cfg = nodes[0].config
+                cfg.write_text(cfg.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{free_ports(1)[0]}"\n')
             pp = PeerProcesses(tmp)
             try:
                 for n in nodes[1:] + nodes[:1]:  # leaves first: the centre dials them as it starts
@@ -191,6 +195,7 @@ def main() -> None:
         print(json.dumps(breakdown(*args) if sys.argv[3] == "breakdown" else run(*args)))
         return
     quick = "--quick" in sys.argv
+    metrics = "--metrics" in sys.argv  # the centre serves Prometheus metrics while measured
 
     def child(what: str, *args) -> dict:  # each measurement in a fresh process: its own peak RSS
         out = subprocess.run([sys.executable, __file__, "--child", json.dumps(args), what],
@@ -229,7 +234,7 @@ def main() -> None:
     rss_rows = []
     for transport in ("libp2p", "mqtt"):
         for rule in ("median",) if quick else ("median", "nnm+trimmed_mean"):
-            runs = [process_peak_rss(MODELS["1M"], 4, rule, transport) for _ in range(1 if quick else 3)]
+            runs = [process_peak_rss(MODELS["1M"], 4, rule, transport, metrics) for _ in range(1 if quick else 3)]
             if runs[0] is None:
                 rss_rows.append([transport, rule, "-", "mosquitto not installed", "400"])
                 continue

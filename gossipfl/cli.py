@@ -95,4 +95,12 @@ def keygen_cmd(out: str, force: bool) -> None:
 
 
 # the command groups live in their own modules; importing them registers their commands
-from gossipfl import cli_audit, cli_export, cli_fleet, cli_peer, cli_sim, cli_topology  # noqa: E402,F401
+from gossipfl import (  # noqa: E402,F401
+    cli_audit,
+    cli_export,
+    cli_fleet,
+    cli_membership,
+    cli_peer,
+    cli_sim,
+    cli_topology,
+)

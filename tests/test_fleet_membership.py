@@ -4,11 +4,12 @@ while they run; nobody restarts."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from peer.audit import load_events, verify_log
-from peer.fleet_admin import Plan, admit, deliver, revoke
+from peer.fleet_admin import Plan, deliver
 from peer.plan import write_plan
 from topology import from_spec
 
@@ -44,14 +45,22 @@ def test_admit_a_seventh_gateway_and_revoke_one_while_six_run(tmp_path, peer_pro
         peer_processes.start(n.label, n.config)
     wait_until(peer_processes, names, rounds_done(2))
 
-    joined = admit(tmp_path / "plan", "g7", ["0", "3"], port=ports[6])
-    assert joined.epoch == 1 and all(joined.delivered.values()), joined.delivered
+    from click.testing import CliRunner
+
+    from gossipfl.cli import main
+
+    r = CliRunner().invoke(main, ["fleet", "admit", str(tmp_path / "plan"), "--name", "g7", "--neighbours", "0,3",
+                                  "--port", str(ports[6])])
+    assert r.exit_code == 0 and "epoch 1: admit" in r.output and "delivered to 6 of 6 gateways" in r.output, r.output
+    g7 = Plan(tmp_path / "plan").node("g7")
+    joined = SimpleNamespace(config=tmp_path / "plan" / g7["config"], peer_id=g7["peer_id"],
+                             record=next((tmp_path / "plan" / "admin" / "records").glob("000001-*")))
     peer_processes.start("g7", joined.config)
     wait_until(peer_processes, ["0", "3"], lambda t: "neighbours now" in t, 60)
     wait_until(peer_processes, ["g7"], rounds_done(3))
 
-    gone = revoke(tmp_path / "plan", "5")
-    assert gone.epoch == 2 and set(gone.delivered) == {"0", "1", "2", "3", "4", "g7"}
+    r = CliRunner().invoke(main, ["fleet", "revoke", str(tmp_path / "plan"), "5"])
+    assert r.exit_code == 0 and "epoch 2: revoke" in r.output and "delivered to 6 of 6" in r.output, r.output
     stale = deliver(Plan(tmp_path / "plan"), joined.record.read_bytes(), [Plan(tmp_path / "plan").node("0")])
     assert stale == {"0": True}  # delivered, and refused by the peer as an older epoch
     done = {n: peer_processes.log(n).count(" neighbours accepted") for n in ("0", "3", "g7")}
