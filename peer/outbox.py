@@ -18,12 +18,14 @@ if TYPE_CHECKING:
     from .node import Peer
 
 log = logging.getLogger("gossipfl.peer")
+SEND_SLOTS = 2  # transmissions at once: a stalled neighbour holds one, and a transport buffers at most two
 
 
 class Outbox:
     def __init__(self, peer: Peer):
         self.peer = peer
         self.sending: dict[str, asyncio.Task] = {}  # neighbour -> the transmission in flight
+        self.slots = asyncio.Semaphore(SEND_SLOTS)
         self.bytes_sent = 0  # this round
 
     async def send(self, cmd: Send, own: torch.Tensor) -> None:
@@ -49,7 +51,9 @@ class Outbox:
             self.sending[nb] = loop.create_task(self._transmit(nb, sealed.data, cmd.round))
 
     async def _transmit(self, nb: str, data: bytes, round_: int) -> None:
-        if await self.peer.transport.send(nb, data):
+        async with self.slots:
+            delivered = await self.peer.transport.send(nb, data)
+        if delivered:
             self.bytes_sent += len(data)
             self.peer.metrics.bytes_out(len(data))
         else:
