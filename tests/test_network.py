@@ -347,7 +347,9 @@ def test_mqtt_topic_spoofing_does_not_silence_a_neighbour(tmp_path, peer_process
     assert sent > 500
     _, received = load_events(db(victim), kind="received")
     from_friend = sorted(e.round for e in received if e.counterpart == friend.peer_id)
-    assert from_friend == [0, 1, 2, 3], from_friend
+    # round 0 may be published before the victim has subscribed (MQTT keeps no inbox for it); every
+    # round after that, under the flood, node-1's real update arrived and counted
+    assert {1, 2, 3} <= set(from_friend), from_friend
     _, rejected = load_events(db(victim), kind="rejected")
     assert sum(e.details.get("count", 1) for e in rejected) > 100  # the flood was seen, and summarised
     assert all(e.counterpart is None for e in rejected)  # never attributed to node-1
