@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from gossip.membership import is_record
 
+from .parts import allowed_peers
 from .provenance import EventKind, NewEvent
 from .round import Finish, Log, OfferKind
 from .stack import UpdateStack
@@ -114,9 +115,8 @@ class Inbox:
                                    {**r.summary(), "bytes": data.hex()}))], flush=True)
         if r.action == "revoke":  # from now on: its updates are rejected, what it sent this round dropped
             p.state.forget(r.peer)
-        p.parts.allowed.clear()
-        p.parts.allowed.update(p.membership.neighbours)
-        p.parts.allowed.update([p.membership.admin] if p.membership.admin else [])
+        p.parts.allowed.clear()  # the transport reads this set live
+        p.parts.allowed.update(allowed_peers(p.membership.neighbours, p.membership.admin))
         loop = asyncio.get_running_loop()
         for nb in p.neighbours:  # gossip it on; the epoch stops it coming back
             if nb != hint and nb != r.peer:

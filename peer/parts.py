@@ -33,6 +33,11 @@ class PeerParts:
     allowed: set[str] = field(default_factory=set)  # who may connect: neighbours and the network admin
 
 
+def allowed_peers(neighbours, admin: str | None) -> set[str]:
+    """Who may connect to a peer's transport: its neighbours and the network's admin key."""
+    return set(neighbours) | ({admin} if admin else set())
+
+
 def message_limit(cfg: PeerConfig, n_params: int) -> int:
     """The largest message a peer reads: exactly what a valid update of its model can take
     (schema and codec fix the payload size), never a generous default an attacker can fill."""
@@ -94,7 +99,7 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
     model = FlatModel(module)
     limit = message_limit(cfg, model.size)
     admin = getattr(trust, "admin", None)
-    allowed = set(neighbours) | ({admin} if admin else set())  # live: membership changes it
+    allowed = allowed_peers(neighbours, admin)  # live: membership changes it
     if transport is None:
         from .transports import make_transport
         transport = make_transport(cfg, identity, hub, max_size=limit, allowed=allowed)

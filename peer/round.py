@@ -40,7 +40,7 @@ def rule_params(rule: str, params: dict) -> dict:
     return out
 
 
-def _fits(rule: str, n: int, f: int) -> bool:
+def fits(rule: str, n: int, f: int) -> bool:
     """Whether aggregate() will take n rows: the rule's requirement for f (mean ignores f, so
     that sweeps can compare it; tolerates() calls it unfit for any f > 0)."""
     return tolerates(rule, n, f if REGISTRY[parse_rule(rule)[1]].robust else 0)
@@ -314,7 +314,7 @@ class RoundState:
         out = self._summarise_strangers()
         inputs = self.inputs()
         n = 1 + len(inputs)
-        if not _fits(self.cfg.rule, n, self.cfg.f):
+        if not fits(self.cfg.rule, n, self.cfg.f):
             return out + self.skip(f"kept own model: {self.cfg.rule} cannot tolerate f={self.cfg.f} "
                                    f"with {n} rows")
         senders = tuple(a.sender for a in inputs)

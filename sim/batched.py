@@ -32,7 +32,7 @@ from torch.func import functional_call, grad, vmap
 from aggregation import AggregationError, aggregate
 from gossip.envelope import max_message_size
 from peer.model import build_model
-from peer.round import _fits, rule_params
+from peer.round import fits, rule_params
 
 from . import datasets, streams
 from .attacks import (
@@ -237,7 +237,7 @@ class Shard:
         mh = sc.weights == "metropolis_hastings"
         params = rule_params(self.rule, sc.rule_params)
         for k in np.unique(got[online] + 1) if online.any() else []:
-            if not _fits(self.rule, int(k), sc.f):
+            if not fits(self.rule, int(k), sc.f):
                 continue  # kept own model, as a peer skips
             targets = np.flatnonzero(online & (got + 1 == k))
             chunk = max(1, STACK_BUDGET // (int(k) * self.d * 4))
