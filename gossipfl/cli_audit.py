@@ -87,7 +87,7 @@ def _value(v, fleet) -> str:
 
 
 def _details(details: dict, fleet) -> str:
-    return "\n".join(f"{k}={_value(v, fleet)}" for k, v in sorted(details.items()) if k not in ("header", "sig"))
+    return "\n".join(f"{k}={_value(v, fleet)}" for k, v in sorted(details.items()) if k not in ("header", "sig", "accountant"))
 
 
 @audit_group.command("show")

@@ -15,6 +15,7 @@ from gossip.envelope import MAX_NETWORK_ID_LEN
 from gossip.errors import PeerIdError
 from gossip.files import FileReadError, read_limited_text
 from gossip.identity import check_peer_id
+from privacy.settings import ACCOUNTANTS, MODES, PrivacySettings, check_privacy
 
 from .errors import ConfigError
 from .learner import check_learner
@@ -243,6 +244,22 @@ def check_aggregation_params(rule: str, params: dict) -> None:
                           f"allowed: {', '.join(allowed) or 'none'}")
 
 
+def parse_privacy(t: _Table) -> PrivacySettings:
+    """[privacy] (peer.toml and scenarios): `epsilon = inf` (TOML) or leaving it out means no budget."""
+    budget = t.data.get("epsilon")
+    if isinstance(budget, float) and budget == math.inf:
+        t.data = {k: v for k, v in t.data.items() if k != "epsilon"}
+    s = t.section(PrivacySettings, {
+        "mode": (str, {"allowed": MODES}), "noise_multiplier": (float, {"check": _non_negative}),
+        "clip": (float, {"check": _positive}), "delta": (float, {"check": lambda v: None if 0 < v < 1 else
+                                                                "must be between 0 and 1 (exclusive)"}),
+        "epsilon": (float, {"check": _positive}), "accountant": (str, {"allowed": ACCOUNTANTS})})
+    problem = check_privacy(s)
+    if problem:
+        raise ConfigError(problem)
+    return s
+
+
 def parse_config(doc: dict, base: Path) -> PeerConfig:
     top = _Table(doc, "")
     name = top.get("name", str, "", check=lambda v: None if len(v) <= 128 and v.isprintable() else
@@ -304,6 +321,7 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
                           f"got {rnd.quorum}")
 
     metrics = top.table("metrics").section(MetricsConfig, {"listen": (str, {"check": _host_port})})
+    privacy = parse_privacy(top.table("privacy"))
 
     s = top.table("storage")
     data_dir = base / s.get("dir", str, DEFAULT_DATA_DIR, check=lambda v: None if v else "must not be empty")
@@ -311,7 +329,7 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
     top.done()
     return PeerConfig(key=key, network=network, trust=trust, neighbours=neighbours, data_dir=data_dir,
                       transport=transport, model=model, data=data, train=train, aggregation=agg, round=rnd,
-                      metrics=metrics, name=name)
+                      metrics=metrics, privacy=privacy, name=name)
 
 
 def load_config(path: str | os.PathLike) -> PeerConfig:

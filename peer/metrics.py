@@ -101,6 +101,10 @@ class PeerMetrics:
         self.neighbours = neighbours
         self._aggregations = Counter("gossipfl_aggregations", "Rounds that aggregated (not kept own model)",
                                      registry=r)
+        self._epsilon = Gauge("gossipfl_privacy_epsilon", "Differential privacy: epsilon spent so far "
+                              "(absent when privacy is off)", registry=r)
+        self._exhausted = Gauge("gossipfl_privacy_budget_exhausted", "1 once the privacy budget is spent and the "
+                                "peer stopped training and sending", registry=r)
         self._since = Gauge(SINCE_AGGREGATION, "Seconds since the last aggregation (NaN: none yet)", registry=r)
         self._since.set_function(self.seconds_since_aggregation)
         self.last_aggregation: float | None = None  # time.time() of the last aggregation
@@ -173,7 +177,7 @@ class PeerMetrics:
 
     def round_done(self, round: int, *, train=None, eval=None, heard: Iterable[str] = (), aggregated: bool = False,
                    seconds: float | None = None, rejected_total: Mapping[str, int] | None = None,
-                   note: str = "") -> dict:
+                   note: str = "", privacy: Mapping | None = None) -> dict:
         """One round is over: update every metric; returns the status message (see status())."""
         train_m, eval_m, heard = metric_dict(train), metric_dict(eval), sorted(heard)
         if rejected_total is not None:
@@ -190,6 +194,9 @@ class PeerMetrics:
         if aggregated:
             self.last_aggregation = time.time()
             self._aggregations.inc()
+        if privacy:
+            self._epsilon.set(math.inf if privacy.get("epsilon") is None else privacy["epsilon"])
+            self._exhausted.set(1 if privacy.get("exhausted") else 0)
         status = {
             "v": STATUS_VERSION, "name": self.name, "peer_id": self.peer_id, "online": True, "round": round,
             "loss": _json_number(train_m["loss"]) if "loss" in train_m else None,
@@ -198,7 +205,7 @@ class PeerMetrics:
             "neighbours_heard": len(heard), "neighbours": self.neighbours,
             "heard": [self.names.get(p, p) for p in heard], "aggregated": aggregated,
             "last_aggregation": self.last_aggregation, "rejected": self.rejected_counts(), "note": note,
-            "ts": time.time()}
+            **({"privacy": dict(privacy)} if privacy else {}), "ts": time.time()}
         with self._lock:
             self._status = status
         return dict(status)

@@ -32,6 +32,7 @@ from .membership import Membership
 from .metrics import PeerMetrics, metric_dict
 from .outbox import Outbox
 from .parts import PeerParts, build_parts, config_folder
+from .privacy_ledger import PeerPrivacy
 from .provenance import EventKind, NewEvent, ProvenanceLog
 from .round import (
     Aggregate,
@@ -72,6 +73,7 @@ class Peer:
         self.neighbours, self.transport, self.model = list(parts.neighbours), parts.transport, parts.model
         self.learner = make_learner(self.model.module, self.model.flat, parts.data, cfg.train,
                                     seed=cfg.data.seed + 7 * cfg.data.shard, base=config_folder(cfg))
+        self.privacy = PeerPrivacy(cfg.privacy, self.learner)  # after the learner: record mode switches it
         self.model_info = ModelInfo.of(self.model, parts.data.features)  # checkpoints carry it, for export
         self.membership = Membership(self.peer_id, cfg.network, getattr(parts.trust, "admin", None),
                                      set(parts.trust.peers), {n.id: n.addr for n in cfg.neighbours},
@@ -122,6 +124,7 @@ class Peer:
 
     def resume(self) -> None:
         self.resumed_from = self.checkpoints.resume()
+        self.privacy.restore(self.prov)  # the budget spent so far, from the log (it has every release)
 
     async def go_offline(self) -> None:
         """Simulated outage: stop receiving (messages sent meanwhile are lost)."""
@@ -213,8 +216,15 @@ class Peer:
         self._t0 = time.monotonic()
         await self.inbox.apply_neighbours()
         await self._execute(self.state.start())
+        budget = self.privacy.begin_round(self.round)
+        if budget is not None and budget.details:  # the budget ran out: said once, in the log too
+            self._events.append(self.privacy.event(self.round, budget.details))
+        transmit = budget is None or budget.send
+        start = self.model.flat.detach().clone() if transmit and self.privacy.mode == "update" else None
         t = time.monotonic()
-        if self.cfg.round.train_in_thread:
+        if not transmit:  # no more releases: the own data is left alone, the model is only aggregated
+            train = Metrics()
+        elif self.cfg.round.train_in_thread:
             train = await asyncio.to_thread(self.learner.train, self.round)
         else:
             train = self.learner.train(self.round)
@@ -222,6 +232,9 @@ class Peer:
         await self.checkpoints.durable()  # the last round's checkpoint, written while this one trained
         if self._stop.is_set():
             return False
+        if transmit and self.privacy.on:  # noised (update mode) and accounted before anything is sent
+            self._events.append(self.privacy.event(self.round, self.privacy.spend(
+                self.privacy.privatize(start, self.model.flat))))
         self.checkpoints.check_finite()
         t = time.monotonic()
         self._eval = self.learner.evaluate()
@@ -229,7 +242,7 @@ class Peer:
         self._own = self.stack.hold_own(self.model.flat.detach())  # what is sent is what is aggregated
         self.outbox.bytes_sent = 0
         await self._execute(self.state.trained(time.monotonic(), {
-            **train, **{f"eval_{k}": v for k, v in self._eval.items()}}))
+            **train, **{f"eval_{k}": v for k, v in self._eval.items()}}, transmit=transmit))
         return True
 
     async def collect_and_aggregate(self) -> RoundRecord | None:
@@ -252,7 +265,7 @@ class Peer:
         self.history.append(rec)
         await self.transport.status(self.metrics.round_done(
             r, train=self._train, eval=self._eval, heard=heard, aggregated=self._aggregated, seconds=rec.seconds,
-            rejected_total=self.state.total_rejected, note=self._note))
+            rejected_total=self.state.total_rejected, note=self._note, privacy=self.privacy.status()))
         log.info("round %d: train %s; eval %s; %d/%d neighbours accepted%s, %.2fs", r,
                  self._train.line(), self._eval.line(), accepted, len(self.neighbours),
                  f" ({self._note})" if self._note else "", rec.seconds, extra={

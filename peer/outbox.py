@@ -38,6 +38,9 @@ class Outbox:
         else:
             sealed = seal_update(p.identity, own, **fields)
         size = len(sealed.data)
+        if not cmd.transmit:  # kept for the record (the aggregation names it), never sent
+            p.state.sent(sealed.update_id, [])
+            return
         p.log_events(p.state.sent(sealed.update_id, [
             (nb, sealed.update_id, {"bytes": size, "codec": codec}) for nb in p.neighbours]),
             flush=True)  # `sent` is durable before transmission: never a receipt without a send

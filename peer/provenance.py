@@ -56,6 +56,7 @@ class EventKind(StrEnum):
     RATE_LIMITED = "rate_limited"
     DIVERGED = "diverged"  # the model went non-finite; the peer returned to its last good checkpoint
     MEMBERSHIP = "membership"  # an admin-signed membership record was applied (admit or revoke)
+    PRIVACY = "privacy"  # a differentially private release was accounted (or the budget ran out)
 
 
 KINDS = tuple(k.value for k in EventKind)

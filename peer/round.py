@@ -66,10 +66,12 @@ class JumpTo:
 
 @dataclass(frozen=True)
 class Send:
-    """Seal the own model for `round` with these parents and send it to every neighbour."""
+    """Seal the own model for `round` with these parents and send it to every neighbour
+    (`transmit` False: seal it for the record only - the privacy budget is spent)."""
 
     round: int
     parents: tuple[str, ...]
+    transmit: bool = True
 
 
 @dataclass(frozen=True)
@@ -186,12 +188,12 @@ class RoundState:
             return None
         return rounds[f] if rounds[f] > self.round else None
 
-    def trained(self, now: float, details: dict) -> list[Command]:
+    def trained(self, now: float, details: dict, transmit: bool = True) -> list[Command]:
         """Training finished: log it, send, and open the collection window until the deadline."""
         self.phase = Phase.COLLECTING
         self.deadline_at = now + self.cfg.deadline
         return [Log(NewEvent(EventKind.TRAINED, self.round, details=details)),
-                Send(self.round, self.parents)]
+                Send(self.round, self.parents, transmit)]
 
     def sent(self, update_id: str, to: list[tuple[str, str, dict]]) -> list[Command]:
         """The own update was sealed (`update_id`); `to`: (neighbour, id sent, details) each, logged

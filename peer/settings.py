@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from privacy.settings import PrivacySettings
+
 TRANSPORTS = ("memory", "libp2p", "mqtt")
 BUILTIN_SOURCES = ("digits", "npz", "csv")
 DEFAULT_DATA_DIR = "peer-data"
@@ -135,5 +137,6 @@ class PeerConfig:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     round: RoundConfig = field(default_factory=RoundConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     name: str = ""
     source: Path | None = None

@@ -23,7 +23,9 @@ from gossip.transport import LinkFaults, MemoryHub
 from peer.local import memory_peer
 from peer.node import Peer
 from peer.plan import write_plan
+from peer.privacy_ledger import PeerPrivacy
 from peer.runtime import configure_process
+from privacy.dp import seeded_generator
 
 from . import datasets
 from .attacks import (
@@ -62,6 +64,7 @@ class RunResult:
     peer_dirs: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     engine: str = "protocol"  # "batched": no wire, no provenance logs
+    epsilon: float | None = None  # differential privacy: the largest epsilon an honest node spent (None: off)
 
 
 def _identity(seed: int, node) -> Identity:
@@ -120,6 +123,9 @@ class ProtocolEngine:
             "round": {"deadline": sc.deadline, "train_in_thread": False, "codec": sc.codec,
                       "max_message_mb": sc.max_message_mb, "max_lead": 2},
         }
+        if sc.privacy != "off":
+            overrides["privacy"] = {"mode": sc.privacy, "noise_multiplier": sc.noise_multiplier, "clip": sc.clip,
+                                    "delta": sc.delta, "epsilon": sc.epsilon, "accountant": sc.accountant}
         idents = {v: _identity(sc.seed, v) for v in self.graph.nodes}
         self.nodes = write_plan(self.graph, self.out / "peers", network_id=f"sim-{sc.name}", transport="memory",
                                 overrides=overrides, identities=idents, force=True, draw=False)
@@ -134,9 +140,11 @@ class ProtocolEngine:
         self.side = {self.id_of[v]: i < len(halves) // 2 for i, v in enumerate(halves)}
         self.current_round = 0
         peers = []
-        for n in self.nodes:
+        for idx, n in enumerate(self.nodes):
             v = self.label_of[n.label]
             peer = memory_peer(n.config, self.hub)
+            if peer.privacy.on:  # reproducible noise: seeded here, in the simulator only
+                peer.privacy = PeerPrivacy(peer.cfg.privacy, peer.learner, seeded_generator(sc.seed * 7919 + idx))
             if v in self.byzantine:
                 self._arm(v, peer, idents[v])
             peers.append(peer)
@@ -218,6 +226,8 @@ class ProtocolEngine:
             for p in peers:
                 await p.close("simulation done")
         result.seconds = time.monotonic() - t_start
+        if sc.privacy != "off":
+            result.epsilon = max(self.peers[v].privacy.epsilon() for v in honest)
         return result
 
     def _measure(self, r, honest, test_xy, bytes_sent, rejected, online, seconds) -> RoundMetrics:

@@ -16,6 +16,7 @@ from gossip.files import FileReadError, read_limited_text
 from peer.config import check_aggregation_params
 from peer.errors import ConfigError
 from peer.model import BUILTIN, check_builtin_options
+from privacy.settings import PrivacySettings, check_privacy
 from topology import TopologyError, max_byzantine, resolve
 
 from .attacks import ATTACKS, PROTOCOL_ATTACKS
@@ -61,6 +62,12 @@ class Scenario:
     codec: str = "raw-f32"
     max_message_mb: float = 4.0
     engine: str = "auto"
+    privacy: str = "off"  # off | update | record (privacy.mode)
+    noise_multiplier: float = 1.0
+    clip: float = 1.0
+    delta: float = 1e-5
+    epsilon: float = math.inf  # the budget per node
+    accountant: str = "rdp"
     source: str = ""
 
     def to_dict(self) -> dict:
@@ -83,12 +90,17 @@ _FIELDS = {  # table.key -> (attribute, type, check)
     "faults.latency": ("latency", float), "faults.stragglers": ("stragglers", int),
     "faults.partition": ("partition_rounds", list), "faults.deadline": ("deadline", float),
     "round.codec": ("codec", str), "round.max_message_mb": ("max_message_mb", float),
+    "privacy.mode": ("privacy", str), "privacy.noise_multiplier": ("noise_multiplier", float),
+    "privacy.clip": ("clip", float), "privacy.delta": ("delta", float), "privacy.epsilon": ("epsilon", float),
+    "privacy.accountant": ("accountant", str),
 }
 SWEEP_ALIASES = {"aggregator": "aggregation.rules", "rule": "aggregation.rules", "attack": "attack.kind",
                  "byzantine": "attack.byzantine", "topology": "topology.graph", "partition": "data.partition",
                  "placement": "attack.placement", "f": "aggregation.f", "alpha": "data.alpha",
                  "dataset": "data.dataset", "dropout": "faults.dropout", "loss": "faults.loss", "seed": "seed",
-                 "rounds": "rounds", "engine": "engine", "lr": "train.lr", "local_steps": "train.local_steps"}
+                 "rounds": "rounds", "engine": "engine", "lr": "train.lr", "local_steps": "train.local_steps",
+                 "privacy": "privacy.mode", "sigma": "privacy.noise_multiplier",
+                 "noise_multiplier": "privacy.noise_multiplier", "clip": "privacy.clip"}
 ENGINES = ("auto", "protocol", "batched")
 AUTO_PROTOCOL_NODES = 100  # engine = "auto": the protocol engine up to this many nodes, the batched one beyond
 
@@ -242,7 +254,15 @@ def validate(sc: Scenario) -> None:
     if sc.weights not in ("uniform", "metropolis_hastings"):
         bad("aggregation.weights", f"must be uniform or metropolis_hastings, got {sc.weights!r:.80}")
     _check_options(sc)
+    problem = check_privacy(privacy_settings(sc))
+    if problem:
+        raise ScenarioError(problem)
     _check_graph(sc)
+
+
+def privacy_settings(sc: Scenario) -> PrivacySettings:
+    """The scenario's [privacy] as every node's peer.toml would hold it."""
+    return PrivacySettings(sc.privacy, sc.noise_multiplier, sc.clip, sc.delta, sc.epsilon, sc.accountant)
 
 
 def load(path: str) -> Scenario:
@@ -376,4 +396,13 @@ deadline = 0.2            # seconds a node waits for its neighbours each round (
 [round]
 codec = "raw-f32"         # update encoding on the wire
 max_message_mb = 4.0
+
+[privacy]
+mode = "off"              # off; update (clip each node's model change to `clip`, add Gaussian noise of std
+                          # noise_multiplier * clip); record (DP-SGD in local training)
+noise_multiplier = 1.0    # sigma (sweep it: --sweep sigma=0.5,1,2; the summary reports epsilon per run)
+clip = 1.0
+delta = 1e-5
+# epsilon = 8.0           # a budget per node: a node stops sending once another round would exceed it
+accountant = "rdp"        # rdp or pld (dp-accounting)
 '''
