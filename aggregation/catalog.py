@@ -8,6 +8,7 @@ runs (`Rule.fn`). A test checks each rule's declared parameters against its func
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
@@ -32,12 +33,12 @@ class Rule:
     robust: bool = True  # False for mean: it accepts any f but one Byzantine row moves it anywhere
     params: tuple[str, ...] = ("f",)  # keyword parameters a user may set (`mix` is passed by aggregate)
 
-    @property
+    @functools.cached_property
     def fn(self) -> Callable:
         module, name = self.where.split(":")
         return getattr(importlib.import_module(f"aggregation.{module}"), name)
 
-    @property
+    @functools.cached_property
     def fuses_mix(self) -> bool:
         """The rule takes a pre-step's mixing matrix and applies it per block (mix=)."""
         return "mix" in inspect.signature(self.fn).parameters
@@ -69,6 +70,9 @@ _RULES = [
          _majority),
     Rule("mda", "mda:mda", True, f"n > 2f and C(n, f) <= {MAX_MDA_SUBSETS:,}",
          "mean of the minimum-diameter n - f rows", _majority),
+    Rule("secure_mean", "secure:secure_mean", False, "f = 0 and n >= 3 (two neighbours or more)",
+         "mean of masked updates: a node learns only its neighbours' sum (secure aggregation)",
+         lambda n, f: n >= 3, robust=False, params=("f", "bound", "min_senders")),
 ]
 PRE_REGISTRY = {
     "nnm": Rule("nnm", "presteps:nnm", True, "n > f", "nearest-neighbour mixing", lambda n, f: n > f),

@@ -5,6 +5,9 @@
 - int8:    symmetric int8 with one float32 scale per block of INT8_BLOCK values (a scale
            per block, not per whole model, so one large layer does not flatten the rest);
            payload = scales then codes; a quarter of the bytes plus 1/1024.
+- u32:     n little-endian uint32 words, not model values: a masked contribution of secure
+           aggregation (privacy.secure_wire); decode is a zero-copy uint32 view. A peer never
+           encodes its model with it (round.codec offers FLOAT_CODECS only).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from .lazy import lazy
 
 torch = lazy("torch")  # loaded by the first encode/decode
 
-CODECS = ("raw-f32", "f16", "int8")
+FLOAT_CODECS = ("raw-f32", "f16", "int8")  # encodings of a flat float model
+WORD_CODECS = ("u32",)  # opaque words (masked contributions), sealed as they are
+CODECS = FLOAT_CODECS + WORD_CODECS
 INT8_BLOCK = 4096
 
 
@@ -27,7 +32,7 @@ def _n_blocks(n: int) -> int:
 
 
 def encoded_size(codec: str, n: int) -> int:
-    if codec == "raw-f32":
+    if codec in ("raw-f32", "u32"):
         return 4 * n
     if codec == "f16":
         return 2 * n
@@ -52,6 +57,8 @@ def encode(flat: torch.Tensor, codec: str = "raw-f32") -> memoryview:
         safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
         codes = np.clip(np.rint(blocks / safe[:, None]), -127, 127).astype(np.int8).reshape(-1)[:n]
         return memoryview(scales.tobytes() + codes.tobytes())
+    if codec in WORD_CODECS:
+        raise CodecError(f"{codec} carries masked words, not model values; choose one of {', '.join(FLOAT_CODECS)}")
     raise CodecError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
 
 
@@ -63,12 +70,15 @@ def _view(buf, dtype: str, offset: int, count: int) -> torch.Tensor:
 
 
 def decode(payload, codec: str, n: int) -> torch.Tensor:
-    """Float32 tensor of n values from `payload`; raw-f32 returns a read-only view (no copy)."""
+    """Float32 tensor of n values from `payload`; raw-f32 returns a read-only view (no copy),
+    u32 a read-only uint32 view (masked words, not values)."""
     expected = encoded_size(codec, n)
     if len(payload) != expected:
         raise CodecError(f"{codec} payload for {n} values must have {expected} bytes, got {len(payload)}")
     if codec == "raw-f32":
         return _view(payload, "<f4", 0, n)
+    if codec == "u32":
+        return _view(payload, "<u4", 0, n)
     if codec == "f16":
         return _view(payload, "<f2", 0, n).to(torch.float32)
     nb = _n_blocks(n)

@@ -5,7 +5,11 @@ first, in two stages so a driver can rate-limit on the *authenticated* sender be
 - `screen`: size, canonical structure, version, network, trust, neighbourhood, round window,
   replay (against a caller-owned set) and the signature over the header: O(header) work
   whatever the message's size; the payload is not touched.
-- `finish`: schema, payload hash, decode, finite values: O(payload).
+- `finish`: kind, schema, payload hash, decode, finite values: O(payload).
+
+Kinds: a peer whose rule is secure_mean (`masked_words` set) takes only kind "masked"
+(codec u32, exactly `masked_words` words: a masked contribution, returned as raw uint32
+words for the peer to open); every other peer refuses kind "masked" and the u32 codec.
 
 The Verifier holds configuration only; the replay window belongs to the caller.
 """
@@ -18,6 +22,7 @@ from enum import StrEnum
 
 import torch
 
+from .codecs import WORD_CODECS
 from .envelope import BadVersion, Envelope, Malformed, NonCanonical, decode_payload, payload_digest
 from .envelope import parse as parse_envelope
 from .errors import CodecError, PeerIdError
@@ -40,6 +45,7 @@ class Reason(StrEnum):
     PAYLOAD_HASH_MISMATCH = "payload_hash_mismatch"
     NON_FINITE = "non_finite"
     NON_CANONICAL = "non_canonical"
+    WRONG_KIND = "wrong_kind"  # a masked contribution to a plain peer, or a plain update to a secure_mean one
 
 
 REASONS = tuple(r.value for r in Reason)
@@ -89,6 +95,7 @@ class Verifier:
     max_lag: int = 0
     max_lead: int = 2
     revoked: Collection[str] = ()  # revoked senders get their own reason (read at each call)
+    masked_words: int | None = None  # secure_mean: the words of a masked contribution to this peer
 
     def screen(self, data, current_round: int, seen: Container[tuple[str, int]] = ()) -> Envelope | Rejected:
         """Every check that needs only the header, the signature last; `seen` (read only) holds
@@ -138,15 +145,25 @@ class Verifier:
         def reject(reason: Reason, detail: str) -> Rejected:
             return Rejected(reason, detail, env.sender, env.round, env, authenticated=True)
 
-        if h["schema"] != self.schema or h["n"] != self.n_params:
+        masked = self.masked_words is not None
+        if (h["kind"] == "masked") != masked:
+            why = ("this peer aggregates securely and takes masked contributions only" if masked else
+                   "this peer takes plain updates only (its rule is not secure_mean)")
+            return reject(Reason.WRONG_KIND, f"kind {h['kind']!r:.20}: {why}")
+        n = self.masked_words if masked else self.n_params
+        if h["schema"] != self.schema or h["n"] != n:
             return reject(Reason.SCHEMA_MISMATCH, f"schema {h['schema'].hex()[:12]}.. with {h['n']} values, "
-                                                  f"expected {self.schema.hex()[:12]}.. with {self.n_params}")
+                                                  f"expected {self.schema.hex()[:12]}.. with {n}")
+        if (h["codec"] in WORD_CODECS) != masked:
+            return reject(Reason.WRONG_KIND, f"codec {h['codec']} does not carry a {h['kind']}")
         if payload_digest(env.payload) != h["payload_hash"]:
             return reject(Reason.PAYLOAD_HASH_MISMATCH, "payload does not match its signed hash")
         try:
             params = decode_payload(env)
         except CodecError as exc:  # parse checked the size; kept as a guard
             return reject(Reason.MALFORMED, str(exc))
+        if masked:  # words, not values: any bit pattern is valid
+            return Accepted(env, params)
         lo, hi = torch.aminmax(params) if params.numel() else (torch.zeros(()), torch.zeros(()))
         if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):  # NaN and Inf propagate
             return reject(Reason.NON_FINITE, "payload holds NaN or Inf")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregation import PRE_REGISTRY, REGISTRY, AggregationError, parse_rule
-from gossip.codecs import CODECS
+from gossip.codecs import FLOAT_CODECS
 from gossip.envelope import MAX_NETWORK_ID_LEN
 from gossip.errors import PeerIdError
 from gossip.files import FileReadError, read_limited_text
@@ -24,6 +24,8 @@ from .settings import (  # noqa: F401  (the dataclasses are read through peer.co
     BUILTIN_SOURCES,
     DEFAULT_DATA_DIR,
     LOADER_ARGUMENTS,
+    SECURE_BOUND,
+    SECURE_MIN_SENDERS,
     TRANSPORTS,
     AggregationConfig,
     DataConfig,
@@ -175,11 +177,60 @@ def _neighbours(net: _Table) -> list[Neighbour]:
         except PeerIdError as exc:
             raise ConfigError(f"{where}.id: {exc}") from None
         nb = t.section(Neighbour, {"id": (str, {}), "addr": (str, {"check": _multiaddr}),
-                                   "name": (str, {}), "degree": (int, {"check": _between(1, 1 << 20)})})
+                                   "name": (str, {}), "degree": (int, {"check": _between(1, 1 << 20)}),
+                                   "group": (list, {"what": "a list of PeerIds (the neighbour's neighbours)"})})
+        if nb.group is not None:
+            nb.group = _group(nb.group, f"{where}.group")
         if any(n.id == nid for n in neighbours):
             raise ConfigError(f"{where}.id: {nid} is listed twice")
         neighbours.append(nb)
     return neighbours
+
+
+def _group(items: list, where: str) -> list[str]:
+    if len(items) > 1 << 16:
+        raise ConfigError(f"{where} lists more than {1 << 16} peers")
+    for j, pid in enumerate(items):
+        try:
+            check_peer_id(pid if isinstance(pid, str) else "")
+        except PeerIdError as exc:
+            raise ConfigError(f"{where}[{j}]: {exc}") from None
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{where} lists a peer twice")
+    return list(items)
+
+
+def check_secure_mean(agg: AggregationConfig, neighbours: list[Neighbour]) -> None:
+    """secure_mean hides each neighbour's update, so everything that needs one is refused
+    with the reason; a peer needs two neighbours (a group of one hides nothing)."""
+    pre, name = parse_rule(agg.rule)
+    if name != "secure_mean":
+        return
+    if pre:
+        raise ConfigError(f"aggregation.rule: {'+'.join(pre)} cannot come before secure_mean: a pre-step needs each "
+                          "neighbour's update, which secure aggregation hides (use secure_mean alone, or a robust "
+                          "rule without secure aggregation)")
+    if agg.f > 0:
+        raise ConfigError(f"aggregation.f must be 0 with secure_mean, got {agg.f}: secure aggregation trades "
+                          "per-update robustness for privacy against curious neighbours and tolerates no Byzantine "
+                          "neighbour (pick a robust rule such as trimmed_mean where neighbours may lie)")
+    if agg.weights == "metropolis_hastings":
+        raise ConfigError("aggregation.weights must be uniform with secure_mean: the masked sum has no weighted form")
+    bound = agg.params.get("bound", SECURE_BOUND)
+    if isinstance(bound, bool) or not isinstance(bound, int | float) or not 1e-30 <= bound <= 1e30:
+        raise ConfigError(f"aggregation.params.bound must be a number in [1e-30, 1e30] (the clip per value), "
+                          f"got {bound!r:.40}")
+    senders = agg.params.get("min_senders", SECURE_MIN_SENDERS)
+    if isinstance(senders, bool) or not isinstance(senders, int) or senders < 2:
+        raise ConfigError(f"aggregation.params.min_senders must be an integer >= 2 (a receiver never learns "
+                          f"fewer updates summed), got {senders!r:.40}")
+    if len(neighbours) < 2:
+        raise ConfigError(f"secure_mean needs at least 2 neighbours (a sum of one update hides nothing), this peer "
+                          f"has {len(neighbours)}")
+    for i, nb in enumerate(neighbours):
+        if nb.group is None:
+            raise ConfigError(f"network.neighbours[{i}].group is required with secure_mean: the neighbour's own "
+                              "neighbours, the group whose masks cancel (`topology plan` writes it)")
 
 
 def _multiaddr(v):
@@ -307,13 +358,14 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
         check_aggregation_params(agg.rule, agg.params)
     except AggregationError as exc:
         raise ConfigError(f"aggregation.rule: {exc}") from None
+    check_secure_mean(agg, neighbours)
     if neighbours and agg.f > len(neighbours):
         raise ConfigError(f"aggregation.f must be at most the number of neighbours ({len(neighbours)}), got {agg.f}")
 
     rnd = top.table("round").section(RoundConfig, {
         "deadline": (float, {"check": _seconds(True)}), "quorum": (int, {"check": _non_negative}),
         "rounds": (int, {"check": _non_negative}), "max_lead": (int, {"check": _between(0, MAX_LEAD)}),
-        "codec": (str, {"allowed": CODECS}), "max_message_mb": (float, {"check": _message_mb}),
+        "codec": (str, {"allowed": FLOAT_CODECS}), "max_message_mb": (float, {"check": _message_mb}),
         "inbox_per_neighbour": (int, {"check": _between(1, MAX_INBOX)}), "train_in_thread": (bool, {}),
         "interval": (float, {"check": _seconds(False)})})
     if neighbours and rnd.quorum > len(neighbours):

@@ -21,7 +21,7 @@ from gossip.membership import open_record, seal_record
 from gossip.trust import TrustList, load_trust_list
 
 from .errors import ConfigError
-from .plan import ADMIN_DIR, ADMIN_KEY, node_dir_name
+from .plan import ADMIN_DIR, ADMIN_KEY, agreement_fields, node_dir_name
 from .tomlwrite import dumps
 
 RECORDS = "records"
@@ -122,8 +122,11 @@ def admit(folder, name: str, neighbours: list[str], *, port: int | None = None, 
         addr = f"/ip4/{host}/tcp/{port}/p2p/{ident.peer_id}"
     config = folder_ / "peer.toml"
     config.write_text(f"# gateway {name}, admitted to a running fleet\n" + dumps(doc))
+    fields = agreement_fields(ident, plan.trust.network)  # its secure-aggregation key, like every node's
     trust = TrustList(plan.trust.network, plan.trust.peers | {ident.peer_id},
-                      {**plan.trust.names, ident.peer_id: name}, plan.trust.admin)
+                      {**plan.trust.names, ident.peer_id: name}, plan.trust.admin,
+                      {**plan.trust.keys, ident.peer_id: (bytes.fromhex(fields["x25519"]),
+                                                          bytes.fromhex(fields["binding"]))})
     epoch, data, path = plan.sign("admit", ident.peer_id, addr=addr, neighbours=[n["peer_id"] for n in nbrs])
     plan.manifest["nodes"].append({"node": name, "peer_id": ident.peer_id,
                                    "config": str(config.relative_to(plan.dir)), "port": port})
@@ -137,7 +140,8 @@ def revoke(folder, who: str, *, send: bool = True) -> Outcome:
     node = plan.node(who)
     epoch, data, path = plan.sign("revoke", node["peer_id"])
     trust = TrustList(plan.trust.network, plan.trust.peers - {node["peer_id"]},
-                      {k: v for k, v in plan.trust.names.items() if k != node["peer_id"]}, plan.trust.admin)
+                      {k: v for k, v in plan.trust.names.items() if k != node["peer_id"]}, plan.trust.admin,
+                      {k: v for k, v in plan.trust.keys.items() if k != node["peer_id"]})
     node["revoked_epoch"] = epoch
     plan.save(trust)
     targets = [n for n in plan.nodes if n["peer_id"] != node["peer_id"] and "revoked_epoch" not in n]

@@ -1,5 +1,6 @@
-"""What arrives at a peer: updates (screened, rate-limited, verified, counted) and the
-admin's membership records (applied, logged, passed on). The driver half of the peer that
+"""What arrives at a peer: updates (screened, rate-limited, verified, counted), the
+admin's membership records (applied, logged, passed on) and, with secure_mean, reveal
+requests (answered at most once per receiver and round) and reveals (to the round state). The driver half of the peer that
 listens; peer.node.Peer owns it and the round state it feeds."""
 
 from __future__ import annotations
@@ -11,10 +12,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from gossip.membership import is_record
+from gossip.verify import Accepted
+from privacy.secure_wire import (
+    SecureWireError,
+    encode_request,
+    kind_of,
+    parse_request,
+    parse_reveal,
+    verify,
+)
 
 from .parts import allowed_peers
 from .provenance import EventKind, NewEvent
-from .round import Finish, Log, OfferKind
+from .round import Finish, Log, OfferKind, RequestReveals
 from .stack import UpdateStack
 
 if TYPE_CHECKING:
@@ -67,6 +77,9 @@ class Inbox:
             if is_record(data):
                 self.on_record(hint, data)
                 continue
+            if p.secure is not None and kind_of(data) is not None:
+                self.on_secure(hint, data)
+                continue
             screened = p.verifier.screen(data, p.round, p.state.seen)
             for cmd in p.state.screened(screened):
                 if isinstance(cmd, Finish) and len(data) >= VERIFY_IN_THREAD_BYTES:
@@ -89,6 +102,13 @@ class Inbox:
         self.take(job.result(), size)
 
     def take(self, result, size: int) -> None:
+        p = self.peer
+        if p.secure is not None and isinstance(result, Accepted):
+            try:
+                result = p.secure.open(result, p.neighbours)
+            except SecureWireError as exc:  # signed by its sender, but made for another receiver or round
+                p.log_events(p.state.reject(exc.reason, str(exc), result.sender, True, result.update_id))
+                return
         kind, commands = self.peer.state.offer(result, size)
         self.peer.log_events(commands)
         if kind is OfferKind.ACCEPTED:
@@ -122,6 +142,42 @@ class Inbox:
             if nb != hint and nb != r.peer:
                 loop.create_task(p.transport.send(nb, data))
 
+    # --- secure aggregation ------------------------------------------------------------------
+
+    def on_secure(self, hint: str | None, data) -> None:
+        """A reveal request (this peer is a member asked to reveal) or a reveal (this peer asked)."""
+        p = self.peer
+        try:
+            if kind_of(data) == "reveal_request":
+                req = verify(parse_request(data), network=p.cfg.network, trusted=p.membership.trusted)
+            else:
+                rev = verify(parse_reveal(data), network=p.cfg.network, trusted=p.membership.trusted, me=p.peer_id)
+        except SecureWireError as exc:  # unproven: counted, summarised at the round's close
+            p.log_events(p.state.reject(exc.reason, str(exc), hint, False))
+            return
+        if kind_of(data) == "reveal":
+            p.log_events(p.state.revealed(rev.sender, rev.round, rev.seed_map()))
+            p.wake()
+            return
+        reply, why, events = p.secure.answer(req)
+        if reply is None:
+            p.log_events(p.state.reject(why, f"reveal request for round {req.round} refused", req.sender, True))
+            return
+        p.log_events([Log(e) for e in events], flush=True)  # durable before the seeds leave: never twice
+        log.info("round %d: revealed %d seeds to %s", req.round, len(req.missing), req.sender)
+        asyncio.get_running_loop().create_task(p.transport.send(req.sender, reply))
+
+    def request_reveals(self, cmd: RequestReveals) -> None:
+        """Ask every member that delivered for its seeds towards the missing ones (one signed request)."""
+        p = self.peer
+        data = encode_request(p.identity, net=p.cfg.network, round=cmd.round, delivered=cmd.delivered,
+                              missing=cmd.missing)
+        log.info("round %d: %d of %d neighbours delivered; asking them for reveals", cmd.round, len(cmd.delivered),
+                 len(cmd.delivered) + len(cmd.missing))
+        loop = asyncio.get_running_loop()
+        for j in cmd.delivered:
+            loop.create_task(p.transport.send(j, data))
+
     async def apply_neighbours(self) -> None:
         """New or revoked neighbours count from a round boundary (the stack has one row each)."""
         p = self.peer
@@ -130,9 +186,11 @@ class Inbox:
             return
         log.info("neighbours now %s", ", ".join(sorted(wanted)) or "none")
         p.neighbours = sorted(wanted)
-        p.stack = UpdateStack(p.neighbours, p.model.size)
+        p.stack = UpdateStack(p.neighbours, p.model.size, masked=p.secure is not None)
         p.state.keep = p.stack.settle
         p.state.set_neighbours(frozenset(wanted))
         p.state.collected = {s: p.stack.settle(a) for s, a in p.state.collected.items()}
         p.verifier.neighbours = set(wanted)
+        if p.secure is not None:
+            p.verifier.masked_words = p.secure.words(len(wanted))
         await p.transport.set_neighbours(dict(wanted))

@@ -20,12 +20,13 @@ import torch
 from aggregation import AggregationError, aggregate
 from gossip.transport import Transport
 from gossip.verify import Verifier
+from privacy.secure import MaskError
 
 from .checkpoint import ModelInfo
 from .commit import Checkpoints
 from .config import PeerConfig
 from .errors import PeerError
-from .inbox import Inbox
+from .inbox import VERIFY_IN_THREAD_BYTES, Inbox
 from .learner import Metrics, make_learner
 from .lock import DataDirLock
 from .membership import Membership
@@ -40,12 +41,16 @@ from .round import (
     Command,
     JumpTo,
     Log,
+    Phase,
+    RequestReveals,
     RoundConfig,
     RoundState,
     Send,
     Skip,
+    Unmask,
     rule_params,
 )
+from .secure_round import sum_hash
 from .stack import UpdateStack
 
 log = logging.getLogger("gossipfl.peer")
@@ -73,6 +78,7 @@ class Peer:
         self.neighbours, self.transport, self.model = list(parts.neighbours), parts.transport, parts.model
         self.learner = make_learner(self.model.module, self.model.flat, parts.data, cfg.train,
                                     seed=cfg.data.seed + 7 * cfg.data.shard, base=config_folder(cfg))
+        self.secure = parts.secure  # secure_mean: masking, reveals, unmasking (None for other rules)
         self.privacy = PeerPrivacy(cfg.privacy, self.learner)  # after the learner: record mode switches it
         self.model_info = ModelInfo.of(self.model, parts.data.features)  # checkpoints carry it, for export
         self.membership = Membership(self.peer_id, cfg.network, getattr(parts.trust, "admin", None),
@@ -80,13 +86,15 @@ class Peer:
                                      Path(cfg.data_dir) / "membership.msgpack")
         self.verifier = Verifier(cfg.network, self.membership.trusted, self.model.schema, self.model.size,
                                  neighbours=set(self.neighbours), max_size=parts.max_message,
-                                 max_lag=0, max_lead=cfg.round.max_lead, revoked=self.membership.revoked)
-        self.stack = UpdateStack(self.neighbours, self.model.size)
+                                 max_lag=0, max_lead=cfg.round.max_lead, revoked=self.membership.revoked,
+                                 masked_words=self.secure and self.secure.words(len(self.neighbours)))
+        self.stack = UpdateStack(self.neighbours, self.model.size, masked=self.secure is not None)
         agg = cfg.aggregation
         self.state = RoundState(RoundConfig(
             frozenset(self.neighbours), agg.rule, agg.f, cfg.round.deadline, cfg.round.quorum,
             cfg.round.inbox_per_neighbour, cfg.round.max_lead, 0, agg.weights == "metropolis_hastings",
-            dict(parts.neighbour_degrees), self.peer_id), keep=self.stack.settle)
+            dict(parts.neighbour_degrees), self.peer_id,
+            min_senders=self.secure.min_senders if self.secure else 2), keep=self.stack.settle)
         self.lock = DataDirLock(cfg.data_dir)
         self.lock.acquire()  # before the log and the checkpoint are touched
         try:
@@ -125,6 +133,8 @@ class Peer:
     def resume(self) -> None:
         self.resumed_from = self.checkpoints.resume()
         self.privacy.restore(self.prov)  # the budget spent so far, from the log (it has every release)
+        if self.secure is not None:  # never reveal twice for one (receiver, round), restarts included
+            self.secure.restore(self.prov.events(EventKind.REVEALED))
 
     async def go_offline(self) -> None:
         """Simulated outage: stop receiving (messages sent meanwhile are lost)."""
@@ -248,18 +258,16 @@ class Peer:
     async def collect_and_aggregate(self) -> RoundRecord | None:
         """Phase 2: wait for neighbours (all, quorum or deadline), aggregate or skip, checkpoint."""
         r = self.round
-        while not self._stop.is_set() and not self.state.ready(time.monotonic()):
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.state.wait_time(time.monotonic()))
-            except TimeoutError:
-                pass
-        if self._stop.is_set():
+        if not await self._wait_until(self.state.ready):
             return None
         accepted, rejected = len(self.state.collected), Counter(self.state.rejected)
         heard = list(self.state.collected)
         self._note, self._aggregated = "", False
-        await self._execute(self.state.close())
+        await self._execute(self.state.close(time.monotonic()))
+        if self.state.phase is Phase.REVEALING:  # secure_mean with drop-outs: the members reveal
+            if not await self._wait_until(self.state.reveals_ready):
+                return None
+            await self._execute(self.state.reveals_done())
         rec = RoundRecord(r, self._train, self._eval, accepted, rejected, self._aggregated, self._note,
                           self.outbox.bytes_sent, time.monotonic() - self._t0, self._train_s, self._eval_s)
         self.history.append(rec)
@@ -275,6 +283,16 @@ class Peer:
                      "seconds": round(rec.seconds, 3)})
         return rec
 
+    async def _wait_until(self, ready) -> bool:
+        """Sleep until `ready(now)` (woken by arrivals, bounded by the state's deadline); False on stop."""
+        while not self._stop.is_set() and not ready(time.monotonic()):
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.state.wait_time(time.monotonic()))
+            except TimeoutError:
+                pass
+        return not self._stop.is_set()
+
     async def _execute(self, commands: list[Command]) -> None:
         """Carry out what the state machine decided, in order."""
         for cmd in commands:
@@ -287,6 +305,10 @@ class Peer:
                     await self.outbox.send(cmd, self._own)
                 case Aggregate():
                     await self._aggregate(cmd)
+                case RequestReveals():
+                    self.inbox.request_reveals(cmd)
+                case Unmask():
+                    await self._unmask(cmd)
                 case Skip(_, reason):
                     self._note, self.checkpoints.result = reason, self._own
                 case Checkpoint():
@@ -306,6 +328,28 @@ class Peer:
         self.model.set(value)
         self.checkpoints.result, self._aggregated = value, True
         await self._execute(self.state.aggregated(cmd.senders, cmd.weights, out.report.to_dict()))
+
+    async def _unmask(self, cmd: Unmask) -> None:
+        """secure_mean: the model becomes (own + the unmasked sum of the senders) / (1 + senders)."""
+        sec = self.secure
+        contributions = {s: self.state.collected[s].contribution for s in cmd.senders}
+        try:
+            if self.model.size * 4 >= VERIFY_IN_THREAD_BYTES:  # a ChaCha20 stream per reveal: off the loop
+                total = await asyncio.to_thread(sec.unmask, contributions, cmd.reveals, self.neighbours)
+            else:
+                total = sec.unmask(contributions, cmd.reveals, self.neighbours)
+        except MaskError as exc:
+            log.warning("round %d: secure_mean could not unmask: %s", cmd.round, exc)
+            await self._execute(self.state.skip(f"kept own model: secure_mean: {exc}"))
+            return
+        value = sec.average(self._own, total, len(cmd.senders))
+        self.model.set(value)
+        self.checkpoints.result, self._aggregated = value, True
+        report = {"rule": "secure_mean", "bound": sec.bound, "sum_hash": sum_hash(total),
+                  "missing": sorted(set(self.neighbours) - set(cmd.senders)),
+                  "reveals": {j: sorted(seeds) for j, seeds in sorted(cmd.reveals.items())},
+                  "fixed_point_error": sec.fixed_point(len(self.neighbours)).error()}
+        await self._execute(self.state.aggregated(cmd.senders, None, report))
 
     def log_events(self, commands, flush: bool = False) -> None:
         """Queue the Log commands' events for the next provenance transaction."""

@@ -9,12 +9,14 @@ from gossip.envelope import max_message_size
 from gossip.identity import Identity, load_key
 from gossip.transport import MemoryHub, Transport
 from gossip.trust import TrustList, load_trust_list
+from privacy.secure_wire import MAX_MESSAGE
 
 from .config import PeerConfig
 from .data import LocalData, digits_shard, from_loader, load_csv, load_npz, split_holdout
 from .errors import ConfigError, DataError
 from .learner import probe_model
 from .model import FlatModel, build_model, load_object
+from .secure_round import SecureAggregation, check_trust_keys
 
 
 @dataclass
@@ -31,6 +33,7 @@ class PeerParts:
     neighbour_degrees: dict[str, int] = field(default_factory=dict)
     max_message: int = 0  # bytes: the largest valid update of this model and codec
     allowed: set[str] = field(default_factory=set)  # who may connect: neighbours and the network admin
+    secure: SecureAggregation | None = None  # secure_mean: keys, groups, masking and reveals
 
 
 def allowed_peers(neighbours, admin: str | None) -> set[str]:
@@ -38,10 +41,13 @@ def allowed_peers(neighbours, admin: str | None) -> set[str]:
     return set(neighbours) | ({admin} if admin else set())
 
 
-def message_limit(cfg: PeerConfig, n_params: int) -> int:
+def message_limit(cfg: PeerConfig, n_params: int, secure: SecureAggregation | None = None) -> int:
     """The largest message a peer reads: exactly what a valid update of its model can take
-    (schema and codec fix the payload size), never a generous default an attacker can fill."""
+    (schema and codec fix the payload size), never a generous default an attacker can fill.
+    secure_mean: a masked contribution to this peer, or a reveal request or reveal."""
     need = max_message_size(cfg.round.codec, n_params)
+    if secure is not None:
+        need = max(need, max_message_size("u32", secure.words(len(cfg.neighbours))), MAX_MESSAGE)
     cap_mb = cfg.round.max_message_mb
     if cap_mb is None:
         return need
@@ -92,16 +98,20 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
         raise ConfigError(f"network.neighbours: {untrusted[0]} is not on the trust list {cfg.trust}")
     if identity.peer_id in neighbours:
         raise ConfigError("network.neighbours lists this peer itself")
+    check_trust_keys(trust, cfg.trust)
     data = load_local_data(cfg)
     module = build_model(cfg.model.name, data.features, cfg.model.classes, cfg.model.options, cfg.model.seed,
                          base=config_folder(cfg))
     probe_model(module, data, cfg.model.classes, cfg.train.learner, cfg.model.name)
     model = FlatModel(module)
-    limit = message_limit(cfg, model.size)
+    secure = None
+    if cfg.aggregation.rule == "secure_mean":
+        secure = SecureAggregation(identity, cfg.network, cfg.neighbours, trust, model.size, cfg.aggregation.params)
+    limit = message_limit(cfg, model.size, secure)
     admin = getattr(trust, "admin", None)
     allowed = allowed_peers(neighbours, admin)  # live: membership changes it
     if transport is None:
         from .transports import make_transport
         transport = make_transport(cfg, identity, hub, max_size=limit, allowed=allowed)
     degrees = {n.id: n.degree for n in cfg.neighbours if n.degree is not None}
-    return PeerParts(identity, trust, neighbours, transport, model, data, cfg, degrees, limit, allowed)
+    return PeerParts(identity, trust, neighbours, transport, model, data, cfg, degrees, limit, allowed, secure)

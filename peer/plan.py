@@ -137,8 +137,10 @@ def write_plan(graph: nx.Graph, out: str | os.PathLike, *, network_id: str = "go
     idents = {v: (identities or {}).get(v) or Identity.generate() for v in nodes}
     admin = admin or Identity.generate()
     write_admin_key(out / ADMIN_DIR, admin, network_id)
-    trust = build_trust_list(network_id, [{"id": idents[v].peer_id, "name": str(v)} for v in nodes],
+    trust = build_trust_list(network_id, [{"id": idents[v].peer_id, "name": str(v),
+                                           **agreement_fields(idents[v], network_id)} for v in nodes],
                              admin=admin.peer_id)
+    secure = aggregation_of(overrides)[0] == "secure_mean"
     (out / "trust.toml").write_text(trust.to_toml())
     planned, configs = [], []
     overrides = overrides or {}
@@ -151,6 +153,8 @@ def write_plan(graph: nx.Graph, out: str | os.PathLike, *, network_id: str = "go
         neighbours = []
         for u in sorted(graph.neighbors(v), key=lambda x: index[x]):
             nb = {"id": idents[u].peer_id, "name": str(u), "degree": graph.degree(u)}
+            if secure:  # the receiver's group: a sender masks for it with every other member
+                nb["group"] = [idents[w].peer_id for w in sorted(graph.neighbors(u), key=lambda x: index[x])]
             if transport == "libp2p":
                 nb["addr"] = f"/ip4/{host}/tcp/{port_of[u]}/p2p/{idents[u].peer_id}"
             neighbours.append(nb)
@@ -200,6 +204,14 @@ def write_plan(graph: nx.Graph, out: str | os.PathLike, *, network_id: str = "go
         (out / "analysis.json").write_text(json.dumps(summary.to_dict(), indent=1, default=str))
         draw_graph(graph, out / "topology.png", title=graph.graph.get("spec", ""), at_risk=robustness.weak)
     return planned
+
+
+def agreement_fields(identity: Identity, network_id: str) -> dict:
+    """A trust-list entry's secure-aggregation key: the X25519 public key derived from the
+    identity and the identity's signature binding it to the PeerId in this network."""
+    from privacy.secure import agreement_key, key_binding, public_bytes
+
+    return {"x25519": public_bytes(agreement_key(identity)).hex(), "binding": key_binding(identity, network_id).hex()}
 
 
 def write_admin_key(folder: Path, admin: Identity, network_id: str) -> Path:

@@ -57,6 +57,8 @@ class EventKind(StrEnum):
     DIVERGED = "diverged"  # the model went non-finite; the peer returned to its last good checkpoint
     MEMBERSHIP = "membership"  # an admin-signed membership record was applied (admit or revoke)
     PRIVACY = "privacy"  # a differentially private release was accounted (or the budget ran out)
+    REVEAL_REQUESTED = "reveal_requested"  # secure_mean: this receiver asked its delivered neighbours for reveals
+    REVEALED = "revealed"  # secure_mean: this member revealed pair seeds to a receiver (once per receiver and round)
 
 
 KINDS = tuple(k.value for k in EventKind)

@@ -12,6 +12,14 @@ opens the collection window -> messages are screened (header + signature), rate-
 authenticated sender, finished (payload) and counted -> `ready(now)` when every neighbour (or
 the quorum) delivered or the deadline passed -> `close(now)` aggregates or skips ->
 `committed(...)` logs the aggregation and checkpoint once the checkpoint is durable.
+
+secure_mean (privacy.secure): the collected messages are masked contributions, and `close`
+answers `Unmask` when every neighbour delivered; when some did not (and at least
+`min_senders` did) it enters REVEALING: `RequestReveals` to the members that delivered,
+`revealed(...)` for each answer, `reveals_ready(now)` when all answered or the deadline
+(round.deadline again) passed, then `reveals_done()` -> `Unmask` with the reveals, or `Skip`
+naming who did not answer. A contribution from a member declared missing that arrives after
+the request is rejected as late_after_reveal (unmasking it would expose it alone).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from enum import StrEnum
 from aggregation import REGISTRY, parse_rule, tolerates
 from gossip.envelope import Envelope
 from gossip.verify import Accepted, Reason, Rejected, Verifier
+from privacy.secure import late_reason
 from topology.mixing import mh_weights
 
 from .provenance import EventKind, NewEvent
@@ -105,7 +114,26 @@ class Checkpoint:
     next_round: int
 
 
-Command = Log | JumpTo | Send | Finish | Aggregate | Skip | Checkpoint
+@dataclass(frozen=True)
+class RequestReveals:
+    """secure_mean: ask each member of `delivered` for its pair seeds towards `missing`."""
+
+    round: int
+    delivered: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Unmask:
+    """secure_mean: sum the masked contributions of `senders` (removing the masks towards the
+    missing with `reveals`: member -> {missing member: seed}) and average with the own model."""
+
+    round: int
+    senders: tuple[str, ...]
+    reveals: dict = field(default_factory=dict)
+
+
+Command = Log | JumpTo | Send | Finish | Aggregate | Skip | Checkpoint | RequestReveals | Unmask
 
 
 class OfferKind(StrEnum):
@@ -119,6 +147,7 @@ class Phase(StrEnum):
     IDLE = "idle"  # between rounds
     TRAINING = "training"
     COLLECTING = "collecting"
+    REVEALING = "revealing"  # secure_mean: waiting for the delivered members' reveals
     CLOSED = "closed"  # aggregated or skipped; waiting for the checkpoint
 
 
@@ -137,6 +166,11 @@ class RoundConfig:
     metropolis_hastings: bool = False
     degrees: dict[str, int] = field(default_factory=dict)  # neighbours' degrees from the plan
     peer_id: str = ""  # this peer (row 0 of every aggregation)
+    min_senders: int = 2  # secure_mean: fewest masked contributions it unmasks
+
+    @property
+    def secure(self) -> bool:
+        return self.rule == "secure_mean"
 
 
 @dataclass
@@ -157,6 +191,8 @@ class RoundState:
     strangers: dict[tuple[str, int], list] = field(default_factory=dict)  # (reason, round) -> [count, claimed]
     own_id: str | None = None
     pending: dict | None = None  # the aggregated event, completed with the model hash when durable
+    requested: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # secure_mean: (D, M) asked this round
+    reveals: dict[str, dict[str, bytes]] = field(default_factory=dict)  # secure_mean: member -> seeds
     # applied to an update when it starts to count (on arrival, or when its buffered round
     # begins): the peer copies it into its aggregation stack and lets the message go
     keep: Callable[[Accepted], Accepted] = lambda update: update  # noqa: E731
@@ -231,6 +267,11 @@ class RoundState:
                 sender, rnd, result.envelope, authenticated=True), size)
         if rnd < self.round:
             return OfferKind.DROPPED, []
+        late = late_reason(sender, self.requested[1]) if rnd == self.round and self.requested else None
+        if late:
+            return OfferKind.REJECTED, self.reject(late, "masked contribution arrived after the reveal request "
+                                                         "declared this sender missing", sender, True,
+                                                   result.update_id)
         self.seen.add((sender, rnd))
         sh = result.envelope.signed_header()
         log = [Log(NewEvent(EventKind.RECEIVED, rnd, sender, result.update_id,
@@ -244,11 +285,13 @@ class RoundState:
             return OfferKind.BUFFERED, log
         return OfferKind.DROPPED, []
 
-    def reject(self, reason: str, detail: str, claimed: str | None, authenticated: bool) -> list[Command]:
-        """A rejection decided outside the verifier (a membership record): logged like the others."""
+    def reject(self, reason: str, detail: str, claimed: str | None, authenticated: bool,
+               update_id: str | None = None) -> list[Command]:
+        """A rejection decided outside the verifier (a membership record, a secure-aggregation
+        message): logged like the others."""
         self._count(reason)
         if authenticated:
-            return [Log(NewEvent(EventKind.REJECTED, self.round, claimed, None,
+            return [Log(NewEvent(EventKind.REJECTED, self.round, claimed, update_id,
                                  {"reason": reason, "detail": detail[:300]}))]
         self._summarise_later(reason, claimed)
         return []
@@ -310,10 +353,12 @@ class RoundState:
         """Accepted updates of this round in a deterministic order (by sender)."""
         return [self.collected[s] for s in sorted(self.collected)]
 
-    def close(self) -> list[Command]:
+    def close(self, now: float = 0.0) -> list[Command]:
         """Aggregate what arrived, or skip with a reason when the rule cannot use it."""
         self.phase = Phase.CLOSED
         out = self._summarise_strangers()
+        if self.cfg.secure:
+            return out + self._close_secure(now)
         inputs = self.inputs()
         n = 1 + len(inputs)
         if not fits(self.cfg.rule, n, self.cfg.f):
@@ -321,6 +366,45 @@ class RoundState:
                                    f"with {n} rows")
         senders = tuple(a.sender for a in inputs)
         return out + [Aggregate(self.round, senders, self._weights(inputs))]
+
+    def _close_secure(self, now: float) -> list[Command]:
+        delivered = tuple(sorted(self.collected))
+        missing = tuple(sorted(self.cfg.neighbours - set(delivered)))
+        if len(delivered) < self.cfg.min_senders:
+            return self.skip(f"kept own model: secure_mean unmasks {self.cfg.min_senders} contributions or more, "
+                             f"{len(delivered)} arrived")
+        if not missing:
+            return [Unmask(self.round, delivered, {})]
+        self.phase, self.requested, self.reveals = Phase.REVEALING, (delivered, missing), {}
+        self.deadline_at = now + self.cfg.deadline
+        return [RequestReveals(self.round, delivered, missing),
+                Log(NewEvent(EventKind.REVEAL_REQUESTED, self.round, details={
+                    "delivered": list(delivered), "missing": list(missing)}))]
+
+    def revealed(self, sender: str, round_: int, seeds: dict[str, bytes], digest: str = "") -> list[Command]:
+        """A verified reveal addressed to this peer: kept if it answers this round's request."""
+        if self.phase is not Phase.REVEALING or round_ != self.round or sender not in self.requested[0]:
+            return self.reject("unexpected_reveal", f"no reveal was asked of this sender for round {round_}",
+                               sender, True)
+        if sender in self.reveals:
+            return self.reject("unexpected_reveal", f"a second reveal for round {round_}", sender, True)
+        self.reveals[sender] = dict(seeds)
+        return []
+
+    def reveals_ready(self, now: float) -> bool:
+        """Every member asked has answered, or the reveal deadline passed."""
+        if self.phase is not Phase.REVEALING:
+            return True
+        return set(self.requested[0]) <= set(self.reveals) or (self.deadline_at is not None and now >= self.deadline_at)
+
+    def reveals_done(self) -> list[Command]:
+        """Unmask with the reveals, or keep the own model naming the members that did not answer."""
+        delivered, _ = self.requested
+        silent = [j for j in delivered if j not in self.reveals]
+        self.phase = Phase.CLOSED
+        if silent:
+            return self.skip("kept own model: secure_mean: no reveal from " + ", ".join(j[:16] for j in silent))
+        return [Unmask(self.round, delivered, dict(self.reveals))]
 
     def _summarise_strangers(self) -> list[Command]:
         out = [Log(NewEvent(EventKind.REJECTED, rnd, None, None, {
@@ -381,6 +465,7 @@ class RoundState:
         """Start `new_round`: its buffered updates now count (and are kept)."""
         self.round = new_round
         self.deadline_at = None
+        self.requested, self.reveals = None, {}
         self.collected = {s: self.keep(a) for s, a in self.future.pop(new_round, {}).items()}
         for r in [r for r in self.future if r < new_round]:
             del self.future[r]

@@ -21,6 +21,7 @@ class Neighbour:
     addr: str | None = None  # libp2p multiaddr (with or without /p2p/ID); unused for memory and mqtt
     name: str | None = None
     degree: int | None = None  # known from the plan: used for Metropolis-Hastings weights
+    group: list[str] | None = None  # secure_mean: the neighbour's own neighbours (its group G), from the plan
 
 
 @dataclass
@@ -63,6 +64,10 @@ class ModelConfig:
     classes: int = 10
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+
+
+SECURE_BOUND = 4.0  # secure_mean's clip per value: model parameters rarely leave [-4, 4] (aggregation.secure)
+SECURE_MIN_SENDERS = 2  # privacy.secure.MIN_SENDERS: a receiver never learns fewer updates summed
 
 
 @dataclass

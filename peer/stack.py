@@ -16,8 +16,10 @@ from gossip.verify import Accepted
 
 
 class UpdateStack:
-    def __init__(self, neighbours: list[str], size: int):
-        self.row_of = {n: i + 1 for i, n in enumerate(sorted(neighbours))}
+    def __init__(self, neighbours: list[str], size: int, masked: bool = False):
+        # masked (secure_mean): contributions are words, never stacked; only the own row exists
+        self.masked = masked
+        self.row_of = {} if masked else {n: i + 1 for i, n in enumerate(sorted(neighbours))}
         self.size = size
         self._rows: torch.Tensor | None = None  # allocated on first use
 
@@ -40,7 +42,10 @@ class UpdateStack:
         return row
 
     def settle(self, update: Accepted) -> Accepted:
-        """Copy `update` into its sender's row; the returned Accepted no longer holds the message."""
+        """Copy `update` into its sender's row; the returned Accepted no longer holds the message
+        (a masked contribution is kept as it is: it is summed as words by the peer)."""
+        if self.masked:
+            return update
         row = self.rows[self.row_of[update.sender]]
         row.copy_(update.params)
         envelope = dataclasses.replace(update.envelope, payload=memoryview(b""))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregation import REGISTRY, AggregationError, parse_rule
-from gossip.codecs import CODECS
+from gossip.codecs import FLOAT_CODECS
 from gossip.files import FileReadError, read_limited_text
 from peer.config import check_aggregation_params
 from peer.errors import ConfigError
@@ -71,7 +71,10 @@ class Scenario:
     source: str = ""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As JSON writes it (no infinity: an unlimited privacy budget is null)."""
+        d = asdict(self)
+        d["epsilon"] = None if math.isinf(self.epsilon) else self.epsilon
+        return d
 
 
 _FIELDS = {  # table.key -> (attribute, type, check)
@@ -190,8 +193,8 @@ def _check_options(sc: Scenario) -> None:
             check_aggregation_params(r, sc.rule_params)
         except ConfigError as exc:
             raise ScenarioError(str(exc)) from None
-    if sc.codec not in CODECS:
-        raise ScenarioError(f"round.codec must be one of {', '.join(CODECS)}, got {sc.codec!r:.80}")
+    if sc.codec not in FLOAT_CODECS:
+        raise ScenarioError(f"round.codec must be one of {', '.join(FLOAT_CODECS)}, got {sc.codec!r:.80}")
 
 
 def _check_graph(sc: Scenario) -> None:

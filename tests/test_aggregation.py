@@ -310,7 +310,7 @@ def test_every_rule_handles_a_single_row():
 
 def test_registry_lists_every_rule_with_a_requirement():
     assert set(A.RULES) == {"mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geomed",
-                            "centered_clip", "self_centered_clip", "meamed", "mda"}
+                            "centered_clip", "self_centered_clip", "meamed", "mda", "secure_mean"}
     assert set(A.PRE_STEPS) == {"nnm", "bucketing"}
     assert all(A.REGISTRY[r].requirement for r in A.RULES)
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gossip.codecs import CODECS, decode, encode, encoded_size
+from gossip.codecs import CODECS, FLOAT_CODECS, decode, encode, encoded_size
 from gossip.envelope import (
     Envelope,
     bin_header,
@@ -97,6 +97,7 @@ def _crafted():
         Reason.PAYLOAD_HASH_MISMATCH: (wrong_payload, {}),
         Reason.NON_FINITE: (message(params=nan), {}),
         Reason.NON_CANONICAL: (wide_round, {}),
+        Reason.WRONG_KIND: (message(kind="masked"), {}),  # masked contributions go to secure_mean peers only
     }
 
 
@@ -206,7 +207,7 @@ def test_forgery_with_a_trusted_senders_name_is_rejected():
 
 
 def test_codecs_listed():
-    assert CODECS == ("raw-f32", "f16", "int8")
+    assert CODECS == ("raw-f32", "f16", "int8", "u32")
 
 
 # --- two stages: screen (header + signature) then finish (payload) ------------------------
@@ -247,7 +248,7 @@ def test_rejections_say_whether_the_sender_is_proven():
     nan = PARAMS.clone()
     nan[0] = float("inf")
     crafted = _crafted()
-    after_signature = {Reason.SCHEMA_MISMATCH, Reason.PAYLOAD_HASH_MISMATCH, Reason.NON_FINITE}
+    after_signature = {Reason.SCHEMA_MISMATCH, Reason.PAYLOAD_HASH_MISMATCH, Reason.NON_FINITE, Reason.WRONG_KIND}
     for reason, (data, opts) in crafted.items():
         v, seen = verifier(), set()
         if opts.get("replay"):
@@ -317,7 +318,7 @@ def test_the_network_id_must_be_equal(net):
 
 def _boundary_cases():
     """(codec, payload bytes, n) for each msgpack bin-header edge a codec can reach exactly."""
-    for codec in CODECS:
+    for codec in FLOAT_CODECS:
         for size in (255, 256, 65_535, 65_536):
             n = next((k for k in range(size + 1) if encoded_size(codec, k) == size), None)
             if n is not None:
