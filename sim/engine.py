@@ -18,6 +18,7 @@ from pathlib import Path
 import networkx as nx
 import torch
 
+from aggregation import REGISTRY, parse_rule
 from gossip.identity import Identity
 from gossip.transport import LinkFaults, MemoryHub
 from peer.local import memory_peer
@@ -119,7 +120,9 @@ class ProtocolEngine:
             "model": {"name": sc.model, "options": sc.model_options, "classes": 10, "seed": sc.seed},
             "data": data_overrides(sc),
             "train": {"local_steps": sc.local_steps, "batch_size": sc.batch_size, "lr": sc.lr, "momentum": sc.momentum},
-            "aggregation": {"rule": self.rule, "f": sc.f, "weights": sc.weights, "params": sc.rule_params},
+            # f means nothing to a non-robust rule (and secure_mean refuses f > 0)
+            "aggregation": {"rule": self.rule, "f": sc.f if REGISTRY[parse_rule(self.rule)[1]].robust else 0,
+                            "weights": sc.weights, "params": sc.rule_params},
             "round": {"deadline": sc.deadline, "train_in_thread": False, "codec": sc.codec,
                       "max_message_mb": sc.max_message_mb, "max_lead": 2},
         }
@@ -169,7 +172,12 @@ class ProtocolEngine:
                 b = sum(1 for u in self.graph.neighbors(t) if u in self.byzantine)
                 return model_attack(kind, honest_models, self.sent.get(t, own), own, n=self.graph.degree(t) + 1,
                                     b=b, gen=self.gen, params=self.sc.attack_params, honest_without_target=without)
-            peer.transport = AttackTransport(peer.transport, ModelAttacker(ident, craft))
+            if peer.secure is not None:  # secure_mean: the crafted model is what gets masked (it hides in the sum)
+                seal = peer.secure.seal_for
+                peer.secure.seal_for = lambda own, receiver, round_, **fields: seal(
+                    craft(round_, receiver, own), receiver, round_, **fields)
+            else:
+                peer.transport = AttackTransport(peer.transport, ModelAttacker(ident, craft))
 
     async def run(self) -> RunResult:
         sc = self.sc
