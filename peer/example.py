@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import inspect
 
+from privacy.settings import PrivacySettings
+
 from .config import (
     DEFAULT_DATA_DIR,
     AggregationConfig,
@@ -58,11 +60,16 @@ _LAYOUT = [
     ("round", RoundConfig, [
         ("deadline", "seconds to wait for neighbours each round"), ("quorum", "proceed once this many arrived (0: all)"),
         ("rounds", "stop after this many rounds (0: run until stopped)"),
-        ("max_lead", "rounds ahead of this peer that are buffered"), ("codec", "raw-f32 | f16 | int8 | topk"),
+        ("max_lead", "rounds ahead of this peer that are buffered"), ("codec", "raw-f32 | f16 | int8"),
         ("max_message_mb", "largest accepted message (default: derived from the model and codec)"),
         ("inbox_per_neighbour", "updates buffered per neighbour and round"),
         ("train_in_thread", "train off the event loop"),
         ("interval", "at least this many seconds between round starts (pacing)")]),
+    ("privacy", PrivacySettings, [
+        ("mode", "off | update (clip + noise each round's model change) | record (DP-SGD)"),
+        ("noise_multiplier", "sigma: noise std = sigma * clip"), ("clip", "L2 bound of a change or an example's gradient"),
+        ("delta", ""), ("epsilon", "the budget: stop sending before exceeding it (inf: never stop)"),
+        ("accountant", "rdp | pld (dp-accounting)")]),
     ("storage", None, [("dir", "checkpoints and the provenance log")]),
 ]
 
