@@ -2,7 +2,10 @@
 aggregate, provenance, checkpoint), excluding training, next to one epoch of local
 training on its digits shard; and the peak RSS of a peer process with a 1M-parameter model.
 
-    python bench/peer_round.py [--quick] [--metrics]
+    python bench/peer_round.py [--quick] [--metrics] [--rss-only] [--transport libp2p|mqtt] [--runs N]
+
+--rss-only: only the real-process peak RSS table; --transport: only that transport's rows;
+--runs: real-process runs per row (default 3, 1 with --quick).
 """
 
 from __future__ import annotations
@@ -202,8 +205,14 @@ def main() -> None:
                              capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
+    rss_only = "--rss-only" in sys.argv
+    transports = ("libp2p", "mqtt")
+    if "--transport" in sys.argv:
+        transports = (sys.argv[sys.argv.index("--transport") + 1],)
+        if transports[0] not in ("libp2p", "mqtt"):
+            raise SystemExit(f"--transport: expected libp2p or mqtt, got {transports[0]!r}")
     rows, figures = [], {}
-    for name, hidden in MODELS.items():
+    for name, hidden in () if rss_only else MODELS.items():
         for shards, what in ((9, "1/9 of digits"), (1, "all of digits")):
             serial = child("run", hidden, 6, "median", shards, False)
             over = child("run", hidden, 6, "median", shards, True)
@@ -218,23 +227,24 @@ def main() -> None:
                 "overlapped_overhead_s": round(over["overhead_s"], 4),
                 "overlapped_vs_epoch": round(over["overhead_s"] / epoch, 3),
                 "inprocess_peak_rss_mb": round(serial["maxrss_mb"], 1)}
-    print_table(["model", "params", "shard (train samples)", "1 epoch s", "serial s", "/epoch",
-                 "overlapped s", "/epoch", "RSS MB*"], rows,
-                title="one peer, 8 neighbours, median, raw-f32: protocol time per round beyond training "
-                      "(seal, send, verify 8, aggregate, log, checkpoint)")
-    print("  serial: updates wait, training on the loop (all work adds up); overlapped: updates arrive "
-          "during training, verified on the second core.\n  *in-process: the process also holds the 8 "
-          "neighbours' messages\n")
+    if not rss_only:
+        print_table(["model", "params", "shard (train samples)", "1 epoch s", "serial s", "/epoch",
+                     "overlapped s", "/epoch", "RSS MB*"], rows,
+                    title="one peer, 8 neighbours, median, raw-f32: protocol time per round beyond training "
+                          "(seal, send, verify 8, aggregate, log, checkpoint)")
+        print("  serial: updates wait, training on the loop (all work adds up); overlapped: updates arrive "
+              "during training, verified on the second core.\n  *in-process: the process also holds the 8 "
+              "neighbours' messages\n")
+        parts = child("breakdown", MODELS["1M"], "median")
+        figures["1M/breakdown_ms"] = parts
+        print_table(["1M parameters: piece of the round", "ms"], [[k, v] for k, v in parts.items()])
+        print()
 
-    parts = child("breakdown", MODELS["1M"], "median")
-    figures["1M/breakdown_ms"] = parts
-    print_table(["1M parameters: piece of the round", "ms"], [[k, v] for k, v in parts.items()])
-    print()
-
+    runs_per_row = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 1 if quick else 3
     rss_rows = []
-    for transport in ("libp2p", "mqtt"):
+    for transport in transports:
         for rule in ("median",) if quick else ("median", "nnm+trimmed_mean"):
-            runs = [process_peak_rss(MODELS["1M"], 4, rule, transport, metrics) for _ in range(1 if quick else 3)]
+            runs = [process_peak_rss(MODELS["1M"], 4, rule, transport, metrics) for _ in range(runs_per_row)]
             if runs[0] is None:
                 rss_rows.append([transport, rule, "-", "mosquitto not installed", "400"])
                 continue

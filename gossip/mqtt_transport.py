@@ -31,7 +31,9 @@ from .transport import QueuedTransport
 
 log = logging.getLogger("gossipfl.mqtt")
 PUBLISH_TIMEOUT = 60.0
+STATUS_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
+IO_SLACK = 5.0  # on top of a publish's own timeout, for the hop to the MQTT thread and back
 # CONNACK codes that retrying cannot fix: v3.1.1 (4, 5) and v5 (134 bad login, 135 not authorized)
 LOGIN_REFUSED = {4, 5, 134, 135}
 
@@ -53,6 +55,31 @@ def _code(rc) -> int | None:
 def _refused(granted) -> bool:
     """A SUBACK entry of 0x80 or more is a refusal (an ACL that does not grant the inbox)."""
     return any((_code(c) or 0) >= 0x80 for c in granted)
+
+
+def handle_whole_packets(paho_client) -> None:
+    """Make `loop_read` hand on a packet that it has read whole but left unhandled.
+
+    paho-mqtt 2.x reads a large packet in at most 100 recv calls per loop_read; when the
+    100th completes it, it returns before handling it, expecting another call. With an
+    external event loop (aiomqtt) the next call comes only when more bytes arrive: a
+    complete 4 MB update then waited for the next message or the keepalive ping (up to
+    60 s), and the peer waited its whole round deadline with every update received.
+    """
+    read = paho_client.loop_read
+
+    def loop_read(max_packets: int = 1):
+        rc = read(max_packets)
+        while rc == 0 and _whole_unhandled(paho_client):
+            rc = read(max_packets)
+        return rc
+
+    paho_client.loop_read = loop_read
+
+
+def _whole_unhandled(paho_client) -> bool:
+    packet = getattr(paho_client, "_in_packet", None) or {}
+    return bool(packet.get("command")) and bool(packet.get("have_remaining")) and packet.get("to_process") == 0
 
 
 class _Refused(aiomqtt.MqttError):
@@ -105,9 +132,11 @@ class MqttTransport(QueuedTransport):
             tls_context = ssl.create_default_context(cafile=self.ca_file)
         will = aiomqtt.Will(status_topic(self.prefix, self.network, self.peer_id), self._offline("connection lost"),
                             qos=1, retain=True)
-        return aiomqtt.Client(self.host, self.port, username=self.username, password=self.password,
-                              identifier=f"gossipfl-{self.peer_id[-16:]}", tls_context=tls_context,
-                              timeout=CONNECT_TIMEOUT, max_queued_incoming_messages=0, will=will)
+        client = aiomqtt.Client(self.host, self.port, username=self.username, password=self.password,
+                                identifier=f"gossipfl-{self.peer_id[-16:]}", tls_context=tls_context,
+                                timeout=CONNECT_TIMEOUT, max_queued_incoming_messages=0, will=will)
+        handle_whole_packets(client._client)
+        return client
 
     async def start(self) -> None:
         self.queue = asyncio.Queue(maxsize=self.queue.maxsize)
@@ -183,7 +212,11 @@ class MqttTransport(QueuedTransport):
     async def send(self, peer_id: str, data: bytes) -> bool:
         if self.closed or self.client is None:
             return False
-        return await self.io.call(self._publish(peer_id, data))
+        try:  # bounded here too: the round must not hang on the MQTT thread whatever happens there
+            return await asyncio.wait_for(self.io.call(self._publish(peer_id, data)), PUBLISH_TIMEOUT + IO_SLACK)
+        except TimeoutError:
+            log.warning("publish of %d bytes to %s: no answer from the MQTT thread", len(data), peer_id)
+            return False
 
     async def _publish(self, peer_id: str, data: bytes) -> bool:
         client = self.client
@@ -205,7 +238,11 @@ class MqttTransport(QueuedTransport):
         client connects, carries the values known then (always the name and PeerId)."""
         self._last_status = {k: v for k, v in info.items() if k not in ("online", "reason", "ts")}
         if self.publish_status and self.client is not None and not self.closed:
-            await self.io.call(self._status({**self._identity_status(), **info, "online": True}))
+            try:  # a status is best effort: it never holds the round for longer than this
+                await asyncio.wait_for(self.io.call(self._status({**self._identity_status(), **info, "online": True})),
+                                       STATUS_TIMEOUT + IO_SLACK)
+            except TimeoutError:
+                log.warning("status publish: no answer from the MQTT thread within %.0fs", STATUS_TIMEOUT + IO_SLACK)
 
     async def _status(self, info: dict) -> None:
         client = self.client
@@ -214,7 +251,7 @@ class MqttTransport(QueuedTransport):
         info.setdefault("ts", time.time())
         with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
             await client.publish(status_topic(self.prefix, self.network, self.peer_id), json.dumps(info), qos=1,
-                                 retain=True, timeout=10)
+                                 retain=True, timeout=STATUS_TIMEOUT)
 
     async def close(self) -> None:
         if self.closed:
