@@ -57,7 +57,8 @@ def network(n: int, lo: int, hi: int) -> tuple[tuple[tuple[int, int, int, int], 
 
     Rows are numbered 0..n-1 for the inputs and n..2n for scratch. Each step (a, b, lo, hi)
     writes min(row a, row b) to row lo (a free scratch row) and max to row hi (b or a when
-    that is scratch, else another free row); `rows` lists where ranks lo..hi-1 end up.
+    that is scratch, else another free row), either skipped where it is -1 (never read);
+    `rows` lists where ranks lo..hi-1 end up.
     """
     p = 1 << max(0, (n - 1).bit_length())
     pairs = [(i, j) for i, j in _batcher(p) if j < n]
@@ -76,7 +77,21 @@ def network(n: int, lo: int, hi: int) -> tuple[tuple[tuple[int, int, int, int], 
             free.append(a)
         steps.append((a, b, low, high))
         where[i], where[j] = low, high
-    return tuple(steps), tuple(where[k] for k in range(lo, hi))
+    rows = tuple(where[k] for k in range(lo, hi))
+    return _live(steps, rows), rows
+
+
+def _live(steps: list[tuple[int, int, int, int]], rows: tuple[int, ...]) -> tuple[tuple[int, int, int, int], ...]:
+    """The steps with each output that nothing reads later replaced by -1 (not computed): near
+    the end of a selection network, a comparator often feeds only its min or only its max."""
+    needed, out = set(rows), []
+    for a, b, low, high in reversed(steps):
+        low, high = (low if low in needed else -1), (high if high in needed else -1)
+        needed -= {low, high}
+        if low >= 0 or high >= 0:
+            needed |= {a, b}
+            out.append((a, b, low, high))
+    return tuple(reversed(out))
 
 
 def _block_shape(batch: int, d: int, n: int) -> tuple[int, int]:
@@ -106,6 +121,9 @@ def ranked_blocks(stack: torch.Tensor, lo: int = 0, hi: int | None = None,
     ranked = torch.empty(hi - lo, bb, cols, dtype=stack.dtype)
     # numpy views of the same memory: numpy's ufuncs cost less per call than torch ops
     source = stack.detach().numpy() if mix is None else mixed.numpy()
+    # a block's input rows, copied contiguous: a ufunc over two rows strided across batch
+    # entries costs three times one over contiguous rows, and each input row is read twice
+    inputs_np = np.empty((n, bb, cols), dtype=source.dtype) if bb > 1 else None
     scratch_np, ranked_np = scratch.numpy(), ranked.numpy()
     for b0 in range(0, batch, bb):
         b = min(bb, batch - b0)
@@ -119,10 +137,15 @@ def ranked_blocks(stack: torch.Tensor, lo: int = 0, hi: int | None = None,
                 else:  # the ragged last block: a strided out= would be copied through a temporary
                     mixed[:b, :, :c] = torch.bmm(mix[b0 : b0 + b], stack[b0 : b0 + b, :, start : start + c])
                 inputs = source[:b, :, :c].swapaxes(0, 1)
+            if inputs_np is not None:
+                np.copyto(inputs_np[:, :b, :c], inputs)
+                inputs = inputs_np[:, :b, :c]
             r = list(inputs) + list(scratch_np[:, :b, :c])
             for a, bi, low, high in steps:
-                np.minimum(r[a], r[bi], out=r[low])
-                np.maximum(r[a], r[bi], out=r[high])
+                if low >= 0:
+                    np.minimum(r[a], r[bi], out=r[low])
+                if high >= 0:
+                    np.maximum(r[a], r[bi], out=r[high])
             for k, row in enumerate(rows):
                 ranked_np[k, :b, :c] = r[row]
             yield slice(b0, b0 + b), slice(start, start + c), ranked[:, :b, :c]

@@ -9,7 +9,12 @@
 4. One batched run sharded over two Ray actors vs one process: time ratio and whether the
    results are equal.
 
-Each figure is measured in its own subprocess (one thread) so peak RSS is its own.
+Each figure is measured in its own subprocess so peak RSS is its own. Batched runs use both
+cores (two worker threads, one torch thread each); the baselines one thread. Large runs evaluate
+test accuracy on a schedule (sim.batched.eval_every: about 10 evaluated rounds and the last);
+every node still trains and every honest node aggregates every round. Wall time depends on what
+else the machine runs: each batched row also gives its CPU seconds (all threads; on two free
+cores the wall time is about half) and the 1-minute load average at its end.
 
     python bench/sim_scale.py            # the figures above (about 10 minutes on 2 cores)
     python bench/sim_scale.py --quick    # 10x fewer rounds and nodes (about 2 minutes)
@@ -49,15 +54,17 @@ def batched(nodes: int, rounds: int, rule: str, dataset: str = "digits", options
     from topology import from_spec
 
     sc = _scenario(nodes, rounds, rule, dataset, data_options=json.loads(options))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     graph = from_spec(sc.topology, seed=0)
     eng = BatchedEngine(sc, rule, graph, ".")
     t_setup = time.perf_counter()
     res = eng.run()
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     run_rounds = sum(rm.seconds for rm in res.rounds)
     accs = list(res.rounds[-1].accuracy.values())
     return {"seconds": total, "round_seconds": run_rounds, "setup_seconds": total - run_rounds,
+            "evaluated_rounds": sum(1 for rm in res.rounds if rm.accuracy), "workers": 2,
+            "cpu_seconds": cpu, "load_average_1min": os.getloadavg()[0],
             "graph_seconds": t_setup - t0, "s_per_node_round": run_rounds / (nodes * rounds),
             "mean_accuracy": sum(accs) / len(accs), "maxrss_mb": _rss_mb()}
 
@@ -127,8 +134,10 @@ def sharded(nodes: int, rounds: int) -> dict:
 def child(args: list[str]) -> dict:
     import torch
 
-    torch.set_num_threads(1)
     kind, *rest = args
+    # the batched engine runs one worker thread per torch thread, each torch op on one thread: two
+    # on 2 cores; Ray's actors set one each; the protocol engine and the per-node loop one
+    torch.set_num_threads(2 if kind in ("batched", "sharded") else 1)
     fn = {"batched": batched, "protocol": protocol, "loop": per_node_loop, "sharded": sharded}[kind]
     conv = [int(a) if a.isdigit() else a for a in rest]
     return fn(*conv)
@@ -160,27 +169,31 @@ def main() -> None:
     for rule in RULES:
         f = run("batched", n1, r1, rule)
         figures[f"n{n1}/{rule}"] = f
-        rows.append([f"{n1:,} x {r1} {rule}", f["seconds"], f["round_seconds"], f["s_per_node_round"],
+        rows.append([f"{n1:,} x {r1} {rule}", f["seconds"], f["cpu_seconds"], f["load_average_1min"],
+                     f["round_seconds"], f["s_per_node_round"],
                      f"{proto['s_per_node_round'] / f['s_per_node_round']:.0f}x",
                      f"{loop['s_per_node_round'] / f['s_per_node_round']:.1f}x", f"{f['maxrss_mb']:.0f}",
                      f"{100 * f['mean_accuracy']:.1f}%"])
     f = run("batched", n2, r2, "median", "synthetic", json.dumps({"samples": 64}))  # digits stops at 1,527 nodes
     figures[f"n{n2}/synthetic/median"] = f
-    rows.append([f"{n2:,} x {r2} median synthetic", f["seconds"], f["round_seconds"], f["s_per_node_round"],
+    rows.append([f"{n2:,} x {r2} median synthetic", f["seconds"], f["cpu_seconds"], f["load_average_1min"],
+                 f["round_seconds"], f["s_per_node_round"],
                  f"{proto['s_per_node_round'] / f['s_per_node_round']:.0f}x",
                  f"{loop['s_per_node_round'] / f['s_per_node_round']:.1f}x", f"{f['maxrss_mb']:.0f}",
                  f"{100 * f['mean_accuracy']:.1f}%"])
     f = run("batched", n3, r3, "median", "synthetic", json.dumps({"samples": 64}))
     figures[f"n{n3}/synthetic/median"] = f
-    rows.append([f"{n3:,} x {r3} median synthetic", f["seconds"], f["round_seconds"], f["s_per_node_round"],
+    rows.append([f"{n3:,} x {r3} median synthetic", f["seconds"], f["cpu_seconds"], f["load_average_1min"],
+                 f["round_seconds"], f["s_per_node_round"],
                  f"{proto['s_per_node_round'] / f['s_per_node_round']:.0f}x",
                  f"{loop['s_per_node_round'] / f['s_per_node_round']:.1f}x", f"{f['maxrss_mb']:.0f}",
                  f"{100 * f['mean_accuracy']:.1f}%"])
-    print_table(["run", "total s", "rounds s", "s/node-round", "vs protocol", "vs per-node loop", "peak RSS MB",
+    print_table(["run", "total s", "CPU s", "load", "rounds s", "s/node-round", "vs protocol", "vs per-node loop", "peak RSS MB",
                  "mean acc"], rows,
                 title=f"batched engine, 8-regular, one SGD step of batch 32 per round (protocol engine: "
                       f"{proto['s_per_node_round']:.4f} s/node-round; per-node PyTorch loop: "
-                      f"{loop['s_per_node_round']:.5f} s/node-round, training only)")
+                      f"{loop['s_per_node_round']:.5f} s/node-round, training only; batched: 2 worker threads, "
+                      f"accuracy evaluated on a schedule, every round trained and aggregated)")
     sh = run("sharded", 2000, 5 if quick else 20)
     figures["sharded"] = sh
     print(f"\nsharded over 2 Ray actors vs one process (2,000 nodes, synthetic): {sh['two_actors_s']:.1f} s vs "

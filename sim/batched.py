@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +44,33 @@ from .attacks import (
     label_flip_map,
     model_attack_rows,
 )
+from .batched_mlp import MLPKernel
 from .engine import RoundMetrics, RunResult
 from .errors import ScenarioError
 from .placement import place_byzantine
 from .scenario import Scenario
 
-STACK_BUDGET = 64 << 20  # bytes of one gathered (B, n, d) stack: chunks of targets stay below it
-CHUNK_NODES = 2048  # nodes per vmap call of training and evaluation
+STACK_BUDGET = 4 << 20  # bytes of one gathered (B, n, d) stack: chunks of targets stay below it, in one
+# buffer reused (a fresh 100 MB stack each round costs more in page faults than the rules), small enough
+# that the rule reads it from cache
+CHUNK_NODES = 2048  # nodes per call of training and evaluation
+EVAL_ALL_NODES = 200  # up to this many nodes, the automatic schedule evaluates every round
+EVAL_POINTS = 10  # beyond it, about this many evaluated rounds (and always the last)
+
+
+def eval_every(sc: Scenario, nodes: int) -> int:
+    """Rounds between test-set evaluations: the scenario's `eval_every`, or with 0 (automatic)
+    1 for small runs and about EVAL_POINTS evaluations over the run for large ones, where
+    evaluating every node on the test set each round would cost more than the round itself."""
+    every = int(getattr(sc, "eval_every", 0) or 0)
+    if every > 0:
+        return every
+    return 1 if nodes <= EVAL_ALL_NODES else max(1, sc.rounds // EVAL_POINTS)
+
+
+def evaluated(r: int, rounds: int, every: int) -> bool:
+    """Round r is evaluated: every `every` rounds, and always the last."""
+    return (r + 1) % every == 0 or r == rounds - 1
 
 
 def plan_order(graph: nx.Graph) -> list:
@@ -100,10 +122,14 @@ def _unflatten(names, shapes):
 class Shard:
     """The nodes `own` (global plan indices, ascending) of a batched run, plus copies of the
     rows of their neighbours outside the block (the halo), refreshed by `take_halo` each
-    round. One shard holding every node is the single-process engine."""
+    round. One shard holding every node is the single-process engine.
+
+    `workers` threads share the chunks of a round (training, aggregation, evaluation), each
+    running torch on one thread: numpy and torch release the GIL, and no chunk's numbers
+    depend on which thread ran it or on the others in flight."""
 
     def __init__(self, sc: Scenario, rule: str, topo: Topo, own: np.ndarray,
-                 progress: Callable[[int], None] | None = None):
+                 progress: Callable[[int], None] | None = None, workers: int = 1):
         self.sc, self.rule, self.topo = sc, rule, topo
         self.own = np.asarray(own, dtype=np.int64)
         n_all = topo.n
@@ -150,9 +176,13 @@ class Shard:
         def logits(flat, x):
             return functional_call(module, params_of(flat), (x,))
 
-        self._grad = vmap(grad(loss))
-        self._logits_common = vmap(logits, in_dims=(0, None))
-        self._logits_own = vmap(logits)
+        kernel = MLPKernel.of(module)  # plain MLPs: batched matmuls; any other model: vmap
+        self._grad = kernel.grad if kernel else vmap(grad(loss))
+        self._logits_common = kernel.logits if kernel else vmap(logits, in_dims=(0, None))
+        self._logits_own = kernel.logits if kernel else vmap(logits)
+        self._local = threading.local()  # per worker thread: the gathered (B, n, d) stack buffer, reused
+        self.workers = max(1, workers)
+        self._pool: ThreadPoolExecutor | None = None
         test = datasets.test_set(sc.dataset, sc.data_options)
         self.test = None if test is None else (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
         self.down = np.zeros(n_all, dtype=bool)
@@ -175,25 +205,41 @@ class Shard:
 
     def train(self, r: int) -> None:
         """Local SGD for every online own node, chunk by chunk."""
-        sc, data = self.sc, self.train_data
         active = np.flatnonzero(~self.down[self.own])
+
+        def run(local: np.ndarray) -> None:
+            self.params.index_copy_(0, torch.from_numpy(local), self.local_training(r, local))
+
+        self._each(run, self._chunks(active))
+
+    def _chunks(self, nodes: np.ndarray) -> list[np.ndarray]:
+        """`nodes` in chunks of at most CHUNK_NODES, at least one per worker."""
+        size = min(CHUNK_NODES, max(1, -(-len(nodes) // self.workers)))
+        return [nodes[lo:lo + size] for lo in range(0, len(nodes), size)]
+
+    def local_training(self, r: int, local: np.ndarray) -> torch.Tensor:
+        """The new models (c, d) of own nodes `local` after this round's local SGD steps from
+        their current ones: the one place a node's model is formed from its own data (a
+        privacy step on the update, new - old, belongs here). Advances their momentum."""
+        sc, data = self.sc, self.train_data
+        glob = self.own[local]
+        at = torch.from_numpy(local)
         batch = np.arange(sc.batch_size)[None, :]
-        for lo in range(0, len(active), CHUNK_NODES):
-            local = active[lo:lo + CHUNK_NODES]
-            glob = self.own[local]
-            p = self.params[local]
-            buf = self.buf[local] if self.buf is not None else None
+        p = self.params.index_select(0, at)
+        buf = self.buf.index_select(0, at) if self.buf is not None else None
+        with torch.no_grad():
             for s in range(sc.local_steps):
                 pick = streams.below(sc.seed, streams.BATCH, data.count[local][:, None], glob[:, None], r, s, batch)
                 idx = torch.from_numpy(data.offset[local][:, None] + pick)
-                g = self._grad(p, data.x[idx], data.y[idx])
+                x = data.x.index_select(0, idx.view(-1)).view(*idx.shape, *data.x.shape[1:])
+                g = self._grad(p, x, data.y.index_select(0, idx.view(-1)).view(idx.shape))
                 if buf is not None:
                     buf = buf.mul_(sc.momentum).add_(g)
                     g = buf
-                p = p - sc.lr * g
-            self.params[local] = p
-            if buf is not None:
-                self.buf[local] = buf
+                p = torch.add(p, g, alpha=-sc.lr)
+        if buf is not None:
+            self.buf.index_copy_(0, at, buf)
+        return p
 
     def export(self) -> tuple[np.ndarray, torch.Tensor]:
         """The trained rows other blocks need (their halo), for the exchange."""
@@ -233,31 +279,68 @@ class Shard:
         got = np.bincount(self.e_row[ok], minlength=n_own)
         start = np.concatenate([[0], np.cumsum(got)[:-1]])
         new = self.params[:n_own].clone()
-        attack = sc.attack in MODEL_ATTACKS
-        mh = sc.weights == "metropolis_hastings"
-        params = rule_params(self.rule, sc.rule_params)
+        tasks = []  # (rows aggregated, targets): one batched aggregate call each
         for k in np.unique(got[online] + 1) if online.any() else []:
             if not fits(self.rule, int(k), sc.f):
                 continue  # kept own model, as a peer skips
             targets = np.flatnonzero(online & (got + 1 == k))
             chunk = max(1, STACK_BUDGET // (int(k) * self.d * 4))
-            for lo in range(0, len(targets), chunk):
-                t = targets[lo:lo + chunk]
-                rows = np.empty((len(t), int(k)), dtype=np.int64)
-                rows[:, 0] = t
-                if k > 1:
-                    rows[:, 1:] = self.pos[src[start[t][:, None] + np.arange(int(k) - 1)[None, :]]]
-                stack = self.params[torch.from_numpy(rows)]
-                if attack:
-                    self._craft(r, stack, t, rows)
-                weights = self._mh(t, rows) if mh else None
-                try:
-                    out = aggregate(self.rule, stack, weights, f=sc.f, **params)
-                except AggregationError:
-                    continue  # kept own model: the rule refused these inputs
-                new[torch.from_numpy(t)] = out.value
+            tasks += [(int(k), targets[lo:lo + chunk]) for lo in range(0, len(targets), chunk)]
+
+        def run(task) -> None:
+            k, t = task
+            rows = np.empty((len(t), k), dtype=np.int64)
+            rows[:, 0] = t
+            if k > 1:
+                rows[:, 1:] = self.pos[src[start[t][:, None] + np.arange(k - 1)[None, :]]]
+            value = self._aggregate_rows(r, t, rows)
+            if value is not None:
+                new.index_copy_(0, torch.from_numpy(t), value)
+
+        self._each(run, tasks)
         self.params[:n_own] = new
         return int(ok.sum())
+
+    def _aggregate_rows(self, r: int, t: np.ndarray, rows: np.ndarray) -> torch.Tensor | None:
+        """What targets t aggregate from rows (B, k) (own first): the rule's (B, d) values, or
+        None where the rule refuses the inputs (the targets keep their own models)."""
+        sc = self.sc
+        stack = self._gather(rows)
+        if sc.attack in MODEL_ATTACKS:
+            self._craft(r, stack, t, rows)
+        weights = self._mh(t, rows) if sc.weights == "metropolis_hastings" else None
+        try:
+            return aggregate(self.rule, stack, weights, f=sc.f, **rule_params(self.rule, sc.rule_params)).value
+        except AggregationError:
+            return None
+
+    def _each(self, fn: Callable, items: list) -> None:
+        """fn(item) for every item, over the shard's worker threads (each chunk's result is its
+        own: the order and the thread never change a number)."""
+        if self.workers <= 1 or len(items) <= 1:
+            for item in items:
+                fn(item)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="batched")
+        for _ in self._pool.map(fn, items):
+            pass
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _gather(self, rows: np.ndarray) -> torch.Tensor:
+        """params[rows] as a (B, n, d) stack in this thread's reused buffer (valid until its
+        next call)."""
+        size = rows.size * self.d
+        buf = getattr(self._local, "stack", None)
+        if buf is None or buf.numel() < size:
+            buf = self._local.stack = torch.empty(max(size, STACK_BUDGET // 4))
+        out = buf[:size].view(rows.size, self.d)
+        torch.index_select(self.params, 0, torch.from_numpy(rows.reshape(-1)), out=out)
+        return out.view(*rows.shape, self.d)
 
     def _mh(self, t: np.ndarray, rows: np.ndarray) -> torch.Tensor:
         """Metropolis-Hastings weights of the rows that arrived; a missing neighbour's weight
@@ -309,31 +392,46 @@ class Shard:
             noise=noise, params=sc.attack_params)
         stack[torch.from_numpy(rows_t), torch.from_numpy(bj)] = crafted
 
-    def measure(self) -> dict:
-        """Test accuracy and loss of every honest own node, and sums for the consensus distance."""
+    def measure(self, evaluate: bool = True) -> dict:
+        """Sums of the honest own models for the consensus distance, and, when `evaluate`, the
+        test accuracy and loss of every honest own node (empty arrays otherwise)."""
         idx = self.honest_own
+        total, sumsq = torch.zeros(self.d, dtype=torch.float64), 0.0
+        for lo in range(0, len(idx), CHUNK_NODES):  # in float64, a chunk at a time (100,000 nodes: 1.8 GB at once)
+            hp = self.params.index_select(0, torch.from_numpy(idx[lo:lo + CHUNK_NODES])).double()
+            total += hp.sum(0)
+            sumsq += float(torch.dot(hp.view(-1), hp.view(-1)))
+        sums = {"nodes": self.own[idx], "sum": total, "sumsq": sumsq, "count": len(idx)}
+        if not evaluate:
+            return {**sums, "nodes": self.own[idx[:0]], "accuracy": np.zeros(0), "loss": np.zeros(0)}
         acc = np.zeros(len(idx))
         loss = np.zeros(len(idx))
-        with torch.no_grad():
-            for lo in range(0, len(idx), CHUNK_NODES):
-                local = idx[lo:lo + CHUNK_NODES]
-                p = self.params[local]
+
+        def run(at: np.ndarray) -> None:
+            local = idx[at]
+            with torch.no_grad():
+                p = self.params.index_select(0, torch.from_numpy(local))
                 if self.test is not None:
                     x, y = self.test
                     out = self._logits_common(p, x)  # (c, T, C)
                     yy = y.expand(len(local), -1)
-                    mask = torch.ones_like(yy, dtype=torch.bool)
+                    mask = None
                 else:
                     out, yy, mask = self._own_eval(p, local)
-                ce = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), yy.reshape(-1),
-                                                       reduction="none").view_as(yy)
-                m = mask.to(ce.dtype)
-                count = m.sum(1)
-                acc[lo:lo + len(local)] = (((out.argmax(-1) == yy).to(ce.dtype) * m).sum(1) / count).numpy()
-                loss[lo:lo + len(local)] = ((ce * m).sum(1) / count).numpy()
-        hp = self.params[idx].double()
-        return {"nodes": self.own[idx], "accuracy": acc, "loss": loss, "sum": hp.sum(0),
-                "sumsq": float((hp * hp).sum()), "count": len(idx)}
+                # cross-entropy per sample: logsumexp - the true class's logit
+                ce = torch.logsumexp(out, dim=2) - out.gather(2, yy.unsqueeze(2)).squeeze(2)
+                hit = (out.argmax(dim=2) == yy).to(ce.dtype)
+                if mask is None:
+                    acc[at] = hit.mean(1).numpy()
+                    loss[at] = ce.mean(1).numpy()
+                else:
+                    m = mask.to(ce.dtype)
+                    count = m.sum(1)
+                    acc[at] = ((hit * m).sum(1) / count).numpy()
+                    loss[at] = ((ce * m).sum(1) / count).numpy()
+
+        self._each(run, self._chunks(np.arange(len(idx))))
+        return {**sums, "accuracy": acc, "loss": loss}
 
     def _own_eval(self, p: torch.Tensor, local: np.ndarray):
         """Each node's own held-out samples, padded to the chunk's largest (with a mask)."""
@@ -393,16 +491,27 @@ class BatchedEngine:
     def run(self) -> RunResult:
         sc, topo = self.sc, self.topo
         t_start = time.monotonic()
-        shard = Shard(sc, self.rule, topo, np.arange(topo.n), progress=self.setup_progress)
+        workers = torch.get_num_threads()  # as many worker threads as torch was given, one torch thread each
+        shard = Shard(sc, self.rule, topo, np.arange(topo.n), progress=self.setup_progress, workers=workers)
         self.shard = shard
+        torch.set_num_threads(1)
+        try:
+            return self._rounds(shard, t_start)
+        finally:
+            shard.close()
+            torch.set_num_threads(workers)
+
+    def _rounds(self, shard: Shard, t_start: float) -> RunResult:
+        sc, topo = self.sc, self.topo
         size = max_message_size(sc.codec, shard.d)
         result = RunResult(self.rule, sc, self.byzantine, engine="batched")
+        every = eval_every(sc, topo.n)
         for r in range(sc.rounds):
             t0 = time.monotonic()
             shard.churn(r)
             shard.train(r)
             delivered = shard.aggregate(r)
-            m = shard.measure()
+            m = shard.measure(evaluated(r, sc.rounds, every))
             result.rounds.append(round_metrics(r, [m], topo.labels, delivered, messages_sent(topo, shard.down), size,
                                                int((~shard.down).sum()), time.monotonic() - t0))
             if self.progress:

@@ -48,10 +48,16 @@ def summary_row(res: RunResult) -> dict:
     node_rounds = sum(rm.online for rm in res.rounds)
     bad = byzantine_of(res)
     batched = res.engine == "batched"
+    evaluated = [rm.round for rm in res.rounds if rm.accuracy]
     return {"run": res.scenario.name, "rule": res.rule, "attack": res.scenario.attack, "engine": res.engine,
             "nodes": len(last.accuracy) + len(bad), "honest": len(last.accuracy),
             "byzantine": len(bad), "byzantine_nodes": [str(b) for b in bad],
-            "rounds": len(res.rounds), "mean_accuracy": acc["mean"], "min_accuracy": acc["min"],
+            "rounds": len(res.rounds), "evaluated_rounds": len(evaluated),
+            "evaluation": ("test accuracy every round" if len(evaluated) == len(res.rounds) else
+                           f"test accuracy on {len(evaluated)} of {len(res.rounds)} rounds (every "
+                           f"{evaluated[0] + 1}, and the last; scenario eval_every): accuracy figures and plots use "
+                           "those rounds; every node trained and aggregated every round"),
+            "mean_accuracy": acc["mean"], "min_accuracy": acc["min"],
             "p10_accuracy": acc["p10"], "median_accuracy": acc["median"],
             "consensus_distance": last.consensus, "rejected": total_rejected,
             "seconds": res.seconds, "seconds_per_node_round": res.seconds / max(node_rounds, 1),
@@ -103,8 +109,9 @@ def _accuracy_plot(results: list[RunResult], path: Path) -> Path:
     reference = bool(clean and attacked)  # a dashed line is a reference only next to attacked runs
     spread = False
     for res in results:
-        xs = np.array([rm.round + 1 for rm in res.rounds])
-        per_round = [np.fromiter(rm.accuracy.values(), dtype=float) for rm in res.rounds]
+        shown = [rm for rm in res.rounds if rm.accuracy]  # the evaluated rounds (sim.batched.eval_every)
+        xs = np.array([rm.round + 1 for rm in shown])
+        per_round = [np.fromiter(rm.accuracy.values(), dtype=float) for rm in shown]
         ys = np.array([a.mean() for a in per_round])
         style = "--" if reference and res.scenario.attack == "none" else "-"
         (line,) = ax.plot(xs, ys, style, label=label(res))

@@ -24,7 +24,7 @@ import numpy as np
 
 from gossip.envelope import max_message_size
 
-from .batched import Shard, Topo, round_metrics, setup
+from .batched import Shard, Topo, eval_every, evaluated, round_metrics, setup
 from .engine import RunResult
 from .errors import ScenarioError
 from .scenario import Scenario
@@ -101,13 +101,13 @@ class ShardWorker:
         ids, rows = self.shard.export()
         return ids, rows.numpy()
 
-    def aggregate(self, r: int, *exports) -> dict:
+    def aggregate(self, r: int, evaluate: bool, *exports) -> dict:
         import torch
 
         for ids, rows in exports:
             self.shard.take_halo(ids, torch.from_numpy(rows))
         delivered = self.shard.aggregate(r)
-        m = self.shard.measure()
+        m = self.shard.measure(evaluate)
         s = self.shard
         up = ~s.down[s.own]
         return {**m, "delivered": delivered, "sent": int(s.topo.degree[s.own][up].sum()), "online": int(up.sum())}
@@ -141,10 +141,12 @@ def run_sharded(sc: Scenario, rule: str, graph: nx.Graph, shards: int, *, addres
         size = None
         byz = [topo.labels[i] for i in np.flatnonzero(topo.byz)]
         result = RunResult(rule, sc, byz, engine="batched")
+        every = eval_every(sc, topo.n)
         for r in range(sc.rounds):
             t0 = time.monotonic()
             exports = [a.train.remote(r) for a in actors]
-            parts = ray.get([a.aggregate.remote(r, *[exports[j] for j in sources[b]])
+            evaluate = evaluated(r, sc.rounds, every)
+            parts = ray.get([a.aggregate.remote(r, evaluate, *[exports[j] for j in sources[b]])
                              for b, a in enumerate(actors)])
             if size is None:
                 size = max_message_size(sc.codec, int(parts[0]["sum"].numel()))

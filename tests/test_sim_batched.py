@@ -228,3 +228,69 @@ def test_robust_rule_beats_mean_under_sign_flip():
     mean = _mean_acc(BatchedEngine(sc, "mean", graph, ".").run())
     robust = _mean_acc(BatchedEngine(sc, "self_centered_clip", graph, ".").run())
     assert mean < 0.3 and robust > 0.6, (mean, robust)
+
+
+def test_mlp_kernel_is_the_gradient_of_the_module_and_independent_of_the_chunk():
+    """The hand-written batched MLP gradient and logits equal autograd's through the module;
+    a node's numbers are bit-for-bit the same whatever chunk it is computed in."""
+    from torch.func import functional_call, grad, vmap
+
+    from peer.model import build_model
+    from sim.batched_mlp import MLPKernel
+
+    module = build_model("mlp", 64, 10, {"hidden": [32, 16]}, seed=0)
+    kernel = MLPKernel.of(module)
+    assert kernel is not None and MLPKernel.of(build_model("cnn", 64, 10, {}, seed=0)) is None
+    names = [k for k, _ in module.named_parameters()]
+    shapes = [p.shape for _, p in module.named_parameters()]
+    sizes = [p.numel() for _, p in module.named_parameters()]
+
+    def params_of(flat):
+        return {n: q.view(s) for n, q, s in zip(names, torch.split(flat, sizes), shapes, strict=True)}
+
+    def loss(flat, x, y):
+        return torch.nn.functional.cross_entropy(functional_call(module, params_of(flat), (x,)), y)
+
+    gen = torch.Generator().manual_seed(0)
+    p = 0.3 * torch.randn(13, kernel.d, generator=gen)
+    x, y = torch.randn(13, 8, 64, generator=gen), torch.randint(0, 10, (13, 8), generator=gen)
+    assert torch.allclose(kernel.grad(p, x, y), vmap(grad(loss))(p, x, y), atol=1e-6)
+    test = torch.randn(20, 64, generator=gen)
+    want = vmap(lambda f: functional_call(module, params_of(f), (test,)))(p)
+    assert torch.allclose(kernel.logits(p, test), want, atol=1e-5)
+    whole = kernel.grad(p, x, y)
+    assert torch.equal(torch.cat([kernel.grad(p[i:i + 3], x[i:i + 3], y[i:i + 3]) for i in range(0, 13, 3)]), whole)
+    assert torch.equal(kernel.logits(p[5:6], test), kernel.logits(p, test)[5:6])
+
+
+def test_worker_threads_change_nothing():
+    sc = _small(attack="alie", byzantine=3, cap=1, dropout=0.2, loss=0.1)
+    topo = setup(sc, from_spec(sc.topology, seed=0))
+    shards = [Shard(sc, "nnm+trimmed_mean", topo, np.arange(topo.n), workers=w) for w in (1, 2)]
+    for r in range(3):
+        ms = []
+        for s in shards:
+            s.churn(r)
+            s.train(r)
+            s.aggregate(r)
+            ms.append(s.measure())
+        assert torch.equal(shards[0].params, shards[1].params)
+        assert np.array_equal(ms[0]["accuracy"], ms[1]["accuracy"]) and np.array_equal(ms[0]["loss"], ms[1]["loss"])
+    shards[1].close()
+
+
+def test_large_runs_evaluate_on_a_schedule_and_say_so(tmp_path, monkeypatch):
+    """Above EVAL_ALL_NODES the test set is evaluated about EVAL_POINTS times and in the last
+    round; every round still trains and aggregates (consensus every round); the summary says so."""
+    from sim.report import summary_row
+
+    sc = Scenario(name="e", rounds=5, topology="regular:30,4", rules=["mean"], f=0, local_steps=1, engine="batched")
+    assert batched.eval_every(sc, 30) == 1 and batched.eval_every(replace(sc, rounds=100), 1000) == 10
+    assert [r for r in range(10) if batched.evaluated(r, 10, 4)] == [3, 7, 9]
+    monkeypatch.setattr(batched, "EVAL_ALL_NODES", 10)
+    monkeypatch.setattr(batched, "EVAL_POINTS", 2)
+    res = BatchedEngine(sc, "mean", from_spec(sc.topology, seed=0), tmp_path).run()
+    assert [rm.round for rm in res.rounds if rm.accuracy] == [1, 3, 4] and len(res.rounds) == 5
+    assert all(rm.consensus > 0 for rm in res.rounds)
+    row = summary_row(res)
+    assert row["evaluated_rounds"] == 3 and "3 of 5 rounds" in row["evaluation"]
