@@ -48,6 +48,7 @@ from .batched_mlp import MLPKernel
 from .engine import RoundMetrics, RunResult
 from .errors import ScenarioError
 from .placement import place_byzantine
+from .privacy import epsilon_spent, privatize_rows, releases_allowed, update_privacy
 from .scenario import Scenario
 
 STACK_BUDGET = 4 << 20  # bytes of one gathered (B, n, d) stack: chunks of targets stay below it, in one
@@ -169,6 +170,8 @@ class Shard:
         self.d = init.numel()
         self.params = init.repeat(len(self.view), 1)  # every node starts from the same seeded model
         self.buf = torch.zeros(len(self.own), self.d) if sc.momentum else None
+        self.dp = update_privacy(sc)
+        self.releases = releases_allowed(sc)
 
         def loss(flat, x, y):
             return torch.nn.functional.cross_entropy(functional_call(module, params_of(flat), (x,)), y)
@@ -205,6 +208,8 @@ class Shard:
 
     def train(self, r: int) -> None:
         """Local SGD for every online own node, chunk by chunk."""
+        if r >= self.releases:  # the privacy budget is spent: nobody trains (or sends) any more
+            return
         active = np.flatnonzero(~self.down[self.own])
 
         def run(local: np.ndarray) -> None:
@@ -225,7 +230,7 @@ class Shard:
         glob = self.own[local]
         at = torch.from_numpy(local)
         batch = np.arange(sc.batch_size)[None, :]
-        p = self.params.index_select(0, at)
+        p = start = self.params.index_select(0, at)
         buf = self.buf.index_select(0, at) if self.buf is not None else None
         with torch.no_grad():
             for s in range(sc.local_steps):
@@ -239,6 +244,8 @@ class Shard:
                 p = torch.add(p, g, alpha=-sc.lr)
         if buf is not None:
             self.buf.index_copy_(0, at, buf)
+        if self.dp is not None:  # update-mode differential privacy: what a node keeps and sends is noised
+            p = privatize_rows(sc, start, p, glob, r)
         return p
 
     def export(self) -> tuple[np.ndarray, torch.Tensor]:
@@ -272,6 +279,8 @@ class Shard:
     def aggregate(self, r: int) -> int:
         """Every online own node aggregates what it received; returns messages delivered."""
         sc = self.sc
+        if r >= self.releases:  # nobody sends once the privacy budget is spent
+            return 0
         n_own = len(self.own)
         online = ~self.down[self.own]
         ok = self._delivered(r)
@@ -466,9 +475,10 @@ def round_metrics(r: int, parts: list[dict], labels: list, delivered: int, sent:
     return RoundMetrics(r, acc, loss, consensus(parts), sent * message_bytes, Counter(), online, seconds)
 
 
-def messages_sent(topo: Topo, down: np.ndarray) -> int:
-    """Every online node sends its update to every neighbour, delivered or not."""
-    return int(topo.degree[~down].sum())
+def messages_sent(topo: Topo, down: np.ndarray, sending: bool = True) -> int:
+    """Every online node sends its update to every neighbour, delivered or not (none once the
+    privacy budget is spent: `sending` False)."""
+    return int(topo.degree[~down].sum()) if sending else 0
 
 
 def setup(sc: Scenario, graph: nx.Graph) -> Topo:
@@ -512,9 +522,10 @@ class BatchedEngine:
             shard.train(r)
             delivered = shard.aggregate(r)
             m = shard.measure(evaluated(r, sc.rounds, every))
-            result.rounds.append(round_metrics(r, [m], topo.labels, delivered, messages_sent(topo, shard.down), size,
+            result.rounds.append(round_metrics(r, [m], topo.labels, delivered, messages_sent(topo, shard.down, r < shard.releases), size,
                                                int((~shard.down).sum()), time.monotonic() - t0))
             if self.progress:
                 self.progress(1)
         result.seconds = time.monotonic() - t_start
+        result.epsilon = epsilon_spent(sc)
         return result

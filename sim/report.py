@@ -65,7 +65,10 @@ def summary_row(res: RunResult) -> dict:
             "provenance": ("none: the batched engine has no wire and writes no provenance logs (protocol "
                            "attacks and logs need engine = \"protocol\")") if batched
             else "every peer's signed log: peers/*/data/provenance.db",
-            "bytes": "estimated: messages sent x largest update size" if batched else "measured"}
+            "bytes": "estimated: messages sent x largest update size" if batched else "measured",
+            "privacy": res.scenario.privacy, "noise_multiplier": res.scenario.noise_multiplier
+            if res.epsilon is not None else None,
+            "epsilon": res.epsilon}  # the largest epsilon an honest node spent (None: privacy off)
 
 
 def write_metrics(results: list[RunResult], out: Path) -> None:
@@ -164,6 +167,9 @@ def table(rows: list[dict], title: str):
     t.add_column("attack", no_wrap=True)
     for col in ("byz", "mean acc", "min acc") + (("p10 acc", "median acc") if many else ()) + ("consensus",):
         t.add_column(col, justify="right", no_wrap=True)
+    private = any(r.get("epsilon") is not None for r in rows)
+    if private:
+        t.add_column("epsilon", justify="right", no_wrap=True)
     t.add_column("rejected")
     t.add_column("engine", no_wrap=True)
     t.add_column("s/node-rnd", justify="right", no_wrap=True)
@@ -174,6 +180,7 @@ def table(rows: list[dict], title: str):
         pct = [f"{100 * r['mean_accuracy']:.1f}%", f"{100 * r['min_accuracy']:.1f}%"]
         if many:
             pct += [f"{100 * r['p10_accuracy']:.1f}%", f"{100 * r['median_accuracy']:.1f}%"]
-        t.add_row(r["rule"], r["attack"], str(r["byzantine"]), *pct, f"{r['consensus_distance']:.3g}", rej,
+        eps = [] if not private else ["-" if r.get("epsilon") is None else f"{r['epsilon']:.3g}"]
+        t.add_row(r["rule"], r["attack"], str(r["byzantine"]), *pct, f"{r['consensus_distance']:.3g}", *eps, rej,
                   r.get("engine", "protocol"), f"{r['seconds_per_node_round']:.4g}")
     return t

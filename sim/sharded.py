@@ -27,6 +27,7 @@ from gossip.envelope import max_message_size
 from .batched import Shard, Topo, eval_every, evaluated, round_metrics, setup
 from .engine import RunResult
 from .errors import ScenarioError
+from .privacy import epsilon_spent
 from .scenario import Scenario
 
 RAY_HINT = "Ray is not installed: pip install 'gossipfl[ray]'"
@@ -110,7 +111,8 @@ class ShardWorker:
         m = self.shard.measure(evaluate)
         s = self.shard
         up = ~s.down[s.own]
-        return {**m, "delivered": delivered, "sent": int(s.topo.degree[s.own][up].sum()), "online": int(up.sum())}
+        sent = int(s.topo.degree[s.own][up].sum()) if r < s.releases else 0  # none once the privacy budget is spent
+        return {**m, "delivered": delivered, "sent": sent, "online": int(up.sum())}
 
     def counts(self) -> np.ndarray:
         return self.shard.train_data.count
@@ -159,6 +161,7 @@ def run_sharded(sc: Scenario, rule: str, graph: nx.Graph, shards: int, *, addres
         for a in actors:
             ray.kill(a)
     result.seconds = time.monotonic() - t_start
+    result.epsilon = epsilon_spent(sc)
     return result, counts
 
 
