@@ -56,24 +56,36 @@ def password_file(peers: list[BrokerPeer]) -> str:
     return "".join(f"{p.peer_id}:{password_hash(p.password)}\n" for p in peers)
 
 
-def acl_file(peers: list[BrokerPeer], prefix: str, network: str) -> str:
-    """Patterns (%u = the login's username, i.e. the PeerId) for what every peer may do with
-    its own topics; one `user` section per peer for the neighbours' inboxes it may write to."""
+def acl_file(peers: list[BrokerPeer], prefix: str, network: str, admin: str | None = None) -> str:
+    """One `user` section per login (no patterns: a pattern would grant the admin login a
+    status and an inbox too): a peer reads its own inbox and every status, writes its own
+    status and its neighbours' inboxes under its own sender suffix; the admin writes into
+    every inbox under its own suffix, and nothing else."""
     lines = [
         f"# Mosquitto ACL for gossipfl network {network!r}, written by `gossipfl topology plan`.",
         "# Usernames are PeerIds. Nothing is granted to anonymous clients (allow_anonymous false).",
-        "# Every peer reads its own inbox and publishes its own status.",
-        f"pattern read {inbox_topic(prefix, network, '%u', '+')}",
-        f"pattern write {status_topic(prefix, network, '%u')}",
+        "# Each peer reads its own inbox and every status (dashboards), publishes its own status",
+        "# and into its neighbours' inboxes, only under its own sender suffix.",
         "",
-        "# Each peer reads every status (dashboards) and publishes into its neighbours' inboxes,",
-        "# only under its own sender suffix.",
     ]
+    if admin is not None:
+        lines += ["# The network admin: membership records into every inbox (gossipfl fleet admit/revoke).",
+                  *admin_section(admin, prefix, network), ""]
     for p in peers:
-        lines += [f"user {p.peer_id}", f"topic read {status_topic(prefix, network, '+')}"]
-        lines += [f"topic write {inbox_topic(prefix, network, nb, p.peer_id)}" for nb in p.neighbours]
-        lines.append("")
+        lines += [*peer_section(p, prefix, network), ""]
     return "\n".join(lines)
+
+
+def peer_section(p: BrokerPeer, prefix: str, network: str) -> list[str]:
+    return [f"user {p.peer_id}",
+            f"topic read {inbox_topic(prefix, network, p.peer_id, '+')}",
+            f"topic read {status_topic(prefix, network, '+')}",
+            f"topic readwrite {status_topic(prefix, network, p.peer_id)}",  # read: granted by the line above
+            *(f"topic write {inbox_topic(prefix, network, nb, p.peer_id)}" for nb in p.neighbours)]
+
+
+def admin_section(admin: str, prefix: str, network: str) -> list[str]:
+    return [f"user {admin}", f"topic write {inbox_topic(prefix, network, '+', admin)}"]
 
 
 def mosquitto_conf(host: str, port: int, passwd: Path, acl: Path) -> str:

@@ -1,10 +1,15 @@
 """The built-in learner: classification with cross-entropy and plain SGD (optional momentum)
-on the peer's own data. Other tasks plug in through `train.learner` (see peer.learner)."""
+on the peer's own data. Other tasks plug in through `train.learner` (see peer.learner).
+
+It also supports `[privacy] mode = "record"`: after enable_record_dp every local step is a
+DP-SGD step (privacy.dpsgd) feeding the same FlatSGD."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from privacy.dpsgd import noisy_mean, per_example_grads, poisson_batch
 
 from .config import TrainConfig  # noqa: F401  (re-exported: where learners look for it)
 from .data import LocalData
@@ -75,12 +80,27 @@ class ClassificationLearner:
         self.opt = FlatSGD(flat, list(model.parameters()), cfg.lr, cfg.momentum, cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(seed)
         self.loss_fn = nn.CrossEntropyLoss()
+        self.record_dp: tuple[float, float, torch.Generator, float] | None = None  # clip, sigma, generator, q
 
     def steps_per_round(self) -> int:
         return steps_per_round(self.cfg, len(self.data.y_train))
 
+    def enable_record_dp(self, clip: float, sigma: float, generator: torch.Generator) -> tuple[float, int]:
+        """Make every later train() run DP-SGD: Poisson batches with q = batch_size / n_train,
+        per-example gradients clipped to `clip`, noise std sigma*clip, both drawn from `generator`
+        (secret on a gateway). Returns (q, steps per round): the peer accounts
+        Release(sigma, q, steps) for each round."""
+        n = len(self.data.y_train)
+        if n == 0:
+            raise ConfigError("privacy.mode = 'record' needs training data; this peer has none")
+        q = min(1.0, self.cfg.batch_size / n)
+        self.record_dp = (float(clip), float(sigma), generator, q)
+        return q, self.steps_per_round()
+
     def train(self, round: int = 0) -> Metrics:
-        """One round of local SGD on the local data."""
+        """One round of local SGD on the local data (DP-SGD once enable_record_dp was called)."""
+        if self.record_dp is not None:
+            return self._train_private()
         self.module.train()
         x, y = self.data.x_train, self.data.y_train
         total, correct, seen = 0.0, 0, 0
@@ -95,6 +115,27 @@ class ClassificationLearner:
             total += float(loss.detach()) * len(yb)
             correct += int((out.argmax(1) == yb).sum())
             seen += len(yb)
+        return Metrics(loss=total / max(seen, 1), accuracy=correct / max(seen, 1), samples=seen)
+
+    def _train_private(self) -> Metrics:
+        """One round of DP-SGD. The metrics (loss, accuracy on the sampled records) are computed
+        from private data without noise: they are for the peer's own log, not a DP release."""
+        clip, sigma, gen, q = self.record_dp
+        self.module.train()
+        x, y = self.data.x_train, self.data.y_train
+        expected = q * len(y)
+        total, correct, seen = 0.0, 0, 0
+        for _ in range(self.steps_per_round()):
+            idx = poisson_batch(len(y), q, gen)
+            if len(idx):
+                grads, losses, out = per_example_grads(self.module, self.loss_fn, x[idx], y[idx])
+                total += float(losses.sum())
+                correct += int((out.argmax(1) == y[idx]).sum())
+                seen += len(idx)
+            else:
+                grads = torch.zeros(0, self.opt.flat.numel())
+            self.opt.grad.copy_(noisy_mean(grads, clip, sigma, gen, expected, self.opt.flat.numel()))
+            self.opt.step()
         return Metrics(loss=total / max(seen, 1), accuracy=correct / max(seen, 1), samples=seen)
 
     def train_round(self) -> Metrics:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .accountant import SIGMA_RANGE
+
 MODES = ("off", "update", "record")
 ACCOUNTANTS = ("rdp", "pld")
 
@@ -32,9 +34,10 @@ def check_privacy(s: PrivacySettings) -> str | None:
     sigma = s.noise_multiplier
     if not _number(sigma) or not math.isfinite(sigma) or sigma < 0:
         return f"privacy.noise_multiplier must be a finite number >= 0, got {sigma!r:.40}"
-    if s.mode != "off" and sigma == 0:
-        return (f"privacy.noise_multiplier must be > 0 with privacy.mode = {s.mode!r}: "
-                "without noise epsilon is infinite")
+    lo, hi = SIGMA_RANGE
+    if s.mode != "off" and not lo <= sigma <= hi:
+        return (f"privacy.noise_multiplier must be in [{lo:g}, {hi:g}] with privacy.mode = {s.mode!r}, "
+                f"got {sigma!r:.40} (0 noise: infinite epsilon)")
     if not _number(s.clip) or not math.isfinite(s.clip) or s.clip <= 0:
         return f"privacy.clip must be a finite number > 0, got {s.clip!r:.40}"
     if not _number(s.delta) or not 0 < s.delta < 1:

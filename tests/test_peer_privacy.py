@@ -10,7 +10,6 @@ import time
 import pytest
 import torch
 from click.testing import CliRunner
-from privacy.accountant import Accountant, Release
 
 from gossipfl.cli import main
 from peer.audit import load_events, verify_log
@@ -18,6 +17,7 @@ from peer.errors import ConfigError
 from peer.local import build_memory_network, run_peers
 from peer.plan import write_plan
 from peer.privacy_ledger import PeerPrivacy
+from privacy.accountant import Accountant, Release
 from privacy.settings import PrivacySettings
 from topology import from_spec
 
