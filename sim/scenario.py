@@ -62,6 +62,7 @@ class Scenario:
     codec: str = "raw-f32"
     max_message_mb: float = 4.0
     engine: str = "auto"
+    eval_every: int = 0  # batched engine: rounds between test-set evaluations (0: every round up to 200 nodes, else ~10)
     privacy: str = "off"  # off | update | record (privacy.mode)
     noise_multiplier: float = 1.0
     clip: float = 1.0
@@ -79,6 +80,7 @@ class Scenario:
 
 _FIELDS = {  # table.key -> (attribute, type, check)
     "name": ("name", str), "seed": ("seed", int), "rounds": ("rounds", int), "engine": ("engine", str),
+    "eval_every": ("eval_every", int),
     "topology.graph": ("topology", str),
     "data.dataset": ("dataset", str), "data.partition": ("partition", str), "data.alpha": ("alpha", float),
     "data.labels_per_shard": ("labels_per_shard", int), "data.options": ("data_options", dict),
@@ -103,7 +105,7 @@ SWEEP_ALIASES = {"aggregator": "aggregation.rules", "rule": "aggregation.rules",
                  "dataset": "data.dataset", "dropout": "faults.dropout", "loss": "faults.loss", "seed": "seed",
                  "rounds": "rounds", "engine": "engine", "lr": "train.lr", "local_steps": "train.local_steps",
                  "privacy": "privacy.mode", "sigma": "privacy.noise_multiplier",
-                 "noise_multiplier": "privacy.noise_multiplier", "clip": "privacy.clip"}
+                 "noise_multiplier": "privacy.noise_multiplier", "clip": "privacy.clip", "eval_every": "eval_every"}
 ENGINES = ("auto", "protocol", "batched")
 AUTO_PROTOCOL_NODES = 100  # engine = "auto": the protocol engine up to this many nodes, the batched one beyond
 
@@ -144,7 +146,7 @@ def build(doc: dict, source: str = "") -> Scenario:
 
 # attribute -> (field name, low, high): every number of a scenario has a range
 _RANGES = {
-    "seed": ("seed", 0, MAX_SEED), "rounds": ("rounds", 1, MAX_ROUNDS),
+    "seed": ("seed", 0, MAX_SEED), "rounds": ("rounds", 1, MAX_ROUNDS), "eval_every": ("eval_every", 0, MAX_ROUNDS),
     "alpha": ("data.alpha", 1e-6, 1e6), "labels_per_shard": ("data.labels_per_shard", 1, 1 << 20),
     "local_steps": ("train.local_steps", 1, 1 << 31), "batch_size": ("train.batch_size", 1, 1 << 20),
     "lr": ("train.lr", 1e-12, 1e6), "momentum": ("train.momentum", 0.0, 0.999999),
@@ -349,6 +351,8 @@ seed = 0                  # one seed fixes graph, data split, placement, trainin
 rounds = 20               # gossip rounds (train, send, aggregate)
 engine = "auto"           # "protocol" (real peers, signed messages, provenance logs), "batched" (one tensor for
                           # all nodes: thousands of nodes, no wire, no logs) or "auto" (protocol up to 100 nodes)
+eval_every = 0            # batched engine: evaluate test accuracy every N rounds and the last (0: every round up
+                          # to 200 nodes, about 10 times over the run beyond; every node always trains and aggregates)
 
 [topology]
 graph = "ws:16,6,0.2"     # ring, torus, grid, complete, star, regular, er, ws, ba, exp specs or a graph file
