@@ -9,6 +9,8 @@ It keeps a retained status message under `PREFIX/NETWORK/PEER_ID/status` for das
 (`gossipfl fleet status`): the peer's last status with `"online": true` while connected, an
 explicit `"online": false` on a clean close, and a last will (published by the broker when
 the connection dies without one: a killed process, a lost link) saying the same.
+The network admin publishes membership records into the inboxes the same way, under its own
+PeerId as the sender (publish_to_inboxes); a record proves itself by its admin signature.
 The MQTT client runs on its own event loop thread (gossip.loop_thread): paho moves whole
 packets inside its loop, which stalled the peer's loop for 150 ms on a 50 MB update.
 """
@@ -27,6 +29,7 @@ import aiomqtt
 from .errors import TransportError
 from .identity import Identity
 from .loop_thread import LoopThread
+from .membership import MAX_RECORD, is_record
 from .transport import QueuedTransport
 
 log = logging.getLogger("gossipfl.mqtt")
@@ -190,7 +193,7 @@ class MqttTransport(QueuedTransport):
                         await self._status({**self._identity_status(), **self._last_status, "online": True})
                     async for message in client.messages:
                         payload = message.payload
-                        if not isinstance(payload, (bytes, bytearray)) or len(payload) > self.max_size:
+                        if not isinstance(payload, (bytes, bytearray)) or not self._fits(payload):
                             continue
                         self.main_loop.call_soon_threadsafe(
                             self._deliver, str(message.topic).rsplit("/", 1)[-1], bytes(payload))
@@ -208,6 +211,11 @@ class MqttTransport(QueuedTransport):
                 log.warning("MQTT connection lost (%s); reconnecting in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    def _fits(self, payload: bytes | bytearray) -> bool:
+        """At most max_size (an update of this peer's model), or a membership record of at most
+        its own bound (a record naming many neighbours can outgrow the update of a tiny model)."""
+        return len(payload) <= self.max_size or (len(payload) <= MAX_RECORD and is_record(payload))
 
     async def send(self, peer_id: str, data: bytes) -> bool:
         if self.closed or self.client is None:
@@ -272,3 +280,32 @@ class MqttTransport(QueuedTransport):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+
+
+async def publish_to_inboxes(sender: str, network: str, data: bytes, owners: list[str], *, host: str, port: int,
+                             username: str | None, password: str | None, tls: bool = False,
+                             ca_file: str | None = None, prefix: str = "gossipfl") -> dict[str, bool]:
+    """Publish `data` into each owner's inbox under `sender`, on one short connection (no
+    subscription, no status, no will: the network admin's login may only write inboxes).
+    An owner maps to True when the broker acknowledged the message (QoS 1); a broker that
+    refuses the login raises TransportError."""
+    tls_context = ssl.create_default_context(cafile=ca_file) if tls else None
+    client = aiomqtt.Client(host, port, username=username, password=password, tls_context=tls_context,
+                            timeout=CONNECT_TIMEOUT, identifier=f"gossipfl-admin-{sender[-12:]}")
+    login = f"as {username!r}" if username else "anonymously"
+    try:
+        async with client:
+            done = {}
+            for owner in owners:
+                try:
+                    await client.publish(inbox_topic(prefix, network, owner, sender), bytes(data), qos=1,
+                                         timeout=STATUS_TIMEOUT)
+                    done[owner] = True
+                except (TimeoutError, aiomqtt.MqttError) as exc:
+                    log.warning("publish to %s's inbox failed: %s", owner, exc or "timeout")
+                    done[owner] = False
+            return done
+    except aiomqtt.MqttError as exc:
+        why = "refused the login" if isinstance(exc, aiomqtt.MqttCodeError) and _code(exc.rc) in LOGIN_REFUSED \
+            else "cannot be reached"
+        raise TransportError(f"the MQTT broker at {host}:{port} {why} {login}: {exc}") from None

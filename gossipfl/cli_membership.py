@@ -13,6 +13,12 @@ def _report(outcome) -> None:
     if outcome.config is not None:
         click.echo(f"new gateway: {outcome.config.parent}  (copy it to the gateway; start it with "
                    f"gossipfl peer start --config {outcome.config})")
+    if outcome.broker is not None:
+        files = f"{outcome.broker / 'passwd'} and {outcome.broker / 'acl'}"
+        click.echo(f"broker login {'added to' if outcome.action == 'admit' else 'removed from'} {files}: "
+                   "reload Mosquitto to apply it (kill -HUP <its pid>, or systemctl reload mosquitto; copy both "
+                   "files first if the broker runs on another host)"
+                   + (", then start the new gateway" if outcome.action == "admit" else ""))
     if outcome.delivered:
         ok = [n for n, d in outcome.delivered.items() if d]
         missed = [n for n, d in outcome.delivered.items() if not d]
@@ -24,12 +30,14 @@ def _report(outcome) -> None:
 @click.argument("plan", type=click.Path(file_okay=False, exists=True))
 @click.option("--name", required=True, help="plan name of the new gateway")
 @click.option("--neighbours", required=True, help="comma-separated plan names (or PeerIds) it neighbours")
-@click.option("--port", type=click.IntRange(1, 65535), default=None, help="its libp2p port (default: next free in the plan)")
-@click.option("--host", default="127.0.0.1", show_default=True, help="its libp2p address")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="libp2p plans: its port (default: next free in the plan)")
+@click.option("--host", default="127.0.0.1", show_default=True, help="libp2p plans: its address")
 @click.option("--no-send", is_flag=True, help="only write and sign the record")
 @friendly
 def fleet_admit(plan: str, name: str, neighbours: str, port, host: str, no_send: bool) -> None:
-    """Admit a new gateway to a running fleet: its folder, a signed record, delivered now."""
+    """Admit a new gateway to a running fleet: its folder, a signed record, delivered now
+    (MQTT plans: also its broker login and ACL lines, applied when the broker reloads)."""
     from peer.fleet_admin import admit
 
     _report(admit(plan, name, [n.strip() for n in neighbours.split(",") if n.strip()], port=port, host=host,
@@ -42,7 +50,8 @@ def fleet_admit(plan: str, name: str, neighbours: str, port, host: str, no_send:
 @click.option("--no-send", is_flag=True, help="only write and sign the record")
 @friendly
 def fleet_revoke(plan: str, who: str, no_send: bool) -> None:
-    """Revoke a gateway (plan name or PeerId): every peer rejects it from the record's arrival."""
+    """Revoke a gateway (plan name or PeerId): every peer rejects it from the record's arrival
+    (MQTT plans: its broker login is removed too, once the broker reloads)."""
     from peer.fleet_admin import revoke
 
     _report(revoke(plan, who, send=not no_send))

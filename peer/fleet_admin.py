@@ -3,9 +3,11 @@
 `admit` writes the new gateway's folder (key, peer.toml naming its neighbours), adds it to the
 plan's trust.toml (for gateways started later) and signs an `admit` record with the next epoch;
 `revoke` signs a `revoke` record and takes the PeerId off trust.toml. Records are kept in
-PLAN/admin/records/ and delivered over libp2p under the admin key to every gateway of the plan
-(each passes it on to its neighbours, so reaching a few is enough). Running peers apply them at
-once: no restart anywhere.
+PLAN/admin/records/ and delivered to every gateway of the plan (each passes it on to its
+neighbours, so reaching a few is enough): over libp2p under the admin key, or over MQTT into
+each inbox with the admin's broker login (PLAN/admin/mqtt.password). Running peers apply them
+at once: no restart anywhere. On an MQTT plan, admit also gives the gateway a broker login and
+its ACL lines in PLAN/broker/ and revoke takes them away; the broker applies that on reload.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from gossip.membership import open_record, seal_record
 from gossip.trust import TrustList, load_trust_list
 
 from .errors import ConfigError
-from .plan import ADMIN_DIR, ADMIN_KEY, agreement_fields, node_dir_name
+from .mosquitto import (
+    ADMIN_PASSWORD,
+    BrokerPeer,
+    add_login,
+    new_password,
+    remove_login,
+    write_secret,
+)
+from .plan import ADMIN_DIR, ADMIN_KEY, BROKER_DIR, agreement_fields, node_dir_name
 from .tomlwrite import dumps
 
 RECORDS = "records"
@@ -35,6 +45,7 @@ class Outcome:
     record: Path
     delivered: dict[str, bool]  # node name -> delivered
     config: Path | None = None  # the admitted gateway's peer.toml
+    broker: Path | None = None  # MQTT plans: the broker folder whose passwd and acl changed (reload it)
 
 
 class Plan:
@@ -55,6 +66,14 @@ class Plan:
         if self.trust.admin != self.admin.peer_id:
             raise ConfigError(f"{key} is not the admin key trust.toml names ({self.trust.admin})")
         self.records = self.dir / ADMIN_DIR / RECORDS
+        self.kind = self.manifest.get("transport", "libp2p")
+        self.broker = self.dir / BROKER_DIR
+
+    def mqtt_settings(self):
+        """The broker and topics of an MQTT plan, as its first node's config has them."""
+        from .config import load_config
+
+        return load_config(self.dir / self.nodes[0]["config"]).transport
 
     @property
     def nodes(self) -> list[dict]:
@@ -108,8 +127,16 @@ def admit(folder, name: str, neighbours: list[str], *, port: int | None = None, 
     if kind == "libp2p" and port is None:
         port = max((n.get("port") or 0 for n in plan.nodes), default=4000) + 1
     folder_ = plan.dir / node_dir_name(name)
-    folder_.mkdir(parents=True)
+    if folder_.exists():
+        raise ConfigError(f"{folder_} exists already")
     ident = Identity.generate()
+    broker = password = None
+    if kind == "mqtt" and plan.broker.exists():  # its login first: a refusal leaves nothing behind
+        t, password = plan.mqtt_settings(), new_password()
+        add_login(plan.broker, BrokerPeer(ident.peer_id, password, tuple(n["peer_id"] for n in nbrs)),
+                  prefix=t.topic_prefix, network=plan.trust.network)
+        broker = plan.broker
+    folder_.mkdir(parents=True)
     save_key(ident, folder_ / "peer.key")
     doc = dict(template)
     doc["name"] = name
@@ -120,6 +147,11 @@ def admit(folder, name: str, neighbours: list[str], *, port: int | None = None, 
     if kind == "libp2p":
         doc["transport"] = {**template["transport"], "listen": [f"/ip4/{host}/tcp/{port}"]}
         addr = f"/ip4/{host}/tcp/{port}/p2p/{ident.peer_id}"
+    elif kind == "mqtt":  # its own login; the password beside the key, 0600, as a plan writes it
+        password = password or new_password()
+        write_secret(folder_ / "mqtt.password", password + "\n")
+        doc["transport"] = {k: v for k, v in template["transport"].items() if k != "password"} | {
+            "username": ident.peer_id, "password_file": "mqtt.password"}
     config = folder_ / "peer.toml"
     config.write_text(f"# gateway {name}, admitted to a running fleet\n" + dumps(doc))
     fields = agreement_fields(ident, plan.trust.network)  # its secure-aggregation key, like every node's
@@ -131,8 +163,9 @@ def admit(folder, name: str, neighbours: list[str], *, port: int | None = None, 
     plan.manifest["nodes"].append({"node": name, "peer_id": ident.peer_id,
                                    "config": str(config.relative_to(plan.dir)), "port": port})
     plan.save(trust)
-    delivered = deliver(plan, data, [n for n in plan.nodes if n["peer_id"] != ident.peer_id]) if send else {}
-    return Outcome(epoch, "admit", ident.peer_id, path, delivered, config)
+    targets = [n for n in plan.nodes if n["peer_id"] != ident.peer_id and "revoked_epoch" not in n]
+    delivered = deliver(plan, data, targets) if send else {}
+    return Outcome(epoch, "admit", ident.peer_id, path, delivered, config, broker)
 
 
 def revoke(folder, who: str, *, send: bool = True) -> Outcome:
@@ -144,19 +177,48 @@ def revoke(folder, who: str, *, send: bool = True) -> Outcome:
                       {k: v for k, v in plan.trust.keys.items() if k != node["peer_id"]})
     node["revoked_epoch"] = epoch
     plan.save(trust)
+    broker = None
+    if plan.kind == "mqtt" and plan.broker.exists():  # defence in depth: its updates are rejected anyway
+        remove_login(plan.broker, node["peer_id"], prefix=plan.mqtt_settings().topic_prefix,
+                     network=plan.trust.network)
+        broker = plan.broker
     targets = [n for n in plan.nodes if n["peer_id"] != node["peer_id"] and "revoked_epoch" not in n]
     delivered = deliver(plan, data, targets) if send else {}
-    return Outcome(epoch, "revoke", node["peer_id"], path, delivered)
+    return Outcome(epoch, "revoke", node["peer_id"], path, delivered, broker=broker)
 
 
 def deliver(plan: Plan, data: bytes, nodes: list[dict]) -> dict[str, bool]:
-    """Send a record to these gateways over libp2p under the admin key (MQTT plans: not yet)."""
+    """Send a record to these gateways: over libp2p under the admin key, or (MQTT plans) into
+    their inboxes with the admin's broker login."""
+    if plan.kind == "mqtt":
+        return _publish_all(plan, data, nodes)
     addrs = {n["peer_id"]: plan.address(n) for n in nodes}
     missing = [n["node"] for n in nodes if not addrs[n["peer_id"]]]
     if missing:
-        raise ConfigError(f"nodes {', '.join(missing)} have no libp2p address: delivering records over MQTT is "
-                          "not supported yet (use --no-send and give the record file to one peer's neighbours)")
+        raise ConfigError(f"nodes {', '.join(missing)} have no libp2p address in their peer.toml "
+                          "([transport] listen); use --no-send and deliver the record file yourself")
     return asyncio.run(_send_all(plan.admin, addrs, data, {n["peer_id"]: n["node"] for n in nodes}))
+
+
+def _publish_all(plan: Plan, data: bytes, nodes: list[dict]) -> dict[str, bool]:
+    from gossip.errors import TransportError
+    from gossip.mqtt_transport import publish_to_inboxes
+
+    secret = plan.dir / ADMIN_DIR / ADMIN_PASSWORD
+    try:
+        password = secret.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{secret}: the admin's broker password is needed to deliver records over MQTT "
+                          f"({exc.strerror}); use --no-send and deliver the record file yourself") from None
+    t = plan.mqtt_settings()
+    try:
+        done = asyncio.run(publish_to_inboxes(plan.admin.peer_id, plan.trust.network, data,
+                                              [n["peer_id"] for n in nodes], host=t.host, port=t.port,
+                                              username=plan.admin.peer_id, password=password, tls=t.tls,
+                                              ca_file=t.ca_file, prefix=t.topic_prefix))
+    except TransportError as exc:
+        raise ConfigError(f"{exc} (the record is kept: {plan.records})") from None
+    return {n["node"]: done[n["peer_id"]] for n in nodes}
 
 
 async def _send_all(admin: Identity, addrs: dict, data: bytes, names: dict) -> dict[str, bool]:

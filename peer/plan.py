@@ -19,7 +19,7 @@ from gossip.trust import build_trust_list
 
 from .config import AggregationConfig, DataConfig, ModelConfig, RoundConfig, load_config
 from .errors import ConfigError
-from .mosquitto import BrokerPeer, new_password, write_broker_files, write_secret
+from .mosquitto import BrokerPeer, new_password, write_admin_login, write_broker_files, write_secret
 from .systemd import GatewayLayout, unit_text
 from .tomlwrite import dumps
 from .training import TrainConfig
@@ -190,7 +190,7 @@ def write_plan(graph: nx.Graph, out: str | os.PathLike, *, network_id: str = "go
             unit = write_unit(d, cfg, gateway, f"node {v} of gossipfl network {network_id}")
         planned.append(PlannedNode(str(v), idents[v].peer_id, d, cfg_path, port, unit))
     if transport == "mqtt":
-        write_plan_broker(out / BROKER_DIR, configs, mqtt_host)
+        write_plan_broker(out / BROKER_DIR, configs, mqtt_host, admin=write_admin_login(out / ADMIN_DIR, admin.peer_id))
     manifest = [{"node": p.label, "peer_id": p.peer_id, "config": str(p.config.relative_to(out)), "port": p.port,
                  **({"unit": str(p.unit.relative_to(out))} if p.unit else {})} for p in planned]
     (out / "plan.json").write_text(json.dumps({"network": network_id, "transport": transport,
@@ -239,9 +239,9 @@ def write_unit(node_dir: Path, cfg, gateway: GatewayLayout, description: str) ->
     return path
 
 
-def write_plan_broker(folder: Path, configs: list, host: str):
+def write_plan_broker(folder: Path, configs: list, host: str, admin: BrokerPeer | None = None):
     """The broker files for the configs just written (their logins, prefix, network and port,
-    so that overrides of those reach the ACL too)."""
+    so that overrides of those reach the ACL too), and the admin's login (membership records)."""
     prefixes = {(c.network, c.transport.topic_prefix, c.transport.port) for c in configs}
     if len(prefixes) != 1:
         raise ConfigError(f"an mqtt plan needs one network id, topic_prefix and broker port, got {sorted(prefixes)}")
@@ -251,4 +251,4 @@ def write_plan_broker(folder: Path, configs: list, host: str):
             raise ConfigError(f"{c.source}: an mqtt plan needs transport.username and transport.password")
     peers = [BrokerPeer(c.transport.username, c.transport.password, tuple(n.id for n in c.neighbours))
              for c in configs]
-    return write_broker_files(folder, peers, prefix=prefix, network=network, host=host, port=port)
+    return write_broker_files(folder, peers, prefix=prefix, network=network, host=host, port=port, admin=admin)

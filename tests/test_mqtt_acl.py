@@ -85,9 +85,10 @@ def test_plan_writes_a_login_per_peer_and_the_broker_files(tmp_path):
     configs = mqtt_plan(tmp_path)
     broker = tmp_path / "plan" / BROKER_DIR
     passwd = (broker / "passwd").read_text().splitlines()
-    assert sorted(line.split(":", 1)[0] for line in passwd) == sorted(c.transport.username for c in configs)
+    admin = load_key(tmp_path / "plan" / "admin" / "admin.key").peer_id  # writes membership records into inboxes
+    assert sorted(line.split(":", 1)[0] for line in passwd) == sorted([c.transport.username for c in configs] + [admin])
     for c in configs:
-        assert c.transport.username == load_key(c.key).peer_id  # the ACL's %u is the PeerId
+        assert c.transport.username == load_key(c.key).peer_id  # the ACL has a user section per PeerId
         assert c.transport.password and c.transport.password not in (broker / "passwd").read_text()
         secret = Path(c.transport.password_file)
         assert secret.parent == c.source.parent and stat.S_IMODE(secret.stat().st_mode) == 0o600
