@@ -4,8 +4,9 @@ and accuracy against epsilon with and without attackers.
 Part 1 - cost. Five in-process peers on a complete graph (4 neighbours each, memory transport),
 100k and 1M parameters, 3 rounds each: plain mean (the baseline), mean with DP in update mode
 (clip + noise the model change), secure_mean (masked contributions, every neighbour delivers).
-Protocol time = round time - training - evaluation, median over peers and rounds; the ratio is to
-plain mean in the same run. DP in record mode costs in training (per-example gradients), not in
+Protocol time = round time - training - evaluation, median over peers and rounds: the five peers
+share one event loop, so it is the protocol work of the whole five-peer round (seal or mask, send,
+verify, aggregate or unmask, log, checkpoint); the ratio is to plain mean in the same run. DP in record mode costs in training (per-example gradients), not in
 the protocol: its row gives the training time per round against plain SGD instead.
 
 Part 2 - accuracy against epsilon. The protocol engine, digits, 32 nodes on a random 8-regular
@@ -87,7 +88,8 @@ def cost_table(quick: bool) -> dict:
                 figures[f"{key}_protocol_s"], figures[f"{key}_ratio"] = round(r["protocol"], 4), round(ratio, 3)
             print(f"  {size} {label}: {time.monotonic() - t:.0f} s", file=sys.stderr, flush=True)
     print_table(["model", "variant", "per round", "ratio"], rows,
-                "Privacy cost per round (5 peers, complete graph, memory transport; median over peers and rounds)")
+                "Privacy cost per round (5 peers in one process, complete graph, memory transport: protocol work of "
+                "the whole round, median over peers and rounds)")
     return figures
 
 
