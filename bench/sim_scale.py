@@ -18,6 +18,8 @@ cores the wall time is about half) and the 1-minute load average at its end.
 
     python bench/sim_scale.py            # the figures above (about 10 minutes on 2 cores)
     python bench/sim_scale.py --quick    # 10x fewer rounds and nodes (about 2 minutes)
+    python bench/sim_scale.py --only trimmed_mean,nnm+trimmed_mean   # figure 1 for these rules only
+                                         # (protocol baseline on 200 nodes; no figures 2-4)
 
 Prints a table, then one JSON line.
 """
@@ -152,53 +154,61 @@ def run(*args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _only(argv: list[str]) -> list[str] | None:
+    """The rules named by `--only RULE[,RULE]` (None without it); unknown names end the run."""
+    if "--only" not in argv:
+        return None
+    i = argv.index("--only")
+    names = argv[i + 1].split(",") if i + 1 < len(argv) else []
+    unknown = [r for r in names if r not in RULES]
+    if not names or unknown:
+        raise SystemExit(f"--only takes a comma-separated list of {', '.join(RULES)}; got {unknown or 'nothing'}")
+    return names
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(child(sys.argv[2:])))
         return
     quick = "--quick" in sys.argv
+    only = _only(sys.argv)
     n1, r1 = (1000, 10) if quick else (1000, 100)
     n2, r2 = (2000, 10) if quick else (10_000, 100)
     n3, r3 = (10_000, 2) if quick else (100_000, 10)
-    figures: dict = {"quick": quick}
+    figures: dict = {"quick": quick, "only": only}
     rows = []
     loop = run("loop", 200, 5)
-    proto = run("protocol", 200 if quick else n1, 2)
+    proto = run("protocol", 200 if quick or only else n1, 2)
     figures["baseline_per_node_loop_s"] = loop["s_per_node_round"]
     figures["protocol_engine_s_per_node_round"] = proto["s_per_node_round"]
-    for rule in RULES:
+
+    def row(label: str, f: dict) -> list:
+        return [label, f["seconds"], f["cpu_seconds"], f["load_average_1min"], f["round_seconds"],
+                f["s_per_node_round"], f"{proto['s_per_node_round'] / f['s_per_node_round']:.0f}x",
+                f"{loop['s_per_node_round'] / f['s_per_node_round']:.1f}x", f"{f['maxrss_mb']:.0f}",
+                f"{100 * f['mean_accuracy']:.1f}%"]
+
+    for rule in only or RULES:
         f = run("batched", n1, r1, rule)
         figures[f"n{n1}/{rule}"] = f
-        rows.append([f"{n1:,} x {r1} {rule}", f["seconds"], f["cpu_seconds"], f["load_average_1min"],
-                     f["round_seconds"], f["s_per_node_round"],
-                     f"{proto['s_per_node_round'] / f['s_per_node_round']:.0f}x",
-                     f"{loop['s_per_node_round'] / f['s_per_node_round']:.1f}x", f"{f['maxrss_mb']:.0f}",
-                     f"{100 * f['mean_accuracy']:.1f}%"])
-    f = run("batched", n2, r2, "median", "synthetic", json.dumps({"samples": 64}))  # digits stops at 1,527 nodes
-    figures[f"n{n2}/synthetic/median"] = f
-    rows.append([f"{n2:,} x {r2} median synthetic", f["seconds"], f["cpu_seconds"], f["load_average_1min"],
-                 f["round_seconds"], f["s_per_node_round"],
-                 f"{proto['s_per_node_round'] / f['s_per_node_round']:.0f}x",
-                 f"{loop['s_per_node_round'] / f['s_per_node_round']:.1f}x", f"{f['maxrss_mb']:.0f}",
-                 f"{100 * f['mean_accuracy']:.1f}%"])
-    f = run("batched", n3, r3, "median", "synthetic", json.dumps({"samples": 64}))
-    figures[f"n{n3}/synthetic/median"] = f
-    rows.append([f"{n3:,} x {r3} median synthetic", f["seconds"], f["cpu_seconds"], f["load_average_1min"],
-                 f["round_seconds"], f["s_per_node_round"],
-                 f"{proto['s_per_node_round'] / f['s_per_node_round']:.0f}x",
-                 f"{loop['s_per_node_round'] / f['s_per_node_round']:.1f}x", f"{f['maxrss_mb']:.0f}",
-                 f"{100 * f['mean_accuracy']:.1f}%"])
+        rows.append(row(f"{n1:,} x {r1} {rule}", f))
+    if only is None:
+        for n, r in ((n2, r2), (n3, r3)):  # digits stops at 1,527 nodes
+            f = run("batched", n, r, "median", "synthetic", json.dumps({"samples": 64}))
+            figures[f"n{n}/synthetic/median"] = f
+            rows.append(row(f"{n:,} x {r} median synthetic", f))
     print_table(["run", "total s", "CPU s", "load", "rounds s", "s/node-round", "vs protocol", "vs per-node loop", "peak RSS MB",
                  "mean acc"], rows,
                 title=f"batched engine, 8-regular, one SGD step of batch 32 per round (protocol engine: "
                       f"{proto['s_per_node_round']:.4f} s/node-round; per-node PyTorch loop: "
                       f"{loop['s_per_node_round']:.5f} s/node-round, training only; batched: 2 worker threads, "
                       f"accuracy evaluated on a schedule, every round trained and aggregated)")
-    sh = run("sharded", 2000, 5 if quick else 20)
-    figures["sharded"] = sh
-    print(f"\nsharded over 2 Ray actors vs one process (2,000 nodes, synthetic): {sh['two_actors_s']:.1f} s vs "
-          f"{sh['one_process_s']:.1f} s (ratio {sh['ratio']:.2f}); accuracies equal: {sh['accuracy_equal']}; "
-          f"consensus max rel. diff {sh['consensus_max_rel_diff']:.1e}")
+    if only is None:
+        sh = run("sharded", 2000, 5 if quick else 20)
+        figures["sharded"] = sh
+        print(f"\nsharded over 2 Ray actors vs one process (2,000 nodes, synthetic): {sh['two_actors_s']:.1f} s vs "
+              f"{sh['one_process_s']:.1f} s (ratio {sh['ratio']:.2f}); accuracies equal: {sh['accuracy_equal']}; "
+              f"consensus max rel. diff {sh['consensus_max_rel_diff']:.1e}")
     emit_json(figures)
 
 

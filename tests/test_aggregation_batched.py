@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aggregation import RULES, AggregationError, BatchReport, Report, aggregate, tolerates
+from aggregation import _columns as columns
 
 from . import reference_rules as R
 
@@ -295,3 +296,79 @@ def test_uniform_weights_per_entry_are_accepted_by_unweighted_rules():
     x = torch.randn(2, 5, 3)
     w = torch.tensor([[2.0] * 5, [0.5] * 5])
     assert torch.equal(aggregate("median", x, w).value, aggregate("median", x).value)
+
+
+# --- the trimmed mean's selection network ------------------------------------------
+
+
+def sorted_trimmed_mean(x: torch.Tensor, f: int) -> torch.Tensor:
+    """The plain reference: sort each column, drop f per side, sum, divide."""
+    kept = x.sort(dim=1).values[:, f : x.shape[1] - f]
+    return kept.sum(dim=1) / kept.shape[1]
+
+
+@st.composite
+def hostile_columns(draw):
+    """(B, n, d) of small integers (sums exact in float32, so any summation order agrees), many
+    ties, and up to f values of +-1e30 per side in a column, f, and block sizes that cut the
+    stack into several blocks (whole entries, or parts of a long row)."""
+    n = draw(st.integers(1, 33))
+    f = draw(st.integers(0, (n - 1) // 2))
+    b, d = draw(st.integers(1, 5)), draw(st.integers(1, 70))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.integers(-draw(st.sampled_from([1, 3, 1000])), 1001, size=(b, n, d)).astype(np.float32)
+    for sign in (1.0, -1.0):
+        count = rng.integers(0, f + 1, size=(b, d))  # outliers per column on this side
+        for k in range(f):
+            rows = rng.integers(0, n, size=(b, d))
+            hit = k < count
+            x[np.nonzero(hit)[0], rows[hit], np.nonzero(hit)[1]] = sign * 1e30
+    return torch.from_numpy(x), f, draw(st.sampled_from([(1 << 19, 1 << 14), (64, 8), (300, 16)]))
+
+
+@SETTINGS
+@given(hostile_columns())
+def test_selection_network_trimmed_mean_equals_the_sorted_one(case):
+    x, f, (block, min_cols) = case
+    before = x.clone()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(columns, "BLOCK_ELEMENTS", block)
+        mp.setattr(columns, "MIN_COLUMNS", min_cols)
+        got = aggregate("trimmed_mean", x, f=f).value
+        direct = columns.trimmed_mean_columns(x, f)
+    assert torch.equal(x, before)  # the input rows are read in place, never written
+    want = sorted_trimmed_mean(x, f)
+    assert torch.equal(got, want) and torch.equal(direct, want)
+    assert got.abs().max() <= 1000  # every 1e30 trimmed: none absorbed an honest value
+
+
+@SETTINGS
+@given(st.integers(1, 40), st.data())
+def test_selection_network_keeps_exactly_the_middle_values(n, data):
+    # the kept rows, sorted, are ranks f..n-f-1 exactly (ties: any of equal values may go)
+    f = data.draw(st.integers(0, (n - 1) // 2))
+    steps, rows = columns.trimming_network(n, f)
+    x = torch.from_numpy(np.random.default_rng(n * 41 + f).integers(-2, 3, size=(3, n, 20)).astype(np.float32))
+    kept = [torch.from_numpy(np.stack([r[k] for k in rows], axis=1).copy())
+            for _, _, r in columns._network_blocks(x, steps, n + 1, None)]
+    assert torch.equal(torch.cat(kept).sort(dim=1).values, x.sort(dim=1).values[:, f : n - f])
+    middle, _ = columns.network(n, f, n - f)
+    assert columns._cost((steps, rows)) <= columns._cost(columns.network(n, f, n - f))
+    assert len(steps) <= len(middle)  # never more comparators than the sorted middle's network
+
+
+@SETTINGS
+@given(hostile_columns(), st.data())
+def test_selection_network_applies_a_mixing_matrix_per_block(case, data):
+    # a permutation per entry: mix @ stack is exact (and keeps <= f outliers a side), so the
+    # fused path must equal the reference exactly
+    x, f, (block, min_cols) = case
+    b, n = x.shape[:2]
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    perm = torch.from_numpy(np.argsort(np.random.default_rng(seed).random((b, n)), axis=1))
+    mix = torch.zeros(b, n, n).scatter_(2, perm[:, :, None], 1.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(columns, "BLOCK_ELEMENTS", block)
+        mp.setattr(columns, "MIN_COLUMNS", min_cols)
+        got = columns.trimmed_mean_columns(x, f, mix=mix)
+    assert torch.equal(got, sorted_trimmed_mean(torch.bmm(mix, x), f))
