@@ -8,6 +8,7 @@ its nodes in one call).
 
 from __future__ import annotations
 
+import math
 import os
 
 from gossip.lazy import lazy
@@ -32,7 +33,8 @@ def clip_rows(delta: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Ten
     if delta.dim() not in (1, 2):
         raise ValueError(f"clip_rows takes a (d,) or (n, d) tensor, got shape {tuple(delta.shape)}")
     norms = torch.linalg.vector_norm(delta, dim=-1)
-    scale = (clip / norms.clamp_min(1e-30)).clamp_max(1.0)
+    over = norms > clip  # only these are scaled: rows within the bound stay bit-for-bit
+    scale = torch.where(over, torch.full_like(norms, clip) / norms.clamp_min(1e-30), torch.ones_like(norms))
     clipped = delta * scale.unsqueeze(-1)
     return clipped, norms
 
@@ -55,10 +57,13 @@ def privatize_model(start_flat: torch.Tensor, end_flat: torch.Tensor, clip: floa
                     generator: torch.Generator) -> tuple[torch.Tensor, dict]:
     """Update mode for one peer: the round's change end - start, privatized, added back to start.
 
-    details: {"norm": the change's L2 norm before clipping, "clipped": whether it was scaled}."""
+    details: {"norm": the change's L2 norm before clipping, "clipped": whether it was scaled}.
+    ValueError if the change holds inf or nan (clipping cannot bound it)."""
     if start_flat.shape != end_flat.shape or start_flat.dim() != 1:
         raise ValueError(f"privatize_model takes two flat models of one shape, got {tuple(start_flat.shape)} "
                          f"and {tuple(end_flat.shape)}")
     noised, norm = privatize(end_flat - start_flat, clip, sigma, generator)
     norm = float(norm)
+    if not math.isfinite(norm):
+        raise ValueError("the model change is not finite (training diverged): nothing to release")
     return start_flat + noised, {"norm": norm, "clipped": norm > clip}
