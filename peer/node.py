@@ -242,10 +242,10 @@ class Peer:
         await self.checkpoints.durable()  # the last round's checkpoint, written while this one trained
         if self._stop.is_set():
             return False
+        self.checkpoints.check_finite()  # a diverged model is replaced by the checkpoint's before noising
         if transmit and self.privacy.on:  # noised (update mode) and accounted before anything is sent
             self._events.append(self.privacy.event(self.round, self.privacy.spend(
                 self.privacy.privatize(start, self.model.flat))))
-        self.checkpoints.check_finite()
         t = time.monotonic()
         self._eval = self.learner.evaluate()
         self._eval_s, self._train = time.monotonic() - t, train
