@@ -166,3 +166,18 @@ def peer_processes(tmp_path):
         yield pp
     finally:
         pp.stop_all()
+
+
+async def collect_until(client, marker: bytes, timeout: float = 10.0) -> list[tuple[str, bytes]]:
+    """Every message an aiomqtt client gets up to and including `marker`: one connection delivers
+    in order (QoS 1 markers are barriers), so whatever the broker routed to it before the marker
+    is in the list."""
+    import asyncio
+
+    got = []
+    async with asyncio.timeout(timeout):
+        async for m in client.messages:
+            got.append((str(m.topic), bytes(m.payload)))
+            if m.payload == marker:
+                return got
+    return got

@@ -27,7 +27,13 @@ from peer.mosquitto import ADMIN_PASSWORD
 from peer.plan import ADMIN_DIR, BROKER_DIR, write_plan
 from topology import from_spec
 
-from .netfixtures import PeerProcesses, free_ports, mosquitto_binary, mosquitto_broker
+from .netfixtures import (
+    PeerProcesses,
+    collect_until,
+    free_ports,
+    mosquitto_binary,
+    mosquitto_broker,
+)
 
 NET = "mqtt-fleet"
 TIMEOUT = 10.0
@@ -78,15 +84,6 @@ def mqtt(port: int, creds: dict) -> aiomqtt.Client:
     return aiomqtt.Client("127.0.0.1", port, timeout=TIMEOUT, **creds)
 
 
-async def collect_until(c: aiomqtt.Client, marker: bytes) -> list[tuple[str, bytes]]:
-    """What `c` got up to the marker (one connection delivers in order: QoS 1 markers are barriers)."""
-    got = []
-    async with asyncio.timeout(TIMEOUT):
-        async for m in c.messages:
-            got.append((str(m.topic), bytes(m.payload)))
-            if m.payload == marker:
-                return got
-    return got
 
 
 def test_the_admin_login_writes_membership_records_into_inboxes_only(fleet):

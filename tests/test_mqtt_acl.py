@@ -36,7 +36,7 @@ from peer.plan import BROKER_DIR, write_plan
 from peer.training import TrainConfig
 from topology import from_spec
 
-from .netfixtures import free_ports, mosquitto_binary, mosquitto_broker
+from .netfixtures import collect_until, free_ports, mosquitto_binary, mosquitto_broker
 
 NET = "acl-lab"
 TIMEOUT = 10.0
@@ -69,16 +69,6 @@ def client(cfg, port: int, password: str | None = None) -> aiomqtt.Client:
                           timeout=TIMEOUT)
 
 
-async def collect_until(c: aiomqtt.Client, marker: bytes) -> list[tuple[str, bytes]]:
-    """Every message `c` gets up to and including `marker`: one connection delivers in order, so
-    whatever the broker routed to `c` before the marker is in the list."""
-    got = []
-    async with asyncio.timeout(TIMEOUT):
-        async for m in c.messages:
-            got.append((str(m.topic), bytes(m.payload)))
-            if m.payload == marker:
-                return got
-    return got
 
 
 def test_plan_writes_a_login_per_peer_and_the_broker_files(tmp_path):
