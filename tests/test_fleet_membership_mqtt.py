@@ -6,8 +6,8 @@ reloaded with SIGHUP in between, as the operator would); nobody restarts."""
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 import os
 import signal
 import stat
