@@ -75,8 +75,10 @@ def test_trace_of_a_model_hash_and_a_chosen_png_and_dot(fleet, loaded, tmp_path)
     assert s["kind"] == "model" and s["round"] == 1 and len(s["inputs"]) == 3 and len(s["fed"]) == 1
 
 
-def test_trace_ambiguous_prefix_lists_candidates(fleet):
+def test_trace_ambiguous_prefix_lists_candidates(fleet, loaded):
     r = CliRunner().invoke(main, ["audit", "trace", "", str(fleet.plan), "--json"])
     assert r.exit_code == 2 and "not a hexadecimal" in r.output
-    r = CliRunner().invoke(main, ["audit", "trace", "0", str(fleet.plan), "--json"])
-    assert r.exit_code == 2 and ("ambiguous" in r.output or "appears in none" in r.output)
+    hashes = loaded.update_hashes()  # random keys: pick a first digit two updates share
+    shared = next(c for c in "0123456789abcdef" if sum(h.startswith(c) for h in hashes) >= 2)
+    r = CliRunner().invoke(main, ["audit", "trace", shared, str(fleet.plan), "--json"])
+    assert r.exit_code == 2 and "ambiguous" in r.output, r.output
