@@ -35,6 +35,14 @@ VERIFY_IN_THREAD_BYTES = 1 << 20
 VERIFY_WORKERS = 2  # SHA-256 releases the GIL: two updates hash at once on a 2-core gateway
 
 
+async def off_loop_if_large(nbytes: int, fn, *args, **kwargs):
+    """fn(*args, **kwargs), on a worker thread when it works through megabytes (hashing, masking,
+    unmasking would stall the event loop), inline otherwise (a thread costs more than small work)."""
+    if nbytes >= VERIFY_IN_THREAD_BYTES:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
+
+
 class Inbox:
     def __init__(self, peer: Peer):
         self.peer = peer
@@ -77,8 +85,9 @@ class Inbox:
             if is_record(data):
                 self.on_record(hint, data)
                 continue
-            if p.secure is not None and kind_of(data) is not None:
-                self.on_secure(hint, data)
+            secure_kind = kind_of(data) if p.secure is not None else None
+            if secure_kind is not None:
+                self.on_secure(hint, data, secure_kind)
                 continue
             screened = p.verifier.screen(data, p.round, p.state.seen)
             for cmd in p.state.screened(screened):
@@ -144,18 +153,20 @@ class Inbox:
 
     # --- secure aggregation ------------------------------------------------------------------
 
-    def on_secure(self, hint: str | None, data) -> None:
-        """A reveal request (this peer is a member asked to reveal) or a reveal (this peer asked)."""
+    def on_secure(self, hint: str | None, data, kind: str | None = None) -> None:
+        """A reveal request (this peer is a member asked to reveal) or a reveal (this peer asked);
+        `kind` is secure_wire.kind_of(data) when the caller has it already."""
         p = self.peer
+        kind = kind or kind_of(data)
         try:
-            if kind_of(data) == "reveal_request":
+            if kind == "reveal_request":
                 req = verify(parse_request(data), network=p.cfg.network, trusted=p.membership.trusted)
             else:
                 rev = verify(parse_reveal(data), network=p.cfg.network, trusted=p.membership.trusted, me=p.peer_id)
         except SecureWireError as exc:  # unproven: counted, summarised at the round's close
             p.log_events(p.state.reject(exc.reason, str(exc), hint, False))
             return
-        if kind_of(data) == "reveal":
+        if kind == "reveal":
             p.log_events(p.state.revealed(rev.sender, rev.round, rev.seed_map()))
             p.wake()
             return

@@ -26,7 +26,7 @@ from .checkpoint import ModelInfo
 from .commit import Checkpoints
 from .config import PeerConfig
 from .errors import PeerError
-from .inbox import VERIFY_IN_THREAD_BYTES, Inbox
+from .inbox import Inbox, off_loop_if_large
 from .learner import Metrics, make_learner
 from .lock import DataDirLock
 from .membership import Membership
@@ -334,10 +334,8 @@ class Peer:
         sec = self.secure
         contributions = {s: self.state.collected[s].contribution for s in cmd.senders}
         try:
-            if self.model.size * 4 >= VERIFY_IN_THREAD_BYTES:  # a ChaCha20 stream per reveal: off the loop
-                total = await asyncio.to_thread(sec.unmask, contributions, cmd.reveals, self.neighbours)
-            else:
-                total = sec.unmask(contributions, cmd.reveals, self.neighbours)
+            total = await off_loop_if_large(self.model.size * 4, sec.unmask, contributions, cmd.reveals,
+                                            self.neighbours)  # a ChaCha20 stream per revealed seed
         except MaskError as exc:
             log.warning("round %d: secure_mean could not unmask: %s", cmd.round, exc)
             await self._execute(self.state.skip(f"kept own model: secure_mean: {exc}"))

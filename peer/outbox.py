@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from gossip.envelope import seal_update
 
-from .inbox import VERIFY_IN_THREAD_BYTES
+from .inbox import off_loop_if_large
 from .round import Send
 
 if TYPE_CHECKING:
@@ -35,43 +35,25 @@ class Outbox:
         codec = p.cfg.round.codec
         fields = dict(net=p.cfg.network, round=cmd.round, schema=p.model.schema, codec=codec,
                       parents=[bytes.fromhex(x) for x in cmd.parents], deg=len(p.neighbours))
-        if own.numel() * 4 >= VERIFY_IN_THREAD_BYTES:  # hashing tens of MB off the event loop
-            sealed = await asyncio.to_thread(seal_update, p.identity, own, **fields)
-        else:
-            sealed = seal_update(p.identity, own, **fields)
-        size = len(sealed.data)
+        nbytes = own.numel() * 4
+        sealed = await off_loop_if_large(nbytes, seal_update, p.identity, own, **fields)
         if not cmd.transmit:  # kept for the record (the aggregation names it), never sent
             p.state.sent(sealed.update_id, [])
             return
-        if p.secure is not None:
-            await self._send_masked(cmd, own, sealed.update_id, fields)
-            return
+        if p.secure is None:  # the same bytes to every neighbour
+            out = {nb: sealed for nb in p.neighbours}
+            details = {"bytes": len(sealed.data), "codec": codec}
+        else:  # secure_mean: a masked contribution per neighbour, masked for that neighbour's group
+            out, details = {}, {"codec": "u32", "kind": "masked"}
+            masked = {k: v for k, v in fields.items() if k not in ("net", "round", "codec")}
+            for nb in p.neighbours:
+                if len(p.secure.groups.get(nb, ())) < 2:  # admitted later, without a group from the plan
+                    log.warning("round %d: no secure-aggregation group known for %s; not sending to it",
+                                cmd.round, nb)
+                    continue
+                out[nb] = await off_loop_if_large(nbytes, p.secure.seal_for, own, nb, cmd.round, **masked)
         p.log_events(p.state.sent(sealed.update_id, [
-            (nb, sealed.update_id, {"bytes": size, "codec": codec}) for nb in p.neighbours]),
-            flush=True)  # `sent` is durable before transmission: never a receipt without a send
-        loop = asyncio.get_running_loop()
-        for nb in p.neighbours:
-            pending = self.sending.get(nb)
-            if pending is not None and not pending.done():
-                log.warning("round %d: the last update to %s is still in flight; not sending this one",
-                            cmd.round, nb)
-                continue
-            self.sending[nb] = loop.create_task(self._transmit(nb, sealed.data, cmd.round))
-
-    async def _send_masked(self, cmd: Send, own: torch.Tensor, own_id: str, fields: dict) -> None:
-        """secure_mean: a masked contribution per neighbour, masked for that neighbour's group."""
-        p, out = self.peer, {}
-        fields = {k: v for k, v in fields.items() if k not in ("net", "round", "codec")}
-        for nb in p.neighbours:
-            if len(p.secure.groups.get(nb, ())) < 2:  # admitted later, without a group from the plan
-                log.warning("round %d: no secure-aggregation group known for %s; not sending to it", cmd.round, nb)
-                continue
-            if own.numel() * 4 >= VERIFY_IN_THREAD_BYTES:  # a ChaCha20 stream per other member: off the loop
-                out[nb] = await asyncio.to_thread(p.secure.seal_for, own, nb, cmd.round, **fields)
-            else:
-                out[nb] = p.secure.seal_for(own, nb, cmd.round, **fields)
-        p.log_events(p.state.sent(own_id, [
-            (nb, s.update_id, {"bytes": len(s.data), "codec": "u32", "kind": "masked"}) for nb, s in out.items()]),
+            (nb, s.update_id, {"bytes": len(s.data), **details}) for nb, s in out.items()]),
             flush=True)  # `sent` is durable before transmission: never a receipt without a send
         loop = asyncio.get_running_loop()
         for nb, s in out.items():

@@ -13,8 +13,6 @@ models from that round on. Record mode (DP-SGD) is modelled by the protocol engi
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -35,28 +33,26 @@ def update_privacy(sc: Scenario):
     return s if s.mode == "update" else None
 
 
-def releases_allowed(sc: Scenario) -> int:
-    """Rounds in which nodes train and send: all of them, or as many as the budget allows."""
+def ledger(sc: Scenario) -> tuple[int, float | None]:
+    """(rounds in which nodes train and send, the epsilon each honest node spent): all rounds, or
+    as many as the budget allows; epsilon None without privacy."""
     s = update_privacy(sc)
-    if s is None or math.isinf(s.epsilon):
-        return sc.rounds
+    if s is None:
+        return sc.rounds, None
     acct, release = Accountant(s.accountant, s.delta), Release(s.noise_multiplier, 1.0, 1)
     done = 0
     while done < sc.rounds and acct.allows(release, s.epsilon):
         acct.spend(release)
         done += 1
-    return done
+    return done, acct.epsilon()
+
+
+def releases_allowed(sc: Scenario) -> int:
+    return ledger(sc)[0]
 
 
 def epsilon_spent(sc: Scenario) -> float | None:
-    """The epsilon every honest node spent over the run (None without privacy)."""
-    s = update_privacy(sc)
-    if s is None:
-        return None
-    acct = Accountant(s.accountant, s.delta)
-    for _ in range(releases_allowed(sc)):
-        acct.spend(Release(s.noise_multiplier, 1.0, 1))
-    return acct.epsilon()
+    return ledger(sc)[1]
 
 
 def privatize_rows(sc: Scenario, start: torch.Tensor, trained: torch.Tensor, nodes: np.ndarray,
