@@ -1,7 +1,7 @@
 """secure_mean as a stack rule: the plain mean of rows clipped to [-bound, bound].
 
 A peer never calls this for its own aggregation: with secure aggregation it only ever holds
-the sum of its neighbours' masked contributions (peer.secure_round, privacy.secure), which is
+the sum of its neighbours' masked contributions (peer.runtime.secure_round, privacy.secure), which is
 exactly the sum of their updates clipped to the bound and rounded to fixed point. This is the
 same value without masks, so the simulator's engines and `gossipfl rules` can run and name it.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from .coordinate import weighted_mean
 from .report import BatchReport
 
-DEFAULT_BOUND = 4.0  # model parameters rarely leave [-4, 4]; documented in peer.secure_round
+DEFAULT_BOUND = 4.0  # model parameters rarely leave [-4, 4]; documented in peer.runtime.secure_round
 DEFAULT_MIN_SENDERS = 2
 
 

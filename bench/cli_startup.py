@@ -63,7 +63,7 @@ def main() -> None:
                         "from tests.audit_fleet import build_fleet; build_fleet(Path(sys.argv[1]))", str(plan)],
                        cwd=ROOT, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         db = str(plan / "node-0" / "data" / "provenance.db")
-        from peer.audit import load_events
+        from peer.audit.verify import load_events
 
         update = next(e for e in load_events(db)[1] if e.kind == "sent").update_hash[:8]
         py = sys.executable

@@ -246,7 +246,7 @@ class Ring:
     def spoof(self, login: str | None = None) -> dict:
         """An MQTT client that is not node-1 publishing into node-0's inbox under node-1's id."""
         from gossip.mqtt_transport import inbox_topic
-        from peer.config import load_config
+        from peer.config.parse import load_config
 
         cfg = load_config(self.victim.config)
         spec = {"kind": "mqtt", "port": self.broker_port, "options": {"rate": 50.0, "count": 5_000},
@@ -265,8 +265,8 @@ class Ring:
 def start_ring(kind: str, tmp: Path, stack: ExitStack) -> Ring:
     """Plan, (broker,) start four peers; node-0 last so that it dials neighbours already up."""
     from gossip.envelope import max_message_size
-    from peer.model import FlatModel, build_model
-    from peer.plan import BROKER_DIR, write_plan
+    from peer.learning.model import FlatModel, build_model
+    from peer.ops.plan import BROKER_DIR, write_plan
     from tests.netfixtures import PeerProcesses, free_ports, mosquitto_broker
     from topology import from_spec
 

@@ -40,9 +40,9 @@ def run(hidden: list[int], rounds: int, rule: str, shards: int, overlapped: bool
     from gossip.envelope import seal_update
     from gossip.identity import load_key
     from gossip.transport import MemoryHub
-    from peer.local import memory_peer
-    from peer.plan import write_plan
-    from peer.runtime import configure_process
+    from peer.ops.plan import write_plan
+    from peer.runtime.local import memory_peer
+    from peer.runtime.process import configure_process
     from topology import from_spec
 
     configure_process()
@@ -61,10 +61,10 @@ def run(hidden: list[int], rounds: int, rule: str, shards: int, overlapped: bool
             raws = [hub.transport(o.peer_id) for o in others]
             for t in raws:
                 await t.start()
-            base = peer.model.get()
+            base = peer.learning.model.get()
             for r in range(rounds):
                 msgs = [seal_update(o, base + 0.01 * torch.randn_like(base), net="gossipfl", round=r,
-                                    schema=peer.model.schema, deg=1) for o in others]
+                                    schema=peer.learning.model.schema, deg=1) for o in others]
                 if overlapped:
                     round_task = asyncio.create_task(peer.run_round())
                     await asyncio.sleep(0)
@@ -80,9 +80,9 @@ def run(hidden: list[int], rounds: int, rule: str, shards: int, overlapped: bool
         hist = peer.history[1:]  # the first round warms up
         overhead = sum(h.seconds - h.train_seconds - h.eval_seconds for h in hist) / len(hist)
         train = sum(h.train_seconds for h in hist) / len(hist)
-        return {"params": peer.model.size, "overhead_s": overhead, "train_epoch_s": train,
+        return {"params": peer.learning.model.size, "overhead_s": overhead, "train_epoch_s": train,
                 "eval_s": sum(h.eval_seconds for h in hist) / len(hist),
-                "samples": len(peer.learner.data.y_train), "accepted": min(h.accepted for h in hist),
+                "samples": len(peer.learning.learner.data.y_train), "accepted": min(h.accepted for h in hist),
                 "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -107,11 +107,11 @@ def breakdown(hidden: list[int], rule: str) -> dict:
     from gossip.envelope import seal_update
     from gossip.identity import Identity
     from gossip.verify import Verifier
-    from peer import checkpoint as ckpt
-    from peer.model import FlatModel, build_model
-    from peer.provenance import EventKind, NewEvent, ProvenanceLog
-    from peer.runtime import configure_process
-    from peer.stack import UpdateStack
+    from peer.learning.model import FlatModel, build_model
+    from peer.runtime.process import configure_process
+    from peer.runtime.stack import UpdateStack
+    from peer.state import checkpoint as ckpt
+    from peer.state.provenance import EventKind, NewEvent, ProvenanceLog
 
     configure_process()
     model = FlatModel(build_model("mlp", 64, 10, {"hidden": hidden}))
@@ -158,7 +158,7 @@ def process_peak_rss(hidden: list[int], rounds: int, rule: str, transport: str =
     where Mosquitto is not installed. `metrics`: the centre serves Prometheus metrics."""
     from pathlib import Path
 
-    from peer.plan import write_plan
+    from peer.ops.plan import write_plan
     from tests.netfixtures import PeerProcesses, free_ports, mosquitto_broker
     from topology import from_spec
 

@@ -44,9 +44,9 @@ def _cost_run(hidden: list[int], rule: str, privacy: dict | None, rounds: int = 
     """Median protocol and training seconds per round of 5 peers on complete:5."""
     import torch
 
-    from peer.local import build_memory_network, run_peers
-    from peer.plan import write_plan
-    from peer.runtime import configure_process
+    from peer.ops.plan import write_plan
+    from peer.runtime.local import build_memory_network, run_peers
+    from peer.runtime.process import configure_process
     from topology import from_spec
 
     configure_process()

@@ -33,9 +33,9 @@ def child(nodes: int) -> dict:
         out = run_all([sc], tmp, quiet=True)
     row = out.rows[0]
     # baseline: the same local training alone, for every node and round
-    from peer.data import digits_shard
-    from peer.model import FlatModel, build_model
-    from peer.training import TrainConfig, Trainer
+    from peer.learning.classification import TrainConfig, Trainer
+    from peer.learning.data import digits_shard
+    from peer.learning.model import FlatModel, build_model
 
     t0 = time.perf_counter()
     for i in range(nodes):

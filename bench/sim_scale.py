@@ -87,8 +87,8 @@ def per_node_loop(nodes: int, rounds: int) -> dict:
     """The baseline of the issue: one SGD step per node-round, a PyTorch module per node."""
     import torch
 
-    from peer.data import digits_pool_and_test
-    from peer.model import build_model
+    from peer.learning.data import digits_pool_and_test
+    from peer.learning.model import build_model
 
     (x, y), _ = digits_pool_and_test()
     x, y = torch.from_numpy(x), torch.from_numpy(y)

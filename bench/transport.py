@@ -62,7 +62,7 @@ async def receiver(mode: str, port: int, n_values: int, count: int) -> None:
     """Child process: receive `count` messages, verify and decode each, report when done."""
     from gossip.identity import Identity
     from gossip.verify import Accepted, Verifier
-    from peer.runtime import configure_process
+    from peer.runtime.process import configure_process
 
     configure_process()
     me, sender = Identity.from_seed(RECEIVER_SEED), Identity.from_seed(SENDER_SEED)
@@ -111,7 +111,7 @@ async def sender(mode: str, port: int, mb: int, broker: int | None) -> dict:
 
     from gossip.envelope import seal_update
     from gossip.identity import Identity
-    from peer.runtime import configure_process
+    from peer.runtime.process import configure_process
 
     configure_process()
     n_values = mb * 1_000_000 // 4

@@ -27,8 +27,8 @@ from bench._table import emit_json, print_table
 from gossip.envelope import seal_update  # noqa: E402
 from gossip.identity import Identity  # noqa: E402
 from gossip.verify import Accepted, Rejected, Verifier  # noqa: E402
-from peer.provenance import ProvenanceLog  # noqa: E402
-from peer.runtime import tune_allocator  # noqa: E402
+from peer.runtime.process import tune_allocator  # noqa: E402
+from peer.state.provenance import ProvenanceLog  # noqa: E402
 
 
 def torch_save_round_trip(x):

@@ -241,7 +241,7 @@ class MqttTransport(QueuedTransport):
             return False
 
     async def status(self, info: dict) -> None:
-        """Publish `info` (peer.metrics.PeerMetrics.status()) as the retained, online status.
+        """Publish `info` (peer.runtime.metrics.PeerMetrics.status()) as the retained, online status.
         A clean close repeats its last values with `"online": false`; the will, fixed when the
         client connects, carries the values known then (always the name and PeerId)."""
         self._last_status = {k: v for k, v in info.items() if k not in ("online", "reason", "ts")}

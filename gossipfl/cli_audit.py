@@ -12,7 +12,7 @@ import sys
 import click
 
 from gossipfl.cli import friendly, main
-from peer.provenance import KINDS
+from peer.state.provenance import KINDS
 
 _plan_option = click.option("--plan", "plan", type=click.Path(file_okay=False),
                             help="plan folder whose trust.toml names the peers (default: found next to each log)")
@@ -39,7 +39,7 @@ def _json_out(obj) -> None:
 
 
 def _fleet(logs, plan):
-    from peer.audit_fleet import Fleet
+    from peer.audit.fleet import Fleet
 
     return Fleet.load(logs, plan)
 
@@ -54,8 +54,8 @@ def audit_group() -> None:
 @friendly
 def audit_verify(dbs: tuple[str, ...]) -> None:
     """Check every chain link and signature; exit 1 if any log is broken."""
-    from peer.audit import verify_log
-    from peer.audit_fleet import expand_logs
+    from peer.audit.fleet import expand_logs
+    from peer.audit.verify import verify_log
 
     broken = 0
     for db in expand_logs(dbs):
@@ -133,7 +133,7 @@ def audit_show(db: str, round_, kind, peer, update, plan, as_json: bool) -> None
 @friendly
 def audit_inputs(logs, peer: str, round_: int, plan, as_json: bool) -> None:
     """Which updates went into a peer's model at a round, who signed them, and what was rejected."""
-    from peer.audit_query import model_inputs
+    from peer.audit.query import model_inputs
 
     fleet = _fleet(logs, plan)
     ans = model_inputs(fleet, fleet.resolve_peer(peer), round_)
@@ -172,7 +172,7 @@ def audit_inputs(logs, peer: str, round_: int, plan, as_json: bool) -> None:
 @friendly
 def audit_where(update: str, logs, plan, as_json: bool) -> None:
     """Where did an update go: who accepted, rejected and aggregated it, in which rounds."""
-    from peer.audit_query import update_story
+    from peer.audit.query import update_story
 
     fleet = _fleet(logs, plan)
     s = update_story(fleet, fleet.resolve_update(update))
@@ -208,7 +208,7 @@ def audit_where(update: str, logs, plan, as_json: bool) -> None:
 @friendly
 def audit_timeline(logs, peer: str, first, last, plan, as_json: bool) -> None:
     """What a peer did round by round: trained, sent, accepted, rejected, aggregated."""
-    from peer.audit_query import timeline
+    from peer.audit.query import timeline
 
     fleet = _fleet(logs, plan)
     pid = fleet.resolve_peer(peer)
@@ -234,7 +234,7 @@ def audit_timeline(logs, peer: str, first, last, plan, as_json: bool) -> None:
 @friendly
 def audit_rejections(logs, plan, as_json: bool) -> None:
     """Which peers ever sent something rejected, by reason (and what strangers claimed)."""
-    from peer.audit_query import rejections
+    from peer.audit.query import rejections
 
     fleet = _fleet(logs, plan)
     rj = rejections(fleet)
@@ -283,7 +283,7 @@ def _rounds(rounds: list[int]) -> str:
 @friendly
 def audit_trace(update_hash: str, dbs, depth: int, png, dot, plan, as_json: bool) -> None:
     """Where an update (or a model) came from and what it fed, drawn as a graph."""
-    from peer.audit_lineage import draw_lineage, lineage, lineage_dot, lineage_summary
+    from peer.audit.lineage import draw_lineage, lineage, lineage_dot, lineage_summary
 
     fleet = _fleet(dbs, plan)
     target = fleet.resolve_update(update_hash)
@@ -328,7 +328,7 @@ def audit_trace(update_hash: str, dbs, depth: int, png, dot, plan, as_json: bool
 @friendly
 def audit_report(logs, out: str, update, depth: int, plan) -> None:
     """One self-contained HTML page for a fleet's logs: verification, timelines, rejections, lineage."""
-    from peer.audit_report import write_report
+    from peer.audit.report import write_report
 
     fleet = _fleet(logs, plan)
     path = write_report(fleet, out, update=fleet.resolve_update(update) if update else None, depth=depth)
@@ -342,7 +342,7 @@ def audit_report(logs, out: str, update, depth: int, plan) -> None:
 @friendly
 def audit_export(db: str, fmt: str, out) -> None:
     """Export a log as JSON lines or CSV."""
-    from peer.audit import export
+    from peer.audit.verify import export
 
     text = export(db, fmt)
     if out:

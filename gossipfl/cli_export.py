@@ -19,8 +19,8 @@ def peer_export(config: str, out: str, formats: str) -> None:
     data needed; safe while the peer runs)."""
     import torch
 
-    from peer.config import load_config
-    from peer.export import export
+    from peer.config.parse import load_config
+    from peer.learning.export import export
 
     torch.set_num_threads(1)
     cfg = load_config(config)

@@ -65,7 +65,7 @@ def fleet_status_cmd(paths, watch: bool, interval: float, as_json: bool, source:
     from rich.console import Console
     from rich.live import Live
 
-    from peer.fleet import fleet_status, members
+    from peer.ops.status import fleet_status, members
 
     group = members(list(paths))
 

@@ -38,7 +38,7 @@ def _report(outcome) -> None:
 def fleet_admit(plan: str, name: str, neighbours: str, port, host: str, no_send: bool) -> None:
     """Admit a new gateway to a running fleet: its folder, a signed record, delivered now
     (MQTT plans: also its broker login and ACL lines, applied when the broker reloads)."""
-    from peer.fleet_admin import admit
+    from peer.ops.admin import admit
 
     _report(admit(plan, name, [n.strip() for n in neighbours.split(",") if n.strip()], port=port, host=host,
                   send=not no_send))
@@ -52,6 +52,6 @@ def fleet_admit(plan: str, name: str, neighbours: str, port, host: str, no_send:
 def fleet_revoke(plan: str, who: str, no_send: bool) -> None:
     """Revoke a gateway (plan name or PeerId): every peer rejects it from the record's arrival
     (MQTT plans: its broker login is removed too, once the broker reloads)."""
-    from peer.fleet_admin import revoke
+    from peer.ops.admin import revoke
 
     _report(revoke(plan, who, send=not no_send))

@@ -25,8 +25,8 @@ def peer_init(directory: str, force: bool) -> None:
 
     from gossip.identity import Identity, save_key
     from gossip.trust import build_trust_list
+    from peer.config.example import example_config
     from peer.errors import ConfigError
-    from peer.example import example_config
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -55,9 +55,9 @@ def peer_start(config: str, rounds, log_format: str, verbose: bool) -> None:
     import asyncio
     import logging
 
-    from peer import logs
-    from peer.config import load_config
-    from peer.service import serve
+    from peer.config.parse import load_config
+    from peer.runtime.process import logs
+    from peer.runtime.service import serve
 
     cfg = load_config(config)
     logs.setup(log_format, logging.DEBUG if verbose else logging.INFO, peer=cfg.name or None, names=logs.names_of(cfg))
@@ -70,7 +70,7 @@ def peer_start(config: str, rounds, log_format: str, verbose: bool) -> None:
 def peer_id_cmd(config: str) -> None:
     """Print this peer's PeerId and the multiaddrs others dial, without starting it."""
     from gossip.identity import load_key
-    from peer.config import load_config
+    from peer.config.parse import load_config
 
     cfg = load_config(config)
     ident = load_key(cfg.key)

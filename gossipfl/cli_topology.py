@@ -95,8 +95,8 @@ def topology_plan(graph: str, out: str, network_id: str, transport: str, host: s
     Refuses a plan in which some node's neighbourhood is too small for --rule at --f
     (it would keep its own model every round), and says what would work."""
     from peer.errors import ConfigError
-    from peer.plan import ADMIN_DIR, check_robustness, weak_plan_message, write_plan
-    from peer.systemd import GatewayLayout
+    from peer.ops.plan import ADMIN_DIR, check_robustness, weak_plan_message, write_plan
+    from peer.ops.systemd import GatewayLayout
     from topology import resolve
 
     g = resolve(graph, seed=seed, allow_directed=allow_directed, allow_disconnected=allow_disconnected)

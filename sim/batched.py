@@ -33,8 +33,8 @@ from torch.func import functional_call, grad, vmap
 
 from aggregation import AggregationError, aggregate
 from gossip.envelope import max_message_size
-from peer.model import build_model
-from peer.round import fits, rule_params
+from peer.learning.model import build_model
+from peer.runtime.round import fits, rule_params
 
 from . import datasets, streams
 from .attacks import (
@@ -75,7 +75,7 @@ def evaluated(r: int, rounds: int, every: int) -> bool:
 
 
 def plan_order(graph: nx.Graph) -> list:
-    """Node labels in the order of peer.plan (node i gets data shard i in both engines)."""
+    """Node labels in the order of peer.ops.plan (node i gets data shard i in both engines)."""
     return sorted(graph.nodes, key=lambda v: (str(type(v)), v))
 
 
@@ -353,7 +353,7 @@ class Shard:
 
     def _mh(self, t: np.ndarray, rows: np.ndarray) -> torch.Tensor:
         """Metropolis-Hastings weights of the rows that arrived; a missing neighbour's weight
-        stays with the own model (peer.round does the same)."""
+        stays with the own model (peer.runtime.round does the same)."""
         deg = self.topo.degree
         nb = deg[self.view[rows[:, 1:]]]
         w = 1.0 / (1.0 + np.maximum(deg[self.own[t]][:, None], nb))

@@ -1,6 +1,6 @@
 """Offline data sets for simulations, as peer data loaders (`data.source = "sim.datasets:NAME"`).
 
-- digits: scikit-learn's 8x8 digits (peer.data does the work; here only its test split).
+- digits: scikit-learn's 8x8 digits (peer.learning.data does the work; here only its test split).
 - fashion_mnist: the standard 60k/10k set from Debian's `dataset-fashion-mnist` (IDX files).
 - synthetic: Synthetic(alpha, beta) of the FedProx paper: 60 features, 10 classes, each
   node drawing its own linear model and inputs from (seed, node id).
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from peer.data import digits_pool_and_test, partition, split_holdout
 from peer.errors import DataError
+from peer.learning.data import digits_pool_and_test, partition, split_holdout
 
 FASHION_DIR = Path(os.environ.get("GOSSIPFL_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 FASHION_HINT = ("Fashion-MNIST is not installed: run `sudo apt-get install dataset-fashion-mnist` "

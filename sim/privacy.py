@@ -1,6 +1,6 @@
 """Differential privacy in the batched engine: update mode, vectorized over nodes.
 
-The protocol engine runs each peer's own privacy (peer.privacy_ledger). Here every node's round
+The protocol engine runs each peer's own privacy (peer.runtime.privacy_ledger). Here every node's round
 change is clipped to `clip` and noised with N(0, (sigma * clip)^2) per value in one (c, d)
 operation, with noise from the counter-based streams (sim.streams) so that a node's noise does
 not depend on its chunk, shard or Ray actor. Box-Muller on 24-bit uniforms truncates the normal

@@ -13,9 +13,9 @@ from typing import Any
 from aggregation import REGISTRY, AggregationError, parse_rule
 from gossip.codecs import FLOAT_CODECS
 from gossip.files import FileReadError, read_limited_text
-from peer.config import check_aggregation_params
+from peer.config.parse import check_aggregation_params
 from peer.errors import ConfigError
-from peer.model import BUILTIN, check_builtin_options
+from peer.learning.model import BUILTIN, check_builtin_options
 from privacy.settings import PrivacySettings, check_privacy
 from topology import TopologyError, max_byzantine, resolve
 

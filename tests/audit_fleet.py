@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gossip.envelope import parse
-from peer.local import build_memory_network, run_peers
-from peer.plan import write_plan
+from peer.ops.plan import write_plan
+from peer.runtime.local import build_memory_network, run_peers
 from sim.attacks import AttackTransport, _corrupt_signature, reseal
 from topology import from_spec
 

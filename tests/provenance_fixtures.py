@@ -7,7 +7,7 @@ import torch
 from gossip.envelope import seal_update
 from gossip.identity import Identity
 from gossip.verify import Accepted, Verifier
-from peer.provenance import ProvenanceLog
+from peer.state.provenance import ProvenanceLog
 
 SCHEMA = b"\x07" * 32
 
@@ -61,7 +61,7 @@ def append_signed_row(path, ident: Identity, kind: str, round_, counterpart, upd
     import sqlite3
     import time
 
-    from peer.provenance import event_hash, signed_head
+    from peer.state.provenance import event_hash, signed_head
 
     con = sqlite3.connect(path)
     seq, last = con.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from gossipfl.cli import main
-from peer.audit_fleet import Fleet
-from peer.audit_lineage import lineage, lineage_summary
-from peer.audit_query import model_inputs
+from peer.audit.fleet import Fleet
+from peer.audit.lineage import lineage, lineage_summary
+from peer.audit.query import model_inputs
 from tests.audit_fleet import JUNK_NODE, build_fleet
 
 

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from gossipfl.cli import main
-from peer.audit_fleet import AuditLookupError, Fleet, resolve_prefix
-from peer.audit_query import model_inputs, rejections, timeline, update_story
+from peer.audit.fleet import AuditLookupError, Fleet, resolve_prefix
+from peer.audit.query import model_inputs, rejections, timeline, update_story
 from tests.audit_fleet import JUNK_NODE, ROUNDS, build_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,6 +158,6 @@ def test_closing_the_pipe_early_is_not_an_error(fleet):
 
 def test_envelope_domain_spelled_in_audit_is_the_envelopes():
     from gossip.envelope import DOMAIN
-    from peer.audit import ENVELOPE_DOMAIN
+    from peer.audit.verify import ENVELOPE_DOMAIN
 
     assert ENVELOPE_DOMAIN == DOMAIN

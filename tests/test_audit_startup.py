@@ -45,10 +45,10 @@ def logs(tmp_path_factory):
                                   ["audit", "show", "/nope.db"], ["rules"], ["peer", "id", "--config", "{config}"]])
 def test_no_model_commands_import_neither_torch_nor_libp2p(args, logs, tmp_path):
     paths, updates = logs
-    from peer.audit import load_events
+    from peer.audit.verify import load_events
 
     owner, _ = load_events(paths[0])
-    from peer.plan import write_plan
+    from peer.ops.plan import write_plan
     from topology import from_spec
 
     nodes = write_plan(from_spec("ring:3"), tmp_path / "plan", draw=False)

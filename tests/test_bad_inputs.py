@@ -90,7 +90,7 @@ def edited(plan, name: str, table: str, line: str):
     ("aggregation", "f = 5", ["aggregation.f", "number of neighbours (2)"]),
     ("data", "options = { scale = 2 }", ["data.options", "scale"]),
     ("data", 'source = "sim.datasets:nothing"', ["data.source", "no 'nothing'"]),
-    ("data", 'source = "peer.data:digits_shard"\noptions = { nope = 1 }', ["data.options", "nope"]),
+    ("data", 'source = "peer.learning.data:digits_shard"\noptions = { nope = 1 }', ["data.options", "nope"]),
     ("data", "seed = -1", ["data.seed"]),
     ("transport", "listen = []", ["transport.listen", "multiaddr"]),
     ("transport", 'topic_prefix = "a/#"', ["transport.topic_prefix"]),

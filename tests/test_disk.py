@@ -18,11 +18,18 @@ from click.testing import CliRunner
 
 from gossip.identity import Identity
 from gossipfl.cli import main
-from peer import checkpoint as ckpt
-from peer.audit import verify_log
+from peer.audit.verify import verify_log
 from peer.errors import ProvenanceError
-from peer.provenance import GENESIS, BrokenLogError, EventKind, NewEvent, ProvenanceLog, signed_head
-from peer.resume import ResumeError, load_for_resume
+from peer.state import checkpoint as ckpt
+from peer.state.provenance import (
+    GENESIS,
+    BrokenLogError,
+    EventKind,
+    NewEvent,
+    ProvenanceLog,
+    signed_head,
+)
+from peer.state.resume import ResumeError, load_for_resume
 
 SCHEMA = b"\x05" * 32
 N = 64
@@ -312,9 +319,9 @@ KILLER = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from gossip.identity import Identity
-    from peer import checkpoint as ckpt
-    from peer.provenance import EventKind, NewEvent, ProvenanceLog
-    from peer.resume import load_for_resume
+    from peer.state import checkpoint as ckpt
+    from peer.state.provenance import EventKind, NewEvent, ProvenanceLog
+    from peer.state.resume import load_for_resume
     folder, stop_round, stop_at = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     path = os.path.join(folder, "checkpoint.msgpack")
     log = ProvenanceLog(os.path.join(folder, "provenance.db"), Identity.from_seed(b"d" * 32), "net")
@@ -443,7 +450,7 @@ def _start(config, *extra):
 @pytest.mark.parametrize("damage", ["cut the log's tail", "empty the log", "delete the checkpoint",
                                     "flip checkpoint bytes"])
 def test_a_real_peer_refuses_to_start_on_damaged_files_with_one_line(tmp_path, damage):
-    from peer.plan import write_plan
+    from peer.ops.plan import write_plan
     from topology import from_spec
 
     over = {"round": {"deadline": 0.2, "rounds": 3}, "train": {"local_steps": 2}}

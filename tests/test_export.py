@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-import peer.node
-from peer.local import build_memory_network, run_peers
-from peer.plan import write_plan
+import peer.runtime.driver
+from peer.ops.plan import write_plan
+from peer.runtime.local import build_memory_network, run_peers
 from topology import from_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_switch = pytest.mark.skipif(not hasattr(peer.node, "make_learner"),
-                                  reason="needs peer.node to write the model schema into checkpoints (issue 13)")
+needs_switch = pytest.mark.skipif(not hasattr(peer.runtime.driver, "make_learner"),
+                                  reason="needs peer.runtime.driver to write the model schema into checkpoints (issue 13)")
 CLI = "import gossipfl.cli_export; from gossipfl.cli import main; main()"
 LOADER = r'''
 import json, sys
@@ -41,7 +41,7 @@ else:
         state = load_file(path)
     else:
         state = torch.load(path, weights_only=True)
-    from peer.model import build_model
+    from peer.learning.model import build_model
     model = build_model("mlp", x.shape[1], 10, {"hidden": [24]})
     model.load_state_dict(state)
     out = model(x).detach().numpy()

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from gossip.identity import load_key
 from gossipfl import cli_fleet  # noqa: F401  (registers the fleet group until cli.py imports it)
 from gossipfl.cli import main
-from peer.fleet import Member, members, row_from_metrics, row_from_status
-from peer.metrics import PeerMetrics
-from peer.plan import write_plan
+from peer.ops.plan import write_plan
+from peer.ops.status import Member, members, row_from_metrics, row_from_status
+from peer.runtime.metrics import PeerMetrics
 from topology import from_spec
 
 from .netfixtures import free_ports
@@ -144,7 +144,7 @@ def test_members_of_a_plan_folder_and_of_config_files(tmp_path):
     assert [m.peer_id for m in members([nodes[1].config, nodes[1].dir])] == [nodes[1].peer_id]
 
 
-# --- real peer processes (need the peer to serve its metrics: peer.node wiring) -------------------
+# --- real peer processes (need the peer to serve its metrics: peer.runtime.driver wiring) -------------------
 
 
 def wait_rounds(peer_processes, names, rnd, timeout=180):

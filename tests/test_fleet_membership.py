@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from peer.audit import load_events, verify_log
-from peer.fleet_admin import Plan, deliver
-from peer.plan import write_plan
+from peer.audit.verify import load_events, verify_log
+from peer.ops.admin import Plan, deliver
+from peer.ops.plan import write_plan
 from topology import from_spec
 
 from .netfixtures import free_ports

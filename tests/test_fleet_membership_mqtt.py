@@ -21,11 +21,11 @@ from click.testing import CliRunner
 from gossip.identity import load_key
 from gossip.mqtt_transport import inbox_topic, status_topic
 from gossipfl.cli import main
-from peer.audit import load_events, verify_log
-from peer.config import load_config
-from peer.fleet_admin import Plan
-from peer.mosquitto import ADMIN_PASSWORD
-from peer.plan import ADMIN_DIR, BROKER_DIR, write_plan
+from peer.audit.verify import load_events, verify_log
+from peer.config.parse import load_config
+from peer.ops.admin import Plan
+from peer.ops.mosquitto import ADMIN_PASSWORD
+from peer.ops.plan import ADMIN_DIR, BROKER_DIR, write_plan
 from topology import from_spec
 
 from .netfixtures import (

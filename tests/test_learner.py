@@ -14,20 +14,20 @@ import numpy as np
 import pytest
 import torch
 
-import peer.node
-from peer import checkpoint as ckpt
-from peer.config import load_config
-from peer.data import LocalData, from_loader
+import peer.runtime.driver
+from peer.config.parse import load_config
 from peer.errors import ConfigError
-from peer.learner import CheckedLearner, LearnerError, Metrics, make_learner
-from peer.model import FlatModel, build_model
-from peer.plan import write_plan
-from peer.training import ClassificationLearner, TrainConfig, Trainer
+from peer.learning.classification import ClassificationLearner, TrainConfig, Trainer
+from peer.learning.data import LocalData, from_loader
+from peer.learning.learner import CheckedLearner, LearnerError, Metrics, make_learner
+from peer.learning.model import FlatModel, build_model
+from peer.ops.plan import write_plan
+from peer.state import checkpoint as ckpt
 from topology import from_spec
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "iot_anomaly"
-SWITCHED = hasattr(peer.node, "make_learner")  # peer.node builds peer.learner through make_learner
-needs_switch = pytest.mark.skipif(not SWITCHED, reason="needs peer.node to call the learner interface (issue 13)")
+SWITCHED = hasattr(peer.runtime.driver, "make_learner")  # peer.runtime.driver builds peer.learning.learner through make_learner
+needs_switch = pytest.mark.skipif(not SWITCHED, reason="needs peer.runtime.driver to call the learner interface (issue 13)")
 
 REGRESSION = textwrap.dedent('''
     """A user's regression task: float targets, MSE, Adam."""
@@ -35,7 +35,7 @@ REGRESSION = textwrap.dedent('''
     import torch
     from torch import nn
 
-    from peer.learner import load_optimizer_state, optimizer_state
+    from peer.learning.learner import load_optimizer_state, optimizer_state
 
 
     def line(shard, shards, seed, samples=400):
@@ -194,7 +194,7 @@ def test_checkpoints_carry_the_model_schema_and_the_learners_state(tmp_path):
 @needs_switch
 def test_an_mse_adam_learner_trains_through_the_real_peer_and_resumes_its_optimizer(tmp_path):
     from gossip.transport import MemoryHub
-    from peer.local import build_memory_network, memory_peer, run_peers
+    from peer.runtime.local import build_memory_network, memory_peer, run_peers
 
     over = {"model": {"name": "mytask:linear"}, "data": {"source": "mytask:line"},
             "train": {"learner": "mytask:Regression", "local_steps": 20, "batch_size": 32, "lr": 0.05,
@@ -232,7 +232,7 @@ def test_the_iot_example_detects_anomalies_better_together_than_alone(tmp_path):
     alone, together = np.mean(result["local_only"]), np.mean(result["federated"])
     assert together > alone + 0.05 and together > 0.9, result
     for n in sorted((tmp_path / "fleet").glob("node-*")):
-        from peer.audit import verify_log
+        from peer.audit.verify import verify_log
 
         assert verify_log(n / "data" / "provenance.db").ok
     shutil.rmtree(tmp_path / "fleet")

@@ -10,10 +10,10 @@ import torch
 
 from gossip.identity import Identity
 from gossip.membership import MAGIC, MembershipError, open_record, seal_record
-from peer.audit import load_events, verify_log
-from peer.local import build_memory_network
-from peer.membership import Membership, MembershipFileError
-from peer.plan import write_plan
+from peer.audit.verify import load_events, verify_log
+from peer.ops.plan import write_plan
+from peer.runtime.local import build_memory_network
+from peer.runtime.membership import Membership, MembershipFileError
 from topology import from_spec
 
 ADMIN = Identity.from_seed(b"A" * 32)

@@ -15,9 +15,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gossip.identity import Identity
-from peer.config import parse_config
+from peer.config.parse import parse_config
 from peer.errors import ConfigError, PeerError
-from peer.metrics import MAX_METRIC_KEYS, PeerMetrics, metric_dict
+from peer.runtime.metrics import MAX_METRIC_KEYS, PeerMetrics, metric_dict
 
 from .netfixtures import ROOT, free_ports
 
@@ -205,7 +205,7 @@ def test_a_clean_close_publishes_offline_with_the_last_status(mosquitto):
 
 LOGGING_PROCESS = textwrap.dedent("""
     import logging, threading, warnings
-    from peer import logs
+    from peer.runtime.process import logs
     PID = "12D3KooW" + "A" * 44
     logs.setup("json", peer="gw-1", names={PID: "gw-2"})
     import libp2p  # configures its own loggers at import: no handler, no propagation

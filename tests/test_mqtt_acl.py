@@ -21,8 +21,8 @@ from gossip.errors import TransportError
 from gossip.identity import load_key
 from gossip.mqtt_transport import MqttTransport, inbox_topic, status_topic
 from gossipfl.cli import main
-from peer.audit import load_events, verify_log
-from peer.config import (
+from peer.audit.verify import load_events, verify_log
+from peer.config.parse import (
     AggregationConfig,
     DataConfig,
     ModelConfig,
@@ -31,9 +31,9 @@ from peer.config import (
     load_config,
     parse_config,
 )
-from peer.mosquitto import password_hash
-from peer.plan import BROKER_DIR, write_plan
-from peer.training import TrainConfig
+from peer.learning.classification import TrainConfig
+from peer.ops.mosquitto import password_hash
+from peer.ops.plan import BROKER_DIR, write_plan
 from topology import from_spec
 
 from .netfixtures import collect_until, free_ports, mosquitto_binary, mosquitto_broker

@@ -16,9 +16,9 @@ from gossip.identity import Identity
 from gossip.libp2p_transport import Libp2pTransport
 from gossip.mqtt_transport import MqttTransport
 from gossipfl.cli import main
-from peer.audit import load_events, verify_log
-from peer.model import FlatModel, build_model
-from peer.plan import write_plan
+from peer.audit.verify import load_events, verify_log
+from peer.learning.model import FlatModel, build_model
+from peer.ops.plan import write_plan
 from topology import from_spec
 
 from .netfixtures import free_ports

@@ -12,9 +12,9 @@ import torch
 from gossip.envelope import seal_update
 from gossip.identity import Identity
 from gossip.transport import MemoryHub
-from peer.audit import verify_log
-from peer.local import build_memory_network, memory_peer, run_peers
-from peer.plan import write_plan
+from peer.audit.verify import verify_log
+from peer.ops.plan import write_plan
+from peer.runtime.local import build_memory_network, memory_peer, run_peers
 from sim.attacks import AttackTransport, ModelAttacker
 from topology import from_spec
 
@@ -91,7 +91,7 @@ async def _timed(coro):
 
 
 def test_quorum_proceeds_before_the_slowest(tmp_path):
-    from peer.round import RoundConfig, RoundState
+    from peer.runtime.round import RoundConfig, RoundState
 
     state = RoundState(RoundConfig(frozenset({"a", "b", "c"}), quorum=2, deadline=60.0), round=1)
     state.trained(0.0, {})
@@ -177,7 +177,7 @@ def test_a_flooding_neighbour_is_rate_limited(tmp_path):
     assert victim.rejections["rate_limited"] == 200 - allowance
     v = verify_log(nodes[0].dir / "data" / "provenance.db")
     assert v.ok
-    from peer.audit import load_events
+    from peer.audit.verify import load_events
     _, evs = load_events(nodes[0].dir / "data" / "provenance.db", kind="rate_limited")
     assert len(evs) == 1 and evs[0].counterpart == flooder.peer_id
     _, rejected = load_events(nodes[0].dir / "data" / "provenance.db", kind="rejected")
@@ -201,7 +201,7 @@ def test_unknown_sender_is_rejected_and_logged(tmp_path):
 
     victim = asyncio.run(scenario())
     assert victim.rejections["unknown_sender"] == 1
-    from peer.audit import load_events
+    from peer.audit.verify import load_events
     _, rejected = load_events(nodes[0].dir / "data" / "provenance.db", kind="rejected")
     (ev,) = [e for e in rejected if e.details["reason"] == "unknown_sender"]
     # a stranger is logged as a count with the sender as claimed, never as a counterpart
@@ -222,7 +222,7 @@ def _accepted(identity: Identity, values: torch.Tensor, round_: int = 0):
 
 
 def test_update_stack_settles_updates_and_closes_up_absent_rows():
-    from peer.stack import UpdateStack
+    from peer.runtime.stack import UpdateStack
 
     ids = sorted((Identity.generate() for _ in range(4)), key=lambda i: i.peer_id)
     stack = UpdateStack([i.peer_id for i in ids], 6)
@@ -247,7 +247,7 @@ def test_update_stack_settles_updates_and_closes_up_absent_rows():
 def test_checkpoint_is_the_msgpack_document_it_claims_to_be(tmp_path):
     import msgpack
 
-    from peer import checkpoint as ckpt
+    from peer.state import checkpoint as ckpt
 
     params, momentum = torch.randn(70_000), torch.randn(70_000)
     ckpt.save(tmp_path / "c", ckpt.Checkpoint(3, b"s" * 32, params, momentum, [("a", 1)], ["ab" * 32]))
@@ -260,7 +260,7 @@ def test_checkpoint_is_the_msgpack_document_it_claims_to_be(tmp_path):
 
 
 def test_a_checkpoint_written_but_not_committed_leaves_the_old_one(tmp_path):
-    from peer import checkpoint as ckpt
+    from peer.state import checkpoint as ckpt
 
     path, schema = tmp_path / "c", b"s" * 32
     ckpt.save(path, ckpt.Checkpoint(1, schema, torch.zeros(10)))
@@ -274,8 +274,8 @@ def test_a_checkpoint_written_but_not_committed_leaves_the_old_one(tmp_path):
 def test_the_checkpoint_event_is_logged_once_the_checkpoint_is_durable(tmp_path):
     import hashlib
 
-    from peer import checkpoint as ckpt
-    from peer.audit import load_events
+    from peer.audit.verify import load_events
+    from peer.state import checkpoint as ckpt
 
     nodes = plan(tmp_path, "ring:3")
     hub, peers = build_memory_network(nodes)
@@ -324,7 +324,7 @@ def test_large_updates_are_verified_on_worker_threads_with_every_rejection_count
 
 
 def test_a_diverging_model_is_never_sent_and_the_peer_returns_to_its_checkpoint(tmp_path):
-    from peer.audit import load_events
+    from peer.audit.verify import load_events
 
     nodes = plan(tmp_path, "ring:3", round={"deadline": 0.5})
     hub, peers = build_memory_network(nodes)

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from gossip.identity import load_key
 from gossipfl.cli import main
-from peer.audit import load_events, verify_log
-from peer.config import load_config
+from peer.audit.verify import load_events, verify_log
+from peer.config.parse import load_config
 from peer.errors import ConfigError
 
 
@@ -118,8 +118,8 @@ def test_init_example_shows_every_default_of_the_config_dataclasses(tmp_path):
     them, field by field, except the deployment values the example names on purpose."""
     from dataclasses import fields
 
-    from peer.config import DEFAULT_DATA_DIR, default_of
-    from peer.example import EXAMPLE_VALUES
+    from peer.config.example import EXAMPLE_VALUES
+    from peer.config.parse import DEFAULT_DATA_DIR, default_of
 
     r = CliRunner().invoke(main, ["peer", "init", "--dir", str(tmp_path)])
     assert r.exit_code == 0, r.output

@@ -12,11 +12,11 @@ import torch
 from click.testing import CliRunner
 
 from gossipfl.cli import main
-from peer.audit import load_events, verify_log
+from peer.audit.verify import load_events, verify_log
 from peer.errors import ConfigError
-from peer.local import build_memory_network, run_peers
-from peer.plan import write_plan
-from peer.privacy_ledger import PeerPrivacy
+from peer.ops.plan import write_plan
+from peer.runtime.local import build_memory_network, run_peers
+from peer.runtime.privacy_ledger import PeerPrivacy
 from privacy.accountant import Accountant, Release
 from privacy.settings import PrivacySettings
 from topology import from_spec

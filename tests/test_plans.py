@@ -12,9 +12,9 @@ from gossip.errors import TrustListError
 from gossip.identity import Identity, load_key
 from gossip.trust import build_trust_list, load_trust_list
 from gossipfl.cli import main
-from peer.config import load_config
+from peer.config.parse import load_config
 from peer.errors import ConfigError
-from peer.plan import ADMIN_DIR, WeakPlanError, write_plan
+from peer.ops.plan import ADMIN_DIR, WeakPlanError, write_plan
 from topology import from_spec
 from topology.robustness import check_plan
 

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from scipy import stats
 from torch import nn
 
-from peer.data import digits_shard
-from peer.model import FlatModel, build_model
-from peer.training import ClassificationLearner, TrainConfig
+from peer.learning.classification import ClassificationLearner, TrainConfig
+from peer.learning.data import digits_shard
+from peer.learning.model import FlatModel, build_model
 from privacy import PrivacySettings, check_privacy
 from privacy.accountant import (
     MAX_EVENT_KINDS,

@@ -21,9 +21,9 @@ from click.testing import CliRunner
 from gossip.envelope import DOMAIN as ENVELOPE_DOMAIN
 from gossip.identity import Identity
 from gossipfl.cli import main
-from peer.audit import export, load_events, trace, verify_log
+from peer.audit.verify import export, load_events, trace, verify_log
 from peer.errors import ProvenanceError
-from peer.provenance import KINDS, EventKind, NewEvent, ProvenanceLog, details_text
+from peer.state.provenance import KINDS, EventKind, NewEvent, ProvenanceLog, details_text
 
 from .provenance_fixtures import append_signed_row, write_ring_logs
 
@@ -144,7 +144,7 @@ def test_a_received_header_with_a_forged_sender_signature_is_caught(tmp_path):
 WRITER = textwrap.dedent("""
     import sys
     from gossip.identity import Identity
-    from peer.provenance import ProvenanceLog
+    from peer.state.provenance import ProvenanceLog
     log = ProvenanceLog(sys.argv[1], Identity.from_seed(b"k" * 32), "net")
     print("ready", flush=True)
     i = 0

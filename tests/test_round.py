@@ -8,8 +8,7 @@ import torch
 from gossip.envelope import seal_update
 from gossip.identity import Identity
 from gossip.verify import Accepted, Reason, Rejected, Verifier
-from peer.provenance import EventKind
-from peer.round import (
+from peer.runtime.round import (
     Aggregate,
     Checkpoint,
     Finish,
@@ -21,6 +20,7 @@ from peer.round import (
     Send,
     Skip,
 )
+from peer.state.provenance import EventKind
 
 SCHEMA = b"s" * 32
 IDS = [Identity.from_seed(bytes([i + 1]) * 32) for i in range(5)]

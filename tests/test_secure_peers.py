@@ -14,11 +14,11 @@ import torch
 
 from gossip.envelope import parse, seal_update
 from gossip.verify import Accepted, Reason, Verifier
-from peer.audit import load_events, verify_log
+from peer.audit.verify import load_events, verify_log
 from peer.errors import ConfigError
-from peer.local import build_memory_network, memory_peer
-from peer.plan import write_plan
-from peer.round import Phase, RequestReveals, RoundConfig, RoundState, Unmask
+from peer.ops.plan import write_plan
+from peer.runtime.local import build_memory_network, memory_peer
+from peer.runtime.round import Phase, RequestReveals, RoundConfig, RoundState, Unmask
 from privacy.secure import FixedPoint
 from privacy.secure_wire import SecureWireError, encode_request
 from topology import from_spec
@@ -212,7 +212,7 @@ def test_a_bad_key_binding_in_the_trust_list_is_refused(tmp_path):
     _, (peer,) = build_memory_network(nodes[:1])  # the plan's own list loads
     assert peer.secure is not None
     peer.prov.close()
-    peer.lock.release()
+    peer.state.lock.release()
 
 
 @pytest.mark.timeout(120)

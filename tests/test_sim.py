@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from gossipfl.cli import main
-from peer.audit import verify_log
+from peer.audit.verify import verify_log
 from sim.attacks import ProtocolAttacker, alie_z, label_flip_map, model_attack
 from sim.datasets import fashion_available, fashion_mnist, synthetic
 from sim.demo import demo_scenarios

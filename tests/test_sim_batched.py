@@ -235,7 +235,7 @@ def test_mlp_kernel_is_the_gradient_of_the_module_and_independent_of_the_chunk()
     a node's numbers are bit-for-bit the same whatever chunk it is computed in."""
     from torch.func import functional_call, grad, vmap
 
-    from peer.model import build_model
+    from peer.learning.model import build_model
     from sim.batched_mlp import MLPKernel
 
     module = build_model("mlp", 64, 10, {"hidden": [32, 16]}, seed=0)

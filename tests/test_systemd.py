@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from gossipfl.cli import main
 from peer.errors import ConfigError
-from peer.plan import write_plan
-from peer.systemd import (
+from peer.ops.plan import write_plan
+from peer.ops.systemd import (
     GatewayLayout,
     Notifier,
     feed_watchdog,

@@ -113,11 +113,11 @@ class AnomalyLearner:
         return {"loss": float(s.mean()), "auroc": auroc(s, y), "samples": len(x)}
 
     def state(self) -> dict[str, torch.Tensor]:
-        from peer.learner import optimizer_state
+        from peer.learning.learner import optimizer_state
 
         return optimizer_state(self.opt)
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        from peer.learner import load_optimizer_state
+        from peer.learning.learner import load_optimizer_state
 
         load_optimizer_state(self.opt, state)

@@ -30,7 +30,7 @@ SETTINGS = {
 
 def plan(out: Path, rounds: int):
     """Three gateway folders, each with its peer.toml, key and a copy of gateway.py."""
-    from peer.plan import write_plan
+    from peer.ops.plan import write_plan
     from topology import from_spec
 
     over = {k: dict(v) for k, v in SETTINGS.items()}
@@ -46,7 +46,7 @@ def plan(out: Path, rounds: int):
 
 
 def federated(nodes, rounds: int) -> list:
-    from peer.local import build_memory_network, run_peers
+    from peer.runtime.local import build_memory_network, run_peers
 
     _, peers = build_memory_network(nodes)
     asyncio.run(run_peers(peers, rounds))
@@ -55,10 +55,10 @@ def federated(nodes, rounds: int) -> list:
 
 def local_only(nodes, rounds: int) -> list:
     """The same gateways, learners and seeds, trained for the same rounds without neighbours."""
-    from peer.config import load_config
-    from peer.learner import make_learner
-    from peer.model import FlatModel, build_model
-    from peer.parts import load_local_data
+    from peer.config.parse import load_config
+    from peer.learning.learner import make_learner
+    from peer.learning.model import FlatModel, build_model
+    from peer.runtime.parts import load_local_data
 
     learners = []
     for n in nodes:
@@ -75,7 +75,7 @@ def local_only(nodes, rounds: int) -> list:
 
 def compare(out: Path, rounds: int) -> dict[str, list[float]]:
     torch.set_num_threads(1)
-    from peer.model import load_object
+    from peer.learning.model import load_object
 
     nodes = plan(out, rounds)
     x, y = load_object("gateway:test_set", "test set", nodes[0].dir)()

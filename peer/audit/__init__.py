@@ -1,0 +1,1 @@
+"""Auditing a fleet's provenance logs: verify, query, trace lineage, report."""

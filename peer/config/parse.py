@@ -1,0 +1,411 @@
+"""peer.toml: every field validated on load, errors name the field and what is allowed."""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import MISSING, Field, fields
+from pathlib import Path
+from typing import Any
+
+from aggregation import PRE_REGISTRY, REGISTRY, AggregationError, parse_rule
+from gossip.codecs import FLOAT_CODECS
+from gossip.envelope import MAX_NETWORK_ID_LEN
+from gossip.errors import PeerIdError
+from gossip.files import FileReadError, read_limited_text
+from gossip.identity import check_peer_id
+from privacy.settings import ACCOUNTANTS, MODES, PrivacySettings, check_privacy
+
+from ..errors import ConfigError
+from ..learning.learner import check_learner
+from ..learning.model import (
+    BUILTIN,
+    check_builtin_options,
+    check_call,
+    check_model_factory,
+    load_object,
+)
+from .settings import (  # noqa: F401  (the dataclasses are read through peer.config.parse too)
+    BUILTIN_SOURCES,
+    DEFAULT_DATA_DIR,
+    LOADER_ARGUMENTS,
+    SECURE_BOUND,
+    SECURE_MIN_SENDERS,
+    TRANSPORTS,
+    AggregationConfig,
+    DataConfig,
+    MetricsConfig,
+    ModelConfig,
+    Neighbour,
+    PeerConfig,
+    RoundConfig,
+    TrainConfig,
+    TransportConfig,
+    _host_port,
+    split_host_port,
+)
+
+MAX_CONFIG_FILE = 1024 * 1024
+MAX_SECONDS = 30 * 86400.0  # round deadlines and pacing intervals: at most 30 days
+MAX_SEED = 2**32 - 1
+MAX_LEAD = 100
+MAX_INBOX = 64
+MAX_MESSAGE_MB = 4096.0
+
+
+class _Table:
+    """Typed access to one TOML table that remembers its path for error messages."""
+
+    def __init__(self, data: dict, path: str):
+        self.data, self.path, self.used = data, path, set()
+
+    def name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, typ, default=..., allowed=None, check=None, what: str = ""):
+        self.used.add(key)
+        name = self.name(key)
+        if key not in self.data:
+            if default is ...:
+                raise ConfigError(f"{name} is required ({what or typ.__name__})")
+            return default
+        v = self.data[key]
+        if typ is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
+            raise ConfigError(f"{name} must be {what or typ.__name__}, got {v!r:.80}")
+        if typ is float and not math.isfinite(v):
+            raise ConfigError(f"{name} must be a finite number, got {v!r}")
+        if allowed is not None and v not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {v!r:.80}")
+        if check is not None:
+            problem = check(v)
+            if problem:
+                raise ConfigError(f"{name} {problem}, got {v!r:.80}")
+        return v
+
+    def table(self, key: str) -> _Table:
+        self.used.add(key)
+        v = self.data.get(key, {})
+        name = self.name(key)
+        if not isinstance(v, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        return _Table(v, name)
+
+    def section(self, cls, spec: dict[str, tuple]) -> Any:
+        """This table as dataclass `cls`: `spec` maps each field to (type, get() keywords);
+        defaults come from `cls` itself, so each default lives in one place."""
+        values = {}
+        for f in fields(cls):
+            if f.name in spec:
+                typ, kw = spec[f.name]
+                values[f.name] = self.get(f.name, typ, default_of(f), **kw)
+        assert set(spec) <= set(values), set(spec) - set(values)
+        self.done()
+        return cls(**values)
+
+    def done(self) -> None:
+        extra = sorted(set(self.data) - self.used)
+        if extra:
+            where = f"[{self.path}]" if self.path else "the top level"
+            raise ConfigError(f"unknown field(s) {', '.join(extra)} in {where}")
+
+
+def default_of(f: Field):
+    """A dataclass field's default (a fresh copy for a factory); `...` if it has none."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return ...
+
+
+def _positive(v):
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v):
+    return None if v >= 0 else "must be >= 0"
+
+
+def _between(low, high):
+    def check(v):
+        return None if low <= v <= high else f"must be in {low}..{high}"
+    return check
+
+
+def _fraction(v):
+    return None if 0 <= v < 1 else "must be in [0, 1)"
+
+
+def _seconds(positive: bool):
+    def check(v):
+        if positive and v <= 0:
+            return "must be > 0 seconds"
+        return None if 0 <= v <= MAX_SECONDS else f"must be in 0..{MAX_SECONDS:g} seconds"
+    return check
+
+
+def _message_mb(v):
+    return None if 0 < v <= MAX_MESSAGE_MB else f"must be > 0 and at most {MAX_MESSAGE_MB:g} (MB)"
+
+
+_SEED = (int, {"check": _between(0, MAX_SEED)})
+_MQTT_TOPIC_CHARS = ("+", "#", "\x00")
+
+
+def _topic_prefix(v):
+    if not v or any(c in v for c in _MQTT_TOPIC_CHARS) or v.startswith("/") or v.endswith("/"):
+        return "must be a non-empty MQTT topic without +, # or a leading/trailing /"
+    return None
+
+
+def _network_id(v):
+    if not v or len(v.encode()) > MAX_NETWORK_ID_LEN or not v.isprintable():
+        return f"must be 1 to {MAX_NETWORK_ID_LEN} bytes of printable characters (it is signed into every update)"
+    return None
+
+
+def _neighbours(net: _Table) -> list[Neighbour]:
+    neighbours: list[Neighbour] = []
+    raw = net.get("neighbours", list, [], what="a list of PeerIds or {id, addr, name, degree} tables")
+    for i, item in enumerate(raw):
+        where = f"network.neighbours[{i}]"
+        if isinstance(item, str):
+            item = {"id": item}
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where} must be a PeerId string or a table")
+        t = _Table(item, where)
+        nid = t.get("id", str)
+        try:
+            check_peer_id(nid)
+        except PeerIdError as exc:
+            raise ConfigError(f"{where}.id: {exc}") from None
+        nb = t.section(Neighbour, {"id": (str, {}), "addr": (str, {"check": _multiaddr}),
+                                   "name": (str, {}), "degree": (int, {"check": _between(1, 1 << 20)}),
+                                   "group": (list, {"what": "a list of PeerIds (the neighbour's neighbours)"})})
+        if nb.group is not None:
+            nb.group = _group(nb.group, f"{where}.group")
+        if any(n.id == nid for n in neighbours):
+            raise ConfigError(f"{where}.id: {nid} is listed twice")
+        neighbours.append(nb)
+    return neighbours
+
+
+def _group(items: list, where: str) -> list[str]:
+    if len(items) > 1 << 16:
+        raise ConfigError(f"{where} lists more than {1 << 16} peers")
+    for j, pid in enumerate(items):
+        try:
+            check_peer_id(pid if isinstance(pid, str) else "")
+        except PeerIdError as exc:
+            raise ConfigError(f"{where}[{j}]: {exc}") from None
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{where} lists a peer twice")
+    return list(items)
+
+
+def check_secure_mean(agg: AggregationConfig, neighbours: list[Neighbour]) -> None:
+    """secure_mean hides each neighbour's update, so everything that needs one is refused
+    with the reason; a peer needs two neighbours (a group of one hides nothing)."""
+    pre, name = parse_rule(agg.rule)
+    if name != "secure_mean":
+        return
+    if pre:
+        raise ConfigError(f"aggregation.rule: {'+'.join(pre)} cannot come before secure_mean: a pre-step needs each "
+                          "neighbour's update, which secure aggregation hides (use secure_mean alone, or a robust "
+                          "rule without secure aggregation)")
+    if agg.f > 0:
+        raise ConfigError(f"aggregation.f must be 0 with secure_mean, got {agg.f}: secure aggregation trades "
+                          "per-update robustness for privacy against curious neighbours and tolerates no Byzantine "
+                          "neighbour (pick a robust rule such as trimmed_mean where neighbours may lie)")
+    if agg.weights == "metropolis_hastings":
+        raise ConfigError("aggregation.weights must be uniform with secure_mean: the masked sum has no weighted form")
+    bound = agg.params.get("bound", SECURE_BOUND)
+    if isinstance(bound, bool) or not isinstance(bound, int | float) or not 1e-30 <= bound <= 1e30:
+        raise ConfigError(f"aggregation.params.bound must be a number in [1e-30, 1e30] (the clip per value), "
+                          f"got {bound!r:.40}")
+    senders = agg.params.get("min_senders", SECURE_MIN_SENDERS)
+    if isinstance(senders, bool) or not isinstance(senders, int) or senders < 2:
+        raise ConfigError(f"aggregation.params.min_senders must be an integer >= 2 (a receiver never learns "
+                          f"fewer updates summed), got {senders!r:.40}")
+    if len(neighbours) < 2:
+        raise ConfigError(f"secure_mean needs at least 2 neighbours (a sum of one update hides nothing), this peer "
+                          f"has {len(neighbours)}")
+    for i, nb in enumerate(neighbours):
+        if nb.group is None:
+            raise ConfigError(f"network.neighbours[{i}].group is required with secure_mean: the neighbour's own "
+                              "neighbours, the group whose masks cancel (`topology plan` writes it)")
+
+
+def _multiaddr(v):
+    return None if v.startswith("/") and v.isprintable() else "must be a multiaddr like /ip4/10.0.0.2/tcp/4001"
+
+
+def _listen(v):
+    if not v or not all(isinstance(a, str) and not _multiaddr(a) for a in v):
+        return "must be a non-empty list of multiaddrs like /ip4/0.0.0.0/tcp/4001"
+    return None
+
+
+def _model(m: _Table, base: Path) -> ModelConfig:
+    model = m.section(ModelConfig, {"name": (str, {}), "classes": (int, {"check": _between(2, 1_000_000)}),
+                                    "options": (dict, {}), "seed": _SEED})
+    if model.name in BUILTIN:
+        check_builtin_options(model.name, model.options)
+    elif ":" not in model.name:
+        raise ConfigError(f"model.name must be {', '.join(BUILTIN)} or package.module:factory, got {model.name!r}")
+    else:
+        check_model_factory(model.name, model.options, base)
+    return model
+
+
+def _data(d: _Table, base: Path) -> DataConfig:
+    data = d.section(DataConfig, {
+        "source": (str, {}), "shard": (int, {"check": _non_negative}), "shards": (int, {"check": _between(1, 1 << 20)}),
+        "partition": (str, {"allowed": ("iid", "dirichlet", "labels")}), "alpha": (float, {"check": _positive}),
+        "labels_per_shard": (int, {"check": _between(1, 1 << 20)}), "path": (str, {}),
+        "label_column": (str, {}), "x_key": (str, {}), "y_key": (str, {}), "holdout": (float, {"check": _fraction}),
+        "seed": _SEED, "options": (dict, {})})
+    if data.shard >= data.shards:
+        raise ConfigError(f"data.shard must be below data.shards = {data.shards}, got {data.shard}")
+    if data.source in BUILTIN_SOURCES:
+        if data.options:
+            raise ConfigError(f"data.options: {', '.join(sorted(data.options))} unused: data.source = "
+                              f"{data.source!r} takes no options (they are keyword arguments of a "
+                              "package.module:loader source)")
+        if data.source != "digits":
+            if not data.path:
+                raise ConfigError(f"data.path is required when data.source = {data.source!r}")
+            data.path = str(base / data.path)
+    elif ":" in data.source:
+        loader = load_object(data.source, "data.source", base)
+        check_call(loader, "data.options", data.options, fixed=LOADER_ARGUMENTS)
+    else:
+        raise ConfigError(f"data.source must be digits, npz, csv or package.module:loader, got {data.source!r}")
+    return data
+
+
+def check_aggregation_params(rule: str, params: dict) -> None:
+    """Every key of aggregation.params is a parameter that `rule` or one of its pre-steps
+    declares (an unknown one would make every aggregation fail)."""
+    pre, name = parse_rule(rule)
+    known = {p for r in [REGISTRY[name], *(PRE_REGISTRY[s] for s in pre)] for p in r.params}
+    if "f" in params:
+        raise ConfigError("aggregation.params.f: set aggregation.f instead")
+    unknown = sorted(set(params) - known)
+    if unknown:
+        allowed = sorted(known - {"f"})
+        raise ConfigError(f"aggregation.params.{unknown[0]}: {rule} takes no such parameter; "
+                          f"allowed: {', '.join(allowed) or 'none'}")
+
+
+def parse_privacy(t: _Table) -> PrivacySettings:
+    """[privacy] (peer.toml and scenarios): `epsilon = inf` (TOML) or leaving it out means no budget."""
+    budget = t.data.get("epsilon")
+    if isinstance(budget, float) and budget == math.inf:
+        t.data = {k: v for k, v in t.data.items() if k != "epsilon"}
+    s = t.section(PrivacySettings, {
+        "mode": (str, {"allowed": MODES}), "noise_multiplier": (float, {"check": _non_negative}),
+        "clip": (float, {"check": _positive}), "delta": (float, {"check": lambda v: None if 0 < v < 1 else
+                                                                "must be between 0 and 1 (exclusive)"}),
+        "epsilon": (float, {"check": _positive}), "accountant": (str, {"allowed": ACCOUNTANTS})})
+    problem = check_privacy(s)
+    if problem:
+        raise ConfigError(problem)
+    return s
+
+
+def parse_config(doc: dict, base: Path) -> PeerConfig:
+    top = _Table(doc, "")
+    name = top.get("name", str, "", check=lambda v: None if len(v) <= 128 and v.isprintable() else
+                   "must be at most 128 printable characters")
+    ident = top.table("identity")
+    key = base / ident.get("key", str, what="the path of the peer's key file")
+    ident.done()
+
+    net = top.table("network")
+    network = net.get("id", str, what="a non-empty network id", check=_network_id)
+    trust = base / net.get("trust", str, what="the path of the trust list")
+    neighbours = _neighbours(net)
+    net.done()
+
+    transport = top.table("transport").section(TransportConfig, {
+        "kind": (str, {"allowed": TRANSPORTS}), "listen": (list, {"check": _listen}), "mdns": (bool, {}),
+        "host": (str, {"check": lambda v: None if v and v.isprintable() else "must be a host name or address"}),
+        "port": (int, {"check": lambda v: None if 0 < v < 65536 else "must be a TCP port"}),
+        "username": (str, {}), "password": (str, {}), "password_file": (str, {}), "tls": (bool, {}),
+        "ca_file": (str, {}), "topic_prefix": (str, {"check": _topic_prefix}), "status": (bool, {})})
+    if transport.password_file is not None:
+        if transport.password is not None:
+            raise ConfigError("transport.password and transport.password_file are both set; keep one")
+        transport.password_file = str(base / transport.password_file)
+        transport.password = read_limited_text(transport.password_file, 4096,
+                                               "transport.password_file").rstrip("\r\n")
+    if transport.kind == "mqtt" and any(c in network for c in ("/", *_MQTT_TOPIC_CHARS)):
+        raise ConfigError(f"network.id must not contain /, + or # with transport.kind = mqtt, got {network!r}")
+
+    model = _model(top.table("model"), base)
+    data = _data(top.table("data"), base)
+
+    train = top.table("train").section(TrainConfig, {
+        "local_steps": (int, {"check": _between(1, 1 << 31)}), "epochs": (float, {"check": _between(0, 1e6)}),
+        "batch_size": (int, {"check": _between(1, 1 << 20)}), "lr": (float, {"check": _positive}),
+        "momentum": (float, {"check": _fraction}), "weight_decay": (float, {"check": _non_negative}),
+        "learner": (str, {"check": lambda v: None if v else "must not be empty"}), "options": (dict, {})})
+    check_learner(train.learner, train.options, base)
+
+    a = top.table("aggregation")
+    agg = a.section(AggregationConfig, {
+        "rule": (str, {}), "f": (int, {"check": _between(0, 1 << 20)}),
+        "weights": (str, {"allowed": ("uniform", "metropolis_hastings")}), "params": (dict, {})})
+    try:
+        check_aggregation_params(agg.rule, agg.params)
+    except AggregationError as exc:
+        raise ConfigError(f"aggregation.rule: {exc}") from None
+    check_secure_mean(agg, neighbours)
+    if neighbours and agg.f > len(neighbours):
+        raise ConfigError(f"aggregation.f must be at most the number of neighbours ({len(neighbours)}), got {agg.f}")
+
+    rnd = top.table("round").section(RoundConfig, {
+        "deadline": (float, {"check": _seconds(True)}), "quorum": (int, {"check": _non_negative}),
+        "rounds": (int, {"check": _non_negative}), "max_lead": (int, {"check": _between(0, MAX_LEAD)}),
+        "codec": (str, {"allowed": FLOAT_CODECS}), "max_message_mb": (float, {"check": _message_mb}),
+        "inbox_per_neighbour": (int, {"check": _between(1, MAX_INBOX)}), "train_in_thread": (bool, {}),
+        "interval": (float, {"check": _seconds(False)})})
+    if neighbours and rnd.quorum > len(neighbours):
+        raise ConfigError(f"round.quorum must be at most the number of neighbours ({len(neighbours)}), "
+                          f"got {rnd.quorum}")
+
+    metrics = top.table("metrics").section(MetricsConfig, {"listen": (str, {"check": _host_port})})
+    privacy = parse_privacy(top.table("privacy"))
+
+    s = top.table("storage")
+    data_dir = base / s.get("dir", str, DEFAULT_DATA_DIR, check=lambda v: None if v else "must not be empty")
+    s.done()
+    top.done()
+    return PeerConfig(key=key, network=network, trust=trust, neighbours=neighbours, data_dir=data_dir,
+                      transport=transport, model=model, data=data, train=train, aggregation=agg, round=rnd,
+                      metrics=metrics, privacy=privacy, name=name)
+
+
+def load_config(path: str | os.PathLike) -> PeerConfig:
+    path = Path(path)
+    try:
+        text = read_limited_text(path, MAX_CONFIG_FILE, "config")
+    except FileReadError as exc:
+        hint = " (write one with `gossipfl peer init`)" if not path.exists() else ""
+        raise ConfigError(f"{exc}{hint}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+    try:
+        cfg = parse_config(doc, path.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    cfg.source = path
+    return cfg

@@ -1,0 +1,1 @@
+"""Operating a fleet: deployment plans, systemd units, broker files, admission, status."""

@@ -1,0 +1,109 @@
+"""The fleet as one peer knows it: the trust list (epoch 0) plus the admin's records since.
+
+Records are applied at once and persisted (DATA_DIR/membership.msgpack, rewritten atomically);
+on restart every stored record is verified again against the admin key, so the file is no
+more trusted than the network. Pure bookkeeping: the peer decides what to do with a change
+(new neighbours count from the next round; a revocation counts at once).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+
+from gossip.files import FileReadError, read_limited
+from gossip.membership import MAX_RECORD, MembershipError, Record, open_record
+
+from ..errors import PeerError
+
+MAX_RECORDS = 10_000
+
+
+class MembershipFileError(PeerError):
+    """The stored membership records do not verify."""
+
+
+@dataclass
+class Offer:
+    """What one incoming record did: applied (new epoch) or why not."""
+
+    record: Record | None = None
+    reason: str = ""  # "bad_membership" (unproven), "stale_membership" (proven, not newer), "" (a duplicate)
+    detail: str = ""
+
+
+@dataclass
+class Membership:
+    own_id: str
+    network: str
+    admin: str | None
+    trusted: set[str]  # shared with the verifier: changes count at once
+    neighbours: dict[str, str | None]  # id -> address; applied by the peer at a round boundary
+    path: Path | None = None
+    epoch: int = 0
+    revoked: set[str] = field(default_factory=set)
+    records: list[bytes] = field(default_factory=list)
+
+    def load(self) -> None:
+        """Re-apply the stored records, each verified again; a file that does not verify is an error."""
+        if self.path is None or not self.path.exists():
+            return
+        try:
+            raw = read_limited(self.path, MAX_RECORDS * (MAX_RECORD + 16), "membership file")
+            stored = msgpack.unpackb(raw, raw=False, max_bin_len=MAX_RECORD, max_array_len=MAX_RECORDS,
+                                     max_str_len=0, max_map_len=0, max_ext_len=0)
+            if not isinstance(stored, list) or not all(isinstance(d, bytes) for d in stored):
+                raise ValueError("not a list of records")
+        except (FileReadError, ValueError, msgpack.UnpackException) as exc:
+            raise MembershipFileError(f"{self.path}: unreadable ({exc}); move it aside to start from the trust "
+                                      "list and let the neighbours pass the records on again") from None
+        for data in stored:
+            offer = self.offer(data, persist=False)
+            if offer.record is None:
+                raise MembershipFileError(f"{self.path}: a stored record does not apply ({offer.detail}); "
+                                          "move it aside to start from the trust list")
+
+    def offer(self, data: bytes, persist: bool = True) -> Offer:
+        if self.admin is None:
+            return Offer(None, "bad_membership", "this network has no admin key (trust.toml `admin`)")
+        try:
+            record = open_record(data, admin=self.admin, network=self.network)
+        except MembershipError as exc:
+            return Offer(None, "bad_membership", str(exc))
+        if self.records and record.data == self.records[-1]:  # the latest record, back by gossip
+            return Offer(None, "", "already applied")
+        if record.epoch <= self.epoch:
+            return Offer(None, "stale_membership", f"epoch {record.epoch}, this peer is at epoch {self.epoch}")
+        self._apply(record)
+        self.records.append(record.data)
+        if persist:
+            self._save()
+        return Offer(record)
+
+    def _apply(self, r: Record) -> None:
+        self.epoch = r.epoch
+        if r.action == "admit":
+            self.trusted.add(r.peer)
+            self.revoked.discard(r.peer)
+            if r.peer == self.own_id:  # this peer was admitted: the record names its neighbours
+                for nb in r.neighbours:
+                    self.neighbours.setdefault(nb, None)
+            elif self.own_id in r.neighbours:
+                self.neighbours[r.peer] = r.addr or None
+        else:
+            self.trusted.discard(r.peer)
+            self.revoked.add(r.peer)
+            self.neighbours.pop(r.peer, None)
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(msgpack.packb(self.records[-MAX_RECORDS:], use_bin_type=True))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)

@@ -1,0 +1,152 @@
+"""A peer's differential privacy: what each round releases, what it costs, and the budget.
+
+`[privacy]` in peer.toml (privacy.settings.PrivacySettings) picks a mode:
+- `update`: the change a round of training made to the model is clipped to norm `clip` and
+  Gaussian noise of std `noise_multiplier * clip` is added before the model is sent (works with
+  any learner; protects everything a gateway's data contributed to that round);
+- `record`: DP-SGD inside local training (per-example clipping and noise, Poisson-sampled
+  batches), for learners that offer `enable_record_dp` (the built-in one does).
+
+Each round's release is composed by dp-accounting's accountant (privacy.accountant). Before a
+round trains, the peer asks whether the release would take epsilon past `privacy.epsilon`; if it
+would, the peer stops training and sending for good (it keeps receiving and aggregating, which
+costs its data nothing) and says so in its log, status and metrics.
+
+Every release is a `privacy` event in the provenance log, written before the update leaves,
+with the accountant's whole state: after a crash the peer continues from the log's last such
+event (never from less than it released), and `gossipfl audit show --kind privacy` is the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from gossip.lazy import lazy
+
+from ..errors import ConfigError, PeerError
+from ..state.provenance import EventKind, NewEvent, ProvenanceLog
+
+log = logging.getLogger("gossipfl.peer")
+dp, accountant = lazy("privacy.dp"), lazy("privacy.accountant")
+
+
+class PrivacyLedgerError(PeerError):
+    """The provenance log's privacy ledger cannot be read back: continuing could overspend."""
+
+
+@dataclass
+class RoundPrivacy:
+    """What one round did for privacy: the details of its `privacy` event."""
+
+    details: dict
+    send: bool
+
+
+class PeerPrivacy:
+    """The accountant and the noise of one peer (mode `off`: a no-op that never refuses)."""
+
+    def __init__(self, settings, learner, generator=None):
+        self.settings = s = settings
+        self.mode = s.mode
+        self.exhausted = False
+        self.release = None
+        self.acct = None
+        if self.mode == "off":
+            return
+        self.gen = generator if generator is not None else dp.secure_generator()
+        if self.mode == "record":
+            enable = getattr(learner, "enable_record_dp", None)
+            if enable is None:
+                raise ConfigError(f"privacy.mode = \"record\" needs a learner that supports DP-SGD; "
+                                  f"{type(learner).__name__} has no enable_record_dp(clip, sigma, generator). "
+                                  "Use privacy.mode = \"update\" (any learner) or the built-in learner")
+            q, steps = enable(s.clip, s.noise_multiplier, self.gen)
+            self.release = accountant.Release(s.noise_multiplier, float(q), int(steps))
+        else:
+            self.release = accountant.Release(s.noise_multiplier, 1.0, 1)
+        self.acct = accountant.Accountant(s.accountant, s.delta)
+
+    @property
+    def on(self) -> bool:
+        return self.mode != "off"
+
+    def epsilon(self) -> float:
+        return self.acct.epsilon() if self.acct is not None else 0.0
+
+    def restore(self, prov: ProvenanceLog) -> None:
+        """Continue the ledger from the log's last `privacy` event (the log has every release that
+        ever left: it is written before the update is sent)."""
+        if not self.on:
+            return
+        ev = prov.last_event(EventKind.PRIVACY)
+        if ev is None:
+            return
+        state = ev.details.get("accountant") if isinstance(ev.details, dict) else None
+        try:
+            restored = accountant.Accountant.from_state(state)
+        except (ValueError, TypeError) as exc:
+            raise PrivacyLedgerError(f"{prov.path}: privacy event {ev.seq} cannot be read back ({exc}); "
+                                     "refusing to continue: the privacy budget spent is unknown") from None
+        if restored.kind != self.acct.kind or restored.delta != self.settings.delta:
+            raise PrivacyLedgerError(
+                f"{prov.path}: the ledger was kept with accountant {restored.kind!r} and delta {restored.delta:g}; "
+                f"peer.toml now says {self.acct.kind!r} and {self.settings.delta:g}: changing them would restart "
+                "the accounting. Put privacy.accountant and privacy.delta back")
+        self.acct = restored
+        self.exhausted = bool(ev.details.get("exhausted"))
+        log.info("privacy ledger: epsilon %.4g spent so far (budget %s)", self.epsilon(), _budget(self.settings))
+
+    def begin_round(self, round_: int) -> RoundPrivacy | None:
+        """Before training: may this round release an update? None when privacy is off; else the
+        round's plan (send=False once the budget would be exceeded: logged once)."""
+        if not self.on:
+            return None
+        if not self.exhausted and self.acct.allows(self.release, self.settings.epsilon):
+            return RoundPrivacy({}, True)
+        first = not self.exhausted
+        self.exhausted = True
+        if first:
+            log.warning("privacy budget: another round would take epsilon from %.4g past %s; this peer stops "
+                        "training and sending (it keeps aggregating what its neighbours send)",
+                        self.epsilon(), _budget(self.settings))
+        return RoundPrivacy(self._details(exhausted=True), False) if first else RoundPrivacy({}, False)
+
+    def privatize(self, start, flat) -> dict:
+        """Update mode, after training: replace the model by start + the clipped, noised change."""
+        if self.mode != "update":
+            return {}
+        new, details = dp.privatize_model(start, flat, self.settings.clip, self.settings.noise_multiplier, self.gen)
+        flat.copy_(new)
+        return details
+
+    def spend(self, extra: dict) -> dict:
+        """The round's release is about to leave: compose it; returns the `privacy` event's details."""
+        self.acct.spend(self.release)
+        return {**self._details(exhausted=False), **extra}
+
+    def _details(self, exhausted: bool) -> dict:
+        s, r = self.settings, self.release
+        return {"mode": s.mode, "sigma": r.sigma, "clip": s.clip, "q": r.q, "steps": r.steps, "delta": s.delta,
+                "epsilon": _finite(self.epsilon()), "budget": _finite(s.epsilon), "exhausted": exhausted,
+                "accountant": self.acct.state()}
+
+    def event(self, round_: int, details: dict) -> NewEvent:
+        return NewEvent(EventKind.PRIVACY, round_, details=details)
+
+    def status(self) -> dict:
+        """For the status message and metrics."""
+        if not self.on:
+            return {}
+        return {"mode": self.mode, "epsilon": _finite(self.epsilon()), "budget": _finite(self.settings.epsilon),
+                "exhausted": self.exhausted}
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no infinity: an unlimited budget (or epsilon) is null."""
+    return float(x) if math.isfinite(x) else None
+
+
+def _budget(s) -> str:
+    return f"{s.epsilon:g}" if math.isfinite(s.epsilon) else "unlimited"

@@ -1,0 +1,1 @@
+"""A peer's state on disk: the provenance log, checkpoints, resuming, the data-folder lock."""

@@ -1,0 +1,405 @@
+"""The provenance log: an append-only, hash-chained, signed record of what one peer did.
+
+One SQLite database per peer (WAL, synchronous=FULL). Each event's hash covers the
+previous event's hash, so editing, deleting or reordering any row breaks the chain;
+each hash is signed by the peer's key; and a signed `head` (last seq and hash) is
+updated in the same transaction, so cutting events off the end is caught too.
+A `received` event keeps the sender's signed header, so a third party can check that
+the sender really signed that update without anyone trusting this peer.
+
+A log is born whole: it is built under a temporary name with its meta and a signed
+genesis head (seq 0) and renamed into place, so every log this code wrote has a head
+from its first moment. Opening a log checks its tail against that head (O(1) rows)
+and refuses to append to a log that is truncated, cut, re-signed or not a log at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from gossip.identity import Identity, verify_signature
+
+from ..errors import ProvenanceError
+
+FORMAT = "gossipfl-provenance/1"
+EVENT_DOMAIN = b"gossipfl/event/v1\x00"
+HEAD_DOMAIN = b"gossipfl/head/v1\x00"
+GENESIS = "0" * 64
+MAX_DETAILS_DEPTH = 32  # containers inside containers in an event's details
+
+
+class EventKind(StrEnum):
+    """What a provenance event records."""
+
+    STARTED = "started"
+    TRAINED = "trained"
+    SENT = "sent"
+    RECEIVED = "received"
+    REJECTED = "rejected"
+    AGGREGATED = "aggregated"
+    CHECKPOINT = "checkpoint"
+    STOPPED = "stopped"
+    SKIPPED = "skipped"
+    RATE_LIMITED = "rate_limited"
+    DIVERGED = "diverged"  # the model went non-finite; the peer returned to its last good checkpoint
+    MEMBERSHIP = "membership"  # an admin-signed membership record was applied (admit or revoke)
+    PRIVACY = "privacy"  # a differentially private release was accounted (or the budget ran out)
+    REVEAL_REQUESTED = "reveal_requested"  # secure_mean: this receiver asked its delivered neighbours for reveals
+    REVEALED = "revealed"  # secure_mean: this member revealed pair seeds to a receiver (once per receiver and round)
+
+
+KINDS = tuple(k.value for k in EventKind)
+
+
+class BrokenLogError(ProvenanceError):
+    """A provenance log failed its check on open: appending would hide the break."""
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append: the log adds seq, time, prev, hash and signature."""
+
+    kind: EventKind
+    round: int | None = None
+    counterpart: str | None = None
+    update_hash: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        try:
+            object.__setattr__(self, "kind", EventKind(self.kind))
+        except ValueError:
+            raise ValueError(f"unknown provenance event kind {self.kind!r}") from None
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    ts: float
+    kind: str
+    round: int | None
+    counterpart: str | None
+    update_hash: str | None
+    details: dict[str, Any]
+    prev: str
+    hash: str
+    sig: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (non-finite numbers spelled as strings)."""
+        return {"seq": self.seq, "ts": json_safe(self.ts), "kind": self.kind, "round": self.round,
+                "counterpart": self.counterpart, "update_hash": self.update_hash,
+                "details": json_safe(self.details), "prev": self.prev, "hash": self.hash, "sig": self.sig.hex()}
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """`value` with non-finite floats as "NaN"/"Infinity"/"-Infinity" and tuples as lists;
+    ValueError for more than MAX_DETAILS_DEPTH nested containers (the outermost counts)."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (dict, list, tuple)):
+        if depth >= MAX_DETAILS_DEPTH:
+            raise ValueError(f"details nest deeper than {MAX_DETAILS_DEPTH} levels")
+        if isinstance(value, dict):
+            return {k: json_safe(v, depth + 1) for k, v in value.items()}
+        return [json_safe(v, depth + 1) for v in value]
+    return value
+
+
+def details_text(details: Mapping[str, Any]) -> str:
+    """The canonical JSON of an event's details (what the event hash covers)."""
+    return json.dumps(json_safe(dict(details)), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def parse_details(text: str) -> Any:
+    """Details JSON as stored: NaN/Infinity literals become their string spelling; ValueError
+    for invalid JSON, a non-object or nesting past MAX_DETAILS_DEPTH (never RecursionError)."""
+    if text.count("[") + text.count("{") > MAX_DETAILS_DEPTH and _nesting(text) > MAX_DETAILS_DEPTH:
+        raise ValueError(f"details nest deeper than {MAX_DETAILS_DEPTH} levels")
+    details = json.loads(text, parse_constant=str)
+    if not isinstance(details, dict):
+        raise ValueError("details are not a JSON object")
+    return details
+
+
+def _nesting(text: str) -> int:
+    """Deepest bracket nesting outside strings, without recursion (an upper bound for JSON)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def event_hash(peer_id: str, seq: int, ts: float, kind: str, round_: int | None,
+               counterpart: str | None, update_hash: str | None, details: str, prev: str) -> str:
+    body = msgpack.packb([FORMAT, peer_id, seq, ts, kind, round_, counterpart, update_hash, details, prev],
+                         use_bin_type=True)
+    return hashlib.sha256(EVENT_DOMAIN + body).hexdigest()
+
+
+def head_message(seq: int, hash_: str) -> bytes:
+    return HEAD_DOMAIN + msgpack.packb([seq, hash_])
+
+
+def signed_head(identity: Identity, seq: int, hash_: str) -> bytes:
+    """The head row's value: [seq, hash, signature of head_message(seq, hash)]."""
+    return msgpack.packb([seq, hash_, identity.sign(head_message(seq, hash_))], use_bin_type=True)
+
+
+def read_head(raw: Any) -> tuple[int, str, bytes] | None:
+    """(seq, hash, signature) of a stored head, None if it is not one."""
+    try:
+        seq, hash_, sig = msgpack.unpackb(raw, raw=False, max_bin_len=256, max_str_len=256, max_array_len=3)
+    except Exception:
+        return None
+    if type(seq) is not int or not isinstance(hash_, str) or not isinstance(sig, bytes):
+        return None
+    return seq, hash_, sig
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    round INTEGER,
+    counterpart TEXT,
+    update_hash TEXT,
+    details TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    sig BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_update ON events(update_hash);
+"""
+
+_COLUMNS = "seq, ts, kind, round, counterpart, update_hash, details, prev, hash, sig"
+
+
+def connect(path: str | os.PathLike, create: bool = False) -> sqlite3.Connection:
+    """Open a provenance database; typed errors for a missing file or something else."""
+    path = Path(path)
+    if not create and not path.is_file():
+        raise ProvenanceError(f"{path}: no such provenance database")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode={'rwc' if create else 'rw'}", uri=True,
+                              isolation_level=None, timeout=30)
+        con.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.DatabaseError as exc:
+        raise ProvenanceError(f"{path}: not a provenance database ({exc})") from None
+    return con
+
+
+def read_meta(con: sqlite3.Connection, path) -> dict[str, Any]:
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"meta", "events"} <= tables:
+            raise ProvenanceError(f"{path}: not a gossipfl provenance log (tables {sorted(tables)})")
+        meta = {k: v for k, v in con.execute("SELECT key, value FROM meta")}
+    except sqlite3.DatabaseError as exc:
+        raise ProvenanceError(f"{path}: not a provenance database ({exc})") from None
+    if meta.get("format") != FORMAT or not isinstance(meta.get("peer_id"), str):
+        raise ProvenanceError(f"{path}: foreign provenance format {meta.get('format')!r}")
+    return meta
+
+
+def row_to_event(row) -> Event:
+    seq, ts, kind, rnd, cp, uh, details, prev, h, sig = row
+    try:
+        parsed = parse_details(details) if isinstance(details, str) else {"_raw": repr(details)[:200]}
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        parsed = {"_unparseable": str(exc)}
+    return Event(seq, ts, kind, rnd, cp, uh, parsed, prev, h, sig if isinstance(sig, bytes) else b"")
+
+
+def iter_events(con: sqlite3.Connection, where: str = "", args: tuple = ()) -> Iterator[tuple]:
+    yield from con.execute(f"SELECT {_COLUMNS} FROM events {where} ORDER BY seq", args)
+
+
+def check_tail(con: sqlite3.Connection, peer_id: str, head: Any) -> tuple[int, str]:
+    """(last seq, last hash) if the log's end agrees with its signed head; ProvenanceError
+    naming the disagreement otherwise. Reads the head and the last two rows only: the
+    whole chain is `audit verify`'s job, this catches cuts, rollbacks and forged heads."""
+    parsed = read_head(head)
+    if parsed is None:
+        raise ProvenanceError("the signed head is missing or unreadable" if head is None
+                              else "the signed head is unreadable")
+    head_seq, head_hash, head_sig = parsed
+    if not verify_signature(peer_id, head_sig, head_message(head_seq, head_hash)):
+        raise ProvenanceError("the signed head's signature does not verify with this peer's key")
+    rows = con.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq DESC LIMIT 2").fetchall()
+    if not rows:
+        if (head_seq, head_hash) != (0, GENESIS):
+            raise ProvenanceError(f"the signed head names event {head_seq} but the log has no events "
+                                  "(events deleted)")
+        return 0, GENESIS
+    seq, ts, kind, rnd, cp, uh, details, prev, h, sig = rows[0]
+    if (head_seq, head_hash) != (seq, h):
+        raise ProvenanceError(f"the signed head names event {head_seq} but the log ends at event {seq} "
+                              "(events cut off the end, or the log rolled back)")
+    if not isinstance(details, str) or not isinstance(sig, bytes) \
+            or event_hash(peer_id, seq, ts, kind, rnd, cp, uh, details, prev) != h:
+        raise ProvenanceError(f"event {seq}'s hash does not match its content (altered)")
+    if not verify_signature(peer_id, sig, bytes.fromhex(h)):
+        raise ProvenanceError(f"event {seq}'s signature does not verify with this peer's key")
+    before = rows[1] if len(rows) > 1 else None
+    expected_prev = (before[0], before[8]) if before else (0, GENESIS)
+    if expected_prev != (seq - 1, prev):
+        raise ProvenanceError(f"event {seq} does not follow event {seq - 1} (events deleted or altered)")
+    return seq, h
+
+
+def _create(path: Path, identity: Identity, network: str) -> None:
+    """Build a new log under a temporary name (meta and a signed genesis head) and rename it
+    into place: a crash leaves no log or a whole one, never an empty file."""
+    tmp = path.with_name(path.name + ".new")
+    for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    con = connect(tmp, create=True)
+    try:
+        con.execute("PRAGMA synchronous=FULL")
+        con.executescript(_SCHEMA)
+        con.execute("BEGIN IMMEDIATE")
+        con.executemany("INSERT INTO meta VALUES (?, ?)", [
+            ("format", FORMAT), ("peer_id", identity.peer_id), ("network", network), ("created", time.time()),
+            ("head", signed_head(identity, 0, GENESIS))])
+        con.execute("COMMIT")
+    finally:
+        con.close()  # the last connection checkpoints the WAL into the file and removes it
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ProvenanceLog:
+    """Appends signed events for one peer. Each append is one SQLite transaction.
+
+    Opening creates the log if there is no file, and otherwise refuses (BrokenLogError)
+    a file that is not this peer's intact log: appending after a cut or a forged head
+    would make the break look like history."""
+
+    def __init__(self, path: str | os.PathLike, identity: Identity, network: str = ""):
+        self.path = Path(path)
+        self.identity = identity
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            _create(self.path, identity, network)
+        elif not self.path.is_file() or self.path.stat().st_size == 0:
+            raise self._refuse("empty (0 bytes) or not a file: a log is never created empty, so it was truncated")
+        try:
+            self.con = connect(self.path)
+        except ProvenanceError as exc:
+            raise self._refuse(str(exc).removeprefix(f"{self.path}: ")) from None
+        try:
+            self.con.execute("PRAGMA synchronous=FULL")
+            try:
+                meta = read_meta(self.con, self.path)
+            except ProvenanceError as exc:
+                raise self._refuse(str(exc).removeprefix(f"{self.path}: ")) from None
+            if meta["peer_id"] != identity.peer_id:
+                raise ProvenanceError(f"{self.path} belongs to peer {meta['peer_id']}, not {identity.peer_id}")
+            try:
+                self._seq, self._prev = check_tail(self.con, identity.peer_id, meta.get("head"))
+            except ProvenanceError as exc:
+                raise self._refuse(str(exc)) from None
+            except sqlite3.DatabaseError as exc:
+                raise self._refuse(f"unreadable ({exc})") from None
+        except BaseException:
+            self.con.close()
+            raise
+
+    def _refuse(self, problem: str) -> BrokenLogError:
+        return BrokenLogError(
+            f"{self.path}: refusing to append to this provenance log: {problem}. "
+            f"Inspect it with `gossipfl audit verify {self.path}`; to start a new chain deliberately, "
+            "move it (and the peer's checkpoint beside it) aside")
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def append(self, kind: str, round_: int | None = None, counterpart: str | None = None,
+               update_hash: str | None = None, details: Mapping[str, Any] | None = None) -> int:
+        return self.append_many([NewEvent(kind, round_, counterpart, update_hash, details or {})])
+
+    def append_many(self, events: Iterable[NewEvent | tuple]) -> int:
+        """Append events atomically (durable when this returns); returns the last seq.
+        Takes NewEvent, or (kind, round, counterpart, update_hash, details) tuples."""
+        rows = []
+        seq, prev = self._seq, self._prev
+        pid = self.identity.peer_id
+        for ev in events:
+            if not isinstance(ev, NewEvent):
+                ev = NewEvent(*ev)
+            seq += 1
+            ts = time.time()
+            text = details_text(ev.details or {})
+            kind = ev.kind.value
+            h = event_hash(pid, seq, ts, kind, ev.round, ev.counterpart, ev.update_hash, text, prev)
+            rows.append((seq, ts, kind, ev.round, ev.counterpart, ev.update_hash, text, prev, h,
+                         self.identity.sign(bytes.fromhex(h))))
+            prev = h
+        if not rows:
+            return self._seq
+        with self._tx():
+            self.con.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)", (signed_head(self.identity, seq, prev),))
+        self._seq, self._prev = seq, prev
+        return seq
+
+    def last_event(self, kind: EventKind | str) -> Event | None:
+        """The latest event of `kind` (reads back from the end: O(events since it))."""
+        row = self.con.execute(f"SELECT {_COLUMNS} FROM events WHERE kind = ? ORDER BY seq DESC LIMIT 1",
+                               (EventKind(kind).value,)).fetchone()
+        return row_to_event(row) if row else None
+
+    def events(self, kind: str | None = None) -> list[Event]:
+        where, args = ("WHERE kind = ?", (kind,)) if kind else ("", ())
+        return [row_to_event(r) for r in iter_events(self.con, where, args)]
+
+    def close(self) -> None:
+        self.con.close()
