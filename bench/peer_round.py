@@ -61,10 +61,10 @@ def run(hidden: list[int], rounds: int, rule: str, shards: int, overlapped: bool
             raws = [hub.transport(o.peer_id) for o in others]
             for t in raws:
                 await t.start()
-            base = peer.learning.model.get()
+            base = peer.model.get()
             for r in range(rounds):
                 msgs = [seal_update(o, base + 0.01 * torch.randn_like(base), net="gossipfl", round=r,
-                                    schema=peer.learning.model.schema, deg=1) for o in others]
+                                    schema=peer.model.schema, deg=1) for o in others]
                 if overlapped:
                     round_task = asyncio.create_task(peer.run_round())
                     await asyncio.sleep(0)
@@ -80,9 +80,9 @@ def run(hidden: list[int], rounds: int, rule: str, shards: int, overlapped: bool
         hist = peer.history[1:]  # the first round warms up
         overhead = sum(h.seconds - h.train_seconds - h.eval_seconds for h in hist) / len(hist)
         train = sum(h.train_seconds for h in hist) / len(hist)
-        return {"params": peer.learning.model.size, "overhead_s": overhead, "train_epoch_s": train,
+        return {"params": peer.model.size, "overhead_s": overhead, "train_epoch_s": train,
                 "eval_s": sum(h.eval_seconds for h in hist) / len(hist),
-                "samples": len(peer.learning.learner.data.y_train), "accepted": min(h.accepted for h in hist),
+                "samples": len(peer.learner.data.y_train), "accepted": min(h.accepted for h in hist),
                 "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

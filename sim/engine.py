@@ -147,7 +147,7 @@ class ProtocolEngine:
             v = self.label_of[n.label]
             peer = memory_peer(n.config, self.hub)
             if peer.privacy.on:  # reproducible noise: seeded here, in the simulator only
-                peer.privacy = PeerPrivacy(peer.cfg.privacy, peer.learning.learner, seeded_generator(sc.seed * 7919 + idx))
+                peer.privacy = PeerPrivacy(peer.cfg.privacy, peer.learner, seeded_generator(sc.seed * 7919 + idx))
             if v in self.byzantine:
                 self._arm(v, peer, idents[v])
             peers.append(peer)
@@ -159,7 +159,7 @@ class ProtocolEngine:
         that rewrites what it sends (crafted models, protocol attacks)."""
         kind = self.sc.attack
         if kind in DATA_ATTACKS:
-            poison_labels(peer.learning.learner, label_flip_map(10))
+            poison_labels(peer.learner, label_flip_map(10))
         elif kind in PROTOCOL_ATTACKS:
             peer.transport = AttackTransport(peer.transport, ProtocolAttacker(kind, ident, peer.verifier.max_size))
         elif kind in MODEL_ATTACKS:

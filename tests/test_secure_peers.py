@@ -212,7 +212,7 @@ def test_a_bad_key_binding_in_the_trust_list_is_refused(tmp_path):
     _, (peer,) = build_memory_network(nodes[:1])  # the plan's own list loads
     assert peer.secure is not None
     peer.prov.close()
-    peer.state.lock.release()
+    peer.lock.release()
 
 
 @pytest.mark.timeout(120)

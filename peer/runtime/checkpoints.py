@@ -113,7 +113,7 @@ class Checkpoints:
 
     async def now(self) -> None:
         await self.durable()
-        self.begin(self.peer.runtime.round)
+        self.begin(self.peer.round)
         await self.durable()
         self.peer.log_events([], flush=True)
 

@@ -69,7 +69,7 @@ class Outbox:
             delivered = await self.peer.transport.send(nb, data)
         if delivered:
             self.bytes_sent += len(data)
-            self.peer.runtime.metrics.bytes_out(len(data))
+            self.peer.metrics.bytes_out(len(data))
         else:
             log.debug("round %d: update to %s not delivered", round_, nb)
 
