@@ -185,9 +185,10 @@ def test_tcp_hole_punching_fails_through_symmetric_nats(lab):
 # -- link conditions --------------------------------------------------------------------------
 
 
-def udp_count(lab: Lab, sender, receiver, n: int) -> int:
+def udp_count(lab: Lab, sender, receiver, n: int, lossy) -> int:
     """Send n numbered datagrams from `sender` to `receiver` (paced so that no queue overflows),
-    then an end marker over a lossless link; returns how many distinct datagrams arrived."""
+    then an end marker once the `lossy` node's link is lossless; returns how many distinct
+    datagrams arrived."""
     rx = listener(lab, receiver, 9500, socket.SOCK_DGRAM)
     rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
     tx = lab.socket(sender, type=socket.SOCK_DGRAM)
@@ -195,13 +196,13 @@ def udp_count(lab: Lab, sender, receiver, n: int) -> int:
         tx.sendto(i.to_bytes(4, "big") + bytes(60), (receiver.address, 9500))
         if i % 100 == 99:
             time.sleep(0.002)  # pacing only: the veth queue holds a few hundred packets
-    saved = receiver.link.loss
-    lab.set_loss(receiver, 0)
+    saved = lossy.link.loss
+    lab.set_loss(lossy, 0)
     tx.sendto(b"end", (receiver.address, 9500))
     seen = set()
     while (data := rx.recv(100)) != b"end":
         seen.add(int.from_bytes(data[:4], "big"))
-    lab.set_loss(receiver, saved)
+    lab.set_loss(lossy, saved)
     rx.close()
     tx.close()
     return len(seen)
@@ -210,13 +211,14 @@ def udp_count(lab: Lab, sender, receiver, n: int) -> int:
 def test_loss_drops_about_that_share_of_datagrams(lab):
     a, b = lab.public("a"), lab.public("b")
     n = 2000
-    assert udp_count(lab, a, b, n) == n  # lossless: every datagram arrives
+    assert udp_count(lab, a, b, n, b) == n  # lossless: every datagram arrives
     lab.set_loss(b, 20)
-    arrived = udp_count(lab, a, b, n)
-    # binomial(2000, 0.8): sd 17.9 datagrams; +-120 is 6.7 sd (a false failure ~1e-10)
-    assert abs(arrived - 0.8 * n) <= 120, arrived
+    for sender, receiver in ((a, b), (b, a)):  # b's link loses 20 % each way
+        arrived = udp_count(lab, sender, receiver, n, b)
+        # binomial(2000, 0.8): sd 17.9 datagrams; +-120 is 6.7 sd (a false failure ~1e-10)
+        assert abs(arrived - 0.8 * n) <= 120, (sender.name, arrived)
     lab.set_loss(b, 0)
-    assert udp_count(lab, a, b, n) == n
+    assert udp_count(lab, b, a, n, b) == n
 
 
 def transfer(lab: Lab, sender, receiver, size: int) -> float:
@@ -267,15 +269,22 @@ def test_partition_blocks_and_heal_restores(lab):
     conn, _ = server.accept()
 
     lab.partition(site)
+    out.sendall(b"during")  # queued and retransmitted by TCP until the site is back
+    conn.sendall(b"down")
     assert attempt(lab, gateway, relay.address) == "timeout"
     assert attempt(lab, relay, site.public_address, 22) == "timeout"
-    out.sendall(b"during")  # queued and retransmitted by TCP until the site is back
+    for s in (conn, out):  # two seconds on, nothing crossed in either direction
+        s.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            s.recv(6)
+        s.settimeout(20)
     lan = listener(lab, neighbour, 9100)
     connect(lab, gateway, neighbour.address, 9100)  # the LAN still works
     lan.close()
 
     lab.heal(site)
     assert recv_exactly(conn, 6) == b"during"
+    assert recv_exactly(out, 4) == b"down"
     connect(lab, gateway, relay.address)
 
 
@@ -348,6 +357,23 @@ def test_teardown_removes_everything_when_the_body_raises():
             raise RuntimeError("boom")
     assert not [ns for ns in netns_names() if ns.startswith(prefix)]
     assert sleeper.poll() is not None
+
+
+GRACEFUL = """
+import pathlib, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path(sys.argv[1]).write_text("bye"), sys.exit(0)))
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+def test_teardown_stops_processes_with_sigterm_first(tmp_path):
+    require_lab()
+    with Lab() as lab:
+        peer = lab.run(lab.public("peer"), [sys.executable, "-c", GRACEFUL, tmp_path / "said"],
+                       stdout=subprocess.PIPE, text=True)
+        assert peer.stdout.readline() == "ready\n"
+    assert peer.returncode == 0 and (tmp_path / "said").read_text() == "bye"
 
 
 def test_two_labs_at_once_have_their_own_names_and_networks():
