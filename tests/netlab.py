@@ -42,10 +42,14 @@ old one removed: DHCP or a new cellular session; a router's NAT mappings die wit
 Inside a fresh namespace every port is free: bind any fixed port, no free-port helper needed.
 Run things with lab.run (a tracked Popen in its own process group), lab.exec (run to the end),
 lab.command (the argv to wrap yourself) or lab.socket (a socket of this process, opened inside
-the node's namespace). Teardown kills the lab's processes, closes its sockets and deletes its
-namespaces on exit of the `with`, at interpreter exit and on SIGTERM. Namespaces that a killed
-run left behind are swept by the next Lab (`python -m tests.netlab` sweeps by hand): each lab
-holds a lock file in /run/netlab for as long as it lives.
+the node's namespace). Bench scripts call `unavailable()` first (None, or why the lab cannot
+run here); tests use the `lab` fixture or `require_lab()`, which skip with that reason.
+Teardown stops the lab's processes (SIGTERM to each process group, SIGKILL after 5 s and for
+anything else still inside), closes its sockets and deletes its namespaces: on exit of the
+`with` (also when its body raised), at interpreter exit and on SIGTERM. Namespaces that a
+killed run left behind are swept by the next Lab (`python -m tests.netlab` sweeps by hand):
+each lab holds a lock file in /run/netlab for as long as it lives, and only labs whose lock
+is free are swept, so parallel test processes never touch each other's labs.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import atexit
 import contextlib
 import ctypes
 import fcntl
+import functools
 import ipaddress
 import os
 import re
@@ -91,10 +96,11 @@ class Link:
     cut: bool = False
 
 
-@dataclass
+@dataclass(repr=False)
 class Node:
     """A host or a router: its namespace, its current address on its access link, and the
-    address the internet sees it by (its router's for a host behind NAT)."""
+    address the internet sees it by (its router's for a host behind NAT). `role` is "public",
+    "router" or "host" (behind a site's NAT)."""
 
     name: str
     ns: str
@@ -105,6 +111,10 @@ class Node:
     role: str = "host"
     _next_host: int = 3
 
+    def __repr__(self) -> str:
+        where = f" behind {self.site.name}" if self.role == "host" else ""
+        return f"<{self.role} {self.name} {self.address}{where}>"
+
     @property
     def gateway(self) -> str:
         return str(self.subnet.network_address + 1)
@@ -114,7 +124,7 @@ class Node:
         return self.site.router.address if self.site is not None and self.role == "host" else self.address
 
 
-@dataclass
+@dataclass(repr=False)
 class Site:
     """A NAT router and the LAN behind it."""
 
@@ -131,11 +141,15 @@ class Site:
         return self.router.address
 
     def host(self, name: str) -> Node:
+        """A new host on this site's LAN, behind its NAT."""
         return self.lab._host(self, name)
+
+    def __repr__(self) -> str:
+        return f"<site {self.name} ({self.nat} NAT) {self.public_address} lan {self.lan}>"
 
 
 _LIVE: weakref.WeakSet[Lab] = weakref.WeakSet()
-_PREVIOUS_SIGTERM = None
+_SIGTERM_HOOKED: list[bool] = []
 _REASON: list[str | None] = []
 
 
@@ -204,6 +218,8 @@ class Lab:
         return f"{LOCK_DIR}/netlab-{self.id}.lock"
 
     def _namespace(self, node: str) -> str:
+        if self._lock_fd is None:
+            raise LabError("the lab is not open: build it inside `with Lab() as lab:`")
         if not NODE_NAME_RE.match(node):
             raise ValueError(f"node name {node!r}: use 1-32 of a-z 0-9 _ -, starting with a letter")
         if node in self.nodes or node in self.sites or node == "internet" and self.internet:
@@ -277,8 +293,7 @@ table ip netlab_masq {{
         port = f"lan{i}"
         _veth(ns, "eth0", site.router.ns, port)
         _ip_batch(site.router.ns, [f"link set {port} master lan", f"link set {port} up"])
-        address = str(site.lan.network_address + site._next_host)
-        site._next_host += 1
+        address = _next_address(site, site.lan)
         _ip_batch(ns, [f"address add {address}/24 dev eth0", "link set eth0 up",
                        f"route add default via {site.lan.network_address + 1}"])
         node = Node(name, ns, Link((ns, "eth0"), (site.router.ns, port)), site.lan, address, site=site)
@@ -323,11 +338,7 @@ table ip netlab_masq {{
     def readdress(self, target: Node | Site | str) -> str:
         """Give the node a new address on its segment and remove the old one; returns it."""
         node = self.node(target)
-        owner = node.site if node.role == "host" else node
-        new = str(node.subnet.network_address + owner._next_host)
-        owner._next_host += 1
-        if int(ipaddress.ip_address(new)) >= int(node.subnet.broadcast_address):
-            raise LabError(f"{node.name}: no addresses left in {node.subnet}")
+        new = _next_address(node.site if node.role == "host" else node, node.subnet)
         ns, ifname = node.link.near
         _ip_batch(ns, [f"address del {node.address}/24 dev {ifname}", f"address add {new}/24 dev {ifname}",
                        f"route replace default via {node.gateway}"])
@@ -353,6 +364,7 @@ table ip netlab_masq {{
             if link.loss > 0:
                 rules.append(f"numgen random mod 10000 < {round(link.loss * 100)} drop")
             if kbps is not None:
+                # a token bucket as deep as one second of the rate (as nft sizes a byte limit)
                 rules.append(f"limit rate over {max(1, round(kbps * 125))} bytes/second drop")
             chain = f"in_{ifname}"
             script = (f'table netdev netlab_link {{\n  chain {chain} {{\n    type filter hook ingress '
@@ -388,6 +400,15 @@ table ip netlab_masq {{
         return s
 
 
+def _next_address(owner: Node | Site, subnet: ipaddress.IPv4Network) -> str:
+    """The next unused address of `subnet` (each is handed out once: an old one is never reused)."""
+    address = subnet.network_address + owner._next_host
+    if address >= subnet.broadcast_address:
+        raise LabError(f"no addresses left in {subnet}")
+    owner._next_host += 1
+    return str(address)
+
+
 def in_namespace(ns: str, fn):
     """fn() called on a fresh thread that has entered namespace `ns`; what it opens stays there."""
     out: dict = {}
@@ -413,6 +434,7 @@ def in_namespace(ns: str, fn):
     return out["value"]
 
 
+@functools.cache
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
@@ -498,8 +520,7 @@ def _close_all() -> None:
 
 def _install_sigterm_handler() -> None:
     """On SIGTERM: tear down every live lab, then do what SIGTERM did before (main thread only)."""
-    global _PREVIOUS_SIGTERM
-    if _PREVIOUS_SIGTERM is not None or threading.current_thread() is not threading.main_thread():
+    if _SIGTERM_HOOKED or threading.current_thread() is not threading.main_thread():
         return
     previous = signal.getsignal(signal.SIGTERM)
     if previous == signal.SIG_IGN:
@@ -513,8 +534,8 @@ def _install_sigterm_handler() -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 
-    _PREVIOUS_SIGTERM = previous
     signal.signal(signal.SIGTERM, on_sigterm)
+    _SIGTERM_HOOKED.append(True)
 
 
 atexit.register(_close_all)
