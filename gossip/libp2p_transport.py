@@ -212,7 +212,7 @@ class Libp2pTransport(QueuedTransport):
         self._backoff.pop(peer_id, None)
         return True
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "stopped") -> None:
         if self.closed:
             return
         self.closed = True

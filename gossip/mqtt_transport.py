@@ -261,20 +261,21 @@ class MqttTransport(QueuedTransport):
             await client.publish(status_topic(self.prefix, self.network, self.peer_id), json.dumps(info), qos=1,
                                  retain=True, timeout=STATUS_TIMEOUT)
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "stopped") -> None:
+        """Disconnect; the retained status says `reason` ("stopped", "revoked", ...)."""
         if self.closed:
             return
         self.closed = True
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.io.call(self._stop_on_io()), 10)
+            await asyncio.wait_for(self.io.call(self._stop_on_io(reason)), 10)
         await asyncio.to_thread(self.io.stop)
         self._end()
 
-    async def _stop_on_io(self) -> None:
+    async def _stop_on_io(self, reason: str) -> None:
         client = self.client
         if self.publish_status and client is not None:  # a clean close says so (the will is for the rest)
             with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
-                await client.publish(status_topic(self.prefix, self.network, self.peer_id), self._offline("stopped"),
+                await client.publish(status_topic(self.prefix, self.network, self.peer_id), self._offline(reason),
                                      qos=1, retain=True, timeout=5)
         if self._task:
             self._task.cancel()

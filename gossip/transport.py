@@ -34,7 +34,7 @@ class Transport:
     def __aiter__(self) -> AsyncIterator[tuple[str | None, bytes]]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    async def close(self) -> None:  # pragma: no cover - interface
+    async def close(self, reason: str = "stopped") -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
     def addresses(self) -> list[str]:
@@ -170,7 +170,7 @@ class MemoryTransport(QueuedTransport):
             return False
         return await self.hub.route(self.peer_id, peer_id, bytes(data))
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "stopped") -> None:
         if not self.closed:
             self.closed = True
             if self.hub.peers.get(self.peer_id) is self:

@@ -35,7 +35,8 @@ def _quiet_stdout() -> None:
 
 
 def friendly(fn):
-    """Turn the project's typed errors into `error: ...` and exit status 2; a reader that
+    """Turn the project's typed errors into `error: ...` and exit status 2 (or the status the
+    error class names, see peer.errors: revoked, transient); a reader that
     closes the pipe early (`| head`) is not an error: stop quietly with status 0."""
 
     @functools.wraps(fn)
@@ -47,7 +48,7 @@ def friendly(fn):
             sys.exit(0)
         except user_errors() as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(getattr(exc, "exit_status", 2))  # 2: fix it; peer.errors says which others mean what
 
     return wrapper
 

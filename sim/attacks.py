@@ -180,8 +180,8 @@ class AttackTransport(Transport):
     def __aiter__(self):
         return self.inner.__aiter__()
 
-    async def close(self) -> None:
-        await self.inner.close()
+    async def close(self, reason: str = "stopped") -> None:
+        await self.inner.close(reason)
 
     def addresses(self) -> list[str]:
         return self.inner.addresses()
@@ -193,9 +193,10 @@ class AttackTransport(Transport):
         await self.inner.set_neighbours(addrs)
 
 
-def poison_labels(learner, label_map: torch.Tensor) -> None:
-    """Data poisoning: from now on the learner trains on `label_map[y]` for every label y."""
-    learner.data = dataclasses.replace(learner.data, y_train=label_map[learner.data.y_train])
+def poison_labels(data, label_map: torch.Tensor):
+    """Data poisoning: the local data (peer.learning.data.LocalData) with `label_map[y]` for every
+    training label y."""
+    return dataclasses.replace(data, y_train=label_map[data.y_train])
 
 
 def _corrupt_signature(data: bytes) -> bytes:

@@ -7,6 +7,7 @@ peers just sent (omniscient), then every peer collects and aggregates.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import random
 import time
@@ -24,7 +25,7 @@ from gossip.transport import LinkFaults, MemoryHub
 from peer.ops.plan import write_plan
 from peer.runtime.driver import Peer
 from peer.runtime.local import memory_peer
-from peer.runtime.privacy_ledger import PeerPrivacy
+from peer.runtime.parts import PeerParts
 from peer.runtime.process import configure_process
 from privacy.dp import seeded_generator
 
@@ -145,23 +146,23 @@ class ProtocolEngine:
         peers = []
         for idx, n in enumerate(self.nodes):
             v = self.label_of[n.label]
-            peer = memory_peer(n.config, self.hub)
-            if peer.privacy.on:  # reproducible noise: seeded here, in the simulator only
-                peer.privacy = PeerPrivacy(peer.cfg.privacy, peer.learner, seeded_generator(sc.seed * 7919 + idx))
-            if v in self.byzantine:
-                self._arm(v, peer, idents[v])
-            peers.append(peer)
+            peers.append(memory_peer(n.config, self.hub, functools.partial(self._prepare, v, idx, idents[v])))
         self.peers = dict(zip([self.label_of[n.label] for n in self.nodes], peers, strict=True))
         return peers
 
-    def _arm(self, v, peer: Peer, ident: Identity) -> None:
-        """Turn node v's peer into an attacker from the outside: poisoned labels, or a transport
-        that rewrites what it sends (crafted models, protocol attacks)."""
+    def _prepare(self, v, idx: int, ident: Identity, parts: PeerParts) -> None:
+        """Before node v's peer is built: reproducible noise (the simulator only), and for an
+        attacker its poisoned data or a transport that rewrites what it sends (crafted models,
+        protocol attacks). The peer itself has no attack code path."""
+        if parts.cfg.privacy.mode != "off":
+            parts.noise = seeded_generator(self.sc.seed * 7919 + idx)
+        if v not in self.byzantine:
+            return
         kind = self.sc.attack
         if kind in DATA_ATTACKS:
-            poison_labels(peer.learner, label_flip_map(10))
+            parts.data = poison_labels(parts.data, label_flip_map(10))
         elif kind in PROTOCOL_ATTACKS:
-            peer.transport = AttackTransport(peer.transport, ProtocolAttacker(kind, ident, peer.verifier.max_size))
+            parts.transport = AttackTransport(parts.transport, ProtocolAttacker(kind, ident, parts.max_message))
         elif kind in MODEL_ATTACKS:
             def craft(r: int, recipient: str, own: torch.Tensor) -> torch.Tensor:
                 t = self.label_of[self.node_of[recipient]]
@@ -172,12 +173,12 @@ class ProtocolEngine:
                 b = sum(1 for u in self.graph.neighbors(t) if u in self.byzantine)
                 return model_attack(kind, honest_models, self.sent.get(t, own), own, n=self.graph.degree(t) + 1,
                                     b=b, gen=self.gen, params=self.sc.attack_params, honest_without_target=without)
-            if peer.secure is not None:  # secure_mean: the crafted model is what gets masked (it hides in the sum)
-                seal = peer.secure.seal_for
-                peer.secure.seal_for = lambda own, receiver, round_, **fields: seal(
+            if parts.secure is not None:  # secure_mean: the crafted model is what gets masked (it hides in the sum)
+                seal = parts.secure.seal_for
+                parts.secure.seal_for = lambda own, receiver, round_, **fields: seal(
                     craft(round_, receiver, own), receiver, round_, **fields)
             else:
-                peer.transport = AttackTransport(peer.transport, ModelAttacker(ident, craft))
+                parts.transport = AttackTransport(parts.transport, ModelAttacker(ident, craft))
 
     async def run(self) -> RunResult:
         sc = self.sc

@@ -4,7 +4,6 @@ attribute, and a signed update with a NaN in it, which is provably its own)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from gossip.envelope import parse
 from peer.ops.plan import write_plan
 from peer.runtime.local import build_memory_network, run_peers
 from sim.attacks import AttackTransport, _corrupt_signature, reseal
+from sim.virtual_time import run_virtual
 from topology import from_spec
 
 FAST = {"train": {"local_steps": 5, "batch_size": 32, "lr": 0.1},
@@ -46,9 +46,10 @@ def build_fleet(out: Path) -> Fleet:
 
     torch.set_num_threads(1)
     nodes = write_plan(from_spec("ring:4", seed=1), out, transport="memory", overrides=FAST, draw=False)
-    hub, peers = build_memory_network(nodes)
-    bad = peers[JUNK_NODE]
-    bad.transport = AttackTransport(bad.transport, _junk(bad.identity, peers[0].peer_id))
-    asyncio.run(run_peers(peers, rounds=ROUNDS))
+    def arm(parts):
+        parts.transport = AttackTransport(parts.transport, _junk(parts.identity, nodes[0].peer_id))
+
+    hub, peers = build_memory_network(nodes, prepare={JUNK_NODE: arm})
+    run_virtual(run_peers(peers, rounds=ROUNDS))
     return Fleet(Path(out), [n.dir / "data" / "provenance.db" for n in nodes], [str(n.label) for n in nodes],
                  [p.peer_id for p in peers])

@@ -4,7 +4,6 @@ is refused."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -12,17 +11,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
-import peer.runtime.driver
 from peer.ops.plan import write_plan
 from peer.runtime.local import build_memory_network, run_peers
+from sim.virtual_time import run_virtual
 from topology import from_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_switch = pytest.mark.skipif(not hasattr(peer.runtime.driver, "make_learner"),
-                                  reason="needs peer.runtime.driver to write the model schema into checkpoints (issue 13)")
 CLI = "import gossipfl.cli_export; from gossipfl.cli import main; main()"
 LOADER = r'''
 import json, sys
@@ -71,11 +67,10 @@ def _npz_plan(tmp_path) -> tuple[list, Path]:
                       draw=False), data
 
 
-@needs_switch
 def test_every_export_predicts_what_the_peer_predicts_without_the_training_data(tmp_path):
     nodes, data = _npz_plan(tmp_path)
     _, peers = build_memory_network(nodes)
-    asyncio.run(run_peers(peers, rounds=3))
+    run_virtual(run_peers(peers, rounds=3))
     data.unlink()  # export needs the config's model section and the checkpoint, not the data
     out = tmp_path / "export"
     done = _export(nodes[0].config, out)
@@ -95,11 +90,10 @@ def test_every_export_predicts_what_the_peer_predicts_without_the_training_data(
     assert set(meta["files"]) == {"state_dict", "safetensors", "torchscript", "onnx"}
 
 
-@needs_switch
 def test_export_refuses_a_checkpoint_the_log_does_not_vouch_for(tmp_path):
     nodes, _ = _npz_plan(tmp_path)
     _, peers = build_memory_network(nodes)
-    asyncio.run(run_peers(peers, rounds=1))
+    run_virtual(run_peers(peers, rounds=1))
     ck = nodes[1].dir / "data" / "checkpoint.msgpack"
     raw = bytearray(ck.read_bytes())
     params = peers[1].model.get().numpy().tobytes()

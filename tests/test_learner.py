@@ -4,7 +4,6 @@ factories beside the config import; the IoT example beats local-only training.""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sys
 import textwrap
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-import peer.runtime.driver
 from peer.config.parse import load_config
 from peer.errors import ConfigError
 from peer.learning.classification import ClassificationLearner, TrainConfig, Trainer
@@ -23,11 +21,10 @@ from peer.learning.learner import CheckedLearner, LearnerError, Metrics, make_le
 from peer.learning.model import FlatModel, build_model
 from peer.ops.plan import write_plan
 from peer.state import checkpoint as ckpt
+from sim.virtual_time import run_virtual
 from topology import from_spec
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "iot_anomaly"
-SWITCHED = hasattr(peer.runtime.driver, "make_learner")  # peer.runtime.driver builds peer.learning.learner through make_learner
-needs_switch = pytest.mark.skipif(not SWITCHED, reason="needs peer.runtime.driver to call the learner interface (issue 13)")
 
 REGRESSION = textwrap.dedent('''
     """A user's regression task: float targets, MSE, Adam."""
@@ -191,7 +188,6 @@ def test_checkpoints_carry_the_model_schema_and_the_learners_state(tmp_path):
     assert torch.equal(ckpt.load(tmp_path / "old", fm.schema, fm.size).learner_state()["momentum"], torch.ones(fm.size))
 
 
-@needs_switch
 def test_an_mse_adam_learner_trains_through_the_real_peer_and_resumes_its_optimizer(tmp_path):
     from gossip.transport import MemoryHub
     from peer.runtime.local import build_memory_network, memory_peer, run_peers
@@ -203,7 +199,7 @@ def test_an_mse_adam_learner_trains_through_the_real_peer_and_resumes_its_optimi
     nodes = _plan_with_module(tmp_path, "ring:3", REGRESSION, over)
     hub, peers = build_memory_network(nodes)
     before = [p.learner.evaluate()["loss"] for p in peers]
-    asyncio.run(run_peers(peers, rounds=6))
+    run_virtual(run_peers(peers, rounds=6))
     for p, b in zip(peers, before, strict=True):
         assert all(r.aggregated for r in p.history)
         assert p.history[-1].eval["loss"] < 0.05 * b, (b, p.history[-1].eval)
@@ -226,7 +222,6 @@ def _example_compare(out: Path, rounds: int) -> dict:
     return example_run.compare(out, rounds)
 
 
-@needs_switch
 def test_the_iot_example_detects_anomalies_better_together_than_alone(tmp_path):
     result = _example_compare(tmp_path / "fleet", rounds=8)
     alone, together = np.mean(result["local_only"]), np.mean(result["federated"])

@@ -14,6 +14,7 @@ from peer.audit.verify import load_events, verify_log
 from peer.ops.plan import write_plan
 from peer.runtime.local import build_memory_network
 from peer.runtime.membership import Membership, MembershipFileError
+from sim.virtual_time import run_virtual
 from topology import from_spec
 
 ADMIN = Identity.from_seed(b"A" * 32)
@@ -124,7 +125,7 @@ def test_peers_admit_and_revoke_while_they_run(tmp_path):
         await asyncio.gather(*runs)
         return revoked_at
 
-    revoked_at = asyncio.run(scenario())
+    revoked_at = run_virtual(scenario())
     assert all(p.membership.epoch == 2 for i, p in enumerate(peers) if i != 1)  # everyone heard, by gossip
     for i in (0, 2):
         _, aggregated = load_events(nodes[i].dir / "data" / "provenance.db", kind="aggregated")

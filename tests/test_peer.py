@@ -16,6 +16,7 @@ from peer.audit.verify import verify_log
 from peer.ops.plan import write_plan
 from peer.runtime.local import build_memory_network, memory_peer, run_peers
 from sim.attacks import AttackTransport, ModelAttacker
+from sim.virtual_time import run_virtual
 from topology import from_spec
 
 FAST = {"train": {"local_steps": 25, "batch_size": 32, "lr": 0.1}, "round": {"deadline": 5.0, "train_in_thread": False}}
@@ -32,7 +33,7 @@ def plan(tmp_path, spec, rule="median", f=1, **extra):
 def test_honest_peers_learn_and_their_logs_verify(tmp_path):
     nodes = plan(tmp_path, "ring:6")
     hub, peers = build_memory_network(nodes)
-    asyncio.run(run_peers(peers, rounds=12))
+    run_virtual(run_peers(peers, rounds=12))
     for p in peers:
         acc = p.history[-1].eval.accuracy
         assert acc > 0.8, (p.peer_id, acc)
@@ -41,6 +42,13 @@ def test_honest_peers_learn_and_their_logs_verify(tmp_path):
         v = verify_log(n.dir / "data" / "provenance.db")
         assert v.ok, v.line()
         assert v.received_headers == 12 * 2
+
+
+def rewriting(rewrite_of):
+    """A `prepare` that wraps a peer's transport so what it sends passes through a rewrite."""
+    def prepare(parts):
+        parts.transport = AttackTransport(parts.transport, rewrite_of(parts))
+    return prepare
 
 
 def _run_with_attacker(tmp_path, rule, attack):
@@ -54,10 +62,8 @@ def _run_with_attacker(tmp_path, rule, attack):
             return own + 5.0 * torch.randn(own.shape, generator=gen)
         return torch.full_like(own, 1e3)
 
-    hub, peers = build_memory_network(nodes)
-    attacker = peers[0]
-    attacker.transport = AttackTransport(attacker.transport, ModelAttacker(attacker.identity, craft))
-    asyncio.run(run_peers(peers, rounds=10))
+    hub, peers = build_memory_network(nodes, prepare={0: rewriting(lambda parts: ModelAttacker(parts.identity, craft))})
+    run_virtual(run_peers(peers, rounds=10))
     honest = [p for p, n in zip(peers, nodes, strict=True) if n.label != bad]
     return float(np.mean([p.learner.evaluate().accuracy for p in honest]))
 
@@ -75,8 +81,8 @@ def test_a_silent_neighbour_never_stalls_a_round(tmp_path):
     nodes = plan(tmp_path, "ring:4", round={"deadline": 0.3})
     hub, peers = build_memory_network(nodes)
     alive = peers[:3]  # peer 3 never starts: peers 0 and 2 wait for it only until the deadline
-    loop_time = asyncio.run(_timed(run_peers(alive, rounds=3)))
-    assert loop_time < 10
+    simulated = run_virtual(_timed(run_peers(alive, rounds=3)))
+    assert simulated == pytest.approx(3 * 0.3)  # each round waits exactly its deadline for peer 3
     assert [r.accepted for r in alive[0].history] == [1, 1, 1]
     assert all(len(p.history) == 3 for p in alive)
     # with one neighbour missing, median (f = 1) still has 2 rows? 2 > 2 fails -> kept own model
@@ -91,9 +97,11 @@ async def _timed(coro):
 
 
 def test_quorum_proceeds_before_the_slowest(tmp_path):
-    from peer.runtime.round import RoundConfig, RoundState
+    from peer.runtime.round import RoundPolicy, RoundState
 
-    state = RoundState(RoundConfig(frozenset({"a", "b", "c"}), quorum=2, deadline=60.0), round=1)
+    state = RoundState(RoundPolicy(neighbours=frozenset({"a", "b", "c"}), quorum=2, deadline=60.0))
+    state.resume(1, [], [])
+    state.start()
     state.trained(0.0, {})
     assert not state.ready(1.0)
     state.collected["a"] = object()
@@ -106,7 +114,7 @@ def test_quorum_proceeds_before_the_slowest(tmp_path):
 def test_restarted_peer_resumes_with_its_model_and_round(tmp_path):
     nodes = plan(tmp_path, "ring:4")
     hub, peers = build_memory_network(nodes)
-    asyncio.run(run_peers(peers, rounds=3))
+    run_virtual(run_peers(peers, rounds=3))
     before = peers[1].model.get()
     hub2 = MemoryHub()
     again = memory_peer(nodes[1].config, hub2)
@@ -143,7 +151,7 @@ def test_restarted_peer_catches_up_with_its_neighbours(tmp_path):
         await asyncio.gather(*(p.run(3) for p in survivors), late.run(3))
         return survivors, late
 
-    survivors, late = asyncio.run(scenario())
+    survivors, late = run_virtual(scenario())
     # jumped to its neighbours' round instead of crawling from 0, but not to the liar's
     assert 6 <= late.round <= survivors[0].round
     assert late.history[-1].accepted >= 2
@@ -171,7 +179,7 @@ def test_a_flooding_neighbour_is_rate_limited(tmp_path):
         await asyncio.sleep(0.05)
         await victim.run(1)
 
-    asyncio.run(scenario())
+    run_virtual(scenario())
     allowance = 2 * (1 + 2)  # inbox_per_neighbour x (the current round + max_lead buffered rounds)
     assert victim.rejections["schema_mismatch"] == allowance
     assert victim.rejections["rate_limited"] == 200 - allowance
@@ -199,7 +207,7 @@ def test_unknown_sender_is_rejected_and_logged(tmp_path):
         await victim.run(1)
         return victim
 
-    victim = asyncio.run(scenario())
+    victim = run_virtual(scenario())
     assert victim.rejections["unknown_sender"] == 1
     from peer.audit.verify import load_events
     _, rejected = load_events(nodes[0].dir / "data" / "provenance.db", kind="rejected")
@@ -285,8 +293,7 @@ def test_the_checkpoint_event_is_logged_once_the_checkpoint_is_durable(tmp_path)
             await p.start()
         await asyncio.gather(*(p.run_round() for p in peers))
         p = peers[0]
-        await p.checkpoints.durable()
-        p.log_events([], flush=True)
+        await p.sync()
         _, events = load_events(p.prov.path, kind="checkpoint")
         on_disk = ckpt.load(p.checkpoints.path, p.model.schema, p.model.size)
         assert events[-1].details["next_round"] == on_disk.round == 1
@@ -296,7 +303,7 @@ def test_the_checkpoint_event_is_logged_once_the_checkpoint_is_durable(tmp_path)
         for q in peers:
             await q.close()
 
-    asyncio.run(scenario())
+    run_virtual(scenario())
 
 
 def test_large_updates_are_verified_on_worker_threads_with_every_rejection_counted(tmp_path):
@@ -310,11 +317,10 @@ def test_large_updates_are_verified_on_worker_threads_with_every_rejection_count
     def corrupt(nb, data):
         return [data[:-1] + bytes([data[-1] ^ 1])]
 
-    hub, peers = build_memory_network(nodes)
-    peers[0].transport = AttackTransport(peers[0].transport, duplicate)
-    peers[1].transport = AttackTransport(peers[1].transport, corrupt)
+    hub, peers = build_memory_network(nodes, prepare={0: rewriting(lambda _: duplicate),
+                                                      1: rewriting(lambda _: corrupt)})
     assert peers[0].model.size * 4 > (1 << 20)
-    asyncio.run(run_peers(peers, rounds=3))
+    run_virtual(run_peers(peers, rounds=3))
     for p in peers[2:]:
         assert [r.accepted for r in p.history] == [2, 2, 2]
         assert p.rejections["replay"] == 3 and p.rejections["payload_hash_mismatch"] == 3
@@ -340,7 +346,7 @@ def test_a_diverging_model_is_never_sent_and_the_peer_returns_to_its_checkpoint(
         return metrics
 
     victim.learner.train = train_round
-    asyncio.run(run_peers(peers, rounds=3))
+    run_virtual(run_peers(peers, rounds=3))
     assert len(victim.history) == 3 and all(torch.isfinite(p.model.flat).all() for p in peers)
     for p in peers[1:]:  # nothing non-finite ever reached a neighbour
         assert p.rejections["non_finite"] == 0 and [r.accepted for r in p.history] == [2, 2, 2]
@@ -358,7 +364,7 @@ def test_a_model_that_keeps_diverging_stops_the_peer_with_a_clear_error(tmp_path
     nodes = plan(tmp_path, "ring:3", train={"lr": 1e30}, round={"deadline": 0.3})
     hub, peers = build_memory_network(nodes)
     with pytest.raises(PeerError, match="diverged .* lower train.lr"):
-        asyncio.run(peers[0].run(10))
+        run_virtual(peers[0].run(10))
     assert len(peers[0].history) < 3
     assert verify_log(nodes[0].dir / "data" / "provenance.db").ok
 
@@ -374,6 +380,47 @@ def test_a_crashed_receive_loop_stops_the_peer_with_its_cause(tmp_path):
 
     peers[0].verifier.screen = broken
     with pytest.raises(PeerError, match="RuntimeError: verifier exploded"):
-        asyncio.run(run_peers(peers, rounds=5))
+        run_virtual(run_peers(peers, rounds=5))
     assert len(peers[0].history) < 5
     assert verify_log(nodes[0].dir / "data" / "provenance.db").ok
+
+
+def test_the_inbox_verifies_a_large_payload_on_a_worker_thread_and_offers_it_when_done():
+    import threading
+
+    from gossip.envelope import parse
+    from gossip.verify import Verifier
+    from peer.runtime.commands import Offer
+    from peer.runtime.inbox import VERIFY_IN_THREAD_BYTES, Inbox
+    from peer.runtime.tasks import TaskSet
+    from peer.runtime.wire import Wire
+
+    ident = Identity.from_seed(b"\x07" * 32)
+    d = VERIFY_IN_THREAD_BYTES // 4 + 10
+    data = seal_update(ident, torch.ones(d), net="n", round=0, schema=b"s" * 32).data
+    threads = []
+
+    class Watched(Verifier):
+        def finish(self, envelope):
+            threads.append(threading.current_thread().name)
+            return super().finish(envelope)
+
+    verifier = Watched("n", {ident.peer_id}, b"s" * 32, d, neighbours={ident.peer_id})
+
+    async def scenario():
+        offered = asyncio.Event()
+        got = []
+
+        async def execute(commands):
+            got.extend(commands)
+            offered.set()
+
+        inbox = Inbox(verifier, Wire(), None, lambda n: None, TaskSet(lambda what, exc: None), execute)
+        assert await inbox.finish(parse(data), [ident.peer_id]) == []  # handed to a worker: nothing yet
+        await asyncio.wait_for(offered.wait(), 60)
+        inbox.close()
+        return got
+
+    (offer,) = asyncio.run(scenario())
+    assert isinstance(offer, Offer) and offer.result.sender == ident.peer_id and offer.size == len(data)
+    assert threads and threads[0].startswith("verify")

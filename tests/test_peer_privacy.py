@@ -3,7 +3,6 @@ budget that stops a peer from sending, and a ledger that survives kill -9 (issue
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 
@@ -19,6 +18,7 @@ from peer.runtime.local import build_memory_network, run_peers
 from peer.runtime.privacy_ledger import PeerPrivacy
 from privacy.accountant import Accountant, Release
 from privacy.settings import PrivacySettings
+from sim.virtual_time import run_virtual
 from topology import from_spec
 
 from .netfixtures import PeerProcesses
@@ -44,7 +44,7 @@ def _privacy_events(node):
 def test_update_mode_noises_what_is_sent_and_logs_the_ledger(tmp_path):
     nodes = _plan(tmp_path, mode="update", noise_multiplier=0.5, clip=5.0)
     _, peers = build_memory_network(nodes)
-    asyncio.run(run_peers(peers, rounds=4))
+    run_virtual(run_peers(peers, rounds=4))
     for n, p in zip(nodes, peers, strict=True):
         events = _privacy_events(n)
         assert [e.round for e in events] == [0, 1, 2, 3]
@@ -68,7 +68,7 @@ def test_the_clipped_change_is_what_leaves_the_peer(tmp_path):
     _, peers = build_memory_network(nodes)
     start = peers[0].model.flat.detach().clone()
     assert torch.equal(start, peers[1].model.flat)  # one model seed for the plan
-    asyncio.run(run_peers(peers, rounds=1))
+    run_virtual(run_peers(peers, rounds=1))
     for n, p in zip(nodes, peers, strict=True):
         ev = _privacy_events(n)[0]
         assert ev.details["norm"] > 0.01 and ev.details["clipped"] is True
@@ -87,7 +87,7 @@ def test_the_budget_stops_training_and_sending_for_good(tmp_path):
     for p in peers:
         p.cfg.round.deadline = 0.5
         p.state.cfg.deadline = 0.5
-    asyncio.run(run_peers(peers, rounds=4))
+    run_virtual(run_peers(peers, rounds=4))
     for n, p in zip(nodes, peers, strict=True):
         events = _privacy_events(n)
         spent = [e for e in events if not e.details["exhausted"]]
@@ -104,7 +104,7 @@ def test_the_budget_stops_training_and_sending_for_good(tmp_path):
 def test_record_mode_runs_dp_sgd_and_accounts_its_sampling(tmp_path):
     nodes = _plan(tmp_path, "complete:2", mode="record", noise_multiplier=1.0, clip=1.0)
     _, peers = build_memory_network(nodes)
-    asyncio.run(run_peers(peers, rounds=2))
+    run_virtual(run_peers(peers, rounds=2))
     for n, p in zip(nodes, peers, strict=True):
         ev = _privacy_events(n)[-1]
         q = FAST["train"]["batch_size"] / len(p.learner.data.y_train)

@@ -8,17 +8,12 @@ import torch
 from gossip.envelope import seal_update
 from gossip.identity import Identity
 from gossip.verify import Accepted, Reason, Rejected, Verifier
+from peer.runtime.commands import Combine, Finish, JumpTo, Log, Persist, Send, Skip
+from peer.runtime.exchange import DirectExchange
 from peer.runtime.round import (
-    Aggregate,
-    Checkpoint,
-    Finish,
-    JumpTo,
-    Log,
     OfferKind,
-    RoundConfig,
+    RoundPolicy,
     RoundState,
-    Send,
-    Skip,
 )
 from peer.state.provenance import EventKind
 
@@ -27,8 +22,9 @@ IDS = [Identity.from_seed(bytes([i + 1]) * 32) for i in range(5)]
 NB = [i.peer_id for i in IDS]
 
 
-def state(neighbours=NB[:3], **kw) -> RoundState:
-    return RoundState(RoundConfig(frozenset(neighbours), peer_id="me", **kw))
+def state(neighbours=NB[:3], metropolis_hastings=False, degrees=None, **kw) -> RoundState:
+    policy = RoundPolicy(neighbours=frozenset(neighbours), peer_id="me", **kw)
+    return RoundState(policy, DirectExchange(policy, metropolis_hastings, degrees or {}))
 
 
 def verifier(**kw) -> Verifier:
@@ -72,9 +68,9 @@ def test_a_round_sends_collects_aggregates_and_checkpoints():
         assert kind is OfferKind.ACCEPTED and events(cmds)[0].kind == EventKind.RECEIVED
     assert s.ready(100.0)  # everyone delivered: no need to wait for the deadline
     (agg,) = s.close()
-    assert isinstance(agg, Aggregate) and agg.round == 0 and agg.senders == tuple(sorted(NB[:3]))
+    assert isinstance(agg, Combine) and agg.round == 0 and agg.senders == tuple(sorted(NB[:3]))
     (ck,) = s.aggregated(agg.senders, None, {"selected": []})
-    assert ck == Checkpoint(1) and s.round == 1
+    assert ck == Persist(1) and s.round == 1
     done = s.committed(1, "ab" * 32)
     (aggregated,) = events(done, EventKind.AGGREGATED)
     assert aggregated.round == 0 and aggregated.update_hash == "ab" * 32
@@ -112,7 +108,7 @@ def test_a_rule_that_cannot_use_what_arrived_skips_with_a_reason():
     skip = next(c for c in out if isinstance(c, Skip))
     assert "krum cannot tolerate f=1 with 3 rows" in skip.reason
     assert events(out, EventKind.SKIPPED)[0].details["have"] == 3
-    assert out[-1] == Checkpoint(1) and s.parents == ("own-id",)
+    assert out[-1] == Persist(1) and s.parents == ("own-id",)
     # no `aggregated` event: the model it checkpoints is the own one
     assert not events(s.committed(1, "cd" * 32), EventKind.AGGREGATED)
 
@@ -120,7 +116,7 @@ def test_a_rule_that_cannot_use_what_arrived_skips_with_a_reason():
 def test_catch_up_takes_the_f_plus_first_highest_claim_not_the_highest():
     s = state(neighbours=NB[:4], f=1)
     s.screened(future_claim(0, 1000, current=0))  # one liar far ahead
-    assert s.catch_up_target() is None and not any(isinstance(c, JumpTo) for c in s.start())
+    assert s.catch_up_target() is None
     s.screened(future_claim(1, 5, current=0))
     s.screened(future_claim(2, 7, current=0))
     assert s.catch_up_target() == 7  # (f+1)-th highest of {1000, 7, 5}
@@ -169,6 +165,7 @@ def test_the_rate_limit_keys_on_the_authenticated_sender():
     assert limited.kind == EventKind.RATE_LIMITED and limited.counterpart == NB[0]
     assert s.rejected["rate_limited"] == 3 and s.total_rejected["rate_limited"] == 3
     assert isinstance(s.screened(update(1, 0).envelope)[0], Finish)  # other senders are unaffected
+    start_and_train(s)
     s.close()
     s.aggregated((), None, {})
     assert isinstance(s.screened(env)[0], Finish)  # a new round, a new allowance
@@ -227,6 +224,7 @@ def test_resume_restores_round_parents_and_the_replay_window():
 def test_the_replay_window_forgets_exactly_the_rounds_behind_the_lag():
     s = state(max_lag=1, max_lead=5)
     s.resume(5, [], [[NB[0], 4], [NB[0], 5], [NB[0], 6], [NB[0], 7]])
+    start_and_train(s)
     s.close()
     s.aggregated((), None, {})  # round 6 begins: rounds >= 6 - max_lag can still pass the round check
     assert s.seen == {(NB[0], 5), (NB[0], 6), (NB[0], 7)}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 
 import pytest
 import torch
@@ -18,9 +17,11 @@ from peer.audit.verify import load_events, verify_log
 from peer.errors import ConfigError
 from peer.ops.plan import write_plan
 from peer.runtime.local import build_memory_network, memory_peer
-from peer.runtime.round import Phase, RequestReveals, RoundConfig, RoundState, Unmask
+from peer.runtime.round import Phase, RoundPolicy, RoundState
+from peer.runtime.secure_exchange import RequestReveals, SecureMeanExchange, Unmask
 from privacy.secure import FixedPoint
 from privacy.secure_wire import SecureWireError, encode_request
+from sim.virtual_time import run_virtual
 from topology import from_spec
 
 from .netfixtures import free_ports
@@ -49,9 +50,7 @@ async def lock_step(peers, rounds):
     for _ in range(rounds):
         for p in peers:
             assert await p.train_and_send()
-        sent.append({p.peer_id: p._own.clone() for p in peers})
-        for p in peers:  # the window opens once all have sent (training ran on this loop, one after another)
-            p.state.deadline_at = time.monotonic() + p.cfg.round.deadline
+        sent.append({p.peer_id: p.ctx.own.clone() for p in peers})
         await asyncio.gather(*(p.collect_and_aggregate() for p in peers))
     return sent
 
@@ -79,7 +78,7 @@ def tolerance(peer):
 def test_each_peer_ends_with_the_mean_of_what_its_neighbours_sent(tmp_path, spec):
     nodes = plan(tmp_path, spec)
     _, peers = build_memory_network(nodes)
-    sent = asyncio.run(run(peers, 2))
+    sent = run_virtual(run(peers, 2))
     for p in peers:
         assert all(r.aggregated and r.accepted == len(p.neighbours) for r in p.history), [
             (r.round, r.accepted, r.aggregated, r.note, dict(r.rejected)) for r in p.history]
@@ -100,7 +99,7 @@ def test_an_offline_peer_is_unmasked_away_through_reveals_that_are_logged_and_gi
     nodes = plan(tmp_path, "complete:4")
     _, peers = build_memory_network(nodes)
     alive, gone = peers[:3], peers[3]
-    sent = asyncio.run(run(alive, 1))[0]
+    sent = run_virtual(run(alive, 1))[0]
     for p in alive:
         others = [s for s in p.neighbours if s != gone.peer_id]
         assert p.history[0].aggregated, p.history[0].note
@@ -124,7 +123,7 @@ def test_an_offline_peer_is_unmasked_away_through_reveals_that_are_logged_and_gi
     again.resume()
     req = encode_request(receiver.identity, net="lab", round=0, missing=[gone.peer_id],
                          delivered=[q.peer_id for q in alive if q is not receiver])
-    again.inbox.on_secure(receiver.peer_id, req)
+    run_virtual(again.receive(receiver.peer_id, req))
     assert again.state.total_rejected["already_revealed"] == 1
     again.prov.close()
     again.lock.release()
@@ -134,7 +133,9 @@ def test_a_late_contribution_after_the_reveal_request_is_rejected(tmp_path):
     nodes = plan(tmp_path, "complete:4")
     _, peers = build_memory_network(nodes)
     a, b, c = (p.identity for p in peers[1:])
-    state = RoundState(RoundConfig(frozenset({a.peer_id, b.peer_id, c.peer_id}), rule="secure_mean", deadline=5.0))
+    policy = RoundPolicy(neighbours=frozenset({a.peer_id, b.peer_id, c.peer_id}), rule="secure_mean", deadline=5.0)
+    state = RoundState(policy, SecureMeanExchange(policy))
+    state.start()
     state.trained(0.0, {})
 
     def masked(ident):
@@ -145,17 +146,19 @@ def test_a_late_contribution_after_the_reveal_request_is_rejected(tmp_path):
         state.offer(masked(ident))
     cmds = state.close(10.0)
     request = next(c_ for c_ in cmds if isinstance(c_, RequestReveals))
-    assert request.missing == (c.peer_id,) and state.phase is Phase.REVEALING
+    assert request.missing == (c.peer_id,) and state.phase is Phase.EXCHANGING
     kind, logs = state.offer(masked(c))
     assert kind.value == "rejected" and state.rejected["late_after_reveal"] == 1
     assert logs[0].event.details["reason"] == "late_after_reveal" and logs[0].event.counterpart == c.peer_id
-    assert not state.reveals_ready(11.0)
-    state.revealed(a.peer_id, 0, {c.peer_id: bytes(32)})
-    assert not state.reveals_ready(11.0) and state.reveals_ready(15.0)  # b never answers: the deadline
-    skip = state.reveals_done()
+    assert not state.ready(11.0)
+    state.exchanged(a.peer_id, 0, {c.peer_id: bytes(32)})
+    assert not state.ready(11.0) and state.ready(15.0)  # b never answers: the deadline
+    skip = state.exchange_done()
     assert skip[0].reason.startswith("kept own model: secure_mean: no reveal from " + b.peer_id[:16])
     # everyone delivered: unmask at once, no reveals
-    full = RoundState(RoundConfig(frozenset({a.peer_id, b.peer_id}), rule="secure_mean"))
+    policy = RoundPolicy(neighbours=frozenset({a.peer_id, b.peer_id}), rule="secure_mean")
+    full = RoundState(policy, SecureMeanExchange(policy))
+    full.start()
     full.trained(0.0, {})
     for ident in (a, b):
         full.offer(masked(ident))
@@ -169,15 +172,15 @@ def test_masked_contributions_are_refused_by_kind_and_context(tmp_path):
     own = p0.model.flat.detach()
     plain = seal_update(p1.identity, own, net="lab", round=0, schema=p0.model.schema).data
     assert p0.verifier.verify(plain, 0).reason == Reason.WRONG_KIND
-    for_p1 = p0.secure.seal_for(own, p1.peer_id, 0, schema=p0.model.schema, parents=[], deg=3)
+    for_p1 = p0.parts.secure.seal_for(own, p1.peer_id, 0, schema=p0.model.schema, parents=[], deg=3)
     plain_peer = Verifier("lab", {p0.peer_id}, p0.model.schema, p0.model.size)
     assert plain_peer.verify(for_p1.data, 0).reason == Reason.WRONG_KIND
     accepted = p1.verifier.verify(for_p1.data, 0)
     assert isinstance(accepted, Accepted) and accepted.params.dtype == torch.uint32
-    p1.secure.open(accepted, p1.neighbours)
+    p1.parts.secure.open(accepted, p1.neighbours)
     forwarded = p2.verifier.verify(for_p1.data, 0)  # p1 passes p0's contribution on to p2
     with pytest.raises(SecureWireError) as exc:
-        p2.secure.open(forwarded, p2.neighbours)
+        p2.parts.secure.open(forwarded, p2.neighbours)
     assert exc.value.reason == "wrong_context"
     for p in peers:
         p.prov.close()
@@ -210,7 +213,7 @@ def test_a_bad_key_binding_in_the_trust_list_is_refused(tmp_path):
         build_memory_network(nodes[:1])
     trust.write_text(text)
     _, (peer,) = build_memory_network(nodes[:1])  # the plan's own list loads
-    assert peer.secure is not None
+    assert peer.parts.secure is not None
     peer.prov.close()
     peer.lock.release()
 

@@ -18,14 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from ..errors import ConfigError
+from ..errors import EXIT_REVOKED, EXIT_USER_ERROR, ConfigError
 
 log = logging.getLogger("gossipfl.systemd")
 
 DEFAULT_WATCHDOG_SEC = 60  # generous: a slow gateway's round (training runs off the loop) must fit
 DEFAULT_INSTALL_DIR = "/opt/gossipfl"  # where a node's folder lives on its gateway
 DEFAULT_USER = "gossipfl"
-CONFIG_ERROR_EXIT = 2  # gossipfl's exit status for errors a user must fix: restarting cannot help
+CONFIG_ERROR_EXIT = EXIT_USER_ERROR  # gossipfl's exit status for errors a user must fix: restarting cannot help
 
 
 class Notifier:
@@ -210,7 +210,7 @@ def unit_text(spec: UnitSpec) -> str:
         "TimeoutStopSec=60\n"
         "Restart=on-failure\n"
         "RestartSec=5\n"
-        f"RestartPreventExitStatus={CONFIG_ERROR_EXIT}\n"
+        f"RestartPreventExitStatus={CONFIG_ERROR_EXIT} {EXIT_REVOKED}\n"
         f"{HARDENING}"
         f"ReadWritePaths={spec.data_dir}\n"
         "\n"

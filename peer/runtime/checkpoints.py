@@ -13,18 +13,12 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gossip.lazy import lazy
 
-from ..errors import PeerError
 from ..state import checkpoint as ckpt
 from ..state.provenance import EventKind, NewEvent
 from ..state.resume import load_for_resume
-from .round import Log
-
-if TYPE_CHECKING:
-    from .driver import Peer
 
 torch = lazy("torch")
 log = logging.getLogger("gossipfl.peer")
@@ -75,66 +69,60 @@ MAX_DIVERGED = 3  # rounds in a row with a non-finite model before the peer stop
 
 
 class Checkpoints:
-    """The peer's state on disk: resumed only when the log vouches for it, written each round
-    while the next one trains, and the model restored from it when training diverges."""
+    """The peer's model on disk: resumed only when the log vouches for it, written each round
+    while the next one trains, and the model restored from it when training diverges. Takes
+    the model, the learner and the checkpoint path; the driver hands it the round's state."""
 
-    def __init__(self, peer: Peer):
-        self.peer = peer
-        self.path = Path(peer.cfg.data_dir) / "checkpoint.msgpack"
+    def __init__(self, path: Path, model, learner, model_info: ckpt.ModelInfo):
+        self.path = Path(path)
+        self.model, self.learner, self.model_info = model, learner, model_info
         self.writer = CheckpointWriter(self.path)
-        self.result: torch.Tensor | None = None  # the model the next checkpoint holds (the aggregate)
         self.diverged = 0
+        self.gave_up: str | None = None  # why the peer must stop: it keeps diverging
 
-    def resume(self) -> int | None:
-        """Continue from the checkpoint, after checking it against the log's last checkpoint event."""
-        p = self.peer
-        ck = load_for_resume(self.path, p.prov, p.model.schema, p.model.size)
+    def resume(self, prov) -> ckpt.Checkpoint | None:
+        """The checkpoint to continue from, after checking it against the log's last checkpoint
+        event; loads its model and learner state. None: start fresh."""
+        ck = load_for_resume(self.path, prov, self.model.schema, self.model.size)
         if ck is None:
             return None
-        p.model.set(ck.params)
-        p.learner.load_state(ck.learner_state())
-        p.state.resume(ck.round, ck.parents, ck.replay)
-        return ck.round
+        self.model.set(ck.params)
+        self.learner.load_state(ck.learner_state())
+        return ck
 
-    def begin(self, next_round: int) -> None:
-        """Hash and write the state the next round starts from while it trains; logged once durable."""
-        p = self.peer
-        params = p.model.flat.detach().clone() if self.result is None else self.result
-        self.result = None
-        state = {k: v.clone() for k, v in p.learner.state().items()}
-        self.writer.begin(ckpt.Checkpoint(next_round, p.model.schema, params, None,
-                                          sorted([s, r] for s, r in p.state.seen), list(p.state.parents),
-                                          p.model_info, state))
+    def begin(self, next_round: int, params: torch.Tensor | None, seen, parents) -> None:
+        """Hash and write the state round `next_round` starts from (`params`: the round's result,
+        None for the current model) while it trains; logged once durable."""
+        params = self.model.flat.detach().clone() if params is None else params
+        state = {k: v.clone() for k, v in self.learner.state().items()}
+        self.writer.begin(ckpt.Checkpoint(next_round, self.model.schema, params, None,
+                                          sorted([s, r] for s, r in seen), list(parents),
+                                          self.model_info, state))
 
-    async def durable(self) -> None:
-        done = await self.writer.durable()
-        if done is not None:
-            self.peer.log_events(self.peer.state.committed(*done))
-
-    async def now(self) -> None:
-        await self.durable()
-        self.begin(self.peer.round)
-        await self.durable()
-        self.peer.log_events([], flush=True)
+    async def durable(self) -> tuple[int, str] | None:
+        """(next round, params hash) once the checkpoint begun last is on disk; None if none."""
+        return await self.writer.durable()
 
     def publish(self) -> None:
         self.writer.publish()
 
-    def check_finite(self) -> None:
-        """A model that diverged is never sent: log it and return to the last checkpoint."""
-        p = self.peer
-        lo, hi = torch.aminmax(p.model.flat)
+    def restore_if_diverged(self, round_: int) -> NewEvent | None:
+        """A model that diverged is never sent: return to the last checkpoint and say so (the
+        event to log); when there is none or it keeps diverging, `gave_up` says why to stop."""
+        lo, hi = torch.aminmax(self.model.flat)
         if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
             self.diverged = 0
-            return
+            return None
         self.diverged += 1
-        ck = ckpt.load(self.writer.latest, p.model.schema, p.model.size)
-        p.log_events([Log(NewEvent(EventKind.DIVERGED, p.round, details={
-            "times": self.diverged, "restored_round": None if ck is None else ck.round}))], flush=True)
+        ck = ckpt.load(self.writer.latest, self.model.schema, self.model.size)
+        event = NewEvent(EventKind.DIVERGED, round_, details={
+            "times": self.diverged, "restored_round": None if ck is None else ck.round})
         if ck is None or self.diverged >= MAX_DIVERGED:
-            raise PeerError(f"the model diverged (NaN or Inf parameters after training) in {self.diverged} "
+            self.gave_up = (f"the model diverged (NaN or Inf parameters after training) in {self.diverged} "
                             "round(s) in a row and there is no good checkpoint to return to; lower train.lr")
+            return event
         log.warning("round %d: the model diverged after training; back to the checkpoint of round %d",
-                    p.round, ck.round)
-        p.model.set(ck.params)
-        p.learner.load_state(ck.learner_state())
+                    round_, ck.round)
+        self.model.set(ck.params)
+        self.learner.load_state(ck.learner_state())
+        return event

@@ -1,74 +1,63 @@
 """One peer: the asyncio driver of peer.runtime.round.RoundState.
 
-The state machine decides (catch-up, rate limits, quorum and deadline, aggregate or skip,
-what to log); this class only does the I/O it asks for: training, sealing and sending,
-verifying payloads (large ones on worker threads), aggregating, writing the provenance log
-and committing checkpoints.
+The state machine decides (catch-up, rate limits, quorum and deadline, combine or skip, what
+to log); this class is its only caller and the only interpreter of its commands (`_execute`).
+It does the I/O the commands ask for through parts that each get only what they need: the
+rule's wire (sealing, opening, combining), the payload verifier (worker threads for large
+updates), the outbox (transmissions), the checkpoints, the provenance log, the privacy ledger.
+Time comes from the event loop's clock (`loop.time()`), so the simulator can run every peer on
+a virtual one; background work lives in one tracked TaskSet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from aggregation import AggregationError, aggregate
 from gossip.transport import Transport
 from gossip.verify import Verifier
-from privacy.secure import MaskError
 
 from ..config.parse import PeerConfig
-from ..errors import PeerError
+from ..errors import PeerError, RevokedError
 from ..learning.learner import Metrics, make_learner
 from ..state.checkpoint import ModelInfo
 from ..state.lock import DataDirLock
 from ..state.provenance import EventKind, NewEvent, ProvenanceLog
 from .checkpoints import Checkpoints
-from .inbox import Inbox, off_loop_if_large
-from .membership import Membership
-from .metrics import PeerMetrics, metric_dict
-from .outbox import Outbox
-from .parts import PeerParts, build_parts, config_folder
-from .privacy_ledger import PeerPrivacy
-from .round import (
-    Aggregate,
-    Checkpoint,
+from .commands import (
+    Adopt,
     Command,
+    Exchanged,
+    Finish,
+    Forget,
     JumpTo,
     Log,
-    Phase,
-    RequestReveals,
-    RoundConfig,
-    RoundState,
+    Offer,
+    Persist,
+    Refuse,
+    Reject,
+    Revoked,
+    Screened,
     Send,
+    SetAllowed,
     Skip,
-    Unmask,
-    rule_params,
+    Transmit,
 )
-from .secure_round import sum_hash
+from .context import RoundContext, RoundRecord, log_round
+from .inbox import Inbox, Listener
+from .membership import Membership
+from .metrics import PeerMetrics
+from .outbox import Outbox
+from .parts import PeerParts, allowed_peers, build_parts, config_folder
+from .privacy_ledger import PeerPrivacy
+from .round import OfferKind, Phase, RoundPolicy, RoundState
 from .stack import UpdateStack
+from .tasks import TaskSet
+from .wires import make_wire
 
 log = logging.getLogger("gossipfl.peer")
-
-
-@dataclass
-class RoundRecord:
-    round: int
-    train: Metrics
-    eval: Metrics
-    accepted: int
-    rejected: Counter
-    aggregated: bool
-    note: str
-    bytes_sent: int
-    seconds: float
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0  # local evaluation on the held-out split (neither training nor protocol)
 
 
 class Peer:
@@ -78,40 +67,52 @@ class Peer:
         self.neighbours, self.transport, self.model = list(parts.neighbours), parts.transport, parts.model
         self.learner = make_learner(self.model.module, self.model.flat, parts.data, cfg.train,
                                     seed=cfg.data.seed + 7 * cfg.data.shard, base=config_folder(cfg))
-        self.secure = parts.secure  # secure_mean: masking, reveals, unmasking (None for other rules)
-        self.privacy = PeerPrivacy(cfg.privacy, self.learner)  # after the learner: record mode switches it
+        self.privacy = PeerPrivacy(cfg.privacy, self.learner, parts.noise)  # after the learner: record mode switches it
         self.model_info = ModelInfo.of(self.model, parts.data.features)  # checkpoints carry it, for export
         self.membership = Membership(self.peer_id, cfg.network, getattr(parts.trust, "admin", None),
                                      set(parts.trust.peers), {n.id: n.addr for n in cfg.neighbours},
                                      Path(cfg.data_dir) / "membership.msgpack")
+        self.stack = UpdateStack(self.neighbours, self.model.size, masked=parts.secure is not None)
+        self.wire = make_wire(parts, self.stack)
         self.verifier = Verifier(cfg.network, self.membership.trusted, self.model.schema, self.model.size,
                                  neighbours=set(self.neighbours), max_size=parts.max_message,
                                  max_lag=0, max_lead=cfg.round.max_lead, revoked=self.membership.revoked,
-                                 masked_words=self.secure and self.secure.words(len(self.neighbours)))
-        self.stack = UpdateStack(self.neighbours, self.model.size, masked=self.secure is not None)
+                                 masked_words=self.wire.words(len(self.neighbours)))
         agg = cfg.aggregation
-        self.state = RoundState(RoundConfig(
-            frozenset(self.neighbours), agg.rule, agg.f, cfg.round.deadline, cfg.round.quorum,
-            cfg.round.inbox_per_neighbour, cfg.round.max_lead, 0, agg.weights == "metropolis_hastings",
-            dict(parts.neighbour_degrees), self.peer_id,
-            min_senders=self.secure.min_senders if self.secure else 2), keep=self.stack.settle)
+        policy = RoundPolicy(neighbours=frozenset(self.neighbours), peer_id=self.peer_id, rule=agg.rule, f=agg.f,
+                             deadline=cfg.round.deadline, quorum=cfg.round.quorum,
+                             per_neighbour_limit=cfg.round.inbox_per_neighbour, max_lead=cfg.round.max_lead)
+        self.state = RoundState(policy, self.wire.exchange(policy), keep=self.stack.settle)
         self.lock = DataDirLock(cfg.data_dir)
         self.lock.acquire()  # before the log and the checkpoint are touched
         try:
             self.prov = ProvenanceLog(Path(cfg.data_dir) / "provenance.db", self.identity, cfg.network)
             self.membership.load()  # the admin's records since the trust list, verified again
+            if self.membership.own_revocation is not None:
+                raise RevokedError(f"this peer ({self.peer_id}) was revoked by the network admin at epoch "
+                                   f"{self.membership.own_revocation}; it cannot rejoin with this key")
+            parts.allowed.clear()  # who may connect: as the membership says, on every path
+            parts.allowed.update(allowed_peers(self.membership.neighbours, self.membership.admin))
         except BaseException:
             self.lock.release()
             raise
-        self.checkpoints = Checkpoints(self)
-        self.history: list[RoundRecord] = []
-        self._events: list[NewEvent] = []
-        self._wake, self._stop = asyncio.Event(), asyncio.Event()
-        self.inbox, self.outbox = Inbox(self), Outbox(self)
+        self.checkpoints = Checkpoints(Path(cfg.data_dir) / "checkpoint.msgpack", self.model, self.learner,
+                                       self.model_info)
         names = {**parts.trust.names, **{n.id: n.name for n in cfg.neighbours if n.name}}
         self.metrics = PeerMetrics(cfg.name or self.peer_id[-8:], self.peer_id, neighbours=len(self.neighbours),
                                    names=names)
+        self.tasks = TaskSet(self.failed)
+        self.inbox = Inbox(self.verifier, self.wire, self.membership, self.metrics.bytes_in, self.tasks,
+                           self._execute)
+        self.outbox = Outbox(self.transport, self.tasks, self.metrics.bytes_out,
+                             retry_cap=cfg.round.interval or cfg.round.deadline)
+        self.listener = Listener(self.transport, self.tasks, self.receive, self.failed)
+        self.history: list[RoundRecord] = []
+        self.ctx = RoundContext(started=0.0)
+        self._events: list[NewEvent] = []
+        self._wake, self._stop = asyncio.Event(), asyncio.Event()
         self.failure: BaseException | None = None
+        self.revoked_at: int | None = None
         self.started = False
         self.resumed_from: int | None = None
 
@@ -128,34 +129,42 @@ class Peer:
         """Messages rejected since start, by reason (rate limiting included)."""
         return self.state.total_rejected
 
+    @staticmethod
+    def clock() -> float:
+        """The event loop's clock: monotonic time on a gateway, virtual time in a simulation."""
+        return asyncio.get_running_loop().time()
+
     # --- lifecycle -----------------------------------------------------------------
 
     def resume(self) -> None:
-        self.resumed_from = self.checkpoints.resume()
+        ck = self.checkpoints.resume(self.prov)
+        if ck is not None:
+            self.state.resume(ck.round, ck.parents, ck.replay)
+            self.resumed_from = ck.round
         self.privacy.restore(self.prov)  # the budget spent so far, from the log (it has every release)
-        if self.secure is not None:  # never reveal twice for one (receiver, round), restarts included
-            self.secure.restore(self.prov.events(EventKind.REVEALED))
+        self.wire.restore(self.prov)  # e.g. secure_mean: never reveal twice for one (receiver, round)
 
     async def go_offline(self) -> None:
         """Simulated outage: stop receiving (messages sent meanwhile are lost)."""
-        await self.inbox.stop()
+        await self.listener.stop()
         await self.transport.close()
 
     async def go_online(self) -> None:
-        await self.inbox.start()
+        await self.listener.start()
 
     async def start(self) -> None:
         self.metrics.start(self.cfg.metrics.listen)
         self.resume()
         await self.go_online()
+        await self._apply_neighbours()  # the stored membership records count from the start
         addrs = self.transport.addresses()
         self._events.append(NewEvent(EventKind.STARTED, self.round, details={
             "neighbours": self.neighbours, "rule": self.cfg.aggregation.rule, "f": self.cfg.aggregation.f,
             "transport": self.cfg.transport.kind, "addresses": addrs, "resumed_from": self.resumed_from,
             "schema": self.model.schema.hex(), "params": self.model.size}))
         if self.resumed_from is None:  # a first checkpoint: a diverging first round has a model to return to
-            self.checkpoints.begin(self.round)
-            await self.checkpoints.durable()
+            await self._execute(self.state.persist())
+            await self._commit_durable()
         self._flush()
         for a in addrs:
             log.info("listening on %s", a)
@@ -178,12 +187,15 @@ class Peer:
         if not self.started:
             return
         self.started = False
-        await self.checkpoints.now()
+        await self._commit_durable()
+        await self._execute(self.state.persist())
+        await self._commit_durable()
         await self.outbox.drain(min(5.0, self.cfg.round.deadline))
         self._events.append(NewEvent(EventKind.STOPPED, self.round, details={"reason": reason}))
         self._flush()
-        await self.inbox.stop()
-        await self.transport.close()
+        await self.listener.stop()
+        await self.transport.close(reason)
+        await self.tasks.cancel()
         self.inbox.close()
         self.prov.close()
         self.lock.release()
@@ -198,17 +210,21 @@ class Peer:
         done = 0
         try:
             while not self._stop.is_set() and (rounds == 0 or done < rounds):
-                started = time.monotonic()
+                started = self.clock()
                 await self.run_round()
                 done += 1
-                pause = self.cfg.round.interval - (time.monotonic() - started)
+                pause = self.cfg.round.interval - (self.clock() - started)
                 if pause > 0 and (rounds == 0 or done < rounds):
                     try:
                         await asyncio.wait_for(self._stop.wait(), pause)
                     except TimeoutError:
                         pass
         finally:
-            await self.close("stop requested" if self._stop.is_set() else "rounds done")
+            await self.close("revoked" if self.revoked_at is not None
+                             else "stop requested" if self._stop.is_set() else "rounds done")
+        if self.revoked_at is not None:
+            raise RevokedError(f"this peer ({self.peer_id}) was revoked by the network admin at epoch "
+                               f"{self.revoked_at}; it stopped and must not be restarted with this key")
         if self.failure is not None:
             raise PeerError(f"the peer stopped: {type(self.failure).__name__}: {self.failure}")
         return self.history
@@ -223,140 +239,166 @@ class Peer:
 
     async def train_and_send(self) -> bool:
         """Phase 1 (the simulator runs it for every peer before phase 2, in lock-step)."""
-        self._t0 = time.monotonic()
-        await self.inbox.apply_neighbours()
+        ctx = self.ctx = RoundContext(started=self.clock())
+        await self._apply_neighbours()
         await self._execute(self.state.start())
-        budget = self.privacy.begin_round(self.round)
-        if budget is not None and budget.details:  # the budget ran out: said once, in the log too
-            self._events.append(self.privacy.event(self.round, budget.details))
-        transmit = budget is None or budget.send
-        start = self.model.flat.detach().clone() if transmit and self.privacy.mode == "update" else None
-        t = time.monotonic()
+        transmit, events = self.privacy.before_training(self.round, self.model.flat)
+        self._events.extend(events)  # the budget ran out: said once, in the log too
+        t = self.clock()
         if not transmit:  # no more releases: the own data is left alone, the model is only aggregated
-            train = Metrics()
+            ctx.train = Metrics()
         elif self.cfg.round.train_in_thread:
-            train = await asyncio.to_thread(self.learner.train, self.round)
+            ctx.train = await asyncio.to_thread(self.learner.train, self.round)
         else:
-            train = self.learner.train(self.round)
-        self._train_s = time.monotonic() - t
-        await self.checkpoints.durable()  # the last round's checkpoint, written while this one trained
+            ctx.train = self.learner.train(self.round)
+        ctx.train_s = self.clock() - t
+        await self._commit_durable()  # the last round's checkpoint, written while this one trained
         if self._stop.is_set():
             return False
-        self.checkpoints.check_finite()  # a diverged model is replaced by the checkpoint's before noising
-        if transmit and self.privacy.on:  # noised (update mode) and accounted before anything is sent
-            self._events.append(self.privacy.event(self.round, self.privacy.spend(
-                self.privacy.privatize(start, self.model.flat))))
-        t = time.monotonic()
-        self._eval = self.learner.evaluate()
-        self._eval_s, self._train = time.monotonic() - t, train
-        self._own = self.stack.hold_own(self.model.flat.detach())  # what is sent is what is aggregated
-        self.outbox.bytes_sent = 0
-        await self._execute(self.state.trained(time.monotonic(), {
-            **train, **{f"eval_{k}": v for k, v in self._eval.items()}}, transmit=transmit))
+        diverged = self.checkpoints.restore_if_diverged(self.round)  # back to the checkpoint before noising
+        if diverged is not None:
+            self._events.append(diverged)
+            self._flush()
+            if self.checkpoints.gave_up:
+                raise PeerError(self.checkpoints.gave_up)
+        self._events.extend(self.privacy.after_training(self.round, self.model.flat))  # noised, accounted
+        t = self.clock()
+        ctx.eval = self.learner.evaluate()
+        ctx.eval_s = self.clock() - t
+        ctx.own = ctx.result = self.stack.hold_own(self.model.flat.detach())  # what is sent is what is aggregated
+        self.outbox.new_round()
+        await self._execute(self.state.trained(self.clock(), {
+            **ctx.train, **{f"eval_{k}": v for k, v in ctx.eval.items()}}, transmit=transmit))
         return True
 
     async def collect_and_aggregate(self) -> RoundRecord | None:
-        """Phase 2: wait for neighbours (all, quorum or deadline), aggregate or skip, checkpoint."""
-        r = self.round
-        if not await self._wait_until(self.state.ready):
+        """Phase 2: wait for neighbours (all, quorum or deadline), combine or skip, checkpoint."""
+        ctx, r = self.ctx, self.round
+        if not await self._wait_until_ready():
             return None
         accepted, rejected = len(self.state.collected), Counter(self.state.rejected)
         heard = list(self.state.collected)
-        self._note, self._aggregated = "", False
-        await self._execute(self.state.close(time.monotonic()))
-        if self.state.phase is Phase.REVEALING:  # secure_mean with drop-outs: the members reveal
-            if not await self._wait_until(self.state.reveals_ready):
+        await self._execute(self.state.close(self.clock()))
+        if self.state.phase is Phase.EXCHANGING:  # the rule's wire needs more messages (e.g. reveals)
+            if not await self._wait_until_ready():
                 return None
-            await self._execute(self.state.reveals_done())
-        rec = RoundRecord(r, self._train, self._eval, accepted, rejected, self._aggregated, self._note,
-                          self.outbox.bytes_sent, time.monotonic() - self._t0, self._train_s, self._eval_s)
+            await self._execute(self.state.exchange_done())
+        rec = ctx.record(r, accepted, rejected, self.outbox.bytes_sent, self.clock())
         self.history.append(rec)
         await self.transport.status(self.metrics.round_done(
-            r, train=self._train, eval=self._eval, heard=heard, aggregated=self._aggregated, seconds=rec.seconds,
-            rejected_total=self.state.total_rejected, note=self._note, privacy=self.privacy.status()))
-        log.info("round %d: train %s; eval %s; %d/%d neighbours accepted%s, %.2fs", r,
-                 self._train.line(), self._eval.line(), accepted, len(self.neighbours),
-                 f" ({self._note})" if self._note else "", rec.seconds, extra={
-                     "event": "round", "round": r, "accepted": accepted, "neighbours": len(self.neighbours),
-                     "rejected": dict(rejected), "aggregated": self._aggregated, "note": self._note,
-                     "train": metric_dict(self._train), "eval": metric_dict(self._eval),
-                     "seconds": round(rec.seconds, 3)})
+            r, train=ctx.train, eval=ctx.eval, heard=heard, aggregated=ctx.aggregated, seconds=rec.seconds,
+            rejected_total=self.state.total_rejected, note=ctx.note, privacy=self.privacy.status()))
+        log_round(rec, len(self.neighbours))
         return rec
 
-    async def _wait_until(self, ready) -> bool:
-        """Sleep until `ready(now)` (woken by arrivals, bounded by the state's deadline); False on stop."""
-        while not self._stop.is_set() and not ready(time.monotonic()):
+    async def _wait_until_ready(self) -> bool:
+        """Sleep until the round is ready (woken by arrivals, bounded by its deadline); False on stop."""
+        while not self._stop.is_set() and not self.state.ready(self.clock()):
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), self.state.wait_time(time.monotonic()))
+                await asyncio.wait_for(self._wake.wait(), self.state.wait_time(self.clock()))
             except TimeoutError:
                 pass
         return not self._stop.is_set()
 
+    async def _apply_neighbours(self) -> None:
+        """New or revoked neighbours count from a round boundary (the stack has one row each)."""
+        wanted = self.membership.neighbours
+        if set(wanted) == set(self.neighbours):
+            return
+        log.info("neighbours now %s", ", ".join(sorted(wanted)) or "none")
+        self.neighbours = sorted(wanted)
+        self.stack.set_neighbours(self.neighbours)
+        self.state.set_neighbours(frozenset(wanted))
+        self.verifier.neighbours = set(wanted)
+        self.verifier.masked_words = self.wire.words(len(wanted))
+        self.metrics.set_neighbours(len(wanted))
+        await self.transport.set_neighbours(dict(wanted))
+
+    # --- carrying out the state machine's commands ----------------------------------
+
     async def _execute(self, commands: list[Command]) -> None:
-        """Carry out what the state machine decided, in order."""
+        """Carry out what the state machine (or the wire, for its exchange) decided, in order."""
+        ctx = self.ctx
         for cmd in commands:
             match cmd:
-                case Log(event):
+                case Log(event, durable):
                     self._events.append(event)
+                    if durable or len(self._events) >= 64:
+                        self._flush()
                 case JumpTo(target, before):
                     log.info("neighbours are at round %d, jumping from %d", target, before)
                 case Send():
-                    await self.outbox.send(cmd, self._own)
-                case Aggregate():
-                    await self._aggregate(cmd)
-                case RequestReveals():
-                    self.inbox.request_reveals(cmd)
-                case Unmask():
-                    await self._unmask(cmd)
+                    await self._send(cmd)
+                case Screened(result):
+                    await self._execute(self.state.screened(result))
+                case Finish(envelope):
+                    await self._execute(await self.inbox.finish(envelope, self.neighbours))
+                case Offer(result, size):
+                    kind, out = self.state.offer(result, size)
+                    await self._execute(out)
+                    if kind is OfferKind.ACCEPTED:
+                        self._wake.set()
                 case Skip(_, reason):
-                    self._note, self.checkpoints.result = reason, self._own
-                case Checkpoint():
-                    self.checkpoints.begin(cmd.next_round)
+                    ctx.note, ctx.result = reason, ctx.own
+                case Persist(next_round):
+                    self.checkpoints.begin(next_round, ctx.result, self.state.seen, self.state.parents)
+                    ctx.result = None
+                case Adopt(value, senders, weights, report):
+                    self.model.set(value)
+                    ctx.result, ctx.aggregated = value, True
+                    await self._execute(self.state.aggregated(senders, weights, report))
+                case Refuse(reason):
+                    await self._execute(self.state.skip(reason))
+                case Transmit(to, data):
+                    for nb in to:
+                        self.outbox.message(nb, data)
+                case Reject(reason, detail, claimed, authenticated):
+                    await self._execute(self.state.reject(reason, detail, claimed, authenticated))
+                case Forget(peer):  # revoked: from now on its updates are rejected, this round's dropped
+                    self.state.forget(peer)
+                case Revoked(epoch):
+                    log.warning("this peer was revoked by the network admin (epoch %d): stopping for good", epoch)
+                    self.revoked_at = epoch
+                    self.request_stop()
+                case SetAllowed(peers):  # the transport reads this set live
+                    self.parts.allowed.clear()
+                    self.parts.allowed.update(peers)
+                case Exchanged(sender, round_, content):
+                    await self._execute(self.state.exchanged(sender, round_, content))
+                    self._wake.set()
+                case _ if self.wire.carries(cmd):
+                    await self._execute(await self.wire.carry_out(cmd, ctx.own, self.state.collected,
+                                                                  self.neighbours))
+                case _:  # pragma: no cover - a command nobody carries out is a bug
+                    raise PeerError(f"no one carries out {cmd!r}")
 
-    async def _aggregate(self, cmd: Aggregate) -> None:
-        agg = self.cfg.aggregation
-        inputs = [self.state.collected[s] for s in cmd.senders]
-        params = rule_params(agg.rule, agg.params)
-        weights = None if cmd.weights is None else torch.tensor(cmd.weights, dtype=torch.float32)
-        try:
-            out = aggregate(agg.rule, self.stack.stacked(self._own, inputs), weights, f=agg.f, **params)
-        except AggregationError as exc:
-            await self._execute(self.state.skip(f"kept own model: {exc}"))
-            return
-        value = out.value.clone() if self.stack.owns(out.value) else out.value  # e.g. Krum's chosen row
-        self.model.set(value)
-        self.checkpoints.result, self._aggregated = value, True
-        await self._execute(self.state.aggregated(cmd.senders, cmd.weights, out.report.to_dict()))
+    async def _send(self, cmd: Send) -> None:
+        """Seal the own update; log `sent` durably before anything leaves (never a receipt
+        without a send); then transmit each neighbour its bytes."""
+        fields = dict(net=self.cfg.network, round=cmd.round, schema=self.model.schema, codec=self.cfg.round.codec,
+                      parents=[bytes.fromhex(x) for x in cmd.parents], deg=len(self.neighbours))
+        out = await self.wire.seal(self.ctx.own, self.neighbours, fields, cmd.transmit)
+        await self._execute(self.state.sent(out.update_id, [
+            (nb, s.update_id, {"bytes": len(s.data), **out.details}) for nb, s in out.per_neighbour.items()]))
+        self._flush()
+        self.outbox.updates({nb: s.data for nb, s in out.per_neighbour.items()}, cmd.round)
 
-    async def _unmask(self, cmd: Unmask) -> None:
-        """secure_mean: the model becomes (own + the unmasked sum of the senders) / (1 + senders)."""
-        sec = self.secure
-        contributions = {s: self.state.collected[s].contribution for s in cmd.senders}
-        try:
-            total = await off_loop_if_large(self.model.size * 4, sec.unmask, contributions, cmd.reveals,
-                                            self.neighbours)  # a ChaCha20 stream per revealed seed
-        except MaskError as exc:
-            log.warning("round %d: secure_mean could not unmask: %s", cmd.round, exc)
-            await self._execute(self.state.skip(f"kept own model: secure_mean: {exc}"))
-            return
-        value = sec.average(self._own, total, len(cmd.senders))
-        self.model.set(value)
-        self.checkpoints.result, self._aggregated = value, True
-        report = {"rule": "secure_mean", "bound": sec.bound, "sum_hash": sum_hash(total),
-                  "missing": sorted(set(self.neighbours) - set(cmd.senders)),
-                  "reveals": {j: sorted(seeds) for j, seeds in sorted(cmd.reveals.items())},
-                  "fixed_point_error": sec.fixed_point(len(self.neighbours)).error()}
-        await self._execute(self.state.aggregated(cmd.senders, None, report))
+    async def sync(self) -> None:
+        """Make what the last round produced durable now: its checkpoint written and logged."""
+        await self._commit_durable()
+        self._flush()
 
-    def log_events(self, commands, flush: bool = False) -> None:
-        """Queue the Log commands' events for the next provenance transaction."""
-        self._events.extend(c.event for c in commands if isinstance(c, Log))
-        if flush or len(self._events) >= 64:
-            self._flush()
+    async def _commit_durable(self) -> None:
+        done = await self.checkpoints.durable()
+        if done is not None:
+            await self._execute(self.state.committed(*done))
 
-    def wake(self) -> None:
-        self._wake.set()
+    # --- receiving ---------------------------------------------------------------------
+
+    async def receive(self, hint: str | None, data) -> None:
+        """One message from the transport (`hint`: the sender it claims, unproven)."""
+        await self._execute(self.inbox.sort(hint, data, self.round, self.state.seen, self.neighbours))
 
     def _flush(self) -> None:
         if self._events:

@@ -1,38 +1,29 @@
-"""What arrives at a peer: updates (screened, rate-limited, verified, counted), the
-admin's membership records (applied, logged, passed on) and, with secure_mean, reveal
-requests (answered at most once per receiver and round) and reveals (to the round state). The driver half of the peer that
-listens; peer.runtime.driver.Peer owns it and the round state it feeds."""
+"""What arrives at a peer, sorted and turned into commands for the driver (peer.runtime.driver),
+which alone feeds the round state machine: membership records (peer.runtime.membership), messages
+of the rule's own wire (e.g. reveals), and updates (screened: header and signature; then
+finished: payload). A payload of a megabyte or more is hashed on one of two worker threads
+(SHA-256 releases the GIL, so two updates hash at once on a 2-core gateway), smaller ones
+inline; at most two large messages are held while being verified, so a flood cannot queue
+megabytes."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
+from gossip.envelope import Envelope
 from gossip.membership import is_record
-from gossip.verify import Accepted
-from privacy.secure_wire import (
-    SecureWireError,
-    encode_request,
-    kind_of,
-    parse_request,
-    parse_reveal,
-    verify,
-)
+from gossip.transport import Transport
+from gossip.verify import Accepted, Rejected, Verifier
 
-from ..state.provenance import EventKind, NewEvent
-from .parts import allowed_peers
-from .round import Finish, Log, OfferKind, RequestReveals
-from .stack import UpdateStack
+from .commands import Command, Offer, Reject, Screened
+from .membership import Membership, on_record
+from .tasks import TaskSet
+from .wire import Wire
 
-if TYPE_CHECKING:
-    from .driver import Peer
-
-log = logging.getLogger("gossipfl.peer")
 VERIFY_IN_THREAD_BYTES = 1 << 20
-VERIFY_WORKERS = 2  # SHA-256 releases the GIL: two updates hash at once on a 2-core gateway
+VERIFY_WORKERS = 2
 
 
 async def off_loop_if_large(nbytes: int, fn, *args, **kwargs):
@@ -44,164 +35,83 @@ async def off_loop_if_large(nbytes: int, fn, *args, **kwargs):
 
 
 class Inbox:
-    def __init__(self, peer: Peer):
-        self.peer = peer
+    """Turns arrivals into commands; `execute` is the driver's interpreter (the one narrow way
+    back), used when a large payload finishes verifying on a worker thread."""
+
+    def __init__(self, verifier: Verifier, wire: Wire, membership: Membership, count_bytes: Callable[[int], None],
+                 tasks: TaskSet, execute: Callable[[list[Command]], Awaitable[None]]):
+        self.verifier, self.wire, self.membership = verifier, wire, membership
+        self.count_bytes, self.tasks, self.execute = count_bytes, tasks, execute
         self.pool = ThreadPoolExecutor(max_workers=VERIFY_WORKERS, thread_name_prefix="verify")
-        self.slots: asyncio.Semaphore | None = None  # bounds the messages held while being verified
+        self.slots = asyncio.Semaphore(VERIFY_WORKERS)
+        self.open = True
+
+    def sort(self, hint: str | None, data, round_: int, seen, neighbours: list[str]) -> list[Command]:
+        """One message from the transport (`hint`: the sender it claims, unproven)."""
+        self.count_bytes(len(data))
+        if is_record(data):
+            return on_record(self.membership, hint, data, round_, neighbours)
+        kind = self.wire.kind_of(data)
+        if kind is not None:
+            return self.wire.on_message(kind, hint, data, self.membership.trusted, round_)
+        return [Screened(self.verifier.screen(data, round_, seen))]
+
+    async def finish(self, envelope: Envelope, neighbours: list[str]) -> list[Command]:
+        """Verify the payload of a screened update: inline when small (the command to offer it),
+        on a worker thread when large (offered through `execute` when done; the receive loop
+        goes on, held back only while both workers are busy)."""
+        if envelope.size < VERIFY_IN_THREAD_BYTES:
+            return [self._offer(self.verifier.finish(envelope), envelope.size, neighbours)]
+        await self.slots.acquire()
+
+        async def on_thread() -> None:
+            try:
+                result = await asyncio.get_running_loop().run_in_executor(self.pool, self.verifier.finish, envelope)
+            finally:
+                self.slots.release()
+            if self.open:  # not after close: the log is gone
+                await self.execute([self._offer(result, envelope.size, neighbours)])
+
+        self.tasks.spawn(on_thread(), "verifying an update")
+        return []
+
+    def _offer(self, result: Accepted | Rejected, size: int, neighbours: list[str]) -> Command:
+        if isinstance(result, Accepted):
+            opened = self.wire.open(result, neighbours)
+            if isinstance(opened, Reject):
+                return opened
+            result = opened
+        return Offer(result, size)
+
+    def close(self) -> None:
+        self.open = False
+        self.pool.shutdown(wait=False)
+
+
+class Listener:
+    """The transport's receive loop: started with the transport (never a second one), each message
+    handed to `receive`; a failure of either, even on the transport's own thread, is reported
+    to `failed` with its cause."""
+
+    def __init__(self, transport: Transport, tasks: TaskSet, receive: Callable[[str | None, object], Awaitable[None]],
+                 failed: Callable[[str, BaseException], None]):
+        self.transport, self.tasks, self.receive, self.failed = transport, tasks, receive, failed
         self.task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        """Start the transport and one receive loop (never a second); a failure of either, even on
-        another thread, stops the peer with its cause."""
         if self.task is not None and not self.task.done():
             return
-        p, loop = self.peer, asyncio.get_running_loop()
-        p.transport.on_failure = lambda exc: loop.call_soon_threadsafe(p.failed, "the transport", exc)
-        await p.transport.start()
-        self.task = loop.create_task(self.run())
-        self.task.add_done_callback(self._ended)
+        loop = asyncio.get_running_loop()
+        self.transport.on_failure = lambda exc: loop.call_soon_threadsafe(self.failed, "the transport", exc)
+        await self.transport.start()
+        self.task = self.tasks.spawn(self._run(), "the receive loop")
 
-    def _ended(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self.peer.failed("the receive loop", task.exception())
+    async def _run(self) -> None:
+        async for hint, data in self.transport:
+            await self.receive(hint, data)
 
     async def stop(self) -> None:
-        if self.task is None:
-            return
         task, self.task = self.task, None
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        except Exception as exc:  # already reported by _ended
-            log.debug("receive loop ended with %r", exc)
-
-    async def run(self) -> None:
-        p = self.peer
-        self.slots = asyncio.Semaphore(VERIFY_WORKERS)
-        async for hint, data in p.transport:
-            p.metrics.bytes_in(len(data))
-            if is_record(data):
-                self.on_record(hint, data)
-                continue
-            secure_kind = kind_of(data) if p.secure is not None else None
-            if secure_kind is not None:
-                self.on_secure(hint, data, secure_kind)
-                continue
-            screened = p.verifier.screen(data, p.round, p.state.seen)
-            for cmd in p.state.screened(screened):
-                if isinstance(cmd, Finish) and len(data) >= VERIFY_IN_THREAD_BYTES:
-                    # hashing megabytes would stall the event loop: worker threads verify, the loop takes
-                    await self.slots.acquire()
-                    job = asyncio.get_running_loop().run_in_executor(self.pool, p.verifier.finish, cmd.envelope)
-                    job.add_done_callback(functools.partial(self._verified, len(data)))
-                elif isinstance(cmd, Finish):
-                    self.take(p.verifier.finish(cmd.envelope), len(data))
-                else:
-                    p.log_events([cmd])
-
-    def _verified(self, size: int, job: asyncio.Future) -> None:
-        self.slots.release()
-        if not self.peer.started or job.cancelled():
-            return
-        if job.exception() is not None:  # the verifier returns Rejected for bad input; this is a bug
-            log.error("verifying a message failed: %r", job.exception())
-            return
-        self.take(job.result(), size)
-
-    def take(self, result, size: int) -> None:
-        p = self.peer
-        if p.secure is not None and isinstance(result, Accepted):
-            try:
-                result = p.secure.open(result, p.neighbours)
-            except SecureWireError as exc:  # signed by its sender, but made for another receiver or round
-                p.log_events(p.state.reject(exc.reason, str(exc), result.sender, True, result.update_id))
-                return
-        kind, commands = self.peer.state.offer(result, size)
-        self.peer.log_events(commands)
-        if kind is OfferKind.ACCEPTED:
-            self.peer.wake()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False)
-
-    # --- fleet membership ----------------------------------------------------------------
-
-    def on_record(self, hint: str | None, data: bytes) -> None:
-        """An admin-signed membership record: apply it at once, log it, pass it on."""
-        p = self.peer
-        offer = p.membership.offer(bytes(data))
-        r = offer.record
-        if r is None and not offer.reason:  # an echo of a record this peer applied: nothing new
-            return
-        if r is None:  # forged or malformed: unproven; an older epoch: proven (admin-signed) but stale
-            proven = offer.reason == "stale_membership"
-            p.log_events(p.state.reject(offer.reason, offer.detail, p.membership.admin if proven else hint, proven))
-            return
-        log.info("membership epoch %d: %s %s", r.epoch, r.action, r.peer)
-        p.log_events([Log(NewEvent(EventKind.MEMBERSHIP, p.round, r.peer, r.record_id,
-                                   {**r.summary(), "bytes": data.hex()}))], flush=True)
-        if r.action == "revoke":  # from now on: its updates are rejected, what it sent this round dropped
-            p.state.forget(r.peer)
-        p.parts.allowed.clear()  # the transport reads this set live
-        p.parts.allowed.update(allowed_peers(p.membership.neighbours, p.membership.admin))
-        loop = asyncio.get_running_loop()
-        for nb in p.neighbours:  # gossip it on; the epoch stops it coming back
-            if nb != hint and nb != r.peer:
-                loop.create_task(p.transport.send(nb, data))
-
-    # --- secure aggregation ------------------------------------------------------------------
-
-    def on_secure(self, hint: str | None, data, kind: str | None = None) -> None:
-        """A reveal request (this peer is a member asked to reveal) or a reveal (this peer asked);
-        `kind` is secure_wire.kind_of(data) when the caller has it already."""
-        p = self.peer
-        kind = kind or kind_of(data)
-        try:
-            if kind == "reveal_request":
-                req = verify(parse_request(data), network=p.cfg.network, trusted=p.membership.trusted)
-            else:
-                rev = verify(parse_reveal(data), network=p.cfg.network, trusted=p.membership.trusted, me=p.peer_id)
-        except SecureWireError as exc:  # unproven: counted, summarised at the round's close
-            p.log_events(p.state.reject(exc.reason, str(exc), hint, False))
-            return
-        if kind == "reveal":
-            p.log_events(p.state.revealed(rev.sender, rev.round, rev.seed_map()))
-            p.wake()
-            return
-        reply, why, events = p.secure.answer(req)
-        if reply is None:
-            p.log_events(p.state.reject(why, f"reveal request for round {req.round} refused", req.sender, True))
-            return
-        p.log_events([Log(e) for e in events], flush=True)  # durable before the seeds leave: never twice
-        log.info("round %d: revealed %d seeds to %s", req.round, len(req.missing), req.sender)
-        asyncio.get_running_loop().create_task(p.transport.send(req.sender, reply))
-
-    def request_reveals(self, cmd: RequestReveals) -> None:
-        """Ask every member that delivered for its seeds towards the missing ones (one signed request)."""
-        p = self.peer
-        data = encode_request(p.identity, net=p.cfg.network, round=cmd.round, delivered=cmd.delivered,
-                              missing=cmd.missing)
-        log.info("round %d: %d of %d neighbours delivered; asking them for reveals", cmd.round, len(cmd.delivered),
-                 len(cmd.delivered) + len(cmd.missing))
-        loop = asyncio.get_running_loop()
-        for j in cmd.delivered:
-            loop.create_task(p.transport.send(j, data))
-
-    async def apply_neighbours(self) -> None:
-        """New or revoked neighbours count from a round boundary (the stack has one row each)."""
-        p = self.peer
-        wanted = p.membership.neighbours
-        if set(wanted) == set(p.neighbours):
-            return
-        log.info("neighbours now %s", ", ".join(sorted(wanted)) or "none")
-        p.neighbours = sorted(wanted)
-        p.stack = UpdateStack(p.neighbours, p.model.size, masked=p.secure is not None)
-        p.state.keep = p.stack.settle
-        p.state.set_neighbours(frozenset(wanted))
-        p.state.collected = {s: p.stack.settle(a) for s, a in p.state.collected.items()}
-        p.verifier.neighbours = set(wanted)
-        if p.secure is not None:
-            p.verifier.masked_words = p.secure.words(len(wanted))
-        await p.transport.set_neighbours(dict(wanted))
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -8,6 +8,7 @@ more trusted than the network. Pure bookkeeping: the peer decides what to do wit
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,12 @@ from gossip.files import FileReadError, read_limited
 from gossip.membership import MAX_RECORD, MembershipError, Record, open_record
 
 from ..errors import PeerError
+from ..state.provenance import EventKind, NewEvent
+from .commands import Command, Forget, Log, Reject, Revoked, SetAllowed, Transmit
+from .parts import allowed_peers
 
 MAX_RECORDS = 10_000
+log = logging.getLogger("gossipfl.peer")
 
 
 class MembershipFileError(PeerError):
@@ -46,6 +51,7 @@ class Membership:
     epoch: int = 0
     revoked: set[str] = field(default_factory=set)
     records: list[bytes] = field(default_factory=list)
+    revoked_at: dict[str, int] = field(default_factory=dict)
 
     def load(self) -> None:
         """Re-apply the stored records, each verified again; a file that does not verify is an error."""
@@ -65,6 +71,11 @@ class Membership:
             if offer.record is None:
                 raise MembershipFileError(f"{self.path}: a stored record does not apply ({offer.detail}); "
                                           "move it aside to start from the trust list")
+
+    @property
+    def own_revocation(self) -> int | None:
+        """The epoch at which this peer itself was revoked, if it was."""
+        return self.revoked_at.get(self.own_id)
 
     def offer(self, data: bytes, persist: bool = True) -> Offer:
         if self.admin is None:
@@ -96,6 +107,7 @@ class Membership:
         else:
             self.trusted.discard(r.peer)
             self.revoked.add(r.peer)
+            self.revoked_at[r.peer] = r.epoch
             self.neighbours.pop(r.peer, None)
 
     def _save(self) -> None:
@@ -107,3 +119,27 @@ class Membership:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+
+
+def on_record(membership: Membership, hint: str | None, data, round_: int, neighbours: list[str]) -> list[Command]:
+    """An incoming membership record, as what the peer must do: apply it (at once), log it
+    durably, drop a revoked peer's contributions, update who may connect, and pass it on (the
+    epoch stops it coming back); or reject it (forged or malformed: unproven; an older epoch:
+    proven, since the admin signed it, but stale); or nothing (an echo of a record applied)."""
+    offer = membership.offer(bytes(data))
+    r = offer.record
+    if r is None and not offer.reason:
+        return []
+    if r is None:
+        proven = offer.reason == "stale_membership"
+        return [Reject(offer.reason, offer.detail, membership.admin if proven else hint, proven)]
+    log.info("membership epoch %d: %s %s", r.epoch, r.action, r.peer)
+    out: list[Command] = [Log(NewEvent(EventKind.MEMBERSHIP, round_, r.peer, r.record_id,
+                                       {**r.summary(), "bytes": bytes(data).hex()}), durable=True)]
+    if r.action == "revoke" and r.peer == membership.own_id:
+        return [*out, Revoked(r.epoch)]
+    if r.action == "revoke":
+        out.append(Forget(r.peer))
+    out.append(SetAllowed(frozenset(allowed_peers(membership.neighbours, membership.admin))))
+    out.append(Transmit(tuple(nb for nb in neighbours if nb not in (hint, r.peer)), bytes(data)))
+    return out

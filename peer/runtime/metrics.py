@@ -154,6 +154,11 @@ class PeerMetrics:
 
     # --- what the peer reports -------------------------------------------------------
 
+    def set_neighbours(self, n: int) -> None:
+        """Membership changed how many neighbours this peer has."""
+        self.neighbours = n
+        self._neighbours.set(n)
+
     def bytes_in(self, n: int) -> None:
         self._bytes_in.inc(n)
 

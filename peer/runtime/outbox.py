@@ -1,82 +1,96 @@
-"""What a peer sends: its own update, sealed once, logged as `sent` before it leaves, and sent
-to every neighbour at once, so a slow or stalled neighbour never holds up the others.
-With secure_mean each neighbour gets its own masked contribution instead (one `sent` event
-each, with its own update id); the own model is sealed for the record only."""
+"""What a peer transmits: each neighbour has its own sender task and a mailbox of one, so a slow
+or stalled neighbour never holds up the others, and the newest update always goes out.
+
+A peer that finishes a round while its last update to a neighbour is still in flight puts the
+new one in that neighbour's mailbox, replacing an older one waiting there (never skipping the
+newest: a skipped update left the neighbour waiting out its deadline, which is how racing
+peers fell out of step). An update that was not delivered (the neighbour unreachable, a link
+down) is tried again, with a delay doubling from RETRY_FIRST up to the peer's round interval
+or RETRY_CAP, until it is delivered or a newer one replaces it. At most two transmissions run at
+once (a stalled neighbour holds one slot, and a transport buffers at most two). Small protocol
+messages (records passed on, reveals) go out once, at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
 
-from gossip.envelope import seal_update
+from gossip.transport import Transport
 
-from .inbox import off_loop_if_large
-from .round import Send
-
-if TYPE_CHECKING:
-    import torch
-
-    from .driver import Peer
+from .tasks import TaskSet
 
 log = logging.getLogger("gossipfl.peer")
-SEND_SLOTS = 2  # transmissions at once: a stalled neighbour holds one, and a transport buffers at most two
+SEND_SLOTS = 2
+RETRY_FIRST = 0.25  # seconds before the first retry of an undelivered update
+RETRY_CAP = 5.0  # longest wait between retries when the peer has no round interval
 
 
 class Outbox:
-    def __init__(self, peer: Peer):
-        self.peer = peer
-        self.sending: dict[str, asyncio.Task] = {}  # neighbour -> the transmission in flight
+    def __init__(self, transport: Transport, tasks: TaskSet, delivered: Callable[[int], None],
+                 retry_cap: float = RETRY_CAP):
+        self.transport, self.tasks, self.delivered = transport, tasks, delivered
+        self.retry_cap = max(RETRY_FIRST, retry_cap)
+        self.mailbox: dict[str, tuple[bytes, int]] = {}  # neighbour -> the newest update not yet sent
+        self.senders: dict[str, asyncio.Task] = {}  # neighbour -> its sender task
+        self.wakeups: dict[str, asyncio.Event] = {}
         self.slots = asyncio.Semaphore(SEND_SLOTS)
         self.bytes_sent = 0  # this round
 
-    async def send(self, cmd: Send, own: torch.Tensor) -> None:
-        p = self.peer
-        codec = p.cfg.round.codec
-        fields = dict(net=p.cfg.network, round=cmd.round, schema=p.model.schema, codec=codec,
-                      parents=[bytes.fromhex(x) for x in cmd.parents], deg=len(p.neighbours))
-        nbytes = own.numel() * 4
-        sealed = await off_loop_if_large(nbytes, seal_update, p.identity, own, **fields)
-        if not cmd.transmit:  # kept for the record (the aggregation names it), never sent
-            p.state.sent(sealed.update_id, [])
-            return
-        if p.secure is None:  # the same bytes to every neighbour
-            out = {nb: sealed for nb in p.neighbours}
-            details = {"bytes": len(sealed.data), "codec": codec}
-        else:  # secure_mean: a masked contribution per neighbour, masked for that neighbour's group
-            out, details = {}, {"codec": "u32", "kind": "masked"}
-            masked = {k: v for k, v in fields.items() if k not in ("net", "round", "codec")}
-            for nb in p.neighbours:
-                if len(p.secure.groups.get(nb, ())) < 2:  # admitted later, without a group from the plan
-                    log.warning("round %d: no secure-aggregation group known for %s; not sending to it",
-                                cmd.round, nb)
-                    continue
-                out[nb] = await off_loop_if_large(nbytes, p.secure.seal_for, own, nb, cmd.round, **masked)
-        p.log_events(p.state.sent(sealed.update_id, [
-            (nb, s.update_id, {"bytes": len(s.data), **details}) for nb, s in out.items()]),
-            flush=True)  # `sent` is durable before transmission: never a receipt without a send
-        loop = asyncio.get_running_loop()
-        for nb, s in out.items():
-            pending = self.sending.get(nb)
-            if pending is not None and not pending.done():
-                log.warning("round %d: the last update to %s is still in flight; not sending this one",
-                            cmd.round, nb)
-                continue
-            self.sending[nb] = loop.create_task(self._transmit(nb, s.data, cmd.round))
+    def new_round(self) -> None:
+        self.bytes_sent = 0
 
-    async def _transmit(self, nb: str, data: bytes, round_: int) -> None:
+    def updates(self, per_neighbour: Mapping[str, bytes], round_: int) -> None:
+        """Each neighbour its update, replacing one still waiting for it."""
+        for nb, data in per_neighbour.items():
+            if nb in self.mailbox:
+                log.debug("round %d: the update to %s waiting since round %d is replaced", round_, nb,
+                          self.mailbox[nb][1])
+            self.mailbox[nb] = (data, round_)
+            self.wakeups.setdefault(nb, asyncio.Event()).set()
+            task = self.senders.get(nb)
+            if task is None or task.done():
+                self.senders[nb] = self.tasks.spawn(self._sender(nb), f"sending to {nb[-8:]}")
+
+    def message(self, to: str, data: bytes) -> None:
+        """A small message of the protocol (a record passed on, a reveal): sent once, at once."""
+        self.tasks.spawn(self._transmit(to, data), f"message to {to[-8:]}")
+
+    async def _sender(self, nb: str) -> None:
+        """Send `nb` the newest update in its mailbox until none is left; retry what failed."""
+        delay = RETRY_FIRST
+        wake = self.wakeups[nb]
+        while nb in self.mailbox:
+            data, round_ = self.mailbox[nb]
+            wake.clear()
+            if await self._transmit(nb, data):
+                if self.mailbox.get(nb, (None,))[0] is data:  # nothing newer arrived meanwhile
+                    del self.mailbox[nb]
+                delay = RETRY_FIRST
+                continue
+            if self.mailbox.get(nb, (None,))[0] is not data:
+                continue  # a newer update is waiting: send it now
+            log.debug("round %d: update to %s not delivered; again in %.2fs", round_, nb, delay)
+            try:  # a newer update cuts the wait short
+                await asyncio.wait_for(wake.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(2 * delay, self.retry_cap)
+
+    async def _transmit(self, nb: str, data: bytes) -> bool:
         async with self.slots:
-            delivered = await self.peer.transport.send(nb, data)
+            delivered = await self.transport.send(nb, data)
         if delivered:
             self.bytes_sent += len(data)
-            self.peer.metrics.bytes_out(len(data))
-        else:
-            log.debug("round %d: update to %s not delivered", round_, nb)
+            self.delivered(len(data))
+        return delivered
 
     async def drain(self, timeout: float) -> None:
-        """Let the last updates go out, within reason, at shutdown."""
-        in_flight = [t for t in self.sending.values() if not t.done()]
+        """Let the last updates go out, within reason, at shutdown (then stop retrying)."""
+        in_flight = [t for t in self.senders.values() if not t.done()]
         if in_flight:
             _, late = await asyncio.wait(in_flight, timeout=timeout)
             for t in late:
                 t.cancel()
+        self.mailbox.clear()

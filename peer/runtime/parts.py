@@ -34,6 +34,7 @@ class PeerParts:
     max_message: int = 0  # bytes: the largest valid update of this model and codec
     allowed: set[str] = field(default_factory=set)  # who may connect: neighbours and the network admin
     secure: SecureAggregation | None = None  # secure_mean: keys, groups, masking and reveals
+    noise: object = None  # privacy noise generator (None: seeded from os.urandom; the simulator seeds it)
 
 
 def allowed_peers(neighbours, admin: str | None) -> set[str]:

@@ -53,6 +53,7 @@ class PeerPrivacy:
         self.exhausted = False
         self.release = None
         self.acct = None
+        self._transmit, self._start = True, None  # this round's, between before_ and after_training
         if self.mode == "off":
             return
         self.gen = generator if generator is not None else dp.secure_generator()
@@ -112,6 +113,20 @@ class PeerPrivacy:
                         "training and sending (it keeps aggregating what its neighbours send)",
                         self.epsilon(), _budget(self.settings))
         return RoundPrivacy(self._details(exhausted=True), False) if first else RoundPrivacy({}, False)
+
+    def before_training(self, round_: int, flat) -> tuple[bool, list[NewEvent]]:
+        """May this round release an update (train and send)? And the events to log (the budget
+        ran out: said once). Update mode remembers the model training starts from."""
+        plan = self.begin_round(round_)
+        self._transmit = plan is None or plan.send
+        self._start = flat.detach().clone() if self._transmit and self.mode == "update" else None
+        return self._transmit, [self.event(round_, plan.details)] if plan is not None and plan.details else []
+
+    def after_training(self, round_: int, flat) -> list[NewEvent]:
+        """Noise (update mode) and account the release before anything is sent: its event."""
+        if not (self._transmit and self.on):
+            return []
+        return [self.event(round_, self.spend(self.privatize(self._start, flat)))]
 
     def privatize(self, start, flat) -> dict:
         """Update mode, after training: replace the model by start + the clipped, noised change."""

@@ -1,4 +1,5 @@
-"""secure_mean in a peer: what privacy.secure computes, wired to the plan's keys and groups.
+"""secure_mean in a peer: what privacy.secure computes, wired to the plan's keys and groups
+(`SecureAggregation`), and the driver's half of its wire (`SecureMeanWire`).
 
 A peer whose rule is secure_mean sends each neighbour i its own masked contribution (kind
 "masked", codec u32, masked for i's group G_i = N(i) as the plan lists it), opens the masked
@@ -17,18 +18,20 @@ about 1.5e-8 per value), so a larger bound costs precision, never correctness.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 
-from gossip.envelope import Sealed, seal
+from gossip.envelope import Sealed, seal, seal_update
 from gossip.identity import Identity
 from gossip.trust import TrustList
 from gossip.verify import Accepted
 from privacy.secure import (
     Contribution,
     FixedPoint,
+    MaskError,
     agreement_key,
     check_binding,
     masked_contribution,
@@ -43,12 +46,23 @@ from privacy.secure_wire import (
     contribution_bytes,
     contribution_from_bytes,
     contribution_words,
+    encode_request,
     encode_reveal,
+    kind_of,
+    parse_request,
+    parse_reveal,
+    verify,
 )
 
 from ..config.settings import SECURE_BOUND, SECURE_MIN_SENDERS, Neighbour
 from ..errors import ConfigError
 from ..state.provenance import EventKind, NewEvent
+from .commands import Adopt, Command, Exchanged, Log, Refuse, Reject, Transmit
+from .exchange import Exchange
+from .secure_exchange import RequestReveals, SecureMeanExchange, Unmask
+from .wire import Outgoing, Wire
+
+log = logging.getLogger("gossipfl.peer")
 
 MASKED_KIND = "masked"
 
@@ -167,4 +181,93 @@ def sum_hash(total: torch.Tensor) -> str:
     return hashlib.sha256(total.detach().to(torch.float32).contiguous().numpy().astype("<f4").tobytes()).hexdigest()
 
 
-__all__ = ["MASKED_KIND", "Masked", "SecureAggregation", "SecureWireError", "check_trust_keys", "sum_hash"]
+class SecureMeanWire(Wire):
+    """secure_mean's wire: a masked contribution per neighbour (the own model sealed for the
+    record only), reveal requests and reveals, combined by unmasking the sum."""
+
+    masked = True
+
+    def __init__(self, secure: SecureAggregation, identity: Identity, network: str, off_loop):
+        self.secure, self.identity, self.network, self.off_loop = secure, identity, network, off_loop
+
+    def exchange(self, policy) -> Exchange:
+        return SecureMeanExchange(policy, self.secure.min_senders)
+
+    def words(self, group_size: int) -> int:
+        return self.secure.words(group_size)
+
+    def restore(self, prov) -> None:
+        """Never reveal twice for one (receiver, round), restarts included."""
+        self.secure.restore(prov.events(EventKind.REVEALED))
+
+    async def seal(self, own, neighbours, fields, transmit) -> Outgoing:
+        record = await self.off_loop(own.numel() * 4, seal_update, self.identity, own, **fields)
+        if not transmit:
+            return Outgoing(record.update_id, {}, {})
+        masked_fields = {k: v for k, v in fields.items() if k not in ("net", "round", "codec")}
+        out = {}
+        for nb in neighbours:
+            if len(self.secure.groups.get(nb, ())) < 2:  # admitted later, without a group from the plan
+                log.warning("round %d: no secure-aggregation group known for %s; not sending to it",
+                            fields["round"], nb)
+                continue
+            out[nb] = await self.off_loop(own.numel() * 4, self.secure.seal_for, own, nb, fields["round"],
+                                          **masked_fields)
+        return Outgoing(record.update_id, out, {"codec": "u32", "kind": MASKED_KIND})
+
+    def open(self, accepted: Accepted, neighbours: list[str]) -> Accepted | Reject:
+        try:  # this peer's group is its neighbours
+            return self.secure.open(accepted, neighbours)
+        except SecureWireError as exc:  # signed by its sender, but made for another receiver or round
+            return Reject(exc.reason, str(exc), accepted.sender, True)
+
+    def kind_of(self, data) -> str | None:
+        return kind_of(data)
+
+    def on_message(self, kind, hint, data, trusted, round_) -> list[Command]:
+        """A reveal request (this peer is a member asked to reveal) or a reveal (this peer asked)."""
+        try:
+            if kind == "reveal_request":
+                req = verify(parse_request(data), network=self.network, trusted=trusted)
+            else:
+                rev = verify(parse_reveal(data), network=self.network, trusted=trusted, me=self.secure.me)
+        except SecureWireError as exc:  # unproven: counted, summarised at the round's close
+            return [Reject(exc.reason, str(exc), hint, False)]
+        if kind == "reveal":
+            return [Exchanged(rev.sender, rev.round, rev.seed_map())]
+        reply, why, events = self.secure.answer(req)
+        if reply is None:
+            return [Reject(why, f"reveal request for round {req.round} refused", req.sender, True)]
+        log.info("round %d: revealed %d seeds to %s", req.round, len(req.missing), req.sender)
+        # durable before the seeds leave: a restart never answers twice
+        return [*(Log(e, durable=True) for e in events), Transmit((req.sender,), reply)]
+
+    def carries(self, cmd: Command) -> bool:
+        return isinstance(cmd, RequestReveals | Unmask)
+
+    async def carry_out(self, cmd, own, collected, neighbours) -> list[Command]:
+        if isinstance(cmd, RequestReveals):
+            data = encode_request(self.identity, net=self.network, round=cmd.round, delivered=cmd.delivered,
+                                  missing=cmd.missing)
+            log.info("round %d: %d of %d neighbours delivered; asking them for reveals", cmd.round,
+                     len(cmd.delivered), len(cmd.delivered) + len(cmd.missing))
+            return [Transmit(cmd.delivered, data)]
+        assert isinstance(cmd, Unmask)
+        sec = self.secure
+        contributions = {s: collected[s].contribution for s in cmd.senders}
+        try:
+            total = await self.off_loop(own.numel() * 4, sec.unmask, contributions, cmd.reveals,
+                                        neighbours)  # a ChaCha20 stream per revealed seed
+        except MaskError as exc:
+            log.warning("round %d: secure_mean could not unmask: %s", cmd.round, exc)
+            return [Refuse(f"kept own model: secure_mean: {exc}")]
+        value = sec.average(own, total, len(cmd.senders))
+        report = {"rule": "secure_mean", "bound": sec.bound, "sum_hash": sum_hash(total),
+                  "missing": sorted(set(neighbours) - set(cmd.senders)),
+                  "reveals": {j: sorted(seeds) for j, seeds in sorted(cmd.reveals.items())},
+                  "fixed_point_error": sec.fixed_point(len(neighbours)).error()}
+        return [Adopt(value, cmd.senders, None, report)]
+
+
+__all__ = ["MASKED_KIND", "Masked", "SecureAggregation", "SecureMeanWire", "SecureWireError", "check_trust_keys",
+           "sum_hash"]

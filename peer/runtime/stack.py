@@ -19,9 +19,13 @@ class UpdateStack:
     def __init__(self, neighbours: list[str], size: int, masked: bool = False):
         # masked (secure_mean): contributions are words, never stacked; only the own row exists
         self.masked = masked
-        self.row_of = {} if masked else {n: i + 1 for i, n in enumerate(sorted(neighbours))}
         self.size = size
-        self._rows: torch.Tensor | None = None  # allocated on first use
+        self.set_neighbours(neighbours)
+
+    def set_neighbours(self, neighbours: list[str]) -> None:
+        """One row per neighbour (membership changed: allocated again on first use)."""
+        self.row_of = {} if self.masked else {n: i + 1 for i, n in enumerate(sorted(neighbours))}
+        self._rows: torch.Tensor | None = None
 
     @property
     def rows(self) -> torch.Tensor:

@@ -1,0 +1,155 @@
+"""The commands the round state machine (peer.runtime.round) answers with, for its driver
+(peer.runtime.driver) to carry out. Plain data: each says what to do, never how."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gossip.envelope import Envelope
+
+from ..state.provenance import NewEvent
+
+
+class Command:
+    """Base of every command (a rule's exchange may add its own, e.g. secure_mean's reveals)."""
+
+
+@dataclass(frozen=True)
+class Log(Command):
+    """Append this event to the provenance log (with the next batch; `durable`: now, before the
+    next command is carried out)."""
+
+    event: NewEvent
+    durable: bool = False
+
+
+@dataclass(frozen=True)
+class JumpTo(Command):
+    """Neighbours are ahead: continue from `round` (the driver resets per-round state it keeps)."""
+
+    round: int
+    from_round: int
+
+
+@dataclass(frozen=True)
+class Send(Command):
+    """Seal the own model for `round` with these parents and send it to every neighbour
+    (`transmit` False: seal it for the record only - the privacy budget is spent)."""
+
+    round: int
+    parents: tuple[str, ...]
+    transmit: bool = True
+
+
+@dataclass(frozen=True)
+class Finish(Command):
+    """An authenticated header passed every cheap check: verify its payload (maybe on a thread)."""
+
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class Screened(Command):
+    """A message's header was checked (structure, window, replay, signature): judge it."""
+
+    result: object  # Envelope | Rejected
+
+
+@dataclass(frozen=True)
+class Offer(Command):
+    """A message's payload was verified (and opened by the wire): count, buffer or drop it."""
+
+    result: object  # Accepted | Rejected
+    size: int
+
+
+@dataclass(frozen=True)
+class Combine(Command):
+    """Aggregate row 0 (the own model) and these senders' settled rows, in this order, with the
+    peer's rule (`weights`: one per row, or None for the rule's own weighting)."""
+
+    round: int
+    senders: tuple[str, ...]
+    weights: tuple[float, ...] | None
+
+
+@dataclass(frozen=True)
+class Skip(Command):
+    """Keep the own model this round, for `reason`."""
+
+    round: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Persist(Command):
+    """Make the state the round `next_round` starts from durable; call `committed` when it is."""
+
+    next_round: int
+
+
+@dataclass(frozen=True)
+class Adopt(Command):
+    """The round combined: the model becomes `value`; log the aggregation with these inputs."""
+
+    value: torch.Tensor
+    senders: tuple[str, ...]
+    weights: tuple[float, ...] | None
+    report: dict
+
+
+@dataclass(frozen=True)
+class Refuse(Command):
+    """The round could not be combined (the rule or the unmasking failed): keep the own model."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Transmit(Command):
+    """Send these bytes to each of `to` (best effort, in the background)."""
+
+    to: tuple[str, ...]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Reject(Command):
+    """A message of the wire was refused: count and log it like a verifier's rejection."""
+
+    reason: str
+    detail: str
+    claimed: str | None
+    authenticated: bool
+
+
+@dataclass(frozen=True)
+class Exchanged(Command):
+    """A verified message for the round's exchange (e.g. a reveal): hand it to the round."""
+
+    sender: str
+    round: int
+    content: object
+
+
+@dataclass(frozen=True)
+class Forget(Command):
+    """Drop everything `peer` contributed to the round (it was revoked)."""
+
+    peer: str
+
+
+@dataclass(frozen=True)
+class SetAllowed(Command):
+    """Who may connect to the transport now (membership changed)."""
+
+    peers: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Revoked(Command):
+    """The network admin revoked this peer (at `epoch`): it stops for good."""
+
+    epoch: int
