@@ -34,7 +34,7 @@ from torch.func import functional_call, grad, vmap
 from aggregation import AggregationError, aggregate
 from gossip.envelope import max_message_size
 from peer.learning.model import build_model
-from peer.runtime.round import fits, rule_params
+from peer.runtime.exchange import fits, rule_params
 
 from . import datasets, streams
 from .attacks import (
