@@ -77,7 +77,7 @@ def test_plan_writes_a_hardened_notify_unit_per_node(tmp_path):
         unit = out / f"node-{i}" / f"gossipfl-{i}.service"
         f = unit_fields(unit.read_text())
         assert f["Type"] == ["notify"] and f["NotifyAccess"] == ["main"] and f["WatchdogSec"] == ["45"]
-        assert f["Restart"] == ["on-failure"] and f["RestartPreventExitStatus"] == ["2"]
+        assert f["Restart"] == ["on-failure"] and f["RestartPreventExitStatus"] == ["2 3"]
         assert f["ExecStart"] == [f"/srv/fleet/venv/bin/gossipfl peer start --config /srv/fleet/node-{i}/peer.toml"]
         assert f["User"] == ["fl"] and f["WorkingDirectory"] == [f"/srv/fleet/node-{i}"]
         for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "RestrictSUIDSGID"):
