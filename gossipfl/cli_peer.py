@@ -71,13 +71,10 @@ def peer_id_cmd(config: str) -> None:
     """Print this peer's PeerId and the multiaddrs others dial, without starting it."""
     from gossip.identity import load_key
     from peer.config.parse import load_config
+    from peer.transports import kind_of
 
     cfg = load_config(config)
     ident = load_key(cfg.key)
     click.echo(ident.peer_id)
-    if cfg.transport.kind == "libp2p":
-        for addr in cfg.transport.listen:
-            click.echo(f"{addr}/p2p/{ident.peer_id}")
-    elif cfg.transport.kind == "mqtt":
-        click.echo(f"mqtt://{cfg.transport.host}:{cfg.transport.port} topic "
-                   f"{cfg.transport.topic_prefix}/{cfg.network}/{ident.peer_id}/inbox")
+    for line in kind_of(cfg.transport.kind).describe(cfg, ident.peer_id):
+        click.echo(line)

@@ -5,18 +5,19 @@ value (a name, an address), so the example can never drift from what parse_confi
 from __future__ import annotations
 
 import inspect
+from dataclasses import fields
 
 from privacy.settings import PrivacySettings
 
 from ..learning.classification import TrainConfig
 from ..learning.model import BUILTIN
+from ..transports import KINDS, kind_of
 from .parse import (
     DEFAULT_DATA_DIR,
     AggregationConfig,
     DataConfig,
     ModelConfig,
     RoundConfig,
-    TransportConfig,
     default_of,
 )
 from .tomlwrite import value
@@ -35,11 +36,7 @@ _LAYOUT = [
     ("identity", None, [("key", "Ed25519 key, mode 0600 (gossipfl keygen --out peer.key)")]),
     ("network", None, [("id", "peers only accept updates for their own network id"),
                        ("trust", "PeerIds allowed in the network")]),
-    ("transport", TransportConfig, [
-        ("kind", "libp2p | mqtt | memory (memory: only inside one process)"), ("listen", "libp2p addresses"),
-        ("mdns", "also discover neighbours on the LAN"), ("host", "mqtt: the broker"), ("port", "mqtt"),
-        ("username", "mqtt"), ("password", "mqtt"), ("tls", "mqtt"), ("ca_file", "mqtt: CA certificate for TLS"),
-        ("topic_prefix", "mqtt"), ("status", "mqtt: publish a retained status with a last will")]),
+    ("transport", None, []),  # from the transport declarations: _transport_lines
     ("model", ModelConfig, [
         ("name", f"{' | '.join(BUILTIN)} | package.module:factory"), ("classes", "number of classes"),
         ("options", f"factory options, e.g. {{ hidden = {value(_MLP_HIDDEN)} }} for mlp (its default)"),
@@ -87,14 +84,37 @@ def example_value(table: str, key: str, cls=None):
     return default_of(field_)
 
 
+def _line(key: str, v, comment: str, commented: bool = False) -> str:
+    text = f"# {key} = ..." if v is None else f"{'# ' if commented else ''}{key} = {value(v)}"
+    return f"{text:<40} # {comment}" if comment else text
+
+
+def _transport_lines() -> list[str]:
+    """`kind`, the example's kind's fields, then every other kind's, commented out."""
+    chosen = kind_of(EXAMPLE_VALUES["transport.kind"])
+    kinds = [chosen, *(k for k in KINDS.values() if k is not chosen)]
+    undeployed = [k.name for k in KINDS.values() if not k.deployed]
+    lines = [_line("kind", chosen.name, " | ".join(KINDS) + "".join(f" ({n}: only inside one process)"
+                                                                     for n in undeployed))]
+    for k in kinds:
+        for f in fields(k.config):
+            if f.name == "kind":
+                continue
+            v = EXAMPLE_VALUES.get(f"transport.{f.name}", default_of(f)) if k is chosen else default_of(f)
+            lines.append(_line(f.name, v, f"{k.name}: {k.comments.get(f.name, '')}".rstrip(": "),
+                               commented=k is not chosen))
+    return lines
+
+
 def example_config() -> str:
     lines = ["# gossipfl peer configuration. Paths are relative to this file.",
              "# Values shown are the defaults, except the example deployment's name, addresses and shards."]
     for table, cls, entries in _LAYOUT:
         if table:
             lines += ["", f"[{table}]"]
+        if table == "transport":
+            lines += _transport_lines()
+            continue
         for key, comment in entries:
-            v = example_value(table, key, cls)
-            text = f"# {key} = ..." if v is None else f"{key} = {value(v)}"
-            lines.append(f"{text:<40} # {comment}" if comment else text)
+            lines.append(_line(key, example_value(table, key, cls), comment))
     return "\n".join(lines) + "\n"

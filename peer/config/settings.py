@@ -9,7 +9,6 @@ from typing import Any
 
 from privacy.settings import PrivacySettings
 
-TRANSPORTS = ("memory", "libp2p", "mqtt")
 BUILTIN_SOURCES = ("digits", "npz", "csv")
 DEFAULT_DATA_DIR = "peer-data"
 LOADER_ARGUMENTS = ("shard", "shards", "seed")  # what the peer passes every package.module:loader
@@ -26,19 +25,10 @@ class Neighbour:
 
 @dataclass
 class TransportConfig:
+    """[transport]: `kind` picks the declaration (peer.transports) whose subclass of this holds
+    the kind's own fields (libp2p: listen, mdns; mqtt: host, port, ...); memory has none."""
+
     kind: str = "memory"
-    listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
-    mdns: bool = False
-    # mqtt
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    password_file: str | None = None  # the password in a file of its own (mode 0600), beside the key
-    tls: bool = False
-    ca_file: str | None = None
-    topic_prefix: str = "gossipfl"
-    status: bool = True
 
 
 @dataclass

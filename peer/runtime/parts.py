@@ -111,7 +111,7 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
     admin = getattr(trust, "admin", None)
     allowed = allowed_peers(neighbours, admin)  # live: membership changes it
     if transport is None:
-        from .transports import make_transport
-        transport = make_transport(cfg, identity, hub, max_size=limit, allowed=allowed)
+        from ..transports import build_transport
+        transport = build_transport(cfg, identity, hub, max_size=limit, allowed=allowed)
     degrees = {n.id: n.degree for n in cfg.neighbours if n.degree is not None}
     return PeerParts(identity, trust, neighbours, transport, model, data, cfg, degrees, limit, allowed, secure)
