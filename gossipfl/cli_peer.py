@@ -46,7 +46,9 @@ def peer_init(directory: str, force: bool) -> None:
 
 @peer_group.command("start")
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False))
-@click.option("--rounds", type=click.IntRange(0), default=None, help="stop after this many rounds (default: from the config)")
+@click.option("--rounds", type=click.IntRange(0), default=None,
+              help="run this many rounds from wherever the peer starts, then stop [default: until its round "
+                   "reaches round.rounds]")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="log every rejection")
 @friendly

@@ -72,13 +72,18 @@ class AggregationConfig:
 class RoundConfig:
     deadline: float = 10.0
     quorum: int = 0  # 0: wait for every neighbour (or the deadline)
-    rounds: int = 0  # 0: run until stopped
+    rounds: int = 0  # the round to stop at: the peer stops when its round reaches it (0: run until stopped)
     max_lead: int = 2
     codec: str = "raw-f32"
     max_message_mb: float | None = None  # None: derived from the model's update size and the codec
     inbox_per_neighbour: int = 4
     train_in_thread: bool = True
     interval: float = 0.0  # minimum seconds from one round's start to the next (pacing)
+
+    def reached(self, round: int) -> bool:
+        """Whether a peer at `round` is done: `rounds` counts from round 0, not from a restart
+        (a peer resumed or caught up at round 7 of rounds = 10 runs 3 more)."""
+        return self.rounds > 0 and round >= self.rounds
 
 
 @dataclass
