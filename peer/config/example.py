@@ -16,6 +16,7 @@ from .parse import (
     DEFAULT_DATA_DIR,
     AggregationConfig,
     DataConfig,
+    MetricsConfig,
     ModelConfig,
     RoundConfig,
     default_of,
@@ -50,18 +51,21 @@ _LAYOUT = [
         ("options", "keyword arguments of a package.module:loader")]),
     ("train", TrainConfig, [
         ("local_steps", "SGD steps per round"), ("epochs", "> 0: passes over the data instead of local_steps"),
-        ("batch_size", ""), ("lr", "learning rate"), ("momentum", ""), ("weight_decay", "")]),
+        ("batch_size", ""), ("lr", "learning rate"), ("momentum", ""), ("weight_decay", ""),
+        ("learner", "classification | package.module:factory (your own loss, optimizer, task)"),
+        ("options", "keyword arguments of a package.module:factory learner")]),
     ("aggregation", AggregationConfig, [
         ("rule", "see `gossipfl rules`; pre-steps compose: \"nnm+krum\""), ("f", "Byzantine neighbours to tolerate"),
         ("weights", "uniform | metropolis_hastings"), ("params", "the rule's parameters (see `gossipfl rules`)")]),
     ("round", RoundConfig, [
-        ("deadline", "seconds to wait for neighbours each round"), ("quorum", "proceed once this many arrived (0: all)"),
-        ("rounds", "stop after this many rounds (0: run until stopped)"),
+        ("deadline", "seconds to wait for neighbours each round"), ("quorum", "proceed once this many arrived (0: all); plans: n - f where the rule allows"),
+        ("rounds", "the round to stop at, counted from 0, not from a restart (0: run until stopped)"),
         ("max_lead", "rounds ahead of this peer that are buffered"), ("codec", "raw-f32 | f16 | int8"),
         ("max_message_mb", "largest accepted message (default: derived from the model and codec)"),
         ("inbox_per_neighbour", "updates buffered per neighbour and round"),
         ("train_in_thread", "train off the event loop"),
-        ("interval", "at least this many seconds between round starts (pacing)")]),
+        ("interval", "at least this many seconds between round starts (pacing); plans: 2 on gateways")]),
+    ("metrics", MetricsConfig, [("listen", "HOST:PORT of a Prometheus endpoint (absent: none)")]),
     ("privacy", PrivacySettings, [
         ("mode", "off | update (clip + noise each round's model change) | record (DP-SGD)"),
         ("noise_multiplier", "sigma: noise std = sigma * clip"), ("clip", "L2 bound of a change or an example's gradient"),
@@ -71,6 +75,11 @@ _LAYOUT = [
 ]
 
 _PLAIN_DEFAULTS = {"storage.dir": DEFAULT_DATA_DIR}
+# fields off by default, shown commented out with a value to copy
+_COMMENTED_SAMPLES = {"metrics.listen": "127.0.0.1:9464"}
+# shown commented out with their defaults: `topology plan` computes them per node unless a
+# template (often this example, edited) sets them
+_PLAN_COMPUTED = ("round.quorum", "round.interval")
 
 
 def example_value(table: str, key: str, cls=None):
@@ -116,5 +125,9 @@ def example_config() -> str:
             lines += _transport_lines()
             continue
         for key, comment in entries:
-            lines.append(_line(key, example_value(table, key, cls), comment))
+            sample = _COMMENTED_SAMPLES.get(f"{table}.{key}")
+            if f"{table}.{key}" in _PLAN_COMPUTED:
+                sample = example_value(table, key, cls)
+            lines.append(_line(key, sample, comment, commented=True) if sample is not None
+                         else _line(key, example_value(table, key, cls), comment))
     return "\n".join(lines) + "\n"
