@@ -107,3 +107,14 @@ class Membership:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+
+
+def stored_membership(own_id: str, network: str, trust, neighbours: dict[str, str | None],
+                      data_dir: Path) -> Membership:
+    """The fleet as a peer starts into it: the trust list and its configured neighbours with
+    the admin's records stored in DATA_DIR applied (verified again). Read only: the running
+    peer keeps its own and persists it."""
+    view = Membership(own_id, network, getattr(trust, "admin", None), set(trust.peers), dict(neighbours),
+                      Path(data_dir) / "membership.msgpack")
+    view.load()
+    return view
