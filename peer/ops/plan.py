@@ -192,6 +192,7 @@ class PlanWriter:
             raise WeakPlanError(weak_plan_message(robustness))
         if self.out.exists() and any(self.out.iterdir()) and not self.opts.force:
             raise ConfigError(f"{self.out} exists and is not empty; refusing to overwrite keys (use --force)")
+        self.template.check_imports()
         self.idents = {v: (self.opts.identities or {}).get(v) or Identity.generate() for v in self.nodes}
         eps = self.kind.endpoints(self.settings, [self.idents[v].peer_id for v in self.nodes])
         self.endpoints = dict(zip(self.nodes, eps, strict=True))

@@ -149,6 +149,16 @@ class NodeTemplate:
                     tops.append(top)
         return tops
 
+    def check_imports(self) -> None:
+        """Every `module:attr` the template names imports (from beside it first), before a plan
+        writes anything; the message names the field and says where it looked."""
+        from ..learning.model import load_object
+
+        for table, key in IMPORTED:
+            value = self.tables.get(table, {}).get(key)
+            if isinstance(value, str) and ":" in value:
+                load_object(value, f"{table}.{key}", self.folder)
+
     def module_files(self) -> tuple[list[Path], list[str]]:
         """(files or package folders beside the template to copy, modules not there: installed?)."""
         found, elsewhere = [], []
