@@ -185,6 +185,8 @@ def admit(folder, name: str, neighbours: list[str], *, port: int | None = None, 
         write_secret(node_dir / file, text)
     tables = template.for_node(name, index, index + 1, ports.get("metrics"))
     copied = template.copy_into(node_dir, tables)
+    notes += [f"module {top!r} is not in the plan's template folder: install it on the new gateway (pip install) "
+              f"or copy it into {node_dir.name}/" for top in template.module_files()[1]]
     path, source = template.data_file(tables)
     if isinstance(path, str) and source is None and not (node_dir / path).exists() and not Path(path).is_absolute():
         notes.append(f"put the new gateway's data at {node_dir.name}/{path} (data.path)")
