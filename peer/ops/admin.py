@@ -165,6 +165,7 @@ def admit(folder, name: str, neighbours: list[str], *, port: int | None = None, 
         raise ConfigError(f"{node_dir} exists already")
     docs = {n["node"]: plan.config(n) for n in plan.nodes}
     template, notes = admission_template(plan, nbrs[0])
+    template.check_imports()  # before anything is written or a broker login added
     used, index, ports = ports_in_use(docs), len(plan.nodes), {}
     host = host or plan_host(docs) or "127.0.0.1"
     if plan.kind.listens:
