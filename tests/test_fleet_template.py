@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -32,9 +33,8 @@ def test_the_readme_fleet_walkthrough_runs_a_user_learner_over_libp2p(tmp_path):
     block = walkthrough()
     assert "--transport" not in block and "--rounds 2" in block  # libp2p, the default; two rounds
     # the same commands, on ports free on this machine now (a busy test machine may hold the README's)
-    listen, metrics = free_ports(2)
-    while abs(listen - metrics) < 3 or metrics + 3 > 65535 or listen + 3 > 65535:
-        listen, metrics = free_ports(2)
+    listen = free_run(3)
+    metrics = free_run(3, avoid=range(listen, listen + 3))
     script = block.replace(f"--base-port {README_PORTS[0]}", f"--base-port {listen}").replace(
         f"127.0.0.1:{README_PORTS[1]}", f"127.0.0.1:{metrics}")
     (tmp_path / "examples").symlink_to(ROOT / "examples")  # the README runs from a checkout
@@ -62,6 +62,26 @@ def test_the_readme_fleet_walkthrough_runs_a_user_learner_over_libp2p(tmp_path):
                                 str(fleet / f"node-{i}" / "peer.toml")], capture_output=True, text=True, env=env,
                                timeout=120).stdout.split()
         assert shown[1] in listening
+
+
+def free_run(n: int, avoid=()) -> int:
+    """A port p with p .. p + n - 1 free on 127.0.0.1 now (a plan's nodes take consecutive ports;
+    other tests on this machine take free ports too)."""
+    for _ in range(200):
+        (base,) = free_ports(1)
+        ports = range(base, base + n)
+        if base + n < 65536 and not set(ports) & set(avoid) and all(_bindable(p) for p in ports):
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _peer_id(node) -> str:
