@@ -280,7 +280,7 @@ def start_ring(kind: str, tmp: Path, stack: ExitStack) -> Ring:
     elif kind == "mqtt+acl":
         (ring.broker_port,) = free_ports(1)
     ring.nodes = write_plan(from_spec("ring:4"), tmp / "plan", network_id=NETWORK, transport=transport,
-                            ports=free_ports(4), mqtt_port=ring.broker_port or 1883, overrides=SETTINGS, draw=False)
+                            transport_options={"ports": free_ports(4), "broker": f"127.0.0.1:{ring.broker_port or 1883}"}, overrides=SETTINGS, draw=False)
     if kind == "mqtt+acl":
         conf = tmp / "plan" / BROKER_DIR / "mosquitto.conf"
         if not conf.exists():

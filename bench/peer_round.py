@@ -167,8 +167,8 @@ def process_peak_rss(hidden: list[int], rounds: int, rule: str, transport: str =
         with mosquitto_broker(tmp) if transport == "mqtt" else contextlib.nullcontext(1883) as broker_port:
             if broker_port is None:
                 return None
-            nodes = write_plan(from_spec("star:9"), tmp / "plan", transport=transport, ports=free_ports(9),
-                               draw=False, mqtt_port=broker_port,
+            nodes = write_plan(from_spec("star:9"), tmp / "plan", transport=transport, draw=False,
+                               transport_options={"ports": free_ports(9), "broker": f"127.0.0.1:{broker_port}"},
                                overrides={"model": {"options": {"hidden": hidden}},
                                           "train": {"epochs": 1.0, "batch_size": 32},
                                           "aggregation": {"rule": rule, "f": 1},

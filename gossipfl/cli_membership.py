@@ -11,8 +11,19 @@ from gossipfl.cli_fleet import fleet_group
 def _report(outcome) -> None:
     click.echo(f"epoch {outcome.epoch}: {outcome.action} {outcome.peer_id}  (record {outcome.record})")
     if outcome.config is not None:
-        click.echo(f"new gateway: {outcome.config.parent}  (copy it to the gateway; start it with "
-                   f"gossipfl peer start --config {outcome.config})")
+        ports = ", ".join(f"{k} port {v}" for k, v in outcome.ports.items())
+        click.echo(f"new gateway: {outcome.config.parent}" + (f" ({ports})" if ports else "") +
+                   f"; copy it to the gateway; start it with gossipfl peer start --config {outcome.config}")
+    if outcome.copied:
+        click.echo(f"copied into it from the plan's template: {', '.join(outcome.copied)}")
+    if outcome.unit is not None:
+        click.echo(f"systemd unit: {outcome.unit} (install it as the plan's README in the unit says)")
+    for note in outcome.notes:
+        click.echo(f"note: {note}")
+    if outcome.rewritten:
+        names = ", ".join(p.parent.name for p in outcome.rewritten)
+        click.echo(f"rewrote the neighbours in {names}/peer.toml (running peers have the record already; copy "
+                   "these files to their gateways before you set one up again from the plan)")
     if outcome.broker is not None:
         files = f"{outcome.broker / 'passwd'} and {outcome.broker / 'acl'}"
         click.echo(f"broker login {'added to' if outcome.action == 'admit' else 'removed from'} {files}: "
@@ -31,13 +42,15 @@ def _report(outcome) -> None:
 @click.option("--name", required=True, help="plan name of the new gateway")
 @click.option("--neighbours", required=True, help="comma-separated plan names (or PeerIds) it neighbours")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
-              help="libp2p plans: its port (default: next free in the plan)")
-@click.option("--host", default="127.0.0.1", show_default=True, help="libp2p plans: its address")
+              help="its listening port where the transport has one (default: one no node of the plan uses)")
+@click.option("--host", default=None, help="its listening address (default: the plan's nodes')")
 @click.option("--no-send", is_flag=True, help="only write and sign the record")
 @friendly
 def fleet_admit(plan: str, name: str, neighbours: str, port, host: str, no_send: bool) -> None:
-    """Admit a new gateway to a running fleet: its folder, a signed record, delivered now
-    (MQTT plans: also its broker login and ACL lines, applied when the broker reloads)."""
+    """Admit a new gateway to a running fleet: its folder (from the plan's template, with ports
+    no other node uses, its systemd unit and the template's modules), a signed record,
+    delivered now (MQTT plans: also its broker login and ACL lines, applied when the broker
+    reloads)."""
     from peer.ops.admin import admit
 
     _report(admit(plan, name, [n.strip() for n in neighbours.split(",") if n.strip()], port=port, host=host,
@@ -50,8 +63,9 @@ def fleet_admit(plan: str, name: str, neighbours: str, port, host: str, no_send:
 @click.option("--no-send", is_flag=True, help="only write and sign the record")
 @friendly
 def fleet_revoke(plan: str, who: str, no_send: bool) -> None:
-    """Revoke a gateway (plan name or PeerId): every peer rejects it from the record's arrival
-    (MQTT plans: its broker login is removed too, once the broker reloads)."""
+    """Revoke a gateway (plan name or PeerId): every peer rejects it from the record's arrival;
+    trust.toml and its former neighbours' peer.toml in the plan no longer name it (MQTT plans:
+    its broker login is removed too, once the broker reloads)."""
     from peer.ops.admin import revoke
 
     _report(revoke(plan, who, send=not no_send))

@@ -46,7 +46,9 @@ def peer_init(directory: str, force: bool) -> None:
 
 @peer_group.command("start")
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False))
-@click.option("--rounds", type=click.IntRange(0), default=None, help="stop after this many rounds (default: from the config)")
+@click.option("--rounds", type=click.IntRange(0), default=None,
+              help="run this many rounds from wherever the peer starts, then stop [default: until its round "
+                   "reaches round.rounds]")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="log every rejection")
 @friendly
@@ -71,13 +73,10 @@ def peer_id_cmd(config: str) -> None:
     """Print this peer's PeerId and the multiaddrs others dial, without starting it."""
     from gossip.identity import load_key
     from peer.config.parse import load_config
+    from peer.transports import kind_of
 
     cfg = load_config(config)
     ident = load_key(cfg.key)
     click.echo(ident.peer_id)
-    if cfg.transport.kind == "libp2p":
-        for addr in cfg.transport.listen:
-            click.echo(f"{addr}/p2p/{ident.peer_id}")
-    elif cfg.transport.kind == "mqtt":
-        click.echo(f"mqtt://{cfg.transport.host}:{cfg.transport.port} topic "
-                   f"{cfg.transport.topic_prefix}/{cfg.network}/{ident.peer_id}/inbox")
+    for line in kind_of(cfg.transport.kind).describe(cfg, ident.peer_id):
+        click.echo(line)

@@ -13,7 +13,6 @@ import pytest
 from click.testing import CliRunner
 
 from gossip.identity import load_key
-from gossipfl import cli_fleet  # noqa: F401  (registers the fleet group until cli.py imports it)
 from gossipfl.cli import main
 from peer.ops.plan import write_plan
 from peer.ops.status import Member, members, row_from_metrics, row_from_status
@@ -30,7 +29,7 @@ def plan(tmp_path, transport="libp2p", n=3, rounds=0, broker=1883, metrics=True)
     over = {k: dict(v) for k, v in SETTINGS.items()}
     over["round"]["rounds"] = rounds
     nodes = write_plan(from_spec(f"ring:{n}"), tmp_path / "plan", network_id="lab", transport=transport,
-                       ports=free_ports(n), mqtt_port=broker, overrides=over, draw=False)
+                       transport_options={"ports": free_ports(n), "broker": f"127.0.0.1:{broker}"}, overrides=over, draw=False)
     ports = free_ports(n)
     if metrics:  # what a plan would write: one endpoint per node
         for node, port in zip(nodes, ports, strict=True):

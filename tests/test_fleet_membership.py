@@ -38,7 +38,7 @@ def test_admit_a_seventh_gateway_and_revoke_one_while_six_run(tmp_path, peer_pro
     ports = free_ports(7)
     over = {"train": {"local_steps": 10, "lr": 0.1}, "round": {"deadline": 3.0, "interval": 0.5, "rounds": 0},
             "aggregation": {"rule": "mean", "f": 0}}
-    nodes = write_plan(from_spec("ring:6"), tmp_path / "plan", network_id="lab", ports=ports[:6], overrides=over,
+    nodes = write_plan(from_spec("ring:6"), tmp_path / "plan", network_id="lab", transport_options={"ports": ports[:6]}, overrides=over,
                        draw=False)
     names = [n.label for n in nodes]
     for n in nodes:

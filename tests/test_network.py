@@ -32,7 +32,7 @@ def plan(tmp_path: Path, transport: str, rounds: int = ROUNDS, broker: int = 188
     over = {k: dict(v) for k, v in SETTINGS.items()}
     over["round"]["rounds"] = rounds
     return write_plan(from_spec("regular:8,4", seed=2), tmp_path / "plan", network_id="lab", transport=transport,
-                      ports=free_ports(8), mqtt_port=broker, overrides=over, draw=False)
+                      transport_options={"ports": free_ports(8), "broker": f"127.0.0.1:{broker}"}, overrides=over, draw=False)
 
 
 def db(node) -> Path:
@@ -318,7 +318,7 @@ def test_mqtt_topic_spoofing_does_not_silence_a_neighbour(tmp_path, peer_process
     over = {k: dict(v) for k, v in SETTINGS.items()}
     over["round"].update({"rounds": 4, "deadline": 3.0})
     nodes = write_plan(from_spec("ring:3"), tmp_path / "plan", network_id="lab", transport="mqtt",
-                       mqtt_port=mosquitto, overrides=over, draw=False)
+                       transport_options={"broker": f"127.0.0.1:{mosquitto}"}, overrides=over, draw=False)
     victim, friend = nodes[0], nodes[1]
     for n in nodes:
         peer_processes.start(n.label, n.config)

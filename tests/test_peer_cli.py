@@ -125,7 +125,7 @@ def test_init_example_shows_every_default_of_the_config_dataclasses(tmp_path):
     assert r.exit_code == 0, r.output
     cfg = load_config(tmp_path / "peer.toml")
     checked = 0
-    for table in ("transport", "model", "data", "train", "aggregation", "round"):
+    for table in ("transport", "model", "data", "train", "aggregation", "round", "metrics"):
         section = getattr(cfg, table)
         for f in fields(section):
             expected = EXAMPLE_VALUES.get(f"{table}.{f.name}", default_of(f))
@@ -140,3 +140,5 @@ def test_init_example_shows_every_default_of_the_config_dataclasses(tmp_path):
     assert cfg.network == EXAMPLE_VALUES["network.id"] and cfg.key == tmp_path / EXAMPLE_VALUES["identity.key"]
     text = (tmp_path / "peer.toml").read_text()
     assert "# max_message_mb" in text  # absent: derived from the model, shown commented out
+    assert '\n[metrics]\n# listen = "127.0.0.1:9464"' in text and '\nlearner = "classification"' in text
+    assert "\n# quorum = 0" in text and "\n# interval = 0.0" in text  # a plan computes them unless set

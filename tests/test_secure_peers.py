@@ -35,7 +35,7 @@ def plan(path, spec, transport="memory", **over):
     tables = {k: dict(v) for k, v in FAST.items()}
     for k, v in over.items():
         tables.setdefault(k, {}).update(v)
-    kw = {"ports": free_ports(len(from_spec(spec).nodes))} if transport == "libp2p" else {}
+    kw = {"transport_options": {"ports": free_ports(len(from_spec(spec).nodes))}} if transport == "libp2p" else {}
     return write_plan(from_spec(spec, seed=1), path, transport=transport, overrides=tables, draw=False,
                       network_id="lab", **kw)
 

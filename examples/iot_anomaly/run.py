@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -19,30 +18,19 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the gossipfl checkout, when run from it
 
-SETTINGS = {
-    "model": {"name": "gateway:autoencoder", "options": {"hidden": 32, "code": 8}},
-    "data": {"source": "gateway:sensors", "holdout": 0.2},
-    "train": {"learner": "gateway:AnomalyLearner", "local_steps": 20, "batch_size": 32, "lr": 0.003},
-    "aggregation": {"rule": "mean", "f": 0},
-    "round": {"deadline": 10.0, "train_in_thread": False},
-}
+TEMPLATE = HERE / "peer.toml"  # model, data and learner from gateway.py: what every gateway inherits
 
 
 def plan(out: Path, rounds: int):
-    """Three gateway folders, each with its peer.toml, key and a copy of gateway.py."""
+    """Three gateway folders, each with its peer.toml, key and a copy of gateway.py (the
+    template's modules are copied by the plan)."""
     from peer.ops.plan import write_plan
+    from peer.ops.template import NodeTemplate
     from topology import from_spec
 
-    over = {k: dict(v) for k, v in SETTINGS.items()}
-    over["round"]["rounds"] = rounds
-    sys.path.insert(0, str(HERE))  # write_plan loads each config it writes: gateway.py must import meanwhile
-    try:
-        nodes = write_plan(from_spec("complete:3"), out, transport="memory", overrides=over, draw=False, force=True)
-    finally:
-        sys.path.remove(str(HERE))
-    for n in nodes:
-        shutil.copy(HERE / "gateway.py", n.dir / "gateway.py")
-    return nodes
+    over = {"round": {"deadline": 10.0, "train_in_thread": False, "rounds": rounds}}
+    return write_plan(from_spec("complete:3"), out, transport="memory", template=NodeTemplate.load(TEMPLATE),
+                      overrides=over, draw=False, force=True)
 
 
 def federated(nodes, rounds: int) -> list:

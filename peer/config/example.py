@@ -5,18 +5,20 @@ value (a name, an address), so the example can never drift from what parse_confi
 from __future__ import annotations
 
 import inspect
+from dataclasses import fields
 
 from privacy.settings import PrivacySettings
 
 from ..learning.classification import TrainConfig
 from ..learning.model import BUILTIN
+from ..transports import KINDS, kind_of
 from .parse import (
     DEFAULT_DATA_DIR,
     AggregationConfig,
     DataConfig,
+    MetricsConfig,
     ModelConfig,
     RoundConfig,
-    TransportConfig,
     default_of,
 )
 from .tomlwrite import value
@@ -35,11 +37,7 @@ _LAYOUT = [
     ("identity", None, [("key", "Ed25519 key, mode 0600 (gossipfl keygen --out peer.key)")]),
     ("network", None, [("id", "peers only accept updates for their own network id"),
                        ("trust", "PeerIds allowed in the network")]),
-    ("transport", TransportConfig, [
-        ("kind", "libp2p | mqtt | memory (memory: only inside one process)"), ("listen", "libp2p addresses"),
-        ("mdns", "also discover neighbours on the LAN"), ("host", "mqtt: the broker"), ("port", "mqtt"),
-        ("username", "mqtt"), ("password", "mqtt"), ("tls", "mqtt"), ("ca_file", "mqtt: CA certificate for TLS"),
-        ("topic_prefix", "mqtt"), ("status", "mqtt: publish a retained status with a last will")]),
+    ("transport", None, []),  # from the transport declarations: _transport_lines
     ("model", ModelConfig, [
         ("name", f"{' | '.join(BUILTIN)} | package.module:factory"), ("classes", "number of classes"),
         ("options", f"factory options, e.g. {{ hidden = {value(_MLP_HIDDEN)} }} for mlp (its default)"),
@@ -53,18 +51,21 @@ _LAYOUT = [
         ("options", "keyword arguments of a package.module:loader")]),
     ("train", TrainConfig, [
         ("local_steps", "SGD steps per round"), ("epochs", "> 0: passes over the data instead of local_steps"),
-        ("batch_size", ""), ("lr", "learning rate"), ("momentum", ""), ("weight_decay", "")]),
+        ("batch_size", ""), ("lr", "learning rate"), ("momentum", ""), ("weight_decay", ""),
+        ("learner", "classification | package.module:factory (your own loss, optimizer, task)"),
+        ("options", "keyword arguments of a package.module:factory learner")]),
     ("aggregation", AggregationConfig, [
         ("rule", "see `gossipfl rules`; pre-steps compose: \"nnm+krum\""), ("f", "Byzantine neighbours to tolerate"),
         ("weights", "uniform | metropolis_hastings"), ("params", "the rule's parameters (see `gossipfl rules`)")]),
     ("round", RoundConfig, [
-        ("deadline", "seconds to wait for neighbours each round"), ("quorum", "proceed once this many arrived (0: all)"),
-        ("rounds", "stop after this many rounds (0: run until stopped)"),
+        ("deadline", "seconds to wait for neighbours each round"), ("quorum", "proceed once this many arrived (0: all); plans: n - f where the rule allows"),
+        ("rounds", "the round to stop at, counted from 0, not from a restart (0: run until stopped)"),
         ("max_lead", "rounds ahead of this peer that are buffered"), ("codec", "raw-f32 | f16 | int8"),
         ("max_message_mb", "largest accepted message (default: derived from the model and codec)"),
         ("inbox_per_neighbour", "updates buffered per neighbour and round"),
         ("train_in_thread", "train off the event loop"),
-        ("interval", "at least this many seconds between round starts (pacing)")]),
+        ("interval", "at least this many seconds between round starts (pacing); plans: 2 on gateways")]),
+    ("metrics", MetricsConfig, [("listen", "HOST:PORT of a Prometheus endpoint (absent: none)")]),
     ("privacy", PrivacySettings, [
         ("mode", "off | update (clip + noise each round's model change) | record (DP-SGD)"),
         ("noise_multiplier", "sigma: noise std = sigma * clip"), ("clip", "L2 bound of a change or an example's gradient"),
@@ -74,6 +75,11 @@ _LAYOUT = [
 ]
 
 _PLAIN_DEFAULTS = {"storage.dir": DEFAULT_DATA_DIR}
+# fields off by default, shown commented out with a value to copy
+_COMMENTED_SAMPLES = {"metrics.listen": "127.0.0.1:9464"}
+# shown commented out with their defaults: `topology plan` computes them per node unless a
+# template (often this example, edited) sets them
+_PLAN_COMPUTED = ("round.quorum", "round.interval")
 
 
 def example_value(table: str, key: str, cls=None):
@@ -87,14 +93,41 @@ def example_value(table: str, key: str, cls=None):
     return default_of(field_)
 
 
+def _line(key: str, v, comment: str, commented: bool = False) -> str:
+    text = f"# {key} = ..." if v is None else f"{'# ' if commented else ''}{key} = {value(v)}"
+    return f"{text:<40} # {comment}" if comment else text
+
+
+def _transport_lines() -> list[str]:
+    """`kind`, the example's kind's fields, then every other kind's, commented out."""
+    chosen = kind_of(EXAMPLE_VALUES["transport.kind"])
+    kinds = [chosen, *(k for k in KINDS.values() if k is not chosen)]
+    undeployed = [k.name for k in KINDS.values() if not k.deployed]
+    lines = [_line("kind", chosen.name, " | ".join(KINDS) + "".join(f" ({n}: only inside one process)"
+                                                                     for n in undeployed))]
+    for k in kinds:
+        for f in fields(k.config):
+            if f.name == "kind":
+                continue
+            v = EXAMPLE_VALUES.get(f"transport.{f.name}", default_of(f)) if k is chosen else default_of(f)
+            lines.append(_line(f.name, v, f"{k.name}: {k.comments.get(f.name, '')}".rstrip(": "),
+                               commented=k is not chosen))
+    return lines
+
+
 def example_config() -> str:
     lines = ["# gossipfl peer configuration. Paths are relative to this file.",
              "# Values shown are the defaults, except the example deployment's name, addresses and shards."]
     for table, cls, entries in _LAYOUT:
         if table:
             lines += ["", f"[{table}]"]
+        if table == "transport":
+            lines += _transport_lines()
+            continue
         for key, comment in entries:
-            v = example_value(table, key, cls)
-            text = f"# {key} = ..." if v is None else f"{key} = {value(v)}"
-            lines.append(f"{text:<40} # {comment}" if comment else text)
+            sample = _COMMENTED_SAMPLES.get(f"{table}.{key}")
+            if f"{table}.{key}" in _PLAN_COMPUTED:
+                sample = example_value(table, key, cls)
+            lines.append(_line(key, sample, comment, commented=True) if sample is not None
+                         else _line(key, example_value(table, key, cls), comment))
     return "\n".join(lines) + "\n"

@@ -26,13 +26,15 @@ from ..learning.model import (
     check_model_factory,
     load_object,
 )
+from ..transports import KINDS, kind_of, names
+from . import checks
+from .checks import SEED, between, fraction, message_mb, non_negative, positive, seconds
 from .settings import (  # noqa: F401  (the dataclasses are read through peer.config.parse too)
     BUILTIN_SOURCES,
     DEFAULT_DATA_DIR,
     LOADER_ARGUMENTS,
     SECURE_BOUND,
     SECURE_MIN_SENDERS,
-    TRANSPORTS,
     AggregationConfig,
     DataConfig,
     MetricsConfig,
@@ -47,11 +49,8 @@ from .settings import (  # noqa: F401  (the dataclasses are read through peer.co
 )
 
 MAX_CONFIG_FILE = 1024 * 1024
-MAX_SECONDS = 30 * 86400.0  # round deadlines and pacing intervals: at most 30 days
-MAX_SEED = 2**32 - 1
 MAX_LEAD = 100
 MAX_INBOX = 64
-MAX_MESSAGE_MB = 4096.0
 
 
 class _Table:
@@ -121,46 +120,6 @@ def default_of(f: Field):
     return ...
 
 
-def _positive(v):
-    return None if v > 0 else "must be > 0"
-
-
-def _non_negative(v):
-    return None if v >= 0 else "must be >= 0"
-
-
-def _between(low, high):
-    def check(v):
-        return None if low <= v <= high else f"must be in {low}..{high}"
-    return check
-
-
-def _fraction(v):
-    return None if 0 <= v < 1 else "must be in [0, 1)"
-
-
-def _seconds(positive: bool):
-    def check(v):
-        if positive and v <= 0:
-            return "must be > 0 seconds"
-        return None if 0 <= v <= MAX_SECONDS else f"must be in 0..{MAX_SECONDS:g} seconds"
-    return check
-
-
-def _message_mb(v):
-    return None if 0 < v <= MAX_MESSAGE_MB else f"must be > 0 and at most {MAX_MESSAGE_MB:g} (MB)"
-
-
-_SEED = (int, {"check": _between(0, MAX_SEED)})
-_MQTT_TOPIC_CHARS = ("+", "#", "\x00")
-
-
-def _topic_prefix(v):
-    if not v or any(c in v for c in _MQTT_TOPIC_CHARS) or v.startswith("/") or v.endswith("/"):
-        return "must be a non-empty MQTT topic without +, # or a leading/trailing /"
-    return None
-
-
 def _network_id(v):
     if not v or len(v.encode()) > MAX_NETWORK_ID_LEN or not v.isprintable():
         return f"must be 1 to {MAX_NETWORK_ID_LEN} bytes of printable characters (it is signed into every update)"
@@ -182,8 +141,8 @@ def _neighbours(net: _Table) -> list[Neighbour]:
             check_peer_id(nid)
         except PeerIdError as exc:
             raise ConfigError(f"{where}.id: {exc}") from None
-        nb = t.section(Neighbour, {"id": (str, {}), "addr": (str, {"check": _multiaddr}),
-                                   "name": (str, {}), "degree": (int, {"check": _between(1, 1 << 20)}),
+        nb = t.section(Neighbour, {"id": (str, {}), "addr": (str, {"check": checks.multiaddr}),
+                                   "name": (str, {}), "degree": (int, {"check": between(1, 1 << 20)}),
                                    "group": (list, {"what": "a list of PeerIds (the neighbour's neighbours)"})})
         if nb.group is not None:
             nb.group = _group(nb.group, f"{where}.group")
@@ -239,19 +198,23 @@ def check_secure_mean(agg: AggregationConfig, neighbours: list[Neighbour]) -> No
                               "neighbours, the group whose masks cancel (`topology plan` writes it)")
 
 
-def _multiaddr(v):
-    return None if v.startswith("/") and v.isprintable() else "must be a multiaddr like /ip4/10.0.0.2/tcp/4001"
-
-
-def _listen(v):
-    if not v or not all(isinstance(a, str) and not _multiaddr(a) for a in v):
-        return "must be a non-empty list of multiaddrs like /ip4/0.0.0.0/tcp/4001"
-    return None
+def _transport(t: _Table, network: str, base: Path) -> TransportConfig:
+    """[transport] as its kind declares it (peer.transports). A field of another kind is
+    checked by that kind's rules and left unused (a config whose kind was switched still
+    loads; a bad value is still an error)."""
+    kind = kind_of(t.get("kind", str, TransportConfig.kind, allowed=names()))
+    for other in KINDS.values():
+        for key, (typ, kw) in other.schema.items():
+            if other is not kind and key not in kind.schema and key in t.data:
+                t.get(key, typ, **kw)
+    transport = t.section(kind.config, {"kind": (str, {}), **kind.schema})
+    kind.check(transport, network, base)
+    return transport
 
 
 def _model(m: _Table, base: Path) -> ModelConfig:
-    model = m.section(ModelConfig, {"name": (str, {}), "classes": (int, {"check": _between(2, 1_000_000)}),
-                                    "options": (dict, {}), "seed": _SEED})
+    model = m.section(ModelConfig, {"name": (str, {}), "classes": (int, {"check": between(2, 1_000_000)}),
+                                    "options": (dict, {}), "seed": SEED})
     if model.name in BUILTIN:
         check_builtin_options(model.name, model.options)
     elif ":" not in model.name:
@@ -263,11 +226,11 @@ def _model(m: _Table, base: Path) -> ModelConfig:
 
 def _data(d: _Table, base: Path) -> DataConfig:
     data = d.section(DataConfig, {
-        "source": (str, {}), "shard": (int, {"check": _non_negative}), "shards": (int, {"check": _between(1, 1 << 20)}),
-        "partition": (str, {"allowed": ("iid", "dirichlet", "labels")}), "alpha": (float, {"check": _positive}),
-        "labels_per_shard": (int, {"check": _between(1, 1 << 20)}), "path": (str, {}),
-        "label_column": (str, {}), "x_key": (str, {}), "y_key": (str, {}), "holdout": (float, {"check": _fraction}),
-        "seed": _SEED, "options": (dict, {})})
+        "source": (str, {}), "shard": (int, {"check": non_negative}), "shards": (int, {"check": between(1, 1 << 20)}),
+        "partition": (str, {"allowed": ("iid", "dirichlet", "labels")}), "alpha": (float, {"check": positive}),
+        "labels_per_shard": (int, {"check": between(1, 1 << 20)}), "path": (str, {}),
+        "label_column": (str, {}), "x_key": (str, {}), "y_key": (str, {}), "holdout": (float, {"check": fraction}),
+        "seed": SEED, "options": (dict, {})})
     if data.shard >= data.shards:
         raise ConfigError(f"data.shard must be below data.shards = {data.shards}, got {data.shard}")
     if data.source in BUILTIN_SOURCES:
@@ -307,10 +270,10 @@ def parse_privacy(t: _Table) -> PrivacySettings:
     if isinstance(budget, float) and budget == math.inf:
         t.data = {k: v for k, v in t.data.items() if k != "epsilon"}
     s = t.section(PrivacySettings, {
-        "mode": (str, {"allowed": MODES}), "noise_multiplier": (float, {"check": _non_negative}),
-        "clip": (float, {"check": _positive}), "delta": (float, {"check": lambda v: None if 0 < v < 1 else
+        "mode": (str, {"allowed": MODES}), "noise_multiplier": (float, {"check": non_negative}),
+        "clip": (float, {"check": positive}), "delta": (float, {"check": lambda v: None if 0 < v < 1 else
                                                                 "must be between 0 and 1 (exclusive)"}),
-        "epsilon": (float, {"check": _positive}), "accountant": (str, {"allowed": ACCOUNTANTS})})
+        "epsilon": (float, {"check": positive}), "accountant": (str, {"allowed": ACCOUNTANTS})})
     problem = check_privacy(s)
     if problem:
         raise ConfigError(problem)
@@ -331,34 +294,21 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
     neighbours = _neighbours(net)
     net.done()
 
-    transport = top.table("transport").section(TransportConfig, {
-        "kind": (str, {"allowed": TRANSPORTS}), "listen": (list, {"check": _listen}), "mdns": (bool, {}),
-        "host": (str, {"check": lambda v: None if v and v.isprintable() else "must be a host name or address"}),
-        "port": (int, {"check": lambda v: None if 0 < v < 65536 else "must be a TCP port"}),
-        "username": (str, {}), "password": (str, {}), "password_file": (str, {}), "tls": (bool, {}),
-        "ca_file": (str, {}), "topic_prefix": (str, {"check": _topic_prefix}), "status": (bool, {})})
-    if transport.password_file is not None:
-        if transport.password is not None:
-            raise ConfigError("transport.password and transport.password_file are both set; keep one")
-        transport.password_file = str(base / transport.password_file)
-        transport.password = read_limited_text(transport.password_file, 4096,
-                                               "transport.password_file").rstrip("\r\n")
-    if transport.kind == "mqtt" and any(c in network for c in ("/", *_MQTT_TOPIC_CHARS)):
-        raise ConfigError(f"network.id must not contain /, + or # with transport.kind = mqtt, got {network!r}")
+    transport = _transport(top.table("transport"), network, base)
 
     model = _model(top.table("model"), base)
     data = _data(top.table("data"), base)
 
     train = top.table("train").section(TrainConfig, {
-        "local_steps": (int, {"check": _between(1, 1 << 31)}), "epochs": (float, {"check": _between(0, 1e6)}),
-        "batch_size": (int, {"check": _between(1, 1 << 20)}), "lr": (float, {"check": _positive}),
-        "momentum": (float, {"check": _fraction}), "weight_decay": (float, {"check": _non_negative}),
+        "local_steps": (int, {"check": between(1, 1 << 31)}), "epochs": (float, {"check": between(0, 1e6)}),
+        "batch_size": (int, {"check": between(1, 1 << 20)}), "lr": (float, {"check": positive}),
+        "momentum": (float, {"check": fraction}), "weight_decay": (float, {"check": non_negative}),
         "learner": (str, {"check": lambda v: None if v else "must not be empty"}), "options": (dict, {})})
     check_learner(train.learner, train.options, base)
 
     a = top.table("aggregation")
     agg = a.section(AggregationConfig, {
-        "rule": (str, {}), "f": (int, {"check": _between(0, 1 << 20)}),
+        "rule": (str, {}), "f": (int, {"check": between(0, 1 << 20)}),
         "weights": (str, {"allowed": ("uniform", "metropolis_hastings")}), "params": (dict, {})})
     try:
         check_aggregation_params(agg.rule, agg.params)
@@ -369,11 +319,11 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
         raise ConfigError(f"aggregation.f must be at most the number of neighbours ({len(neighbours)}), got {agg.f}")
 
     rnd = top.table("round").section(RoundConfig, {
-        "deadline": (float, {"check": _seconds(True)}), "quorum": (int, {"check": _non_negative}),
-        "rounds": (int, {"check": _non_negative}), "max_lead": (int, {"check": _between(0, MAX_LEAD)}),
-        "codec": (str, {"allowed": FLOAT_CODECS}), "max_message_mb": (float, {"check": _message_mb}),
-        "inbox_per_neighbour": (int, {"check": _between(1, MAX_INBOX)}), "train_in_thread": (bool, {}),
-        "interval": (float, {"check": _seconds(False)})})
+        "deadline": (float, {"check": seconds(True)}), "quorum": (int, {"check": non_negative}),
+        "rounds": (int, {"check": non_negative}), "max_lead": (int, {"check": between(0, MAX_LEAD)}),
+        "codec": (str, {"allowed": FLOAT_CODECS}), "max_message_mb": (float, {"check": message_mb}),
+        "inbox_per_neighbour": (int, {"check": between(1, MAX_INBOX)}), "train_in_thread": (bool, {}),
+        "interval": (float, {"check": seconds(False)})})
     if neighbours and rnd.quorum > len(neighbours):
         raise ConfigError(f"round.quorum must be at most the number of neighbours ({len(neighbours)}), "
                           f"got {rnd.quorum}")

@@ -9,7 +9,6 @@ from typing import Any
 
 from privacy.settings import PrivacySettings
 
-TRANSPORTS = ("memory", "libp2p", "mqtt")
 BUILTIN_SOURCES = ("digits", "npz", "csv")
 DEFAULT_DATA_DIR = "peer-data"
 LOADER_ARGUMENTS = ("shard", "shards", "seed")  # what the peer passes every package.module:loader
@@ -26,19 +25,10 @@ class Neighbour:
 
 @dataclass
 class TransportConfig:
+    """[transport]: `kind` picks the declaration (peer.transports) whose subclass of this holds
+    the kind's own fields (libp2p: listen, mdns; mqtt: host, port, ...); memory has none."""
+
     kind: str = "memory"
-    listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
-    mdns: bool = False
-    # mqtt
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    password_file: str | None = None  # the password in a file of its own (mode 0600), beside the key
-    tls: bool = False
-    ca_file: str | None = None
-    topic_prefix: str = "gossipfl"
-    status: bool = True
 
 
 @dataclass
@@ -82,13 +72,18 @@ class AggregationConfig:
 class RoundConfig:
     deadline: float = 10.0
     quorum: int = 0  # 0: wait for every neighbour (or the deadline)
-    rounds: int = 0  # 0: run until stopped
+    rounds: int = 0  # the round to stop at: the peer stops when its round reaches it (0: run until stopped)
     max_lead: int = 2
     codec: str = "raw-f32"
     max_message_mb: float | None = None  # None: derived from the model's update size and the codec
     inbox_per_neighbour: int = 4
     train_in_thread: bool = True
     interval: float = 0.0  # minimum seconds from one round's start to the next (pacing)
+
+    def reached(self, round: int) -> bool:
+        """Whether a peer at `round` is done: `rounds` counts from round 0, not from a restart
+        (a peer resumed or caught up at round 7 of rounds = 10 runs 3 more)."""
+        return self.rounds > 0 and round >= self.rounds
 
 
 @dataclass

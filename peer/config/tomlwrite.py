@@ -24,7 +24,8 @@ def value(v) -> str:
 
 
 def dumps(doc: dict, comments: dict[str, str] | None = None) -> str:
-    """Top-level scalars first, then one [table] per dict; None values are left out."""
+    """Top-level scalars first, then one [table] per dict; None values are left out.
+    `comments`: "table" -> a comment line above [table], "table.key" -> one after the value."""
     comments = comments or {}
     lines = []
     for k, v in doc.items():
@@ -44,5 +45,7 @@ def dumps(doc: dict, comments: dict[str, str] | None = None) -> str:
                     lines += [f"    {value(x)}," for x in vv]
                     lines.append("]")
                 else:
-                    lines.append(f"{kk} = {value(vv)}")
+                    line = f"{kk} = {value(vv)}"
+                    note = comments.get(f"{k}.{kk}")
+                    lines.append(f"{line:<24} # {note}" if note else line)
     return "\n".join(lines) + "\n"

@@ -1,38 +1,46 @@
 """The network admin's side of membership: admit a gateway or revoke one, in a plan folder.
 
-`admit` writes the new gateway's folder (key, peer.toml naming its neighbours), adds it to the
-plan's trust.toml (for gateways started later) and signs an `admit` record with the next epoch;
-`revoke` signs a `revoke` record and takes the PeerId off trust.toml. Records are kept in
+`admit` writes the new gateway's folder like the plan wrote the others (key, a peer.toml from the
+plan's template with free ports, the template's modules, a systemd unit), adds it to the plan's
+trust.toml and to its neighbours' peer.toml files (for gateways set up again from the plan) and
+signs an `admit` record with the next epoch; `revoke` signs a `revoke` record, takes the PeerId
+off trust.toml (a gateway set up again from the plan must not trust the stolen key) and out of
+its former neighbours' peer.toml files. Records are kept in
 PLAN/admin/records/ and delivered to every gateway of the plan (each passes it on to its
-neighbours, so reaching a few is enough): over libp2p under the admin key, or over MQTT into
-each inbox with the admin's broker login (PLAN/admin/mqtt.password). Running peers apply them
-at once: no restart anywhere. On an MQTT plan, admit also gives the gateway a broker login and
-its ACL lines in PLAN/broker/ and revoke takes them away; the broker applies that on reload.
+neighbours, so reaching a few is enough) the way the plan's transport declares (peer.transports:
+libp2p under the admin key, MQTT into each inbox with the admin's broker login). Running peers
+apply them at once: no restart anywhere. What else a transport keeps (an MQTT plan's broker
+logins and ACL lines in PLAN/broker/) its declaration changes too; the broker applies that on
+reload.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gossip.identity import Identity, load_key, save_key
 from gossip.membership import open_record, seal_record
 from gossip.trust import TrustList, load_trust_list
 
+from ..config.parse import load_config
 from ..config.tomlwrite import dumps
 from ..errors import ConfigError
-from .mosquitto import (
-    ADMIN_PASSWORD,
-    BrokerPeer,
-    add_login,
-    new_password,
-    remove_login,
-    write_secret,
+from ..transports import TransportKind, kind_of
+from .mosquitto import write_secret
+from .plan import ADMIN_DIR, ADMIN_KEY, agreement_fields, node_dir_name, node_document, write_unit
+from .plan_edits import (
+    adjacency,
+    check_port,
+    free_port,
+    listen_port,
+    ports_in_use,
+    rewrite_neighbourhoods,
 )
-from .plan import ADMIN_DIR, ADMIN_KEY, BROKER_DIR, agreement_fields, node_dir_name
+from .systemd import GatewayLayout
+from .template import NodeTemplate
 
 RECORDS = "records"
 
@@ -46,6 +54,11 @@ class Outcome:
     delivered: dict[str, bool]  # node name -> delivered
     config: Path | None = None  # the admitted gateway's peer.toml
     broker: Path | None = None  # MQTT plans: the broker folder whose passwd and acl changed (reload it)
+    unit: Path | None = None  # the admitted gateway's systemd unit
+    ports: dict[str, int] = field(default_factory=dict)  # the admitted gateway's: "listen", "metrics"
+    copied: list[str] = field(default_factory=list)  # the template's modules and data copied into its folder
+    notes: list[str] = field(default_factory=list)  # what the admin must still do by hand
+    rewritten: list[Path] = field(default_factory=list)  # the plan's peer.toml files whose neighbours changed
 
 
 class Plan:
@@ -58,26 +71,24 @@ class Plan:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{self.dir}: not a plan folder (plan.json: {exc})") from None
         self.trust = load_trust_list(self.dir / "trust.toml")
-        key = self.dir / ADMIN_DIR / ADMIN_KEY
+        self.admin_dir = self.dir / ADMIN_DIR
+        key = self.admin_dir / ADMIN_KEY
         if not key.exists():
             raise ConfigError(f"{key} not found: membership records are signed with the plan's admin key "
                               "(copy it back from where you keep it)")
         self.admin: Identity = load_key(key)
         if self.trust.admin != self.admin.peer_id:
             raise ConfigError(f"{key} is not the admin key trust.toml names ({self.trust.admin})")
-        self.records = self.dir / ADMIN_DIR / RECORDS
-        self.kind = self.manifest.get("transport", "libp2p")
-        self.broker = self.dir / BROKER_DIR
-
-    def mqtt_settings(self):
-        """The broker and topics of an MQTT plan, as its first node's config has them."""
-        from ..config.parse import load_config
-
-        return load_config(self.dir / self.nodes[0]["config"]).transport
+        self.records = self.admin_dir / RECORDS
+        self.kind: TransportKind = kind_of(self.manifest.get("transport", "libp2p"))
 
     @property
     def nodes(self) -> list[dict]:
         return self.manifest["nodes"]
+
+    @property
+    def live(self) -> list[dict]:
+        return [n for n in self.nodes if "revoked_epoch" not in n]
 
     def node(self, who: str) -> dict:
         """A node by plan name or PeerId (prefix or suffix)."""
@@ -89,11 +100,24 @@ class Plan:
         return hits[0]
 
     def config(self, node: dict) -> dict:
+        """A node's peer.toml as written (TOML tables)."""
         return tomllib.loads((self.dir / node["config"]).read_text())
 
-    def address(self, node: dict) -> str | None:
-        listen = self.config(node).get("transport", {}).get("listen") or []
-        return f"{listen[0]}/p2p/{node['peer_id']}" if listen and node.get("port") else None
+    def load(self, node: dict):
+        """A node's peer.toml, loaded and checked (a PeerConfig)."""
+        return load_config(self.dir / node["config"])
+
+    def transport_config(self):
+        """The transport settings the plan's nodes share, as its first live node has them."""
+        return self.load(self.live[0] if self.live else self.nodes[0]).transport
+
+    def template(self) -> NodeTemplate | None:
+        """The tables the plan's nodes inherit (None: a plan written before plans kept one)."""
+        kept = self.manifest.get("template") or {}
+        return NodeTemplate.of_plan(self.dir, kept.get("data_from"))
+
+    def gateway(self) -> GatewayLayout:
+        return GatewayLayout(**self.manifest.get("gateway", {}))
 
     def next_epoch(self) -> int:
         epochs = [open_record(p.read_bytes(), admin=self.admin.peer_id, network=self.trust.network).epoch
@@ -113,121 +137,138 @@ class Plan:
         (self.dir / "trust.toml").write_text(trust.to_toml())
         (self.dir / "plan.json").write_text(json.dumps(self.manifest, indent=1))
 
+    def rewrite_neighbourhoods(self, graph: dict[str, list[str]], addresses: dict[str, str | None]) -> list[Path]:
+        """The live nodes' peer.toml files after a membership change (peer.ops.plan_edits)."""
+        template = self.template()
+        fixed = None if template is None else set(template.tables.get("round", {}))
+        return rewrite_neighbourhoods({n["peer_id"]: self.dir / n["config"] for n in self.live}, graph,
+                                      names={n["peer_id"]: n["node"] for n in self.nodes}, addresses=addresses,
+                                      deployed=self.kind.deployed, fixed=fixed)
 
-def admit(folder, name: str, neighbours: list[str], *, port: int | None = None, host: str = "127.0.0.1",
+
+def admit(folder, name: str, neighbours: list[str], *, port: int | None = None, host: str | None = None,
           send: bool = True) -> Outcome:
+    """A new gateway, set up as the plan set up the others; `port` and `host`: where it listens
+    (transports that listen; default: a port no node of the plan uses, on the plan's host)."""
     plan = Plan(folder)
     if any(n["node"] == name for n in plan.nodes):
         raise ConfigError(f"the plan already has a node {name!r}")
     nbrs = [plan.node(n) for n in neighbours]
     if not nbrs:
         raise ConfigError("name at least one neighbour for the new gateway (--neighbours a,b)")
-    template = plan.config(nbrs[0])
-    kind = template.get("transport", {}).get("kind", "libp2p")
-    if kind == "libp2p" and port is None:
-        port = max((n.get("port") or 0 for n in plan.nodes), default=4000) + 1
-    folder_ = plan.dir / node_dir_name(name)
-    if folder_.exists():
-        raise ConfigError(f"{folder_} exists already")
+    for n in nbrs:
+        if "revoked_epoch" in n:
+            raise ConfigError(f"{n['node']} was revoked at epoch {n['revoked_epoch']}: a revoked gateway has no "
+                              "neighbours (no section for neighbour rights); name live gateways")
+    node_dir = plan.dir / node_dir_name(name)
+    if node_dir.exists():
+        raise ConfigError(f"{node_dir} exists already")
+    docs = {n["node"]: plan.config(n) for n in plan.nodes}
+    template, notes = admission_template(plan, nbrs[0])
+    template.check_imports()  # before anything is written or a broker login added
+    used, index, ports = ports_in_use(docs), len(plan.nodes), {}
+    host = host or plan_host(docs) or "127.0.0.1"
+    if plan.kind.listens:
+        after = max((listen_port(a) or 0 for d in docs.values() for a in (d.get("transport") or {}).get("listen", [])),
+                    default=4000) + 1
+        ports["listen"] = check_port(used, port, "--port") if port else free_port(used, after, host)
+        used[ports["listen"]] = "the new gateway's listening port"
+    base = template.metrics_port(index)
+    if base is not None:
+        metrics_host = template.metrics_listen(base).rpartition(":")[0].strip("[]")
+        ports["metrics"] = free_port(used, base, metrics_host)
     ident = Identity.generate()
-    broker = password = None
-    if kind == "mqtt" and plan.broker.exists():  # its login first: a refusal leaves nothing behind
-        t, password = plan.mqtt_settings(), new_password()
-        add_login(plan.broker, BrokerPeer(ident.peer_id, password, tuple(n["peer_id"] for n in nbrs)),
-                  prefix=t.topic_prefix, network=plan.trust.network)
-        broker = plan.broker
-    folder_.mkdir(parents=True)
-    save_key(ident, folder_ / "peer.key")
-    doc = dict(template)
-    doc["name"] = name
-    doc["network"] = {**template["network"], "neighbours": [
-        {"id": n["peer_id"], "name": n["node"], **({"addr": plan.address(n)} if plan.address(n) else {})}
-        for n in nbrs]}
-    addr = ""
-    if kind == "libp2p":
-        doc["transport"] = {**template["transport"], "listen": [f"/ip4/{host}/tcp/{port}"]}
-        addr = f"/ip4/{host}/tcp/{port}/p2p/{ident.peer_id}"
-    elif kind == "mqtt":  # its own login; the password beside the key, 0600, as a plan writes it
-        password = password or new_password()
-        write_secret(folder_ / "mqtt.password", password + "\n")
-        doc["transport"] = {k: v for k, v in template["transport"].items() if k != "password"} | {
-            "username": ident.peer_id, "password_file": "mqtt.password"}
-    config = folder_ / "peer.toml"
-    config.write_text(f"# gateway {name}, admitted to a running fleet\n" + dumps(doc))
-    fields = agreement_fields(ident, plan.trust.network)  # its secure-aggregation key, like every node's
+    ids = [n["peer_id"] for n in nbrs]
+    ep = plan.kind.admit_endpoint(plan, ident.peer_id, ids, host, ports.get("listen"))  # may refuse: nothing written
+    node_dir.mkdir(parents=True)
+    save_key(ident, node_dir / "peer.key")
+    for file, text in ep.secrets.items():
+        write_secret(node_dir / file, text)
+    tables = template.for_node(name, index, index + 1, ports.get("metrics"))
+    copied = template.copy_into(node_dir, tables)
+    notes += [f"module {top!r} is not in the plan's template folder: install it on the new gateway (pip install) "
+              f"or copy it into {node_dir.name}/" for top in template.module_files()[1]]
+    path, source = template.data_file(tables)
+    if isinstance(path, str) and source is None and not (node_dir / path).exists() and not Path(path).is_absolute():
+        notes.append(f"put the new gateway's data at {node_dir.name}/{path} (data.path)")
+    addresses = {n["peer_id"]: next(iter(plan.kind.addresses(plan.load(n), n["peer_id"])), None) for n in nbrs}
+    entries = [{"id": n["peer_id"], "name": n["node"], **({"addr": addresses[n["peer_id"]]}
+                                                         if addresses[n["peer_id"]] else {})} for n in nbrs]
+    agg = template.tables.get("aggregation", {})
+    doc, comments = node_document(name, plan.trust.network, entries, ep, tables, plan.kind, agg.get("rule", "median"),
+                                  agg.get("f", 1))
+    config = node_dir / "peer.toml"
+    config.write_text(f"# gateway {name}, admitted to a running fleet\n" + dumps(doc, comments))
+    cfg = load_config(config)  # it loads, with its modules beside it, before the plan changes
+    fields_ = agreement_fields(ident, plan.trust.network)  # its secure-aggregation key, like every node's
     trust = TrustList(plan.trust.network, plan.trust.peers | {ident.peer_id},
                       {**plan.trust.names, ident.peer_id: name}, plan.trust.admin,
-                      {**plan.trust.keys, ident.peer_id: (bytes.fromhex(fields["x25519"]),
-                                                          bytes.fromhex(fields["binding"]))})
-    epoch, data, path = plan.sign("admit", ident.peer_id, addr=addr, neighbours=[n["peer_id"] for n in nbrs])
-    plan.manifest["nodes"].append({"node": name, "peer_id": ident.peer_id,
-                                   "config": str(config.relative_to(plan.dir)), "port": port})
+                      {**plan.trust.keys, ident.peer_id: (bytes.fromhex(fields_["x25519"]),
+                                                          bytes.fromhex(fields_["binding"]))})
+    entry = {"node": name, "peer_id": ident.peer_id, "config": str(config.relative_to(plan.dir)),
+             "port": ports.get("listen"), **({"metrics_port": ports["metrics"]} if "metrics" in ports else {})}
+    plan.manifest["nodes"].append(entry)
+    plan.save(trust)  # before the configs are loaded: the new one's neighbours must be on the trust list
+    graph = adjacency({n["peer_id"]: docs[n["node"]] for n in plan.live if n["node"] in docs})
+    graph[ident.peer_id] = ids
+    for pid in ids:
+        graph[pid] = [*graph[pid], ident.peer_id]
+    rewritten = plan.rewrite_neighbourhoods(graph, {ident.peer_id: ep.addr, **addresses})
+    unit = None
+    if plan.kind.deployed:
+        unit = write_unit(node_dir, cfg, plan.gateway(), f"gateway {name} of gossipfl network {plan.trust.network}")
+        entry["unit"] = str(unit.relative_to(plan.dir))
+    epoch, data, record = plan.sign("admit", ident.peer_id, addr=ep.addr or "", neighbours=ids)
     plan.save(trust)
-    targets = [n for n in plan.nodes if n["peer_id"] != ident.peer_id and "revoked_epoch" not in n]
-    delivered = deliver(plan, data, targets) if send else {}
-    return Outcome(epoch, "admit", ident.peer_id, path, delivered, config, broker)
+    targets = [n for n in plan.live if n["peer_id"] != ident.peer_id]
+    delivered = plan.kind.deliver(plan, data, targets) if send else {}
+    return Outcome(epoch, "admit", ident.peer_id, record, delivered, config, ep.changed, unit, ports, copied, notes,
+                   [p for p in rewritten if p != config])
+
+
+def admission_template(plan: Plan, neighbour: dict) -> tuple[NodeTemplate, list[str]]:
+    """The plan's kept template; for a plan from before plans kept one, a neighbour's tables
+    (and the modules they name, from its folder)."""
+    template = plan.template()
+    if template is not None:
+        return template, []
+    tables = {k: v for k, v in plan.config(neighbour).items()
+              if isinstance(v, dict) and k not in ("identity", "network", "storage")}
+    folder = (plan.dir / neighbour["config"]).parent
+    return NodeTemplate(tables, folder), [f"this plan kept no template: the new gateway has {folder.name}'s settings"]
+
+
+def plan_host(docs: dict[str, dict]) -> str | None:
+    """The host the plan's nodes listen on (/ip4/HOST/tcp/PORT), if they do."""
+    for doc in docs.values():
+        for addr in (doc.get("transport") or {}).get("listen") or []:
+            parts = addr.split("/")
+            if listen_port(addr) and len(parts) > 2:
+                return parts[2]
+    return None
 
 
 def revoke(folder, who: str, *, send: bool = True) -> Outcome:
     plan = Plan(folder)
     node = plan.node(who)
-    epoch, data, path = plan.sign("revoke", node["peer_id"])
-    trust = TrustList(plan.trust.network, plan.trust.peers - {node["peer_id"]},
-                      {k: v for k, v in plan.trust.names.items() if k != node["peer_id"]}, plan.trust.admin,
-                      {k: v for k, v in plan.trust.keys.items() if k != node["peer_id"]})
+    if "revoked_epoch" in node:
+        raise ConfigError(f"{node['node']} was revoked already (epoch {node['revoked_epoch']})")
+    pid = node["peer_id"]
+    graph = adjacency({n["peer_id"]: plan.config(n) for n in plan.live})
+    epoch, data, path = plan.sign("revoke", pid)
+    trust = TrustList(plan.trust.network, plan.trust.peers - {pid},
+                      {k: v for k, v in plan.trust.names.items() if k != pid}, plan.trust.admin,
+                      {k: v for k, v in plan.trust.keys.items() if k != pid})
     node["revoked_epoch"] = epoch
     plan.save(trust)
-    broker = None
-    if plan.kind == "mqtt" and plan.broker.exists():  # defence in depth: its updates are rejected anyway
-        remove_login(plan.broker, node["peer_id"], prefix=plan.mqtt_settings().topic_prefix,
-                     network=plan.trust.network)
-        broker = plan.broker
-    targets = [n for n in plan.nodes if n["peer_id"] != node["peer_id"] and "revoked_epoch" not in n]
-    delivered = deliver(plan, data, targets) if send else {}
-    return Outcome(epoch, "revoke", node["peer_id"], path, delivered, broker=broker)
+    broker = plan.kind.revoked(plan, pid)
+    graph.pop(pid, None)
+    rewritten = plan.rewrite_neighbourhoods({k: [x for x in v if x != pid] for k, v in graph.items()}, {})
+    targets = [n for n in plan.live if n["peer_id"] != pid]
+    delivered = plan.kind.deliver(plan, data, targets) if send else {}
+    return Outcome(epoch, "revoke", pid, path, delivered, broker=broker, rewritten=rewritten)
 
 
 def deliver(plan: Plan, data: bytes, nodes: list[dict]) -> dict[str, bool]:
-    """Send a record to these gateways: over libp2p under the admin key, or (MQTT plans) into
-    their inboxes with the admin's broker login."""
-    if plan.kind == "mqtt":
-        return _publish_all(plan, data, nodes)
-    addrs = {n["peer_id"]: plan.address(n) for n in nodes}
-    missing = [n["node"] for n in nodes if not addrs[n["peer_id"]]]
-    if missing:
-        raise ConfigError(f"nodes {', '.join(missing)} have no libp2p address in their peer.toml "
-                          "([transport] listen); use --no-send and deliver the record file yourself")
-    return asyncio.run(_send_all(plan.admin, addrs, data, {n["peer_id"]: n["node"] for n in nodes}))
-
-
-def _publish_all(plan: Plan, data: bytes, nodes: list[dict]) -> dict[str, bool]:
-    from gossip.errors import TransportError
-    from gossip.mqtt_transport import publish_to_inboxes
-
-    secret = plan.dir / ADMIN_DIR / ADMIN_PASSWORD
-    try:
-        password = secret.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{secret}: the admin's broker password is needed to deliver records over MQTT "
-                          f"({exc.strerror}); use --no-send and deliver the record file yourself") from None
-    t = plan.mqtt_settings()
-    try:
-        done = asyncio.run(publish_to_inboxes(plan.admin.peer_id, plan.trust.network, data,
-                                              [n["peer_id"] for n in nodes], host=t.host, port=t.port,
-                                              username=plan.admin.peer_id, password=password, tls=t.tls,
-                                              ca_file=t.ca_file, prefix=t.topic_prefix))
-    except TransportError as exc:
-        raise ConfigError(f"{exc} (the record is kept: {plan.records})") from None
-    return {n["node"]: done[n["peer_id"]] for n in nodes}
-
-
-async def _send_all(admin: Identity, addrs: dict, data: bytes, names: dict) -> dict[str, bool]:
-    from gossip.libp2p_transport import Libp2pTransport
-
-    t = Libp2pTransport(admin, ["/ip4/127.0.0.1/tcp/0"], addrs, allowed=set(), max_size=1024)
-    await t.start()
-    try:
-        results = await asyncio.gather(*(t.send(pid, data) for pid in addrs))
-    finally:
-        await t.close()
-    return {names[pid]: ok for pid, ok in zip(addrs, results, strict=True)}
+    """Send a record to these gateways, the way the plan's transport declares."""
+    return plan.kind.deliver(plan, data, nodes)

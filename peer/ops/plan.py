@@ -2,29 +2,40 @@
 unit) plus one shared trust list, the network's admin key (in its own folder, to be moved
 off the machine), the drawing and the analysis with its robustness verdict. Lives in `peer`
 because it writes keys (gossip) and the peer's config format; the graph math stays in
-`topology`."""
+`topology`.
+
+A plan is written in steps (PlanWriter): check everything that can be checked before a file
+exists (the robustness verdict, the template, the transport's addresses and every port), then
+keys and the trust list, then each node's folder, then the transport's plan-wide files, the
+manifest, the kept template and the drawing. What differs per transport comes from its
+declaration (peer.transports); what every node inherits, from a NodeTemplate.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 
 from gossip.identity import Identity, save_key
 from gossip.trust import build_trust_list
 
-from ..config.parse import AggregationConfig, DataConfig, ModelConfig, RoundConfig, load_config
+from ..config.parse import AggregationConfig, DataConfig, ModelConfig, load_config
 from ..config.tomlwrite import dumps
 from ..errors import ConfigError
 from ..learning.classification import TrainConfig
-from .mosquitto import BrokerPeer, new_password, write_admin_login, write_broker_files, write_secret
+from ..transports import NodeEndpoint, kind_of
+from ..transports.mqtt import BROKER_DIR  # noqa: F401  (where an mqtt plan's broker files are)
+from .mosquitto import write_secret
+from .pacing import round_table
 from .systemd import GatewayLayout, unit_text
+from .template import TEMPLATE_DIR, TEMPLATE_FILE, NodeTemplate
 
-BROKER_DIR = "broker"  # mqtt plans: mosquitto.conf, passwd and acl for the broker host
 ADMIN_DIR = "admin"  # the network admin key: signs membership records, never copied to a gateway
 ADMIN_KEY = "admin.key"
 ADMIN_README = """\
@@ -49,20 +60,49 @@ class PlannedNode:
     config: Path
     port: int | None
     unit: Path | None = None  # the node's systemd unit file (libp2p and mqtt plans)
+    metrics_port: int | None = None  # its Prometheus endpoint's port, when the template has [metrics]
+    copied: list[str] = field(default_factory=list)  # the template's modules and data copied into its folder
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """What a plan is made of besides its graph. `transport_options` holds values for the
+    transports' plan settings by field name (libp2p: host, base_port, ports; mqtt: broker);
+    those of other kinds than `transport` are ignored, so a caller may pass both."""
+
+    network_id: str = "gossipfl"
+    transport: str = "libp2p"
+    transport_options: dict[str, Any] = field(default_factory=dict)
+    template: NodeTemplate | None = None  # the tables every node inherits (topology plan --template)
+    overrides: dict | None = None  # tables merged over the template's, e.g. {"round": {"deadline": 2.0}}
+    gateway: GatewayLayout | None = None  # systemd units of deployed transports (default GatewayLayout())
+    identities: dict | None = None  # node label -> Identity instead of fresh keys (the simulator, tests)
+    admin: Identity | None = None  # the admin key instead of a fresh one
+    force: bool = False  # replace an existing plan folder
+    draw: bool = True  # analysis.json and topology.png
+    allow_weak: bool = True  # False: WeakPlanError before anything is written (the CLI passes it)
 
 
 def default_tables() -> dict:
     """The tables a plan writes for every node, from the config dataclasses, so that a planned
     node runs with exactly the defaults parse_config gives a config that leaves them out."""
-    model, data, train = ModelConfig(), DataConfig(), TrainConfig()
-    agg, rnd = AggregationConfig(), RoundConfig()
+    model, data, train, agg = ModelConfig(), DataConfig(), TrainConfig(), AggregationConfig()
     return {
         "model": {"name": model.name, "classes": model.classes, "options": dict(model.options)},
         "data": {"source": data.source, "partition": data.partition},
         "train": {"local_steps": train.local_steps, "batch_size": train.batch_size, "lr": train.lr},
         "aggregation": {k: v for k, v in asdict(agg).items() if k != "params"},
-        "round": {"deadline": rnd.deadline},
+        "round": {},
     }
+
+
+def effective_template(template: NodeTemplate | None, overrides: dict | None) -> NodeTemplate:
+    """The defaults, each table the template has replacing the default one, then the overrides."""
+    base = NodeTemplate(default_tables())
+    if template is not None:
+        base = NodeTemplate({**base.tables, **template.tables}, template.folder, template.source,
+                            list(template.dropped), template.data_folder)
+    return base.with_overrides(overrides)
 
 
 def node_dir_name(label) -> str:
@@ -70,18 +110,18 @@ def node_dir_name(label) -> str:
     return f"node-{safe}"
 
 
-def aggregation_of(overrides: dict | None) -> tuple[str, int]:
-    """The rule and f every node of a plan gets (the defaults, then the overrides)."""
-    table = {**default_tables()["aggregation"], **((overrides or {}).get("aggregation") or {})}
+def aggregation_of(overrides: dict | None, template: NodeTemplate | None = None) -> tuple[str, int]:
+    """The rule and f every node of a plan gets (the defaults, the template, then the overrides)."""
+    table = effective_template(template, overrides).tables["aggregation"]
     return table["rule"], table["f"]
 
 
-def check_robustness(graph: nx.Graph, overrides: dict | None = None):
+def check_robustness(graph: nx.Graph, overrides: dict | None = None, template: NodeTemplate | None = None):
     """topology.robustness.check_plan for the rule and f the plan writes; errors name the field."""
     from topology.errors import TopologyError
     from topology.robustness import check_plan
 
-    rule, f = aggregation_of(overrides)
+    rule, f = aggregation_of(overrides, template)
     try:
         return check_plan(graph, rule, f)
     except TopologyError as exc:
@@ -99,111 +139,165 @@ def weak_plan_message(check, *, refused: bool = True) -> str:
     return f"wrote a plan in which {check.problem()}; they will keep their own model every round.{fix}"
 
 
-def write_plan(graph: nx.Graph, out: str | os.PathLike, *, network_id: str = "gossipfl", transport: str = "libp2p",
-               host: str = "127.0.0.1", base_port: int = 4001, mqtt_host: str = "127.0.0.1", mqtt_port: int = 1883,
-               force: bool = False, overrides: dict | None = None, identities: dict | None = None,
-               draw: bool = True, ports: list[int] | None = None, allow_weak: bool = True,
-               gateway: GatewayLayout | None = None, admin: Identity | None = None) -> list[PlannedNode]:
+def write_plan(graph: nx.Graph, out: str | os.PathLike, options: PlanOptions | None = None,
+               **fields: Any) -> list[PlannedNode]:
     """Write keys (0600), peer.toml per node, trust.toml and the admin key (ADMIN_DIR, whose
     PeerId trust.toml names as the network's admin); refuse an existing folder unless `force`.
-    An mqtt plan also gives every node a broker login (username = its PeerId) and writes the
-    broker's password file, ACL and mosquitto.conf into BROKER_DIR (see peer.ops.mosquitto).
-    libp2p and mqtt plans get a systemd unit per node, for the `gateway` layout (default
-    GatewayLayout()), and an empty data folder (the only one the unit lets the peer write).
+    The transport's declaration adds its part: addresses, an mqtt plan's broker logins and
+    files. Deployed transports (libp2p, mqtt) get a systemd unit per node and an empty data
+    folder (the only one the unit lets the peer write). `fields`: PlanOptions fields, for
+    short calls (`write_plan(g, out, transport="memory", draw=False)`).
 
     `allow_weak=False` refuses (WeakPlanError, before writing anything) a plan in which some
-    node's neighbourhood cannot meet its rule's requirement for its f; the CLI passes it.
-    Either way analysis.json carries the verdict.
-    `overrides` are merged into every node's config tables (e.g. {"round": {"deadline": 2.0}});
-    `identities` maps node labels to Identity objects to use instead of fresh keys (`admin`
-    likewise for the admin key); `ports` gives each node's libp2p port (default: base_port + index).
-    """
-    out = Path(out)
-    if transport not in ("libp2p", "mqtt", "memory"):
-        raise ConfigError(f"--transport must be libp2p, mqtt or memory, got {transport!r}")
-    robustness = check_robustness(graph, overrides)
-    if not robustness.ok and not allow_weak:
-        raise WeakPlanError(weak_plan_message(robustness))
-    if transport != "memory" and gateway is None:
-        gateway = GatewayLayout()
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise ConfigError(f"{out} exists and is not empty; refusing to overwrite keys (use --force)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    nodes = sorted(graph.nodes, key=lambda v: (str(type(v)), v))
-    index = {v: i for i, v in enumerate(nodes)}
-    port_of = {v: (ports[i] if ports else base_port + i) for v, i in index.items()}
-    idents = {v: (identities or {}).get(v) or Identity.generate() for v in nodes}
-    admin = admin or Identity.generate()
-    write_admin_key(out / ADMIN_DIR, admin, network_id)
-    trust = build_trust_list(network_id, [{"id": idents[v].peer_id, "name": str(v),
-                                           **agreement_fields(idents[v], network_id)} for v in nodes],
-                             admin=admin.peer_id)
-    secure = aggregation_of(overrides)[0] == "secure_mean"
-    (out / "trust.toml").write_text(trust.to_toml())
-    planned, configs = [], []
-    overrides = overrides or {}
-    for v in nodes:
-        i = index[v]
-        d = out / node_dir_name(v)
+    node's neighbourhood cannot meet its rule's requirement for its f; either way
+    analysis.json carries the verdict."""
+    options = PlanOptions(**fields) if options is None else replace(options, **fields)
+    return PlanWriter(graph, Path(out), options).write()
+
+
+class PlanWriter:
+    """One plan, written in the steps of `write` (module docstring)."""
+
+    def __init__(self, graph: nx.Graph, out: Path, options: PlanOptions):
+        self.graph, self.out, self.opts = graph, out, options
+        self.kind = kind_of(options.transport)
+        self.settings = self.kind.settings(options.transport_options)
+        self.template = effective_template(options.template, options.overrides)
+        self.rule, self.f = self.template.tables["aggregation"]["rule"], self.template.tables["aggregation"]["f"]
+        self.nodes = sorted(graph.nodes, key=lambda v: (str(type(v)), v))
+        self.index = {v: i for i, v in enumerate(self.nodes)}
+        self.gateway = (options.gateway or GatewayLayout()) if self.kind.deployed else None
+        self.idents: dict = {}
+        self.endpoints: dict[Any, NodeEndpoint] = {}
+
+    def write(self) -> list[PlannedNode]:
+        robustness = self.check()
+        self.prepare_folder()
+        admin = self.write_keys()
+        planned = [self.write_node(v) for v in self.nodes]
+        configs = [load_config(p.config) for p in planned]  # every written config loads (again, all at once)
+        self.kind.plan_files(self.out, configs, self.settings, self.out / ADMIN_DIR, admin.peer_id)
+        self.write_manifest(planned, admin)
+        self.template.save(self.out)
+        if self.opts.draw:
+            self.draw(robustness)
+        return planned
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def check(self):
+        """Before anything is written: the verdict, the transport's addresses, every port."""
+        robustness = check_robustness(self.graph, self.opts.overrides, self.opts.template)
+        if not robustness.ok and not self.opts.allow_weak:
+            raise WeakPlanError(weak_plan_message(robustness))
+        if self.out.exists() and any(self.out.iterdir()) and not self.opts.force:
+            raise ConfigError(f"{self.out} exists and is not empty; refusing to overwrite keys (use --force)")
+        self.template.check_imports()
+        self.idents = {v: (self.opts.identities or {}).get(v) or Identity.generate() for v in self.nodes}
+        eps = self.kind.endpoints(self.settings, [self.idents[v].peer_id for v in self.nodes])
+        self.endpoints = dict(zip(self.nodes, eps, strict=True))
+        check_ports({str(v): (self.endpoints[v].port, self.template.metrics_port(self.index[v])) for v in self.nodes},
+                    self.kind.name)
+        return robustness
+
+    def prepare_folder(self) -> None:
+        if self.out.exists() and any(self.out.iterdir()):
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def write_keys(self) -> Identity:
+        """The admin key (apart) and the trust list; returns the admin's identity."""
+        admin = self.opts.admin or Identity.generate()
+        write_admin_key(self.out / ADMIN_DIR, admin, self.opts.network_id)
+        entries = [{"id": self.idents[v].peer_id, "name": str(v), **agreement_fields(self.idents[v],
+                                                                                    self.opts.network_id)}
+                   for v in self.nodes]
+        (self.out / "trust.toml").write_text(build_trust_list(self.opts.network_id, entries,
+                                                              admin=admin.peer_id).to_toml())
+        return admin
+
+    def neighbours(self, v) -> list[dict]:
+        out = []
+        for u in sorted(self.graph.neighbors(v), key=lambda x: self.index[x]):
+            nb = {"id": self.idents[u].peer_id, "name": str(u), "degree": self.graph.degree(u)}
+            if self.rule == "secure_mean":  # the receiver's group: a sender masks for it with every other member
+                nb["group"] = [self.idents[w].peer_id for w in sorted(self.graph.neighbors(u), key=lambda x: self.index[x])]
+            if self.endpoints[u].addr:
+                nb["addr"] = self.endpoints[u].addr
+            out.append(nb)
+        return out
+
+    def write_node(self, v) -> PlannedNode:
+        i, d, ep = self.index[v], self.out / node_dir_name(v), self.endpoints[v]
         d.mkdir()
-        save_key(idents[v], d / "peer.key")
-        port = port_of[v] if transport == "libp2p" else None
-        neighbours = []
-        for u in sorted(graph.neighbors(v), key=lambda x: index[x]):
-            nb = {"id": idents[u].peer_id, "name": str(u), "degree": graph.degree(u)}
-            if secure:  # the receiver's group: a sender masks for it with every other member
-                nb["group"] = [idents[w].peer_id for w in sorted(graph.neighbors(u), key=lambda x: index[x])]
-            if transport == "libp2p":
-                nb["addr"] = f"/ip4/{host}/tcp/{port_of[u]}/p2p/{idents[u].peer_id}"
-            neighbours.append(nb)
-        tr = {"kind": transport}
-        if transport == "libp2p":
-            tr["listen"] = [f"/ip4/{host}/tcp/{port}"]
-        elif transport == "mqtt":  # the password lives beside the key, 0600, not in peer.toml
-            write_secret(d / "mqtt.password", new_password() + "\n")
-            tr.update({"host": mqtt_host, "port": mqtt_port, "username": idents[v].peer_id,
-                       "password_file": "mqtt.password"})
-        tables = default_tables()
-        tables["data"].update({"shard": i, "shards": len(nodes)})
-        doc = {
-            "name": str(v),
-            "identity": {"key": "peer.key"},
-            "network": {"id": network_id, "trust": "../trust.toml", "neighbours": neighbours},
-            "transport": tr,
-            **tables,
-            "storage": {"dir": "data"},
-        }
-        for table, values in overrides.items():
-            if isinstance(values, dict):
-                doc.setdefault(table, {}).update(values)
-            else:
-                doc[table] = values
-        cfg_path = d / "peer.toml"
-        text = f"# node {v} of a {len(nodes)}-node plan ({graph.graph.get('spec', 'graph')})\n" + dumps(doc)
-        cfg_path.write_text(text)
-        cfg = load_config(cfg_path)  # every written config must load
-        configs.append(cfg)
+        save_key(self.idents[v], d / "peer.key")
+        for name, text in ep.secrets.items():
+            write_secret(d / name, text)
+        tables = self.template.for_node(str(v), i, len(self.nodes))
+        copied = self.template.copy_into(d, tables)
+        doc, comments = node_document(str(v), self.opts.network_id, self.neighbours(v), ep, tables, self.kind,
+                                      self.rule, self.f)
+        config = d / "peer.toml"
+        config.write_text(f"# node {v} of a {len(self.nodes)}-node plan ({self.graph.graph.get('spec', 'graph')})\n"
+                          + dumps(doc, comments))
+        cfg = load_config(config)  # every written config must load
         unit = None
-        if gateway is not None:
-            unit = write_unit(d, cfg, gateway, f"node {v} of gossipfl network {network_id}")
-        planned.append(PlannedNode(str(v), idents[v].peer_id, d, cfg_path, port, unit))
-    if transport == "mqtt":
-        write_plan_broker(out / BROKER_DIR, configs, mqtt_host, admin=write_admin_login(out / ADMIN_DIR, admin.peer_id))
-    manifest = [{"node": p.label, "peer_id": p.peer_id, "config": str(p.config.relative_to(out)), "port": p.port,
-                 **({"unit": str(p.unit.relative_to(out))} if p.unit else {})} for p in planned]
-    (out / "plan.json").write_text(json.dumps({"network": network_id, "transport": transport,
-                                               "admin": admin.peer_id, "nodes": manifest}, indent=1))
-    if draw:
+        if self.gateway is not None:
+            unit = write_unit(d, cfg, self.gateway, f"node {v} of gossipfl network {self.opts.network_id}")
+        return PlannedNode(str(v), self.idents[v].peer_id, d, config, ep.port, unit,
+                           self.template.metrics_port(i), copied)
+
+    def write_manifest(self, planned: list[PlannedNode], admin: Identity) -> None:
+        nodes = [{"node": p.label, "peer_id": p.peer_id, "config": str(p.config.relative_to(self.out)),
+                  "port": p.port, **({"metrics_port": p.metrics_port} if p.metrics_port else {}),
+                  **({"unit": str(p.unit.relative_to(self.out))} if p.unit else {})} for p in planned]
+        manifest = {"network": self.opts.network_id, "transport": self.kind.name, "admin": admin.peer_id,
+                    "template": {"file": f"{TEMPLATE_DIR}/{TEMPLATE_FILE}",
+                                 **({"data_from": str(self.template.data_folder or self.template.folder)}
+                                    if self.template.folder else {})},
+                    **({"gateway": asdict(self.gateway)} if self.gateway else {}), "nodes": nodes}
+        (self.out / "plan.json").write_text(json.dumps(manifest, indent=1))
+
+    def draw(self, robustness) -> None:
         from topology.analysis import summarize
         from topology.draw import draw as draw_graph
 
-        summary, _ = summarize(graph)
+        summary, _ = summarize(self.graph)
         summary.robustness = robustness.to_dict()
-        (out / "analysis.json").write_text(json.dumps(summary.to_dict(), indent=1, default=str))
-        draw_graph(graph, out / "topology.png", title=graph.graph.get("spec", ""), at_risk=robustness.weak)
-    return planned
+        (self.out / "analysis.json").write_text(json.dumps(summary.to_dict(), indent=1, default=str))
+        draw_graph(self.graph, self.out / "topology.png", title=self.graph.graph.get("spec", ""),
+                   at_risk=robustness.weak)
+
+
+def node_document(name: str, network_id: str, neighbours: list[dict], ep: NodeEndpoint, tables: dict, kind,
+                  rule: str, f: int) -> tuple[dict, dict[str, str]]:
+    """One node's peer.toml (as a dict) and its comments: its own tables, the inherited ones,
+    the transport's section (the template's shared keys, the endpoint's per-node ones) and an
+    explicit, commented [round] (peer.ops.pacing)."""
+    inherited = {k: v for k, v in tables.items() if k not in ("transport", "round")}
+    shared = {k: v for k, v in (tables.get("transport") or {}).items()  # what the template says of this kind
+              if k in kind.schema and k not in kind.per_node}
+    rnd, comments = round_table(tables.get("round") or {}, deployed=kind.deployed, rule=rule, f=f,
+                                degree=len(neighbours))
+    doc = {"name": name, "identity": {"key": "peer.key"},
+           "network": {"id": network_id, "trust": "../trust.toml", "neighbours": neighbours},
+           "transport": {**ep.transport, **shared}, **inherited, "round": rnd, "storage": {"dir": "data"}}
+    return doc, comments
+
+
+def check_ports(ports: dict[str, tuple[int | None, int | None]], transport: str) -> None:
+    """Every listening port and metrics port of a plan is its own (nodes of a plan may share a host)."""
+    seen: dict[int, str] = {}
+    for node, (listen, metrics) in ports.items():
+        for port, what in ((listen, f"node {node}'s {transport} port"), (metrics, f"node {node}'s metrics port")):
+            if port is None:
+                continue
+            if not 0 < port < 65536:
+                raise ConfigError(f"{what} would be {port}, not a TCP port: choose a lower base port")
+            if port in seen:
+                raise ConfigError(f"ports clash: {what} {port} is also {seen[port]}; choose bases whose ranges "
+                                  "do not overlap (--base-port, --metrics)")
+            seen[port] = what
 
 
 def agreement_fields(identity: Identity, network_id: str) -> dict:
@@ -237,18 +331,3 @@ def write_unit(node_dir: Path, cfg, gateway: GatewayLayout, description: str) ->
     path = node_dir / f"{spec.name}.service"
     path.write_text(unit_text(spec))
     return path
-
-
-def write_plan_broker(folder: Path, configs: list, host: str, admin: BrokerPeer | None = None):
-    """The broker files for the configs just written (their logins, prefix, network and port,
-    so that overrides of those reach the ACL too), and the admin's login (membership records)."""
-    prefixes = {(c.network, c.transport.topic_prefix, c.transport.port) for c in configs}
-    if len(prefixes) != 1:
-        raise ConfigError(f"an mqtt plan needs one network id, topic_prefix and broker port, got {sorted(prefixes)}")
-    ((network, prefix, port),) = prefixes
-    for c in configs:
-        if not (c.transport.username and c.transport.password):
-            raise ConfigError(f"{c.source}: an mqtt plan needs transport.username and transport.password")
-    peers = [BrokerPeer(c.transport.username, c.transport.password, tuple(n.id for n in c.neighbours))
-             for c in configs]
-    return write_broker_files(folder, peers, prefix=prefix, network=network, host=host, port=port, admin=admin)

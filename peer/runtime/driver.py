@@ -47,10 +47,10 @@ from .commands import (
 )
 from .context import RoundContext, RoundRecord, log_round
 from .inbox import Inbox, Listener
-from .membership import Membership
+from .membership import Membership, allowed_peers
 from .metrics import PeerMetrics
 from .outbox import Outbox
-from .parts import PeerParts, allowed_peers, build_parts, config_folder
+from .parts import PeerParts, build_parts, config_folder
 from .privacy_ledger import PeerPrivacy
 from .round import OfferKind, Phase, RoundPolicy, RoundState
 from .stack import UpdateStack
@@ -203,18 +203,22 @@ class Peer:
         log.info("peer %s stopped at round %d (%s)", self.cfg.name or self.peer_id, self.round, reason)
 
     async def run(self, rounds: int | None = None) -> list[RoundRecord]:
-        """Run rounds until `rounds` are done (config round.rounds; 0 = forever) or a stop request."""
-        rounds = self.cfg.round.rounds if rounds is None else rounds
+        """Run rounds until a stop request and: `rounds` more are done (0 = forever), or without
+        `rounds`, until this peer's round reaches round.rounds (the round to stop at; 0 = forever)."""
         if not self.started:
             await self.start()
         done = 0
+
+        def more() -> bool:
+            return not self.cfg.round.reached(self.round) if rounds is None else rounds == 0 or done < rounds
+
         try:
-            while not self._stop.is_set() and (rounds == 0 or done < rounds):
+            while not self._stop.is_set() and more():
                 started = self.clock()
                 await self.run_round()
                 done += 1
                 pause = self.cfg.round.interval - (self.clock() - started)
-                if pause > 0 and (rounds == 0 or done < rounds):
+                if pause > 0 and more():
                     try:
                         await asyncio.wait_for(self._stop.wait(), pause)
                     except TimeoutError:

@@ -5,7 +5,9 @@ ones (py-libp2p, trio, aiomqtt, asyncio), Python warnings, and uncaught exceptio
 main thread, other threads and finalizers. py-libp2p configures its "libp2p" logger at
 import with no handler and propagate=False (unless LIBP2P_DEBUG is set), so its warnings
 went to logging's last-resort handler as bare lines; that last resort is our handler too.
-PeerIds in messages are shown with their plan names ("gw-2 (..abcdefgh)").
+PeerIds in messages are shown with their plan names ("gw-2 (..abcdefgh)"), but only where a
+PeerId stands alone: names are for people, and an address (a multiaddr's `/p2p/<id>`, an MQTT
+topic, a URL) must stay an address that can be copied into a config or a client.
 
 Structured fields: pass them as `extra=` (e.g. `log.info("...", extra={"event": "round",
 "round": 3, "accepted": 2})`); in JSON they become keys of the line's object.
@@ -24,6 +26,9 @@ from collections.abc import Mapping
 
 # base58btc PeerIds: Ed25519 identity multihashes (12D3KooW...) and SHA-256 ones (Qm...)
 PEER_ID = re.compile(r"\b(?:12D3KooW[1-9A-HJ-NP-Za-km-z]{44}|Qm[1-9A-HJ-NP-Za-km-z]{44})\b")
+# a PeerId that stands alone as a word: not a path segment of an address (/p2p/<id>, a topic
+# PREFIX/NET/<id>/inbox, a URL), which a name in its place would turn into a non-address
+STANDALONE_PEER_ID = re.compile(rf"(?<![/\w])(?:{PEER_ID.pattern})(?![/\w])")
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 MAX_FIELD_CHARS = 2000
 
@@ -35,7 +40,7 @@ def peer_label(peer_id: str, names: Mapping[str, str]) -> str:
 
 class PeerNames(logging.Filter):
     """Adds `peer` (this process's plan name) to every record and writes plan names next to
-    the PeerIds in its message."""
+    the PeerIds that stand alone in its message (never inside an address)."""
 
     def __init__(self, peer: str | None = None, names: Mapping[str, str] | None = None):
         super().__init__()
@@ -49,7 +54,7 @@ class PeerNames(logging.Filter):
                 msg = record.getMessage()
             except Exception:  # a bad format string: leave the record to the formatter
                 return True
-            named = PEER_ID.sub(lambda m: peer_label(m.group(0), self.names), msg)
+            named = STANDALONE_PEER_ID.sub(lambda m: peer_label(m.group(0), self.names), msg)
             if named != msg:
                 record.msg, record.args = named, None
         return True

@@ -21,7 +21,6 @@ from gossip.membership import MAX_RECORD, MembershipError, Record, open_record
 from ..errors import PeerError
 from ..state.provenance import EventKind, NewEvent
 from .commands import Command, Forget, Log, Reject, Revoked, SetAllowed, Transmit
-from .parts import allowed_peers
 
 MAX_RECORDS = 10_000
 log = logging.getLogger("gossipfl.peer")
@@ -121,6 +120,11 @@ class Membership:
         os.replace(tmp, self.path)
 
 
+def allowed_peers(neighbours, admin: str | None) -> set[str]:
+    """Who may connect to a peer's transport: its neighbours and the network's admin key."""
+    return set(neighbours) | ({admin} if admin else set())
+
+
 def on_record(membership: Membership, hint: str | None, data, round_: int, neighbours: list[str]) -> list[Command]:
     """An incoming membership record, as what the peer must do: apply it (at once), log it
     durably, drop a revoked peer's contributions, update who may connect, and pass it on (the
@@ -143,3 +147,14 @@ def on_record(membership: Membership, hint: str | None, data, round_: int, neigh
     out.append(SetAllowed(frozenset(allowed_peers(membership.neighbours, membership.admin))))
     out.append(Transmit(tuple(nb for nb in neighbours if nb not in (hint, r.peer)), bytes(data)))
     return out
+
+
+def stored_membership(own_id: str, network: str, trust, neighbours: dict[str, str | None],
+                      data_dir: Path) -> Membership:
+    """The fleet as a peer starts into it: the trust list and its configured neighbours with
+    the admin's records stored in DATA_DIR applied (verified again). Read only: the running
+    peer keeps its own and persists it."""
+    view = Membership(own_id, network, getattr(trust, "admin", None), set(trust.peers), dict(neighbours),
+                      Path(data_dir) / "membership.msgpack")
+    view.load()
+    return view

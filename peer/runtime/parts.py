@@ -3,7 +3,8 @@ key, trust list, neighbours, data, model and transport."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 
 from gossip.envelope import max_message_size
 from gossip.identity import Identity, load_key
@@ -11,12 +12,15 @@ from gossip.transport import MemoryHub, Transport
 from gossip.trust import TrustList, load_trust_list
 from privacy.secure_wire import MAX_MESSAGE
 
-from ..config.parse import PeerConfig
+from ..config.parse import Neighbour, PeerConfig
 from ..errors import ConfigError, DataError
 from ..learning.data import LocalData, digits_shard, from_loader, load_csv, load_npz, split_holdout
 from ..learning.learner import probe_model
 from ..learning.model import FlatModel, build_model, load_object
+from .membership import allowed_peers, stored_membership
 from .secure_round import SecureAggregation, check_trust_keys
+
+log = logging.getLogger("gossipfl.peer")
 
 
 @dataclass
@@ -35,11 +39,6 @@ class PeerParts:
     allowed: set[str] = field(default_factory=set)  # who may connect: neighbours and the network admin
     secure: SecureAggregation | None = None  # secure_mean: keys, groups, masking and reveals
     noise: object = None  # privacy noise generator (None: seeded from os.urandom; the simulator seeds it)
-
-
-def allowed_peers(neighbours, admin: str | None) -> set[str]:
-    """Who may connect to a peer's transport: its neighbours and the network's admin key."""
-    return set(neighbours) | ({admin} if admin else set())
 
 
 def message_limit(cfg: PeerConfig, n_params: int, secure: SecureAggregation | None = None) -> int:
@@ -62,6 +61,30 @@ def message_limit(cfg: PeerConfig, n_params: int, secure: SecureAggregation | No
 def config_folder(cfg: PeerConfig):
     """Where the config's own modules (models, learners, loaders) are imported from first."""
     return cfg.source.resolve().parent if cfg.source is not None else None
+
+
+def with_membership(cfg: PeerConfig, own_id: str, trust: TrustList) -> PeerConfig:
+    """The config with the neighbours the fleet's membership gives this peer: those of
+    peer.toml, less the ones the admin revoked (a warning: a revoked neighbour is simply not a
+    neighbour; its former neighbours must start from their plan folders), plus gateways
+    admitted next to it. Every path that builds the allowed set and the transport's address
+    book starts from this. A neighbour that is neither trusted nor revoked is an error."""
+    view = stored_membership(own_id, cfg.network, trust, {n.id: n.addr for n in cfg.neighbours}, cfg.data_dir)
+    for n in cfg.neighbours:
+        if n.id in view.revoked:
+            log.warning("network.neighbours: %s%s was revoked by the network admin: not a neighbour any more "
+                        "(`fleet revoke` rewrote the plan's peer.toml files; copy this one again to stop this "
+                        "warning)", n.id, f" ({n.name})" if n.name else "")
+    untrusted = [nid for nid in view.neighbours if nid not in view.trusted]
+    if untrusted:
+        raise ConfigError(f"network.neighbours: {untrusted[0]} is not on the trust list {cfg.trust} (nor admitted "
+                          "by a record this peer holds); if it was revoked, copy this peer.toml from the plan again "
+                          "(`fleet revoke` rewrote it) or remove the neighbour")
+    kept = [n for n in cfg.neighbours if n.id in view.neighbours]
+    admitted = [Neighbour(nid, addr) for nid, addr in view.neighbours.items() if nid not in {n.id for n in kept}]
+    if len(kept) == len(cfg.neighbours) and not admitted:
+        return cfg
+    return replace(cfg, neighbours=kept + admitted)
 
 
 def load_local_data(cfg: PeerConfig) -> LocalData:
@@ -93,10 +116,8 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
     trust = load_trust_list(cfg.trust)
     if trust.network != cfg.network:
         raise ConfigError(f"trust list {cfg.trust} is for network {trust.network!r}, this peer is in {cfg.network!r}")
+    cfg = with_membership(cfg, identity.peer_id, trust)
     neighbours = [n.id for n in cfg.neighbours]
-    untrusted = [n for n in neighbours if n not in trust]
-    if untrusted:
-        raise ConfigError(f"network.neighbours: {untrusted[0]} is not on the trust list {cfg.trust}")
     if identity.peer_id in neighbours:
         raise ConfigError("network.neighbours lists this peer itself")
     check_trust_keys(trust, cfg.trust)
@@ -112,7 +133,7 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
     admin = getattr(trust, "admin", None)
     allowed = allowed_peers(neighbours, admin)  # live: membership changes it
     if transport is None:
-        from .transports import make_transport
-        transport = make_transport(cfg, identity, hub, max_size=limit, allowed=allowed)
+        from ..transports import build_transport
+        transport = build_transport(cfg, identity, hub, max_size=limit, allowed=allowed)
     degrees = {n.id: n.degree for n in cfg.neighbours if n.degree is not None}
     return PeerParts(identity, trust, neighbours, transport, model, data, cfg, degrees, limit, allowed, secure)
