@@ -93,10 +93,9 @@ class FixedPoint:
         object.__setattr__(self, "bound", bound)
         object.__setattr__(self, "scale", 2.0**exponent)
 
-    def encode(self, x, out: np.ndarray | None = None) -> np.ndarray:
-        """Clip, scale, round to nearest: a uint32 vector (two's complement of the integers),
-        written into `out` when given. Accepts a float tensor or array of any shape (flattened);
-        refuses NaN and infinities."""
+    def encode(self, x) -> np.ndarray:
+        """Clip, scale, round to nearest: a uint32 vector (two's complement of the integers).
+        Accepts a float tensor or array of any shape (flattened); refuses NaN and infinities."""
         if hasattr(x, "detach"):
             x = x.detach().cpu().numpy()
         v = np.asarray(x, dtype=np.float64).reshape(-1)
@@ -104,11 +103,7 @@ class FixedPoint:
             raise ValueError("cannot encode NaN or infinite values")
         v = np.clip(v, -self.bound, self.bound)
         v *= self.scale  # exact: a power of two
-        ints = np.rint(v).astype(np.int32).view(np.uint32)
-        if out is None:
-            return ints
-        out[...] = ints
-        return out
+        return np.rint(v).astype(np.int32).view(np.uint32)
 
     def decode(self, total: np.ndarray, count: int):
         """The float32 tensor a sum of `count` (<= self.count) encodings stands for."""
