@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -26,6 +27,7 @@ SEED_LEN = 32
 _NONCE = bytes(16)  # ChaCha20 counter + nonce: every seed keys one stream only, so zero is safe
 
 
+@lru_cache(maxsize=4096)  # PeerIds and network ids, over and over
 def length_prefixed(value: str) -> bytes:
     """A string's UTF-8 after its 2-byte length: fields concatenated into a hash or HKDF input
     stay unambiguous."""

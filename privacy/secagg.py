@@ -188,6 +188,8 @@ class Context:
             raise ValueError(f"the receiver {self.receiver:.16} cannot be a member of its own group")
         object.__setattr__(self, "group", group)
         object.__setattr__(self, "_x", {pid: i + 1 for i, pid in enumerate(group)})
+        object.__setattr__(self, "_binding", length_prefixed(self.network) + length_prefixed(self.receiver)
+                           + self.round.to_bytes(8, "big"))
 
     @property
     def n(self) -> int:
@@ -199,8 +201,7 @@ class Context:
 
     def binding(self, book: bytes = b"") -> bytes:
         """(network, receiver, round[, book digest]) as unambiguous bytes for hashes and HKDF."""
-        return (length_prefixed(self.network) + length_prefixed(self.receiver) + self.round.to_bytes(8, "big")
-                + bytes(book))
+        return self._binding + bytes(book)
 
 
 # --- keys and derivations --------------------------------------------------------------------
@@ -222,7 +223,8 @@ def private_raw(key: X25519PrivateKey) -> bytes:
     return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
-def _exchange(key: X25519PrivateKey, pub: bytes, owner: str) -> bytes:
+def exchange(key: X25519PrivateKey, pub: bytes, owner: str) -> bytes:
+    """X25519(key, pub); SecAggError naming `owner` (whose public key it is) if pub is unusable."""
     try:
         return key.exchange(X25519PublicKey.from_public_bytes(bytes(pub)))
     except ValueError as exc:  # a low-order point: an all-zero shared secret
@@ -234,23 +236,24 @@ def _hkdf(secret: bytes, domain: bytes, info: bytes) -> bytes:
 
 
 def share_key(ctx: Context, book: bytes, my_c: X25519PrivateKey, their_c_pub: bytes, dealer: str, holder: str,
-              owner: str) -> bytes:
+              owner: str, shared: bytes | None = None) -> bytes:
     """The AEAD key of dealer's shares for holder (the same at both ends; `owner` is the peer
-    whose public key is used, blamed if it is unusable)."""
-    shared = _exchange(my_c, their_c_pub, owner)
+    whose public key is used, blamed if it is unusable; `shared`: the X25519 result if known)."""
+    if shared is None:
+        shared = exchange(my_c, their_c_pub, owner)
     return _hkdf(shared, DOMAIN_SHARE_KEY, ctx.binding(book) + length_prefixed(dealer) + length_prefixed(holder))
 
 
 def reveal_key(ctx: Context, book: bytes, my_c: X25519PrivateKey, their_c_pub: bytes, member: str,
                owner: str) -> bytes:
     """The AEAD key of member's reveal to the receiver (X25519 of member's c and the receiver's)."""
-    shared = _exchange(my_c, their_c_pub, owner)
+    shared = exchange(my_c, their_c_pub, owner)
     return _hkdf(shared, DOMAIN_REVEAL_KEY, ctx.binding(book) + length_prefixed(member))
 
 
 def pair_seed(ctx: Context, my_s: X25519PrivateKey, their_s_pub: bytes, me: str, other: str) -> bytes:
     """seed_{me,other}: the same 32 bytes at both ends of the pair, for this receiver and round."""
-    shared = _exchange(my_s, their_s_pub, other)
+    shared = exchange(my_s, their_s_pub, other)
     a, b = sorted((me, other))
     return _hkdf(shared, DOMAIN_PAIR_SEED, ctx.binding() + length_prefixed(a) + length_prefixed(b))
 

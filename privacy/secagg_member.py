@@ -46,6 +46,7 @@ from .secagg import (
     SecAggError,
     contribution_tag,
     default_threshold,
+    exchange,
     fresh_key,
     pair_seed,
     private_raw,
@@ -266,6 +267,7 @@ class MemberSession:
         self.held: dict[str, tuple[bytes, bytes]] = {}  # dealer -> (share of b, share of s's key) held by me
         self.dealers: tuple[str, ...] | None = None  # U2 as this member was told (with itself)
         self._b: bytes | None = None
+        self._shared: dict[str, bytes] = {}  # X25519(c, c_k) per other member, from dealing to opening boxes
         self._deal = self._forward = self._consent = self._reveal = None  # what was sent, for repeats
 
     def record(self) -> dict:
@@ -327,13 +329,15 @@ class MemberSession:
         if (mine.c_pub, mine.s_pub) != (self.c_pub, self.s_pub):
             raise self._blame("substituted_key", "this member's own entry carries other keys")
         for e in book.entries:
+            if e.member == self.me:
+                continue  # compared above
             digest = wire.advert_digest(net=c.network, member=e.member, receiver=c.receiver, round=c.round,
                                         c_pub=e.c_pub, s_pub=e.s_pub)
             if not wire.verify_signature(e.member, e.sig, digest):
                 raise self._blame("substituted_key", f"the entry of {e.member:.16} is not signed by it")
         rkey = reveal_key(c, book.digest, self._c, book.recv_pub, self.me, c.receiver)
         b = self.random(HASH_LEN)
-        deal, mine = self._make_deal(book.digest, keys, t, b)  # raises before anything is kept
+        deal, mine, self._shared = self._make_deal(book.digest, keys, t, b)  # raises before anything is kept
         self.book, self.keys, self.threshold, self._reveal_key, self._b = book, keys, t, rkey, b
         self.held[self.me] = mine
         self.entry = self.ledger.advance(self.entry, "dealt", book.digest)
@@ -342,7 +346,7 @@ class MemberSession:
 
     def _make_deal(self, bid: bytes, keys: dict[str, wire.BookEntry], t: int, b: bytes):
         """The DEAL message, and this member's own pair of shares."""
-        c, members = self.ctx, sorted(keys)
+        c, members, shared = self.ctx, sorted(keys), {}
         if len(b) != HASH_LEN:
             raise ValueError(f"the random source gave {len(b)} bytes, {HASH_LEN} asked")
         xs = [c.x(k) for k in members]
@@ -355,14 +359,15 @@ class MemberSession:
             if k == self.me:
                 mine = (bsh, ssh)
                 continue
-            key = share_key(c, bid, self._c, keys[k].c_pub, self.me, k, owner=k)
+            shared[k] = exchange(self._c, keys[k].c_pub, k)
+            key = share_key(c, bid, self._c, keys[k].c_pub, self.me, k, owner=k, shared=shared[k])
             ct = seal(key, bsh + ssh, cb + cs)
             sig = self.identity.sign(wire.box_digest(net=c.network, receiver=c.receiver, round=c.round, book=bid,
                                                      dealer=self.me, holder=k, cb=cb, cs=cs, ct=ct))
             boxes.append(wire.Box(k, ct, sig))
         deal = wire.encode(self.identity, wire.Deal, net=c.network, to=c.receiver, round=c.round, book=bid,
                            secret=secret_commitment(c, bid, self.me, b), commits=commits, boxes=boxes)
-        return deal, mine
+        return deal, mine, shared
 
     # --- 2. the forwarded shares ---------------------------------------------------------------
 
@@ -381,27 +386,35 @@ class MemberSession:
             raise self._blame("too_few", f"{len(dealers) + 1} dealers, threshold {self.threshold}")
         held = {}
         for box in fwd.boxes:
-            digest = wire.box_digest(net=c.network, receiver=c.receiver, round=c.round, book=bid, dealer=box.dealer,
-                                     holder=self.me, cb=box.cb, cs=box.cs, ct=box.ct)
-            if not wire.verify_signature(box.dealer, box.sig, digest):
-                raise self._blame("tampered_share", f"the box of {box.dealer:.16} is not signed by it")
-            key = share_key(c, bid, self._c, self.keys[box.dealer].c_pub, box.dealer, self.me, owner=box.dealer)
+            # The box opens under the key of the dealer's signed c_pub: that proves the dealer made it
+            # (and its commitments, the AEAD's associated data). Only a box that does not open, or
+            # whose shares miss their commitments, costs a signature check: to know whom to blame.
+            key = share_key(c, bid, self._c, self.keys[box.dealer].c_pub, box.dealer, self.me, owner=box.dealer,
+                            shared=self._shared.get(box.dealer))
             plain = unseal(key, box.ct, box.cb + box.cs)
-            if plain is None:
-                raise self._blame("bad_share", "its signed box does not decrypt", box.dealer)
-            bsh, ssh = plain[:SHARE_LEN], plain[SHARE_LEN:]
-            try:
-                share_value(bsh), share_value(ssh)
-            except ShamirError as exc:
-                raise self._blame("bad_share", str(exc), box.dealer) from None
-            if (share_commitment(c, bid, box.dealer, self.me, "b", bsh) != box.cb
-                    or share_commitment(c, bid, box.dealer, self.me, "s", ssh) != box.cs):
-                raise self._blame("bad_share", "its shares do not match its signed commitments", box.dealer)
-            held[box.dealer] = (bsh, ssh)
+            shares = None if plain is None else (plain[:SHARE_LEN], plain[SHARE_LEN:])
+            if shares is None or not self._fits(bid, box, shares):
+                digest = wire.box_digest(net=c.network, receiver=c.receiver, round=c.round, book=bid,
+                                         dealer=box.dealer, holder=self.me, cb=box.cb, cs=box.cs, ct=box.ct)
+                if not wire.verify_signature(box.dealer, box.sig, digest):
+                    raise self._blame("tampered_share", f"the box of {box.dealer:.16} is not signed by it")
+                raise self._blame("bad_share", "its signed box does not open to the shares it committed to",
+                                  box.dealer)
+            held[box.dealer] = shares
         self.held.update(held)
         self.dealers = tuple(sorted([*dealers, self.me]))
-        self._forward, self._c = fwd.digest, None  # the shares are in: the share key is done
+        self._forward, self._c, self._shared = fwd.digest, None, {}  # the shares are in: c is done
         return None
+
+    def _fits(self, bid: bytes, box: wire.ForwardedBox, shares: tuple[bytes, bytes]) -> bool:
+        """The two shares are field elements and match the dealer's commitments."""
+        try:
+            share_value(shares[0]), share_value(shares[1])
+        except ShamirError:
+            return False
+        c = self.ctx
+        return (share_commitment(c, bid, box.dealer, self.me, "b", shares[0]) == box.cb
+                and share_commitment(c, bid, box.dealer, self.me, "s", shares[1]) == box.cs)
 
     # --- 3. the masked input -------------------------------------------------------------------
 
@@ -444,8 +457,10 @@ class MemberSession:
             raise self._blame("too_few", f"{len(u)} survivors, threshold {self.threshold}")
         self.entry = self.ledger.consent(self.entry, u)
         c = self.ctx
-        return wire.encode(self.identity, wire.Consent, net=c.network, to=c.receiver, round=c.round,
+        data = wire.encode(self.identity, wire.Consent, net=c.network, to=c.receiver, round=c.round,
                            book=self.entry.book, survivors=u)
+        self._consent = data[-wire.SIG_LEN:]  # its signature: the last field
+        return data
 
     # --- 5. the proof -> reveal --------------------------------------------------------------------
 
@@ -460,11 +475,18 @@ class MemberSession:
             raise self._blame("not_a_survivor", "a consent from outside the survivor set")
         if len(signers) < self.threshold:
             raise self._blame("too_few_consents", f"{len(signers)} consents, threshold {self.threshold}")
-        for s in proof.consents:
+        valid = 0
+        for s in proof.consents:  # t valid consents suffice; this member's own it knows
+            if valid >= self.threshold:
+                break
+            if s.member == self.me and s.sig == self._consent:
+                valid += 1
+                continue
             digest = wire.consent_digest(net=c.network, member=s.member, receiver=c.receiver, round=c.round,
                                          book=self.entry.book, survivors=u)
             if not wire.verify_signature(s.member, s.sig, digest):
                 raise self._blame("bad_consent", f"the consent of {s.member:.16} is not its signature on this set")
+            valid += 1
         dropped = tuple(k for k in self.dealers if k not in u)
         if self._reveal is not None and self.entry.dropped == dropped:
             return self._reveal

@@ -23,7 +23,9 @@ A book entry's sig_j is j's ADVERT signature; a proof's sig_k is k's CONSENT sig
 checked by rebuilding the signed map (`advert_digest`, `consent_digest`). A box is signed by its
 dealer over (network, receiver, round, book, dealer, holder, cb, cs, ct) (`box_digest`), so
 the holder can tell a tampering receiver (bad signature) from a cheating dealer (a box that
-does not decrypt or match its commitments).
+does not decrypt or match its commitments). A box that opens needs no signature check: it is
+sealed under a key only its dealer and holder can derive (from the dealer's signed c_pub),
+with cb and cs as associated data; the signature is checked to blame, when one does not.
 
 `parse(data, n)` checks the size against the largest message of its kind for a group of n
 (`limit`; the shares' sizes do not depend on t) before reading, then the structure; it never
@@ -369,12 +371,11 @@ def box_digest(*, net: str, receiver: str, round: int, book: bytes, dealer: str,
 
 
 def encode(identity: Identity, cls: type[Message], **values) -> bytes:
-    """A signed message from this identity (the sender); refuses to write what `parse` refuses."""
+    """A signed message from this identity (the sender). The sessions pass values of the types
+    `parse` reads (the tests parse every message they send)."""
     body = _body(cls, {**values, "sender": identity.peer_id})
     sig = identity.sign(_digest(cls, canonical(body)))
-    data = MAGICS[cls] + canonical({**body, "sig": sig})
-    parse(data)
-    return data
+    return MAGICS[cls] + canonical({**body, "sig": sig})
 
 
 # --- reading --------------------------------------------------------------------------------

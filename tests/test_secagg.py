@@ -24,6 +24,9 @@ from privacy.secagg import (
     lineage_commitment,
     pair_seed,
     public_raw,
+    reveal_nonce,
+    seal,
+    share_key,
 )
 from privacy.secagg_member import MemberLedger, MemberSession
 from privacy.shamir import combine_with, lagrange_at_zero
@@ -398,7 +401,39 @@ def test_tampered_shares_blame_the_receiver_and_bad_boxes_blame_the_dealer():
     with pytest.raises(SecAggError) as err:
         g.to_member(k, lying)
     assert err.value.who == (dealer,) and err.value.reason == "bad_share"
+    # a dealer that seals other shares than it committed to, under the right key and commitments
+    key = share_key(g.ctx, fwd.book, g.ms[dealer]._c, g.ms[k].c_pub, dealer, k, owner=k)
+    ct = seal(key, (5).to_bytes(33, "big") * 2, box.cb + box.cs)
+    sig = BY_ID[dealer].sign(wire.box_digest(net=NET, receiver=RECEIVER.peer_id, round=g.round, book=fwd.book,
+                                             dealer=dealer, holder=k, cb=box.cb, cs=box.cs, ct=ct))
+    wrong = wire.encode(RECEIVER, wire.Forward, net=NET, to=k, round=g.round, book=fwd.book,
+                        boxes=[box._replace(ct=ct, sig=sig), *fwd.boxes[1:]])
+    with pytest.raises(SecAggError) as err:
+        g.to_member(k, wrong)
+    assert (err.value.reason, err.value.who) == ("bad_share", (dealer,))
     assert g.to_member(k, forwards[k]) is None  # the honest forward still goes through
+
+
+@pytest.mark.parametrize("case", ["not_survivor_subset", "not_in_survivors", "too_few", "not_masked"])
+def test_a_member_signs_only_a_survivor_set_it_can_stand_behind(case):
+    g = Group(5)  # t = 3
+    xs = updates(g.members, g.size, seed=7)
+    forwards = g.deals(g.keys())
+    k, j = g.members[0], g.members[1]
+    if case == "not_survivor_subset":  # the receiver kept j's shares from k, then names j a survivor
+        fwd = wire.parse(forwards[k])
+        forwards[k] = wire.encode(RECEIVER, wire.Forward, net=NET, to=k, round=g.round, book=fwd.book,
+                                  boxes=[b for b in fwd.boxes if b.dealer != j])
+    for m, data in forwards.items():
+        g.to_member(m, data)
+        if case != "not_masked" or m != k:
+            g.rs.receive_masked(m, g.ms[m].mask(xs[m], g.fp))
+    u = {"not_survivor_subset": g.members, "not_in_survivors": g.members[1:], "too_few": g.members[:2],
+         "not_masked": g.members}[case]
+    with pytest.raises(SecAggError) as err:
+        g.to_member(k, survivors_msg(g, u))
+    assert (err.value.reason, err.value.who) == (case, (RECEIVER.peer_id,))
+    assert g.ledgers[k].entry(RECEIVER.peer_id, g.round).survivors is None
 
 
 def test_messages_not_signed_by_their_sender_are_refused_before_any_work():
@@ -431,8 +466,6 @@ def test_a_revealer_that_lies_about_a_share_is_named():
     liar = g.members[1]
     honest = wire.parse(g.ms[liar].receive(wire.parse(proofs[liar])))
     # the liar re-seals a wrong share under its reveal key: it decrypts, but is not the share dealt
-    from privacy.secagg import reveal_nonce, seal
-
     rows = list(honest.b_shares)
     nonce = reveal_nonce("b", g.ctx.x(rows[0].dealer))
     rows[0] = rows[0]._replace(ct=seal(g.ms[liar]._reveal_key, bytes(33), b"", nonce))
@@ -512,3 +545,24 @@ def test_the_lineage_commitment_hides_and_binds():
     assert lineage_commitment(parents[:1], bytes(32)) != a
     with pytest.raises(ValueError):
         lineage_commitment(parents, bytes(31))
+
+
+def test_every_derived_key_is_bound_to_its_context():
+    """Fresh keys make sessions independent already; the derivations bind the context too, so
+    that even a reused key pair gives unrelated seeds in another network, receiver or round."""
+    from privacy.secagg import contribution_tag, reveal_key, secret_commitment, share_commitment
+
+    a, b = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    m = [p.peer_id for p in MEMBERS[:3]]
+    ctxs = [Context(NET, RECEIVER.peer_id, 3, m), Context(NET + "x", RECEIVER.peer_id, 3, m),
+            Context(NET, MEMBERS[5].peer_id, 3, m), Context(NET, RECEIVER.peer_id, 4, m)]
+    book = bytes(32)
+    derived = [(pair_seed(c, a, public_raw(b), m[0], m[1]), share_key(c, book, a, public_raw(b), m[0], m[1], m[1]),
+                reveal_key(c, book, a, public_raw(b), m[0], m[0]), share_commitment(c, book, m[0], m[1], "b", bytes(33)),
+                secret_commitment(c, book, m[0], bytes(32)), contribution_tag(c, book, m[0])) for c in ctxs]
+    for i in range(6):
+        assert len({d[i] for d in derived}) == len(ctxs)
+    c = ctxs[0]
+    assert pair_seed(c, a, public_raw(b), m[0], m[1]) == pair_seed(c, b, public_raw(a), m[1], m[0])
+    assert share_key(c, book, a, public_raw(b), m[0], m[1], m[1]) != share_key(c, book, a, public_raw(b), m[1], m[0], m[1])
+    assert contribution_tag(c, bytes([1]) * 32, m[0]) != contribution_tag(c, book, m[0])
