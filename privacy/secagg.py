@@ -24,8 +24,9 @@ The protocol, for receiver i, round r, group G = N(i) (i not in G, n = |G| >= 2)
     HKDF(X25519(c_j, c_k)) bound to (network, i, r, book, j, k) and signed by j with
     commitments SHA-256(domain | context | share) to each share; the DEAL also carries a
     commitment to b_j. i cannot read the shares. i forwards to each k of U2 (the dealers,
-    |U2| >= t) the boxes addressed to it; k checks j's signature on each box (a bad one: i
-    tampered), decrypts it and checks the commitments (a bad box: j cheated).
+    |U2| >= t) the boxes addressed to it; k opens each box (its key derives from j's signed
+    c_pub, so a box that opens is j's) and checks the shares against the commitments; for a box
+    that fails, j's signature on it says who is to blame (valid: j cheated; not: i tampered).
  3. Masked input. j sends, in an envelope of kind "masked",
         y_j = enc(x_j) + PRG(b_j) + sum over k in U2 \\ {j} of s(j, k) * PRG(seed_jk)  (mod 2^32)
     with seed_jk = HKDF(X25519(s_j, s_k)) bound to (network, i, r, sorted pair), s(j, k) = +1
@@ -89,6 +90,11 @@ Threat model (what each party learns), for honest members running this code:
   sums of overlapping neighbourhoods: sums of groups that differ by one member give that
   member's update, and in a complete graph the n sums determine every update. That is
   inherent in summing per neighbourhood; this protocol does not protect against it.
+- Across rounds: each round's sum is over that round's updates. A member opens a session only
+  for its own current round (it sends the advert when its model of round r is ready), so a
+  receiver cannot get one model summed twice by asking for another round; but a member whose
+  model did not change between two rounds (no training) must not contribute it again, or sums
+  over different survivor sets in the two rounds would differ by single members' updates.
 - Integrity is not protected: a member may mask any value within the bound, or mask
   inconsistently, and so shift the sum by up to n * bound per coordinate undetected (secure
   aggregation hides exactly what robust rules would need to see). Bad shares, bad

@@ -13,13 +13,16 @@ Per session, in order (each call returns the bytes to send to the receiver, or N
     s.receive(Survivors)        -> CONSENT    (signs U: once per session, never another U)
     s.receive(Proof)            -> REVEAL     (after t valid consents on exactly that U)
 
-The peer logs `s.record()` (the ledger entry, JSON- and msgpack-safe) as a provenance event
-before it sends what a step returned, and on start rebuilds the ledger with
-`MemberLedger.restore(records)`. A restarted peer has lost its session keys: it cannot answer
-for a session it started before, and the ledger refuses a new session for that receiver and
-any round up to it, so masking randomness is never reused and a receiver never gets two
-sessions' sums of the same round's updates. Every refusal is a SecAggError naming who is to
-blame; a session that raised is dead (the peer drops it: that member drops out of that round).
+The peer starts a session itself, for its own current round r (the key and share phases need
+no model: they may run while it trains), never because a receiver asked for some round, and
+masks its model of round r in it. It logs `s.record()` (the ledger entry, JSON- and
+msgpack-safe) as a provenance event before it sends what a step returned, and on start
+rebuilds the ledger with `MemberLedger.restore(records)`. A restarted peer has lost its
+session keys: it cannot answer for a session it started before, and the ledger refuses a new
+session for that receiver and any round up to it, so masking randomness is never reused and a
+receiver never gets two sessions' sums of the same round's updates. Every refusal is a
+SecAggError naming who is to blame; the peer drops a session that raised (its member drops
+out of that round) and logs why.
 """
 
 from __future__ import annotations
