@@ -296,6 +296,12 @@ def secret_commitment(ctx: Context, book: bytes, dealer: str, secret: bytes) -> 
     return hashlib.sha256(DOMAIN_SECRET_COMMIT + ctx.binding(book) + length_prefixed(dealer) + bytes(secret)).digest()
 
 
+def masked_words(d: int) -> int:
+    """The envelope's n (uint32 words, codec "u32") of a masked payload of d parameters: the
+    32-byte tag, then d masked values."""
+    return TAG_LEN // 4 + d
+
+
 def contribution_tag(ctx: Context, book: bytes, sender: str) -> bytes:
     """The first 32 bytes of a masked payload: binds it (and the envelope signature over it)
     to the network, sender, receiver, round and session."""

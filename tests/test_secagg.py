@@ -22,6 +22,7 @@ from privacy.secagg import (
     check_threshold,
     default_threshold,
     lineage_commitment,
+    masked_words,
     pair_seed,
     public_raw,
     reveal_nonce,
@@ -511,6 +512,7 @@ def test_a_masked_input_for_another_receiver_round_or_session_is_refused():
     k = g.members[0]
     g.to_member(k, forwards[k])
     payload = bytearray(g.ms[k].mask(torch.zeros(g.size), g.fp))
+    assert len(payload) == 4 * masked_words(g.size)
     payload[0] ^= 1
     with pytest.raises(SecAggError) as err:
         g.rs.receive_masked(k, bytes(payload))
