@@ -62,15 +62,16 @@ def breakdown() -> dict[str, int]:
 
 
 class Clock:
-    """CPU seconds per party (perf_counter around each party's own calls)."""
+    """CPU seconds per party: this thread's CPU time around each party's own calls (not wall
+    time, which on a shared machine also counts other processes' turns)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
 
     def __call__(self, party: str, fn, *args):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         out = fn(*args)
-        self.seconds[party] += time.perf_counter() - t0
+        self.seconds[party] += time.thread_time() - t0
         return out
 
 
