@@ -34,7 +34,8 @@ from privacy import secagg_wire as wire  # noqa: E402
 from privacy import secure, secure_wire  # noqa: E402
 from privacy.masking import FixedPoint  # noqa: E402
 from privacy.secagg import Context  # noqa: E402
-from privacy.secagg_member import MemberLedger, MemberSession  # noqa: E402
+from privacy.secagg_ledger import MemberLedger  # noqa: E402
+from privacy.secagg_member import MemberSession  # noqa: E402
 from privacy.secagg_receiver import ReceiverSession  # noqa: E402
 
 N = 8

@@ -8,7 +8,8 @@
 and secure aggregation among a receiver's neighbours (`secure_mean`):
 
 - secagg:          double masking (SecAgg / SecAgg+): the protocol, threshold, threat model, derivations
-- secagg_member:   a member's session per (receiver, round) and its restart-proof ledger
+- secagg_member:   a member's session per (receiver, round)
+- secagg_ledger:   what a member signed and revealed, persisted across restarts
 - secagg_receiver: the receiver's session: phases, survivor set, unmasking
 - secagg_wire:     the signed canonical messages of both
 - shamir:          Shamir sharing of 32-byte secrets

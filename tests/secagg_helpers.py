@@ -12,7 +12,8 @@ from gossip.identity import Identity
 from privacy import secagg_wire as wire
 from privacy.masking import FixedPoint
 from privacy.secagg import Context
-from privacy.secagg_member import MemberLedger, MemberSession
+from privacy.secagg_ledger import MemberLedger
+from privacy.secagg_member import MemberSession
 from privacy.secagg_receiver import ReceiverSession
 
 NET = "net-secagg"

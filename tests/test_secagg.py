@@ -29,7 +29,8 @@ from privacy.secagg import (
     seal,
     share_key,
 )
-from privacy.secagg_member import MemberLedger, MemberSession
+from privacy.secagg_ledger import MemberLedger
+from privacy.secagg_member import MemberSession
 from privacy.shamir import combine_with, lagrange_at_zero
 
 from .secagg_helpers import BY_ID, MEMBERS, NET, PHASES, RECEIVER, Group, plain_sum, updates

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from privacy import secagg_wire as wire
 from privacy.secagg import SecAggError
-from privacy.secagg_member import LedgerEntry, MemberLedger
+from privacy.secagg_ledger import LedgerEntry, MemberLedger
 
 from .secagg_helpers import BY_ID, MEMBERS, NET, RECEIVER, Group, updates
 
