@@ -1,4 +1,12 @@
-"""Secure aggregation among neighbours (`secure_mean`): the pure core.
+"""Secure aggregation among neighbours (`secure_mean`): the SINGLE-MASKING core (superseded).
+
+Superseded by double masking (privacy.secagg, privacy.secagg_member, privacy.secagg_receiver,
+privacy.secagg_wire), which closes the three exposures of issue 22 that this design has (a late
+contribution, a receiver that sends different requests to different members, a restart that
+masks again with the same seeds). This module stays only until the peer (peer.secure_round,
+peer.round, peer.plan) is rewired to the new core; then it and privacy.secure_wire go, and the
+trust list's X25519 keys and bindings with them. Its fixed point and PRG live in
+privacy.masking, shared with the new core.
 
 A receiver i learns, each round r, the sum of its neighbours' updates and nothing about any
 single one. Everything here is pure computation on bytes and arrays: no sockets, no clock,
@@ -76,21 +84,20 @@ Not covered:
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gossip.identity import Identity, verify_signature
-from gossip.lazy import lazy
 
-torch = lazy("torch")
+# FixedPoint, prg and length_prefixed are re-exported for the callers of this module.
+from .masking import FixedPoint, Keystream, length_prefixed, mask_sign, prg  # noqa: F401
+from .masking import apply_mask as _apply
 
 DOMAIN_AGREEMENT = b"gossipfl/secagg/x25519-key/v1\x00"
 DOMAIN_BINDING = b"gossipfl/secagg/x25519-binding/v1\x00"
@@ -103,7 +110,6 @@ BINDING_LEN = 64  # an Ed25519 signature
 MIN_SENDERS = 2  # a receiver never learns fewer than this many updates summed
 MAX_ROUND = (1 << 64) - 1
 LATE_AFTER_REVEAL = "late_after_reveal"
-_NONCE = bytes(16)  # ChaCha20 counter + nonce: every seed keys one stream only, so zero is safe
 
 
 class MaskError(Exception):
@@ -129,15 +135,6 @@ def agreement_key(identity: Identity) -> X25519PrivateKey:
 def public_bytes(key: X25519PrivateKey) -> bytes:
     """The 32 raw bytes of an X25519 key's public half (what the plan distributes)."""
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-def length_prefixed(value: str) -> bytes:
-    """A string's UTF-8 after its 2-byte length: fields concatenated into a hash or HKDF input
-    stay unambiguous."""
-    raw = value.encode("utf-8")
-    if len(raw) >= 1 << 16:
-        raise ValueError(f"{value!r:.40} is too long")
-    return len(raw).to_bytes(2, "big") + raw
 
 
 def _binding_message(network: str, peer_id: str, x25519_pub: bytes) -> bytes:
@@ -188,93 +185,6 @@ def commitment(seed: bytes) -> bytes:
     return hashlib.sha256(DOMAIN_COMMIT + bytes(seed)).digest()
 
 
-class _Keystream:
-    """ChaCha20 keystreams of d uint32 words, written into one reused buffer (update_into on a
-    fixed zero buffer is 5-8x faster than update(), which allocates each time)."""
-
-    def __init__(self, d: int):
-        self.d = d
-        self.zeros = bytes(4 * d)
-        self.buf = bytearray(4 * d)
-        self.words = np.frombuffer(self.buf, dtype="<u4")
-
-    def __call__(self, seed: bytes) -> np.ndarray:
-        """The keystream of `seed` (valid until the next call)."""
-        if len(seed) != SEED_LEN:
-            raise ValueError(f"a seed has {SEED_LEN} bytes, got {len(seed)}")
-        enc = Cipher(algorithms.ChaCha20(bytes(seed), _NONCE), mode=None).encryptor()
-        enc.update_into(self.zeros, self.buf)
-        return self.words
-
-
-def prg(seed: bytes, d: int) -> np.ndarray:
-    """PRG(seed): the first 4*d bytes of ChaCha20(seed, nonce 0) as d little-endian uint32."""
-    return _Keystream(d)(seed).copy()
-
-
-def mask_sign(me: str, other: str) -> int:
-    """s(me, other): +1 if me sorts before other, else -1 (the pair's masks cancel)."""
-    return 1 if me < other else -1
-
-
-def _apply(total: np.ndarray, stream: np.ndarray, sign: int) -> None:
-    """total += sign * stream (mod 2^32), in place."""
-    (np.add if sign > 0 else np.subtract)(total, stream, out=total)
-
-
-# --- fixed point ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FixedPoint:
-    """Fixed-point encoding modulo 2^32 of values in [-bound, bound] such that the sum of
-    `count` encodings never wraps: the scale is the largest power of two with
-    count * (bound * scale + 1/2) < 2^31. Every member of a group and its receiver must use the
-    same (bound, count), with count = |G|."""
-
-    bound: float
-    count: int
-    scale: float = field(init=False)
-
-    def __post_init__(self):
-        if isinstance(self.count, bool) or not isinstance(self.count, int) or not 1 <= self.count <= 1 << 16:
-            raise ValueError(f"count must be an integer in [1, 65536], got {self.count!r}")
-        bound = float(self.bound)
-        if not math.isfinite(bound) or not 1e-30 <= bound <= 1e30:
-            raise ValueError(f"bound must be a finite float in [1e-30, 1e30], got {self.bound!r}")
-        limit = ((1 << 31) - 1) / self.count - 0.5  # the largest |encoding| one value may have
-        exponent = math.floor(math.log2(limit / bound))
-        while self.count * math.floor(bound * 2.0**exponent + 0.5) >= 1 << 31:
-            exponent -= 1  # log2's rounding at an exact power of two
-        object.__setattr__(self, "bound", bound)
-        object.__setattr__(self, "scale", 2.0**exponent)
-
-    def encode(self, x) -> np.ndarray:
-        """Clip, scale, round to nearest: a uint32 vector (two's complement of the integers).
-        Accepts a float tensor or array of any shape (flattened); refuses NaN and infinities."""
-        if hasattr(x, "detach"):
-            x = x.detach().cpu().numpy()
-        v = np.asarray(x, dtype=np.float64).reshape(-1)
-        if not np.isfinite(v).all():
-            raise ValueError("cannot encode NaN or infinite values")
-        np.clip(v, -self.bound, self.bound, out=v)
-        v *= self.scale  # exact: a power of two
-        return np.rint(v).astype(np.int32).view(np.uint32)
-
-    def decode(self, total: np.ndarray, count: int):
-        """The float32 tensor a sum of `count` (<= self.count) encodings stands for."""
-        if not 1 <= count <= self.count:
-            raise ValueError(f"a sum of {count} encodings may have wrapped (count is {self.count})")
-        ints = np.asarray(total, dtype=np.uint32).view(np.int32)
-        return torch.from_numpy((ints.astype(np.float64) / self.scale).astype(np.float32))
-
-    def error(self) -> float:
-        """Worst-case absolute error, per coordinate, of a decoded sum of up to `count` values
-        within the bound against their exact sum: half a step of rounding per value, plus the
-        float32 rounding of a result of magnitude up to count * bound."""
-        return self.count * 0.5 / self.scale + self.count * self.bound * 2.0**-24
-
-
 # --- members: masking and revealing ---------------------------------------------------------
 
 
@@ -319,7 +229,7 @@ def masked_contribution(x, me: str, receiver: str, group: Iterable[str], round: 
     others = [k for k in members if k != me]
     seeds = _seeds(me, receiver, round, others, network, my_agreement_key, member_x25519_pubs)
     y = fp.encode(x).copy()
-    stream = _Keystream(y.size)
+    stream = Keystream(y.size)
     for k in others:
         _apply(y, stream(seeds[k]), mask_sign(me, k))
     return Contribution(y, {k: commitment(seeds[k]) for k in others})
@@ -413,7 +323,7 @@ def unmask(contributions: Mapping[str, Contribution], reveals: Mapping[str, Mapp
     for j in delivered:
         np.add(total, contributions[j].payload, out=total)
     if missing:
-        stream = _Keystream(d)
+        stream = Keystream(d)
         for j in delivered:
             seeds = reveals.get(j, {})
             extra = sorted(set(seeds) - set(missing))
