@@ -46,10 +46,14 @@ def build_fleet(out: Path) -> Fleet:
 
     torch.set_num_threads(1)
     nodes = write_plan(from_spec("ring:4", seed=1), out, transport="memory", overrides=FAST, draw=False)
+
     def arm(parts):
         parts.transport = AttackTransport(parts.transport, _junk(parts.identity, nodes[0].peer_id))
 
-    hub, peers = build_memory_network(nodes, prepare={JUNK_NODE: arm})
+    def victim(parts):  # closes once its honest neighbour delivered: waiting out the deadline for the junk
+        parts.cfg.round.quorum = 1  # node would pace its neighbours' windows to end as its next update arrives
+
+    hub, peers = build_memory_network(nodes, prepare={JUNK_NODE: arm, 0: victim})
     run_virtual(run_peers(peers, rounds=ROUNDS))
     return Fleet(Path(out), [n.dir / "data" / "provenance.db" for n in nodes], [str(n.label) for n in nodes],
                  [p.peer_id for p in peers])
