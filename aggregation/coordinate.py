@@ -28,7 +28,7 @@ def weighted_mean(stack: torch.Tensor, weights: torch.Tensor | None) -> torch.Te
 
 def mean(stack, weights, *, f: int = 0):
     batch, n = stack.shape[:2]
-    details = {"weighted": weights is not None}
+    details: dict[str, object] = {"weighted": weights is not None}
     if f:
         details["note"] = "mean tolerates no Byzantine row; f is recorded only"
     return weighted_mean(stack, weights), BatchReport("mean", n, f, batch, details=details)

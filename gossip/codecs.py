@@ -13,13 +13,17 @@
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import CodecError
 from .lazy import lazy
 
-torch = lazy("torch")  # loaded by the first encode/decode
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch")  # loaded by the first encode/decode
 
 FLOAT_CODECS = ("raw-f32", "f16", "int8")  # encodings of a flat float model
 WORD_CODECS = ("u32",)  # opaque words (masked contributions), sealed as they are
@@ -46,9 +50,9 @@ def encode(flat: torch.Tensor, codec: str = "raw-f32") -> memoryview:
     x = flat.detach().reshape(-1).to(torch.float32).contiguous()
     arr = x.numpy()
     if codec == "raw-f32":
-        return memoryview(arr.astype("<f4", copy=False)).cast("B")
+        return arr.astype("<f4", copy=False).data.cast("B")
     if codec == "f16":
-        return memoryview(arr.astype("<f2")).cast("B")
+        return arr.astype("<f2").data.cast("B")
     if codec == "int8":
         n = arr.size
         pad = _n_blocks(n) * INT8_BLOCK - n

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -46,6 +47,7 @@ MAX_UINT = (1 << 64) - 1
 HASH_LEN, SIG_LEN = 32, 64
 _KEYS = {name: msgpack.packb(name) for name in FIELDS}
 _MAX_CODEC_LEN = max(len(c) for c in CODECS)
+Bytes = bytes | bytearray | memoryview  # a payload, as the caller holds it (sealing copies it once)
 
 
 class BadVersion(Malformed):
@@ -82,7 +84,7 @@ def bin_header(n: int) -> bytes:
             b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xc6" + n.to_bytes(4, "big"))
 
 
-def payload_digest(payload) -> bytes:
+def payload_digest(payload: Bytes) -> bytes:
     return hashlib.sha256(payload).digest()
 
 
@@ -153,21 +155,21 @@ def _check_header(h: dict, payload_len: int) -> None:
                          f"{encoded_size(h['codec'], h['n'])}")
 
 
-def seal(identity: Identity, *, net: str, round: int, schema: bytes, payload: bytes, codec: str,
-         n: int, parents: list[bytes] = (), deg: int = 0, kind: str = "update",
+def seal(identity: Identity, *, net: str, round: int, schema: bytes, payload: Bytes, codec: str,
+         n: int, parents: Sequence[bytes] = (), deg: int = 0, kind: str = "update",
          ts: float | None = None) -> Sealed:
     """Sign and encode one message in its canonical form."""
-    payload = memoryview(payload).cast("B")
+    body = memoryview(payload).cast("B")
     header = {
         "v": VERSION, "net": str(net), "sender": identity.peer_id, "round": int(round),
         "ts": float(time.time() if ts is None else ts), "kind": str(kind), "schema": bytes(schema),
         "codec": str(codec), "n": int(n), "deg": int(deg), "parents": [bytes(p) for p in parents],
-        "payload_hash": payload_digest(payload),
+        "payload_hash": payload_digest(body),
     }
-    _check_header(header, len(payload))
+    _check_header(header, len(body))
     header_map = header_bytes(header)
     digest = _digest_of(header_map)
-    return Sealed(_frame(header_map, identity.sign(digest), payload), digest.hex())
+    return Sealed(_frame(header_map, identity.sign(digest), body), digest.hex())
 
 
 def seal_update(identity: Identity, flat, *, codec: str = "raw-f32", **fields) -> Sealed:

@@ -51,9 +51,10 @@ class TrustList:
         return "\n".join(lines)
 
 
-def build_trust_list(network: str, entries: list, admin: str | None = None) -> TrustList:
+def build_trust_list(network: object, entries: list, admin: object = None) -> TrustList:
     """Entries are PeerId strings or {id, name, x25519, binding} tables (the last two hex, both
-    or neither); errors name the bad entry."""
+    or neither); errors name the bad entry. `network` and `admin` are checked too (they may
+    come straight from a parsed file)."""
     if not isinstance(network, str) or not network:
         raise TrustListError("trust list: `network` must be a non-empty string")
     if admin is not None:
