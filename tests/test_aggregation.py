@@ -163,6 +163,20 @@ def test_geomed_reaches_the_reference_objective(x):
     assert got <= best * (1 + 1e-3) + 1e-3
 
 
+@pytest.mark.parametrize("rows, median", [
+    ([2, 6, 8, 12, 8, 15, -9], 8.0),  # the mean, 6, is a row but not the median: it used to stay there
+    ([0, 0, 1, 2, 9], 1.0),
+    ([1, 1, 1, 5], 1.0),  # the mean, 2, is no row; the median is one, held by three rows
+    ([3, 3, 3], 3.0),  # every row on the start
+])
+def test_geomed_leaves_a_row_that_is_not_the_median(rows, median):
+    x = t([[v] for v in rows])
+    out = aggregate("geomed", x, tol=1e-10, max_iter=500, nu=1e-9)
+    assert abs(out.value.item() - median) < 1e-4
+    plane = torch.cat([x, torch.zeros_like(x)], dim=1)  # the same rows in two dimensions
+    assert abs(aggregate("geomed", plane, tol=1e-10, max_iter=500, nu=1e-9).value[0].item() - median) < 1e-4
+
+
 @SETTINGS
 @given(stacks(), st.floats(0.05, 20.0), st.integers(1, 4))
 def test_centered_clip_from_zero_matches_reference(x, tau, iters):
@@ -247,7 +261,10 @@ def test_column_sort_across_several_blocks(n, batch, d, monkeypatch):
     monkeypatch.setattr(columns, "BLOCK_ELEMENTS", 64 * (n + 1))
     monkeypatch.setattr(columns, "MIN_COLUMNS", 60)
     x = torch.randn(batch, n, d)
-    assert torch.equal(columns.sort_columns(x), x.sort(dim=1).values)
+    ranked = torch.empty_like(x)
+    for batches, cols, block in columns.ranked_blocks(x):  # every rank: the whole sort
+        ranked[batches, :, cols] = block.transpose(0, 1)
+    assert torch.equal(ranked, x.sort(dim=1).values)
 
 
 @settings(max_examples=60, deadline=None)
