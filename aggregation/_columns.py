@@ -286,11 +286,3 @@ def reduce_sorted(stack: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor
     for batches, cols, block in ranked_blocks(stack, lo, hi, mix):
         out[batches, cols] = fn(block)
     return out
-
-
-def sort_columns(stack: torch.Tensor) -> torch.Tensor:
-    """The whole (B, n, d) stack with every column of every batch entry sorted."""
-    out = torch.empty_like(stack)
-    for batches, cols, block in ranked_blocks(stack):
-        out[batches, :, cols] = block.transpose(0, 1)
-    return out

@@ -1,6 +1,6 @@
 """Pre-aggregation steps that compose with any rule: each returns mixing matrices M,
-(B, m, n) for a batch of stacks (B, n, d), and new weights; the rule then aggregates
-M @ stack. `aggregate` hands M to rules that apply it block by block (the
+(B, m, n) for a batch of stacks (B, n, d), new weights, and what the report records of the
+step; the rule then aggregates M @ stack. `aggregate` hands M to rules that apply it block by block (the
 coordinate-wise ones), so the mixed stack is never built.
 
 - nnm (Allouah et al. 2023): each row becomes the mean of its n - f nearest rows (itself included).

@@ -2,12 +2,13 @@
 
 - raw-f32: the bytes of the tensor; decode is zero-copy (a view on the received buffer).
 - f16:     half precision; half the bytes.
-- int8:    symmetric int8 with one float32 scale per block of INT8_BLOCK values (a scale
-           per block, not per whole model, so one large layer does not flatten the rest);
-           payload = scales then codes; a quarter of the bytes plus 1/1024.
+- int8:    symmetric int8 with one float32 scale per block of INT8_BLOCK values (the block's
+           largest magnitude / 127; a scale per block, not per whole model, so one large layer
+           does not flatten the rest); payload = scales then codes; a quarter of the bytes
+           plus 1/1024.
 - u32:     n little-endian uint32 words, not model values: a masked contribution of secure
            aggregation (privacy.secure_wire); decode is a zero-copy uint32 view. A peer never
-           encodes its model with it (round.codec offers FLOAT_CODECS only).
+           encodes its model with it (the `round.codec` setting offers FLOAT_CODECS only).
 """
 
 from __future__ import annotations

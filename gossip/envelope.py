@@ -1,18 +1,21 @@
-"""Wire format v1: one signed msgpack map per message, with a fixed, canonical layout.
+"""Wire format v2 (VERSION): one signed msgpack map per message, with a fixed, canonical layout.
 
 The map has exactly these 14 keys in this order, each value in its one canonical msgpack
 encoding (shortest header for ints, str, bin and arrays; float64 for `ts`):
 
-    v uint (= 1) | net str <= 128 B | sender str <= 64 B | round uint | ts float64 (finite)
+    v uint (= 2) | net str <= 128 B | sender str <= 64 B | round uint < 2**64 | ts float64 (finite)
     kind str <= 16 B | schema bin 32 | codec str (one of CODECS) | n uint | deg uint
-    parents array <= MAX_PARENTS of bin 32 | payload_hash bin 32 | sig bin 64
-    payload bin of exactly encoded_size(codec, n) bytes
+    parents array <= MAX_PARENTS of bin 32 | payload_hash bin 32 (SHA-256 of the payload)
+    sig bin 64 | payload bin of exactly encoded_size(codec, n) bytes
 
 The first 12 pairs are the header. The signature is Ed25519 over
 SHA-256(DOMAIN + canonical header), the canonical header being those 12 pairs under a
-12-entry map header: the very bytes of the message after its first byte. The header digest
-is the update's identity (`update_id`); the payload is bound through `payload_hash`, so a
-header stored without its payload (as the provenance log does) can still be checked.
+12-entry map header: the very bytes of the message after its first byte. DOMAIN
+(b"gossipfl/envelope/v1\0") keeps these signatures apart from the other things a key signs
+(membership records, provenance events); its "v1" names that separation, not the wire
+version. The header digest is the update's identity (`update_id`); the payload is bound
+through `payload_hash`, so a header stored without its payload (as the provenance log does)
+can still be checked.
 
 `parse` walks the bytes once and stops at the first byte that deviates from the layout, so
 hostile input costs O(header) whatever its size; any other encoding of the same content is
@@ -26,13 +29,16 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgpack
 
 from .codecs import CODECS, decode, encode, encoded_size
 from .identity import MAX_PEER_ID_LEN, Identity
 from .msgpack_canonical import Cursor, Malformed, NonCanonical, is_int_type
+
+if TYPE_CHECKING:
+    import torch  # for annotations only: parsing an envelope never loads torch
 
 VERSION = 2  # 2: fixed key order and canonical encodings (v1 peers sorted keys and allowed any encoding)
 DOMAIN = b"gossipfl/envelope/v1\x00"
@@ -52,8 +58,6 @@ Bytes = bytes | bytearray | memoryview  # a payload, as the caller holds it (sea
 
 class BadVersion(Malformed):
     """A well-formed start of a message of another format version."""
-
-
 
 
 def canonical(obj) -> bytes:
@@ -172,12 +176,13 @@ def seal(identity: Identity, *, net: str, round: int, schema: bytes, payload: By
     return Sealed(_frame(header_map, identity.sign(digest), body), digest.hex())
 
 
-def seal_update(identity: Identity, flat, *, codec: str = "raw-f32", **fields) -> Sealed:
+def seal_update(identity: Identity, flat: torch.Tensor, *, codec: str = "raw-f32", **fields) -> Sealed:
     """Encode a flat parameter tensor with `codec` and seal it."""
     return seal(identity, payload=encode(flat, codec), codec=codec, n=int(flat.numel()), **fields)
 
 
-def decode_payload(env: Envelope):
+def decode_payload(env: Envelope) -> torch.Tensor:
+    """The payload's n values (float32; raw uint32 words for the u32 codec)."""
     return decode(env.payload, env.header["codec"], env.header["n"])
 
 

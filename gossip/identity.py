@@ -147,8 +147,9 @@ MAX_KEY_FILE = 16384  # a PEM Ed25519 key is ~120 bytes
 
 
 def load_key(path: str | os.PathLike) -> Identity:
-    """Read a key written by `save_key`; refuse files that group or others can read, and
-    anything that is not a small regular file (never read past MAX_KEY_FILE bytes)."""
+    """Read a key written by `save_key`; refuse files that group or others may read, write
+    or run (one-line KeyFileError naming `chmod 600 FILE`), and anything that is not a small
+    regular file (never read past MAX_KEY_FILE bytes)."""
     path = Path(path)
 
     def private(mode: int) -> str | None:

@@ -105,8 +105,8 @@ def _agreement_key(entry: dict, where: str) -> tuple[bytes, bytes]:
 
 
 def load_trust_list(path: str | os.PathLike) -> TrustList:
-    """Read a TOML (`network = ...`, optional `admin = ...`, `[[peer]] id = ...`) or JSON
-    ({"network", "peers", optional "admin"}) trust list."""
+    """Read a TOML (`network = ...`, optional `admin = ...`, `[[peer]] id = ...` tables or a
+    `peers = [...]` list) or JSON ({"network", "peers", optional "admin"}) trust list."""
     path = Path(path)
     try:
         text = read_limited_text(path, MAX_TRUST_FILE, "trust list")
