@@ -26,7 +26,7 @@ def weighted_mean(stack: torch.Tensor, weights: torch.Tensor | None) -> torch.Te
     return combine(w / w.sum(dim=1, keepdim=True), stack)
 
 
-def mean(stack, weights, *, f: int = 0):
+def mean(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, BatchReport]:
     batch, n = stack.shape[:2]
     details: dict[str, object] = {"weighted": weights is not None}
     if f:
@@ -39,13 +39,14 @@ def _rows(stack: torch.Tensor, mix: torch.Tensor | None) -> int:
     return stack.shape[1] if mix is None else mix.shape[1]
 
 
-def median(stack, weights, *, f: int = 0, mix=None):
+def median(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0, mix: torch.Tensor | None = None) -> tuple[torch.Tensor, BatchReport]:
     n = _rows(stack, mix)  # only the middle rank(s) are computed: ranks (n-1)//2 .. n//2
     value = reduce_sorted(stack, lambda b: b.mean(dim=0), (n - 1) // 2, n // 2 + 1, mix=mix)
     return value, BatchReport("median", n, f, stack.shape[0])
 
 
-def trimmed_mean(stack, weights, *, f: int = 0, mix=None):
+def trimmed_mean(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0,
+                 mix: torch.Tensor | None = None) -> tuple[torch.Tensor, BatchReport]:
     batch, n = stack.shape[0], _rows(stack, mix)
     if f == 0:
         value = stack.mean(dim=1) if mix is None else combine(mix.mean(dim=1), stack)
@@ -82,7 +83,7 @@ def closest_to_median(block: torch.Tensor, k: int) -> torch.Tensor:
     return windows.sum(dim=-1).gather(0, slides + lo).squeeze(0) / k
 
 
-def meamed(stack, weights, *, f: int = 0, mix=None):
+def meamed(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0, mix: torch.Tensor | None = None) -> tuple[torch.Tensor, BatchReport]:
     """MeaMed (Xie et al. 2018): per coordinate, the mean of the n - f values nearest the median."""
     n = _rows(stack, mix)
     value = reduce_sorted(stack, lambda b: closest_to_median(b, n - f), mix=mix)

@@ -30,6 +30,7 @@ FLOAT_CODECS = ("raw-f32", "f16", "int8")  # encodings of a flat float model
 WORD_CODECS = ("u32",)  # opaque words (masked contributions), sealed as they are
 CODECS = FLOAT_CODECS + WORD_CODECS
 INT8_BLOCK = 4096
+Bytes = bytes | bytearray | memoryview
 
 
 def _n_blocks(n: int) -> int:
@@ -67,14 +68,14 @@ def encode(flat: torch.Tensor, codec: str = "raw-f32") -> memoryview:
     raise CodecError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
 
 
-def _view(buf, dtype: str, offset: int, count: int) -> torch.Tensor:
+def _view(buf: Bytes, dtype: str, offset: int, count: int) -> torch.Tensor:
     arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
     with warnings.catch_warnings():  # read-only buffer: callers never write into the view
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(arr)
 
 
-def decode(payload, codec: str, n: int) -> torch.Tensor:
+def decode(payload: Bytes, codec: str, n: int) -> torch.Tensor:
     """Float32 tensor of n values from `payload`; raw-f32 returns a read-only view (no copy),
     u32 a read-only uint32 view (masked words, not values)."""
     expected = encoded_size(codec, n)

@@ -29,11 +29,11 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgpack
 
-from .codecs import CODECS, decode, encode, encoded_size
+from .codecs import CODECS, Bytes, decode, encode, encoded_size
 from .identity import MAX_PEER_ID_LEN, Identity
 from .msgpack_canonical import Cursor, Malformed, NonCanonical, is_int_type
 
@@ -53,14 +53,13 @@ MAX_UINT = (1 << 64) - 1
 HASH_LEN, SIG_LEN = 32, 64
 _KEYS = {name: msgpack.packb(name) for name in FIELDS}
 _MAX_CODEC_LEN = max(len(c) for c in CODECS)
-Bytes = bytes | bytearray | memoryview  # a payload, as the caller holds it (sealing copies it once)
 
 
 class BadVersion(Malformed):
     """A well-formed start of a message of another format version."""
 
 
-def canonical(obj) -> bytes:
+def canonical(obj: object) -> bytes:
     """msgpack as the format writes it: shortest headers, bin for bytes, float64, maps in the
     order given (the format fixes the order; callers pass fields in it)."""
     return msgpack.packb(obj, use_bin_type=True, strict_types=False)
@@ -176,7 +175,7 @@ def seal(identity: Identity, *, net: str, round: int, schema: bytes, payload: By
     return Sealed(_frame(header_map, identity.sign(digest), body), digest.hex())
 
 
-def seal_update(identity: Identity, flat: torch.Tensor, *, codec: str = "raw-f32", **fields) -> Sealed:
+def seal_update(identity: Identity, flat: torch.Tensor, *, codec: str = "raw-f32", **fields: Any) -> Sealed:
     """Encode a flat parameter tensor with `codec` and seal it."""
     return seal(identity, payload=encode(flat, codec), codec=codec, n=int(flat.numel()), **fields)
 
@@ -208,7 +207,7 @@ def _version(cur: Cursor) -> None:
         raise BadVersion(f"version {v} (this peer speaks {VERSION})")
 
 
-def parse(data) -> Envelope:
+def parse(data: Bytes) -> Envelope:
     """Check `data` against the layout byte by byte; the payload stays a view on `data`.
 
     Raises BadVersion, NonCanonical or Malformed at the first deviation (its `offset`: the
