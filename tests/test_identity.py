@@ -100,6 +100,14 @@ def test_parsing_any_string_returns_a_key_or_raises_peer_id_error(text):
     assert b58decode(text) == ED25519_PREFIX + key.public_bytes_raw()
 
 
+@pytest.mark.parametrize("sig", ["a" * 64, 7, None, bytes(63), bytes(65), [0] * 64])
+@pytest.mark.parametrize("message", [b"m", "m", None])
+def test_a_signature_that_is_not_one_is_false_not_an_error(sig, message):
+    # signatures come from the network and from logs on disk (a tampered row may hold any type)
+    assert not verify_signature(ALICE.peer_id, sig, message)
+    assert verify_signature(ALICE.peer_id, ALICE.sign(b"m"), b"m")
+
+
 def test_key_file_is_0600_and_not_overwritten(tmp_path):
     path = tmp_path / "k.pem"
     ident = Identity.generate()

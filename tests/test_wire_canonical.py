@@ -256,8 +256,8 @@ def test_values_outside_the_format_are_malformed(changes):
 
 def test_truncation_anywhere_is_malformed_and_trailing_bytes_too():
     v = verifier()
-    for cut in range(len(GOOD) - N * 4, 0, -37):
-        assert v.verify(GOOD[:cut], 5).reason in (Reason.MALFORMED, Reason.BAD_VERSION)
+    for cut in [*range(len(GOOD) - 1, len(GOOD) - 9, -1), *range(len(GOOD) - N * 4, 0, -37)]:
+        assert v.verify(GOOD[:cut], 5).reason in (Reason.MALFORMED, Reason.BAD_VERSION), cut
     assert v.verify(GOOD + b"\x00", 5).reason == Reason.MALFORMED
 
 
@@ -403,6 +403,10 @@ def test_an_integer_reads_only_in_its_shortest_encoding(v):
     assert cur.int("x") == v and cur.at_end()
     wider = _int_encodings(v) - {shortest}
     assert wider or len(shortest) == 9  # a 64-bit header is the widest
+    for data in wider | {shortest}:
+        if len(data) > 1:  # one byte short: truncated, whatever the header
+            with pytest.raises(Malformed, match="truncated"):
+                Cursor(memoryview(data[:-1])).int("x")
     for data in wider:
         with pytest.raises(NonCanonical):
             Cursor(memoryview(data)).int("x")
@@ -426,6 +430,8 @@ def test_a_string_reads_only_under_its_shortest_header(n):
     assert cur.str("x", n) == text and cur.at_end()
     wider = {h + text.encode() for h in _length_headers("str", n)} - {shortest}
     assert wider or n >= 1 << 16  # a 32-bit length is the widest
+    with pytest.raises(Malformed, match="truncated"):  # one byte short
+        Cursor(memoryview(shortest[:-1])).str("x", n)
     for data in wider:
         with pytest.raises(NonCanonical):
             Cursor(memoryview(data)).str("x", n)
@@ -439,6 +445,8 @@ def test_a_byte_string_reads_only_under_its_shortest_header(n):
     assert bytes(cur.bin("x", n)) == raw and cur.at_end()
     wider = {h + raw for h in _length_headers("bin", n)} - {shortest}
     assert wider or n >= 1 << 16  # a 32-bit length is the widest
+    with pytest.raises(Malformed, match="truncated"):  # one byte short
+        Cursor(memoryview(shortest[:-1])).bin("x", n)
     for data in wider:
         with pytest.raises(NonCanonical):
             Cursor(memoryview(data)).bin("x", n)
