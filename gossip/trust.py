@@ -51,9 +51,10 @@ class TrustList:
         return "\n".join(lines)
 
 
-def build_trust_list(network: str, entries: list, admin: str | None = None) -> TrustList:
+def build_trust_list(network: object, entries: list, admin: object = None) -> TrustList:
     """Entries are PeerId strings or {id, name, x25519, binding} tables (the last two hex, both
-    or neither); errors name the bad entry."""
+    or neither); errors name the bad entry. `network` and `admin` are checked too (they may
+    come straight from a parsed file)."""
     if not isinstance(network, str) or not network:
         raise TrustListError("trust list: `network` must be a non-empty string")
     if admin is not None:
@@ -104,8 +105,8 @@ def _agreement_key(entry: dict, where: str) -> tuple[bytes, bytes]:
 
 
 def load_trust_list(path: str | os.PathLike) -> TrustList:
-    """Read a TOML (`network = ...`, optional `admin = ...`, `[[peer]] id = ...`) or JSON
-    ({"network", "peers", optional "admin"}) trust list."""
+    """Read a TOML (`network = ...`, optional `admin = ...`, `[[peer]] id = ...` tables or a
+    `peers = [...]` list) or JSON ({"network", "peers", optional "admin"}) trust list."""
     path = Path(path)
     try:
         text = read_limited_text(path, MAX_TRUST_FILE, "trust list")

@@ -95,5 +95,6 @@ def guard(conn, *, per_stream: int, per_conn: int, max_streams: int,
             raise YamuxViolation(f"closing the connection of {conn.peer_id}")
         return await read_body(length)
 
-    conn._read_data_body = read_data_body
+    # on this instance only, over the class's method: the point of the guard
+    conn._read_data_body = read_data_body  # type: ignore[method-assign]
     return True
