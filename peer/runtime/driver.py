@@ -110,7 +110,7 @@ class Peer:
         self.inbox, self.outbox = Inbox(self), Outbox(self)
         names = {**parts.trust.names, **{n.id: n.name for n in cfg.neighbours if n.name}}
         self.metrics = PeerMetrics(cfg.name or self.peer_id[-8:], self.peer_id, neighbours=len(self.neighbours),
-                                   names=names)
+                                   names=names, share_learning_metrics=cfg.metrics.share_learning_metrics)
         self.failure: BaseException | None = None
         self.started = False
         self.resumed_from: int | None = None
