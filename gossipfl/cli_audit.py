@@ -259,7 +259,8 @@ def audit_timeline(logs, peer: str, first, last, plan, as_json: bool) -> None:
     rows = timeline(fleet, pid, first, last)
     if as_json:
         return _json_out([r.to_dict() for r in rows])
-    t = _table(f"timeline of peer {fleet.label(pid)}, rounds {rows[0].round} to {rows[-1].round}",
+    span = f"round {rows[0].round}" if len(rows) == 1 else f"rounds {rows[0].round} to {rows[-1].round}"
+    t = _table(f"timeline of peer {fleet.label(pid)}, {span}",
                ["round", "loss", "sent", "accepted from", "rejected", "outcome"], wide=("outcome", "rejected"),
                narrow=("round",))
     for r in rows:
@@ -267,8 +268,7 @@ def audit_timeline(logs, peer: str, first, last, plan, as_json: bool) -> None:
         rejected = [f"{k} x{v}" for k, v in sorted(r.rejected.items())]
         rejected += [f"{k} x{v} (claimed)" for k, v in sorted(r.unauthenticated.items())]
         outcome = "\n".join(x for x in [r.outcome + (f" -> {r.model[:10]}" if r.model else ""), *r.notes] if x)
-        sent = (f"{r.sent[:10]} to {r.sent_to} neighbour{'' if r.sent_to == 1 else 's'}" if r.sent
-                else "")
+        sent = f"{r.sent[:10]}\n({r.sent_to} neighbour{'' if r.sent_to == 1 else 's'})" if r.sent else ""
         t.add_row(str(r.round), loss, sent, ", ".join(fleet.name(p) for p in r.accepted), "\n".join(rejected),
                   outcome)
     _console().print(t)

@@ -136,8 +136,8 @@ def _until_killed(out: str) -> None:
     torch.set_num_threads(1)
 
     async def run():
-        from peer.runtime.parts import build_parts
         from peer.runtime.driver import Peer
+        from peer.runtime.parts import build_parts
 
         hub = MemoryHub()
         peers = [Peer(build_parts(cfg, hub=hub)) for cfg in _nodes(out)]
