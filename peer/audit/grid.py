@@ -7,6 +7,7 @@ picture), and an HTML table of the same cells with the details, in a scroll cont
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +50,11 @@ class Grid:
 TIMING = frozenset({"stale_round", "future_round"})  # late or early updates: the network, not a fault
 
 
+def natural(name: str) -> list:
+    """Sort key that puts g2 before g10 (numbers compared as numbers)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
+
+
 def _code(row: RoundRow) -> int:
     if any(k not in TIMING for k in (*row.rejected, *row.unauthenticated)):
         return REJECTED
@@ -62,7 +68,7 @@ def _code(row: RoundRow) -> int:
 def build_grid(fleet: Fleet) -> Grid | None:
     """The grid of the logs that logged rounds; None when none did."""
     logs = sorted((lg for lg in fleet.logs if any(e.round is not None for e in lg.events)),
-                  key=lambda lg: fleet.name(lg.owner))
+                  key=lambda lg: natural(fleet.name(lg.owner)))
     if not logs:
         return None
     rows = {lg.owner: {r.round: r for r in timeline(fleet, lg.owner)} for lg in logs}

@@ -137,6 +137,8 @@ def _cell(grid: Grid, owner: str, r: int, code: int) -> str:
                   *(f"unauthenticated {k} x{v}" for k, v in row.unauthenticated.items())]
     if code == REVOKED:
         notes.append(f"revoked at round {grid.revoked[owner]}: its neighbours reject it")
+    if code == AGGREGATED and not marks and not rej and row is not None and not row.notes:
+        notes = []  # the common case says nothing a hover would add (the page stays small at scale)
     title = "; ".join(x for x in notes if x)
     title = f' title="{_e(title)}"' if title else ""
     return f"<td class={CELL_CLASS.get(code, 'none')}{title}>{text or '&middot;'}</td>"
