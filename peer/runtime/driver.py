@@ -167,7 +167,7 @@ class Peer:
         self._events.append(NewEvent(EventKind.STOPPED, self.round, details={"reason": reason}))
         self._flush()
         await self.listener.stop()
-        await self.transport.close(reason)
+        await self.transport.close("revoked" if self.revoked_at is not None else "stopped")  # the retained status
         await self.tasks.cancel()
         self.inbox.close()
         self.prov.close()
