@@ -39,6 +39,7 @@ class Member:
     config: Path
     metrics: str | None  # HOST:PORT of its Prometheus endpoint
     cfg: PeerConfig
+    revoked_epoch: int | None = None  # the plan says the admin revoked it (at this epoch)
 
 
 @dataclass(frozen=True)
@@ -77,29 +78,29 @@ class PeerRow:
 def members(paths: list[str | Path]) -> list[Member]:
     """The peers named by a plan folder (its plan.json), a node folder (its peer.toml) or
     peer.toml files; a file that is not a valid config is a ConfigError naming it."""
-    found: list[tuple[Path, str | None]] = []
+    found: list[tuple[Path, str | None, int | None]] = []
     for p in map(Path, paths):
         if p.is_dir() and (p / "plan.json").is_file():
             found += _plan_nodes(p)
         elif p.is_dir() and (p / "peer.toml").is_file():
-            found.append((p / "peer.toml", None))
+            found.append((p / "peer.toml", None, None))
         elif p.is_dir():
             configs = sorted(p.glob("*/peer.toml"))
             if not configs:
                 raise ConfigError(f"{p}: no plan.json, peer.toml or */peer.toml in this folder")
-            found += [(c, None) for c in configs]
+            found += [(c, None, None) for c in configs]
         elif p.is_file():
-            found.append((p, None))
+            found.append((p, None, None))
         else:
             raise ConfigError(f"{p}: no such file or folder (give a plan folder or peer.toml files)")
     out, seen = [], set()
-    for path, peer_id in found:
+    for path, peer_id, revoked in found:
         cfg = load_config(path)
         pid = peer_id or _peer_id(cfg)
         if pid in seen:
             continue
         seen.add(pid)
-        out.append(Member(cfg.name or pid[-8:], pid, path, cfg.metrics.listen, cfg))
+        out.append(Member(cfg.name or pid[-8:], pid, path, cfg.metrics.listen, cfg, revoked))
     return out
 
 
@@ -133,13 +134,13 @@ def dashboard_login(paths: list[str | Path], username: str | None = None,
     return Login(username or DASHBOARD_USER, password)
 
 
-def _plan_nodes(plan: Path) -> list[tuple[Path, str | None]]:
+def _plan_nodes(plan: Path) -> list[tuple[Path, str | None, int | None]]:
     try:
         doc = json.loads((plan / "plan.json").read_text())
-        nodes = [(plan / n["config"], n.get("peer_id")) for n in doc["nodes"]]
+        nodes = [(plan / n["config"], n.get("peer_id"), n.get("revoked_epoch")) for n in doc["nodes"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{plan / 'plan.json'}: not a plan manifest ({exc})") from None
-    return [(p, pid if isinstance(pid, str) else None) for p, pid in nodes]
+    return [(p, pid if isinstance(pid, str) else None, r if isinstance(r, int) else None) for p, pid, r in nodes]
 
 
 def _peer_id(cfg: PeerConfig) -> str:
@@ -213,6 +214,9 @@ def row_from_status(member: Member, status: dict, now: float | None = None) -> P
 
 
 def offline(member: Member, error: str) -> PeerRow:
+    """A peer that did not answer; one the plan says was revoked is shown as revoked."""
+    if member.revoked_epoch is not None:
+        error = f"revoked (epoch {member.revoked_epoch})"
     return PeerRow(member.name, member.peer_id, False, "", error=error)
 
 
