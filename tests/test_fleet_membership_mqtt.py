@@ -185,7 +185,10 @@ def test_revoke_one_and_admit_a_fifth_gateway_while_four_run_over_mqtt(fleet, tm
         pp.start("g5", plan / g5["config"])
         wait_until(pp, ["0", "2"], lambda t: "neighbours now" in t)
         wait_until(pp, ["g5"], rounds_done(3), 120)
-        done = {n: pp.log(n).count(" neighbours accepted") for n in ("0", "2")}
+        pp.kill("0")  # a neighbour of g5 dies and comes back from its unchanged folder
+        pp.start("0-again", plan / "node-0" / "peer.toml")
+        wait_until(pp, ["0-again"], rounds_done(2), 120)
+        done = {n: pp.log(n).count(" neighbours accepted") for n in ("0-again", "2")}
         for n, k in done.items():
             wait_until(pp, [n], rounds_done(k + 1))
     finally:
@@ -203,6 +206,10 @@ def test_revoke_one_and_admit_a_fifth_gateway_while_four_run_over_mqtt(fleet, tm
         _, aggregated = load_events(db(folders[label]), kind="aggregated")
         assert not [e for e in aggregated if ids["3"] in e.details["senders"] and e.round >= revoked_at + 2]
         assert any(ids["g5"] in e.details["senders"] for e in aggregated), label  # the fifth counts
+    _, started = load_events(db(folders["0"]), kind="started")
+    _, aggregated = load_events(db(folders["0"]), kind="aggregated")
+    first = [e for e in aggregated if e.round >= started[-1].round][:2]  # within one round of the restart
+    assert any(ids["g5"] in e.details["senders"] for e in first), [e.details["senders"] for e in first]
     _, aggregated = load_events(db(folders["g5"]), kind="aggregated")
     assert any({ids["0"], ids["2"]} & set(e.details["senders"]) for e in aggregated)
     _, membership = load_events(db(folders["1"]), kind="membership")  # passed on by its neighbours too
