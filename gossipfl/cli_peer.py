@@ -56,7 +56,7 @@ def peer_start(config: str, rounds, log_format: str, verbose: bool) -> None:
     import logging
 
     from peer.config.parse import load_config
-    from peer.runtime.process import logs
+    from peer.runtime import logs
     from peer.runtime.service import serve
 
     cfg = load_config(config)
