@@ -414,12 +414,13 @@ async def stall(target: Target, seconds: float, connections: int = 100) -> dict:
 
 
 async def stall_rate(target: Target, seconds: float, rate: float = 500.0, connections: int = 2000,
-                     hold: bool = True) -> dict:
+                     hold: bool = True, linger: float = 0.0) -> dict:
     """Start a TCP connection every 1/`rate` s (at most `connections` in all) without waiting for
     it to complete (a non-blocking connect, as a SYN flood tool would), send nothing on any of
     them, and hold them open (`hold`; else close each at once) until `seconds` are up: connection
     churn that needs no key and is not slowed down by a full accept queue at the target.
-    At the end, counts the connections the target closed (EOF or reset) and those still open."""
+    Then waits up to `linger` s more until the target closed every one, and counts the
+    connections the target closed (EOF or reset) and those still open."""
     import errno
     import socket
 
@@ -428,6 +429,14 @@ async def stall_rate(target: Target, seconds: float, rate: float = 500.0, connec
         raise ValueError(f"rate must be in (0, {MAX_RATE:g}], got {rate}")
     out = {"connections": connections, "opened": 0, "failed": 0, "closed_by_target": 0, "still_open": 0}
     held: list[socket.socket] = []
+    closed: set[int] = set()
+
+    def all_closed() -> bool:
+        for i, s in enumerate(held):
+            if i not in closed and _closed_by_peer(s):
+                closed.add(i)
+        return len(closed) == len(held)
+
     try:
         with trio.move_on_after(min(max(0.0, seconds), MAX_SECONDS)):
             start = trio.current_time()
@@ -446,9 +455,13 @@ async def stall_rate(target: Target, seconds: float, rate: float = 500.0, connec
                 else:
                     s.close()
             await trio.sleep_forever()
+        with trio.move_on_after(min(max(0.0, linger), MAX_SECONDS)):
+            while not all_closed():
+                await trio.sleep(0.2)
     finally:
+        all_closed()
+        out["closed_by_target"], out["still_open"] = len(closed), len(held) - len(closed)
         for s in held:
-            out["closed_by_target" if _closed_by_peer(s) else "still_open"] += 1
             s.close()
     return out
 
@@ -553,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int)
     p.add_argument("--parallel", type=int)
     p.add_argument("--rate", type=float, help="stall_rate: connections opened per second")
+    p.add_argument("--linger", type=float, help="stall_rate: wait this long for the target to close them all")
     p.add_argument("--no-hold", dest="hold", action="store_false", default=None,
                    help="stall_rate: close each connection at once")
     p.add_argument("--claim")

@@ -1,0 +1,359 @@
+"""The trio side of Libp2pTransport: one host and the parts around it, wired together.
+
+Started with `await node.start()` on the trio thread of a TrioBridge; afterwards `send`,
+`set_neighbours`, `links`, `status` and `stop` run there too (the transport calls them
+through the bridge). See gossip/libp2p_transport.py for the settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import multiaddr
+import trio
+
+from ..identity import Identity
+from .announce import CHECK_EVERY, Announcer, interface_addresses, own_addresses
+from .announce import PROTOCOL as ADDRS
+from .circuits import Relay, stop_handler
+from .dialer import Dialer
+from .host import (
+    STREAM_SLACK,
+    STREAMS_PER_CONNECTION,
+    YAMUX_WINDOW,
+    Bounds,
+    Counters,
+    Gate,
+    Hardening,
+    build_host,
+)
+from .nat import Paths, Reachability, ReservationKeeper, hole_punching
+from .records import AddressBook, AddressRecord, SeqCounter
+from .relay import RelayLimits, fleet_relay, honest_autonat
+from .streams import why
+from .updates import LENGTH_BYTES, UpdateReceiver, write_update
+from .updates import PROTOCOL as UPDATES
+
+SEND_TIMEOUT = 120.0
+RELAY_STREAMS = 72  # streams on our connection to a relay: one per relayed neighbour, and a few
+REACHABILITY_EVERY = 300.0
+SEQ_FILE, BOOK_FILE = "address-seq", "addresses.json"
+
+log = logging.getLogger("gossipfl.libp2p")
+
+
+@dataclass(frozen=True)
+class NatSettings:
+    relays: tuple[Relay, ...] = ()
+    reachability: str = "auto"
+    hole_punch: bool = True
+    announce: tuple[str, ...] = ()
+    serve_relay: RelayLimits | None = None  # None: not a relay for others
+    relay_for: Callable[[str], bool] | None = None  # who we relay for (default: who may connect)
+    reconnect_cap: float = 5.0
+    state_dir: Path | None = None
+
+
+@dataclass
+class Node:
+    identity: Identity
+    listen: list[str]
+    gate: Gate
+    counters: Counters
+    max_size: int
+    settings: NatSettings
+    deliver: Callable[[str, bytearray], None]  # trio thread
+    on_trusted: Callable[[str], None]  # trio thread
+    on_failed: Callable[[BaseException], None]  # the host died after it started (trio thread)
+    mdns: bool = False
+    book: AddressBook = field(default_factory=AddressBook)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.relay_ids = {r.peer_id for r in s.relays}
+        self.reachability = Reachability(s.reachability)
+        self.receiver = UpdateReceiver(self.gate, self.counters, self.max_size, self.deliver)
+        self.host = None
+        self.relay = None  # FleetRelay when serving
+        self.keeper: ReservationKeeper | None = None
+        self.bound: list[str] = []
+        self._nursery: trio.Nursery | None = None
+        self._stop: trio.Event | None = None
+        self._addresses_changed = trio.Event()
+
+    # --- who and how much -----------------------------------------------------------------
+
+    def is_relay(self, peer_id: str) -> bool:
+        return peer_id in self.relay_ids
+
+    def relays_for(self, peer_id: str) -> bool:
+        """Whom we serve as a relay (may connect to us, never send updates)."""
+        s = self.settings
+        if s.serve_relay is None:
+            return False
+        return self.gate.may_send(peer_id) if s.relay_for is None else bool(s.relay_for(peer_id))
+
+    def bounds_for(self, peer_id: str) -> Bounds:
+        per_stream = self.max_size + LENGTH_BYTES + STREAM_SLACK
+        bounds = Bounds(STREAMS_PER_CONNECTION, per_stream)
+        if self.is_relay(peer_id):
+            bounds = Bounds(RELAY_STREAMS, max(per_stream, YAMUX_WINDOW + STREAM_SLACK))
+        if self.settings.serve_relay is not None and self.relays_for(peer_id):
+            served = self.settings.serve_relay.bounds()
+            bounds = Bounds(max(bounds.max_streams, served.max_streams), max(bounds.per_stream, served.per_stream))
+        return bounds
+
+    # --- start and stop -----------------------------------------------------------------
+
+    async def start(self, spawn: Callable) -> list[str]:
+        """Build, harden and run the host (its task started with `spawn`); our addresses."""
+        from libp2p.tools.anyio_service import background_trio_service
+
+        s = self.settings
+        if s.state_dir is not None:
+            s.state_dir.mkdir(parents=True, exist_ok=True)
+        self.seq = SeqCounter(s.state_dir / SEQ_FILE if s.state_dir is not None else None)
+        self.host = host = build_host(self.identity, self.listen, mdns=self.mdns)
+        if s.state_dir is not None:
+            kept = self.book.load(s.state_dir / BOOK_FILE, list(self.book.configured))
+            if kept:
+                log.info("kept %d neighbours' address records from %s", kept, s.state_dir / BOOK_FILE)
+        self.paths = Paths(host)
+        self.dialer = Dialer(host, self.book, list(s.relays))
+        self.announcer = Announcer(self.identity, self.seq, self.book, self.gate.may_send, self._learned)
+        host.set_stream_handler(UPDATES, self.receiver.handle)
+        host.set_stream_handler(ADDRS, self.announcer.handle)
+        stop = stop_handler(host, self.is_relay, self.counters)
+        services = [stop]
+        if s.serve_relay is not None:
+            self.relay = fleet_relay(host, s.serve_relay, self.relays_for, on_stop=stop._handle_stop_stream)
+            services = [self.relay]
+            honest_autonat(host)
+        if s.hole_punch and s.relays:
+            services.append(hole_punching(host, self.paths.mark_punched))
+        if s.relays and s.reachability != "public":
+            self.keeper = ReservationKeeper(host, list(s.relays), on_change=lambda: self._addresses_changed.set(),
+                                            retry_cap=s.reconnect_cap)
+        started, self._stop = trio.Event(), trio.Event()
+        failure: list[BaseException] = []
+
+        async def run() -> None:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    hardening = Hardening(host.get_network(), self.gate, self.counters, bounds_for=self.bounds_for,
+                                          on_trusted=self.on_trusted, spawn=nursery.start_soon)
+                    hardening.install()
+                    host.get_network().register_notifee(_PushOnConnect(self))
+                    try:
+                        async with host.run([multiaddr.Multiaddr(a) for a in self.listen]):
+                            hardening.guard_listeners()
+                            async with _services(services, background_trio_service):
+                                self.bound = _bound(host, self.identity.peer_id)
+                                self._refresh_record()
+                                started.set()
+                                if self.keeper is not None:
+                                    nursery.start_soon(self.keeper.run)
+                                nursery.start_soon(self._watch_addresses)
+                                if s.relays and s.reachability == "auto":
+                                    nursery.start_soon(self._check_reachability)
+                                await self._stop.wait()
+                    finally:
+                        hardening.close()  # after the listeners closed: nothing waits on its sockets
+                    nursery.cancel_scope.cancel()
+            except BaseException as exc:  # noqa: BLE001 - reported through `failure` or on_failed
+                if started.is_set() and not isinstance(exc, trio.Cancelled) and not self._stop.is_set():
+                    self.on_failed(exc)  # the host died after it started: the peer must know
+                failure.append(exc)
+                started.set()
+                if isinstance(exc, trio.Cancelled):
+                    raise
+            finally:
+                self._nursery = None
+
+        spawn(run)
+        await started.wait()
+        if failure:
+            raise failure[0]
+        return list(self.bound)
+
+    async def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        await trio.sleep(0.05)
+
+    # --- sending ------------------------------------------------------------------------
+
+    async def send(self, peer_id: str, data) -> None:
+        from libp2p.peer.id import ID
+
+        pid = ID.from_base58(peer_id)
+        with trio.fail_after(SEND_TIMEOUT):
+            for attempt in (1, 2):
+                await self.dialer.connect(peer_id, fresh=attempt == 2)
+                try:
+                    stream = await self.host.new_stream(pid, [UPDATES])
+                except Exception:
+                    if attempt == 2:
+                        raise
+                    continue  # a stale or half-open connection: drop it and dial again
+                await write_update(stream, data)
+                return
+
+    def set_neighbours(self, addrs: dict[str, str | None]) -> None:
+        for pid in list(self.book.configured):
+            if pid not in addrs:
+                self.book.configure(pid, None)
+        for pid, addr in addrs.items():
+            self.book.configure(pid, addr)
+
+    # --- what we report ------------------------------------------------------------------
+
+    def links(self, peers) -> dict[str, str | None]:
+        return {pid: self.paths.of(pid) for pid in peers}
+
+    def status(self, peers) -> dict:
+        out = {"reachability": self.reachability.status, "links": self.links(peers),
+               "addresses": list(self.announcer.addrs or [])}
+        if self.keeper is not None:
+            out["reserved_on"] = [r.peer_id for r in self.keeper.reserved()]
+        if self.relay is not None:
+            out["relay"] = {"reservations": self.relay.active_reservations(), "circuits": len(self.relay.circuits),
+                            "circuits_total": self.relay.circuits_total, "bytes": self.relay.bytes}
+        return out
+
+    # --- addresses ----------------------------------------------------------------------
+
+    def _refresh_record(self) -> bool:
+        s = self.settings
+        reserved = self.keeper.reserved() if self.keeper is not None else []
+        try:
+            interfaces = interface_addresses()
+        except Exception as exc:  # no interface listing here: announce what we bound
+            log.debug("cannot list interface addresses: %s", why(exc))
+            interfaces = []
+        addrs = own_addresses(self.bound, list(s.announce), reserved,
+                              direct=self.reachability.status != "private", interfaces=interfaces)
+        return self.announcer.update(addrs)
+
+    async def _watch_addresses(self) -> None:
+        """Reseal and push our record when our addresses change (interfaces, reservations)."""
+        while True:
+            with trio.move_on_after(CHECK_EVERY):
+                await self._addresses_changed.wait()
+            self._addresses_changed = trio.Event()
+            if self._refresh_record():
+                self._push_all()
+
+    def _push_all(self) -> None:
+        for pid in list(self.host.get_network().connections):
+            text = pid.to_base58()
+            if self.gate.may_send(text) and self._nursery is not None:
+                self._nursery.start_soon(self.announcer.push, self.host, text)
+
+    def _learned(self, record: AddressRecord) -> None:
+        if self.settings.state_dir is not None:
+            try:
+                self.book.save(self.settings.state_dir / BOOK_FILE)
+            except OSError as exc:
+                log.warning("cannot save neighbours' addresses in %s: %s", self.settings.state_dir, exc.strerror)
+
+    async def _check_reachability(self) -> None:
+        """Ask the relays whether they can dial us, at start and every REACHABILITY_EVERY s."""
+        while True:
+            before = self.reachability.status
+            candidates = self._dialback_candidates()
+            if candidates:
+                await self.reachability.check(self.host, list(self.settings.relays), candidates)
+            if self.reachability.status != before:
+                self._addresses_changed.set()
+            await trio.sleep(REACHABILITY_EVERY if self.reachability.status != "unknown" else 10.0)
+
+    def _dialback_candidates(self) -> list[str]:
+        """Our direct addresses, and each IP a relay observed us at with our listen port."""
+        ports = [a.split("/tcp/")[1].split("/")[0] for a in self.bound if "/tcp/" in a]
+        out = [a for a in own_addresses(self.bound, list(self.settings.announce), [], direct=True,
+                                        interfaces=_safe_interfaces()) if "/p2p-circuit" not in a]
+        manager = getattr(self.host, "_observed_addr_manager", None)
+        try:
+            observed = manager.addrs(min_observers=1) if manager is not None else []
+        except Exception:
+            observed = []
+        for a in observed:
+            try:
+                ip = a.value_for_protocol("ip4")
+            except Exception:
+                continue
+            out += [f"/ip4/{ip}/tcp/{port}" for port in ports]
+        return list(dict.fromkeys(out))
+
+
+def _safe_interfaces() -> list[str]:
+    try:
+        return interface_addresses()
+    except Exception:
+        return []
+
+
+def _bound(host, peer_id: str) -> list[str]:
+    out = []
+    for a in host.get_transport_addrs() if hasattr(host, "get_transport_addrs") else host.get_addrs():
+        text = str(a)
+        if "/p2p-circuit" in text:
+            continue
+        out.append(text if "/p2p/" in text else f"{text}/p2p/{peer_id}")
+    return out
+
+
+class _services:
+    """Run py-libp2p services (each a background_trio_service) for the life of the block."""
+
+    def __init__(self, services, runner):
+        self.services, self.runner = services, runner
+
+    async def __aenter__(self):
+        from contextlib import AsyncExitStack
+
+        self.stack = AsyncExitStack()
+        await self.stack.__aenter__()
+        for svc in self.services:
+            await self.stack.enter_async_context(self.runner(svc))
+        return self
+
+    async def __aexit__(self, *exc):
+        return await self.stack.__aexit__(*exc)
+
+
+class _PushOnConnect:
+    """Swarm notifee: push our record on every new connection to a neighbour (never blocks)."""
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    async def connected(self, network, conn) -> None:
+        node = self.node
+        try:
+            peer_id = conn.muxed_conn.peer_id.to_base58()
+        except Exception:
+            return
+        if node.gate.may_send(peer_id) and node._nursery is not None:
+            node._nursery.start_soon(node.announcer.push, node.host, peer_id)
+
+    async def disconnected(self, network, conn) -> None:
+        pass
+
+    async def opened_stream(self, network, stream) -> None:
+        pass
+
+    async def closed_stream(self, network, stream) -> None:
+        pass
+
+    async def listen(self, network, multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network, multiaddr) -> None:
+        pass
+
