@@ -31,6 +31,7 @@ from .records import (
     AddressRecord,
     RecordRefused,
     SeqCounter,
+    StaleRecord,
     seal,
 )
 from .streams import close_quietly, read_exactly, reset, why
@@ -138,6 +139,10 @@ class Announcer:
                     raise RecordRefused(f"declared a {size}-byte record (limit {MAX_RECORD})")
                 data = await read_exactly(stream, size)
             record = self.book.learn(bytes(data), sender)
+        except StaleRecord as exc:  # a push that crossed a newer one
+            log.debug("an older address record from %s: %s", sender, exc)
+            await close_quietly(stream)
+            return
         except RecordRefused as exc:
             self.refused += 1
             log.warning("refused an address record from %s: %s", sender, exc)
@@ -148,8 +153,9 @@ class Announcer:
             await reset(stream)
             return
         await close_quietly(stream)
-        log.info("%s is at %s (record %d)", sender, ", ".join(record.addrs) or "no address", record.seq)
-        self.on_learned(record)
+        if record is not None:
+            log.info("%s is at %s (record %d)", sender, ", ".join(record.addrs) or "no address", record.seq)
+            self.on_learned(record)
 
 
 def parse_addrs(addrs: list[str], what: str) -> list[str]:

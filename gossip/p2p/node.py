@@ -118,7 +118,7 @@ class Node:
         self.seq = SeqCounter(s.state_dir / SEQ_FILE if s.state_dir is not None else None)
         self.host = host = build_host(self.identity, self.listen, mdns=self.mdns)
         if s.state_dir is not None:
-            kept = self.book.load(s.state_dir / BOOK_FILE, list(self.book.configured))
+            kept = self.book.load(s.state_dir / BOOK_FILE, list(self.book.neighbours))
             if kept:
                 log.info("kept %d neighbours' address records from %s", kept, s.state_dir / BOOK_FILE)
         self.paths = Paths(host)
@@ -132,8 +132,10 @@ class Node:
             self.relay = fleet_relay(host, s.serve_relay, self.relays_for, on_stop=stop._handle_stop_stream)
             services = [self.relay]
             honest_autonat(host)
+        self.dcutr = None
         if s.hole_punch and s.relays:
-            services.append(hole_punching(host, self.paths.mark_punched))
+            self.dcutr = hole_punching(host, self.paths.mark_punched)
+            services.append(self.dcutr)
         if s.relays and s.reachability != "public":
             self.keeper = ReservationKeeper(host, list(s.relays), on_change=lambda: self._addresses_changed.set(),
                                             retry_cap=s.reconnect_cap)
@@ -155,6 +157,7 @@ class Node:
                                 self.bound = _bound(host, self.identity.peer_id)
                                 self._refresh_record()
                                 started.set()
+                                self._push_all()
                                 if self.keeper is not None:
                                     nursery.start_soon(self.keeper.run)
                                 nursery.start_soon(self._watch_addresses)
@@ -204,9 +207,9 @@ class Node:
                 return
 
     def set_neighbours(self, addrs: dict[str, str | None]) -> None:
-        for pid in list(self.book.configured):
+        for pid in list(self.book.neighbours):
             if pid not in addrs:
-                self.book.configure(pid, None)
+                self.book.forget(pid)
         for pid, addr in addrs.items():
             self.book.configure(pid, addr)
 
@@ -217,7 +220,11 @@ class Node:
 
     def status(self, peers) -> dict:
         out = {"reachability": self.reachability.status, "links": self.links(peers),
-               "addresses": list(self.announcer.addrs or [])}
+               "addresses": list(self.announcer.addrs or []),
+               "neighbour_addresses": {pid: self.book.direct(pid) for pid in peers}}
+        if self.dcutr is not None:
+            out["hole_punching"] = {pid.to_base58(): {"attempts": n, "running": pid in self.dcutr._in_progress}
+                                    for pid, n in self.dcutr._hole_punch_attempts.items()}
         if self.keeper is not None:
             out["reserved_on"] = [r.peer_id for r in self.keeper.reserved()]
         if self.relay is not None:
@@ -249,10 +256,20 @@ class Node:
                 self._push_all()
 
     def _push_all(self) -> None:
-        for pid in list(self.host.get_network().connections):
-            text = pid.to_base58()
-            if self.gate.may_send(text) and self._nursery is not None:
-                self._nursery.start_soon(self.announcer.push, self.host, text)
+        """Our record to every neighbour, dialling those we have no connection to (directly or
+        through a relay): a neighbour whose connection died with our old address learns the
+        new one now, not when it next dials the old one."""
+        for pid in list(self.book.neighbours):
+            if self.gate.may_send(pid) and self._nursery is not None:
+                self._nursery.start_soon(self._push_to, pid)
+
+    async def _push_to(self, peer_id: str) -> None:
+        try:
+            await self.dialer.connect(peer_id)
+        except Exception as exc:  # unreachable now: it gets the record when a connection comes up
+            log.debug("cannot push our record to %s: %s", peer_id, why(exc))
+            return
+        await self.announcer.push(self.host, peer_id)
 
     def _learned(self, record: AddressRecord) -> None:
         if self.settings.state_dir is not None:

@@ -44,6 +44,10 @@ class RecordRefused(GossipError):
     """An address record failed a check; the message says which."""
 
 
+class StaleRecord(RecordRefused):
+    """A valid record that is not newer than the one held (a repeated or reordered push)."""
+
+
 @dataclass(frozen=True)
 class AddressRecord:
     peer_id: str
@@ -96,7 +100,7 @@ def open_record(data: bytes, expected: str, last_seq: int | None = None) -> Addr
     if named != expected:
         raise RecordRefused(f"{expected} signed a record naming {named}")
     if last_seq is not None and record.seq <= last_seq:
-        raise RecordRefused(f"{expected}'s record has seq {record.seq}, not above {last_seq}")
+        raise StaleRecord(f"{expected}'s record has seq {record.seq}, not above {last_seq}")
     if len(addrs) > MAX_ADDRS:
         raise RecordRefused(f"{expected}'s record has {len(addrs)} addresses (limit {MAX_ADDRS})")
     return AddressRecord(expected, int(record.seq), tuple(addrs), bytes(data))
@@ -149,19 +153,31 @@ class AddressBook:
     def __init__(self) -> None:
         self.records: dict[str, AddressRecord] = {}
         self.configured: dict[str, str] = {}
+        self.neighbours: set[str] = set()
 
     def configure(self, peer_id: str, addr: str | None) -> None:
+        """A neighbour and the address its config names (None: none, its records only)."""
+        self.neighbours.add(peer_id)
         if addr:
             self.configured[peer_id] = addr.split("/p2p/")[0] if "/p2p-circuit" not in addr else addr
         else:
             self.configured.pop(peer_id, None)
 
+    def forget(self, peer_id: str) -> None:
+        self.neighbours.discard(peer_id)
+        self.configured.pop(peer_id, None)
+        self.records.pop(peer_id, None)
+
     def last_seq(self, peer_id: str) -> int | None:
         record = self.records.get(peer_id)
         return record.seq if record is not None else None
 
-    def learn(self, data: bytes, peer_id: str) -> AddressRecord:
-        """Verify `data` as `peer_id`'s record newer than the one held, and keep it."""
+    def learn(self, data: bytes, peer_id: str) -> AddressRecord | None:
+        """Verify `data` as `peer_id`'s record newer than the one held, and keep it; None when
+        it is the very record held (pushed again on another connection)."""
+        held = self.records.get(peer_id)
+        if held is not None and held.envelope == bytes(data):
+            return None
         record = open_record(data, peer_id, self.last_seq(peer_id))
         self.records[peer_id] = record
         return record
