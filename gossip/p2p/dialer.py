@@ -71,8 +71,19 @@ class Dialer:
     def __init__(self, host, book: AddressBook, relays: list[Relay]):
         self.host, self.book, self.relays = host, book, list(relays)
         self._direct_failed: dict[str, float] = {}  # peer -> monotonic time of the last failure
+        self._locks: dict[str, trio.Lock] = {}
 
     async def connect(self, peer_id: str, fresh: bool = False) -> None:
+        """One dial per neighbour at a time: concurrent sends and pushes share its outcome."""
+        lock = self._locks.setdefault(peer_id, trio.Lock())
+        try:
+            async with lock:
+                await self._connect(peer_id, fresh)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._locks.pop(peer_id, None)
+
+    async def _connect(self, peer_id: str, fresh: bool) -> None:
         from libp2p.peer.id import ID
 
         pid = ID.from_base58(peer_id)

@@ -18,7 +18,7 @@ import trio
 from ..identity import Identity
 from .announce import CHECK_EVERY, Announcer, interface_addresses, own_addresses
 from .announce import PROTOCOL as ADDRS
-from .circuits import Relay, stop_handler
+from .circuits import Relay, is_relayed, stop_handler
 from .dialer import Dialer
 from .host import (
     STREAM_SLACK,
@@ -33,7 +33,7 @@ from .host import (
 from .nat import Paths, Reachability, ReservationKeeper, hole_punching
 from .records import AddressBook, AddressRecord, SeqCounter
 from .relay import RelayLimits, fleet_relay, honest_autonat
-from .streams import why
+from .streams import close_quietly, why
 from .updates import LENGTH_BYTES, UpdateReceiver, write_update
 from .updates import PROTOCOL as UPDATES
 
@@ -83,6 +83,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._stop: trio.Event | None = None
         self._addresses_changed = trio.Event()
+        self._interfaces: list[str] = []
 
     # --- who and how much -----------------------------------------------------------------
 
@@ -157,7 +158,6 @@ class Node:
                                 self.bound = _bound(host, self.identity.peer_id)
                                 self._refresh_record()
                                 started.set()
-                                self._push_all()
                                 if self.keeper is not None:
                                     nursery.start_soon(self.keeper.run)
                                 nursery.start_soon(self._watch_addresses)
@@ -221,7 +221,8 @@ class Node:
     def status(self, peers) -> dict:
         out = {"reachability": self.reachability.status, "links": self.links(peers),
                "addresses": list(self.announcer.addrs or []),
-               "neighbour_addresses": {pid: self.book.direct(pid) for pid in peers}}
+               "neighbour_addresses": {pid: self.book.direct(pid) for pid in peers},
+               "counters": dict(vars(self.counters))}
         if self.dcutr is not None:
             out["hole_punching"] = {pid.to_base58(): {"attempts": n, "running": pid in self.dcutr._in_progress}
                                     for pid, n in self.dcutr._hole_punch_attempts.items()}
@@ -237,14 +238,24 @@ class Node:
     def _refresh_record(self) -> bool:
         s = self.settings
         reserved = self.keeper.reserved() if self.keeper is not None else []
-        try:
-            interfaces = interface_addresses()
-        except Exception as exc:  # no interface listing here: announce what we bound
-            log.debug("cannot list interface addresses: %s", why(exc))
-            interfaces = []
+        interfaces = _safe_interfaces()
+        lost = set(self._interfaces) - set(interfaces)
+        self._interfaces = interfaces
+        if lost and self._nursery is not None:
+            self._nursery.start_soon(self._drop_direct_connections, sorted(lost))
         addrs = own_addresses(self.bound, list(s.announce), reserved,
                               direct=self.reachability.status != "private", interfaces=interfaces)
         return self.announcer.update(addrs)
+
+    async def _drop_direct_connections(self, lost: list[str]) -> None:
+        """An address of ours is gone (DHCP, a new cellular session): connections made from it
+        are dead without knowing it, and would hold sends until a protocol timeout. Close every
+        direct connection; neighbours and relays are dialled again from the new address."""
+        log.info("address %s is gone: closing our direct connections", ", ".join(lost))
+        for conns in list(self.host.get_network().connections.values()):
+            for conn in list(conns):
+                if not is_relayed(conn):
+                    await close_quietly(conn)
 
     async def _watch_addresses(self) -> None:
         """Reseal and push our record when our addresses change (interfaces, reservations)."""
@@ -264,12 +275,14 @@ class Node:
                 self._nursery.start_soon(self._push_to, pid)
 
     async def _push_to(self, peer_id: str) -> None:
-        try:
-            await self.dialer.connect(peer_id)
-        except Exception as exc:  # unreachable now: it gets the record when a connection comes up
-            log.debug("cannot push our record to %s: %s", peer_id, why(exc))
-            return
-        await self.announcer.push(self.host, peer_id)
+        for fresh in (False, True):  # a connection that died unnoticed is dropped and dialled again
+            try:
+                await self.dialer.connect(peer_id, fresh=fresh)
+            except Exception as exc:  # unreachable now: it gets the record when a connection comes up
+                log.debug("cannot push our record to %s: %s", peer_id, why(exc))
+                return
+            if await self.announcer.push(self.host, peer_id):
+                return
 
     def _learned(self, record: AddressRecord) -> None:
         if self.settings.state_dir is not None:
