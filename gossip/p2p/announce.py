@@ -93,15 +93,17 @@ class Announcer:
         self.record: bytes | None = None
         self.refused = 0
 
-    def update(self, addrs: list[str]) -> bool:
-        """Seal a new record if `addrs` differ from the last one; True when it changed."""
+    def update(self, addrs: list[str]) -> str | None:
+        """Seal a new record if `addrs` differ from the last one. Returns None (unchanged),
+        "added" (only new addresses) or "removed" (an address a neighbour may hold is gone)."""
         if addrs == self.addrs:
-            return False
+            return None
         self.record = seal(self.identity, addrs, self.seq.next())
+        removed = self.addrs is not None and bool(set(self.addrs) - set(addrs))
         if self.addrs is not None:
             log.info("our addresses changed: %s", ", ".join(addrs) or "none")
         self.addrs = list(addrs)
-        return True
+        return "removed" if removed else "added"
 
     async def push(self, host, peer_id: str) -> bool:
         from libp2p.peer.id import ID

@@ -132,6 +132,16 @@ def build_host(identity: Identity, listen: list[str], *, mdns: bool = False):
     return host
 
 
+async def close_swarm(host, timeout: float = 5.0) -> None:
+    """Close every connection with a goodbye before the host stops: leaving host.run only
+    cancels their tasks, and a relay then keeps our reservation and circuits until TCP notices."""
+    with trio.move_on_after(timeout):
+        try:
+            await host.get_network().close()
+        except Exception as exc:
+            log.debug("closing the swarm failed: %s", why(exc))
+
+
 class Hardening:
     """The gate, the yamux bounds and the inbound admission of one swarm (see the module doc).
     `on_trusted(PeerId)` is called on the trio thread when an allowed peer connected to us;

@@ -29,6 +29,7 @@ from .host import (
     Gate,
     Hardening,
     build_host,
+    close_swarm,
 )
 from .nat import Paths, Reachability, ReservationKeeper, hole_punching
 from .records import AddressBook, AddressRecord, SeqCounter
@@ -38,6 +39,7 @@ from .updates import LENGTH_BYTES, UpdateReceiver, write_update
 from .updates import PROTOCOL as UPDATES
 
 SEND_TIMEOUT = 120.0
+STOP_TIMEOUT = 5.0
 RELAY_STREAMS = 72  # streams on our connection to a relay: one per relayed neighbour, and a few
 REACHABILITY_EVERY = 300.0
 SEQ_FILE, BOOK_FILE = "address-seq", "addresses.json"
@@ -140,13 +142,12 @@ class Node:
         if s.relays and s.reachability != "public":
             self.keeper = ReservationKeeper(host, list(s.relays), on_change=lambda: self._addresses_changed.set(),
                                             retry_cap=s.reconnect_cap)
-        started, self._stop = trio.Event(), trio.Event()
+        started, self._stop, self._finished = trio.Event(), trio.Event(), trio.Event()
         failure: list[BaseException] = []
 
         async def run() -> None:
             try:
                 async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
                     hardening = Hardening(host.get_network(), self.gate, self.counters, bounds_for=self.bounds_for,
                                           on_trusted=self.on_trusted, spawn=nursery.start_soon)
                     hardening.install()
@@ -157,13 +158,18 @@ class Node:
                             async with _services(services, background_trio_service):
                                 self.bound = _bound(host, self.identity.peer_id)
                                 self._refresh_record()
-                                started.set()
-                                if self.keeper is not None:
-                                    nursery.start_soon(self.keeper.run)
-                                nursery.start_soon(self._watch_addresses)
-                                if s.relays and s.reachability == "auto":
-                                    nursery.start_soon(self._check_reachability)
-                                await self._stop.wait()
+                                async with trio.open_nursery() as tasks:  # ours: ended before the goodbyes
+                                    self._nursery = tasks
+                                    if self.keeper is not None:
+                                        tasks.start_soon(self.keeper.run)
+                                    tasks.start_soon(self._watch_addresses)
+                                    if s.relays and s.reachability == "auto":
+                                        tasks.start_soon(self._check_reachability)
+                                    started.set()
+                                    await self._stop.wait()
+                                    self._nursery = None  # no reconnection to a relay, no push from here on
+                                    tasks.cancel_scope.cancel()
+                                await close_swarm(host)
                     finally:
                         hardening.close()  # after the listeners closed: nothing waits on its sockets
                     nursery.cancel_scope.cancel()
@@ -176,6 +182,7 @@ class Node:
                     raise
             finally:
                 self._nursery = None
+                self._finished.set()
 
         spawn(run)
         await started.wait()
@@ -184,9 +191,11 @@ class Node:
         return list(self.bound)
 
     async def stop(self) -> None:
+        """Close the host (its connections end with a goodbye, not by the thread's end)."""
         if self._stop is not None:
             self._stop.set()
-        await trio.sleep(0.05)
+            with trio.move_on_after(STOP_TIMEOUT):
+                await self._finished.wait()
 
     # --- sending ------------------------------------------------------------------------
 
@@ -235,7 +244,7 @@ class Node:
 
     # --- addresses ----------------------------------------------------------------------
 
-    def _refresh_record(self) -> bool:
+    def _refresh_record(self) -> str | None:
         s = self.settings
         reserved = self.keeper.reserved() if self.keeper is not None else []
         interfaces = _safe_interfaces()
@@ -263,18 +272,24 @@ class Node:
             with trio.move_on_after(CHECK_EVERY):
                 await self._addresses_changed.wait()
             self._addresses_changed = trio.Event()
-            if self._refresh_record():
-                self._push_all()
+            change = self._refresh_record()
+            if change is not None:
+                self._push_all(dial=change == "removed")
 
-    def _push_all(self) -> None:
-        """Our record to every neighbour, dialling those we have no connection to (directly or
-        through a relay): a neighbour whose connection died with our old address learns the
-        new one now, not when it next dials the old one."""
+    def _push_all(self, dial: bool) -> None:
+        """Our record to every neighbour. When an address of ours is gone (`dial`), also to those
+        we have no connection to, dialling them (directly or through a relay): a neighbour that
+        holds only the dead address learns the new one now, not when it next fails to dial.
+        New addresses only reach the neighbours we are connected to (and the others on connect)."""
         for pid in list(self.book.neighbours):
             if self.gate.may_send(pid) and self._nursery is not None:
-                self._nursery.start_soon(self._push_to, pid)
+                self._nursery.start_soon(self._push_to, pid, dial)
 
-    async def _push_to(self, peer_id: str) -> None:
+    async def _push_to(self, peer_id: str, dial: bool) -> None:
+        if not dial:
+            if self.paths.of(peer_id) is not None:
+                await self.announcer.push(self.host, peer_id)
+            return
         for fresh in (False, True):  # a connection that died unnoticed is dropped and dialled again
             try:
                 await self.dialer.connect(peer_id, fresh=fresh)

@@ -31,6 +31,8 @@ NOTES-libp2p-nat.md of branch nat):
    circuit now runs under its deadline.
 5. No allow-list and no total circuit cap (HopConfig is never read): both added, read per
    request.
+6. A reservation of a peer no longer connected kept its slot until it expired (an hour): slots
+   of disconnected peers are freed before each new reservation.
 HonestAutoNAT: py-libp2p's dial-back used `host.connect`, which returns at once on the
 connection the request came on: every client was told PUBLIC, NATed or not. It now dials a
 fresh connection to the claimed address and closes it.
@@ -59,12 +61,28 @@ from .host import (
     Hardening,
     build_host,
     check_bindable,
+    close_swarm,
 )
 from .streams import close_quietly, reset, why
 
 DIALBACK_TIMEOUT = 5.0
+# py-libp2p's hop logs these at ERROR for what a relay meets all the time (a client closing its
+# hop stream after a reservation, a circuit ending from either side); they are dropped.
+EXPECTED_HOP_NOISE = ("Error reading from hop stream", "Error sending status message",
+                      "Unexpected error reading from stream", "Error relaying data",
+                      "Error writing to destination stream", "Source stream closed")
 
 log = logging.getLogger("gossipfl.relay")
+
+
+class _DropExpectedHopNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(EXPECTED_HOP_NOISE)
+
+
+_hop_log = logging.getLogger("libp2p.relay.circuit_v2.protocol")
+if not any(isinstance(f, _DropExpectedHopNoise) for f in _hop_log.filters):
+    _hop_log.addFilter(_DropExpectedHopNoise())
 
 
 @dataclass(frozen=True)
@@ -180,7 +198,16 @@ def fleet_relay(host, limits: RelayLimits, allowed: Callable[[str], bool], on_st
                 self._refuse("reservation by a non-member")
                 return await self._deny(stream, StatusCode.PERMISSION_DENIED)
             msg.ClearField("peer")
+            self._drop_unconnected()
             await super()._handle_reserve(stream, msg)
+
+        def _drop_unconnected(self) -> None:
+            """A reservation is only valid while its peer is connected (py-libp2p checks that when
+            it uses one), but it kept its slot of max_reservations until it expired: a member
+            that reconnected from a new address, or left, held a slot for an hour (fix 6)."""
+            rm = self.resource_manager
+            for pid in [p for p in rm._reservations if not rm._is_peer_connected(p)]:
+                del rm._reservations[pid]
 
         async def _handle_connect(self, stream, msg) -> None:
             source: ID = stream.muxed_conn.peer_id
@@ -224,8 +251,9 @@ def fleet_relay(host, limits: RelayLimits, allowed: Callable[[str], bool], on_st
                         await reset(s)
 
         def active_reservations(self) -> int:
-            now = time.time()
-            return sum(1 for r in self.resource_manager._reservations.values() if r.expires_at > now)
+            """Reservations in force: not expired, their peer connected."""
+            rm = self.resource_manager
+            return sum(1 for pid in list(rm._reservations) if rm.get_reservation(pid) is not None)
 
         def prune(self) -> list[str]:
             """Membership changed: drop the reservations and circuits of non-members; returns the
@@ -346,7 +374,7 @@ class RelayService:
         self.relay = fleet_relay(self.host, limits, self.gate.may_send)
         if self.dial_back:
             honest_autonat(self.host)
-        started, self._stop = trio.Event(), trio.Event()
+        started, self._stop, self._finished = trio.Event(), trio.Event(), trio.Event()
         failure: list[BaseException] = []
 
         async def run() -> None:
@@ -363,6 +391,7 @@ class RelayService:
                             async with background_trio_service(self.relay):
                                 started.set()
                                 await self._stop.wait()
+                                await close_swarm(self.host)
                     finally:
                         hardening.close()
                     nursery.cancel_scope.cancel()
@@ -371,6 +400,8 @@ class RelayService:
                 started.set()
                 if isinstance(exc, trio.Cancelled):
                     raise
+            finally:
+                self._finished.set()
 
         self.bridge.spawn(run)
         await started.wait()
@@ -392,4 +423,5 @@ class RelayService:
     async def _trio_stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
-        await trio.sleep(0.05)
+            with trio.move_on_after(5):
+                await self._finished.wait()
