@@ -27,7 +27,8 @@ import sys
 
 from gossip.identity import Identity
 from gossip.libp2p_transport import Libp2pTransport
-from gossip.p2p.relay import RelayLimits, RelayService
+from gossip.p2p.relay import RelayLimits
+from gossip.p2p.relay_service import RelayService
 
 
 def say(**event) -> None:

@@ -168,3 +168,49 @@ def parse_addrs(addrs: list[str], what: str) -> list[str]:
         except Exception:
             raise ValueError(f"{what}: {a!r} is not a multiaddr") from None
     return list(addrs)
+
+
+def safe_interfaces() -> list[str]:
+    try:
+        return interface_addresses()
+    except Exception:
+        return []
+
+
+def bound_addresses(host, peer_id: str) -> list[str]:
+    out = []
+    for a in host.get_transport_addrs() if hasattr(host, "get_transport_addrs") else host.get_addrs():
+        text = str(a)
+        if "/p2p-circuit" in text:
+            continue
+        out.append(text if "/p2p/" in text else f"{text}/p2p/{peer_id}")
+    return out
+
+
+class PushOnConnect:
+    """Swarm notifee: `on_connected(PeerId)` for every new connection (it must not block)."""
+
+    def __init__(self, on_connected):
+        self.on_connected = on_connected
+
+    async def connected(self, network, conn) -> None:
+        try:
+            peer_id = conn.muxed_conn.peer_id.to_base58()
+        except Exception:
+            return
+        self.on_connected(peer_id)
+
+    async def disconnected(self, network, conn) -> None:
+        pass
+
+    async def opened_stream(self, network, stream) -> None:
+        pass
+
+    async def closed_stream(self, network, stream) -> None:
+        pass
+
+    async def listen(self, network, multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network, multiaddr) -> None:
+        pass

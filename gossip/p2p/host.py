@@ -262,3 +262,23 @@ def check_bindable(addr: str) -> None:
         except OSError as exc:
             raise TransportError(f"cannot listen on {addr}: {exc.strerror.lower()} "
                                  "(another process has this port?)") from None
+
+
+class run_services:  # noqa: N801 - used like a function
+    """`async with run_services(services, background_trio_service):` each py-libp2p service
+    runs for the life of the block."""
+
+    def __init__(self, services, runner):
+        self.services, self.runner = services, runner
+
+    async def __aenter__(self):
+        from contextlib import AsyncExitStack
+
+        self.stack = AsyncExitStack()
+        await self.stack.__aenter__()
+        for svc in self.services:
+            await self.stack.enter_async_context(self.runner(svc))
+        return self
+
+    async def __aexit__(self, *exc):
+        return await self.stack.__aexit__(*exc)

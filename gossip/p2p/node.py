@@ -16,7 +16,14 @@ import multiaddr
 import trio
 
 from ..identity import Identity
-from .announce import CHECK_EVERY, Announcer, interface_addresses, own_addresses
+from .announce import (
+    CHECK_EVERY,
+    Announcer,
+    PushOnConnect,
+    bound_addresses,
+    own_addresses,
+    safe_interfaces,
+)
 from .announce import PROTOCOL as ADDRS
 from .circuits import Relay, is_relayed, stop_handler
 from .dialer import Dialer
@@ -30,6 +37,7 @@ from .host import (
     Hardening,
     build_host,
     close_swarm,
+    run_services,
 )
 from .nat import Paths, Reachability, ReservationKeeper, hole_punching
 from .records import AddressBook, AddressRecord, SeqCounter
@@ -151,12 +159,12 @@ class Node:
                     hardening = Hardening(host.get_network(), self.gate, self.counters, bounds_for=self.bounds_for,
                                           on_trusted=self.on_trusted, spawn=nursery.start_soon)
                     hardening.install()
-                    host.get_network().register_notifee(_PushOnConnect(self))
+                    host.get_network().register_notifee(PushOnConnect(self._connected))
                     try:
                         async with host.run([multiaddr.Multiaddr(a) for a in self.listen]):
                             hardening.guard_listeners()
-                            async with _services(services, background_trio_service):
-                                self.bound = _bound(host, self.identity.peer_id)
+                            async with run_services(services, background_trio_service):
+                                self.bound = bound_addresses(host, self.identity.peer_id)
                                 self._refresh_record()
                                 async with trio.open_nursery() as tasks:  # ours: ended before the goodbyes
                                     self._nursery = tasks
@@ -247,7 +255,7 @@ class Node:
     def _refresh_record(self) -> str | None:
         s = self.settings
         reserved = self.keeper.reserved() if self.keeper is not None else []
-        interfaces = _safe_interfaces()
+        interfaces = safe_interfaces()
         lost = set(self._interfaces) - set(interfaces)
         self._interfaces = interfaces
         if lost and self._nursery is not None:
@@ -299,6 +307,11 @@ class Node:
             if await self.announcer.push(self.host, peer_id):
                 return
 
+    def _connected(self, peer_id: str) -> None:
+        """A new connection (any path): a neighbour gets our record on it."""
+        if self.gate.may_send(peer_id) and self._nursery is not None:
+            self._nursery.start_soon(self.announcer.push, self.host, peer_id)
+
     def _learned(self, record: AddressRecord) -> None:
         if self.settings.state_dir is not None:
             try:
@@ -321,7 +334,7 @@ class Node:
         """Our direct addresses, and each IP a relay observed us at with our listen port."""
         ports = [a.split("/tcp/")[1].split("/")[0] for a in self.bound if "/tcp/" in a]
         out = [a for a in own_addresses(self.bound, list(self.settings.announce), [], direct=True,
-                                        interfaces=_safe_interfaces()) if "/p2p-circuit" not in a]
+                                        interfaces=safe_interfaces()) if "/p2p-circuit" not in a]
         manager = getattr(self.host, "_observed_addr_manager", None)
         try:
             observed = manager.addrs(min_observers=1) if manager is not None else []
@@ -334,71 +347,3 @@ class Node:
                 continue
             out += [f"/ip4/{ip}/tcp/{port}" for port in ports]
         return list(dict.fromkeys(out))
-
-
-def _safe_interfaces() -> list[str]:
-    try:
-        return interface_addresses()
-    except Exception:
-        return []
-
-
-def _bound(host, peer_id: str) -> list[str]:
-    out = []
-    for a in host.get_transport_addrs() if hasattr(host, "get_transport_addrs") else host.get_addrs():
-        text = str(a)
-        if "/p2p-circuit" in text:
-            continue
-        out.append(text if "/p2p/" in text else f"{text}/p2p/{peer_id}")
-    return out
-
-
-class _services:
-    """Run py-libp2p services (each a background_trio_service) for the life of the block."""
-
-    def __init__(self, services, runner):
-        self.services, self.runner = services, runner
-
-    async def __aenter__(self):
-        from contextlib import AsyncExitStack
-
-        self.stack = AsyncExitStack()
-        await self.stack.__aenter__()
-        for svc in self.services:
-            await self.stack.enter_async_context(self.runner(svc))
-        return self
-
-    async def __aexit__(self, *exc):
-        return await self.stack.__aexit__(*exc)
-
-
-class _PushOnConnect:
-    """Swarm notifee: push our record on every new connection to a neighbour (never blocks)."""
-
-    def __init__(self, node: Node):
-        self.node = node
-
-    async def connected(self, network, conn) -> None:
-        node = self.node
-        try:
-            peer_id = conn.muxed_conn.peer_id.to_base58()
-        except Exception:
-            return
-        if node.gate.may_send(peer_id) and node._nursery is not None:
-            node._nursery.start_soon(node.announcer.push, node.host, peer_id)
-
-    async def disconnected(self, network, conn) -> None:
-        pass
-
-    async def opened_stream(self, network, stream) -> None:
-        pass
-
-    async def closed_stream(self, network, stream) -> None:
-        pass
-
-    async def listen(self, network, multiaddr) -> None:
-        pass
-
-    async def listen_close(self, network, multiaddr) -> None:
-        pass
-
