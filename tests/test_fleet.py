@@ -13,7 +13,6 @@ import pytest
 from click.testing import CliRunner
 
 from gossip.identity import load_key
-from gossipfl import cli_fleet  # noqa: F401  (registers the fleet group until cli.py imports it)
 from gossipfl.cli import main
 from peer.ops.plan import write_plan
 from peer.ops.status import Member, members, row_from_metrics, row_from_status
