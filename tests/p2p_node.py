@@ -5,7 +5,7 @@
 SPEC: {"peers": [PEER, ...]} (several transports in this one process, each its own thread)
 or {"relay": RELAY}. PEER: {"seed": hex, "listen": [...], "neighbours": {PeerId: addr or null},
 "allowed": [...] (default: the neighbours), "relays": [...], "reachability", "hole_punch",
-"announce", "state_dir", "max_size", "reconnect_cap"}. RELAY: {"seed", "listen", "allowed": [...],
+"announce", "state_dir", "max_size", "reconnect_cap", "echo": true (send each update back)}. RELAY: {"seed", "listen", "allowed": [...],
 "limits": {...}}.
 
 Prints one JSON object a line: {"event": "ready", "addrs": {PeerId: [...]}} once listening,
@@ -62,9 +62,17 @@ async def main(spec: dict) -> None:
             peers[t.peer_id] = t
         say(event="ready", addrs={pid: t.addresses() for pid, t in peers.items()})
 
+    echo = {p_spec.get("seed") for p_spec in spec.get("peers", []) if p_spec.get("echo")}
+
     async def receive(t: Libp2pTransport) -> None:
+        answers: set[asyncio.Task] = set()
         async for sender, data in t:
-            say(event="got", to=t.peer_id, **{"from": sender}, size=len(data), head=bytes(data[:32]).decode(errors="replace"))
+            head = bytes(data[:32]).decode(errors="replace")
+            say(event="got", to=t.peer_id, **{"from": sender}, size=len(data), head=head)
+            if t.identity.seed.hex() in echo and not head.startswith("echo"):
+                task = asyncio.ensure_future(t.send(sender, b"echo" + bytes(data[4:])))
+                answers.add(task)
+                task.add_done_callback(answers.discard)
 
     async def answer(cmd: dict) -> None:
         reply = {"event": "reply", "id": cmd.get("id")}

@@ -213,3 +213,34 @@ def test_the_relay_dials_back_honestly():
             await relay.close()
 
     asyncio.run(scenario())
+
+
+def test_large_updates_cross_a_relay_and_no_stream_holds_more_than_a_window():
+    """py-libp2p grows a yamux stream's window up to 16 MB as it is read; on connections that
+    carry circuits the relay's bound is a window per stream, so growth is turned off there (the
+    relay closed a sender's connection mid-update under load before)."""
+    async def scenario():
+        r, a, b = Identity.generate(), Identity.generate(), Identity.generate()
+        (relay,) = await started(RelayService(r, LOCAL, {a.peer_id, b.peer_id}))
+        ta, tb = gateway(a, [b], relay, max_size=16 << 20), gateway(b, [a], relay, max_size=16 << 20)
+        await started(ta, tb)
+        try:
+            await reserved(ta, relay)
+            for i in range(3):
+                payload = bytes([i]) * (8 << 20)
+                assert await tb.send(a.peer_id, payload) and await ta.send(b.peer_id, payload)
+                got = [await asyncio.wait_for(t.queue.get(), 30) for t in (ta, tb)]
+                assert all(bytes(data) == payload for _, data in got)
+            assert relay.counters.violations == ta.counters.violations == tb.counters.violations == 0
+
+            async def windows():
+                return [s.target_recv_window for conns in relay.host.get_network().connections.values()
+                        for c in conns for s in c.muxed_conn.streams.values()]
+
+            assert max(await relay.bridge.call(windows)) <= 256 * 1024
+        finally:
+            for x in (tb, ta):
+                await x.close()
+            await relay.close()
+
+    asyncio.run(scenario())

@@ -70,6 +70,7 @@ class Counters:
 class Bounds(NamedTuple):
     max_streams: int
     per_stream: int  # bytes one stream may buffer unread
+    max_window: int | None = None  # a stream's receive window stays this small (relayed circuits)
 
     @property
     def per_conn(self) -> int:
@@ -179,7 +180,7 @@ class Hardening:
             muxed = await upgrade_connection(secured, peer_id)
             b = self.bounds_for(peer_id.to_base58())
             guard_yamux(muxed, per_stream=b.per_stream, per_conn=b.per_conn, max_streams=b.max_streams,
-                        on_violation=self.violated)
+                        on_violation=self.violated, max_window=b.max_window)
             return muxed
 
         upgrader.upgrade_security = secure_then_check

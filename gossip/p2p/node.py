@@ -110,11 +110,12 @@ class Node:
     def bounds_for(self, peer_id: str) -> Bounds:
         per_stream = self.max_size + LENGTH_BYTES + STREAM_SLACK
         bounds = Bounds(STREAMS_PER_CONNECTION, per_stream)
-        if self.is_relay(peer_id):
-            bounds = Bounds(RELAY_STREAMS, max(per_stream, YAMUX_WINDOW + STREAM_SLACK))
+        if self.is_relay(peer_id):  # its streams carry our circuits: whole connections
+            bounds = Bounds(RELAY_STREAMS, max(per_stream, YAMUX_WINDOW + STREAM_SLACK), YAMUX_WINDOW)
         if self.settings.serve_relay is not None and self.relays_for(peer_id):
             served = self.settings.serve_relay.bounds()
-            bounds = Bounds(max(bounds.max_streams, served.max_streams), max(bounds.per_stream, served.per_stream))
+            bounds = Bounds(max(bounds.max_streams, served.max_streams), max(bounds.per_stream, served.per_stream),
+                            YAMUX_WINDOW)
         return bounds
 
     # --- start and stop -----------------------------------------------------------------

@@ -91,7 +91,7 @@ class RelayLimits:
     def bounds(self) -> Bounds:
         """yamux bounds of a member's connection to the relay: a stream per circuit it is an
         end of (as source and as target), each buffering at most a window."""
-        return Bounds(2 * self.max_circuits_per_peer + 8, YAMUX_WINDOW + STREAM_SLACK)
+        return Bounds(2 * self.max_circuits_per_peer + 8, YAMUX_WINDOW + STREAM_SLACK, YAMUX_WINDOW)
 
 
 @dataclass
