@@ -244,3 +244,36 @@ def test_large_updates_cross_a_relay_and_no_stream_holds_more_than_a_window():
             await relay.close()
 
     asyncio.run(scenario())
+
+
+def test_a_reachable_peer_serves_as_relay_for_the_fleet_only():
+    """serve_relay: a public peer of the plan relays for `relay_for` (the fleet's members); a
+    neighbour of it that is not a member may connect to it, but not reserve through it."""
+    async def scenario():
+        p, a, b, c = (Identity.generate() for _ in range(4))
+        tp = Libp2pTransport(p, LOCAL, {a.peer_id: None, b.peer_id: None, c.peer_id: None}, serve_relay=True,
+                             relay_for={a.peer_id, b.peer_id}, reachability="public")
+        await tp.start()
+        relay_addr = [tp.addresses()[0]]
+        ta = Libp2pTransport(a, LOCAL, {b.peer_id: None}, relays=relay_addr, reachability="private", hole_punch=False)
+        tb = Libp2pTransport(b, LOCAL, {a.peer_id: None}, relays=relay_addr, reachability="private", hole_punch=False)
+        tc = Libp2pTransport(c, LOCAL, {a.peer_id: None}, relays=relay_addr, reachability="private", hole_punch=False)
+        await started(ta, tb, tc)
+        try:
+            await until(lambda: tp.node.relay is not None and tp.node.relay.active_reservations() == 2, 20,
+                        "the members' reservations")
+            assert await tb.send(a.peer_id, b"through a peer")
+            sender, data = await asyncio.wait_for(ta.queue.get(), 10)
+            assert (sender, bytes(data)) == (b.peer_id, b"through a peer")
+            assert (await ta.links())[b.peer_id] == "relayed"
+            await until(lambda: tp.node.relay.refused.get("reservation by a non-member", 0) >= 1, 20,
+                        "c's reservation refused")
+            assert not await tc.send(a.peer_id, b"c through p")  # and no circuit for it either
+            status = await tp.status()
+            assert status["relay"]["reservations"] == 2 and status["relay"]["circuits_total"] == 1, status
+            assert tp.queue.qsize() == 0  # the relay traffic never reached p's inbox
+        finally:
+            for x in (tc, tb, ta, tp):
+                await x.close()
+
+    asyncio.run(scenario())
