@@ -37,7 +37,13 @@ _LAYOUT = [
                        ("trust", "PeerIds allowed in the network")]),
     ("transport", TransportConfig, [
         ("kind", "libp2p | mqtt | memory (memory: only inside one process)"), ("listen", "libp2p addresses"),
-        ("mdns", "also discover neighbours on the LAN"), ("host", "mqtt: the broker"), ("port", "mqtt"),
+        ("mdns", "also discover neighbours on the LAN"),
+        ("relays", "libp2p behind NAT: /ip4/HOST/tcp/PORT/p2p/PEERID of the fleet's relays"),
+        ("reachability", "auto (the relays dial us back) | public | private"),
+        ("hole_punch", "upgrade relayed links to direct ones where the NATs allow"),
+        ("serve_relay", "relay for the fleet's members (a reachable peer)"),
+        ("announce", "direct addresses to announce instead of the listen ones (a port forward)"),
+        ("host", "mqtt: the broker"), ("port", "mqtt"),
         ("username", "mqtt"), ("password", "mqtt"), ("tls", "mqtt"), ("ca_file", "mqtt: CA certificate for TLS"),
         ("topic_prefix", "mqtt"), ("status", "mqtt: publish a retained status with a last will")]),
     ("model", ModelConfig, [

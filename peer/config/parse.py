@@ -30,6 +30,7 @@ from .settings import (  # noqa: F401  (the dataclasses are read through peer.co
     BUILTIN_SOURCES,
     DEFAULT_DATA_DIR,
     LOADER_ARGUMENTS,
+    REACHABILITY,
     SECURE_BOUND,
     SECURE_MIN_SENDERS,
     TRANSPORTS,
@@ -249,6 +250,16 @@ def _listen(v):
     return None
 
 
+def _multiaddrs(v):
+    return None if all(isinstance(a, str) and not _multiaddr(a) for a in v) else "must be a list of multiaddrs"
+
+
+def _relays(v):
+    if all(isinstance(a, str) and not _multiaddr(a) and "/p2p/" in a and "/p2p-circuit" not in a for a in v):
+        return None
+    return "must be a list of relay addresses like /ip4/203.0.113.1/tcp/4001/p2p/12D3KooW..."
+
+
 def _model(m: _Table, base: Path) -> ModelConfig:
     model = m.section(ModelConfig, {"name": (str, {}), "classes": (int, {"check": _between(2, 1_000_000)}),
                                     "options": (dict, {}), "seed": _SEED})
@@ -333,6 +344,8 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
 
     transport = top.table("transport").section(TransportConfig, {
         "kind": (str, {"allowed": TRANSPORTS}), "listen": (list, {"check": _listen}), "mdns": (bool, {}),
+        "relays": (list, {"check": _relays}), "reachability": (str, {"allowed": REACHABILITY}),
+        "hole_punch": (bool, {}), "serve_relay": (bool, {}), "announce": (list, {"check": _multiaddrs}),
         "host": (str, {"check": lambda v: None if v and v.isprintable() else "must be a host name or address"}),
         "port": (int, {"check": lambda v: None if 0 < v < 65536 else "must be a TCP port"}),
         "username": (str, {}), "password": (str, {}), "password_file": (str, {}), "tls": (bool, {}),

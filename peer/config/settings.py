@@ -10,6 +10,7 @@ from typing import Any
 from privacy.settings import PrivacySettings
 
 TRANSPORTS = ("memory", "libp2p", "mqtt")
+REACHABILITY = ("auto", "public", "private")
 BUILTIN_SOURCES = ("digits", "npz", "csv")
 DEFAULT_DATA_DIR = "peer-data"
 LOADER_ARGUMENTS = ("shard", "shards", "seed")  # what the peer passes every package.module:loader
@@ -29,6 +30,12 @@ class TransportConfig:
     kind: str = "memory"
     listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
     mdns: bool = False
+    # libp2p behind NAT (gossip/libp2p_transport.py says what each does)
+    relays: list[str] = field(default_factory=list)  # /ip4/HOST/tcp/PORT/p2p/PEERID of the fleet's relays
+    reachability: str = "auto"  # auto (the relays dial us back) | public | private
+    hole_punch: bool = True  # upgrade relayed links to direct ones where the NATs allow
+    serve_relay: bool = False  # relay for the fleet's members (a reachable peer)
+    announce: list[str] = field(default_factory=list)  # direct addresses to announce (a port forward)
     # mqtt
     host: str = "127.0.0.1"
     port: int = 1883

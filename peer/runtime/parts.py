@@ -112,6 +112,6 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
     allowed = allowed_peers(neighbours, admin)  # live: membership changes it
     if transport is None:
         from .transports import make_transport
-        transport = make_transport(cfg, identity, hub, max_size=limit, allowed=allowed)
+        transport = make_transport(cfg, identity, hub, max_size=limit, allowed=allowed, members=trust)
     degrees = {n.id: n.degree for n in cfg.neighbours if n.degree is not None}
     return PeerParts(identity, trust, neighbours, transport, model, data, cfg, degrees, limit, allowed, secure)
