@@ -161,6 +161,10 @@ class Hardening:
         swarm = self.swarm
         swarm.set_resource_manager(None)  # its limits are global, not per neighbour; ours replace them
         swarm.connection_config.max_connections_per_peer = CONNECTIONS_PER_PEER
+        # py-libp2p's auto-connector dials peers of its peerstore by itself whenever connections
+        # drop (to whatever addresses identify put there, a revoked neighbour's too): only our
+        # dialer decides whom to dial, how and when.
+        swarm.auto_connector.maybe_connect = _never
         upgrader = swarm.upgrader
         upgrade_security, upgrade_connection = upgrader.upgrade_security, upgrader.upgrade_connection
 
@@ -236,6 +240,10 @@ class Hardening:
         self.counters.violations += 1
         log.warning("closing the connection of %s: %s", peer_of(conn), reason)
         self.spawn(close_quietly, conn)
+
+
+async def _never(*args, **kwargs) -> None:
+    return None
 
 
 def _source_of(read_write_closer) -> str:
