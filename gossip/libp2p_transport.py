@@ -7,8 +7,8 @@ trio thread by gossip/p2p/ (see its __init__ for the module map).
                         reachability="auto", hole_punch=True, announce=[], serve_relay=False,
                         reconnect_cap=round_interval, state_dir=data_dir / "libp2p")
     await t.start(); await t.send(peer_id, data); async for sender, data in t: ...
-    await t.links()    # {neighbour: "direct" | "hole-punched" | "relayed" | None}
-    await t.status()   # reachability, links, our announced addresses, reservations, relay metrics
+    await t.links()          # {neighbour: "direct" | "hole-punched" | "relayed" | None}
+    await t.connectivity()   # reachability, links, announced addresses, reservations, relay metrics
     await t.close()
 
 Settings (each maps to one `[transport]` field of peer.toml):
@@ -224,9 +224,11 @@ class Libp2pTransport(QueuedTransport):
 
         return await self.bridge.call(get)
 
-    async def status(self, info: dict | None = None) -> dict:
-        """Reachability, the path to each neighbour, our announced addresses, our reservations
-        and (when serving as a relay) its metrics. `info` is accepted for the Transport API."""
+    async def connectivity(self) -> dict:
+        """Reachability, the path to each neighbour, our announced addresses, our reservations,
+        the counters and (when serving as a relay) its metrics: for logs, `fleet status` and
+        metrics. (`status(info)`, the Transport hook to publish the peer's status, stays a no-op:
+        libp2p has no place for it.)"""
         if self.closed:
             return {"reachability": self.reachability, "links": {pid: None for pid in self.neighbour_addrs}}
 

@@ -83,7 +83,7 @@ async def main(spec: dict) -> None:
                 data = head + bytes(max(0, cmd["size"] - len(head)))
                 reply["ok"] = await peers[cmd["from"]].send(cmd["to"], data)
             elif op == "status":
-                reply["status"] = {pid: await t.status() for pid, t in peers.items()}
+                reply["status"] = {pid: await t.connectivity() for pid, t in peers.items()}
             elif op == "metrics":
                 reply["metrics"] = relay.metrics() if relay is not None else {}
             elif op == "neighbours":

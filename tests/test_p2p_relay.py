@@ -33,7 +33,7 @@ async def started(*things):
 
 async def reserved(t: Libp2pTransport, relay: RelayService) -> None:
     end = time.monotonic() + 20
-    while (await t.status()).get("reserved_on") != [relay.identity.peer_id]:
+    while (await t.connectivity()).get("reserved_on") != [relay.identity.peer_id]:
         assert time.monotonic() < end, "no reservation"
         await asyncio.sleep(0.1)
 
@@ -269,7 +269,7 @@ def test_a_reachable_peer_serves_as_relay_for_the_fleet_only():
             await until(lambda: tp.node.relay.refused.get("reservation by a non-member", 0) >= 1, 20,
                         "c's reservation refused")
             assert not await tc.send(a.peer_id, b"c through p")  # and no circuit for it either
-            status = await tp.status()
+            status = await tp.connectivity()
             assert status["relay"]["reservations"] == 2 and status["relay"]["circuits_total"] == 1, status
             assert tp.queue.qsize() == 0  # the relay traffic never reached p's inbox
         finally:
