@@ -205,7 +205,7 @@ def test_a_clean_close_publishes_offline_with_the_last_status(mosquitto):
 
 LOGGING_PROCESS = textwrap.dedent("""
     import logging, threading, warnings
-    from peer.runtime.process import logs
+    from peer.runtime import logs
     PID = "12D3KooW" + "A" * 44
     logs.setup("json", peer="gw-1", names={PID: "gw-2"})
     import libp2p  # configures its own loggers at import: no handler, no propagation
