@@ -4,7 +4,7 @@ circuit through a relay; and the reconnect backoff, bounded by the caller's cap.
 `Dialer.connect(PeerId)` (trio side), in this order:
 1. any live connection to the neighbour (the swarm then prefers a direct one for streams);
 2. its direct addresses from our AddressBook (newest verified record first, then the
-   configured address), each with `swarm.dial_addr`: never `host.connect`, which dials at
+   configured address; with mDNS on, then what it discovered), each with `swarm.dial_addr`: never `host.connect`, which dials at
    most one address per transport and reads the peerstore that identify rewrites; when
    relays are configured a direct dial gets DIRECT_TIMEOUT and, once failed, is skipped
    for SKIP_DIRECT s (the relay path is taken at once; hole punching upgrades it);
@@ -68,8 +68,10 @@ class Backoff:
 
 
 class Dialer:
-    def __init__(self, host, book: AddressBook, relays: list[Relay]):
-        self.host, self.book, self.relays = host, book, list(relays)
+    def __init__(self, host, book: AddressBook, relays: list[Relay], *, discovered: bool = False):
+        """`discovered`: also dial what local discovery (mDNS) put in py-libp2p's peerstore for a
+        neighbour, after the address book's addresses."""
+        self.host, self.book, self.relays, self.discovered = host, book, list(relays), discovered
         self._direct_failed: dict[str, float] = {}  # peer -> monotonic time of the last failure
         self._locks: dict[str, trio.Lock] = {}
 
@@ -110,6 +112,10 @@ class Dialer:
 
     async def _direct(self, peer_id: str, pid, tried: list[str]) -> bool:
         addrs = self.book.direct(peer_id)
+        if self.discovered:
+            store = self.host.get_peerstore()
+            found = [str(a) for a in store.addrs(pid)] if pid in store.peer_ids() else []
+            addrs += [a for a in found if "/p2p-circuit" not in a and a not in addrs]
         if not addrs:
             return False
         failed_at = self._direct_failed.get(peer_id)

@@ -134,7 +134,7 @@ class Node:
             if kept:
                 log.info("kept %d neighbours' address records from %s", kept, s.state_dir / BOOK_FILE)
         self.paths = Paths(host)
-        self.dialer = Dialer(host, self.book, list(s.relays))
+        self.dialer = Dialer(host, self.book, list(s.relays), discovered=self.mdns)
         self.announcer = Announcer(self.identity, self.seq, self.book, self.gate.may_send, self._learned)
         host.set_stream_handler(UPDATES, self.receiver.handle)
         host.set_stream_handler(ADDRS, self.announcer.handle)
