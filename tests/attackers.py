@@ -442,7 +442,11 @@ async def stall_rate(target: Target, seconds: float, rate: float = 500.0, connec
             start = trio.current_time()
             for i in range(connections):
                 await trio.sleep_until(start + i / rate)
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                except OSError:  # out of file descriptors: what is held stays held
+                    out["failed"] += 1
+                    continue
                 s.setblocking(False)
                 code = s.connect_ex((target.host, target.port))
                 if code not in (0, errno.EINPROGRESS):
