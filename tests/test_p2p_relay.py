@@ -281,3 +281,35 @@ def test_a_reachable_peer_serves_as_relay_for_the_fleet_only():
                 await x.close()
 
     asyncio.run(scenario())
+
+
+def test_over_a_circuit_the_gate_and_the_size_bound_hold_as_on_a_direct_connection():
+    """The end-to-end PeerId is what the gate and the read slots see, relayed or not: a fleet
+    member that is not a neighbour is closed right after Noise, an update over max_size is cut."""
+    async def scenario():
+        r, a, b, s = (Identity.generate() for _ in range(4))
+        (relay,) = await started(RelayService(r, LOCAL, {a.peer_id, b.peer_id, s.peer_id}))
+        ta = gateway(a, [b], relay, max_size=100_000)  # s is a member of the fleet, not a's neighbour
+        tb, ts = gateway(b, [a], relay), gateway(s, [a], relay)
+        await started(ta, tb, ts)
+        try:
+            await reserved(ta, relay)
+            assert not await ts.send(a.peer_id, b"not your neighbour")
+            assert ta.counters.refused_peers >= 1 and ta.queue.empty()
+            await tb.send(a.peer_id, bytes(200_000))  # twice a's max_size
+            await until(lambda: ta.counters.violations >= 1, 10, "the oversize update cut")
+            assert ta.queue.empty()
+            tb._backoff.clear()
+            end = time.monotonic() + 20
+            while ta.queue.empty():  # the neighbour itself is not shut out
+                assert time.monotonic() < end, "b could not send again"
+                await tb.send(a.peer_id, bytes(100_000))
+                await asyncio.sleep(0.3)
+            sender, data = ta.queue.get_nowait()
+            assert sender == b.peer_id and len(data) == 100_000  # exactly max_size is fine
+        finally:
+            for x in (ts, tb, ta):
+                await x.close()
+            await relay.close()
+
+    asyncio.run(scenario())
