@@ -42,6 +42,7 @@ class PeerParts:
     allowed: set[str] = field(default_factory=set)  # who may connect: neighbours and the network admin
     secure: SecureAggregation | None = None  # secure_mean: keys, groups, masking and reveals
     noise: object = None  # privacy noise generator (None: seeded from os.urandom; the simulator seeds it)
+    fleet: set[str] = field(default_factory=set)  # the fleet's PeerIds, live: membership keeps it (relays serve them)
 
 
 def message_limit(cfg: PeerConfig, n_params: int, secure: SecureAggregation | None = None) -> int:
@@ -135,19 +136,22 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
     limit = message_limit(cfg, model.size, secure)
     admin = getattr(trust, "admin", None)
     allowed = allowed_peers(neighbours, admin)  # live: membership changes it
+    fleet = set(trust.peers)  # live: membership changes it
     if transport is None:
         from ..transports import build_transport
-        transport = build_transport(cfg, identity, hub, max_size=limit, allowed=allowed)
+        transport = build_transport(cfg, identity, hub, max_size=limit, allowed=allowed, members=fleet)
     degrees = {n.id: n.degree for n in cfg.neighbours if n.degree is not None}
-    return PeerParts(identity, trust, neighbours, transport, model, data, cfg, degrees, limit, allowed, secure)
+    return PeerParts(identity, trust, neighbours, transport, model, data, cfg, degrees, limit, allowed, secure,
+                     fleet=fleet)
 
 
 def membership_of(parts: PeerParts) -> Membership:
     """The fleet as this peer starts into it: the trust list and its configured neighbours (the
     stored records are applied by `Membership.load`, once the data folder is locked)."""
     cfg = parts.cfg
-    return Membership(parts.identity.peer_id, cfg.network, getattr(parts.trust, "admin", None), set(parts.trust.peers),
-                      {n.id: n.addr for n in cfg.neighbours}, Path(cfg.data_dir) / "membership.msgpack")
+    return Membership(parts.identity.peer_id, cfg.network, getattr(parts.trust, "admin", None),
+                      parts.fleet or set(parts.trust.peers), {n.id: n.addr for n in cfg.neighbours},
+                      Path(cfg.data_dir) / "membership.msgpack")
 
 
 def verifier_of(parts: PeerParts, membership: Membership, masked_words: int | None) -> Verifier:
