@@ -4,12 +4,12 @@ carried into the libp2p transport the peer builds."""
 from __future__ import annotations
 
 import pytest
-from peer.runtime.transports import make_transport
 
 from gossip.identity import Identity, load_key
 from peer.config.parse import load_config
 from peer.errors import ConfigError
 from peer.ops.plan import write_plan
+from peer.transports import build_transport
 from topology import from_spec
 
 from .netfixtures import free_ports
@@ -20,7 +20,7 @@ RELAY = f"/ip4/203.0.113.1/tcp/4001/p2p/{Identity.generate().peer_id}"
 @pytest.fixture
 def node_config(tmp_path):
     nodes = write_plan(from_spec("ring:3"), tmp_path / "plan", network_id="lab", transport="libp2p",
-                       ports=free_ports(3), overrides={"round": {"interval": 2.5}}, draw=False)
+                       transport_options={"ports": free_ports(3)}, overrides={"round": {"interval": 2.5}}, draw=False)
     path = nodes[0].config
 
     def with_transport(lines: str):
@@ -39,7 +39,7 @@ def test_the_nat_fields_reach_the_transport(node_config):
     assert (t.relays, t.reachability, t.hole_punch, t.serve_relay, t.announce) == (
         [RELAY], "private", False, True, ["/ip4/198.51.100.7/tcp/4001"])
     members = {"x"}
-    transport = make_transport(cfg, load_key(cfg.key), max_size=1000, allowed=set(), members=members)
+    transport = build_transport(cfg, load_key(cfg.key), max_size=1000, allowed=set(), members=members)
     s = transport.settings
     assert [r.peer_id for r in s.relays] == [RELAY.rsplit("/", 1)[1]] and s.reachability == "private"
     assert not s.hole_punch and s.announce == ("/ip4/198.51.100.7/tcp/4001",) and s.serve_relay is not None
@@ -87,7 +87,7 @@ def test_gossipfl_relay_start_serves_the_fleet_and_follows_a_revocation(tmp_path
     from .netfixtures import ROOT
 
     nodes = write_plan(from_spec("ring:3"), tmp_path / "plan", network_id="lab", transport="libp2p",
-                       ports=free_ports(3), draw=False)
+                       transport_options={"ports": free_ports(3)}, draw=False)
     plan = tmp_path / "plan"
     save_key(Identity.generate(), plan / "relay.key")
     port, metrics_port = free_ports(2)

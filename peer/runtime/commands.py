@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from gossip.envelope import Envelope
 
 from ..state.provenance import NewEvent
+
+if TYPE_CHECKING:  # a relay imports membership, and so these commands: never torch
+    import torch
 
 
 class Command:
