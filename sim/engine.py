@@ -174,9 +174,7 @@ class ProtocolEngine:
                 return model_attack(kind, honest_models, self.sent.get(t, own), own, n=self.graph.degree(t) + 1,
                                     b=b, gen=self.gen, params=self.sc.attack_params, honest_without_target=without)
             if parts.secure is not None:  # secure_mean: the crafted model is what gets masked (it hides in the sum)
-                seal = parts.secure.seal_for
-                parts.secure.seal_for = lambda own, receiver, round_, **fields: seal(
-                    craft(round_, receiver, own), receiver, round_, **fields)
+                parts.secure.input_for = lambda receiver, round_, own: craft(round_, receiver, own)
             else:
                 parts.transport = AttackTransport(parts.transport, ModelAttacker(ident, craft))
 

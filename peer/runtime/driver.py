@@ -142,7 +142,7 @@ class Peer:
             self.state.resume(ck.round, ck.parents, ck.replay)
             self.resumed_from = ck.round
         self.privacy.restore(self.prov)  # the budget spent so far, from the log (it has every release)
-        self.wire.restore(self.prov)  # e.g. secure_mean: never reveal twice for one (receiver, round)
+        self.wire.restore(self.prov)  # e.g. secure_mean: the member's ledger (never a second session or set)
 
     async def go_offline(self) -> None:
         """Simulated outage: stop receiving (messages sent meanwhile are lost)."""
@@ -245,7 +245,7 @@ class Peer:
         """Phase 1 (the simulator runs it for every peer before phase 2, in lock-step)."""
         ctx = self.ctx = RoundContext(started=self.clock())
         await self._apply_neighbours()
-        await self._execute(self.state.start())
+        await self._execute(self.state.start(self.clock()))
         transmit, events = self.privacy.before_training(self.round, self.model.flat)
         self._events.extend(events)  # the budget ran out: said once, in the log too
         t = self.clock()
@@ -283,7 +283,7 @@ class Peer:
         accepted, rejected = len(self.state.collected), Counter(self.state.rejected)
         heard = list(self.state.collected)
         await self._execute(self.state.close(self.clock()))
-        if self.state.phase is Phase.EXCHANGING:  # the rule's wire needs more messages (e.g. reveals)
+        if self.state.phase is Phase.EXCHANGING:  # the rule's wire needs more messages (e.g. consents, reveals)
             if not await self._wait_until_ready():
                 return None
             await self._execute(self.state.exchange_done())
@@ -296,8 +296,12 @@ class Peer:
         return rec
 
     async def _wait_until_ready(self) -> bool:
-        """Sleep until the round is ready (woken by arrivals, bounded by its deadline); False on stop."""
-        while not self._stop.is_set() and not self.state.ready(self.clock()):
+        """Sleep until the round is ready (woken by arrivals, bounded by its deadlines and the
+        exchange's own, which `tick` serves); False on stop."""
+        while not self._stop.is_set():
+            await self._execute(self.state.tick(self.clock()))
+            if self.state.ready(self.clock()):
+                break
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.state.wait_time(self.clock()))
@@ -354,9 +358,12 @@ class Peer:
                     await self._execute(self.state.aggregated(senders, weights, report))
                 case Refuse(reason):
                     await self._execute(self.state.skip(reason))
-                case Transmit(to, data):
-                    for nb in to:
-                        self.outbox.message(nb, data)
+                case Transmit(to, data, round_, retry_for):
+                    if round_ is not None:
+                        self.outbox.updates(dict.fromkeys(to, data), round_)
+                    else:
+                        for nb in to:
+                            self.outbox.message(nb, data, retry_for)
                 case Reject(reason, detail, claimed, authenticated):
                     await self._execute(self.state.reject(reason, detail, claimed, authenticated))
                 case Forget(peer):  # revoked: from now on its updates are rejected, this round's dropped
@@ -369,7 +376,7 @@ class Peer:
                     self.parts.allowed.clear()
                     self.parts.allowed.update(peers)
                 case Exchanged(sender, round_, content):
-                    await self._execute(self.state.exchanged(sender, round_, content))
+                    await self._execute(self.state.exchanged(sender, round_, content, self.clock()))
                     self._wake.set()
                 case _ if self.wire.carries(cmd):
                     await self._execute(await self.wire.carry_out(cmd, ctx.own, self.state.collected,
