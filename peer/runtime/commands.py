@@ -140,6 +140,15 @@ class Exchanged(Command):
 
 
 @dataclass(frozen=True)
+class Ahead(Command):
+    """A message of the rule's wire, verified, proves that `sender` is at `round` (the round
+    counts it for catch-up; a wire whose updates do not show every neighbour's round says so)."""
+
+    sender: str
+    round: int
+
+
+@dataclass(frozen=True)
 class Forget(Command):
     """Drop everything `peer` contributed to the round (it was revoked)."""
 

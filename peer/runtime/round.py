@@ -33,7 +33,7 @@ from gossip.envelope import Envelope
 from gossip.verify import Accepted, Reason, Rejected, Verifier
 
 from ..state.provenance import EventKind, NewEvent
-from .commands import Command, Finish, JumpTo, Log, Persist, Send, Skip
+from .commands import Ahead, Command, Finish, JumpTo, Log, Persist, Send, Skip
 from .exchange import Closing, DirectExchange, Exchange, Exchanging, SkipRound
 from .phases import TRANSITIONS, Input, Phase, RoundProtocolError
 
@@ -200,7 +200,14 @@ class RoundState:
     def exchanged(self, sender: str, round_: int, content, now: float = 0.0) -> list[Command]:
         """A parsed message of the rule's own wire (e.g. a key advert or a reveal): the exchange
         checks who sent it and answers with commands (a refusal is a `Reject`)."""
-        return self.exchange.message(sender, round_, content, self.round, now)
+        out: list[Command] = []
+        for cmd in self.exchange.message(sender, round_, content, self.round, now):
+            if isinstance(cmd, Ahead):
+                if cmd.sender in self.cfg.neighbours and cmd.round > self.round:
+                    self._saw_ahead(cmd.sender, cmd.round)
+            else:
+                out.append(cmd)
+        return out
 
     def tick(self, now: float) -> list[Command]:
         """Time passed: the exchange's own deadlines (legal in every phase)."""

@@ -44,7 +44,7 @@ from privacy.secagg_receiver import Phase as Stage
 from privacy.secagg_receiver import ReceiverSession
 
 from ..state.provenance import EventKind, NewEvent
-from .commands import Command, Log, Reject, Transmit
+from .commands import Ahead, Command, Log, Reject, Transmit
 from .exchange import Closing, Exchange, Exchanging, SkipRound
 
 KEEP_ROUNDS = 2  # member sessions answer a receiver up to this many rounds behind
@@ -238,8 +238,24 @@ class SecAggExchange(Exchange):
     # --- messages ----------------------------------------------------------------------
 
     def message(self, sender: str, rnd: int, content, current: int, now: float) -> list[Command]:
+        ahead = self._ahead(sender, rnd, content, current)
         if isinstance(content, _TO_MEMBER):
-            return self._to_member(sender, rnd, content)
+            return ahead + self._to_member(sender, rnd, content)
+        if isinstance(content, wire.Advert) and rnd > current + self.policy.max_lead:
+            return ahead + [Reject("no_session", f"an advert for round {rnd}, too far ahead", sender, False)]
+        return ahead + self._to_receiver(sender, rnd, content, current, now)
+
+    def _ahead(self, sender: str, rnd: int, msg, current: int) -> list[Command]:
+        """A neighbour's signed advert or key book of a later round proves it is there: masked
+        inputs only flow once a round's keys are agreed, so this is how a peer that fell behind
+        (a restart, a slow start) learns to catch up."""
+        if rnd <= current or sender not in self.policy.neighbours or not isinstance(msg, wire.Advert | wire.KeyBook):
+            return []
+        if msg.net != self.network or getattr(msg, "to", self.me) != self.me or not msg.signed_by_sender():
+            return []
+        return [Ahead(sender, rnd)]
+
+    def _to_receiver(self, sender: str, rnd: int, content, current: int, now: float) -> list[Command]:
         own = self._own(rnd, create=isinstance(content, wire.Advert) and sender in self.policy.neighbours
                         and current <= rnd <= current + self.policy.max_lead)
         if own is None or own.session is None:
