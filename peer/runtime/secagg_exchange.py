@@ -17,9 +17,11 @@ Each round r this peer plays two parts:
   why. Up to n - t members may drop out over all phases (privacy.secagg's threshold).
 - a member of each neighbour j's group: one MemberSession per (j, r), started with this round
   (an ADVERT to j, under fresh keys), answered as j's messages arrive, and masked (`Mask`, carried
-  out by the wire) once this peer's model of round r is trained and j's forwarded shares are in.
-  A session is kept for KEEP_ROUNDS rounds after its own, so a receiver that is behind still gets
-  consents and reveals; a member masks only its model of the session's round, never a later one.
+  out by the wire) once this peer's model of round r is trained and j's forwarded shares are in -
+  also when this peer's own round r ended first (its model of round r is kept for one more
+  round: a member masks only its model of the session's round, never a later one). A session is
+  kept for KEEP_ROUNDS rounds after its own, so a receiver that is behind still gets consents
+  and reveals.
 
 Every member step that changes the ledger is logged (`secagg_ledger`, durable) before its
 message is sent; `restore` rebuilds the ledger after a restart, so a restarted peer never starts
@@ -113,7 +115,7 @@ class SecAggExchange(Exchange):
         self.logged: dict[tuple[str, int], dict] = {}  # the last ledger record logged per session
         self.own: dict[int, _Own] = {}  # round -> this peer's receiver session
         self.started: int | None = None  # the round this peer is in (after `start`)
-        self.model_ready: int | None = None  # the round whose own model may be masked
+        self.model_ready: set[int] = set()  # rounds whose own model may be masked (kept one round more)
         self.masked: set[tuple[str, int]] = set()
 
     def restore(self, records: Iterable) -> None:
@@ -123,7 +125,7 @@ class SecAggExchange(Exchange):
     # --- the round's lifecycle --------------------------------------------------------
 
     def start(self, round_: int, now: float) -> list[Command]:
-        self.started, self.model_ready = round_, None
+        self.started = round_
         own = self._own(round_)
         own.opened = now
         out = [] if own.session is None else self._advance_if_complete(round_, own, now)
@@ -149,7 +151,7 @@ class SecAggExchange(Exchange):
     def trained(self, round_: int, now: float, transmit: bool) -> list[Command]:
         if not transmit or round_ != self.started:
             return []
-        self.model_ready = round_
+        self.model_ready.add(round_)
         return [self._mask(s) for (j, r), s in sorted(self.members.items())
                 if r == round_ and s.dealers is not None and (j, r) not in self.masked]
 
@@ -227,7 +229,8 @@ class SecAggExchange(Exchange):
         return Unmask(round_, s)
 
     def reset(self, round_: int) -> None:
-        self.started = self.model_ready = None
+        self.started = None
+        self.model_ready = {r for r in self.model_ready if r >= round_ - 1}
         self.own = {r: o for r, o in self.own.items() if r >= round_}
         keep = round_ - KEEP_ROUNDS
         self.members = {k: s for k, s in self.members.items() if k[1] >= keep}
@@ -276,7 +279,7 @@ class SecAggExchange(Exchange):
             return [refusal(exc, sender)]
         if reply is not None:  # a deal, consent or reveal: on record before it leaves
             return self._durable(self._ledger(s)) + [self._send(sender, reply)]
-        if self.model_ready == rnd and (sender, rnd) not in self.masked:  # the forwarded shares are in
+        if rnd in self.model_ready and (sender, rnd) not in self.masked:  # the forwarded shares are in
             return [self._mask(s)]
         return []
 

@@ -86,6 +86,7 @@ class SecureMeanWire(Wire):
         self.setup, self.identity, self.network = setup, identity, network
         self.schema, self.n_params, self.off_loop, self.random = schema, n_params, off_loop, random
         self.exch: SecAggExchange | None = None
+        self.inputs: dict[int, torch.Tensor] = {}  # round -> the own model it masks (this round's and the last)
 
     def exchange(self, policy) -> Exchange:
         self.exch = SecAggExchange(policy, self.identity, self.network, self.setup.groups, self.n_params,
@@ -102,6 +103,10 @@ class SecureMeanWire(Wire):
 
     async def seal(self, own, neighbours, fields, transmit) -> Outgoing:
         record = await self.off_loop(own.numel() * 4, seal_update, self.identity, own, **fields)
+        r = fields["round"]
+        self.inputs = {k: v for k, v in self.inputs.items() if k >= r - 1}
+        if transmit:  # kept: receivers may forward their shares after this peer's round ended
+            self.inputs[r] = own.detach().clone()
         return Outgoing(record.update_id, {}, {})  # the masked envelopes leave with `Mask`, per receiver
 
     def kind_of(self, data) -> str | None:
@@ -128,8 +133,10 @@ class SecureMeanWire(Wire):
         return await self._unmask(cmd, own)
 
     async def _mask(self, cmd: Mask, own: torch.Tensor, degree: int) -> list[Command]:
-        s = cmd.session
-        x = self.setup.input_for(cmd.receiver, cmd.round, own.detach().clone())  # the row may change meanwhile
+        s, kept = cmd.session, self.inputs.get(cmd.round)
+        if kept is None:  # pragma: no cover - the exchange masks only rounds whose model was sealed
+            return []
+        x = self.setup.input_for(cmd.receiver, cmd.round, kept)
         fp = FixedPoint(self.setup.bound, s.ctx.n)
 
         def masked_envelope():
