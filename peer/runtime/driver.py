@@ -187,6 +187,7 @@ class Peer:
         if not self.started:
             return
         self.started = False
+        await self._answer_what_is_owed()
         await self._commit_durable()
         await self._execute(self.state.persist())
         await self._commit_durable()
@@ -201,6 +202,17 @@ class Peer:
         self.lock.release()
         self.metrics.stop()
         log.info("peer %s stopped at round %d (%s)", self.cfg.name or self.peer_id, self.round, reason)
+
+    async def _answer_what_is_owed(self) -> None:
+        """Before stopping: let neighbours' rounds get what they still need from this peer (a
+        secure_mean member's consents and reveals), for at most two round deadlines."""
+        end = self.clock() + 2 * self.cfg.round.deadline
+        while self.state.owes() and self.failure is None and self.clock() < end:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), min(0.5, end - self.clock()))
+            except TimeoutError:
+                pass
 
     async def run(self, rounds: int | None = None) -> list[RoundRecord]:
         """Run rounds until a stop request and: `rounds` more are done (0 = forever), or without

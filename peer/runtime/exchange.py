@@ -96,6 +96,11 @@ class Exchange:
     def reset(self, round_: int) -> None:
         """Round `round_` begins (the last one ended or was skipped)."""
 
+    def owes(self) -> bool:
+        """Other peers' rounds still wait for messages from this one (a stopping peer answers
+        them first, for a bounded time)."""
+        return False
+
 
 def rule_params(rule: str, params: dict) -> dict:
     """The rule's parameters, with `own = 0` where the rule takes one: row 0 is always the

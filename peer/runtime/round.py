@@ -278,6 +278,10 @@ class RoundState:
             return None
         return self.exchange.collecting_deadline(self.deadline_at)
 
+    def owes(self) -> bool:
+        """Other peers' rounds still wait for messages from this one (the exchange says)."""
+        return self.exchange.owes()
+
     def wait_time(self, now: float) -> float:
         """How long the driver may sleep before something is due (an arrival wakes it sooner)."""
         due = [t for t in (self._deadline() if self.phase is Phase.COLLECTING else None, self.exchange.wake_at())

@@ -238,6 +238,10 @@ class SecAggExchange(Exchange):
         self.masked = {k for k in self.masked if k[1] >= keep}
         self.ledger.forget_before(keep)
 
+    def owes(self) -> bool:
+        """A receiver has this member's masked input and still needs its consent or reveal."""
+        return any(s.entry.phase in ("masked", "consented") for s in self.members.values())
+
     # --- messages ----------------------------------------------------------------------
 
     def message(self, sender: str, rnd: int, content, current: int, now: float) -> list[Command]:

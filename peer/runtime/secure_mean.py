@@ -129,10 +129,10 @@ class SecureMeanWire(Wire):
 
     async def carry_out(self, cmd, own, collected, neighbours) -> list[Command]:
         if isinstance(cmd, Mask):
-            return await self._mask(cmd, own, len(neighbours))
+            return await self._mask(cmd, len(neighbours))
         return await self._unmask(cmd, own)
 
-    async def _mask(self, cmd: Mask, own: torch.Tensor, degree: int) -> list[Command]:
+    async def _mask(self, cmd: Mask, degree: int) -> list[Command]:
         s, kept = cmd.session, self.inputs.get(cmd.round)
         if kept is None:  # pragma: no cover - the exchange masks only rounds whose model was sealed
             return []
@@ -145,7 +145,7 @@ class SecureMeanWire(Wire):
                         codec="u32", n=masked_words(self.n_params), kind=MASKED_KIND, deg=degree)
 
         try:
-            sealed = await self.off_loop(own.numel() * 4, masked_envelope)
+            sealed = await self.off_loop(kept.numel() * 4, masked_envelope)
         except SecAggError as exc:  # pragma: no cover - the exchange masks a session once, after its shares
             return [Log(NewEvent(EventKind.SECAGG, cmd.round, cmd.receiver, None, {
                 "role": "member", "step": "mask_failed", "detail": str(exc)[:300]}))]
