@@ -23,9 +23,13 @@ Each round r this peer plays two parts:
   kept for KEEP_ROUNDS rounds after its own, so a receiver that is behind still gets consents
   and reveals.
 
-Every member step that changes the ledger is logged (`secagg_ledger`, durable) before its
-message is sent; `restore` rebuilds the ledger after a restart, so a restarted peer never starts
-a second session for a (receiver, round) and never signs a second survivor set. Messages are
+Every member step that changes the ledger is logged (`secagg_ledger`) before its message is
+sent, and made durable first where a restart must know it: that a session with a (receiver,
+round) began (before the ADVERT: a restarted peer never starts a second one), that this peer
+masked (with its `sent` event, before the masked input leaves) and what it revealed (before the
+REVEAL). A deal or a consent need not be: a restarted peer has lost the session's keys and
+shares with its memory, so it can never deal, consent or reveal in that session again.
+`restore` rebuilds the ledger after a restart. Messages are
 checked by the sessions (sender, session, addressee, then the signature) before any work; a
 refusal is a `Reject` naming who is to blame when the sender is proven.
 """
@@ -68,11 +72,12 @@ def threshold_for(choice: str, n: int) -> int:
 
 @dataclass(frozen=True)
 class Mask(Command):
-    """Mask the own model of `round` in this member session and send it to `receiver`."""
+    """Mask the own model of `round` in each of these member sessions and send each receiver
+    its masked input (several at once: one durable write of the log for all of them)."""
 
-    receiver: str
     round: int
-    session: MemberSession = field(repr=False, compare=False)
+    receivers: tuple[str, ...]
+    sessions: tuple[MemberSession, ...] = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -152,8 +157,9 @@ class SecAggExchange(Exchange):
         if not transmit or round_ != self.started:
             return []
         self.model_ready.add(round_)
-        return [self._mask(s) for (j, r), s in sorted(self.members.items())
-                if r == round_ and s.dealers is not None and (j, r) not in self.masked]
+        ready = [s for (j, r), s in sorted(self.members.items())
+                 if r == round_ and s.dealers is not None and (j, r) not in self.masked]
+        return [self._mask(ready)] if ready else []
 
     def admit(self, update: Accepted, current: int) -> tuple[str, str] | None:
         rnd, sender = update.envelope.round, update.sender
@@ -282,9 +288,11 @@ class SecAggExchange(Exchange):
         except SecAggError as exc:
             return [refusal(exc, sender)]
         if reply is not None:  # a deal, consent or reveal: on record before it leaves
-            return self._durable(self._ledger(s)) + [self._send(sender, reply)]
+            if isinstance(msg, wire.Proof):  # the reveal: what it gives away is on record first
+                return self._durable(self._ledger(s)) + [self._send(sender, reply)]
+            return self._ledger(s) + [self._send(sender, reply)]  # a restart loses the session's keys: no need
         if rnd in self.model_ready and (sender, rnd) not in self.masked:  # the forwarded shares are in
-            return [self._mask(s)]
+            return [self._mask([s])]
         return []
 
     # --- the receiver's session ----------------------------------------------------------
@@ -331,9 +339,9 @@ class SecAggExchange(Exchange):
 
     # --- commands ------------------------------------------------------------------------
 
-    def _mask(self, s: MemberSession) -> Mask:
-        self.masked.add((s.ctx.receiver, s.ctx.round))
-        return Mask(s.ctx.receiver, s.ctx.round, s)
+    def _mask(self, sessions: list[MemberSession]) -> Mask:
+        self.masked |= {(s.ctx.receiver, s.ctx.round) for s in sessions}
+        return Mask(sessions[0].ctx.round, tuple(s.ctx.receiver for s in sessions), tuple(sessions))
 
     def _ledger(self, s: MemberSession) -> list[Log]:
         """The session's ledger entry to log, unless it is the one logged last (a repeat)."""

@@ -133,26 +133,32 @@ class SecureMeanWire(Wire):
         return await self._unmask(cmd, own)
 
     async def _mask(self, cmd: Mask, degree: int) -> list[Command]:
-        s, kept = cmd.session, self.inputs.get(cmd.round)
+        kept = self.inputs.get(cmd.round)
         if kept is None:  # pragma: no cover - the exchange masks only rounds whose model was sealed
             return []
-        x = self.setup.input_for(cmd.receiver, cmd.round, kept)
-        fp = FixedPoint(self.setup.bound, s.ctx.n)
+        logs: list[Log] = []
+        sends: list[Command] = []
+        for receiver, s in zip(cmd.receivers, cmd.sessions, strict=True):
+            x = self.setup.input_for(receiver, cmd.round, kept)
+            fp = FixedPoint(self.setup.bound, s.ctx.n)
 
-        def masked_envelope():
-            payload = s.mask(x, fp)  # a ChaCha20 stream per other dealer, and the self-mask
-            return seal(self.identity, net=self.network, round=cmd.round, schema=self.schema, payload=payload,
-                        codec="u32", n=masked_words(self.n_params), kind=MASKED_KIND, deg=degree)
+            def masked_envelope(s=s, x=x, fp=fp):
+                payload = s.mask(x, fp)  # a ChaCha20 stream per other dealer, and the self-mask
+                return seal(self.identity, net=self.network, round=cmd.round, schema=self.schema, payload=payload,
+                            codec="u32", n=masked_words(self.n_params), kind=MASKED_KIND, deg=degree)
 
-        try:
-            sealed = await self.off_loop(kept.numel() * 4, masked_envelope)
-        except SecAggError as exc:  # pragma: no cover - the exchange masks a session once, after its shares
-            return [Log(NewEvent(EventKind.SECAGG, cmd.round, cmd.receiver, None, {
-                "role": "member", "step": "mask_failed", "detail": str(exc)[:300]}))]
-        sent = NewEvent(EventKind.SENT, cmd.round, cmd.receiver, sealed.update_id,
-                        {"bytes": len(sealed.data), "codec": "u32", "kind": MASKED_KIND})
-        # the ledger says "masked" and the send is on record before the envelope leaves
-        return [Log(ledger_event(s)), Log(sent, durable=True), Transmit((cmd.receiver,), sealed.data, cmd.round)]
+            try:
+                sealed = await self.off_loop(kept.numel() * 4, masked_envelope)
+            except SecAggError as exc:  # pragma: no cover - the exchange masks a session once, after its shares
+                logs.append(Log(NewEvent(EventKind.SECAGG, cmd.round, receiver, None, {
+                    "role": "member", "step": "mask_failed", "detail": str(exc)[:300]})))
+                continue
+            logs += [Log(ledger_event(s)), Log(NewEvent(EventKind.SENT, cmd.round, receiver, sealed.update_id, {
+                "bytes": len(sealed.data), "codec": "u32", "kind": MASKED_KIND}))]
+            sends.append(Transmit((receiver,), sealed.data, cmd.round))
+        if sends:  # the ledger says "masked" and each send is on record before its envelope leaves
+            logs[-1] = Log(logs[-1].event, durable=True)
+        return [*logs, *sends]
 
     async def _unmask(self, cmd: Unmask, own: torch.Tensor) -> list[Command]:
         s, bound = cmd.session, self.setup.bound
