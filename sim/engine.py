@@ -67,6 +67,7 @@ class RunResult:
     seconds: float = 0.0
     engine: str = "protocol"  # "batched": no wire, no provenance logs
     epsilon: float | None = None  # differential privacy: the largest epsilon an honest node spent (None: off)
+    epsilon_replace: float | None = None  # the same under replacement (epsilon is add/remove)
 
 
 def _identity(seed: int, node) -> Identity:
@@ -235,6 +236,7 @@ class ProtocolEngine:
         result.seconds = time.monotonic() - t_start
         if sc.privacy != "off":
             result.epsilon = max(self.peers[v].privacy.epsilon() for v in honest)
+            result.epsilon_replace = max(self.peers[v].privacy.epsilon_replace() for v in honest)
         return result
 
     def _measure(self, r, honest, test_xy, bytes_sent, rejected, online, seconds) -> RoundMetrics:

@@ -110,6 +110,8 @@ class Peer:
         self.history: list[RoundRecord] = []
         self.ctx = RoundContext(started=0.0)
         self._events: list[NewEvent] = []
+        self._held: list[Transmit] = []  # messages waiting for the log's next durable write (group commit)
+        self._sync_at: asyncio.Handle | None = None
         self._wake, self._stop = asyncio.Event(), asyncio.Event()
         self.failure: BaseException | None = None
         self.revoked_at: int | None = None
@@ -344,7 +346,9 @@ class Peer:
             match cmd:
                 case Log(event, durable):
                     self._events.append(event)
-                    if durable or len(self._events) >= 64:
+                    if durable:  # one write for every durable event of this turn of the loop
+                        self._sync_soon()
+                    elif len(self._events) >= 64:
                         self._flush()
                 case JumpTo(target, before):
                     log.info("neighbours are at round %d, jumping from %d", target, before)
@@ -370,12 +374,11 @@ class Peer:
                     await self._execute(self.state.aggregated(senders, weights, report))
                 case Refuse(reason):
                     await self._execute(self.state.skip(reason))
-                case Transmit(to, data, round_, retry_for):
-                    if round_ is not None:
-                        self.outbox.updates(dict.fromkeys(to, data), round_)
+                case Transmit():
+                    if self._sync_at is not None:  # it leaves once what was logged before it is durable
+                        self._held.append(cmd)
                     else:
-                        for nb in to:
-                            self.outbox.message(nb, data, retry_for)
+                        self._transmit(cmd)
                 case Reject(reason, detail, claimed, authenticated):
                     await self._execute(self.state.reject(reason, detail, claimed, authenticated))
                 case Forget(peer):  # revoked: from now on its updates are rejected, this round's dropped
@@ -423,8 +426,35 @@ class Peer:
         """One message from the transport (`hint`: the sender it claims, unproven)."""
         await self._execute(self.inbox.sort(hint, data, self.round, self.state.seen, self.neighbours))
 
+    def _transmit(self, cmd: Transmit) -> None:
+        if cmd.round is not None:
+            self.outbox.updates(dict.fromkeys(cmd.to, cmd.data), cmd.round)
+        else:
+            for nb in cmd.to:
+                self.outbox.message(nb, cmd.data, cmd.retry_for)
+
+    def _sync_soon(self) -> None:
+        """A durable event: written, with every other one of this turn of the event loop, in one
+        transaction at its end; messages that follow wait for it (a burst of reveals, or a
+        round's masked inputs, costs one fsync, not one each)."""
+        if self._sync_at is None:
+            self._sync_at = asyncio.get_running_loop().call_soon(self._sync)
+
+    def _sync(self) -> None:
+        self._sync_at = None
+        try:
+            self._flush()
+        except Exception as exc:  # reported like any background failure: the peer stops, saying why
+            self.failed("writing the provenance log", exc)
+
     def _flush(self) -> None:
+        if self._sync_at is not None:
+            self._sync_at.cancel()
+            self._sync_at = None
         if self._events:
             events, self._events = self._events, []
             self.prov.append_many(events)
+        held, self._held = self._held, []
+        for cmd in held:  # what they waited for is on disk
+            self._transmit(cmd)
         self.checkpoints.publish()  # its `checkpoint` event is in the log now

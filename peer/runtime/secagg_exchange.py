@@ -251,20 +251,22 @@ class SecAggExchange(Exchange):
     # --- messages ----------------------------------------------------------------------
 
     def message(self, sender: str, rnd: int, content, current: int, now: float) -> list[Command]:
-        ahead = self._ahead(sender, rnd, content, current)
         if isinstance(content, _TO_MEMBER):
-            return ahead + self._to_member(sender, rnd, content)
+            return self._to_member(sender, rnd, content)
         if isinstance(content, wire.Advert) and rnd > current + self.policy.max_lead:
-            return ahead + [Reject("no_session", f"an advert for round {rnd}, too far ahead", sender, False)]
-        return ahead + self._to_receiver(sender, rnd, content, current, now)
+            return self._ahead(sender, rnd, content) + [
+                Reject("no_session", f"an advert for round {rnd}, too far ahead", sender, False)]
+        out = self._to_receiver(sender, rnd, content, current, now)
+        if isinstance(content, wire.Advert) and rnd > current and not any(isinstance(c, Reject) for c in out):
+            out.append(Ahead(sender, rnd))  # kept by a session of a later round: its signature checked
+        return out
 
-    def _ahead(self, sender: str, rnd: int, msg, current: int) -> list[Command]:
-        """A neighbour's signed advert or key book of a later round proves it is there: masked
-        inputs only flow once a round's keys are agreed, so this is how a peer that fell behind
-        (a restart, a slow start) learns to catch up."""
-        if rnd <= current or sender not in self.policy.neighbours or not isinstance(msg, wire.Advert | wire.KeyBook):
-            return []
-        if msg.net != self.network or getattr(msg, "to", self.me) != self.me or not msg.signed_by_sender():
+    def _ahead(self, sender: str, rnd: int, msg: wire.Advert) -> list[Command]:
+        """A neighbour's signed advert of a later round proves it is there: masked inputs only
+        flow once a round's keys are agreed, so this is how a peer that fell behind (a restart,
+        a slow start) learns to catch up."""
+        if sender not in self.policy.neighbours or msg.net != self.network or msg.to != self.me \
+                or not msg.signed_by_sender():
             return []
         return [Ahead(sender, rnd)]
 
