@@ -5,6 +5,8 @@ late masked input, and, as a member, puts its ledger on record before anything l
 
 from __future__ import annotations
 
+import torch
+
 from peer.runtime.commands import Log, Reject, Skip, Transmit
 from peer.runtime.round import OfferKind, Phase, RoundPolicy, RoundState
 from peer.runtime.secagg_exchange import Mask, SecAggExchange, Unmask, threshold_for
@@ -133,7 +135,7 @@ def test_a_member_logs_its_ledger_before_each_message_and_masks_once_trained_and
         logged.extend(c.event.details for c in cmds if isinstance(c, Log) and c.event.kind is EventKind.SECAGG_LEDGER)
         for c in cmds:
             if isinstance(c, Log) and c.event.kind is EventKind.SECAGG_LEDGER and (
-                    c.durable or c.event.details["phase"] == "dealt"):
+                    c.durable or c.event.details["phase"] in ("dealt", "consented")):
                 seen_durable = True
             if isinstance(c, Transmit):
                 assert seen_durable, cmds
@@ -154,8 +156,25 @@ def test_a_member_logs_its_ledger_before_each_message_and_masks_once_trained_and
     assert [(m.receivers, m.round) for m in masks] == [((j.peer_id,), 0)]
     # a second forward of the same bytes changes nothing and masks nothing twice
     assert state.exchanged(j.peer_id, 0, wire.parse(forwards[me.peer_id]), 1.1) == []
+    # the rest of the session, with the mask made as the wire makes it: the reveal is durable first
+    fp = FixedPoint(1.0, 3)
+    rs.receive_masked(me.peer_id, masks[0].sessions[0].mask(torch.zeros(8), fp))
+    logged.append(masks[0].sessions[0].record())  # what the wire logs with the masked input
+    for k, s in others.items():
+        assert s.receive(wire.parse(forwards[k])) is None
+        rs.receive_masked(k, s.mask(torch.zeros(8), fp))
+    survivors = rs.advance()
+    (consent,) = before_send(state.exchanged(j.peer_id, 0, wire.parse(survivors[me.peer_id]), 1.2))
+    rs.receive(wire.parse(consent.data))
+    for k, s in others.items():
+        rs.receive(wire.parse(s.receive(wire.parse(survivors[k]))))
+    proofs = rs.advance()
+    (reveal,) = before_send(state.exchanged(j.peer_id, 0, wire.parse(proofs[me.peer_id]), 1.3))
+    reveal_logs = [c for c in state.exchanged(j.peer_id, 0, wire.parse(proofs[me.peer_id]), 1.4)]
+    assert [type(c) for c in reveal_logs] == [Transmit]  # a repeated proof: the same reveal, logged once
+    rs.receive(wire.parse(reveal.data))
     # a restarted member, its ledger read back from what it logged, starts no second session
-    assert [r["phase"] for r in logged] == ["advertised", "dealt"]
+    assert [r["phase"] for r in logged] == ["advertised", "dealt", "masked", "consented", "revealed"]
     again = SecAggExchange(policy, me, NET, {j.peer_id: group}, 8)
     again.restore(logged)
     notes = [c.event.details for c in again.start(0, 5.0) if isinstance(c, Log)]
@@ -176,3 +195,27 @@ def test_unsolicited_messages_are_refused_without_a_session():
 def test_the_threshold_choices():
     assert [threshold_for("majority", n) for n in (2, 3, 4, 5, 8)] == [2, 2, 3, 3, 5]
     assert [threshold_for("two_thirds", n) for n in (2, 3, 4, 5, 8)] == [2, 3, 3, 4, 6]
+
+
+def test_a_member_whose_budget_is_spent_masks_nothing():
+    """transmit False (the privacy budget ran out): its keys and shares were dealt, but no masked
+    input leaves - it drops out of its neighbours' rounds like a silent member."""
+    me, j = MEMBERS[0], RECEIVER
+    group = tuple(sorted(p.peer_id for p in MEMBERS[:3]))
+    policy = RoundPolicy(neighbours=frozenset({j.peer_id}), peer_id=me.peer_id, rule="secure_mean", deadline=D)
+    state = RoundState(policy, SecAggExchange(policy, me, NET, {j.peer_id: group}, 8))
+    ctx = Context(NET, j.peer_id, 0, group)
+    rs = ReceiverSession(j, ctx, size=8)
+    others = {k: MemberSession(BY_ID[k], ctx, MemberLedger()) for k in group if k != me.peer_id}
+    advert = next(c for c in state.start(0.0) if isinstance(c, Transmit))
+    rs.receive(wire.parse(advert.data))
+    for s in others.values():
+        rs.receive(wire.parse(s.advert()))
+    books = rs.advance()
+    deal = next(c for c in state.exchanged(j.peer_id, 0, wire.parse(books[me.peer_id]), 0.1) if isinstance(c, Transmit))
+    rs.receive(wire.parse(deal.data))
+    for k, s in others.items():
+        rs.receive(wire.parse(s.receive(wire.parse(books[k]))))
+    forwards = rs.advance()
+    state.exchanged(j.peer_id, 0, wire.parse(forwards[me.peer_id]), 0.2)
+    assert not any(isinstance(c, Mask) for c in state.trained(1.0, {}, transmit=False))
