@@ -47,6 +47,7 @@ from .commands import (
 )
 from .context import RoundContext, RoundRecord, log_round
 from .inbox import Inbox, Listener
+from .journal import Journal
 from .membership import Membership, allowed_peers
 from .metrics import PeerMetrics
 from .outbox import Outbox
@@ -58,6 +59,7 @@ from .tasks import TaskSet
 from .wires import make_wire
 
 log = logging.getLogger("gossipfl.peer")
+OWED_MAX = 30.0  # seconds a stopping peer gives neighbours' rounds to get what they need from it
 
 
 class Peer:
@@ -106,12 +108,10 @@ class Peer:
                            self._execute)
         self.outbox = Outbox(self.transport, self.tasks, self.metrics.bytes_out,
                              retry_cap=cfg.round.interval or cfg.round.deadline)
+        self.journal = Journal(self.prov, self.checkpoints.publish, self.outbox, self.failed)
         self.listener = Listener(self.transport, self.tasks, self.receive, self.failed)
         self.history: list[RoundRecord] = []
         self.ctx = RoundContext(started=0.0)
-        self._events: list[NewEvent] = []
-        self._held: list[Transmit] = []  # messages waiting for the log's next durable write (group commit)
-        self._sync_at: asyncio.Handle | None = None
         self._wake, self._stop = asyncio.Event(), asyncio.Event()
         self.failure: BaseException | None = None
         self.revoked_at: int | None = None
@@ -160,14 +160,14 @@ class Peer:
         await self.go_online()
         await self._apply_neighbours()  # the stored membership records count from the start
         addrs = self.transport.addresses()
-        self._events.append(NewEvent(EventKind.STARTED, self.round, details={
+        self.journal.add(NewEvent(EventKind.STARTED, self.round, details={
             "neighbours": self.neighbours, "rule": self.cfg.aggregation.rule, "f": self.cfg.aggregation.f,
             "transport": self.cfg.transport.kind, "addresses": addrs, "resumed_from": self.resumed_from,
             "schema": self.model.schema.hex(), "params": self.model.size}))
         if self.resumed_from is None:  # a first checkpoint: a diverging first round has a model to return to
             await self._execute(self.state.persist())
             await self._commit_durable()
-        self._flush()
+        self.journal.flush()
         for a in addrs:
             log.info("listening on %s", a)
         log.info("peer %s started at round %d with %d neighbours (%s, f=%d)", self.cfg.name or self.peer_id,
@@ -194,8 +194,8 @@ class Peer:
         await self._execute(self.state.persist())
         await self._commit_durable()
         await self.outbox.drain(min(5.0, self.cfg.round.deadline))
-        self._events.append(NewEvent(EventKind.STOPPED, self.round, details={"reason": reason}))
-        self._flush()
+        self.journal.add(NewEvent(EventKind.STOPPED, self.round, details={"reason": reason}))
+        self.journal.flush()
         await self.listener.stop()
         await self.transport.close(reason)
         await self.tasks.cancel()
@@ -207,8 +207,9 @@ class Peer:
 
     async def _answer_what_is_owed(self) -> None:
         """Before stopping: let neighbours' rounds get what they still need from this peer (a
-        secure_mean member's consents and reveals), for at most two round deadlines."""
-        end = self.clock() + 2 * self.cfg.round.deadline
+        secure_mean member's consents and reveals), for at most two round deadlines and OWED_MAX
+        seconds (a systemd unit allows 60 s to stop)."""
+        end = self.clock() + min(2 * self.cfg.round.deadline, OWED_MAX)
         while self.state.owes() and self.failure is None and self.clock() < end:
             self._wake.clear()
             try:
@@ -261,7 +262,7 @@ class Peer:
         await self._apply_neighbours()
         await self._execute(self.state.start(self.clock()))
         transmit, events = self.privacy.before_training(self.round, self.model.flat)
-        self._events.extend(events)  # the budget ran out: said once, in the log too
+        self.journal.add(*events)  # the budget ran out: said once, in the log too
         t = self.clock()
         if not transmit:  # no more releases: the own data is left alone, the model is only aggregated
             ctx.train = Metrics()
@@ -275,11 +276,11 @@ class Peer:
             return False
         diverged = self.checkpoints.restore_if_diverged(self.round)  # back to the checkpoint before noising
         if diverged is not None:
-            self._events.append(diverged)
-            self._flush()
+            self.journal.add(diverged)
+            self.journal.flush()
             if self.checkpoints.gave_up:
                 raise PeerError(self.checkpoints.gave_up)
-        self._events.extend(self.privacy.after_training(self.round, self.model.flat))  # noised, accounted
+        self.journal.add(*self.privacy.after_training(self.round, self.model.flat))  # noised, accounted
         t = self.clock()
         ctx.eval = self.learner.evaluate()
         ctx.eval_s = self.clock() - t
@@ -345,11 +346,10 @@ class Peer:
         for cmd in commands:
             match cmd:
                 case Log(event, durable):
-                    self._events.append(event)
                     if durable:  # one write for every durable event of this turn of the loop
-                        self._sync_soon()
-                    elif len(self._events) >= 64:
-                        self._flush()
+                        self.journal.durable(event)
+                    else:
+                        self.journal.add(event)
                 case JumpTo(target, before):
                     log.info("neighbours are at round %d, jumping from %d", target, before)
                 case Send():
@@ -375,10 +375,7 @@ class Peer:
                 case Refuse(reason):
                     await self._execute(self.state.skip(reason))
                 case Transmit():
-                    if self._sync_at is not None:  # it leaves once what was logged before it is durable
-                        self._held.append(cmd)
-                    else:
-                        self._transmit(cmd)
+                    self.journal.send(cmd)
                 case Reject(reason, detail, claimed, authenticated):
                     await self._execute(self.state.reject(reason, detail, claimed, authenticated))
                 case Forget(peer):  # revoked: from now on its updates are rejected, this round's dropped
@@ -407,13 +404,13 @@ class Peer:
         out = await self.wire.seal(self.ctx.own, self.neighbours, fields, cmd.transmit)
         await self._execute(self.state.sent(out.update_id, [
             (nb, s.update_id, {"bytes": len(s.data), **out.details}) for nb, s in out.per_neighbour.items()]))
-        self._flush()
+        self.journal.flush()
         self.outbox.updates({nb: s.data for nb, s in out.per_neighbour.items()}, cmd.round)
 
     async def sync(self) -> None:
         """Make what the last round produced durable now: its checkpoint written and logged."""
         await self._commit_durable()
-        self._flush()
+        self.journal.flush()
 
     async def _commit_durable(self) -> None:
         done = await self.checkpoints.durable()
@@ -425,36 +422,3 @@ class Peer:
     async def receive(self, hint: str | None, data) -> None:
         """One message from the transport (`hint`: the sender it claims, unproven)."""
         await self._execute(self.inbox.sort(hint, data, self.round, self.state.seen, self.neighbours))
-
-    def _transmit(self, cmd: Transmit) -> None:
-        if cmd.round is not None:
-            self.outbox.updates(dict.fromkeys(cmd.to, cmd.data), cmd.round)
-        else:
-            for nb in cmd.to:
-                self.outbox.message(nb, cmd.data, cmd.retry_for)
-
-    def _sync_soon(self) -> None:
-        """A durable event: written, with every other one of this turn of the event loop, in one
-        transaction at its end; messages that follow wait for it (a burst of reveals, or a
-        round's masked inputs, costs one fsync, not one each)."""
-        if self._sync_at is None:
-            self._sync_at = asyncio.get_running_loop().call_soon(self._sync)
-
-    def _sync(self) -> None:
-        self._sync_at = None
-        try:
-            self._flush()
-        except Exception as exc:  # reported like any background failure: the peer stops, saying why
-            self.failed("writing the provenance log", exc)
-
-    def _flush(self) -> None:
-        if self._sync_at is not None:
-            self._sync_at.cancel()
-            self._sync_at = None
-        if self._events:
-            events, self._events = self._events, []
-            self.prov.append_many(events)
-        held, self._held = self._held, []
-        for cmd in held:  # what they waited for is on disk
-            self._transmit(cmd)
-        self.checkpoints.publish()  # its `checkpoint` event is in the log now
