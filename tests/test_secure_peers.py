@@ -355,6 +355,30 @@ def test_a_restarted_member_never_masks_again_with_the_same_randomness(tmp_path)
     assert stats.kstest(diff / 2**32, "uniform").pvalue > 1e-4
 
 
+def test_a_peer_that_starts_behind_catches_up_from_its_neighbours_adverts(tmp_path):
+    """Masked inputs flow only once a round's keys are agreed, so a peer that starts rounds
+    behind learns where its neighbours are from their signed adverts, and jumps there."""
+    nodes = plan(tmp_path, "complete:4")
+    peers, _ = tapped(nodes)
+    early, late = peers[:3], peers[3]
+
+    async def scenario():
+        for p in early:
+            await p.start()
+        running = [asyncio.create_task(p.run(5)) for p in early]
+        await asyncio.sleep(3 * DEADLINE)  # they are rounds ahead (each round waits for the silent fourth)
+        ahead = min(p.round for p in early)
+        await late.start()
+        await asyncio.gather(*running, late.run(2))
+        return ahead
+
+    ahead = run_virtual(scenario())
+    assert ahead >= 1 and late.history[0].round == 0
+    assert late.history[-1].round > ahead, [(r.round, r.note) for r in late.history]  # it jumped, not 0 -> 1
+    for n in nodes:
+        assert verify_log(db(n)).ok
+
+
 def test_masked_envelopes_are_refused_by_kind(tmp_path):
     nodes = plan(tmp_path, "complete:4")
     peers, taps = tapped(nodes)
