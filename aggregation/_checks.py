@@ -9,7 +9,8 @@ from .catalog import AggregationError  # noqa: F401  (defined without torch, rai
 
 def check_stack(stack: torch.Tensor) -> torch.Tensor:
     """Return `stack` as a contiguous float32/float64 batch (B, n, d) with finite values:
-    an (n, d) stack becomes the batch of one (1, n, d), a view, not a copy."""
+    an (n, d) stack becomes the batch of one (1, n, d), a view when it is already contiguous
+    float32 or float64; half precision is aggregated in float32."""
     if not isinstance(stack, torch.Tensor):
         raise AggregationError(
             f"stack must be a torch.Tensor of shape (n, d) or (B, n, d), got {type(stack).__name__}")
@@ -39,7 +40,7 @@ def check_stack(stack: torch.Tensor) -> torch.Tensor:
 
 def check_weights(weights: torch.Tensor | None, batch: int, n: int, batched: bool) -> torch.Tensor | None:
     """Validate optional non-negative weights, (n,) or, for a batch, (B, n) or (n,) shared by
-    every batch; returns float32 weights of shape (B, n)."""
+    every batch entry; returns float32 weights of shape (B, n)."""
     if weights is None:
         return None
     w = torch.as_tensor(weights, dtype=torch.float32)

@@ -202,9 +202,10 @@ def _network_blocks(stack: torch.Tensor, steps: tuple[tuple[int, int, int, int],
     numpy rows, inputs then scratch, each (b, C); they are reused for the next block."""
     batch, n, d = stack.shape if mix is None else (stack.shape[0], mix.shape[1], stack.shape[2])
     bb, cols = _block_shape(batch, d, n)
-    mixed = None if mix is None else torch.empty(bb, n, cols, dtype=stack.dtype)
+    # the mixing matrices and the scratch that holds one block of mixed rows
+    mixing = None if mix is None else (mix, torch.empty(bb, n, cols, dtype=stack.dtype))
     # numpy views of the same memory: numpy's ufuncs cost less per call than torch ops
-    source = stack.detach().numpy() if mix is None else mixed.numpy()
+    source = stack.detach().numpy() if mixing is None else mixing[1].numpy()
     # a block's input rows, copied contiguous: a ufunc over two rows strided across batch
     # entries costs three times one over contiguous rows, and each input row is read twice
     inputs_np = np.empty((n, bb, cols), dtype=source.dtype) if bb > 1 else None
@@ -213,13 +214,14 @@ def _network_blocks(stack: torch.Tensor, steps: tuple[tuple[int, int, int, int],
         b = min(bb, batch - b0)
         for start in range(0, d, cols):
             c = min(cols, d - start)
-            if mix is None:
+            if mixing is None:
                 inputs = source[b0 : b0 + b, :, start : start + c].swapaxes(0, 1)
             else:
+                m, mixed = mixing
                 if b == bb and c == cols:
-                    torch.bmm(mix[b0 : b0 + b], stack[b0 : b0 + b, :, start : start + c], out=mixed)
+                    torch.bmm(m[b0 : b0 + b], stack[b0 : b0 + b, :, start : start + c], out=mixed)
                 else:  # the ragged last block: a strided out= would be copied through a temporary
-                    mixed[:b, :, :c] = torch.bmm(mix[b0 : b0 + b], stack[b0 : b0 + b, :, start : start + c])
+                    mixed[:b, :, :c] = torch.bmm(m[b0 : b0 + b], stack[b0 : b0 + b, :, start : start + c])
                 inputs = source[:b, :, :c].swapaxes(0, 1)
             if inputs_np is not None:
                 np.copyto(inputs_np[:, :b, :c], inputs)
@@ -283,12 +285,4 @@ def reduce_sorted(stack: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor
     out = torch.empty(stack.shape[0], stack.shape[2], dtype=stack.dtype)
     for batches, cols, block in ranked_blocks(stack, lo, hi, mix):
         out[batches, cols] = fn(block)
-    return out
-
-
-def sort_columns(stack: torch.Tensor) -> torch.Tensor:
-    """The whole (B, n, d) stack with every column of every batch entry sorted."""
-    out = torch.empty_like(stack)
-    for batches, cols, block in ranked_blocks(stack):
-        out[batches, :, cols] = block.transpose(0, 1)
     return out

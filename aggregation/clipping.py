@@ -12,12 +12,12 @@ from .coordinate import median as coordinate_median
 from .report import BatchReport
 
 
-def _clip_factors(diff_norms: torch.Tensor, tau) -> torch.Tensor:
+def _clip_factors(diff_norms: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
     """min(1, tau / |x_i - v|), with 1 where the difference is zero; tau a number or (B, 1)."""
     return torch.where(diff_norms > tau, tau / diff_norms.clamp_min(1e-30), torch.ones_like(diff_norms))
 
 
-def _start(stack: torch.Tensor, center) -> tuple[torch.Tensor, str]:
+def _start(stack: torch.Tensor, center: object) -> tuple[torch.Tensor, str]:
     batch, n, d = stack.shape
     if isinstance(center, bool):
         raise AggregationError(f"centered_clip: center must be a row index or a name, got {center!r}")
@@ -38,14 +38,14 @@ def _start(stack: torch.Tensor, center) -> tuple[torch.Tensor, str]:
         f"got {center!r}")
 
 
-def _radius(tau, name: str) -> float:
+def _radius(tau: float, name: str) -> float:
     if not tau > 0:
         raise AggregationError(f"{name}: tau must be > 0, got {tau}")
     return float(tau)
 
 
-def centered_clip(stack, weights, *, f: int = 0, tau: float | None = None, iters: int = 1,
-                  center="median"):
+def centered_clip(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0, tau: float | None = None,
+                  iters: int = 1, center: int | str | torch.Tensor = "median") -> tuple[torch.Tensor, BatchReport]:
     """v <- v + sum_i w_i (x_i - v) min(1, tau / |x_i - v|), `iters` times from `center`.
 
     With tau unset, the radius is the median distance of the rows to the starting point,
@@ -70,8 +70,8 @@ def centered_clip(stack, weights, *, f: int = 0, tau: float | None = None, iters
                           details={"tau": tau_used, "iters": iters, "center": start})
 
 
-def self_centered_clip(stack, weights, *, f: int = 0, own: int = 0, tau: float | None = None,
-                       clip: int | None = None):
+def self_centered_clip(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0, own: int = 0,
+                       tau: float | None = None, clip: int | None = None) -> tuple[torch.Tensor, BatchReport]:
     """x_own + sum_j w_j clip(x_j - x_own, tau): each neighbour may pull the node's own model
     at most tau. With tau unset, it is the distance of the (clip + 1)-th farthest row, so the
     `clip` farthest rows are clipped (clip = 2f by default: clipping 2f beat clipping f)."""

@@ -26,20 +26,12 @@ def weighted_mean(stack: torch.Tensor, weights: torch.Tensor | None) -> torch.Te
     return combine(w / w.sum(dim=1, keepdim=True), stack)
 
 
-def mean(stack, weights, *, f: int = 0):
+def mean(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, BatchReport]:
     batch, n = stack.shape[:2]
-    details = {"weighted": weights is not None}
+    details: dict[str, object] = {"weighted": weights is not None}
     if f:
         details["note"] = "mean tolerates no Byzantine row; f is recorded only"
     return weighted_mean(stack, weights), BatchReport("mean", n, f, batch, details=details)
-
-
-def _middle(block: torch.Tensor) -> torch.Tensor:
-    """Median of each sorted column, numpy's definition (mean of the two middles if even)."""
-    n = block.shape[0]
-    if n % 2:
-        return block[n // 2].clone()
-    return (block[n // 2 - 1] + block[n // 2]) * 0.5
 
 
 def _rows(stack: torch.Tensor, mix: torch.Tensor | None) -> int:
@@ -47,13 +39,14 @@ def _rows(stack: torch.Tensor, mix: torch.Tensor | None) -> int:
     return stack.shape[1] if mix is None else mix.shape[1]
 
 
-def median(stack, weights, *, f: int = 0, mix=None):
+def median(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0, mix: torch.Tensor | None = None) -> tuple[torch.Tensor, BatchReport]:
     n = _rows(stack, mix)  # only the middle rank(s) are computed: ranks (n-1)//2 .. n//2
     value = reduce_sorted(stack, lambda b: b.mean(dim=0), (n - 1) // 2, n // 2 + 1, mix=mix)
     return value, BatchReport("median", n, f, stack.shape[0])
 
 
-def trimmed_mean(stack, weights, *, f: int = 0, mix=None):
+def trimmed_mean(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0,
+                 mix: torch.Tensor | None = None) -> tuple[torch.Tensor, BatchReport]:
     batch, n = stack.shape[0], _rows(stack, mix)
     if f == 0:
         value = stack.mean(dim=1) if mix is None else combine(mix.mean(dim=1), stack)
@@ -66,21 +59,31 @@ def closest_to_median(block: torch.Tensor, k: int) -> torch.Tensor:
     """Mean of the k values of each sorted column closest to that column's median:
     (n, ...) sorted along dim 0 -> (...).
 
-    The k nearest values of a sorted column form a contiguous window; of the n - k + 1
-    windows, keep the one with the smallest sum of distances to the median (the first,
-    i.e. the one holding the smaller values, on a tie).
+    The k nearest values of a sorted column y form a contiguous window, and the best one
+    holds the middle rank(s) a = (n-1)//2, b = n//2 (m = (y[a] + y[b]) / 2). Between
+    windows j and j + 1 that both do, y[j] <= m <= y[j + k], so sliding right changes the
+    sum of distances to m by y[j] + y[j + k] - 2m, which grows with j: the first best
+    window is the first of those windows plus the number of slides with
+    y[j] + y[j + k] < y[a] + y[b] (the one holding the smaller values on a tie).
+
+    Comparing sums of two values, each rounded once, decides exact ties exactly (two equal
+    real sums round to the same float): the choice depends on the values alone, never on
+    the order a reduction adds them in, which differs with a batch's shape. Summing the
+    distances of each window instead broke ties such as NNM's (p, p, p, q, q, q) by
+    rounding, a difference of (q - p) / k between a batch and the same stack alone.
     """
     n = block.shape[0]
     if k == n:
         return block.mean(dim=0)
-    m = _middle(block)
+    a, b = (n - 1) // 2, n // 2
+    lo, hi = max(0, b - k), min(a + 1, n - k)  # slides j -> j + 1 between windows holding a and b
+    twice_median = block[a] + block[b]
+    slides = (block[lo:hi] + block[lo + k : hi + k] < twice_median).sum(dim=0, keepdim=True)
     windows = block.unfold(0, k, 1)  # (n - k + 1, ..., k), a view
-    spread = (windows - m.unsqueeze(0).unsqueeze(-1)).abs_().sum(dim=-1)  # (n - k + 1, ...)
-    best = spread.argmin(dim=0, keepdim=True)
-    return windows.sum(dim=-1).gather(0, best).squeeze(0) / k
+    return windows.sum(dim=-1).gather(0, slides + lo).squeeze(0) / k
 
 
-def meamed(stack, weights, *, f: int = 0, mix=None):
+def meamed(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0, mix: torch.Tensor | None = None) -> tuple[torch.Tensor, BatchReport]:
     """MeaMed (Xie et al. 2018): per coordinate, the mean of the n - f values nearest the median."""
     n = _rows(stack, mix)
     value = reduce_sorted(stack, lambda b: closest_to_median(b, n - f), mix=mix)

@@ -43,14 +43,15 @@ def _rows_of(stack: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return stack[torch.arange(stack.shape[0])[:, None], rows]
 
 
-def krum(stack, weights, *, f: int = 0):
+def krum(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, BatchReport]:
     batch, n = stack.shape[:2]
     scores = krum_scores(squared_distances(stack), f)
     best = _order(scores)[:, :1]
     return _rows_of(stack, best)[:, 0], BatchReport("krum", n, f, batch, selected=best, scores=scores)
 
 
-def multi_krum(stack, weights, *, f: int = 0, m: int | None = None):
+def multi_krum(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0,
+               m: int | None = None) -> tuple[torch.Tensor, BatchReport]:
     """Average (weighted, if weights are given) of the m best-scoring rows, m = n - f by default."""
     batch, n = stack.shape[:2]
     m = n - f if m is None else m
@@ -63,7 +64,7 @@ def multi_krum(stack, weights, *, f: int = 0, m: int | None = None):
     return value, BatchReport("multi_krum", n, f, batch, selected=chosen, scores=scores, details={"m": m})
 
 
-def bulyan(stack, weights, *, f: int = 0):
+def bulyan(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, BatchReport]:
     """Select theta = n - 2f rows by repeated Krum, then average, per coordinate, the
     beta = theta - 2f selected values nearest the coordinate's median.
 

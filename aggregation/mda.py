@@ -18,7 +18,7 @@ MAX_SUBSETS = 200_000
 _CELLS_PER_CHUNK = 1 << 22  # (B, subsets, n, n) cells scored at once: bounds the memory
 
 
-def mda(stack, weights, *, f: int = 0):
+def mda(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, BatchReport]:
     batch, n = stack.shape[:2]
     count = math.comb(n, f)
     if count > MAX_SUBSETS:

@@ -1,6 +1,6 @@
 """Pre-aggregation steps that compose with any rule: each returns mixing matrices M,
-(B, m, n) for a batch of stacks (B, n, d), and new weights; the rule then aggregates
-M @ stack. `aggregate` hands M to rules that apply it block by block (the
+(B, m, n) for a batch of stacks (B, n, d), new weights, and what the report records of the
+step; the rule then aggregates M @ stack. `aggregate` hands M to rules that apply it block by block (the
 coordinate-wise ones), so the mixed stack is never built.
 
 - nnm (Allouah et al. 2023): each row becomes the mean of its n - f nearest rows (itself included).
@@ -9,13 +9,15 @@ coordinate-wise ones), so the mixed stack is never built.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ._checks import AggregationError
 from .distances import squared_distances
 
 
-def nnm(stack, weights, *, f: int = 0):
+def nnm(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     batch, n = stack.shape[:2]
     dist = squared_distances(stack)
     # Self distance is 0, so each row is among its own nearest; ties go to lower indices.
@@ -25,7 +27,8 @@ def nnm(stack, weights, *, f: int = 0):
     return mix, weights, {"step": "nnm", "f": f, "neighbours": n - f}
 
 
-def bucketing(stack, weights, *, f: int = 0, bucket_size: int = 2, seed: int = 0):
+def bucketing(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0, bucket_size: int = 2,
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     """The same seeded permutation for every batch entry (as B separate calls would use)."""
     batch, n = stack.shape[:2]
     s = bucket_size

@@ -9,13 +9,16 @@ same value without masks, so the simulator's engines and `gossipfl rules` can ru
 
 from __future__ import annotations
 
+import torch
+
 from .coordinate import weighted_mean
 from .report import BatchReport
 
 DEFAULT_BOUND = 4.0  # model parameters rarely leave [-4, 4]; documented in peer.runtime.secure_mean
 
 
-def secure_mean(stack, weights, *, f: int = 0, bound: float = DEFAULT_BOUND, threshold: str = "majority"):
+def secure_mean(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0, bound: float = DEFAULT_BOUND,
+                threshold: str = "majority") -> tuple[torch.Tensor, BatchReport]:
     batch, n = stack.shape[:2]
     b = float(bound)
     value = weighted_mean(stack.clamp(-b, b), None)

@@ -82,6 +82,12 @@ ATTACKS = [
         {"kind": "libp2p", "attack": "window", "options": {"identities": 1, "megabytes": 256}, "key": _key(r)}]),
     Attack("connection flood (300 fresh identities)", "libp2p", lambda r: [
         {"kind": "libp2p", "attack": "conn_flood", "options": {"connections": 300, "parallel": 32}}]),
+    Attack("connection churn (250/s TCP connections that never send a byte)", "libp2p", lambda r: [
+        {"kind": "libp2p", "attack": "stall_rate", "options": {"rate": 250.0, "connections": 250 * 30}}]),
+    Attack("connection churn (500/s TCP connections that never send a byte)", "libp2p", lambda r: [
+        {"kind": "libp2p", "attack": "stall_rate", "options": {"rate": 500.0, "connections": 500 * 30}}]),
+    Attack("connection churn (1500/s TCP connections that never send a byte)", "libp2p", lambda r: [
+        {"kind": "libp2p", "attack": "stall_rate", "options": {"rate": 1500.0, "connections": 1500 * 30}}]),
     Attack(f"msgpack bombs ({BOMB_MB} MB nested, 50 fresh identities)", "libp2p", lambda r: [
         {"kind": "libp2p", "attack": "junk",
          "options": {"identities": 50, "size": int(BOMB_MB * 2**20), "body": "nested"}}]),

@@ -2,29 +2,35 @@
 
 - raw-f32: the bytes of the tensor; decode is zero-copy (a view on the received buffer).
 - f16:     half precision; half the bytes.
-- int8:    symmetric int8 with one float32 scale per block of INT8_BLOCK values (a scale
-           per block, not per whole model, so one large layer does not flatten the rest);
-           payload = scales then codes; a quarter of the bytes plus 1/1024.
+- int8:    symmetric int8 with one float32 scale per block of INT8_BLOCK values (the block's
+           largest magnitude / 127; a scale per block, not per whole model, so one large layer
+           does not flatten the rest); payload = scales then codes; a quarter of the bytes
+           plus 1/1024.
 - u32:     n little-endian uint32 words, not model values: a masked contribution of secure
            aggregation (privacy.secagg); decode is a zero-copy uint32 view. A peer never
-           encodes its model with it (round.codec offers FLOAT_CODECS only).
+           encodes its model with it (the `round.codec` setting offers FLOAT_CODECS only).
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import CodecError
 from .lazy import lazy
 
-torch = lazy("torch")  # loaded by the first encode/decode
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch")  # loaded by the first encode/decode
 
 FLOAT_CODECS = ("raw-f32", "f16", "int8")  # encodings of a flat float model
 WORD_CODECS = ("u32",)  # opaque words (masked contributions), sealed as they are
 CODECS = FLOAT_CODECS + WORD_CODECS
 INT8_BLOCK = 4096
+Bytes = bytes | bytearray | memoryview
 
 
 def _n_blocks(n: int) -> int:
@@ -46,9 +52,9 @@ def encode(flat: torch.Tensor, codec: str = "raw-f32") -> memoryview:
     x = flat.detach().reshape(-1).to(torch.float32).contiguous()
     arr = x.numpy()
     if codec == "raw-f32":
-        return memoryview(arr.astype("<f4", copy=False)).cast("B")
+        return arr.astype("<f4", copy=False).data.cast("B")
     if codec == "f16":
-        return memoryview(arr.astype("<f2")).cast("B")
+        return arr.astype("<f2").data.cast("B")
     if codec == "int8":
         n = arr.size
         pad = _n_blocks(n) * INT8_BLOCK - n
@@ -62,14 +68,14 @@ def encode(flat: torch.Tensor, codec: str = "raw-f32") -> memoryview:
     raise CodecError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
 
 
-def _view(buf, dtype: str, offset: int, count: int) -> torch.Tensor:
+def _view(buf: Bytes, dtype: str, offset: int, count: int) -> torch.Tensor:
     arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
     with warnings.catch_warnings():  # read-only buffer: callers never write into the view
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(arr)
 
 
-def decode(payload, codec: str, n: int) -> torch.Tensor:
+def decode(payload: Bytes, codec: str, n: int) -> torch.Tensor:
     """Float32 tensor of n values from `payload`; raw-f32 returns a read-only view (no copy),
     u32 a read-only uint32 view (masked words, not values)."""
     expected = encoded_size(codec, n)

@@ -1,18 +1,21 @@
-"""Wire format v1: one signed msgpack map per message, with a fixed, canonical layout.
+"""Wire format v2 (VERSION): one signed msgpack map per message, with a fixed, canonical layout.
 
 The map has exactly these 14 keys in this order, each value in its one canonical msgpack
 encoding (shortest header for ints, str, bin and arrays; float64 for `ts`):
 
-    v uint (= 1) | net str <= 128 B | sender str <= 64 B | round uint | ts float64 (finite)
+    v uint (= 2) | net str <= 128 B | sender str <= 64 B | round uint < 2**64 | ts float64 (finite)
     kind str <= 16 B | schema bin 32 | codec str (one of CODECS) | n uint | deg uint
-    parents array <= MAX_PARENTS of bin 32 | payload_hash bin 32 | sig bin 64
-    payload bin of exactly encoded_size(codec, n) bytes
+    parents array <= MAX_PARENTS of bin 32 | payload_hash bin 32 (SHA-256 of the payload)
+    sig bin 64 | payload bin of exactly encoded_size(codec, n) bytes
 
 The first 12 pairs are the header. The signature is Ed25519 over
 SHA-256(DOMAIN + canonical header), the canonical header being those 12 pairs under a
-12-entry map header: the very bytes of the message after its first byte. The header digest
-is the update's identity (`update_id`); the payload is bound through `payload_hash`, so a
-header stored without its payload (as the provenance log does) can still be checked.
+12-entry map header: the very bytes of the message after its first byte. DOMAIN
+(b"gossipfl/envelope/v1\0") keeps these signatures apart from the other things a key signs
+(membership records, provenance events); its "v1" names that separation, not the wire
+version. The header digest is the update's identity (`update_id`); the payload is bound
+through `payload_hash`, so a header stored without its payload (as the provenance log does)
+can still be checked.
 
 `parse` walks the bytes once and stops at the first byte that deviates from the layout, so
 hostile input costs O(header) whatever its size; any other encoding of the same content is
@@ -24,14 +27,18 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgpack
 
-from .codecs import CODECS, decode, encode, encoded_size
+from .codecs import CODECS, Bytes, decode, encode, encoded_size
 from .identity import MAX_PEER_ID_LEN, Identity
 from .msgpack_canonical import Cursor, Malformed, NonCanonical, is_int_type
+
+if TYPE_CHECKING:
+    import torch  # for annotations only: parsing an envelope never loads torch
 
 VERSION = 2  # 2: fixed key order and canonical encodings (v1 peers sorted keys and allowed any encoding)
 DOMAIN = b"gossipfl/envelope/v1\x00"
@@ -52,9 +59,7 @@ class BadVersion(Malformed):
     """A well-formed start of a message of another format version."""
 
 
-
-
-def canonical(obj) -> bytes:
+def canonical(obj: object) -> bytes:
     """msgpack as the format writes it: shortest headers, bin for bytes, float64, maps in the
     order given (the format fixes the order; callers pass fields in it)."""
     return msgpack.packb(obj, use_bin_type=True, strict_types=False)
@@ -82,7 +87,7 @@ def bin_header(n: int) -> bytes:
             b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xc6" + n.to_bytes(4, "big"))
 
 
-def payload_digest(payload) -> bytes:
+def payload_digest(payload: Bytes) -> bytes:
     return hashlib.sha256(payload).digest()
 
 
@@ -153,29 +158,30 @@ def _check_header(h: dict, payload_len: int) -> None:
                          f"{encoded_size(h['codec'], h['n'])}")
 
 
-def seal(identity: Identity, *, net: str, round: int, schema: bytes, payload: bytes, codec: str,
-         n: int, parents: list[bytes] = (), deg: int = 0, kind: str = "update",
+def seal(identity: Identity, *, net: str, round: int, schema: bytes, payload: Bytes, codec: str,
+         n: int, parents: Sequence[bytes] = (), deg: int = 0, kind: str = "update",
          ts: float | None = None) -> Sealed:
     """Sign and encode one message in its canonical form."""
-    payload = memoryview(payload).cast("B")
+    body = memoryview(payload).cast("B")
     header = {
         "v": VERSION, "net": str(net), "sender": identity.peer_id, "round": int(round),
         "ts": float(time.time() if ts is None else ts), "kind": str(kind), "schema": bytes(schema),
         "codec": str(codec), "n": int(n), "deg": int(deg), "parents": [bytes(p) for p in parents],
-        "payload_hash": payload_digest(payload),
+        "payload_hash": payload_digest(body),
     }
-    _check_header(header, len(payload))
+    _check_header(header, len(body))
     header_map = header_bytes(header)
     digest = _digest_of(header_map)
-    return Sealed(_frame(header_map, identity.sign(digest), payload), digest.hex())
+    return Sealed(_frame(header_map, identity.sign(digest), body), digest.hex())
 
 
-def seal_update(identity: Identity, flat, *, codec: str = "raw-f32", **fields) -> Sealed:
+def seal_update(identity: Identity, flat: torch.Tensor, *, codec: str = "raw-f32", **fields: Any) -> Sealed:
     """Encode a flat parameter tensor with `codec` and seal it."""
     return seal(identity, payload=encode(flat, codec), codec=codec, n=int(flat.numel()), **fields)
 
 
-def decode_payload(env: Envelope):
+def decode_payload(env: Envelope) -> torch.Tensor:
+    """The payload's n values (float32; raw uint32 words for the u32 codec)."""
     return decode(env.payload, env.header["codec"], env.header["n"])
 
 
@@ -201,7 +207,7 @@ def _version(cur: Cursor) -> None:
         raise BadVersion(f"version {v} (this peer speaks {VERSION})")
 
 
-def parse(data) -> Envelope:
+def parse(data: Bytes) -> Envelope:
     """Check `data` against the layout byte by byte; the payload stays a view on `data`.
 
     Raises BadVersion, NonCanonical or Malformed at the first deviation (its `offset`: the

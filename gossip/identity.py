@@ -55,19 +55,26 @@ def peer_id_from_public_bytes(raw: bytes) -> str:
     return b58encode(_IDENTITY_MULTIHASH_PREFIX + _PB_ED25519_PREFIX + raw)
 
 
-@lru_cache(maxsize=4096)
-def public_key_of(peer_id: str) -> Ed25519PublicKey:
-    """The Ed25519 public key inside a PeerId; PeerIdError if it is not one."""
+def public_key_of(peer_id: object) -> Ed25519PublicKey:
+    """The Ed25519 public key inside a PeerId. Anything else, whatever its type, raises
+    PeerIdError and nothing but PeerIdError (callers parse hostile bytes with it)."""
     if not isinstance(peer_id, str) or not 0 < len(peer_id) <= MAX_PEER_ID_LEN:
         raise PeerIdError(f"not a PeerId: {peer_id!r:.80}")
+    return _public_key(peer_id)  # typed first: the cache would hash an unhashable value
+
+
+@lru_cache(maxsize=4096)
+def _public_key(peer_id: str) -> Ed25519PublicKey:
     raw = b58decode(peer_id)
     prefix = _IDENTITY_MULTIHASH_PREFIX + _PB_ED25519_PREFIX
+    # exactly 32 key bytes: cryptography raises ValueError on any other length
     if len(raw) != len(prefix) + 32 or not raw.startswith(prefix):
         raise PeerIdError(f"not an Ed25519 PeerId (expected 12D3KooW...): {peer_id!r:.80}")
     return Ed25519PublicKey.from_public_bytes(raw[len(prefix):])
 
 
 def check_peer_id(peer_id: str) -> str:
+    """`peer_id` if it is a PeerId, else PeerIdError (a value of another type too)."""
     public_key_of(peer_id)
     return peer_id
 
@@ -140,13 +147,14 @@ MAX_KEY_FILE = 16384  # a PEM Ed25519 key is ~120 bytes
 
 
 def load_key(path: str | os.PathLike) -> Identity:
-    """Read a key written by `save_key`; refuse files that group or others can read, and
-    anything that is not a small regular file (never read past MAX_KEY_FILE bytes)."""
+    """Read a key written by `save_key`; refuse files that group or others may read, write
+    or run (one-line KeyFileError naming `chmod 600 FILE`), and anything that is not a small
+    regular file (never read past MAX_KEY_FILE bytes)."""
     path = Path(path)
 
     def private(mode: int) -> str | None:
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            return (f"key file {path} is readable by others (mode {stat.S_IMODE(mode):04o}); "
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):  # read, write or run by group or others
+            return (f"key file {path} is open to group or others (mode {stat.S_IMODE(mode):04o}); "
                     f"run `chmod 600 {path}`")
         return None
 

@@ -33,6 +33,8 @@ class LoopThread:
 
     def call(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future:
         """Run `coro` on the thread's loop; await the result from the caller's loop."""
+        if self.loop is None:
+            raise RuntimeError(f"{self.name}: call start() before calling into the loop thread")
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
     def stop(self, timeout: float = 10.0) -> None:

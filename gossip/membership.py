@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgpack
@@ -53,18 +54,19 @@ class Record:
                 "neighbours": list(self.neighbours), "record": self.record_id}
 
 
-def is_record(data) -> bool:
+def is_record(data: bytes | bytearray | memoryview) -> bool:
     return bytes(data[: len(MAGIC)]) == MAGIC
 
 
-def _body(network: str, epoch: int, action: str, peer: str, addr: str, neighbours, ts: float) -> bytes:
+def _body(network: str, epoch: int, action: str, peer: str, addr: str, neighbours: Iterable[str],
+          ts: float) -> bytes:
     doc = {"action": action, "addr": addr, "epoch": epoch, "neighbours": list(neighbours), "net": network,
            "peer": peer, "ts": float(ts)}
     return msgpack.packb(doc, use_bin_type=True)
 
 
 def seal_record(admin: Identity, *, network: str, epoch: int, action: str, peer: str, addr: str = "",
-                neighbours=(), ts: float | None = None) -> bytes:
+                neighbours: Iterable[str] = (), ts: float | None = None) -> bytes:
     """Sign a record with the admin key; checked as strictly as open_record checks it."""
     body = _body(network, int(epoch), action, peer, addr or "", tuple(neighbours), time.time() if ts is None else ts)
     sig = admin.sign(hashlib.sha256(DOMAIN + body).digest())
@@ -73,7 +75,7 @@ def seal_record(admin: Identity, *, network: str, epoch: int, action: str, peer:
     return data
 
 
-def open_record(data, *, admin: str, network: str) -> Record:
+def open_record(data: bytes | bytearray | memoryview, *, admin: str, network: str) -> Record:
     """The record in `data` if it is well formed, canonical, for `network` and signed by `admin`."""
     record, body, sig = _decode(data)
     if record.network != network:
@@ -83,7 +85,7 @@ def open_record(data, *, admin: str, network: str) -> Record:
     return record
 
 
-def _decode(data) -> tuple[Record, bytes, bytes]:
+def _decode(data: bytes | bytearray | memoryview) -> tuple[Record, bytes, bytes]:
     data = bytes(data)
     if len(data) > MAX_RECORD:
         raise MembershipError(f"record of {len(data)} bytes > {MAX_RECORD}")

@@ -100,10 +100,8 @@ class MqttTransport(QueuedTransport):
         super().__init__(inbox)
         self.max_size = max_size
         self.client: aiomqtt.Client | None = None
-        self._connected: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.io: LoopThread | None = None
-        self.main_loop: asyncio.AbstractEventLoop | None = None
         self.closed = True
         self._ever_connected = False
         self._last_error = ""
@@ -143,39 +141,39 @@ class MqttTransport(QueuedTransport):
 
     async def start(self) -> None:
         self.queue = asyncio.Queue(maxsize=self.queue.maxsize)
-        self.main_loop = asyncio.get_running_loop()
         self.closed = False
-        self.io = LoopThread(f"mqtt-{self.peer_id[-6:]}")
-        self.io.start()
-        error = await self.io.call(self._start_on_io())
+        self.io = io = LoopThread(f"mqtt-{self.peer_id[-6:]}")
+        io.start()
+        error = await io.call(self._start_on_io(asyncio.get_running_loop()))
         if error is not None:
             self.closed = True
-            self.io.stop()
+            io.stop()
             raise TransportError(f"cannot reach the MQTT broker at {self.host}:{self.port}{error}")
 
-    async def _start_on_io(self) -> str | None:
-        """On the MQTT thread: start the client task, wait for the first connection."""
-        self._connected = asyncio.Event()
+    async def _start_on_io(self, main_loop: asyncio.AbstractEventLoop) -> str | None:
+        """On the MQTT thread: start the client task, wait for the first connection.
+        `main_loop` is the peer's loop, where received messages are delivered."""
+        connected = asyncio.Event()
         self._last_error = ""
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        waiter = asyncio.ensure_future(self._connected.wait())
-        done, _ = await asyncio.wait({waiter, self._task}, timeout=CONNECT_TIMEOUT,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        self._task = task = asyncio.get_running_loop().create_task(self._run(connected, main_loop))
+        waiter = asyncio.ensure_future(connected.wait())
+        done, _ = await asyncio.wait({waiter, task}, timeout=CONNECT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         if waiter in done:
-            self._task.add_done_callback(self._task_ended)
+            task.add_done_callback(self._task_ended)
             return None
         waiter.cancel()
-        exc = self._task.exception() if self._task.done() else None
-        self._task.cancel()
+        exc = task.exception() if task.done() else None
+        task.cancel()
         if exc:
             return f": {exc}"
         return f": {self._last_error}" if self._last_error else " (timed out)"
 
     def _task_ended(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None and not self.closed:
-            self._failed(task.exception())  # the client loop died: the peer must know
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None and not self.closed:
+            self._failed(exc)  # the client loop died: the peer must know
 
-    async def _run(self) -> None:
+    async def _run(self, connected: asyncio.Event, main_loop: asyncio.AbstractEventLoop) -> None:
         delay = 0.5
         while not self.closed:
             try:
@@ -185,7 +183,7 @@ class MqttTransport(QueuedTransport):
                     if _refused(granted):
                         raise _Refused(f"the broker refused the subscription to {self.inbox()} "
                                        f"for the login {self._login()} (check its ACL)")
-                    self._connected.set()
+                    connected.set()
                     self._ever_connected = True
                     delay = 0.5
                     log.info("connected to MQTT broker %s:%d", self.host, self.port)
@@ -195,11 +193,11 @@ class MqttTransport(QueuedTransport):
                         payload = message.payload
                         if not isinstance(payload, (bytes, bytearray)) or not self._fits(payload):
                             continue
-                        self.main_loop.call_soon_threadsafe(
+                        main_loop.call_soon_threadsafe(
                             self._deliver, str(message.topic).rsplit("/", 1)[-1], bytes(payload))
             except aiomqtt.MqttError as exc:
                 self.client = None
-                self._connected.clear()
+                connected.clear()
                 if self.closed:
                     return
                 if isinstance(exc, aiomqtt.MqttCodeError) and _code(exc.rc) in LOGIN_REFUSED:
@@ -218,7 +216,7 @@ class MqttTransport(QueuedTransport):
         return len(payload) <= self.max_size or (len(payload) <= MAX_RECORD and is_record(payload))
 
     async def send(self, peer_id: str, data: bytes) -> bool:
-        if self.closed or self.client is None:
+        if self.closed or self.client is None or self.io is None:
             return False
         try:  # bounded here too: the round must not hang on the MQTT thread whatever happens there
             return await asyncio.wait_for(self.io.call(self._publish(peer_id, data)), PUBLISH_TIMEOUT + IO_SLACK)
@@ -245,7 +243,7 @@ class MqttTransport(QueuedTransport):
         A clean close repeats its last values with `"online": false`; the will, fixed when the
         client connects, carries the values known then (always the name and PeerId)."""
         self._last_status = {k: v for k, v in info.items() if k not in ("online", "reason", "ts")}
-        if self.publish_status and self.client is not None and not self.closed:
+        if self.publish_status and self.client is not None and self.io is not None and not self.closed:
             try:  # a status is best effort: it never holds the round for longer than this
                 await asyncio.wait_for(self.io.call(self._status({**self._identity_status(), **info, "online": True})),
                                        STATUS_TIMEOUT + IO_SLACK)
@@ -266,9 +264,11 @@ class MqttTransport(QueuedTransport):
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.io.call(self._stop_on_io(reason)), 10)
-        await asyncio.to_thread(self.io.stop)
+        if self.io is not None:
+            io = self.io
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(io.call(self._stop_on_io(reason)), 10)
+            await asyncio.to_thread(io.stop)
         self._end()
 
     async def _stop_on_io(self, reason: str) -> None:

@@ -11,6 +11,7 @@ nothing walks nested containers.
 
 from __future__ import annotations
 
+import builtins  # the Cursor's methods `int` and `str` (named after what they read) shadow the types
 import math
 import struct
 
@@ -18,9 +19,13 @@ import struct
 class Malformed(ValueError):
     """Not the expected value: wrong type, out of bounds, truncated, trailing bytes."""
 
+    offset: int | None = None  # bytes read when parsing stopped (set by the parser that raises)
+
 
 class NonCanonical(ValueError):
     """An acceptable value in a byte string other than its one canonical encoding."""
+
+    offset: int | None = None
 
 
 _FIXSTR, _STR8, _STR16, _STR32 = 0xA0, 0xD9, 0xDA, 0xDB
@@ -108,7 +113,7 @@ class Cursor:
             return v
         raise Malformed(f"{what} must be an integer (type byte 0x{b:02x})")
 
-    def uint(self, what: str) -> int:
+    def uint(self, what: str) -> builtins.int:
         v = self.int(what)
         if v < 0:
             raise Malformed(f"{what} must be >= 0, got {v}")
@@ -125,7 +130,7 @@ class Cursor:
             raise Malformed(f"{what} must be finite")
         return v
 
-    def _str_length(self, b: int, what: str) -> int:
+    def _str_length(self, b: builtins.int, what: str) -> builtins.int:
         if b <= 0xBF:
             return b & 0x1F
         width = 1 << (b - _STR8)
@@ -134,7 +139,7 @@ class Cursor:
             raise NonCanonical(f"{what}: a {n}-byte string with a {width}-byte length")
         return n
 
-    def str(self, what: str, max_len: int) -> str:
+    def str(self, what: str, max_len: builtins.int) -> str:
         """A UTF-8 string of at most `max_len` bytes."""
         b = self._byte()
         if is_bin_type(b):
@@ -149,7 +154,7 @@ class Cursor:
         except UnicodeDecodeError:
             raise Malformed(f"{what} is not UTF-8") from None
 
-    def bin(self, what: str, size: int) -> memoryview:
+    def bin(self, what: builtins.str, size: builtins.int) -> memoryview:
         """Exactly `size` bytes written as bin (a view, not a copy)."""
         b = self._byte()
         if is_str_type(b):
@@ -164,7 +169,7 @@ class Cursor:
             raise Malformed(f"{what} has {n} bytes, {size} expected")
         return self._take(n, what)
 
-    def array_header(self, what: str, max_len: int) -> int:
+    def array_header(self, what: builtins.str, max_len: builtins.int) -> builtins.int:
         b = self._byte()
         if 0x90 <= b <= 0x9F:
             n = b & 0x0F
@@ -179,7 +184,7 @@ class Cursor:
             raise Malformed(f"{what} has {n} items, at most {max_len} allowed")
         return n
 
-    def map_header(self, what: str) -> tuple[int, bool]:
+    def map_header(self, what: builtins.str) -> tuple[builtins.int, bool]:
         """(number of pairs, whether the header is the shortest one for that number)."""
         b = self._byte()
         if 0x80 <= b <= 0x8F:
@@ -190,7 +195,7 @@ class Cursor:
             return n, n >= _CONTAINER_MIN[width]
         raise Malformed(f"{what} must be a map (type byte 0x{b:02x})")
 
-    def short_str(self, max_len: int = 16) -> str | None:
+    def short_str(self, max_len: builtins.int = 16) -> builtins.str | None:
         """A string of at most `max_len` bytes in any str encoding, or None (for messages
         about an unexpected key; never raises but on truncation)."""
         b = self.peek()

@@ -6,7 +6,7 @@
     await t.close()
 
 MemoryHub/MemoryTransport connect peers in one event loop (tests, the simulator), with
-optional faults per link: loss and latency.
+optional faults per link: loss, latency and partitions (LinkFaults).
 """
 
 from __future__ import annotations

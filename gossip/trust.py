@@ -43,10 +43,11 @@ class TrustList:
         return "\n".join(lines)
 
 
-def build_trust_list(network: str, entries: list, admin: str | None = None) -> TrustList:
-    """Entries are PeerId strings or {id, name} tables; errors name the bad entry. (Lists
-    written for single-masking secure aggregation also carry `x25519` and `binding`: unused
-    now that every round's keys are fresh and signed by the identity, and ignored.)"""
+def build_trust_list(network: object, entries: list, admin: object = None) -> TrustList:
+    """Entries are PeerId strings or {id, name} tables; errors name the bad entry. `network` and
+    `admin` are checked too (they may come straight from a parsed file). (Lists written for
+    single-masking secure aggregation also carry `x25519` and `binding`: unused now that every
+    round's keys are fresh and signed by the identity, and ignored.)"""
     if not isinstance(network, str) or not network:
         raise TrustListError("trust list: `network` must be a non-empty string")
     if admin is not None:
@@ -78,8 +79,8 @@ def build_trust_list(network: str, entries: list, admin: str | None = None) -> T
 
 
 def load_trust_list(path: str | os.PathLike) -> TrustList:
-    """Read a TOML (`network = ...`, optional `admin = ...`, `[[peer]] id = ...`) or JSON
-    ({"network", "peers", optional "admin"}) trust list."""
+    """Read a TOML (`network = ...`, optional `admin = ...`, `[[peer]] id = ...` tables or a
+    `peers = [...]` list) or JSON ({"network", "peers", optional "admin"}) trust list."""
     path = Path(path)
     try:
         text = read_limited_text(path, MAX_TRUST_FILE, "trust list")

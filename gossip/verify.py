@@ -2,10 +2,11 @@
 rejection. Pure (no sockets, no clock but the round numbers it is given), cheapest checks
 first, in two stages so a driver can rate-limit on the *authenticated* sender between them:
 
-- `screen`: size, canonical structure, version, network, trust, neighbourhood, round window,
-  replay (against a caller-owned set) and the signature over the header: O(header) work
-  whatever the message's size; the payload is not touched.
-- `finish`: kind, schema, payload hash, decode, finite values: O(payload).
+- `screen`: size, canonical structure, version, network, trust (revoked senders by name),
+  neighbourhood, round window, replay (against a caller-owned set) and the signature over
+  the header: O(header) work whatever the message's size; the payload is not touched.
+- `finish`: kind, schema hash and value count, codec, payload hash, decode, finite values:
+  O(payload).
 
 Kinds: a peer whose rule is secure_mean (`masked_words` set) takes only kind "masked"
 (codec u32, exactly `masked_words` words: a masked contribution, returned as raw uint32
@@ -97,7 +98,8 @@ class Verifier:
     revoked: Collection[str] = ()  # revoked senders get their own reason (read at each call)
     masked_words: int | None = None  # secure_mean: the words of a masked contribution to this peer
 
-    def screen(self, data, current_round: int, seen: Container[tuple[str, int]] = ()) -> Envelope | Rejected:
+    def screen(self, data: object, current_round: int,
+               seen: Container[tuple[str, int]] = ()) -> Envelope | Rejected:
         """Every check that needs only the header, the signature last; `seen` (read only) holds
         the (sender, round) pairs already accepted."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -169,13 +171,15 @@ class Verifier:
             return reject(Reason.NON_FINITE, "payload holds NaN or Inf")
         return Accepted(env, params)
 
-    def verify(self, data, current_round: int, seen: Container[tuple[str, int]] = ()) -> Accepted | Rejected:
+    def verify(self, data: object, current_round: int,
+               seen: Container[tuple[str, int]] = ()) -> Accepted | Rejected:
         """`screen` then `finish` (the caller records what it accepts in its replay window)."""
         screened = self.screen(data, current_round, seen)
         return screened if isinstance(screened, Rejected) else self.finish(screened)
 
     @staticmethod
     def authentic(env: Envelope) -> bool:
+        """Whether the envelope's signature verifies with the key inside its sender's PeerId."""
         try:
             public_key_of(env.sender)
         except PeerIdError:

@@ -7,7 +7,12 @@ of streams. `guard(conn, ...)` bounds one connection in place, before its reader
 - a DATA frame longer than `per_stream` bytes is refused before its body is read;
 - data beyond a stream's receive window (what the peer was allowed to send) is dropped;
 - a stream may hold at most `per_stream` unread bytes, the connection at most `per_conn`;
-- at most `max_streams` streams at once.
+- at most `max_streams` streams at once;
+- with `max_window`, no stream's receive window grows past it. py-libp2p 0.8 grows a stream's
+  window as it is read, up to 16 MB (go-yamux's auto-tuning): on a connection that carries
+  relayed circuits (whole connections, not one bounded message per stream) the bytes a stream
+  may hold unread would then be 16 MB, not a window. Update streams need no cap: `per_stream`
+  bounds them.
 
 Any violation calls `on_violation(conn, why)` once (the transport closes the connection) and
 nothing more from that connection is buffered. It works by replacing the connection's
@@ -30,10 +35,11 @@ class _Buffers(dict):
     """yamux's stream id -> receive buffer map for one connection, with the bounds applied."""
 
     def __init__(self, conn, per_stream: int, per_conn: int, max_streams: int,
-                 on_violation: Callable[[object, str], None]):
+                 on_violation: Callable[[object, str], None], max_window: int | None = None):
         super().__init__()
         self.conn = conn
         self.per_stream, self.per_conn, self.max_streams = per_stream, per_conn, max_streams
+        self.max_window = max_window
         self.on_violation = on_violation
         self.violated = False
 
@@ -45,6 +51,9 @@ class _Buffers(dict):
     def __setitem__(self, stream_id, value) -> None:
         if stream_id not in self and len(self) >= self.max_streams:
             self.violate(f"more than {self.max_streams} streams at once")
+        stream = self.conn.streams.get(stream_id)
+        if self.max_window is not None and stream is not None:  # yamux adds the stream first
+            _cap_window(stream, self.max_window)
         super().__setitem__(stream_id, _Buffer(self, stream_id, value))
 
     def buffered(self) -> int:
@@ -75,14 +84,20 @@ class _Buffer(bytearray):
             super().extend(data)
 
 
+def _cap_window(stream, max_window: int) -> None:
+    """The stream's receive window stays at most `max_window` (its auto-tuning is turned off)."""
+    stream.target_recv_window = min(stream.target_recv_window, max_window)
+    stream._apply_autotune_epoch = lambda buffered: 0
+
+
 def guard(conn, *, per_stream: int, per_conn: int, max_streams: int,
-          on_violation: Callable[[object, str], None]) -> bool:
+          on_violation: Callable[[object, str], None], max_window: int | None = None) -> bool:
     """Bound `conn` (a py-libp2p Yamux not yet started). Returns False for other muxers."""
     from libp2p.stream_muxer.yamux.yamux import Yamux
 
     if not isinstance(conn, Yamux) or conn.event_started.is_set():
         return False
-    buffers = _Buffers(conn, per_stream, per_conn, max_streams, on_violation)
+    buffers = _Buffers(conn, per_stream, per_conn, max_streams, on_violation, max_window)
     for sid, buf in conn.stream_buffers.items():
         buffers[sid] = buf
     conn.stream_buffers = buffers
@@ -95,5 +110,6 @@ def guard(conn, *, per_stream: int, per_conn: int, max_streams: int,
             raise YamuxViolation(f"closing the connection of {conn.peer_id}")
         return await read_body(length)
 
-    conn._read_data_body = read_data_body
+    # on this instance only, over the class's method: the point of the guard
+    conn._read_data_body = read_data_body  # type: ignore[method-assign]
     return True

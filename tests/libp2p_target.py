@@ -3,14 +3,16 @@
     python -m tests.libp2p_target --seed HEX --allow PEERID ... --max-size N
 
 prints `ADDR <multiaddr>` once listening, then `GOT <sender> <bytes> <sha256-prefix>` per
-delivered message, and stops on SIGTERM/SIGINT or when stdin closes (so it never outlives
-the test that started it)."""
+delivered message, and `COUNTERS <json>` (the transport's counters) when it stops: on
+SIGTERM/SIGINT or when stdin closes (so it never outlives the test that started it)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
+import json
 import sys
 
 from gossip.identity import Identity
@@ -35,6 +37,7 @@ async def serve(seed: bytes, allow: list[str], max_size: int, port: int) -> None
     finally:
         reporter.cancel()
         await t.close()
+        print("COUNTERS", json.dumps(dataclasses.asdict(t.counters)), flush=True)
 
 
 def main() -> None:

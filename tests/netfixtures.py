@@ -32,6 +32,26 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def free_run(n: int, avoid=()) -> int:
+    """A port p with p .. p + n - 1 free on 127.0.0.1 now (a plan's nodes take consecutive ports;
+    other tests on this machine take free ports too)."""
+    for _ in range(200):
+        (base,) = free_ports(1)
+        ports = range(base, base + n)
+        if base + n < 65536 and not set(ports) & set(avoid) and all(_bindable(p) for p in ports):
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_port(port: int, timeout: float = 10.0) -> None:
     end = time.time() + timeout
     while time.time() < end:

@@ -84,6 +84,31 @@ def test_meamed(x, data):
     close(aggregate("meamed", t(x), f=f).value, R.meamed(x, f))
 
 
+@pytest.mark.parametrize("low, high", [(3, 3), (3, 2), (2, 2), (1, 3), (4, 1)])
+def test_meamed_takes_the_smaller_values_on_an_exact_tie_whatever_the_batch(low, high):
+    # NNM makes such columns: rows with the same nearest neighbours become equal. Every value is
+    # as far from the median as some value on the other side; which window a rounded sum of
+    # distances calls smaller depends on the order a reduction adds in (the batch's shape).
+    rng = np.random.default_rng(low * 10 + high)
+    p, q = np.sort(rng.normal(size=(2, 8, 300)).astype(np.float32) * 10, axis=0)
+    rows = [p] * low + [q] * high
+    order = rng.permutation(len(rows))
+    stack = torch.from_numpy(np.stack([rows[i] for i in order], axis=1))  # (8, n, 300)
+    n = low + high
+    f = (n - 1) // 2
+    k = n - f
+    out = aggregate("meamed", stack, f=f).value
+    if n % 2 == 0 and low == high:  # median (p + q) / 2: both windows tie, the first one is taken
+        kept_low = min(low, k)
+    else:  # the k values nearest the median: the median's side first, then the other's
+        kept_low = min(low, k) if low > high else k - min(high, k)
+    want = (kept_low * p.astype(np.float64) + (k - kept_low) * q) / k
+    close(out, want, tol=1e-5)
+    for i in range(len(stack)):
+        assert torch.equal(aggregate("meamed", stack[i], f=f).value, aggregate("meamed", stack[i : i + 1], f=f).value[0])
+        close(aggregate("meamed", stack[i], f=f).value, want[i], tol=1e-5)
+
+
 @SETTINGS
 @given(stacks(min_n=3), st.data())
 def test_krum_picks_a_minimal_score_row(x, data):
@@ -136,6 +161,20 @@ def test_geomed_reaches_the_reference_objective(x):
     got = R.geomed_objective(x, out.value.double().numpy())
     best = R.geomed_objective(x, ref)
     assert got <= best * (1 + 1e-3) + 1e-3
+
+
+@pytest.mark.parametrize("rows, median", [
+    ([2, 6, 8, 12, 8, 15, -9], 8.0),  # the mean, 6, is a row but not the median: it used to stay there
+    ([0, 0, 1, 2, 9], 1.0),
+    ([1, 1, 1, 5], 1.0),  # the mean, 2, is no row; the median is one, held by three rows
+    ([3, 3, 3], 3.0),  # every row on the start
+])
+def test_geomed_leaves_a_row_that_is_not_the_median(rows, median):
+    x = t([[v] for v in rows])
+    out = aggregate("geomed", x, tol=1e-10, max_iter=500, nu=1e-9)
+    assert abs(out.value.item() - median) < 1e-4
+    plane = torch.cat([x, torch.zeros_like(x)], dim=1)  # the same rows in two dimensions
+    assert abs(aggregate("geomed", plane, tol=1e-10, max_iter=500, nu=1e-9).value[0].item() - median) < 1e-4
 
 
 @SETTINGS
@@ -222,7 +261,10 @@ def test_column_sort_across_several_blocks(n, batch, d, monkeypatch):
     monkeypatch.setattr(columns, "BLOCK_ELEMENTS", 64 * (n + 1))
     monkeypatch.setattr(columns, "MIN_COLUMNS", 60)
     x = torch.randn(batch, n, d)
-    assert torch.equal(columns.sort_columns(x), x.sort(dim=1).values)
+    ranked = torch.empty_like(x)
+    for batches, cols, block in columns.ranked_blocks(x):  # every rank: the whole sort
+        ranked[batches, :, cols] = block.transpose(0, 1)
+    assert torch.equal(ranked, x.sort(dim=1).values)
 
 
 @settings(max_examples=60, deadline=None)

@@ -60,7 +60,8 @@ def test_admit_a_seventh_gateway_and_revoke_one_while_six_run(tmp_path, peer_pro
     wait_until(peer_processes, ["g7"], rounds_done(3))
 
     r = CliRunner().invoke(main, ["fleet", "revoke", str(tmp_path / "plan"), "5"])
-    assert r.exit_code == 0 and "epoch 2: revoke" in r.output and "delivered to 6 of 6" in r.output, r.output
+    assert r.exit_code == 0 and "epoch 2: revoke" in r.output and "delivered to 7 of 7" in r.output, r.output
+    assert peer_processes.procs["5"].wait(60) == 3  # the revoked gateway got it too and stopped for good
     stale = deliver(Plan(tmp_path / "plan"), joined.record.read_bytes(), [Plan(tmp_path / "plan").node("0")])
     assert stale == {"0": True}  # delivered, and refused by the peer as an older epoch
     done = {n: peer_processes.log(n).count(" neighbours accepted") for n in ("0", "3", "g7")}

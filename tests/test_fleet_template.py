@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import pytest
 
 from peer.audit.verify import load_events, verify_log
 
-from .netfixtures import ROOT, free_ports
+from .netfixtures import ROOT, free_run
 
 README_PORTS = (4101, 9401)  # the listening and metrics bases the README names
 
@@ -62,26 +61,6 @@ def test_the_readme_fleet_walkthrough_runs_a_user_learner_over_libp2p(tmp_path):
                                 str(fleet / f"node-{i}" / "peer.toml")], capture_output=True, text=True, env=env,
                                timeout=120).stdout.split()
         assert shown[1] in listening
-
-
-def free_run(n: int, avoid=()) -> int:
-    """A port p with p .. p + n - 1 free on 127.0.0.1 now (a plan's nodes take consecutive ports;
-    other tests on this machine take free ports too)."""
-    for _ in range(200):
-        (base,) = free_ports(1)
-        ports = range(base, base + n)
-        if base + n < 65536 and not set(ports) & set(avoid) and all(_bindable(p) for p in ports):
-            return base
-    raise RuntimeError(f"no {n} consecutive free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _peer_id(node) -> str:

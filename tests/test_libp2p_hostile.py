@@ -33,6 +33,7 @@ class Victim:
              str(MAX_SIZE), "--port", str(port), "--allow", *allow],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV, text=True)
         self.got: list[tuple[str, int]] = []
+        self.counters: dict | None = None  # the transport's counters, printed when it stops
         self.addr: str | None = None
         ready = threading.Event()
 
@@ -44,6 +45,8 @@ class Victim:
                     ready.set()
                 elif parts[:1] == ["GOT"]:
                     self.got.append((parts[1], int(parts[2])))
+                elif parts[:1] == ["COUNTERS"]:
+                    self.counters = json.loads(line.split(" ", 1)[1])
             ready.set()
 
         threading.Thread(target=read, daemon=True).start()
@@ -228,6 +231,67 @@ def test_a_restarted_neighbour_reconnects_under_a_connection_flood(trusted, vict
     # after the flood the host still accepts new connections
     assert Neighbour(a, victim).send(b"after the flood")
     assert [m for m in victim.got] == [(b.peer_id, 6), (b.peer_id, 13), (a.peer_id, 15)]
+
+
+class SteadyNeighbour:
+    """An honest neighbour with one long-lived transport, sending a small update every `every` s
+    from its own thread and loop until stopped; counts sends that succeeded and failed."""
+
+    def __init__(self, identity: Identity, victim: Victim, every: float = 0.05):
+        self.identity, self.victim, self.every = identity, victim, every
+        self.ok = self.failed = 0
+        self.started, self.stopping = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self.thread.start()
+        assert self.started.wait(60), "the neighbour did not start"
+
+    async def _run(self) -> None:
+        t = Libp2pTransport(self.identity, ["/ip4/127.0.0.1/tcp/0"], {self.victim.identity.peer_id: self.victim.addr})
+        await t.start()
+        try:
+            while not await t.send(self.victim.identity.peer_id, b"first"):
+                await asyncio.sleep(0.2)
+            self.started.set()
+            while not self.stopping.is_set():
+                if await t.send(self.victim.identity.peer_id, b"steady"):
+                    self.ok += 1
+                else:
+                    self.failed += 1
+                await asyncio.sleep(self.every)
+        finally:
+            self.started.set()
+            await t.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(60)
+
+
+@pytest.mark.timeout(180)
+def test_connection_churn_never_reaches_the_protocol_and_established_neighbours_keep_sending(trusted, victim_of):
+    """Issue 21: TCP connections that never send a byte, 500 a second, stalled a peer's established
+    neighbours during the flood and for seconds after it. Each one cost a trio task and the start
+    of a handshake on the thread that carries every connection, and the listen queue overflowed,
+    so the kernel kept completing half-open ones long after the flood. Now they are accepted and
+    closed beside trio (gossip/p2p/acceptor.py) and never start a handshake."""
+    a, b, key = trusted
+    victim = victim_of([a, b])
+    neighbour = SteadyNeighbour(b, victim)
+    try:
+        churn = result(attack("stall_rate", victim.addr, 6, "--rate", "1000", "--connections", "6000",
+                              "--linger", "30"))
+        during = neighbour.ok
+        assert Neighbour(a, victim).send(b"a new connection after the churn")
+    finally:
+        neighbour.stop()
+    victim.stop()
+    assert churn["opened"] >= 3000 and churn["still_open"] == 0, churn  # the victim closed every one
+    counters = victim.counters
+    # only the honest connections started a handshake: b's one or two, a's one
+    assert counters is not None and counters["handshakes"] <= 4, counters
+    assert counters["dropped_silent"] >= churn["opened"] - 10, (counters, churn)
+    assert neighbour.failed == 0 and during > 0, (neighbour.ok, neighbour.failed)
+    assert sum(1 for s, _ in victim.got if s == b.peer_id) == neighbour.ok + 1  # every update arrived
 
 
 @pytest.mark.timeout(240)

@@ -8,7 +8,7 @@ import msgpack
 import pytest
 import torch
 
-from gossip.identity import Identity
+from gossip.identity import Identity, b58encode
 from gossip.membership import MAGIC, MembershipError, open_record, seal_record
 from peer.audit.verify import load_events, verify_log
 from peer.ops.plan import write_plan
@@ -62,6 +62,66 @@ def test_a_non_canonical_body_is_refused_even_when_signed():
     sig = ADMIN.sign(hashlib.sha256(m.DOMAIN + body).digest())
     with pytest.raises(MembershipError, match="canonical"):
         open_record(MAGIC + msgpack.packb({"body": body, "sig": sig}), admin=ADMIN.peer_id, network="net")
+
+
+def hand_made(key=ADMIN, sig: bytes | None = None, **changes) -> bytes:
+    """A record built here from the format's description (canonical msgpack body, keys sorted;
+    Ed25519 over SHA-256 of the membership domain and the body), with `changes` to its fields."""
+    import hashlib
+
+    fields = {"action": "admit", "addr": "/ip4/10.0.0.4/tcp/4001", "epoch": 1, "neighbours": [IDS[0].peer_id],
+              "net": "net", "peer": IDS[3].peer_id, "ts": 1.5, **changes}
+    body = msgpack.packb(dict(sorted(fields.items())), use_bin_type=True)
+    if sig is None:
+        sig = key.sign(hashlib.sha256(b"gossipfl/membership/v1\x00" + body).digest())
+    return MAGIC + msgpack.packb({"body": body, "sig": sig}, use_bin_type=True)
+
+
+def test_a_record_made_from_the_format_description_opens():
+    r = open_record(hand_made(), admin=ADMIN.peer_id, network="net")
+    assert (r.epoch, r.action, r.addr, r.ts) == (1, "admit", "/ip4/10.0.0.4/tcp/4001", 1.5)
+    assert hand_made(ts=r.ts) == seal_record(ADMIN, network="net", epoch=1, action="admit", peer=IDS[3].peer_id,
+                                             addr=r.addr, neighbours=[IDS[0].peer_id], ts=1.5)
+    revoke = hand_made(action="revoke", addr="", neighbours=[], epoch=2**63 - 1)
+    assert open_record(revoke, admin=ADMIN.peer_id, network="net").epoch == 2**63 - 1
+
+
+# identity multihash of protobuf PublicKey{Ed25519, 32 bytes} with 33 key bytes: a string that
+# cryptography would refuse with ValueError, not PeerIdError
+LONG_KEY_ID = b58encode(b"\x00\x24\x08\x01\x12\x20" + IDS[2].public_bytes + b"\x01")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"epoch": 0}, "epoch"),
+    ({"epoch": 2**63}, "epoch"),
+    ({"epoch": True}, "epoch"),
+    ({"action": "promote"}, "action"),
+    ({"action": "revoke", "neighbours": []}, "no address"),
+    ({"action": "revoke", "addr": ""}, "no address"),
+    ({"neighbours": [IDS[0].peer_id, IDS[0].peer_id]}, "distinct"),
+    ({"neighbours": [IDS[0].peer_id, "12D3KooWnot"]}, "invalid PeerId"),
+    ({"neighbours": [LONG_KEY_ID]}, "invalid PeerId"),
+    ({"peer": LONG_KEY_ID}, "invalid PeerId"),
+    ({"peer": 7}, "invalid PeerId"),
+    ({"ts": float("nan")}, "ts"),
+    ({"ts": float("inf")}, "ts"),
+    ({"ts": 2}, "ts"),
+    ({"net": ""}, "net"),
+    ({"addr": 5}, "addr"),
+])
+@pytest.mark.parametrize("signed", [True, False])
+def test_a_record_outside_the_format_is_refused_signed_or_not(changes, message, signed):
+    # unsigned too: the first thing a peer does with a record is parse it, before the signature
+    data = hand_made(**changes) if signed else hand_made(sig=bytes(64), **changes)
+    with pytest.raises(MembershipError, match=message):
+        open_record(data, admin=ADMIN.peer_id, network="net")
+    if changes in ({"epoch": True}, {"ts": 2}):  # seal_record writes int(epoch) and float(ts)
+        return
+    fields = {"epoch": 1, "action": "admit", "peer": IDS[3].peer_id, "neighbours": [IDS[0].peer_id],
+              "ts": 1.5, "addr": "/ip4/10.0.0.4/tcp/4001", **changes}
+    fields.pop("net", None)
+    with pytest.raises(MembershipError, match=message):  # and the admin's tool refuses to sign it
+        seal_record(ADMIN, network=changes.get("net", "net"), **fields)
 
 
 def test_epochs_only_go_forward_and_survive_a_restart(tmp_path):

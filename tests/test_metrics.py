@@ -32,7 +32,8 @@ def test_metrics_are_served_over_http_with_what_the_peer_reported():
     (port,) = free_ports(1)
 
     async def run():
-        m = PeerMetrics("gw-1", "12D3KooWpeer", neighbours=3, names={"12D3KooWb": "gw-2"})
+        m = PeerMetrics("gw-1", "12D3KooWpeer", neighbours=3, names={"12D3KooWb": "gw-2"},
+                        share_learning_metrics=True)
         m.start(f"127.0.0.1:{port}")
         try:
             before = scrape(port)
@@ -98,7 +99,7 @@ def test_learner_metrics_are_bounded_and_numbers_only():
     many = {f"k{i}": float(i) for i in range(100)}
     assert len(metric_dict(many)) == MAX_METRIC_KEYS
     assert metric_dict({"ok": 1, "flag": True, "text": "x", "": 2.0, "x" * 500: 1.0, 3: 1.0}) == {"ok": 1.0}
-    status = PeerMetrics("a", "p").round_done(1, train={"loss": float("nan")})
+    status = PeerMetrics("a", "p", share_learning_metrics=True).round_done(1, train={"loss": float("nan")})
     assert status["loss"] is None  # JSON has no NaN
     json.dumps(status, allow_nan=False)
 
@@ -118,9 +119,80 @@ def test_metrics_listen_is_validated(tmp_path, listen):
 
 def test_metrics_table_is_optional_and_closed(tmp_path):
     assert _cfg(tmp_path, None).metrics.listen is None
+    assert _cfg(tmp_path, None).metrics.share_learning_metrics is False
+    assert _cfg(tmp_path, {"share_learning_metrics": True}).metrics.share_learning_metrics is True
+    with pytest.raises(ConfigError, match="share_learning_metrics"):
+        _cfg(tmp_path, {"share_learning_metrics": "yes"})
     assert _cfg(tmp_path, {"listen": "[::1]:9464"}).metrics.listen == "[::1]:9464"
     with pytest.raises(ConfigError, match=r"unknown field\(s\) port in \[metrics\]"):
         _cfg(tmp_path, {"port": 9464})
+
+
+# --- nothing data-dependent leaves a gateway unless the operator opts in ---------------------
+
+LEARNING_NAMES = ("gossipfl_train_metric", "gossipfl_eval_metric")
+LEARNING_KEYS = ("loss", "train", "eval")
+
+
+def _learning_numbers(page: dict, status: dict) -> dict:
+    """Every training or evaluation number in a scrape and a status message."""
+    found = {f"{name}{dict(labels)}": v for (name, labels), v in page.items() if name in LEARNING_NAMES}
+    found.update({k: status[k] for k in LEARNING_KEYS if k in status})
+    return found
+
+
+@pytest.mark.timeout(180)
+def test_real_peers_publish_learning_metrics_only_when_opted_in_and_never_past_the_budget(tmp_path):
+    """Three real peers over the memory transport, each serving /metrics: node 0 opts in,
+    node 1 keeps the default, node 2 opts in but its privacy budget runs out after round 0."""
+    import torch
+
+    from peer.ops.plan import write_plan
+    from peer.runtime.local import build_memory_network
+    from tests.audit_fleet import FAST
+    from topology import from_spec
+
+    torch.set_num_threads(1)
+    nodes = write_plan(from_spec("ring:3"), tmp_path / "plan", transport="memory", overrides=FAST, draw=False)
+    ports = free_ports(3)
+    extra = ['share_learning_metrics = true\n', '', 'share_learning_metrics = true\n'
+             '[privacy]\nmode = "update"\nnoise_multiplier = 2.0\nepsilon = 2.5\n']  # one release fits
+    for node, port, more in zip(nodes, ports, extra, strict=True):
+        with open(node.config, "a") as f:
+            f.write(f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n{more}')
+    _, peers = build_memory_network(nodes)
+
+    async def run():
+        for p in peers:
+            await p.start()
+        seen = []
+        try:
+            for _ in range(3):
+                await asyncio.gather(*(p.run_round() for p in peers))
+                pages = await asyncio.gather(*(asyncio.to_thread(scrape, port) for port in ports))
+                seen.append([(page, p.metrics.status(), p.round) for page, p in zip(pages, peers, strict=True)])
+            raw = await asyncio.to_thread(lambda: urllib.request.urlopen(
+                f"http://127.0.0.1:{ports[1]}/metrics", timeout=10).read().decode())
+        finally:
+            for p in peers:
+                await p.close()
+        return seen, raw
+
+    seen, raw = asyncio.run(run())
+    for r, by_peer in enumerate(seen):
+        (page0, status0, _), (page1, status1, _), (page2, status2, _) = by_peer
+        assert page0[("gossipfl_train_metric", (("metric", "loss"),))] == status0["loss"]
+        assert ("gossipfl_eval_metric", (("metric", "accuracy"),)) in page0 and "accuracy" in status0["eval"]
+        assert _learning_numbers(page1, status1) == {}, r  # the default: round, health, counts only
+        assert status1["round"] == status0["round"] and page1[("gossipfl_round", ())] == status1["round"]
+        assert status2["privacy"]["budget"] == 2.5 and page2[("gossipfl_privacy_epsilon_budget", ())] == 2.5
+        if r == 0:  # one release within the budget: opted in, so shared
+            assert status2["privacy"]["exhausted"] is False and "accuracy" in status2["eval"]
+        else:  # spent: nothing data-dependent, although opted in
+            assert status2["privacy"]["exhausted"] is True, status2
+            assert _learning_numbers(page2, status2) == {}, r
+            assert page2[("gossipfl_privacy_budget_exhausted", ())] == 1
+    assert not any(name in raw for name in LEARNING_NAMES), raw  # the default peer does not even name them
 
 
 # --- MQTT status and last will ----------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 import shutil
 import stat
 import subprocess
@@ -32,7 +33,7 @@ from peer.config.parse import (
     parse_config,
 )
 from peer.learning.classification import TrainConfig
-from peer.ops.mosquitto import password_hash
+from peer.ops.mosquitto import DASHBOARD_PASSWORD, DASHBOARD_USER, password_hash
 from peer.ops.plan import BROKER_DIR, write_plan
 from topology import from_spec
 
@@ -76,7 +77,10 @@ def test_plan_writes_a_login_per_peer_and_the_broker_files(tmp_path):
     broker = tmp_path / "plan" / BROKER_DIR
     passwd = (broker / "passwd").read_text().splitlines()
     admin = load_key(tmp_path / "plan" / "admin" / "admin.key").peer_id  # writes membership records into inboxes
-    assert sorted(line.split(":", 1)[0] for line in passwd) == sorted([c.transport.username for c in configs] + [admin])
+    assert sorted(line.split(":", 1)[0] for line in passwd) == sorted(
+        [c.transport.username for c in configs] + [admin, DASHBOARD_USER])
+    dashboard = broker / DASHBOARD_PASSWORD  # fleet status's login: read every status, nothing else
+    assert stat.S_IMODE(dashboard.stat().st_mode) == 0o600 and dashboard.read_text().strip() not in "".join(passwd)
     for c in configs:
         assert c.transport.username == load_key(c.key).peer_id  # the ACL has a user section per PeerId
         assert c.transport.password and c.transport.password not in (broker / "passwd").read_text()
@@ -91,6 +95,11 @@ def test_plan_writes_a_login_per_peer_and_the_broker_files(tmp_path):
         section = acl.split(f"user {c.transport.username}\n", 1)[1].split("\n\n", 1)[0].splitlines()
         writes = sorted(line.removeprefix("topic write ") for line in section if line.startswith("topic write "))
         assert writes == sorted(inbox_topic("gossipfl", NET, n.id, c.transport.username) for n in c.neighbours)
+        reads = [line.split()[-1] for line in section if line.startswith("topic read")]
+        assert reads == [inbox_topic("gossipfl", NET, c.transport.username, "+"),
+                         status_topic("gossipfl", NET, c.transport.username)]  # its own status, no other
+    section = acl.split(f"user {DASHBOARD_USER}\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert section == [f"topic read {status_topic('gossipfl', NET, '+')}"]
 
 
 def test_password_hash_is_what_mosquitto_passwd_writes(tmp_path):
@@ -157,8 +166,10 @@ def test_a_peer_cannot_spoof_a_sender_suffix_nor_read_another_inbox(acl_broker):
     assert [payload for _, payload in got_a] == [b"a's status"]  # nothing of b's inbox reached a
 
 
-def test_planned_peers_run_rounds_through_the_acl_broker(acl_broker, peer_processes):
+def test_planned_peers_run_rounds_through_the_acl_broker(acl_broker, peer_processes, tmp_path):
     configs, port = acl_broker
+    with open(configs[0].source, "a") as f:  # node 0 opts in to sharing its learning metrics
+        f.write("\n[metrics]\nshare_learning_metrics = true\n")
     for i, cfg in enumerate(configs):
         peer_processes.start(f"node-{i}", cfg.source, "--rounds", "3")
     codes = peer_processes.wait_all(240)
@@ -170,14 +181,82 @@ def test_planned_peers_run_rounds_through_the_acl_broker(acl_broker, peer_proces
         assert {e.counterpart for e in received} == {n.id for n in cfg.neighbours}, cfg.name
         _, rejected = load_events(db, kind="rejected")  # only timing: a late update of a past round
         assert {e.details["reason"] for e in rejected} <= {"stale_round"}, [e.details for e in rejected]
+    ids = [c.transport.username for c in configs]
+    dashboard = (tmp_path / "plan" / BROKER_DIR / DASHBOARD_PASSWORD).read_text().strip()
 
-    async def read_status():  # a peer's login reads another peer's retained status (dashboards)
+    async def read_statuses():
+        # a peer's login: another peer's retained status is not delivered (Mosquitto grants the
+        # subscription and filters), its own is; retained messages come in subscription order,
+        # so had the others been delivered, they would have come before its own
         async with client(configs[1], port) as c:
-            await c.subscribe(status_topic("gossipfl", NET, configs[0].transport.username), qos=1)
+            await c.subscribe(status_topic("gossipfl", NET, ids[0]), qos=1)
+            await c.subscribe(status_topic("gossipfl", NET, "+"), qos=1)
+            await c.subscribe(status_topic("gossipfl", NET, ids[1]), qos=1)
+            own = await until_topic(c, status_topic("gossipfl", NET, ids[1]))
+        async with dashboard_client() as d:  # the dashboard login: every status
+            await d.subscribe(status_topic("gossipfl", NET, "+"), qos=1)
+            got = {}
             async with asyncio.timeout(TIMEOUT):
-                return bytes((await anext(c.messages)).payload)
+                async for m in d.messages:
+                    got[str(m.topic)] = json.loads(m.payload)
+                    if len(got) == len(ids):
+                        break
+        return own, got
 
-    assert b'"round": 2' in asyncio.run(read_status())
+    def dashboard_client() -> aiomqtt.Client:
+        return aiomqtt.Client("127.0.0.1", port, username=DASHBOARD_USER, password=dashboard, timeout=TIMEOUT)
+
+    own, statuses = asyncio.run(read_statuses())
+    assert own == [status_topic("gossipfl", NET, ids[1])]  # only its own
+    for i, pid in enumerate(ids):
+        status = statuses[status_topic("gossipfl", NET, pid)]
+        assert status["round"] == 2 and status["online"] is False and status["reason"] == "stopped"
+        shared = {k for k in ("loss", "train", "eval") if k in status}
+        assert shared == ({"loss", "train", "eval"} if i == 0 else set()), (i, status)  # opted in: node 0 only
+    assert "accuracy" in statuses[status_topic("gossipfl", NET, ids[0])]["eval"]
+
+    plan = tmp_path / "plan"  # `fleet status --source mqtt` reads the plan's dashboard login
+    rows = fleet_json(plan, "--source", "mqtt")
+    assert [(r["round"], r["source"]) for r in rows] == [(2, "mqtt")] * 4, rows
+    assert [r["metric"] for r in rows] == ["accuracy", None, None, None]
+    table = CliRunner().invoke(main, ["fleet", "status", str(plan), "--source", "mqtt", "--timeout", "3"],
+                               env={"COLUMNS": "80"})
+    assert table.exit_code == 0 and "accuracy" in table.output and "share_learning_metrics" in table.output
+    assert max(map(len, table.output.splitlines())) <= 80, table.output
+    # a peer's own login (what a dashboard had to borrow before) reads its own status only
+    rows = fleet_json(plan, "--source", "mqtt", "--username", ids[1],
+                      "--password-file", str(plan / "node-1" / "mqtt.password"))
+    assert [r["round"] for r in rows] == [None, 2, None, None], rows
+    assert rows[0]["error"] == "no status on the broker"
+
+    async def dashboard_writes():
+        """The dashboard publishes a forged status; then node 2 publishes a marker to its own:
+        the forged one, had the broker routed it, would reach the subscriber before the marker."""
+        async with dashboard_client() as d, client(configs[2], port) as c2:
+            await c2.subscribe(status_topic("gossipfl", NET, ids[2]), qos=1)
+            await until_topic(c2, status_topic("gossipfl", NET, ids[2]))  # the retained one
+            await d.publish(status_topic("gossipfl", NET, ids[2]), b"forged", qos=1)
+            await c2.publish(status_topic("gossipfl", NET, ids[2]), b"marker", qos=1)
+            return await collect_until(c2, b"marker")
+
+    assert [payload for _, payload in asyncio.run(dashboard_writes())] == [b"marker"]
+
+
+async def until_topic(c: aiomqtt.Client, topic: str) -> list[str]:
+    """The topics of the messages a client gets up to and including the first on `topic`."""
+    got = []
+    async with asyncio.timeout(TIMEOUT):
+        async for m in c.messages:
+            got.append(str(m.topic))
+            if got[-1] == topic:
+                return got
+    return got
+
+
+def fleet_json(*args) -> list[dict]:
+    r = CliRunner().invoke(main, ["fleet", "status", "--json", "--timeout", "3", *map(str, args)])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)
 
 
 def test_a_planned_node_gets_the_config_defaults(tmp_path):

@@ -104,8 +104,9 @@ async def _until(condition, timeout: float) -> None:
 
 def test_libp2p_bounds_streams_per_sender_and_cuts_a_trickler_without_blocking_others(monkeypatch):
     from gossip import libp2p_transport as lt
+    from gossip.p2p import updates
 
-    monkeypatch.setattr(lt, "READ_TIMEOUT_BASE", 1.0)
+    monkeypatch.setattr(updates, "READ_TIMEOUT_BASE", 1.0)
 
     async def trickle(sender: Libp2pTransport, to: str, streams: int):
         """Open `streams` streams that each declare 1,000 bytes and send 10 of them."""
@@ -113,7 +114,7 @@ def test_libp2p_bounds_streams_per_sender_and_cuts_a_trickler_without_blocking_o
 
         async def in_trio():
             pid = ID.from_base58(to)
-            await sender._ensure_connection(pid, fresh=False)
+            await sender.node.dialer.connect(to)
             for _ in range(streams):
                 try:  # the receiver may reset a stream before its protocol handshake ends
                     stream = await sender.host.new_stream(pid, [lt.PROTOCOL])
@@ -138,7 +139,7 @@ def test_libp2p_bounds_streams_per_sender_and_cuts_a_trickler_without_blocking_o
             sender, got = await asyncio.wait_for(it.__anext__(), 5)
             assert (sender, got) == (c.peer_id, b"honest")
             await _until(lambda: ta.refused_streams == 2, 5)
-            await _until(lambda: not ta._senders, 10)  # both trickling streams time out (1 s each), reset
+            await _until(lambda: not ta.node.receiver._senders, 10)  # both trickling streams time out (1 s each), reset
             assert await tb.send(a.peer_id, b"later")
             sender, got = await asyncio.wait_for(it.__anext__(), 5)
             assert (sender, got) == (b.peer_id, b"later")

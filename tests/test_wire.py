@@ -4,6 +4,7 @@ then fuzzing: random and mutated bytes never raise and never get a forgery accep
 from __future__ import annotations
 
 import msgpack
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +20,7 @@ from gossip.envelope import (
     seal,
     seal_update,
 )
+from gossip.errors import CodecError
 from gossip.identity import Identity
 from gossip.verify import REASONS, Accepted, Reason, Rejected, Verifier
 
@@ -69,7 +71,6 @@ def test_codecs_round_trip(codec, tol):
 def test_raw_decode_is_zero_copy():
     payload = encode(PARAMS, "raw-f32")
     view = decode(payload, "raw-f32", N)
-    import numpy as np
     assert np.shares_memory(view.numpy(), np.frombuffer(payload, dtype="<f4"))
 
 
@@ -355,3 +356,64 @@ def test_any_non_finite_value_is_rejected(bad, where):
     x[where] = bad
     r = verifier().verify(message(params=x), 5)
     assert r.reason == Reason.NON_FINITE and r.authenticated
+
+
+@pytest.mark.parametrize("n", [0, 1, N - 1, N + 1, 4 * N])
+def test_a_signed_update_with_another_value_count_is_a_schema_mismatch(n):
+    # the right schema hash, a valid signature, a payload that matches its n: still not this model
+    # (one value would otherwise be spread over the whole row)
+    r = verifier().verify(message(params=torch.linspace(-1, 1, n)), 5)
+    assert r.reason == Reason.SCHEMA_MISMATCH and r.authenticated, r
+    assert f"with {n} values" in r.detail
+
+
+def _sealed(kind: str, codec: str, n: int = N) -> bytes:
+    payload = np.arange(n, dtype="<u4").tobytes() if codec == "u32" else encode(PARAMS, codec)
+    return seal(ALICE, net="net", round=5, schema=SCHEMA, payload=payload, codec=codec, n=n, kind=kind).data
+
+
+@pytest.mark.parametrize("masked_words", [None, N])
+@pytest.mark.parametrize("kind", ["update", "masked"])
+@pytest.mark.parametrize("codec", ["raw-f32", "u32"])
+def test_masked_words_travel_only_as_kind_masked_codec_u32_to_a_secure_peer(masked_words, kind, codec):
+    r = verifier(masked_words=masked_words).verify(_sealed(kind, codec), 5)
+    if masked_words is not None and kind == "masked" and codec == "u32":
+        assert isinstance(r, Accepted) and r.params.dtype == torch.uint32
+        assert torch.equal(r.params.to(torch.int64), torch.arange(N))
+    elif masked_words is None and kind == "update" and codec == "raw-f32":
+        assert isinstance(r, Accepted) and r.params.dtype == torch.float32
+    else:
+        assert r.reason == Reason.WRONG_KIND and r.authenticated, (r.reason, r.detail)
+
+
+# --- codecs: the layout the docstring promises ---------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 4095, 4096, 4097, 8192, 8193])
+def test_int8_is_one_scale_per_4096_block_then_the_codes(n):
+    x = torch.randn(n) * torch.linspace(0.1, 10.0, n)  # a different scale in each block
+    data = bytes(encode(x, "int8"))
+    blocks = -(-n // 4096)
+    assert len(data) == encoded_size("int8", n) == 4 * blocks + n
+    scales = np.frombuffer(data, "<f4", count=blocks)
+    codes = np.frombuffer(data, "i1", offset=4 * blocks)
+    for b in range(blocks):
+        block = x[b * 4096 : (b + 1) * 4096].numpy()
+        assert scales[b] == np.float32(np.abs(block).max() / np.float32(127.0))
+        assert np.abs(codes[b * 4096 : (b + 1) * 4096]).max() == 127  # the largest value of a block is +-127
+    y = decode(data, "int8", n)
+    for b in range(blocks):  # each block's largest magnitude comes back to float32 rounding
+        block, back = x[b * 4096 : (b + 1) * 4096], y[b * 4096 : (b + 1) * 4096]
+        i = int(block.abs().argmax())
+        assert abs(float(back[i]) - float(block[i])) <= 1e-6 * abs(float(block[i]))
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("n", [0, 1, 7, 4096])
+def test_a_payload_of_the_wrong_size_is_a_codec_error(codec, n):
+    size = encoded_size(codec, n)
+    for wrong in (size - 1, size + 1, size + 4, 2 * size + 4):
+        if wrong >= 0:
+            with pytest.raises(CodecError, match=f"{size} bytes"):
+                decode(bytes(wrong), codec, n)
+    assert decode(bytes(size), codec, n).shape == (n,)

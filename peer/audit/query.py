@@ -141,7 +141,7 @@ class RoundRow:
     round: int
     trained: dict[str, Any] = field(default_factory=dict)     # loss, accuracy
     sent: str | None = None                                   # the update id sent
-    sent_to: int = 0
+    sent_to: int = 0                                          # neighbours it went to (distinct)
     accepted: list[str] = field(default_factory=list)          # senders
     rejected: dict[str, int] = field(default_factory=dict)     # proven: reason -> count
     unauthenticated: dict[str, int] = field(default_factory=dict)  # reason -> count
@@ -157,6 +157,7 @@ def timeline(fleet: Fleet, peer: str, first: int | None = None, last: int | None
     """One row per round of peer's log within first..last (inclusive)."""
     log = fleet.log_of(peer)
     rows: dict[int, RoundRow] = {}
+    recipients: dict[int, set] = {}  # a round sent again after a restart goes to the same neighbours
     for e in log.events:
         if e.round is None or (first is not None and e.round < first) or (last is not None and e.round > last):
             continue
@@ -165,7 +166,9 @@ def timeline(fleet: Fleet, peer: str, first: int | None = None, last: int | None
         if e.kind == EventKind.TRAINED:
             row.trained = {k: d[k] for k in ("loss", "accuracy", "eval_accuracy") if k in d}
         elif e.kind == EventKind.SENT:
-            row.sent, row.sent_to = e.update_hash, row.sent_to + 1
+            sent = recipients.setdefault(e.round, set())
+            sent.add(e.counterpart)
+            row.sent, row.sent_to = e.update_hash, len(sent)
         elif e.kind == EventKind.RECEIVED and e.counterpart:
             row.accepted.append(e.counterpart)
         elif e.kind == EventKind.REJECTED:

@@ -65,7 +65,9 @@ _LAYOUT = [
         ("inbox_per_neighbour", "updates buffered per neighbour and round"),
         ("train_in_thread", "train off the event loop"),
         ("interval", "at least this many seconds between round starts (pacing); plans: 2 on gateways")]),
-    ("metrics", MetricsConfig, [("listen", "HOST:PORT of a Prometheus endpoint (absent: none)")]),
+    ("metrics", MetricsConfig, [
+        ("listen", "HOST:PORT of a Prometheus endpoint, e.g. \"127.0.0.1:9464\" (absent: none)"),
+        ("share_learning_metrics", "also publish training/eval numbers (computed on private data)")]),
     ("privacy", PrivacySettings, [
         ("mode", "off | update (clip + noise each round's model change) | record (DP-SGD)"),
         ("noise_multiplier", "sigma: noise std = sigma * clip"), ("clip", "L2 bound of a change or an example's gradient"),

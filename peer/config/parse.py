@@ -328,7 +328,8 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
         raise ConfigError(f"round.quorum must be at most the number of neighbours ({len(neighbours)}), "
                           f"got {rnd.quorum}")
 
-    metrics = top.table("metrics").section(MetricsConfig, {"listen": (str, {"check": _host_port})})
+    metrics = top.table("metrics").section(MetricsConfig, {"listen": (str, {"check": _host_port}),
+                                                           "share_learning_metrics": (bool, {})})
     privacy = parse_privacy(top.table("privacy"))
 
     s = top.table("storage")

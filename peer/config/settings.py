@@ -101,6 +101,9 @@ class TrainConfig:
 @dataclass
 class MetricsConfig:
     listen: str | None = None  # "HOST:PORT" to serve Prometheus metrics on (peer.runtime.metrics); None: off
+    # publish the learner's training and evaluation numbers (computed on private data) in the
+    # metrics and the MQTT status; off: only round, health, counts and epsilon leave the gateway
+    share_learning_metrics: bool = False
 
 
 def split_host_port(value: str) -> tuple[str, int]:

@@ -260,7 +260,8 @@ def revoke(folder, who: str, *, send: bool = True) -> Outcome:
     broker = plan.kind.revoked(plan, pid)
     graph.pop(pid, None)
     rewritten = plan.rewrite_neighbourhoods({k: [x for x in v if x != pid] for k, v in graph.items()}, {})
-    targets = [n for n in plan.live if n["peer_id"] != pid]
+    # the revoked gateway too: it learns it was revoked, says so in its status and stops for good
+    targets = [node] + [n for n in plan.live if n["peer_id"] != pid]
     delivered = plan.kind.deliver(plan, data, targets) if send else {}
     return Outcome(epoch, "revoke", pid, path, delivered, broker=broker, rewritten=rewritten)
 

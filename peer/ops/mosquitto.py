@@ -3,9 +3,10 @@
 Why: the broker is shared, and the inbox topic's last level (the sender) is only a hint.
 With these files every peer logs in as its PeerId, may publish only into its neighbours'
 inboxes under its own sender suffix and to its own status, and may read only its own inbox
-(plus everyone's status, for dashboards); the network admin (its PeerId too) may only
-publish membership records into inboxes under its own suffix; anonymous clients are
-refused. `fleet admit` / `fleet revoke` add and remove logins in these files while the
+and its own status (a peer's status is nobody else's business); a separate dashboard login
+(`dashboard`, its password in the broker folder) may read every status and nothing else;
+the network admin (its PeerId too) may only publish membership records into inboxes under
+its own suffix; anonymous clients are refused. `fleet admit` / `fleet revoke` add and remove logins in these files while the
 broker runs; Mosquitto re-reads them on SIGHUP. The password hash
 is Mosquitto 2's `$7$` format (PBKDF2-SHA512, as `mosquitto_passwd` writes it), computed
 here so that a plan needs no broker tools and no password ever appears on a command line.
@@ -29,6 +30,8 @@ SALT_BYTES = 12  # mosquitto_passwd's salt length
 PASSWORD_BYTES = 24  # 192 random bits per peer
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ADMIN_PASSWORD = "mqtt.password"  # the admin's broker password, in the plan's admin folder
+DASHBOARD_USER = "dashboard"  # reads every status (fleet status, a dashboard); never a PeerId
+DASHBOARD_PASSWORD = "dashboard.password"  # its password, in the plan's broker folder
 
 
 @dataclass(frozen=True)
@@ -64,16 +67,19 @@ def password_file(peers: list[BrokerPeer]) -> str:
 
 def acl_file(peers: list[BrokerPeer], prefix: str, network: str, admin: str | None = None) -> str:
     """One `user` section per login (no patterns: a pattern would grant the admin login a
-    status and an inbox too): a peer reads its own inbox and every status, writes its own
-    status and its neighbours' inboxes under its own sender suffix; the admin writes into
-    every inbox under its own suffix, and nothing else."""
+    status and an inbox too): a peer reads its own inbox and its own status, writes its own
+    status and its neighbours' inboxes under its own sender suffix; the dashboard login reads
+    every status and nothing else; the admin writes into every inbox under its own suffix,
+    and nothing else."""
     lines = [
         f"# Mosquitto ACL for gossipfl network {network!r}, written by `gossipfl topology plan`.",
         "# Usernames are PeerIds. Nothing is granted to anonymous clients (allow_anonymous false).",
-        "# Each peer reads its own inbox and every status (dashboards), publishes its own status",
-        "# and into its neighbours' inboxes, only under its own sender suffix.",
+        "# Each peer reads its own inbox and its own status, publishes its own status and into its",
+        "# neighbours' inboxes, only under its own sender suffix.",
         "",
     ]
+    lines += ["# Dashboards (gossipfl fleet status --source mqtt): every status, read only.",
+              *dashboard_section(prefix, network), ""]
     if admin is not None:
         lines += ["# The network admin: membership records into every inbox (gossipfl fleet admit/revoke).",
                   *admin_section(admin, prefix, network), ""]
@@ -85,9 +91,12 @@ def acl_file(peers: list[BrokerPeer], prefix: str, network: str, admin: str | No
 def peer_section(p: BrokerPeer, prefix: str, network: str) -> list[str]:
     return [f"user {p.peer_id}",
             f"topic read {inbox_topic(prefix, network, p.peer_id, '+')}",
-            f"topic read {status_topic(prefix, network, '+')}",
-            f"topic readwrite {status_topic(prefix, network, p.peer_id)}",  # read: granted by the line above
+            f"topic readwrite {status_topic(prefix, network, p.peer_id)}",
             *(f"topic write {inbox_topic(prefix, network, nb, p.peer_id)}" for nb in p.neighbours)]
+
+
+def dashboard_section(prefix: str, network: str) -> list[str]:
+    return [f"user {DASHBOARD_USER}", f"topic read {status_topic(prefix, network, '+')}"]
 
 
 def admin_section(admin: str, prefix: str, network: str) -> list[str]:
@@ -109,12 +118,15 @@ def mosquitto_conf(host: str, port: int, passwd: Path, acl: Path) -> str:
 
 def write_broker_files(folder: Path, peers: list[BrokerPeer], *, prefix: str, network: str, host: str,
                        port: int, admin: BrokerPeer | None = None) -> BrokerFiles:
-    """Write passwd (0600), acl and mosquitto.conf into `folder` (absolute paths in the conf);
-    `admin`: the network admin's login too (it delivers membership records)."""
+    """Write passwd (0600), acl and mosquitto.conf into `folder` (absolute paths in the conf),
+    and the dashboard login's password (DASHBOARD_PASSWORD, 0600); `admin`: the network
+    admin's login too (it delivers membership records)."""
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     files = broker_files(folder)
-    write_secret(files.passwd, password_file(peers + ([admin] if admin else [])))
+    dashboard = BrokerPeer(DASHBOARD_USER, new_password(), ())
+    write_secret(folder / DASHBOARD_PASSWORD, dashboard.password + "\n")
+    write_secret(files.passwd, password_file(peers + ([admin] if admin else []) + [dashboard]))
     files.acl.write_text(acl_file(peers, prefix, network, admin.peer_id if admin else None))
     files.conf.write_text(mosquitto_conf(host, port, files.passwd, files.acl))
     return files

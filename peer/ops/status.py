@@ -22,10 +22,12 @@ from gossip.mqtt_transport import status_topic
 from ..config.parse import PeerConfig, load_config, split_host_port
 from ..errors import ConfigError
 from ..runtime import metrics as m
+from .mosquitto import DASHBOARD_PASSWORD, DASHBOARD_USER
 
 MAX_SCRAPE = 1 << 20  # bytes of one metrics page
 MAX_STATUS = 64 * 1024  # bytes of one MQTT status
 PREFERRED = ("accuracy", "loss")  # the eval metric shown, in this order; else the first one
+BROKER_DIR = "broker"  # peer.ops.plan.BROKER_DIR (not imported from there: it imports torch)
 
 
 @dataclass
@@ -37,6 +39,16 @@ class Member:
     config: Path
     metrics: str | None  # HOST:PORT of its Prometheus endpoint
     cfg: PeerConfig
+    revoked_epoch: int | None = None  # the plan says the admin revoked it (at this epoch)
+
+
+@dataclass(frozen=True)
+class Login:
+    """A broker login that reads statuses: the plan's dashboard login (a peer's own login
+    reads only its own status under the plan's ACL)."""
+
+    username: str
+    password: str
 
 
 @dataclass
@@ -66,39 +78,69 @@ class PeerRow:
 def members(paths: list[str | Path]) -> list[Member]:
     """The peers named by a plan folder (its plan.json), a node folder (its peer.toml) or
     peer.toml files; a file that is not a valid config is a ConfigError naming it."""
-    found: list[tuple[Path, str | None]] = []
+    found: list[tuple[Path, str | None, int | None]] = []
     for p in map(Path, paths):
         if p.is_dir() and (p / "plan.json").is_file():
             found += _plan_nodes(p)
         elif p.is_dir() and (p / "peer.toml").is_file():
-            found.append((p / "peer.toml", None))
+            found.append((p / "peer.toml", None, None))
         elif p.is_dir():
             configs = sorted(p.glob("*/peer.toml"))
             if not configs:
                 raise ConfigError(f"{p}: no plan.json, peer.toml or */peer.toml in this folder")
-            found += [(c, None) for c in configs]
+            found += [(c, None, None) for c in configs]
         elif p.is_file():
-            found.append((p, None))
+            found.append((p, None, None))
         else:
             raise ConfigError(f"{p}: no such file or folder (give a plan folder or peer.toml files)")
     out, seen = [], set()
-    for path, peer_id in found:
+    for path, peer_id, revoked in found:
         cfg = load_config(path)
         pid = peer_id or _peer_id(cfg)
         if pid in seen:
             continue
         seen.add(pid)
-        out.append(Member(cfg.name or pid[-8:], pid, path, cfg.metrics.listen, cfg))
+        out.append(Member(cfg.name or pid[-8:], pid, path, cfg.metrics.listen, cfg, revoked))
     return out
 
 
-def _plan_nodes(plan: Path) -> list[tuple[Path, str | None]]:
+def dashboard_login(paths: list[str | Path], username: str | None = None,
+                    password_file: str | Path | None = None) -> Login | None:
+    """The login that reads every status: `password_file` (with `username`, default the plan's
+    DASHBOARD_USER) when given, else the plan's BROKER_DIR/DASHBOARD_PASSWORD found from a plan
+    folder, a node folder or a node's peer.toml; None when there is none (each peer's own login
+    is used then, which reads only that peer's status)."""
+    from gossip.files import FileReadError, read_limited_text
+
+    if password_file is None:
+        if username is not None:
+            raise ConfigError("--username needs --password-file (the dashboard login's password)")
+        for p in map(Path, paths):
+            start = p if p.is_dir() else p.parent
+            for folder in (start, start.parent):
+                if (folder / BROKER_DIR / DASHBOARD_PASSWORD).is_file():
+                    password_file = folder / BROKER_DIR / DASHBOARD_PASSWORD
+                    break
+            if password_file is not None:
+                break
+        else:
+            return None
+    try:
+        password = read_limited_text(password_file, 4096, "--password-file").rstrip("\r\n")
+    except FileReadError as exc:
+        raise ConfigError(str(exc)) from None
+    if not password:
+        raise ConfigError(f"{password_file}: empty (it holds the dashboard login's password)")
+    return Login(username or DASHBOARD_USER, password)
+
+
+def _plan_nodes(plan: Path) -> list[tuple[Path, str | None, int | None]]:
     try:
         doc = json.loads((plan / "plan.json").read_text())
-        nodes = [(plan / n["config"], n.get("peer_id")) for n in doc["nodes"]]
+        nodes = [(plan / n["config"], n.get("peer_id"), n.get("revoked_epoch")) for n in doc["nodes"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{plan / 'plan.json'}: not a plan manifest ({exc})") from None
-    return [(p, pid if isinstance(pid, str) else None) for p, pid in nodes]
+    return [(p, pid if isinstance(pid, str) else None, r if isinstance(r, int) else None) for p, pid, r in nodes]
 
 
 def _peer_id(cfg: PeerConfig) -> str:
@@ -172,6 +214,9 @@ def row_from_status(member: Member, status: dict, now: float | None = None) -> P
 
 
 def offline(member: Member, error: str) -> PeerRow:
+    """A peer that did not answer; one the plan says was revoked is shown as revoked."""
+    if member.revoked_epoch is not None:
+        error = f"revoked (epoch {member.revoked_epoch})"
     return PeerRow(member.name, member.peer_id, False, "", error=error)
 
 
@@ -199,23 +244,25 @@ def _scrape_row(member: Member, timeout: float) -> PeerRow:
         return offline(member, f"metrics {member.metrics}: not a metrics page ({str(exc)[:80]})")
 
 
-def _broker_key(cfg: PeerConfig) -> tuple:
+def _broker_key(cfg: PeerConfig, login: Login | None) -> tuple:
     t = cfg.transport
-    return (t.host, t.port, t.tls, t.ca_file, t.username, t.password)
+    return (t.host, t.port, t.tls, t.ca_file) + ((t.username, t.password) if login is None else ())
 
 
-async def read_statuses(group: list[Member], timeout: float) -> dict[str, dict | str]:
+async def read_statuses(group: list[Member], timeout: float, login: Login | None = None) -> dict[str, dict | str]:
     """The retained statuses of peers that share one broker: peer_id -> status dict, or an
-    error string for all of them when the broker cannot be read."""
+    error string for all of them when the broker cannot be read. `login`: the dashboard's
+    (else the first peer's own login, which the plan's ACL lets read only its own status)."""
     import aiomqtt
 
     t = group[0].cfg.transport
+    username, password = (login.username, login.password) if login else (t.username, t.password)
     topics = {status_topic(mb.cfg.transport.topic_prefix, mb.cfg.network, mb.peer_id): mb.peer_id for mb in group}
     out: dict[str, dict | str] = {}
     tls = ssl.create_default_context(cafile=t.ca_file) if t.tls else None
     try:
         async with asyncio.timeout(timeout):
-            async with aiomqtt.Client(t.host, t.port, username=t.username, password=t.password, tls_context=tls,
+            async with aiomqtt.Client(t.host, t.port, username=username, password=password, tls_context=tls,
                                       timeout=timeout) as client:
                 for topic in topics:
                     await client.subscribe(topic, qos=0)
@@ -239,9 +286,11 @@ async def read_statuses(group: list[Member], timeout: float) -> dict[str, dict |
     return out
 
 
-async def fleet_status(group: list[Member], timeout: float = 3.0, source: str = "auto") -> list[PeerRow]:
+async def fleet_status(group: list[Member], timeout: float = 3.0, source: str = "auto",
+                       login: Login | None = None) -> list[PeerRow]:
     """One row per member, in the members' order. `source`: "metrics" (HTTP), "mqtt"
-    (status topics) or "auto" (metrics where a peer has an endpoint, else its MQTT status)."""
+    (status topics) or "auto" (metrics where a peer has an endpoint, else its MQTT status);
+    `login`: the broker login that reads the statuses (dashboard_login)."""
     rows: dict[str, PeerRow] = {}
     by_http = [mb for mb in group if mb.metrics and source in ("auto", "metrics")]
     scrapes = [asyncio.to_thread(_scrape_row, mb, timeout) for mb in by_http]
@@ -249,11 +298,11 @@ async def fleet_status(group: list[Member], timeout: float = 3.0, source: str = 
     brokers: dict[tuple, list[Member]] = {}
     for mb in rest:
         if mb.cfg.transport.kind == "mqtt" and source in ("auto", "mqtt"):
-            brokers.setdefault(_broker_key(mb.cfg), []).append(mb)
+            brokers.setdefault(_broker_key(mb.cfg, login), []).append(mb)
         else:
             rows[mb.peer_id] = offline(mb, "no [metrics] listen in its peer.toml" if source != "mqtt"
                                        else "not an mqtt peer")
-    results = await asyncio.gather(*scrapes, *(read_statuses(g, timeout) for g in brokers.values()))
+    results = await asyncio.gather(*scrapes, *(read_statuses(g, timeout, login) for g in brokers.values()))
     for row in results[:len(by_http)]:
         rows[row.peer_id] = row
     now = time.time()

@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 
 from gossip.transport import Transport
-from gossip.verify import Verifier
 
 from ..config.parse import PeerConfig
 from ..errors import PeerError, RevokedError
@@ -25,35 +24,17 @@ from ..learning.learner import Metrics, make_learner
 from ..state.checkpoint import ModelInfo
 from ..state.lock import DataDirLock
 from ..state.provenance import EventKind, NewEvent, ProvenanceLog
+from . import commands as do
 from .checkpoints import Checkpoints
-from .commands import (
-    Adopt,
-    Command,
-    Exchanged,
-    Finish,
-    Forget,
-    JumpTo,
-    Log,
-    Offer,
-    Persist,
-    Refuse,
-    Reject,
-    Revoked,
-    Screened,
-    Send,
-    SetAllowed,
-    Skip,
-    Transmit,
-)
 from .context import RoundContext, RoundRecord, log_round
 from .inbox import Inbox, Listener
 from .journal import Journal
-from .membership import Membership, allowed_peers
+from .membership import allowed_peers
 from .metrics import PeerMetrics
 from .outbox import Outbox
-from .parts import PeerParts, build_parts, config_folder
+from .parts import PeerParts, build_parts, config_folder, membership_of, policy_of, verifier_of
 from .privacy_ledger import PeerPrivacy
-from .round import OfferKind, Phase, RoundPolicy, RoundState
+from .round import OfferKind, Phase, RoundState
 from .stack import UpdateStack
 from .tasks import TaskSet
 from .wires import make_wire
@@ -71,19 +52,11 @@ class Peer:
                                     seed=cfg.data.seed + 7 * cfg.data.shard, base=config_folder(cfg))
         self.privacy = PeerPrivacy(cfg.privacy, self.learner, parts.noise)  # after the learner: record mode switches it
         self.model_info = ModelInfo.of(self.model, parts.data.features)  # checkpoints carry it, for export
-        self.membership = Membership(self.peer_id, cfg.network, getattr(parts.trust, "admin", None),
-                                     set(parts.trust.peers), {n.id: n.addr for n in cfg.neighbours},
-                                     Path(cfg.data_dir) / "membership.msgpack")
+        self.membership = membership_of(parts)
         self.stack = UpdateStack(self.neighbours, self.model.size, masked=parts.secure is not None)
         self.wire = make_wire(parts, self.stack)
-        self.verifier = Verifier(cfg.network, self.membership.trusted, self.model.schema, self.model.size,
-                                 neighbours=set(self.neighbours), max_size=parts.max_message,
-                                 max_lag=0, max_lead=cfg.round.max_lead, revoked=self.membership.revoked,
-                                 masked_words=self.wire.words(len(self.neighbours)))
-        agg = cfg.aggregation
-        policy = RoundPolicy(neighbours=frozenset(self.neighbours), peer_id=self.peer_id, rule=agg.rule, f=agg.f,
-                             deadline=cfg.round.deadline, quorum=cfg.round.quorum,
-                             per_neighbour_limit=cfg.round.inbox_per_neighbour, max_lead=cfg.round.max_lead)
+        self.verifier = verifier_of(parts, self.membership, self.wire.words(len(self.neighbours)))
+        policy = policy_of(parts)
         self.state = RoundState(policy, self.wire.exchange(policy), keep=self.stack.settle)
         self.lock = DataDirLock(cfg.data_dir)
         self.lock.acquire()  # before the log and the checkpoint are touched
@@ -102,7 +75,7 @@ class Peer:
                                        self.model_info)
         names = {**parts.trust.names, **{n.id: n.name for n in cfg.neighbours if n.name}}
         self.metrics = PeerMetrics(cfg.name or self.peer_id[-8:], self.peer_id, neighbours=len(self.neighbours),
-                                   names=names)
+                                   names=names, share_learning_metrics=cfg.metrics.share_learning_metrics)
         self.tasks = TaskSet(self.failed)
         self.inbox = Inbox(self.verifier, self.wire, self.membership, self.metrics.bytes_in, self.tasks,
                            self._execute)
@@ -197,7 +170,7 @@ class Peer:
         self.journal.add(NewEvent(EventKind.STOPPED, self.round, details={"reason": reason}))
         self.journal.flush()
         await self.listener.stop()
-        await self.transport.close(reason)
+        await self.transport.close("revoked" if self.revoked_at is not None else "stopped")  # the retained status
         await self.tasks.cancel()
         self.inbox.close()
         self.prov.close()
@@ -340,54 +313,54 @@ class Peer:
 
     # --- carrying out the state machine's commands ----------------------------------
 
-    async def _execute(self, commands: list[Command]) -> None:
+    async def _execute(self, commands: list[do.Command]) -> None:
         """Carry out what the state machine (or the wire, for its exchange) decided, in order."""
         ctx = self.ctx
         for cmd in commands:
             match cmd:
-                case Log(event, durable):
+                case do.Log(event, durable):
                     if durable:  # one write for every durable event of this turn of the loop
                         self.journal.durable(event)
                     else:
                         self.journal.add(event)
-                case JumpTo(target, before):
+                case do.JumpTo(target, before):
                     log.info("neighbours are at round %d, jumping from %d", target, before)
-                case Send():
+                case do.Send():
                     await self._send(cmd)
-                case Screened(result):
+                case do.Screened(result):
                     await self._execute(self.state.screened(result))
-                case Finish(envelope):
+                case do.Finish(envelope):
                     await self._execute(await self.inbox.finish(envelope, self.neighbours))
-                case Offer(result, size):
+                case do.Offer(result, size):
                     kind, out = self.state.offer(result, size)
                     await self._execute(out)
                     if kind is OfferKind.ACCEPTED:
                         self._wake.set()
-                case Skip(_, reason):
+                case do.Skip(_, reason):
                     ctx.note, ctx.result = reason, ctx.own
-                case Persist(next_round):
+                case do.Persist(next_round):
                     self.checkpoints.begin(next_round, ctx.result, self.state.seen, self.state.parents)
                     ctx.result = None
-                case Adopt(value, senders, weights, report):
+                case do.Adopt(value, senders, weights, report):
                     self.model.set(value)
                     ctx.result, ctx.aggregated = value, True
                     await self._execute(self.state.aggregated(senders, weights, report))
-                case Refuse(reason):
+                case do.Refuse(reason):
                     await self._execute(self.state.skip(reason))
-                case Transmit():
+                case do.Transmit():
                     self.journal.send(cmd)
-                case Reject(reason, detail, claimed, authenticated):
+                case do.Reject(reason, detail, claimed, authenticated):
                     await self._execute(self.state.reject(reason, detail, claimed, authenticated))
-                case Forget(peer):  # revoked: from now on its updates are rejected, this round's dropped
+                case do.Forget(peer):  # revoked: from now on its updates are rejected, this round's dropped
                     self.state.forget(peer)
-                case Revoked(epoch):
+                case do.Revoked(epoch):
                     log.warning("this peer was revoked by the network admin (epoch %d): stopping for good", epoch)
                     self.revoked_at = epoch
                     self.request_stop()
-                case SetAllowed(peers):  # the transport reads this set live
+                case do.SetAllowed(peers):  # the transport reads this set live
                     self.parts.allowed.clear()
                     self.parts.allowed.update(peers)
-                case Exchanged(sender, round_, content):
+                case do.Exchanged(sender, round_, content):
                     await self._execute(self.state.exchanged(sender, round_, content, self.clock()))
                     self._wake.set()
                 case _ if self.wire.carries(cmd):
@@ -396,7 +369,7 @@ class Peer:
                 case _:  # pragma: no cover - a command nobody carries out is a bug
                     raise PeerError(f"no one carries out {cmd!r}")
 
-    async def _send(self, cmd: Send) -> None:
+    async def _send(self, cmd: do.Send) -> None:
         """Seal the own update; log `sent` durably before anything leaves (never a receipt
         without a send); then transmit each neighbour its bytes."""
         fields = dict(net=self.cfg.network, round=cmd.round, schema=self.model.schema, codec=self.cfg.round.codec,

@@ -145,7 +145,7 @@ def on_record(membership: Membership, hint: str | None, data, round_: int, neigh
     if r.action == "revoke":
         out.append(Forget(r.peer))
     out.append(SetAllowed(frozenset(allowed_peers(membership.neighbours, membership.admin))))
-    out.append(Transmit(tuple(nb for nb in neighbours if nb not in (hint, r.peer)), bytes(data)))
+    out.append(Transmit(tuple(nb for nb in neighbours if nb != hint), bytes(data)))  # the revoked one too
     return out
 
 

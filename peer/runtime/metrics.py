@@ -6,6 +6,11 @@ in the simulator and the tests, never share counters). The peer reports what hap
 own server, on its own thread) and `status()` (the dict the transport publishes) read the
 same numbers, so a dashboard and `gossipfl fleet status` never disagree.
 
+Nothing data-dependent leaves a gateway by default: the status and the metrics carry the
+round, health, counts and epsilon. The learner's training and evaluation numbers (they are
+computed on the gateway's private data, without noise) are published only when the operator
+opts in (`[metrics] share_learning_metrics = true`), and never once the privacy budget is spent.
+
 Metric names (every one prefixed `gossipfl_`): see METRIC_NAMES; `gossipfl fleet status`
 reads them back (peer.ops.status).
 """
@@ -38,6 +43,8 @@ STATUS_VERSION = 1
 
 # what peer.ops.status reads back from a scrape (the exposition names, with the _total of counters)
 ROUND = "gossipfl_round"
+EPSILON = "gossipfl_privacy_epsilon"
+BUDGET = "gossipfl_privacy_epsilon_budget"
 TRAIN = "gossipfl_train_metric"
 EVAL = "gossipfl_eval_metric"
 HEARD = "gossipfl_neighbours_heard"
@@ -66,6 +73,13 @@ def metric_dict(metrics) -> dict[str, float]:
     return out
 
 
+def learning_status(train: Mapping[str, float], evals: Mapping[str, float]) -> dict:
+    """The status fields that carry the learner's numbers (published only when shared)."""
+    return {"loss": _json_number(train["loss"]) if "loss" in train else None,
+            "train": {k: _json_number(v) for k, v in train.items()},
+            "eval": {k: _json_number(v) for k, v in evals.items()}}
+
+
 def _json_number(x: float) -> float | None:
     """JSON has no NaN or Infinity: a diverged loss is reported as null."""
     return x if math.isfinite(x) else None
@@ -75,8 +89,10 @@ class PeerMetrics:
     """The metrics of one peer. Thread-safe (prometheus-client locks its values); the
     loop-lag task runs on the peer's event loop."""
 
-    def __init__(self, name: str, peer_id: str, *, neighbours: int = 0, names: Mapping[str, str] | None = None):
+    def __init__(self, name: str, peer_id: str, *, neighbours: int = 0, names: Mapping[str, str] | None = None,
+                 share_learning_metrics: bool = False):
         self.name, self.peer_id, self.names = name, peer_id, dict(names or {})
+        self.share_learning = share_learning_metrics
         self.registry = r = CollectorRegistry(auto_describe=True)
         Info("gossipfl_peer", "This peer: its plan name and PeerId", registry=r).info(
             {"name": name, "peer_id": peer_id})
@@ -93,16 +109,20 @@ class PeerMetrics:
                               buckets=LAG_BUCKETS, registry=r)
         self._lag_last = Gauge("gossipfl_event_loop_lag_last_seconds", "The last event-loop lag sample",
                                registry=r)
-        self._train = Gauge(TRAIN, "The learner's training metrics of the last round", ["metric"], registry=r)
-        self._eval = Gauge(EVAL, "The learner's held-out metrics of the last round", ["metric"], registry=r)
+        self._train = self._eval = None  # registered only when shared: absent names, not empty ones
+        if share_learning_metrics:
+            self._train = Gauge(TRAIN, "The learner's training metrics of the last round", ["metric"], registry=r)
+            self._eval = Gauge(EVAL, "The learner's held-out metrics of the last round", ["metric"], registry=r)
         self._heard = Gauge(HEARD, "Neighbours whose update was accepted in the last round", registry=r)
         self._neighbours = Gauge(NEIGHBOURS, "Neighbours this peer has", registry=r)
         self._neighbours.set(neighbours)
         self.neighbours = neighbours
         self._aggregations = Counter("gossipfl_aggregations", "Rounds that aggregated (not kept own model)",
                                      registry=r)
-        self._epsilon = Gauge("gossipfl_privacy_epsilon", "Differential privacy: epsilon spent so far "
+        self._epsilon = Gauge(EPSILON, "Differential privacy: epsilon spent so far "
                               "(absent when privacy is off)", registry=r)
+        self._budget = Gauge(BUDGET, "Differential privacy: the epsilon budget (+Inf: none; absent when "
+                             "privacy is off)", registry=r)
         self._exhausted = Gauge("gossipfl_privacy_budget_exhausted", "1 once the privacy budget is spent and the "
                                 "peer stopped training and sending", registry=r)
         self._since = Gauge(SINCE_AGGREGATION, "Seconds since the last aggregation (NaN: none yet)", registry=r)
@@ -183,14 +203,19 @@ class PeerMetrics:
     def round_done(self, round: int, *, train=None, eval=None, heard: Iterable[str] = (), aggregated: bool = False,
                    seconds: float | None = None, rejected_total: Mapping[str, int] | None = None,
                    note: str = "", privacy: Mapping | None = None) -> dict:
-        """One round is over: update every metric; returns the status message (see status())."""
-        train_m, eval_m, heard = metric_dict(train), metric_dict(eval), sorted(heard)
+        """One round is over: update every metric; returns the status message (see status()).
+        The learner's numbers are kept to the gateway unless shared (and the budget not spent)."""
+        share = self.share_learning and not (privacy and privacy.get("exhausted"))
+        train_m, eval_m = (metric_dict(train), metric_dict(eval)) if share else ({}, {})
+        heard = sorted(heard)
         if rejected_total is not None:
             self.sync_rejected(rejected_total)
         self._round.set(round)
         self._accepted.inc(len(heard))
         self._heard.set(len(heard))
         for gauge, values in ((self._train, train_m), (self._eval, eval_m)):
+            if gauge is None:
+                continue
             gauge.clear()  # a key the learner stopped reporting is not shown stale
             for key, value in values.items():
                 gauge.labels(metric=key).set(value)
@@ -201,12 +226,11 @@ class PeerMetrics:
             self._aggregations.inc()
         if privacy:
             self._epsilon.set(math.inf if privacy.get("epsilon") is None else privacy["epsilon"])
+            self._budget.set(math.inf if privacy.get("budget") is None else privacy["budget"])
             self._exhausted.set(1 if privacy.get("exhausted") else 0)
         status = {
             "v": STATUS_VERSION, "name": self.name, "peer_id": self.peer_id, "online": True, "round": round,
-            "loss": _json_number(train_m["loss"]) if "loss" in train_m else None,
-            "train": {k: _json_number(v) for k, v in train_m.items()},
-            "eval": {k: _json_number(v) for k, v in eval_m.items()},
+            **(learning_status(train_m, eval_m) if share else {}),
             "neighbours_heard": len(heard), "neighbours": self.neighbours,
             "heard": [self.names.get(p, p) for p in heard], "aggregated": aggregated,
             "last_aggregation": self.last_aggregation, "rejected": self.rejected_counts(), "note": note,

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from gossip.envelope import max_message_size
 from gossip.identity import Identity, load_key
 from gossip.transport import MemoryHub, Transport
 from gossip.trust import TrustList, load_trust_list
+from gossip.verify import Verifier
 from privacy import secagg_wire
 from privacy.secagg import masked_words
 
@@ -18,7 +20,8 @@ from ..errors import ConfigError, DataError
 from ..learning.data import LocalData, digits_shard, from_loader, load_csv, load_npz, split_holdout
 from ..learning.learner import probe_model
 from ..learning.model import FlatModel, build_model, load_object
-from .membership import allowed_peers, stored_membership
+from .membership import Membership, allowed_peers, stored_membership
+from .round import RoundPolicy
 from .secure_mean import SecureMeanSetup
 
 log = logging.getLogger("gossipfl.peer")
@@ -40,6 +43,7 @@ class PeerParts:
     allowed: set[str] = field(default_factory=set)  # who may connect: neighbours and the network admin
     secure: SecureMeanSetup | None = None  # secure_mean: the groups, clip bound and threshold
     noise: object = None  # privacy noise generator (None: seeded from os.urandom; the simulator seeds it)
+    fleet: set[str] = field(default_factory=set)  # the fleet's PeerIds, live: membership keeps it (relays serve them)
 
 
 def message_limit(cfg: PeerConfig, n_params: int, secure: SecureMeanSetup | None = None) -> int:
@@ -133,8 +137,36 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
     limit = message_limit(cfg, model.size, secure)
     admin = getattr(trust, "admin", None)
     allowed = allowed_peers(neighbours, admin)  # live: membership changes it
+    fleet = set(trust.peers)  # live: membership changes it
     if transport is None:
         from ..transports import build_transport
-        transport = build_transport(cfg, identity, hub, max_size=limit, allowed=allowed)
+        transport = build_transport(cfg, identity, hub, max_size=limit, allowed=allowed, members=fleet)
     degrees = {n.id: n.degree for n in cfg.neighbours if n.degree is not None}
-    return PeerParts(identity, trust, neighbours, transport, model, data, cfg, degrees, limit, allowed, secure)
+    return PeerParts(identity, trust, neighbours, transport, model, data, cfg, degrees, limit, allowed, secure,
+                     fleet=fleet)
+
+
+def membership_of(parts: PeerParts) -> Membership:
+    """The fleet as this peer starts into it: the trust list and its configured neighbours (the
+    stored records are applied by `Membership.load`, once the data folder is locked)."""
+    cfg = parts.cfg
+    return Membership(parts.identity.peer_id, cfg.network, getattr(parts.trust, "admin", None),
+                      parts.fleet or set(parts.trust.peers), {n.id: n.addr for n in cfg.neighbours},
+                      Path(cfg.data_dir) / "membership.msgpack")
+
+
+def verifier_of(parts: PeerParts, membership: Membership, masked_words: int | None) -> Verifier:
+    """What this peer accepts: the network, the live trust and revocation sets, its model's schema
+    and size, the message bound, and the round window (no past rounds, `max_lead` ahead)."""
+    cfg, model = parts.cfg, parts.model
+    return Verifier(cfg.network, membership.trusted, model.schema, model.size, neighbours=set(parts.neighbours),
+                    max_size=parts.max_message, max_lag=0, max_lead=cfg.round.max_lead, revoked=membership.revoked,
+                    masked_words=masked_words)
+
+
+def policy_of(parts: PeerParts) -> RoundPolicy:
+    """What the round state machine needs of the configuration."""
+    cfg, agg = parts.cfg, parts.cfg.aggregation
+    return RoundPolicy(neighbours=frozenset(parts.neighbours), peer_id=parts.identity.peer_id, rule=agg.rule,
+                       f=agg.f, deadline=cfg.round.deadline, quorum=cfg.round.quorum,
+                       per_neighbour_limit=cfg.round.inbox_per_neighbour, max_lead=cfg.round.max_lead)

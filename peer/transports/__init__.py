@@ -24,8 +24,10 @@ def kind_of(name: str) -> TransportKind:
         raise ConfigError(f"transport.kind must be one of {', '.join(KINDS)}, got {name!r}") from None
 
 
-def build_transport(cfg, identity, hub=None, *, max_size: int, allowed: set[str] | None = None):
+def build_transport(cfg, identity, hub=None, *, max_size: int, allowed: set[str] | None = None, members=None):
     """The transport a peer.toml asks for. `max_size`: the largest message to read
     (peer.runtime.parts.message_limit); `allowed`: the PeerIds that may connect (a live set:
-    fleet membership changes it); `hub`: the in-process network of memory peers."""
-    return kind_of(cfg.transport.kind).build(cfg, identity, hub=hub, max_size=max_size, allowed=allowed)
+    fleet membership changes it); `members`: the fleet's PeerIds (live), whom a peer serving as
+    a relay serves; `hub`: the in-process network of memory peers."""
+    return kind_of(cfg.transport.kind).build(cfg, identity, hub=hub, max_size=max_size, allowed=allowed,
+                                             members=members)

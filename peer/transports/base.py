@@ -62,7 +62,7 @@ class TransportKind:
     def check(self, transport: TransportConfig, network: str, base: Path) -> None:
         """After the table parsed: what spans fields or reads files (raise ConfigError)."""
 
-    def build(self, cfg, identity, *, hub=None, max_size: int, allowed: set[str] | None = None):
+    def build(self, cfg, identity, *, hub=None, max_size: int, allowed: set[str] | None = None, members=None):
         raise NotImplementedError
 
     def addresses(self, cfg, peer_id: str) -> list[str]:

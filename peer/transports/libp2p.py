@@ -17,6 +17,12 @@ class Libp2pConfig(TransportConfig):
     kind: str = "libp2p"
     listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
     mdns: bool = False
+    # behind NAT (gossip/libp2p_transport.py says what each does)
+    relays: list[str] = field(default_factory=list)  # /ip4/HOST/tcp/PORT/p2p/PEERID of the fleet's relays
+    reachability: str = "auto"  # auto (the relays dial us back) | public | private
+    hole_punch: bool = True  # upgrade relayed links to direct ones where the NATs allow
+    serve_relay: bool = False  # relay for the fleet's members (a reachable peer)
+    announce: list[str] = field(default_factory=list)  # direct addresses to announce (a port forward)
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,19 @@ class Libp2pPlan:
     ports: tuple[int, ...] | list[int] | None = field(default=None, metadata={"cli": False})  # per node, in order
 
 
+REACHABILITY = ("auto", "public", "private")
+
+
+def _multiaddrs(v):
+    return None if all(isinstance(a, str) and not checks.multiaddr(a) for a in v) else "must be a list of multiaddrs"
+
+
+def _relays(v):
+    if all(isinstance(a, str) and not checks.multiaddr(a) and "/p2p/" in a and "/p2p-circuit" not in a for a in v):
+        return None
+    return "must be a list of relay addresses like /ip4/203.0.113.1/tcp/4001/p2p/12D3KooW..."
+
+
 def _listen(v):
     if not v or not all(isinstance(a, str) and not checks.multiaddr(a) for a in v):
         return "must be a non-empty list of multiaddrs like /ip4/0.0.0.0/tcp/4001"
@@ -39,19 +58,32 @@ class Libp2pKind(TransportKind):
     name = "libp2p"
     summary = "TCP + Noise + yamux, gateway to gateway"
     config = Libp2pConfig
-    schema: ClassVar[dict[str, tuple]] = {"listen": (list, {"check": _listen}), "mdns": (bool, {})}
-    comments: ClassVar[dict[str, str]] = {"listen": "addresses to listen on", "mdns": "also discover neighbours on the LAN"}
+    schema: ClassVar[dict[str, tuple]] = {
+        "listen": (list, {"check": _listen}), "mdns": (bool, {}), "relays": (list, {"check": _relays}),
+        "reachability": (str, {"allowed": REACHABILITY}), "hole_punch": (bool, {}), "serve_relay": (bool, {}),
+        "announce": (list, {"check": _multiaddrs})}
+    comments: ClassVar[dict[str, str]] = {
+        "listen": "addresses to listen on", "mdns": "also discover neighbours on the LAN",
+        "relays": "behind NAT: /ip4/HOST/tcp/PORT/p2p/PEERID of the fleet's relays",
+        "reachability": "auto (the relays dial us back) | public | private",
+        "hole_punch": "upgrade relayed links to direct ones where the NATs allow",
+        "serve_relay": "relay for the fleet's members (a reachable peer)",
+        "announce": "direct addresses to announce instead of the listen ones (a port forward)"}
     plan_settings = Libp2pPlan
     per_node = ("listen",)
     listens = True
 
-    def build(self, cfg, identity, *, hub=None, max_size: int, allowed=None):
+    def build(self, cfg, identity, *, hub=None, max_size: int, allowed=None, members=None):
         try:
             from gossip.libp2p_transport import Libp2pTransport
         except ImportError as exc:
             raise ConfigError(f"transport.kind = libp2p is not available: {exc}") from None
-        return Libp2pTransport(identity, cfg.transport.listen, {n.id: n.addr for n in cfg.neighbours},
-                               max_size=max_size, mdns=cfg.transport.mdns, allowed=allowed)
+        t = cfg.transport
+        return Libp2pTransport(identity, t.listen, {n.id: n.addr for n in cfg.neighbours}, max_size=max_size,
+                               mdns=t.mdns, allowed=allowed, relays=t.relays, reachability=t.reachability,
+                               hole_punch=t.hole_punch, announce=t.announce, serve_relay=t.serve_relay,
+                               relay_for=members, reconnect_cap=cfg.round.interval or cfg.round.deadline,
+                               state_dir=cfg.data_dir / "libp2p")
 
     def addresses(self, cfg, peer_id: str) -> list[str]:
         return [f"{addr}/p2p/{peer_id}" for addr in cfg.transport.listen]

@@ -13,7 +13,7 @@ class MemoryKind(TransportKind):
     # its peers share one event loop and the caller runs their rounds: no units, no pacing
     deployed: ClassVar[bool] = False
 
-    def build(self, cfg, identity, *, hub=None, max_size: int, allowed=None):
+    def build(self, cfg, identity, *, hub=None, max_size: int, allowed=None, members=None):
         from gossip.transport import MemoryHub
 
         return (hub or MemoryHub()).transport(identity.peer_id)

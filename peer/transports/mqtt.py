@@ -87,7 +87,7 @@ class MqttKind(TransportKind):
         if any(c in network for c in ("/", *TOPIC_CHARS)):
             raise ConfigError(f"network.id must not contain /, + or # with transport.kind = mqtt, got {network!r}")
 
-    def build(self, cfg, identity, *, hub=None, max_size: int, allowed=None):
+    def build(self, cfg, identity, *, hub=None, max_size: int, allowed=None, members=None):
         try:
             from gossip.mqtt_transport import MqttTransport
         except ImportError as exc:
