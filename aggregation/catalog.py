@@ -72,7 +72,7 @@ _RULES = [
          "mean of the minimum-diameter n - f rows", _majority),
     Rule("secure_mean", "secure:secure_mean", False, "f = 0 and n >= 3 (two neighbours or more)",
          "mean of masked updates: a node learns only its neighbours' sum (secure aggregation)",
-         lambda n, f: n >= 3, robust=False, params=("f", "bound", "min_senders")),
+         lambda n, f: n >= 3, robust=False, params=("f", "bound", "threshold")),
 ]
 PRE_REGISTRY = {
     "nnm": Rule("nnm", "presteps:nnm", True, "n > f", "nearest-neighbour mixing", lambda n, f: n > f),

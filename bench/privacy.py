@@ -3,7 +3,10 @@ and accuracy against epsilon with and without attackers.
 
 Part 1 - cost. Five in-process peers on a complete graph (4 neighbours each, memory transport),
 100k and 1M parameters, 3 rounds each: plain mean (the baseline), mean with DP in update mode
-(clip + noise the model change), secure_mean (masked contributions, every neighbour delivers).
+(clip + noise the model change), secure_mean (double masking, every neighbour delivers; next to it the
+single masking it replaced, measured on this machine before it was removed: SINGLE_MASKING), and
+the bytes each member sends per round for double masking's keys, shares, consents and reveals
+(everything but its masked inputs), per peer and per receiver.
 Protocol time = round time - training - evaluation, median over peers and rounds: the five peers
 share one event loop, so it is the protocol work of the whole five-peer round (seal or mask, send,
 verify, aggregate or unmask, log, checkpoint); the ratio is to plain mean in the same run. DP in record mode costs in training (per-example gradients), not in
@@ -38,12 +41,16 @@ from bench._table import emit_json, print_table  # noqa: E402
 MODELS = {"100k": [1024, 32], "1M": [1024, 900]}  # MLP hidden sizes (64 inputs): ~100k and ~1M parameters
 DELTA = 1e-5
 CLIP = 0.5  # update mode: a round's model change is clipped to this L2 norm
+# secure_mean by single masking (lead 5dcccce, `python bench/privacy.py --part cost` on this machine,
+# the run before double masking replaced it): protocol seconds per round, and the ratio to mean then
+SINGLE_MASKING = {"100k": (0.0618, 1.608), "1M": (0.6311, 3.252)}
 
 
 def _cost_run(hidden: list[int], rule: str, privacy: dict | None, rounds: int = 3) -> dict:
     """Median protocol and training seconds per round of 5 peers on complete:5."""
     import torch
 
+    from peer.audit.verify import load_events
     from peer.ops.plan import write_plan
     from peer.runtime.local import build_memory_network, run_peers
     from peer.runtime.process import configure_process
@@ -60,16 +67,24 @@ def _cost_run(hidden: list[int], rule: str, privacy: dict | None, rounds: int = 
         _, peers = build_memory_network(nodes)
         asyncio.run(run_peers(peers, rounds))
         recs = [r for p in peers for r in p.history[1:]]  # round 0 pays one-off costs
-        return {"protocol": statistics.median(r.seconds - r.train_seconds - r.eval_seconds for r in recs),
-                "train": statistics.median(r.train_seconds for r in recs),
-                "params": peers[0].model.size}
+        out = {"protocol": statistics.median(r.seconds - r.train_seconds - r.eval_seconds for r in recs),
+               "train": statistics.median(r.train_seconds for r in recs),
+               "params": peers[0].model.size}
+        if rule == "secure_mean":  # what a member sends besides its masked inputs (from the logs)
+            extra = []
+            for n, p in zip(nodes, peers, strict=True):
+                _, sent = load_events(n.dir / "data" / "provenance.db", kind="sent")
+                for r in p.history[1:]:
+                    extra.append(r.bytes_sent - sum(e.details["bytes"] for e in sent if e.round == r.round))
+            out["share_bytes"] = statistics.median(extra)
+        return out
 
 
 def cost_table(quick: bool) -> dict:
     rows, figures = [], {}
     variants = [("mean", "mean", None), ("mean + DP update", "mean", {"mode": "update", "noise_multiplier": 1.0}),
                 ("mean + DP record", "mean", {"mode": "record", "noise_multiplier": 1.0}),
-                ("secure_mean", "secure_mean", None)]
+                ("secure_mean (double masking)", "secure_mean", None)]
     for size, hidden in MODELS.items():
         base = None
         for label, rule, privacy in variants:
@@ -77,7 +92,7 @@ def cost_table(quick: bool) -> dict:
             r = _cost_run(hidden, rule, privacy, rounds=2 if quick else 3)
             if base is None:
                 base = r
-            key = f"{size}_{label.replace(' + ', '_').replace(' ', '_')}"
+            key = f"{size}_{label.split(' (')[0].replace(' + ', '_').replace(' ', '_')}"
             if "record" in label:
                 ratio = r["train"] / base["train"]
                 rows.append([size, label, f"train {r['train']:.3f} s", f"{ratio:.2f}x plain SGD"])
@@ -86,6 +101,14 @@ def cost_table(quick: bool) -> dict:
                 ratio = r["protocol"] / base["protocol"]
                 rows.append([size, label, f"protocol {r['protocol']:.3f} s", f"{ratio:.2f}x mean"])
                 figures[f"{key}_protocol_s"], figures[f"{key}_ratio"] = round(r["protocol"], 4), round(ratio, 3)
+            if rule == "secure_mean":
+                single_s, single_ratio = SINGLE_MASKING[size]
+                rows.append([size, "secure_mean (single, before)", f"protocol {single_s:.3f} s",
+                             f"{single_ratio:.2f}x mean then"])
+                vs = ratio / single_ratio  # each against plain mean in its own run: the machine's load cancels
+                rows.append([size, "double / single masking", f"{vs:.2f}x (each / mean)",
+                             f"shares: {r['share_bytes']:,.0f} B/peer"])
+                figures[f"{key}_vs_single"], figures[f"{key}_share_bytes_per_peer"] = round(vs, 3), r["share_bytes"]
             print(f"  {size} {label}: {time.monotonic() - t:.0f} s", file=sys.stderr, flush=True)
     print_table(["model", "variant", "per round", "ratio"], rows,
                 "Privacy cost per round (5 peers in one process, complete graph, memory transport: protocol work of "

@@ -1,5 +1,5 @@
 """The cost of double-masking secure aggregation (privacy.secagg*) next to the single-masking
-core it replaces (privacy.secure), per round, for one receiver and its group of n = 8 members,
+core it replaced (kept as a baseline in bench/_single_masking.py), per round, for one receiver and its group of n = 8 members,
 and the bytes each member sends.
 
 CPU seconds of the pure cores only (no transport, no envelope signing of the masked payload,
@@ -28,10 +28,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import torch  # noqa: E402
 
+from bench import _single_masking as single  # noqa: E402
 from bench._table import emit_json, print_table  # noqa: E402
 from gossip.identity import Identity  # noqa: E402
 from privacy import secagg_wire as wire  # noqa: E402
-from privacy import secure, secure_wire  # noqa: E402
 from privacy.masking import FixedPoint  # noqa: E402
 from privacy.secagg import Context  # noqa: E402
 from privacy.secagg_ledger import MemberLedger  # noqa: E402
@@ -44,6 +44,7 @@ ROUND = 11
 REPEAT = 5
 IDS = [Identity.from_seed(bytes([i + 1]) * 32) for i in range(N + 1)]
 RECEIVER, MEMBERS = IDS[0], sorted(IDS[1:], key=lambda p: p.peer_id)
+BY_ID = {p.peer_id: p for p in IDS}
 
 
 SAMPLE: dict[str, bytes] = {}  # the messages one member sent, for the breakdown of its bytes
@@ -77,33 +78,18 @@ class Clock:
 
 
 def single_masking(xs: dict, d: int, drop: str | None, clock: Clock) -> None:
+    """The baseline: what secure_mean did before double masking (bench/_single_masking.py)."""
     group = [m.peer_id for m in MEMBERS]
-    keys = {p.peer_id: secure.agreement_key(p) for p in IDS}
-    pubs = {pid: secure.public_bytes(k) for pid, k in keys.items()}
+    keys = {p.peer_id: single.agreement_key(p) for p in IDS}
+    pubs = {pid: single.public_bytes(k) for pid, k in keys.items()}
     fp = FixedPoint(1.0, N)
     r = RECEIVER.peer_id
-    payloads = {}
-    for j in group:
-        if j != drop:
-            payloads[j] = clock(j, lambda j=j: secure_wire.contribution_bytes(
-                secure.masked_contribution(xs[j], j, r, group, ROUND, NET, keys[j], pubs, fp),
-                net=NET, sender=j, receiver=r, round=ROUND))
-    contributions = {j: clock("receiver", lambda j=j, p=p: secure_wire.contribution_from_bytes(
-        p, net=NET, sender=j, receiver=r, round=ROUND, group=group)) for j, p in payloads.items()}
-    reveals = {}
-    if drop:
-        request = clock("receiver", lambda: secure_wire.encode_request(
-            RECEIVER, net=NET, round=ROUND, delivered=list(payloads), missing=[drop]))
-        for j in payloads:
-            def answer(j=j):
-                req = secure_wire.verify(secure_wire.parse_request(request), network=NET, trusted=group + [r])
-                seeds = secure.reveal_seeds(j, r, ROUND, req.missing, NET, keys[j], pubs)
-                return secure_wire.encode_reveal(IDS[[p.peer_id for p in IDS].index(j)], net=NET, to=r, round=ROUND,
-                                                 seeds=seeds)
-            data = clock(j, answer)
-            reveals[j] = clock("receiver", lambda data=data: secure_wire.verify(
-                secure_wire.parse_reveal(data), network=NET, trusted=group, me=r).seed_map())
-    clock("receiver", secure.unmask, contributions, reveals, group, fp)
+    payloads = {j: clock(j, single.masked_payload, xs[j], j, r, group, ROUND, NET, keys[j], pubs, fp)
+                for j in group if j != drop}
+    missing = [drop] if drop else []
+    reveals = {j: clock(j, single.reveal, BY_ID[j], keys[j], r, ROUND, missing, NET, pubs) for j in payloads} \
+        if drop else {}
+    clock("receiver", single.unmask, payloads, reveals, group, missing, fp)
 
 
 def double_masking(xs: dict, d: int, drop: str | None, clock: Clock, sizes: dict) -> None:

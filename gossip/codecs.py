@@ -7,7 +7,7 @@
            does not flatten the rest); payload = scales then codes; a quarter of the bytes
            plus 1/1024.
 - u32:     n little-endian uint32 words, not model values: a masked contribution of secure
-           aggregation (privacy.secure_wire); decode is a zero-copy uint32 view. A peer never
+           aggregation (privacy.secagg); decode is a zero-copy uint32 view. A peer never
            encodes its model with it (the `round.codec` setting offers FLOAT_CODECS only).
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PeerIdError, TrustListError
@@ -19,16 +19,12 @@ MAX_TRUST_FILE = 4 * 1024 * 1024
 class TrustList:
     """The allowed peers of one network; `names` maps a PeerId to an optional label.
     `admin` is the PeerId of the network's admin key, which signs membership records
-    (None in trust lists written before there was one: no membership changes then).
-    `keys` maps a PeerId to its X25519 public key and the Ed25519 signature binding it to the
-    PeerId (secure aggregation; optional, so older lists load): parsed here as 32 and 64
-    bytes, checked against the PeerId by the peer (privacy.secure.check_binding)."""
+    (None in trust lists written before there was one: no membership changes then)."""
 
     network: str
     peers: frozenset[str]
     names: dict[str, str]
     admin: str | None = None
-    keys: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
 
     def __contains__(self, peer_id: object) -> bool:
         return peer_id in self.peers
@@ -43,18 +39,15 @@ class TrustList:
             lines.append(f'id = "{pid}"')
             if pid in self.names:
                 lines.append(f'name = "{self.names[pid]}"')
-            if pid in self.keys:
-                x25519, binding = self.keys[pid]
-                lines.append(f'x25519 = "{x25519.hex()}"')
-                lines.append(f'binding = "{binding.hex()}"')
             lines.append("")
         return "\n".join(lines)
 
 
 def build_trust_list(network: object, entries: list, admin: object = None) -> TrustList:
-    """Entries are PeerId strings or {id, name, x25519, binding} tables (the last two hex, both
-    or neither); errors name the bad entry. `network` and `admin` are checked too (they may
-    come straight from a parsed file)."""
+    """Entries are PeerId strings or {id, name} tables; errors name the bad entry. `network` and
+    `admin` are checked too (they may come straight from a parsed file). (Lists written for
+    single-masking secure aggregation also carry `x25519` and `binding`: unused now that every
+    round's keys are fresh and signed by the identity, and ignored.)"""
     if not isinstance(network, str) or not network:
         raise TrustListError("trust list: `network` must be a non-empty string")
     if admin is not None:
@@ -66,7 +59,6 @@ def build_trust_list(network: object, entries: list, admin: object = None) -> Tr
             raise TrustListError(f"trust list: `admin`: {exc}") from None
     peers: list[str] = []
     names: dict[str, str] = {}
-    keys: dict[str, tuple[bytes, bytes]] = {}
     for i, entry in enumerate(entries):
         pid, name = (entry, None) if isinstance(entry, str) else (
             (entry.get("id"), entry.get("name")) if isinstance(entry, dict) else (None, None))
@@ -81,27 +73,9 @@ def build_trust_list(network: object, entries: list, admin: object = None) -> Tr
         peers.append(pid)
         if name is not None:
             names[pid] = str(name)
-        if isinstance(entry, dict) and ("x25519" in entry or "binding" in entry):
-            keys[pid] = _agreement_key(entry, f"trust list entry {i + 1} ({pid})")
     if admin is not None and admin in peers:
         raise TrustListError(f"trust list: `admin` {admin} is also a peer; the admin key must be kept apart from the nodes")
-    return TrustList(network, frozenset(peers), names, admin, keys)
-
-
-def _hex_field(entry: dict, name: str, size: int, where: str) -> bytes:
-    v = entry.get(name)
-    try:
-        raw = bytes.fromhex(v) if isinstance(v, str) else None
-    except ValueError:
-        raw = None
-    if raw is None or len(raw) != size:
-        raise TrustListError(f"{where}: `{name}` must be {2 * size} hex digits, got {v!r:.80}")
-    return raw
-
-
-def _agreement_key(entry: dict, where: str) -> tuple[bytes, bytes]:
-    """A peer's X25519 public key and its binding signature (`x25519` 32 bytes, `binding` 64)."""
-    return _hex_field(entry, "x25519", 32, where), _hex_field(entry, "binding", 64, where)
+    return TrustList(network, frozenset(peers), names, admin)
 
 
 def load_trust_list(path: str | os.PathLike) -> TrustList:

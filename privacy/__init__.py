@@ -14,7 +14,6 @@ and secure aggregation among a receiver's neighbours (`secure_mean`):
 - secagg_wire:     the signed canonical messages of both
 - shamir:          Shamir sharing of 32-byte secrets
 - masking:         the fixed point and the ChaCha20 PRG
-- secure, secure_wire: single masking, superseded; go once the peer uses secagg
 
 Nothing here imports torch or dp_accounting at import time: `gossipfl --help` stays fast.
 """

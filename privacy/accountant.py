@@ -14,6 +14,16 @@ number of steps (seconds, then minutes), so once the RDP bound exceeds PLD_LIMIT
 ledger holds more than PLD_MAX_STEPS steps, the RDP epsilon (also a valid bound) is reported.
 A PLD composed round by round and the same ledger recomposed after a restart may differ in
 the last digits (discretization); both are upper bounds.
+
+Two neighbouring relations (`epsilon()` and `epsilon_replace()`): add/remove (the datasets
+differ by one unit being present or absent: a gateway's whole data in update mode, one record
+in record mode) and replacement (one unit swapped for another, which moves a clipped change or
+gradient by up to 2C: twice the sensitivity). The budget is enforced on add/remove, the
+relation the peer's settings speak of; replacement is reported beside it for comparison with
+work that uses it. Replacement is dp_accounting's PLD under REPLACE_ONE (whatever `kind` says:
+its RDP accountant does not take Poisson sampling under replacement); where the PLD is out of
+its range, update mode falls back to the RDP bound of a Gaussian of sensitivity 2C (sigma / 2)
+and record mode reports infinity (no bound computed).
 """
 
 from __future__ import annotations
@@ -121,6 +131,35 @@ class _Composition:
         return math.inf if math.isnan(eps) else max(eps, 0.0)
 
 
+def replacement_epsilon(steps: dict[tuple[float, float], int], delta: float) -> float:
+    """Epsilon under the replace-one relation of the releases (sigma, q) -> steps."""
+    import dp_accounting as dpa
+    from dp_accounting import pld, rdp
+
+    total = sum(steps.values())
+    if not total:
+        return 0.0
+    with _quiet_library():
+        if total <= PLD_MAX_STEPS:
+            acc = pld.PLDAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE,
+                                    value_discretization_interval=PLD_DISCRETIZATION)
+            bound = rdp.RdpAccountant()  # add/remove at sigma / 2 bounds the work (as for add/remove)
+            for (sigma, q), n in sorted(steps.items()):
+                bound.compose(library_event(sigma / 2, q), n)
+            if bound.get_epsilon(delta) <= 2 * PLD_LIMIT:
+                for (sigma, q), n in sorted(steps.items()):
+                    acc.compose(library_event(sigma, q), n)
+                eps = float(acc.get_epsilon(delta))
+                return math.inf if math.isnan(eps) else max(eps, 0.0)
+        if any(q < 1 for _, q in steps):
+            return math.inf
+        acc = rdp.RdpAccountant()
+        for (sigma, _), n in sorted(steps.items()):
+            acc.compose(dpa.GaussianDpEvent(sigma / 2), n)
+        eps = float(acc.get_epsilon(delta))
+    return math.inf if math.isnan(eps) else max(eps, 0.0)
+
+
 class Accountant:
     """A peer's privacy ledger: spend a round's Release, ask epsilon (now, or if it spent one more)."""
 
@@ -134,6 +173,7 @@ class Accountant:
         self._composition: _Composition | None = None  # built on first use: dp_accounting loads then
         self._epsilon = 0.0
         self._next: tuple[Release, _Composition, float] | None = None  # the last epsilon_if
+        self._replace: tuple[tuple, float] | None = None  # (the steps it was computed for, epsilon)
 
     def _room(self, release: Release) -> tuple[float, float]:
         key = (float(release.sigma), float(release.q))
@@ -149,7 +189,15 @@ class Accountant:
         return self._composition
 
     def epsilon(self) -> float:
+        """Epsilon under add/remove (the budget's relation)."""
         return self._epsilon
+
+    def epsilon_replace(self) -> float:
+        """Epsilon of the same releases under replacement (see the module docstring)."""
+        key = tuple(sorted(self._steps.items()))
+        if self._replace is None or self._replace[0] != key:
+            self._replace = (key, replacement_epsilon(dict(key), self.delta))
+        return self._replace[1]
 
     def epsilon_if(self, release: Release) -> float:
         """Epsilon after `release`, without spending it."""

@@ -1,7 +1,6 @@
 """The arithmetic that secure aggregation masks with: fixed point modulo 2^32 and a ChaCha20 PRG.
 
-One implementation of each, used by the double-masking protocol (privacy.secagg*) and, until
-the peer is rewired to it, by the single-masking core (privacy.secure).
+One implementation of each, used by the double-masking protocol (privacy.secagg*).
 
 - `FixedPoint`: values clipped to [-bound, bound], scaled by a power of two and rounded, as
   uint32 (two's complement) such that a sum of `count` of them never wraps.

@@ -48,7 +48,8 @@ The protocol, for receiver i, round r, group G = N(i) (i not in G, n = |G| >= 2)
     unmasked anyway: its self-mask seed is never revealed.
 
 The threshold. t = max(2, floor(n/2) + 1) by default; a receiver may ask for more (up to n,
-said in the signed book) and members refuse less. It means:
+said in the signed book; a peer's aggregation.params.threshold = "two_thirds") and members refuse
+less. It means:
 - dropouts: up to n - t members may drop out, at any phase and in total, and the sum over
   the survivors is still recovered; with more, the round fails for that receiver (it names
   who did not answer and keeps its own model).

@@ -527,5 +527,5 @@ class BatchedEngine:
             if self.progress:
                 self.progress(1)
         result.seconds = time.monotonic() - t_start
-        result.epsilon = epsilon_spent(sc)
+        result.epsilon, result.epsilon_replace = epsilon_spent(sc)
         return result

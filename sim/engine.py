@@ -67,6 +67,7 @@ class RunResult:
     seconds: float = 0.0
     engine: str = "protocol"  # "batched": no wire, no provenance logs
     epsilon: float | None = None  # differential privacy: the largest epsilon an honest node spent (None: off)
+    epsilon_replace: float | None = None  # the same under replacement (epsilon is add/remove)
 
 
 def _identity(seed: int, node) -> Identity:
@@ -174,9 +175,7 @@ class ProtocolEngine:
                 return model_attack(kind, honest_models, self.sent.get(t, own), own, n=self.graph.degree(t) + 1,
                                     b=b, gen=self.gen, params=self.sc.attack_params, honest_without_target=without)
             if parts.secure is not None:  # secure_mean: the crafted model is what gets masked (it hides in the sum)
-                seal = parts.secure.seal_for
-                parts.secure.seal_for = lambda own, receiver, round_, **fields: seal(
-                    craft(round_, receiver, own), receiver, round_, **fields)
+                parts.secure.input_for = lambda receiver, round_, own: craft(round_, receiver, own)
             else:
                 parts.transport = AttackTransport(parts.transport, ModelAttacker(ident, craft))
 
@@ -237,6 +236,7 @@ class ProtocolEngine:
         result.seconds = time.monotonic() - t_start
         if sc.privacy != "off":
             result.epsilon = max(self.peers[v].privacy.epsilon() for v in honest)
+            result.epsilon_replace = max(self.peers[v].privacy.epsilon_replace() for v in honest)
         return result
 
     def _measure(self, r, honest, test_xy, bytes_sent, rejected, online, seconds) -> RoundMetrics:

@@ -33,26 +33,27 @@ def update_privacy(sc: Scenario):
     return s if s.mode == "update" else None
 
 
-def ledger(sc: Scenario) -> tuple[int, float | None]:
-    """(rounds in which nodes train and send, the epsilon each honest node spent): all rounds, or
-    as many as the budget allows; epsilon None without privacy."""
+def ledger(sc: Scenario) -> tuple[int, float | None, float | None]:
+    """(rounds in which nodes train and send, the epsilon each honest node spent under add/remove
+    and under replacement): all rounds, or as many as the budget allows; epsilon None without privacy."""
     s = update_privacy(sc)
     if s is None:
-        return sc.rounds, None
+        return sc.rounds, None, None
     acct, release = Accountant(s.accountant, s.delta), Release(s.noise_multiplier, 1.0, 1)
     done = 0
     while done < sc.rounds and acct.allows(release, s.epsilon):
         acct.spend(release)
         done += 1
-    return done, acct.epsilon()
+    return done, acct.epsilon(), acct.epsilon_replace()
 
 
 def releases_allowed(sc: Scenario) -> int:
     return ledger(sc)[0]
 
 
-def epsilon_spent(sc: Scenario) -> float | None:
-    return ledger(sc)[1]
+def epsilon_spent(sc: Scenario) -> tuple[float | None, float | None]:
+    """(add/remove, replacement)."""
+    return ledger(sc)[1:]
 
 
 def privatize_rows(sc: Scenario, start: torch.Tensor, trained: torch.Tensor, nodes: np.ndarray,

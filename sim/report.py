@@ -68,7 +68,8 @@ def summary_row(res: RunResult) -> dict:
             "bytes": "estimated: messages sent x largest update size" if batched else "measured",
             "privacy": res.scenario.privacy, "noise_multiplier": res.scenario.noise_multiplier
             if res.epsilon is not None else None,
-            "epsilon": res.epsilon}  # the largest epsilon an honest node spent (None: privacy off)
+            "epsilon": res.epsilon,  # the largest epsilon an honest node spent, add/remove (None: privacy off)
+            "epsilon_replace": res.epsilon_replace}  # the same releases under replacement
 
 
 def write_metrics(results: list[RunResult], out: Path) -> None:
@@ -169,7 +170,8 @@ def table(rows: list[dict], title: str):
         t.add_column(col, justify="right", no_wrap=True)
     private = any(r.get("epsilon") is not None for r in rows)
     if private:
-        t.add_column("epsilon", justify="right", no_wrap=True)
+        t.add_column("epsilon add/rm", justify="right", no_wrap=True)
+        t.add_column("epsilon repl", justify="right", no_wrap=True)
     t.add_column("rejected")
     t.add_column("engine", no_wrap=True)
     t.add_column("s/node-rnd", justify="right", no_wrap=True)
@@ -180,7 +182,7 @@ def table(rows: list[dict], title: str):
         pct = [f"{100 * r['mean_accuracy']:.1f}%", f"{100 * r['min_accuracy']:.1f}%"]
         if many:
             pct += [f"{100 * r['p10_accuracy']:.1f}%", f"{100 * r['median_accuracy']:.1f}%"]
-        eps = [] if not private else ["-" if r.get("epsilon") is None else f"{r['epsilon']:.3g}"]
+        eps = [] if not private else ["-" if r.get(k) is None else f"{r[k]:.3g}" for k in ("epsilon", "epsilon_replace")]
         t.add_row(r["rule"], r["attack"], str(r["byzantine"]), *pct, f"{r['consensus_distance']:.3g}", *eps, rej,
                   r.get("engine", "protocol"), f"{r['seconds_per_node_round']:.4g}")
     return t

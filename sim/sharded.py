@@ -161,7 +161,7 @@ def run_sharded(sc: Scenario, rule: str, graph: nx.Graph, shards: int, *, addres
         for a in actors:
             ray.kill(a)
     result.seconds = time.monotonic() - t_start
-    result.epsilon = epsilon_spent(sc)
+    result.epsilon, result.epsilon_replace = epsilon_spent(sc)
     return result, counts
 
 

@@ -127,3 +127,82 @@ def updates(members, size: int, seed: int, scale: float = 0.6) -> dict[str, torc
 
 def plain_sum(xs: dict, members, bound: float) -> torch.Tensor:
     return sum(xs[k].double().clamp(-bound, bound) for k in members)
+
+
+class Neighbourhood:
+    """The pure round state machine of RECEIVER running secure_mean (peer.runtime.secagg_exchange)
+    with the first n MEMBERS as its neighbours, played by real member sessions; every message
+    through its bytes, masked inputs through a real signed envelope and the verifier. Time is
+    whatever the test says (`now`)."""
+
+    SCHEMA = b"s" * 32
+
+    def __init__(self, n: int = 3, size: int = 8, deadline: float = 5.0, threshold: str = "majority",
+                 bound: float = 1.0, groups: dict | None = None):
+        from gossip.verify import Verifier
+        from peer.runtime.round import RoundPolicy, RoundState
+        from peer.runtime.secagg_exchange import SecAggExchange
+        from privacy.secagg import masked_words
+
+        self.n, self.size, self.bound = n, size, bound
+        self.members = sorted(p.peer_id for p in MEMBERS[:n])
+        self.policy = RoundPolicy(neighbours=frozenset(self.members), peer_id=RECEIVER.peer_id, rule="secure_mean",
+                                  deadline=deadline)
+        self.ex = SecAggExchange(self.policy, RECEIVER, NET, groups or {}, size, threshold)
+        self.state = RoundState(self.policy, self.ex)
+        self.verifier = Verifier(NET, set(BY_ID), self.SCHEMA, size, neighbours=set(self.members),
+                                 masked_words=masked_words(size))
+        self.ledgers = {k: MemberLedger() for k in self.members}
+        self.ms: dict[str, MemberSession] = {}
+        self.log: list = []  # every command the state machine answered
+
+    def run(self, cmds: list) -> list:
+        self.log += cmds
+        return cmds
+
+    def start(self, now: float) -> list:
+        r = self.state.round
+        ctx = Context(NET, RECEIVER.peer_id, r, tuple(self.members))
+        self.ms = {k: MemberSession(BY_ID[k], ctx, self.ledgers[k]) for k in self.members}
+        return self.run(self.state.start(now))
+
+    def to_receiver(self, k: str, data: bytes, now: float) -> list:
+        return self.run(self.state.exchanged(k, self.state.round, wire.parse(data, self.n), now))
+
+    @staticmethod
+    def sends(cmds) -> dict[str, bytes]:
+        from peer.runtime.commands import Transmit
+
+        return {to: c.data for c in cmds if isinstance(c, Transmit) for to in c.to}
+
+    def adverts(self, now: float, drop=()) -> dict[str, bytes]:
+        out = []
+        for k in self.members:
+            if k not in drop:
+                out += self.to_receiver(k, self.ms[k].advert(), now)
+        return self.sends(out)
+
+    def answer(self, msgs: dict[str, bytes], now: float, drop=()) -> dict[str, bytes]:
+        """Each member's answer to the receiver's message, delivered; what the receiver sends."""
+        out = []
+        for k, data in msgs.items():
+            if k not in drop:
+                reply = self.ms[k].receive(wire.parse(data, self.n))
+                if reply is not None:
+                    out += self.to_receiver(k, reply, now)
+        return self.sends(out)
+
+    def masked(self, k: str, x, now: float):
+        """k masks x and the receiver offers the signed envelope: (OfferKind, commands)."""
+        from gossip.envelope import seal
+        from gossip.verify import Accepted
+        from privacy.secagg import masked_words
+
+        payload = self.ms[k].mask(x, FixedPoint(self.bound, self.n))
+        data = seal(BY_ID[k], net=NET, round=self.state.round, schema=self.SCHEMA, payload=payload, codec="u32",
+                    n=masked_words(self.size), kind="masked").data
+        accepted = self.verifier.verify(data, self.state.round)
+        assert isinstance(accepted, Accepted), accepted
+        kind, cmds = self.state.offer(accepted, len(data))
+        self.run(cmds)
+        return kind, cmds

@@ -53,8 +53,13 @@ def test_update_mode_noises_what_is_sent_and_logs_the_ledger(tmp_path):
             assert e.details["mode"] == "update" and e.details["sigma"] == 0.5 and e.details["clip"] == 5.0
             assert e.details["q"] == 1.0 and e.details["steps"] == 1
             assert e.details["epsilon"] == pytest.approx(expected.spend(Release(0.5, 1.0, 1)))
+            assert e.details["epsilon_replace"] == pytest.approx(expected.epsilon_replace())
+            assert e.details["relation"] == "a gateway's whole data"
         assert p.privacy.epsilon() == pytest.approx(events[-1].details["epsilon"])
-        assert p.metrics.status()["privacy"]["epsilon"] == pytest.approx(events[-1].details["epsilon"])
+        status = p.metrics.status()["privacy"]
+        assert status["epsilon"] == pytest.approx(events[-1].details["epsilon"])
+        assert status["epsilon_replace"] == pytest.approx(events[-1].details["epsilon_replace"])
+        assert status["epsilon_replace"] > status["epsilon"]
         v = verify_log(n.dir / "data" / "provenance.db")
         assert v.ok, v.line()
     # noise of std 2.5 per coordinate on every model sent: the mean of four noised models is far from
@@ -164,6 +169,8 @@ def test_the_ledger_survives_kill_9_and_restart(tmp_path):
     shown = CliRunner().invoke(main, ["audit", "show", str(db), "--kind", "privacy"])
     assert shown.exit_code == 0, shown.output
     assert "epsilon=" in shown.output and "sigma=2" in shown.output and "accountant" not in shown.output
+    assert f"epsilon_replace={after[-1].details['epsilon_replace']:.4g}" in shown.output  # both relations, named
+    assert "relation=a gateway's" in shown.output
 
 
 def _read_privacy(db):

@@ -24,9 +24,11 @@ from privacy import PrivacySettings, check_privacy
 from privacy.accountant import (
     MAX_EVENT_KINDS,
     PLD_DISCRETIZATION,
+    PLD_MAX_STEPS,
     Accountant,
     PrivacyStateError,
     Release,
+    replacement_epsilon,
 )
 from privacy.dp import clip_rows, privatize, privatize_model, secure_generator, seeded_generator
 from privacy.dpsgd import poisson_batch, private_step_grad
@@ -157,6 +159,38 @@ def test_record_mode_epsilon_is_the_librarys(kind):
         library_epsilon(kind, 1e-5, spent + [(1.1, 0.05, 25)]), rel=1e-9)
     if kind == "rdp":  # RDP adds up: the merged ledger is the same composition
         assert acc.epsilon() == pytest.approx(library_epsilon(kind, 1e-5, [(1.1, 0.05, 200), (0.9, 0.02, 10)]))
+
+
+def replace_one_epsilon(delta, events) -> float:
+    """dp_accounting's PLD under the replace-one relation, composed here independently."""
+    acc = pld.PLDAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE,
+                            value_discretization_interval=PLD_DISCRETIZATION)
+    for sigma, q, steps in events:
+        g = dpa.GaussianDpEvent(sigma)
+        acc.compose(g if q == 1 else dpa.PoissonSampledDpEvent(q, g), steps)
+    return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("kind", ["rdp", "pld"])
+@pytest.mark.parametrize("events", [[(1.0, 1.0, 20)], [(1.1, 0.05, 200), (0.9, 0.02, 10)]])
+def test_both_neighbouring_relations_are_the_librarys(kind, events):
+    acc = Accountant(kind, 1e-5)
+    for sigma, q, steps in events:
+        acc.spend(Release(sigma, q, steps))
+    assert acc.epsilon_replace() == pytest.approx(replace_one_epsilon(1e-5, events), rel=1e-6)
+    assert acc.epsilon_replace() > acc.epsilon()  # a swap moves a release twice as far as a removal
+    # update mode: replacement is add/remove at twice the sensitivity (sigma / 2), within the PLD's grid
+    if events[0][1] == 1.0:
+        assert acc.epsilon_replace() == pytest.approx(library_epsilon("pld", 1e-5, [(0.5, 1.0, 20)]), rel=1e-2)
+    assert Accountant.from_state(acc.state()).epsilon_replace() == pytest.approx(acc.epsilon_replace())
+
+
+def test_replacement_beyond_the_plds_range_falls_back_to_a_bound_or_says_none():
+    many = {(1.0, 1.0): PLD_MAX_STEPS + 1}
+    bound = library_epsilon("rdp", 1e-5, [(0.5, 1.0, PLD_MAX_STEPS + 1)])
+    assert replacement_epsilon(many, 1e-5) == pytest.approx(bound)
+    assert math.isinf(replacement_epsilon({(1.0, 0.01): PLD_MAX_STEPS + 1}, 1e-5))
+    assert replacement_epsilon({}, 1e-5) == 0.0
 
 
 def test_pld_is_tighter_than_rdp_and_epsilon_grows():

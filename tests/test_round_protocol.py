@@ -22,7 +22,12 @@ from peer.runtime.round import (
     RoundProtocolError,
     RoundState,
 )
-from peer.runtime.secure_exchange import SecureMeanExchange
+from privacy import secagg_wire as wire
+from privacy.secagg import Context
+from privacy.secagg_ledger import MemberLedger
+from privacy.secagg_member import MemberSession
+
+from .secagg_helpers import NET, Neighbourhood, updates
 
 SCHEMA = b"s" * 32
 IDS = [Identity.from_seed(bytes([i + 1]) * 32) for i in range(4)]
@@ -37,14 +42,33 @@ def update(i: int, round_: int, deg: int = 0) -> Accepted:
     return result
 
 
-def fresh(secure: bool = False, **kw) -> RoundState:
+def fresh(**kw) -> RoundState:
     policy = RoundPolicy(neighbours=frozenset(NB[:3]), peer_id="me", rule="mean", **kw)
-    return RoundState(policy, SecureMeanExchange(policy) if secure else DirectExchange(policy))
+    return RoundState(policy, DirectExchange(policy))
+
+
+def exchanging() -> RoundState:
+    """secure_mean's state machine with real members, closed with 2 of 3 masked inputs: it
+    waits for consents (EXCHANGING)."""
+    h = Neighbourhood(n=3)
+    xs = updates(h.members, h.size, seed=5)
+    h.start(0.0)
+    forwards = h.answer(h.adverts(0.0), 0.0)
+    h.answer(forwards, 0.0)
+    h.state.trained(0.0, {})
+    h.state.sent("own", [])
+    for k in h.members[:2]:
+        h.masked(k, xs[k], 0.0)
+    h.state.close(5.0)
+    assert h.state.phase is Phase.EXCHANGING
+    return h.state
 
 
 def in_phase(phase: Phase) -> RoundState:
     """A state machine driven, by legal calls only, into `phase`."""
-    s = fresh(secure=phase is Phase.EXCHANGING)
+    if phase is Phase.EXCHANGING:
+        return exchanging()
+    s = fresh()
     if phase is Phase.NEW:
         return s
     s.start()
@@ -56,9 +80,9 @@ def in_phase(phase: Phase) -> RoundState:
         return s
     s.offer(update(0, 0))
     s.offer(update(1, 0))
-    out = s.close(1.0)  # secure: the third member is missing, so reveals are asked for
-    assert s.phase in (Phase.CLOSED, Phase.EXCHANGING), out
-    if phase in (Phase.CLOSED, Phase.EXCHANGING):
+    out = s.close(1.0)
+    assert s.phase is Phase.CLOSED, out
+    if phase is Phase.CLOSED:
         return s
     s.aggregated((NB[0], NB[1]), None, {})
     assert s.phase is Phase.IDLE
@@ -115,12 +139,16 @@ def test_a_durable_checkpoint_nobody_asked_for_is_a_driver_bug():
 
 
 def test_messages_are_judged_in_every_phase_never_raised_on():
+    stranger = IDS[3]
+    ctx = Context(NET, "12D3KooWAaYVakMyznsMrUbM1TPKUnduj2tCfQiM6zujqQmepeqr", 9, (NB[2], stranger.peer_id))
+    advert = wire.parse(MemberSession(stranger, ctx, MemberLedger()).advert())
     for phase in Phase:
         s = in_phase(phase)
         s.screened(update(2, s.round).envelope)
         s.offer(update(2, s.round + 1))
         s.reject("wrong_kind", "x", NB[2], True)
-        s.exchanged(NB[2], s.round, {})  # unasked-for: rejected, logged, never a crash
+        (refused,) = s.exchanged(stranger.peer_id, 9, advert, 1.0)  # unasked-for: refused, never a crash
+        assert refused.reason in ("unexpected_message", "no_session") and not refused.authenticated
         assert s.phase is phase
 
 

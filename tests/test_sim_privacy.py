@@ -17,6 +17,7 @@ from sim import batched
 from sim.batched import BatchedEngine
 from sim.engine import ProtocolEngine
 from sim.errors import ScenarioError
+from sim.report import summary_row
 from sim.scenario import Scenario
 from topology import from_spec
 
@@ -24,19 +25,27 @@ DP = Scenario(name="dp", rounds=4, topology="regular:16,4", dataset="digits", lo
               privacy="update", noise_multiplier=1.0, clip=0.5, deadline=1.0)
 
 
-def _epsilon(sigma: float, rounds: int) -> float:
+def _accountant(sigma: float, rounds: int) -> Accountant:
     acct = Accountant("rdp", 1e-5)
     for _ in range(rounds):
         acct.spend(Release(sigma, 1.0, 1))
-    return acct.epsilon()
+    return acct
 
 
-def test_both_engines_account_the_same_epsilon(tmp_path):
+def _epsilon(sigma: float, rounds: int) -> float:
+    return _accountant(sigma, rounds).epsilon()
+
+
+def test_both_engines_account_the_same_epsilon_under_both_relations(tmp_path):
     graph = from_spec(DP.topology, seed=0)
     fast = BatchedEngine(DP, "mean", graph, tmp_path / "b").run()
     proto = asyncio.run(ProtocolEngine(DP, "mean", graph, tmp_path / "p").run())
-    assert fast.epsilon == pytest.approx(_epsilon(1.0, 4))
-    assert proto.epsilon == pytest.approx(_epsilon(1.0, 4))
+    replace_one = _accountant(1.0, 4).epsilon_replace()
+    for res in (fast, proto):
+        assert res.epsilon == pytest.approx(_epsilon(1.0, 4))
+        assert res.epsilon_replace == pytest.approx(replace_one) and replace_one > res.epsilon
+        row = summary_row(res)
+        assert (row["epsilon"], row["epsilon_replace"]) == (res.epsilon, res.epsilon_replace)
 
 
 def test_batched_noise_is_reproducible_and_independent_of_chunking(monkeypatch):

@@ -34,7 +34,7 @@ from .settings import (  # noqa: F401  (the dataclasses are read through peer.co
     DEFAULT_DATA_DIR,
     LOADER_ARGUMENTS,
     SECURE_BOUND,
-    SECURE_MIN_SENDERS,
+    SECURE_THRESHOLDS,
     AggregationConfig,
     DataConfig,
     MetricsConfig,
@@ -185,10 +185,10 @@ def check_secure_mean(agg: AggregationConfig, neighbours: list[Neighbour]) -> No
     if isinstance(bound, bool) or not isinstance(bound, int | float) or not 1e-30 <= bound <= 1e30:
         raise ConfigError(f"aggregation.params.bound must be a number in [1e-30, 1e30] (the clip per value), "
                           f"got {bound!r:.40}")
-    senders = agg.params.get("min_senders", SECURE_MIN_SENDERS)
-    if isinstance(senders, bool) or not isinstance(senders, int) or senders < 2:
-        raise ConfigError(f"aggregation.params.min_senders must be an integer >= 2 (a receiver never learns "
-                          f"fewer updates summed), got {senders!r:.40}")
+    threshold = agg.params.get("threshold", "majority")
+    if threshold not in SECURE_THRESHOLDS:
+        raise ConfigError(f"aggregation.params.threshold must be one of {', '.join(SECURE_THRESHOLDS)} (how many of "
+                          f"a group must answer; README \"Privacy\"), got {threshold!r:.40}")
     if len(neighbours) < 2:
         raise ConfigError(f"secure_mean needs at least 2 neighbours (a sum of one update hides nothing), this peer "
                           f"has {len(neighbours)}")

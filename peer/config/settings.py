@@ -57,7 +57,7 @@ class ModelConfig:
 
 
 SECURE_BOUND = 4.0  # secure_mean's clip per value: model parameters rarely leave [-4, 4] (aggregation.secure)
-SECURE_MIN_SENDERS = 2  # privacy.secure.MIN_SENDERS: a receiver never learns fewer updates summed
+SECURE_THRESHOLDS = ("majority", "two_thirds")  # secure_mean's t: peer.runtime.secagg_exchange.threshold_for
 
 
 @dataclass

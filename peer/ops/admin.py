@@ -30,7 +30,7 @@ from ..config.tomlwrite import dumps
 from ..errors import ConfigError
 from ..transports import TransportKind, kind_of
 from .mosquitto import write_secret
-from .plan import ADMIN_DIR, ADMIN_KEY, agreement_fields, node_dir_name, node_document, write_unit
+from .plan import ADMIN_DIR, ADMIN_KEY, node_dir_name, node_document, write_unit
 from .plan_edits import (
     adjacency,
     check_port,
@@ -200,11 +200,8 @@ def admit(folder, name: str, neighbours: list[str], *, port: int | None = None, 
     config = node_dir / "peer.toml"
     config.write_text(f"# gateway {name}, admitted to a running fleet\n" + dumps(doc, comments))
     cfg = load_config(config)  # it loads, with its modules beside it, before the plan changes
-    fields_ = agreement_fields(ident, plan.trust.network)  # its secure-aggregation key, like every node's
     trust = TrustList(plan.trust.network, plan.trust.peers | {ident.peer_id},
-                      {**plan.trust.names, ident.peer_id: name}, plan.trust.admin,
-                      {**plan.trust.keys, ident.peer_id: (bytes.fromhex(fields_["x25519"]),
-                                                          bytes.fromhex(fields_["binding"]))})
+                      {**plan.trust.names, ident.peer_id: name}, plan.trust.admin)
     entry = {"node": name, "peer_id": ident.peer_id, "config": str(config.relative_to(plan.dir)),
              "port": ports.get("listen"), **({"metrics_port": ports["metrics"]} if "metrics" in ports else {})}
     plan.manifest["nodes"].append(entry)
@@ -257,8 +254,7 @@ def revoke(folder, who: str, *, send: bool = True) -> Outcome:
     graph = adjacency({n["peer_id"]: plan.config(n) for n in plan.live})
     epoch, data, path = plan.sign("revoke", pid)
     trust = TrustList(plan.trust.network, plan.trust.peers - {pid},
-                      {k: v for k, v in plan.trust.names.items() if k != pid}, plan.trust.admin,
-                      {k: v for k, v in plan.trust.keys.items() if k != pid})
+                      {k: v for k, v in plan.trust.names.items() if k != pid}, plan.trust.admin)
     node["revoked_epoch"] = epoch
     plan.save(trust)
     broker = plan.kind.revoked(plan, pid)

@@ -209,9 +209,7 @@ class PlanWriter:
         """The admin key (apart) and the trust list; returns the admin's identity."""
         admin = self.opts.admin or Identity.generate()
         write_admin_key(self.out / ADMIN_DIR, admin, self.opts.network_id)
-        entries = [{"id": self.idents[v].peer_id, "name": str(v), **agreement_fields(self.idents[v],
-                                                                                    self.opts.network_id)}
-                   for v in self.nodes]
+        entries = [{"id": self.idents[v].peer_id, "name": str(v)} for v in self.nodes]
         (self.out / "trust.toml").write_text(build_trust_list(self.opts.network_id, entries,
                                                               admin=admin.peer_id).to_toml())
         return admin
@@ -298,14 +296,6 @@ def check_ports(ports: dict[str, tuple[int | None, int | None]], transport: str)
                 raise ConfigError(f"ports clash: {what} {port} is also {seen[port]}; choose bases whose ranges "
                                   "do not overlap (--base-port, --metrics)")
             seen[port] = what
-
-
-def agreement_fields(identity: Identity, network_id: str) -> dict:
-    """A trust-list entry's secure-aggregation key: the X25519 public key derived from the
-    identity and the identity's signature binding it to the PeerId in this network."""
-    from privacy.secure import agreement_key, key_binding, public_bytes
-
-    return {"x25519": public_bytes(agreement_key(identity)).hex(), "binding": key_binding(identity, network_id).hex()}
 
 
 def write_admin_key(folder: Path, admin: Identity, network_id: str) -> Path:

@@ -54,13 +54,20 @@ class CheckpointWriter:
         """(next round, params hash) of the checkpoint begun last, once it is on disk; None if none."""
         if self._job is None:
             return None
-        (job, next_round), self._job = self._job, None
-        self._written, digest = await job
+        job, next_round = self._job
+        try:
+            self._written, digest = await job
+        finally:
+            if self._job is not None and self._job[0] is job:
+                self._job = None
         return next_round, digest
 
     def publish(self) -> None:
-        """Rename the written checkpoint into place; call after its event is in the log."""
-        if self._written is not None:
+        """Rename the written checkpoint into place; call after its event is in the log. Not
+        while a newer one is being written: the log is flushed from the receive loop too (an
+        event that must be durable before a message leaves), and the newer write reuses the
+        same `.tmp`, so renaming it then would move a half-written file."""
+        if self._written is not None and self._job is None:
             tmp, self._written = self._written, None
             ckpt.commit(tmp, self.path)
 

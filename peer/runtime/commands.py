@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # a relay imports membership, and so these commands: never to
 
 
 class Command:
-    """Base of every command (a rule's exchange may add its own, e.g. secure_mean's reveals)."""
+    """Base of every command (a rule's exchange may add its own, e.g. secure_mean's masking)."""
 
 
 @dataclass(frozen=True)
@@ -111,10 +111,14 @@ class Refuse(Command):
 
 @dataclass(frozen=True)
 class Transmit(Command):
-    """Send these bytes to each of `to` (best effort, in the background)."""
+    """Send these bytes to each of `to`, in the background: a small message of the protocol at
+    once (tried again for up to `retry_for` seconds while undelivered), or with `round` set an
+    update of that round (each neighbour's newest, tried until delivered or replaced)."""
 
     to: tuple[str, ...]
     data: bytes
+    round: int | None = None
+    retry_for: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -129,11 +133,21 @@ class Reject(Command):
 
 @dataclass(frozen=True)
 class Exchanged(Command):
-    """A verified message for the round's exchange (e.g. a reveal): hand it to the round."""
+    """A parsed message of the rule's own wire (e.g. a key advert): hand it to the round, whose
+    exchange checks its sender and signature before any work."""
 
     sender: str
     round: int
     content: object
+
+
+@dataclass(frozen=True)
+class Ahead(Command):
+    """A message of the rule's wire, verified, proves that `sender` is at `round` (the round
+    counts it for catch-up; a wire whose updates do not show every neighbour's round says so)."""
+
+    sender: str
+    round: int
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from . import commands as do
 from .checkpoints import Checkpoints
 from .context import RoundContext, RoundRecord, log_round
 from .inbox import Inbox, Listener
+from .journal import Journal
 from .membership import allowed_peers
 from .metrics import PeerMetrics
 from .outbox import Outbox
@@ -39,6 +40,7 @@ from .tasks import TaskSet
 from .wires import make_wire
 
 log = logging.getLogger("gossipfl.peer")
+OWED_MAX = 30.0  # seconds a stopping peer gives neighbours' rounds to get what they need from it
 
 
 class Peer:
@@ -79,10 +81,10 @@ class Peer:
                            self._execute)
         self.outbox = Outbox(self.transport, self.tasks, self.metrics.bytes_out,
                              retry_cap=cfg.round.interval or cfg.round.deadline)
+        self.journal = Journal(self.prov, self.checkpoints.publish, self.outbox, self.failed)
         self.listener = Listener(self.transport, self.tasks, self.receive, self.failed)
         self.history: list[RoundRecord] = []
         self.ctx = RoundContext(started=0.0)
-        self._events: list[NewEvent] = []
         self._wake, self._stop = asyncio.Event(), asyncio.Event()
         self.failure: BaseException | None = None
         self.revoked_at: int | None = None
@@ -115,7 +117,7 @@ class Peer:
             self.state.resume(ck.round, ck.parents, ck.replay)
             self.resumed_from = ck.round
         self.privacy.restore(self.prov)  # the budget spent so far, from the log (it has every release)
-        self.wire.restore(self.prov)  # e.g. secure_mean: never reveal twice for one (receiver, round)
+        self.wire.restore(self.prov)  # e.g. secure_mean: the member's ledger (never a second session or set)
 
     async def go_offline(self) -> None:
         """Simulated outage: stop receiving (messages sent meanwhile are lost)."""
@@ -131,14 +133,14 @@ class Peer:
         await self.go_online()
         await self._apply_neighbours()  # the stored membership records count from the start
         addrs = self.transport.addresses()
-        self._events.append(NewEvent(EventKind.STARTED, self.round, details={
+        self.journal.add(NewEvent(EventKind.STARTED, self.round, details={
             "neighbours": self.neighbours, "rule": self.cfg.aggregation.rule, "f": self.cfg.aggregation.f,
             "transport": self.cfg.transport.kind, "addresses": addrs, "resumed_from": self.resumed_from,
             "schema": self.model.schema.hex(), "params": self.model.size}))
         if self.resumed_from is None:  # a first checkpoint: a diverging first round has a model to return to
             await self._execute(self.state.persist())
             await self._commit_durable()
-        self._flush()
+        self.journal.flush()
         for a in addrs:
             log.info("listening on %s", a)
         log.info("peer %s started at round %d with %d neighbours (%s, f=%d)", self.cfg.name or self.peer_id,
@@ -160,12 +162,13 @@ class Peer:
         if not self.started:
             return
         self.started = False
+        await self._answer_what_is_owed()
         await self._commit_durable()
         await self._execute(self.state.persist())
         await self._commit_durable()
         await self.outbox.drain(min(5.0, self.cfg.round.deadline))
-        self._events.append(NewEvent(EventKind.STOPPED, self.round, details={"reason": reason}))
-        self._flush()
+        self.journal.add(NewEvent(EventKind.STOPPED, self.round, details={"reason": reason}))
+        self.journal.flush()
         await self.listener.stop()
         await self.transport.close("revoked" if self.revoked_at is not None else "stopped")  # the retained status
         await self.tasks.cancel()
@@ -174,6 +177,18 @@ class Peer:
         self.lock.release()
         self.metrics.stop()
         log.info("peer %s stopped at round %d (%s)", self.cfg.name or self.peer_id, self.round, reason)
+
+    async def _answer_what_is_owed(self) -> None:
+        """Before stopping: let neighbours' rounds get what they still need from this peer (a
+        secure_mean member's consents and reveals), for at most two round deadlines and OWED_MAX
+        seconds (a systemd unit allows 60 s to stop)."""
+        end = self.clock() + min(2 * self.cfg.round.deadline, OWED_MAX)
+        while self.state.owes() and self.failure is None and self.clock() < end:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), min(0.5, end - self.clock()))
+            except TimeoutError:
+                pass
 
     async def run(self, rounds: int | None = None) -> list[RoundRecord]:
         """Run rounds until a stop request and: `rounds` more are done (0 = forever), or without
@@ -218,9 +233,9 @@ class Peer:
         """Phase 1 (the simulator runs it for every peer before phase 2, in lock-step)."""
         ctx = self.ctx = RoundContext(started=self.clock())
         await self._apply_neighbours()
-        await self._execute(self.state.start())
+        await self._execute(self.state.start(self.clock()))
         transmit, events = self.privacy.before_training(self.round, self.model.flat)
-        self._events.extend(events)  # the budget ran out: said once, in the log too
+        self.journal.add(*events)  # the budget ran out: said once, in the log too
         t = self.clock()
         if not transmit:  # no more releases: the own data is left alone, the model is only aggregated
             ctx.train = Metrics()
@@ -234,11 +249,11 @@ class Peer:
             return False
         diverged = self.checkpoints.restore_if_diverged(self.round)  # back to the checkpoint before noising
         if diverged is not None:
-            self._events.append(diverged)
-            self._flush()
+            self.journal.add(diverged)
+            self.journal.flush()
             if self.checkpoints.gave_up:
                 raise PeerError(self.checkpoints.gave_up)
-        self._events.extend(self.privacy.after_training(self.round, self.model.flat))  # noised, accounted
+        self.journal.add(*self.privacy.after_training(self.round, self.model.flat))  # noised, accounted
         t = self.clock()
         ctx.eval = self.learner.evaluate()
         ctx.eval_s = self.clock() - t
@@ -256,7 +271,7 @@ class Peer:
         accepted, rejected = len(self.state.collected), Counter(self.state.rejected)
         heard = list(self.state.collected)
         await self._execute(self.state.close(self.clock()))
-        if self.state.phase is Phase.EXCHANGING:  # the rule's wire needs more messages (e.g. reveals)
+        if self.state.phase is Phase.EXCHANGING:  # the rule's wire needs more messages (e.g. consents, reveals)
             if not await self._wait_until_ready():
                 return None
             await self._execute(self.state.exchange_done())
@@ -269,8 +284,12 @@ class Peer:
         return rec
 
     async def _wait_until_ready(self) -> bool:
-        """Sleep until the round is ready (woken by arrivals, bounded by its deadline); False on stop."""
-        while not self._stop.is_set() and not self.state.ready(self.clock()):
+        """Sleep until the round is ready (woken by arrivals, bounded by its deadlines and the
+        exchange's own, which `tick` serves); False on stop."""
+        while not self._stop.is_set():
+            await self._execute(self.state.tick(self.clock()))
+            if self.state.ready(self.clock()):
+                break
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.state.wait_time(self.clock()))
@@ -300,9 +319,10 @@ class Peer:
         for cmd in commands:
             match cmd:
                 case do.Log(event, durable):
-                    self._events.append(event)
-                    if durable or len(self._events) >= 64:
-                        self._flush()
+                    if durable:  # one write for every durable event of this turn of the loop
+                        self.journal.durable(event)
+                    else:
+                        self.journal.add(event)
                 case do.JumpTo(target, before):
                     log.info("neighbours are at round %d, jumping from %d", target, before)
                 case do.Send():
@@ -327,9 +347,8 @@ class Peer:
                     await self._execute(self.state.aggregated(senders, weights, report))
                 case do.Refuse(reason):
                     await self._execute(self.state.skip(reason))
-                case do.Transmit(to, data):
-                    for nb in to:
-                        self.outbox.message(nb, data)
+                case do.Transmit():
+                    self.journal.send(cmd)
                 case do.Reject(reason, detail, claimed, authenticated):
                     await self._execute(self.state.reject(reason, detail, claimed, authenticated))
                 case do.Forget(peer):  # revoked: from now on its updates are rejected, this round's dropped
@@ -342,7 +361,7 @@ class Peer:
                     self.parts.allowed.clear()
                     self.parts.allowed.update(peers)
                 case do.Exchanged(sender, round_, content):
-                    await self._execute(self.state.exchanged(sender, round_, content))
+                    await self._execute(self.state.exchanged(sender, round_, content, self.clock()))
                     self._wake.set()
                 case _ if self.wire.carries(cmd):
                     await self._execute(await self.wire.carry_out(cmd, ctx.own, self.state.collected,
@@ -358,13 +377,13 @@ class Peer:
         out = await self.wire.seal(self.ctx.own, self.neighbours, fields, cmd.transmit)
         await self._execute(self.state.sent(out.update_id, [
             (nb, s.update_id, {"bytes": len(s.data), **out.details}) for nb, s in out.per_neighbour.items()]))
-        self._flush()
+        self.journal.flush()
         self.outbox.updates({nb: s.data for nb, s in out.per_neighbour.items()}, cmd.round)
 
     async def sync(self) -> None:
         """Make what the last round produced durable now: its checkpoint written and logged."""
         await self._commit_durable()
-        self._flush()
+        self.journal.flush()
 
     async def _commit_durable(self) -> None:
         done = await self.checkpoints.durable()
@@ -376,9 +395,3 @@ class Peer:
     async def receive(self, hint: str | None, data) -> None:
         """One message from the transport (`hint`: the sender it claims, unproven)."""
         await self._execute(self.inbox.sort(hint, data, self.round, self.state.seen, self.neighbours))
-
-    def _flush(self) -> None:
-        if self._events:
-            events, self._events = self._events, []
-            self.prov.append_many(events)
-        self.checkpoints.publish()  # its `checkpoint` event is in the log now

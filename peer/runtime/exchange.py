@@ -3,9 +3,16 @@
 The round state machine (peer.runtime.round) collects verified updates; what happens at close
 depends on what travels on the wire. `DirectExchange` (every rule that sees each update)
 combines own model and the neighbours' rows with the peer's rule, or skips when the rule cannot
-tolerate f with the rows that arrived. A rule with its own wire (secure_mean: masked
-contributions and reveals, peer.runtime.secure_exchange) implements the same five calls and the
-round never branches on which rule it runs. Pure: no clock, no I/O.
+tolerate f with the rows that arrived. A rule with its own wire (secure_mean: double masking,
+peer.runtime.secagg_exchange) implements the same calls and the round never branches on which
+rule it runs. Pure: no clock (every call that needs the time takes `now`), no I/O.
+
+A round's life, as an exchange sees it: `start` (the round begins: e.g. send key adverts),
+`message` (the wire's own messages, in any phase), `admit` (a verified update, before it
+counts), `trained` (the own model is ready), `awaited` / `collecting_deadline` (when the
+collection may end), `close`, then while exchanging `tick` / `wake_at` (its own deadlines),
+`ready` and `done`; `reset` when the next round begins. Outside a round `tick` and
+`message` go on: sessions for other peers' rounds are driven by their messages.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from aggregation import REGISTRY, parse_rule, tolerates
 from gossip.verify import Accepted
 from topology.mixing import mh_weights
 
-from .commands import Combine, Command
+from .commands import Combine, Command, Reject
 
 
 @dataclass(frozen=True)
@@ -29,40 +36,70 @@ class SkipRound:
 
 @dataclass(frozen=True)
 class Exchanging:
-    """Send these commands and wait for the exchange's messages until `deadline_at`."""
+    """Send these commands and wait for the exchange's messages until it is `ready` (its own
+    deadlines come through `tick` and `wake_at`)."""
 
     commands: tuple[Command, ...]
-    deadline_at: float
 
 
 Closing = Command | SkipRound | Exchanging
 
 
 class Exchange:
-    """The rule-specific part of closing a round (pure). Messages of the exchange's own wire
-    reach `message`; `refuses` may turn away an update that may no longer be used."""
+    """The rule-specific part of a round (pure); the defaults are those of a rule without a
+    wire of its own."""
+
+    def start(self, round_: int, now: float) -> list[Command]:
+        """The round begins (after any catch-up)."""
+        return []
+
+    def trained(self, round_: int, now: float, transmit: bool) -> list[Command]:
+        """The own model of the round is ready (`transmit` False: it must not be released)."""
+        return []
+
+    def admit(self, update: Accepted, current: int) -> tuple[str, str] | None:
+        """(reason, detail) if a verified update must not count (None: it counts)."""
+        return None
+
+    def awaited(self, neighbours: frozenset[str]) -> frozenset[str]:
+        """Whose updates the collection waits for (it ends when all of them are in)."""
+        return neighbours
+
+    def collecting_deadline(self, deadline_at: float) -> float:
+        """When the collection ends at the latest, given the round's own deadline."""
+        return deadline_at
 
     def close(self, round_: int, inputs: Sequence[Accepted], now: float) -> Closing:
         raise NotImplementedError
 
-    def done(self, round_: int) -> Closing:
-        """The exchange's messages are in or its deadline passed (only after `Exchanging`)."""
-        raise NotImplementedError
+    def message(self, sender: str, rnd: int, content, current: int, now: float) -> list[Command]:
+        """A parsed message of the exchange's own wire (`sender` as it claims, not yet proven):
+        the commands it leads to (answers to send, events to log, `Reject` for a refusal)."""
+        return [Reject("unexpected_message", f"{type(self).__name__} takes no messages of its own", sender, False)]
 
-    def ready(self) -> bool:
-        """While exchanging: everything the exchange waits for has arrived."""
-        return True
+    def tick(self, now: float) -> list[Command]:
+        """Time passed: what the exchange's own deadlines lead to."""
+        return []
 
-    def refuses(self, sender: str, rnd: int, current: int) -> tuple[str, str] | None:
-        """(reason, detail) if a verified update of `sender` for `rnd` must not count."""
+    def wake_at(self) -> float | None:
+        """When `tick` next has something to do (None: nothing is timed)."""
         return None
 
-    def message(self, sender: str, rnd: int, content, current: int, exchanging: bool) -> tuple[str, str] | None:
-        """A verified message of the exchange's own wire: None if kept, else (reason, detail)."""
-        return "unexpected_message", f"{type(self).__name__} takes no messages of its own"
+    def ready(self, now: float) -> bool:
+        """While exchanging: everything the exchange waits for has arrived, or it gave up."""
+        return True
 
-    def reset(self) -> None:
-        """A new round begins."""
+    def done(self, round_: int) -> Closing:
+        """The exchange is `ready` (only after `Exchanging`)."""
+        raise NotImplementedError
+
+    def reset(self, round_: int) -> None:
+        """Round `round_` begins (the last one ended or was skipped)."""
+
+    def owes(self) -> bool:
+        """Other peers' rounds still wait for messages from this one (a stopping peer answers
+        them first, for a bounded time)."""
+        return False
 
 
 def rule_params(rule: str, params: dict) -> dict:

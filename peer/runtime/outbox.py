@@ -8,7 +8,8 @@ peers fell out of step). An update that was not delivered (the neighbour unreach
 down) is tried again, with a delay doubling from RETRY_FIRST up to the peer's round interval
 or RETRY_CAP, until it is delivered or a newer one replaces it. At most two transmissions run at
 once (a stalled neighbour holds one slot, and a transport buffers at most two). Small protocol
-messages (records passed on, reveals) go out once, at once.
+messages (records passed on, key adverts, reveals) go out at once, tried again for a
+while if undelivered.
 """
 
 from __future__ import annotations
@@ -53,9 +54,21 @@ class Outbox:
             if task is None or task.done():
                 self.senders[nb] = self.tasks.spawn(self._sender(nb), f"sending to {nb[-8:]}")
 
-    def message(self, to: str, data: bytes) -> None:
-        """A small message of the protocol (a record passed on, a reveal): sent once, at once."""
-        self.tasks.spawn(self._transmit(to, data), f"message to {to[-8:]}")
+    def message(self, to: str, data: bytes, retry_for: float = 0.0) -> None:
+        """A small message of the protocol (a record passed on, a key advert, a reveal): sent at
+        once, and tried again (the delay doubling from RETRY_FIRST) for up to `retry_for`
+        seconds while it is not delivered (a neighbour still starting, a link down)."""
+        self.tasks.spawn(self._message(to, data, retry_for), f"message to {to[-8:]}")
+
+    async def _message(self, to: str, data: bytes, retry_for: float) -> None:
+        loop = asyncio.get_running_loop()
+        give_up, delay = loop.time() + retry_for, RETRY_FIRST
+        while not await self._transmit(to, data):
+            if loop.time() + delay > give_up:
+                log.debug("a message to %s was not delivered", to)
+                return
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, self.retry_cap)
 
     async def _sender(self, nb: str) -> None:
         """Send `nb` the newest update in its mailbox until none is left; retry what failed."""

@@ -12,7 +12,8 @@ from gossip.identity import Identity, load_key
 from gossip.transport import MemoryHub, Transport
 from gossip.trust import TrustList, load_trust_list
 from gossip.verify import Verifier
-from privacy.secure_wire import MAX_MESSAGE
+from privacy import secagg_wire
+from privacy.secagg import masked_words
 
 from ..config.parse import Neighbour, PeerConfig
 from ..errors import ConfigError, DataError
@@ -21,7 +22,7 @@ from ..learning.learner import probe_model
 from ..learning.model import FlatModel, build_model, load_object
 from .membership import Membership, allowed_peers, stored_membership
 from .round import RoundPolicy
-from .secure_round import SecureAggregation, check_trust_keys
+from .secure_mean import SecureMeanSetup
 
 log = logging.getLogger("gossipfl.peer")
 
@@ -40,18 +41,19 @@ class PeerParts:
     neighbour_degrees: dict[str, int] = field(default_factory=dict)
     max_message: int = 0  # bytes: the largest valid update of this model and codec
     allowed: set[str] = field(default_factory=set)  # who may connect: neighbours and the network admin
-    secure: SecureAggregation | None = None  # secure_mean: keys, groups, masking and reveals
+    secure: SecureMeanSetup | None = None  # secure_mean: the groups, clip bound and threshold
     noise: object = None  # privacy noise generator (None: seeded from os.urandom; the simulator seeds it)
     fleet: set[str] = field(default_factory=set)  # the fleet's PeerIds, live: membership keeps it (relays serve them)
 
 
-def message_limit(cfg: PeerConfig, n_params: int, secure: SecureAggregation | None = None) -> int:
+def message_limit(cfg: PeerConfig, n_params: int, secure: SecureMeanSetup | None = None) -> int:
     """The largest message a peer reads: exactly what a valid update of its model can take
     (schema and codec fix the payload size), never a generous default an attacker can fill.
-    secure_mean: a masked contribution to this peer, or a reveal request or reveal."""
+    secure_mean: a masked input to this peer, or a message of double masking for its largest group."""
     need = max_message_size(cfg.round.codec, n_params)
     if secure is not None:
-        need = max(need, max_message_size("u32", secure.words(len(cfg.neighbours))), MAX_MESSAGE)
+        need = max(need, max_message_size("u32", masked_words(n_params)),
+                   secagg_wire.max_limit(secure.largest_group(len(cfg.neighbours))))
     cap_mb = cfg.round.max_message_mb
     if cap_mb is None:
         return need
@@ -124,7 +126,6 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
     neighbours = [n.id for n in cfg.neighbours]
     if identity.peer_id in neighbours:
         raise ConfigError("network.neighbours lists this peer itself")
-    check_trust_keys(trust, cfg.trust)
     data = load_local_data(cfg)
     module = build_model(cfg.model.name, data.features, cfg.model.classes, cfg.model.options, cfg.model.seed,
                          base=config_folder(cfg))
@@ -132,7 +133,7 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
     model = FlatModel(module)
     secure = None
     if cfg.aggregation.rule == "secure_mean":
-        secure = SecureAggregation(identity, cfg.network, cfg.neighbours, trust, model.size, cfg.aggregation.params)
+        secure = SecureMeanSetup.of(cfg.neighbours, cfg.aggregation.params)
     limit = message_limit(cfg, model.size, secure)
     admin = getattr(trust, "admin", None)
     allowed = allowed_peers(neighbours, admin)  # live: membership changes it

@@ -32,6 +32,10 @@ log = logging.getLogger("gossipfl.peer")
 dp, accountant = lazy("privacy.dp"), lazy("privacy.accountant")
 
 
+# what `epsilon` (add/remove) and `epsilon_replace` (replacement) are about, per mode
+RELATIONS = {"update": "a gateway's whole data", "record": "one training record"}
+
+
 class PrivacyLedgerError(PeerError):
     """The provenance log's privacy ledger cannot be read back: continuing could overspend."""
 
@@ -74,7 +78,12 @@ class PeerPrivacy:
         return self.mode != "off"
 
     def epsilon(self) -> float:
+        """Epsilon under add/remove (of a gateway's data in update mode, of a record in record mode)."""
         return self.acct.epsilon() if self.acct is not None else 0.0
+
+    def epsilon_replace(self) -> float:
+        """The same releases' epsilon under replacement (one unit swapped for another)."""
+        return self.acct.epsilon_replace() if self.acct is not None else 0.0
 
     def restore(self, prov: ProvenanceLog) -> None:
         """Continue the ledger from the log's last `privacy` event (the log has every release that
@@ -144,7 +153,8 @@ class PeerPrivacy:
     def _details(self, exhausted: bool) -> dict:
         s, r = self.settings, self.release
         return {"mode": s.mode, "sigma": r.sigma, "clip": s.clip, "q": r.q, "steps": r.steps, "delta": s.delta,
-                "epsilon": _finite(self.epsilon()), "budget": _finite(s.epsilon), "exhausted": exhausted,
+                "epsilon": _finite(self.epsilon()), "epsilon_replace": _finite(self.epsilon_replace()),
+                "relation": RELATIONS[s.mode], "budget": _finite(s.epsilon), "exhausted": exhausted,
                 "accountant": self.acct.state()}
 
     def event(self, round_: int, details: dict) -> NewEvent:
@@ -154,8 +164,8 @@ class PeerPrivacy:
         """For the status message and metrics."""
         if not self.on:
             return {}
-        return {"mode": self.mode, "epsilon": _finite(self.epsilon()), "budget": _finite(self.settings.epsilon),
-                "exhausted": self.exhausted}
+        return {"mode": self.mode, "epsilon": _finite(self.epsilon()), "epsilon_replace": _finite(self.epsilon_replace()),
+                "relation": RELATIONS[self.mode], "budget": _finite(self.settings.epsilon), "exhausted": self.exhausted}
 
 
 def _finite(x: float) -> float | None:

@@ -17,7 +17,7 @@ opens the collection window -> messages are screened (header + signature), rate-
 authenticated sender, finished (payload) and counted -> `ready(now)` when every neighbour (or
 the quorum) delivered or the deadline passed -> `close(now)` asks the round's exchange (how the
 rule's wire combines what arrived: peer.runtime.exchange) to combine, to skip, or to exchange
-more messages first (EXCHANGING, e.g. secure_mean's reveals) -> `aggregated(...)` or
+more messages first (EXCHANGING, e.g. secure_mean's consents and reveals) -> `aggregated(...)` or
 `skip(...)` -> `committed(...)` logs the aggregation and checkpoint once the checkpoint is
 durable.
 """
@@ -33,7 +33,7 @@ from gossip.envelope import Envelope
 from gossip.verify import Accepted, Reason, Rejected, Verifier
 
 from ..state.provenance import EventKind, NewEvent
-from .commands import Command, Finish, JumpTo, Log, Persist, Send, Skip
+from .commands import Ahead, Command, Finish, JumpTo, Log, Persist, Send, Skip
 from .exchange import Closing, DirectExchange, Exchange, Exchanging, SkipRound
 from .phases import TRANSITIONS, Input, Phase, RoundProtocolError
 
@@ -106,7 +106,7 @@ class RoundState:
         self.parents = tuple(parents)
         self.seen = {(str(s), int(r)) for s, r in seen}
 
-    def start(self) -> list[Command]:
+    def start(self, now: float = 0.0) -> list[Command]:
         """Begin a round: catch up with the neighbours first if f + 1 of them are ahead."""
         self._enter(Input.START)
         out: list[Command] = []
@@ -115,7 +115,7 @@ class RoundState:
             out.append(JumpTo(target, self.round))
             self._advance(target)
         self._enter(Input.START, Phase.TRAINING)
-        return out
+        return out + self.exchange.start(self.round, now)
 
     def catch_up_target(self) -> int | None:
         """The (f+1)-th highest round a neighbour proved it is at, if ahead of ours: f lying
@@ -131,7 +131,7 @@ class RoundState:
         self._enter(Input.TRAINED, Phase.COLLECTING)
         self.deadline_at = now + self.cfg.deadline
         return [Log(NewEvent(EventKind.TRAINED, self.round, details=details)),
-                Send(self.round, self.parents, transmit)]
+                Send(self.round, self.parents, transmit), *self.exchange.trained(self.round, now, transmit)]
 
     def sent(self, update_id: str, to: list[tuple[str, str, dict]]) -> list[Command]:
         """The own update was sealed (`update_id`); `to`: (neighbour, id sent, details) each, logged
@@ -182,9 +182,9 @@ class RoundState:
         if rnd - self.round > self.cfg.max_lead:  # the verifier's window: never buffered, never "seen"
             self._saw_ahead(sender, rnd)
             return OfferKind.DROPPED, []
-        late = self.exchange.refuses(sender, rnd, self.round)
-        if late is not None:
-            reason, detail = late
+        refused = self.exchange.admit(result, self.round)
+        if refused is not None:
+            reason, detail = refused
             return OfferKind.REJECTED, self.reject(reason, detail, sender, True, result.update_id)
         self.seen.add((sender, rnd))
         sh = result.envelope.signed_header()
@@ -197,10 +197,21 @@ class RoundState:
         self.future[rnd][sender] = result
         return OfferKind.BUFFERED, log
 
-    def exchanged(self, sender: str, round_: int, content) -> list[Command]:
-        """A verified message of the rule's own wire addressed to this peer (e.g. a reveal)."""
-        why = self.exchange.message(sender, round_, content, self.round, self.phase is Phase.EXCHANGING)
-        return [] if why is None else self.reject(*why, sender, True)
+    def exchanged(self, sender: str, round_: int, content, now: float = 0.0) -> list[Command]:
+        """A parsed message of the rule's own wire (e.g. a key advert or a reveal): the exchange
+        checks who sent it and answers with commands (a refusal is a `Reject`)."""
+        out: list[Command] = []
+        for cmd in self.exchange.message(sender, round_, content, self.round, now):
+            if isinstance(cmd, Ahead):
+                if cmd.sender in self.cfg.neighbours and cmd.round > self.round:
+                    self._saw_ahead(cmd.sender, cmd.round)
+            else:
+                out.append(cmd)
+        return out
+
+    def tick(self, now: float) -> list[Command]:
+        """Time passed: the exchange's own deadlines (legal in every phase)."""
+        return self.exchange.tick(now)
 
     def reject(self, reason: str, detail: str, claimed: str | None, authenticated: bool,
                update_id: str | None = None) -> list[Command]:
@@ -250,18 +261,32 @@ class RoundState:
     # --- closing the round ------------------------------------------------------------
 
     def ready(self, now: float) -> bool:
-        """Collecting: every neighbour (or the quorum) delivered, or the deadline passed.
-        Exchanging: the exchange has what it needs, or its deadline passed."""
+        """Collecting: everyone the exchange waits for (or the quorum) delivered, or the deadline
+        passed. Exchanging: the exchange has what it needs, or gave up."""
         if self.phase is Phase.EXCHANGING:
-            return self.exchange.ready() or (self.deadline_at is not None and now >= self.deadline_at)
-        have = len(self.collected)
+            return self.exchange.ready(now)
+        awaited = self.exchange.awaited(self.cfg.neighbours)
+        have = sum(1 for s in self.collected if s in awaited)
         q = self.cfg.quorum
-        if (q and have >= q) or have >= len(self.cfg.neighbours):
+        if (q and have >= q) or have >= len(awaited):
             return True
-        return self.deadline_at is not None and now >= self.deadline_at
+        deadline = self._deadline()
+        return deadline is not None and now >= deadline
+
+    def _deadline(self) -> float | None:
+        if self.deadline_at is None:
+            return None
+        return self.exchange.collecting_deadline(self.deadline_at)
+
+    def owes(self) -> bool:
+        """Other peers' rounds still wait for messages from this one (the exchange says)."""
+        return self.exchange.owes()
 
     def wait_time(self, now: float) -> float:
-        return 0.0 if self.deadline_at is None else max(0.0, self.deadline_at - now)
+        """How long the driver may sleep before something is due (an arrival wakes it sooner)."""
+        due = [t for t in (self._deadline() if self.phase is Phase.COLLECTING else None, self.exchange.wake_at())
+               if t is not None]
+        return max(0.0, min(due) - now) if due else self.cfg.deadline  # nothing timed: an arrival wakes it
 
     def inputs(self) -> list[Accepted]:
         """Accepted updates of this round in a deterministic order (by sender)."""
@@ -283,7 +308,6 @@ class RoundState:
             return self._skip(what, closing.reason)
         if isinstance(closing, Exchanging):
             self._enter(what, Phase.EXCHANGING)
-            self.deadline_at = closing.deadline_at
             return list(closing.commands)
         self._enter(what, Phase.CLOSED)
         return [closing]
@@ -349,7 +373,7 @@ class RoundState:
         """Start `new_round`: its buffered updates now count (and are kept)."""
         self.round = new_round
         self.deadline_at = None
-        self.exchange.reset()
+        self.exchange.reset(new_round)
         self.collected = {s: self.keep(a) for s, a in self.future.pop(new_round, {}).items()}
         for r in [r for r in self.future if r < new_round]:
             del self.future[r]

@@ -3,8 +3,8 @@ received, which messages of its own it answers, and how it combines a round.
 
 One declaration per kind, in `WIRES`: `DirectWire` (every rule that sees each update: one sealed
 update, the same bytes to every neighbour; combined with the rule on the aggregation stack) and
-`SecureMeanWire` (peer.runtime.secure_round: a masked contribution per neighbour, reveal requests
-and reveals; combined by unmasking). The pure half that decides when a round closes is the
+`SecureMeanWire` (peer.runtime.secure_mean: double masking's messages and a masked input per
+receiver; combined by unmasking). The pure half that decides when a round closes is the
 matching peer.runtime.exchange.Exchange. Neither the round nor the driver branches on the rule.
 """
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from .inbox import off_loop_if_large
 from .parts import PeerParts
-from .secure_round import SecureMeanWire
+from .secure_mean import SecureMeanWire
 from .stack import UpdateStack
 from .wire import DirectWire, Wire
 
@@ -21,7 +21,8 @@ def _direct(parts: PeerParts, stack: UpdateStack) -> Wire:
 
 def _secure_mean(parts: PeerParts, stack: UpdateStack) -> Wire:
     assert parts.secure is not None  # built with the parts when the rule is secure_mean
-    return SecureMeanWire(parts.secure, parts.identity, parts.cfg.network, off_loop_if_large)
+    return SecureMeanWire(parts.secure, parts.identity, parts.cfg.network, parts.model.schema, parts.model.size,
+                          off_loop_if_large)
 
 
 WIRES: dict[str, Callable[[PeerParts, UpdateStack], Wire]] = {"direct": _direct, "secure_mean": _secure_mean}

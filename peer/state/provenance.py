@@ -57,8 +57,11 @@ class EventKind(StrEnum):
     DIVERGED = "diverged"  # the model went non-finite; the peer returned to its last good checkpoint
     MEMBERSHIP = "membership"  # an admin-signed membership record was applied (admit or revoke)
     PRIVACY = "privacy"  # a differentially private release was accounted (or the budget ran out)
-    REVEAL_REQUESTED = "reveal_requested"  # secure_mean: this receiver asked its delivered neighbours for reveals
-    REVEALED = "revealed"  # secure_mean: this member revealed pair seeds to a receiver (once per receiver and round)
+    SECAGG = "secagg"  # secure_mean: a step of a double-masking session (who took part, who dropped, why it failed)
+    SECAGG_LEDGER = "secagg_ledger"  # secure_mean: this member's ledger entry for a session, logged before it sends
+    # single masking (before double masking): no longer written, still read in older logs
+    REVEAL_REQUESTED = "reveal_requested"
+    REVEALED = "revealed"
 
 
 KINDS = tuple(k.value for k in EventKind)
