@@ -218,7 +218,3 @@ class Fleet:
     def resolve_update(self, text: str) -> str:
         return resolve_prefix(text, self.update_hashes(), "update", self.describe_hash)
 
-    def resolve_event(self, text: str) -> tuple[PeerLog, Event]:
-        """The event whose own hash starts with `text` (the `hash` column of `audit show`)."""
-        index = {e.hash: (log, e) for log in self.logs for e in log.events}
-        return index[resolve_prefix(text, index, "event")]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from dataclasses import dataclass
 
 import networkx as nx
 
@@ -17,13 +16,6 @@ from ..state.provenance import EventKind
 from .fleet import Fleet, short
 
 MAX_DRAWN = 400  # nodes in a picture; past this the depth is too large to read anyway
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    peer: str | None
-    round: int | None
-    kind: str  # "update", "model" or "rejected"
 
 
 def fleet_graph(fleet: Fleet) -> nx.DiGraph:
