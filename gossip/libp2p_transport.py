@@ -93,11 +93,12 @@ log = logging.getLogger("gossipfl.libp2p")
 class Libp2pTransport(QueuedTransport):
     def __init__(self, identity: Identity, listen: list[str], neighbours: Mapping[str, str | None],
                  *, max_size: int = 64 * 1024 * 1024, inbox: int = 256, mdns: bool = False,
-                 allowed: Allowed | None = None, max_reads: int | None = None,
+                 allowed: Allowed | None = None,
                  relays: list[str] | tuple[str, ...] = (), reachability: str = "auto", hole_punch: bool = True,
                  announce: list[str] | tuple[str, ...] = (), serve_relay: bool | RelayLimits = False,
                  relay_for: Allowed | None = None, reconnect_cap: float = 5.0, state_dir=None):
-        """`max_reads` is accepted for compatibility and unused: reads are bounded per sender."""
+        """`max_size`: the largest message read from anyone (reads are bounded per sender); `allowed`:
+        who may connect (a live set); the NAT parameters are described in gossip/p2p/."""
         if max_size < 1:
             raise TransportError(f"max_size must be a positive number of bytes, got {max_size}")
         try:
