@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from gossip.envelope import parse
+from gossip.envelope import parse, seal_update
 from gossip.identity import load_key
 from gossip.transport import MemoryHub
 from peer.ops.plan import ADMIN_DIR, ADMIN_KEY, write_plan
@@ -175,8 +175,13 @@ async def _after_the_crash(out: Path) -> None:
         await p.start()
     await _lockstep(running, REVOKE_AT)
     await _membership(hub, admin, running, 2, "revoke", peers[1])
+    running.remove(peers[1])  # it stops itself once it hears: it runs no more rounds
+    thief = peers[1]  # but its key, in someone else's hands, is refused as revoked
+    stolen = seal_update(thief.identity, thief.model.flat, net=thief.cfg.network, round=peers[0].round + 1,
+                         schema=thief.model.schema)
+    await thief.transport.send(peers[0].peer_id, stolen.data)
     await _lockstep(running, LATE_START)
     await late.start()
-    await _lockstep(peers, LAST_ROUND)
+    await _lockstep(running + [late], LAST_ROUND)
     for p in peers:
         await p.close()

@@ -81,13 +81,14 @@ def test_admit_restart_and_revoke_while_the_fleet_runs(tmp_path, peer_processes)
     # node 0 dies (SIGKILL) and comes back from its unchanged folder: it must let g5 in at once
     peer_processes.kill("0")
     peer_processes.start("0-again", nodes[0].config)
-    wait_until(peer_processes, ["0-again"], rounds_done(2))
+    wait_until(peer_processes, ["0-again"], rounds_done(3))  # the aggregated event waits for the next checkpoint
     db0 = nodes[0].dir / "data" / "provenance.db"
     _, started = load_events(db0, kind="started")
     restart = started[-1].round
     _, aggregated = load_events(db0, kind="aggregated")
     first = [e for e in aggregated if e.round >= restart][:2]  # within one round of the restart
-    assert any(g5["peer_id"] in e.details["senders"] for e in first), [e.details["senders"] for e in first]
+    assert any(g5["peer_id"] in e.details["senders"] for e in first), ([e.details["senders"] for e in first],
+                                                                     peer_processes.log("0-again")[-4000:])
     assert "error:" not in peer_processes.log("0-again")
 
     r = CliRunner().invoke(main, ["fleet", "revoke", str(plan), "1"])

@@ -11,6 +11,7 @@ import torch
 from gossip.identity import Identity, b58encode
 from gossip.membership import MAGIC, MembershipError, open_record, seal_record
 from peer.audit.verify import load_events, verify_log
+from peer.errors import RevokedError
 from peer.ops.plan import write_plan
 from peer.runtime.local import build_memory_network
 from peer.runtime.membership import Membership, MembershipFileError
@@ -182,10 +183,12 @@ def test_peers_admit_and_revoke_while_they_run(tmp_path):
         await admin.send(ids[2], seal(2, "revoke", 1))
         await admin.send(ids[2], admit)  # a replay of an older epoch
         revoked_at = {i: p.round for i, p in enumerate(peers)}
-        await asyncio.gather(*runs)
-        return revoked_at
+        ended = await asyncio.gather(*runs, return_exceptions=True)
+        return revoked_at, ended
 
-    revoked_at = run_virtual(scenario())
+    revoked_at, ended = run_virtual(scenario())
+    assert isinstance(ended[1], RevokedError), ended[1]  # node 1 stopped itself, for good
+    assert all(isinstance(e, list) for i, e in enumerate(ended) if i != 1), ended
     assert all(p.membership.epoch == 2 for i, p in enumerate(peers) if i != 1)  # everyone heard, by gossip
     for i in (0, 2):
         _, aggregated = load_events(nodes[i].dir / "data" / "provenance.db", kind="aggregated")
@@ -194,7 +197,8 @@ def test_peers_admit_and_revoke_while_they_run(tmp_path):
         _, received = load_events(nodes[i].dir / "data" / "provenance.db", kind="received")
         late = [e.round for e in received if e.counterpart == ids[1] and e.round >= revoked_at[i] + 2]
         assert late == [], (i, late)
-    assert peers[0].rejections["revoked"] + peers[2].rejections["revoked"] > 0
+    _, own = load_events(nodes[1].dir / "data" / "provenance.db", kind="membership")
+    assert [(e.details["epoch"], e.details["action"]) for e in own][-1] == (2, "revoke")  # it heard, logged, stopped
     assert peers[0].rejections["bad_membership"] == 1 and peers[2].rejections["stale_membership"] == 1
     _, membership = load_events(nodes[3].dir / "data" / "provenance.db", kind="membership")
     assert [(e.details["epoch"], e.details["action"]) for e in membership] == [(1, "admit"), (2, "revoke")]

@@ -8,7 +8,7 @@ import torch
 from gossip.envelope import seal_update
 from gossip.identity import Identity
 from gossip.verify import Accepted, Reason, Rejected, Verifier
-from peer.runtime.commands import Combine, Finish, JumpTo, Log, Persist, Send, Skip
+from peer.runtime.commands import Combine, Finish, JumpTo, Log, Persist, Resend, Send, Skip
 from peer.runtime.exchange import DirectExchange
 from peer.runtime.round import (
     OfferKind,
@@ -121,7 +121,72 @@ def test_catch_up_takes_the_f_plus_first_highest_claim_not_the_highest():
     s.screened(future_claim(2, 7, current=0))
     assert s.catch_up_target() == 7  # (f+1)-th highest of {1000, 7, 5}
     out = s.start()
-    assert out == [JumpTo(7, 0)] and s.round == 7
+    assert out[0] == JumpTo(7, 0) and s.round == 7
+    # the update that proved round 7 now counts (its payload checked first); 1000 stays a claim
+    assert [c.envelope.round for c in out[1:] if isinstance(c, Finish)] == [7]
+
+
+def stale(i: int, round_: int, current: int, forged: bool = False) -> Rejected:
+    """A (signed, or with a forged signature) update from neighbour i for a round already left."""
+    sealed = seal_update(IDS[i], torch.ones(4), net="n", round=round_, schema=SCHEMA)
+    result = verifier().screen(sealed.data, current)
+    assert isinstance(result, Rejected) and result.reason == Reason.STALE_ROUND
+    if forged:
+        env = result.envelope
+        result = Rejected(result.reason, result.detail, result.sender, result.round,
+                          type(env)(env.header, env.payload, b"\x00" * 64, env.size))
+    return result
+
+
+def test_a_peer_back_from_a_crash_counts_its_neighbours_updates_at_the_round_it_jumps_to():
+    """Restarted at round 3, it hears its neighbours' round-9 updates (beyond the window): the
+    round it is in closes without waiting for them, and after the jump they count."""
+    s = state(neighbours=NB[:2], f=0, deadline=100.0)
+    s.resume(3, [], [])
+    start_and_train(s)
+    for i in (0, 1):
+        s.screened(future_claim(i, 9, current=3))
+    assert s.ready(1.0)  # long before the deadline: both neighbours proved they left round 3
+    s.close(1.0)
+    s.aggregated((), None, {})
+    out = s.start()
+    assert out[0] == JumpTo(9, 4)
+    finished = [c.envelope for c in out if isinstance(c, Finish)]
+    assert sorted(e.sender for e in finished) == sorted(NB[:2]) and {e.round for e in finished} == {9}
+    assert not s.proofs  # each proof counted once
+
+
+def test_a_neighbour_one_round_on_is_still_waited_for():
+    """Its update for this round may still be in verification: only two rounds on, it is not."""
+    s = state(neighbours=NB[:1], f=0, deadline=100.0)
+    start_and_train(s)
+    s.offer(update(0, 1))  # buffered: neighbour 0 is at round 1
+    assert not s.ready(1.0) and s.ready(100.0)
+
+
+def test_a_proof_inside_the_window_after_a_normal_round_counts_then():
+    s = state(neighbours=NB[:1], f=0, max_lead=2)
+    start_and_train(s)
+    s.screened(future_claim(0, 3, current=0))  # round 3: beyond 0 + 2
+    s.close(1.0)
+    s.skip("test")
+    out = s.start()  # round 1: 3 is inside now
+    assert [c.envelope.round for c in out if isinstance(c, Finish)] == [3] and not s.proofs
+
+
+def test_a_neighbour_behind_is_sent_the_newest_update_again_once_per_round_and_only_if_signed():
+    s = state(neighbours=NB[:2], f=0)
+    s.resume(5, [], [])
+    start_and_train(s)
+    assert [c for c in s.screened(stale(0, 4, current=5)) if isinstance(c, Resend)] == []  # one behind: a race
+    assert [c for c in s.screened(stale(0, 2, current=5, forged=True)) if isinstance(c, Resend)] == []
+    assert [c for c in s.screened(stale(0, 2, current=5)) if isinstance(c, Resend)] == [Resend(NB[0])]
+    assert [c for c in s.screened(stale(0, 3, current=5)) if isinstance(c, Resend)] == []  # once a round
+    assert [c for c in s.screened(stale(4, 3, current=5)) if isinstance(c, Resend)] == []  # not a neighbour
+    s.close(1.0)
+    s.skip("test")
+    s.start()
+    assert [c for c in s.screened(stale(0, 4, current=6)) if isinstance(c, Resend)] == [Resend(NB[0])]
 
 
 def test_future_round_claims_count_only_when_signed():

@@ -46,6 +46,14 @@ class Send(Command):
 
 
 @dataclass(frozen=True)
+class Resend(Command):
+    """`peer` sent an update for a round this one has left: send it again the newest update it
+    was sent, so it learns (signed) where this peer is and catches up."""
+
+    peer: str
+
+
+@dataclass(frozen=True)
 class Finish(Command):
     """An authenticated header passed every cheap check: verify its payload (maybe on a thread)."""
 

@@ -224,8 +224,8 @@ class Peer:
     # --- one round -------------------------------------------------------------------
 
     async def run_round(self) -> RoundRecord | None:
-        """One full round: train and send, then collect and aggregate."""
-        if not await self.train_and_send():
+        """One full round: train and send, then collect and aggregate (none once told to stop)."""
+        if self._stop.is_set() or not await self.train_and_send():
             return None
         return await self.collect_and_aggregate()
 
@@ -325,6 +325,8 @@ class Peer:
                         self.journal.add(event)
                 case do.JumpTo(target, before):
                     log.info("neighbours are at round %d, jumping from %d", target, before)
+                case do.Resend(peer):
+                    self.outbox.again(peer)
                 case do.Send():
                     await self._send(cmd)
                 case do.Screened(result):

@@ -34,6 +34,7 @@ class Outbox:
         self.transport, self.tasks, self.delivered = transport, tasks, delivered
         self.retry_cap = max(RETRY_FIRST, retry_cap)
         self.mailbox: dict[str, tuple[bytes, int]] = {}  # neighbour -> the newest update not yet sent
+        self.latest: dict[str, tuple[bytes, int]] = {}  # neighbour -> the newest update it was given
         self.senders: dict[str, asyncio.Task] = {}  # neighbour -> its sender task
         self.wakeups: dict[str, asyncio.Event] = {}
         self.slots = asyncio.Semaphore(SEND_SLOTS)
@@ -48,11 +49,20 @@ class Outbox:
             if nb in self.mailbox:
                 log.debug("round %d: the update to %s waiting since round %d is replaced", round_, nb,
                           self.mailbox[nb][1])
-            self.mailbox[nb] = (data, round_)
-            self.wakeups.setdefault(nb, asyncio.Event()).set()
-            task = self.senders.get(nb)
-            if task is None or task.done():
-                self.senders[nb] = self.tasks.spawn(self._sender(nb), f"sending to {nb[-8:]}")
+            self.latest[nb] = (data, round_)
+            self._post(nb, data, round_)
+
+    def again(self, nb: str) -> None:
+        """Send `nb` once more the newest update it was given (it fell behind and lost it)."""
+        if nb in self.latest and nb not in self.mailbox:
+            self._post(nb, *self.latest[nb])
+
+    def _post(self, nb: str, data: bytes, round_: int) -> None:
+        self.mailbox[nb] = (data, round_)
+        self.wakeups.setdefault(nb, asyncio.Event()).set()
+        task = self.senders.get(nb)
+        if task is None or task.done():
+            self.senders[nb] = self.tasks.spawn(self._sender(nb), f"sending to {nb[-8:]}")
 
     def message(self, to: str, data: bytes, retry_for: float = 0.0) -> None:
         """A small message of the protocol (a record passed on, a key advert, a reveal): sent at

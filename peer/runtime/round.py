@@ -33,12 +33,10 @@ from gossip.envelope import Envelope
 from gossip.verify import Accepted, Reason, Rejected, Verifier
 
 from ..state.provenance import EventKind, NewEvent
-from .commands import Ahead, Command, Finish, JumpTo, Log, Persist, Send, Skip
+from .commands import Ahead, Command, Finish, JumpTo, Log, Persist, Resend, Send, Skip
 from .exchange import Closing, DirectExchange, Exchange, Exchanging, SkipRound
 from .phases import TRANSITIONS, Input, Phase, RoundProtocolError
-
-CLAIMED_SAMPLE = 8  # distinct claimed senders kept per summarised rejection
-
+from .strangers import Strangers
 
 class OfferKind(StrEnum):
     ACCEPTED = "accepted"  # counts for the current round
@@ -77,12 +75,14 @@ class RoundState:
         self.collected: dict[str, Accepted] = {}
         self.future: dict[int, dict[str, Accepted]] = defaultdict(dict)
         self.ahead: dict[str, int] = {}  # authenticated round claims of neighbours
+        self.proofs: dict[str, Envelope] = {}  # newest signed update beyond the window, kept for later
+        self.helped: set[str] = set()  # neighbours sent a Resend this round (once each)
         self.seen: set[tuple[str, int]] = set()  # replay window: (sender, round) accepted
         self.arrivals: Counter = Counter()
         self.flagged: set[str] = set()
         self.rejected: Counter = Counter()  # this round, by reason (all senders)
         self.total_rejected: Counter = Counter()  # since the peer started
-        self.strangers: dict[tuple[str, int], list] = {}  # (reason, round) -> [count, claimed]
+        self.strangers = Strangers()  # unproven senders' rejections, logged once per round
         self.own_id: str | None = None
         self.pending: dict | None = None  # the aggregated event, completed with the model hash when durable
         self.persisting: set[int] = set()  # rounds of checkpoints asked for and not yet durable
@@ -115,7 +115,17 @@ class RoundState:
             out.append(JumpTo(target, self.round))
             self._advance(target)
         self._enter(Input.START, Phase.TRAINING)
-        return out + self.exchange.start(self.round, now)
+        return out + self._release_proofs() + self.exchange.start(self.round, now)
+
+    def _release_proofs(self) -> list[Command]:
+        """Updates that were beyond the window and are inside it now count like any other."""
+        out: list[Command] = []
+        for sender, env in list(self.proofs.items()):
+            if env.round <= self.round + self.cfg.max_lead:
+                del self.proofs[sender]
+                if env.round >= self.round:
+                    out.append(Finish(env))
+        return out
 
     def catch_up_target(self) -> int | None:
         """The (f+1)-th highest round a neighbour proved it is at, if ahead of ours: f lying
@@ -221,13 +231,14 @@ class RoundState:
         if authenticated:
             return [Log(NewEvent(EventKind.REJECTED, self.round, claimed, update_id,
                                  {"reason": reason, "detail": detail[:300]}))]
-        self._summarise_later(reason, claimed)
+        self.strangers.add(reason, self.round, claimed)
         return []
 
     def forget(self, sender: str) -> None:
         """Drop everything a sender contributed (it was revoked: from now on it never counts)."""
         self.collected.pop(sender, None)
         self.ahead.pop(sender, None)
+        self.proofs.pop(sender, None)
         for updates in self.future.values():
             updates.pop(sender, None)
 
@@ -237,23 +248,23 @@ class RoundState:
 
     def _rejected(self, result: Rejected, size: int = 0) -> list[Command]:
         self._count(result.reason.value)
-        env = result.envelope
-        if (result.reason == Reason.FUTURE_ROUND and env is not None and result.sender in self.cfg.neighbours
-                and result.round is not None and result.round > self.ahead.get(result.sender, -1)
+        env, sender = result.envelope, result.sender
+        out: list[Command] = []
+        if (result.reason == Reason.FUTURE_ROUND and env is not None and sender in self.cfg.neighbours
+                and result.round is not None and result.round > self.ahead.get(sender, -1)
                 and Verifier.authentic(env)):
-            self._saw_ahead(result.sender, result.round)
+            self._saw_ahead(sender, result.round)
+            self.proofs[sender] = env
+        if (result.reason == Reason.STALE_ROUND and env is not None and sender in self.cfg.neighbours
+                and result.round is not None and result.round < self.round - 1  # one behind: a race
+                and sender not in self.helped and Verifier.authentic(env)):
+            self.helped.add(sender)  # far behind (back from a crash?): show it where this peer is
+            out.append(Resend(sender))
         if result.authenticated and env is not None:  # the sender is proven: one event each, under its name
-            return [Log(NewEvent(EventKind.REJECTED, result.round, result.sender, env.update_id, {
+            return out + [Log(NewEvent(EventKind.REJECTED, result.round, sender, env.update_id, {
                 "reason": result.reason.value, "detail": result.detail[:300], "bytes": size}))]
-        self._summarise_later(result.reason.value, result.sender)
-        return []
-
-    def _summarise_later(self, reason: str, claimed: str | None) -> None:
-        """Anyone can claim anything: counted per reason and round, logged once at close."""
-        entry = self.strangers.setdefault((reason, self.round), [0, []])
-        entry[0] += 1
-        if claimed is not None and claimed not in entry[1] and len(entry[1]) < CLAIMED_SAMPLE:
-            entry[1].append(claimed[:64])
+        self.strangers.add(result.reason.value, self.round, sender)
+        return out
 
     def _saw_ahead(self, sender: str, rnd: int) -> None:
         self.ahead[sender] = max(self.ahead.get(sender, -1), rnd)
@@ -269,6 +280,10 @@ class RoundState:
         have = sum(1 for s in self.collected if s in awaited)
         q = self.cfg.quorum
         if (q and have >= q) or have >= len(awaited):
+            return True
+        # the missing ones proved they are two rounds on (one on, their update for this round
+        # may still be in verification): they will not send this round, it need not wait for them
+        if all(self.ahead.get(s, -1) > self.round + 1 for s in awaited if s not in self.collected):
             return True
         deadline = self._deadline()
         return deadline is not None and now >= deadline
@@ -295,7 +310,7 @@ class RoundState:
     def close(self, now: float = 0.0) -> list[Command]:
         """Combine what arrived, skip, or exchange more messages first, as the exchange decides."""
         self._enter(Input.CLOSE)
-        out = self._summarise_strangers()
+        out = self.strangers.summary()
         return out + self._closing(Input.CLOSE, self.exchange.close(self.round, self.inputs(), now))
 
     def exchange_done(self) -> list[Command]:
@@ -311,13 +326,6 @@ class RoundState:
             return list(closing.commands)
         self._enter(what, Phase.CLOSED)
         return [closing]
-
-    def _summarise_strangers(self) -> list[Command]:
-        out: list[Command] = [Log(NewEvent(EventKind.REJECTED, rnd, None, None, {
-            "reason": reason, "count": count, "claimed": claimed, "authenticated": False}))
-            for (reason, rnd), (count, claimed) in sorted(self.strangers.items())]
-        self.strangers.clear()
-        return out
 
     def skip(self, reason: str) -> list[Command]:
         """The driver could not combine (the rule or the unmasking failed): keep the own model."""
@@ -381,4 +389,5 @@ class RoundState:
         self.seen = {(s, r) for s, r in self.seen if r >= low}
         self.arrivals.clear()
         self.flagged.clear()
+        self.helped.clear()
         self.rejected = Counter()
