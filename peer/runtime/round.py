@@ -38,6 +38,7 @@ from .exchange import Closing, DirectExchange, Exchange, Exchanging, SkipRound
 from .phases import TRANSITIONS, Input, Phase, RoundProtocolError
 from .strangers import Strangers
 
+
 class OfferKind(StrEnum):
     ACCEPTED = "accepted"  # counts for the current round
     BUFFERED = "buffered"  # counts when its (future) round begins
