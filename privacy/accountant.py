@@ -220,7 +220,9 @@ class Accountant:
             eps = self.epsilon_if(release)
             key = self._room(release)
             self._steps[key] = self._steps.get(key, 0) + release.steps
-            self._composition, self._epsilon, self._next = self._next[1], eps, None
+            after = self._next
+            assert after is not None  # epsilon_if just computed it
+            self._composition, self._epsilon, self._next = after[1], eps, None
         return self._epsilon
 
     def state(self) -> dict:

@@ -9,11 +9,16 @@ sent to neighbours) is post-processing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gossip.lazy import lazy
 
 from .dp import clip_rows, gaussian_noise
 
-torch = lazy("torch")
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch")
 
 
 def poisson_batch(n: int, q: float, generator: torch.Generator) -> torch.Tensor:

@@ -14,13 +14,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from gossip.lazy import lazy
 
-torch = lazy("torch")
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch")
 
 SEED_LEN = 32
 _NONCE = bytes(16)  # ChaCha20 counter + nonce: every seed keys one stream only, so zero is safe

@@ -107,7 +107,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -175,6 +175,8 @@ class Context:
     receiver: str
     round: int
     group: tuple[str, ...]
+    _x: dict[str, int] = field(init=False, repr=False, compare=False)  # member -> Shamir x
+    _binding: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not isinstance(self.network, str) or not 0 < len(self.network.encode("utf-8")) <= MAX_NETWORK_ID_LEN:

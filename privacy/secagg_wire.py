@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import msgpack
 
@@ -249,7 +249,7 @@ class _Peers(_Type):
 class _Table(_Type):
     """A list of at most n rows [PeerId, ...], sorted by the PeerId without repeats."""
 
-    def __init__(self, row: type, *types: _Type):
+    def __init__(self, row: Any, *types: _Type):  # row: a NamedTuple class
         self.row, self.types = row, (PEER, *types)
 
     def read(self, cur, what, n):
@@ -276,7 +276,7 @@ def _sorted_distinct(items: list, keys: list[str], what: str) -> tuple:
 NET, PEER, ROUND = _Net(), _Peer(), _Uint(MAX_ROUND)
 KEY, HASH, SIG = _Bin(KEY_LEN), _Bin(HASH_LEN), _Bin(SIG_LEN)
 
-SPECS: dict[type, tuple[bytes, bytes, tuple[tuple[str, _Type], ...]]] = {
+SPECS: dict[type[Message], tuple[bytes, tuple[tuple[str, _Type], ...]]] = {
     Advert: (b"A", (("net", NET), ("sender", PEER), ("to", PEER), ("round", ROUND), ("c_pub", KEY),
                     ("s_pub", KEY))),
     KeyBook: (b"B", (("net", NET), ("sender", PEER), ("round", ROUND), ("threshold", _Uint(MAX_MEMBERS)),
@@ -297,6 +297,7 @@ SPECS: dict[type, tuple[bytes, bytes, tuple[tuple[str, _Type], ...]]] = {
 }
 MAGICS = {cls: _PREFIX + letter + b"\x01" for cls, (letter, _) in SPECS.items()}
 BY_MAGIC = {magic: cls for cls, magic in MAGICS.items()}
+BY_KIND = {cls.KIND: cls for cls in SPECS}
 DOMAINS = {cls: b"gossipfl/secagg2/" + cls.KIND.encode() + b"\x00" for cls in SPECS}
 _KEYS = {name: msgpack.packb(name) for _, spec in SPECS.values() for name, _ in spec} | {"sig": msgpack.packb("sig")}
 for _cls, (_, _spec) in SPECS.items():  # each class and its wire spec name the same fields
@@ -309,13 +310,17 @@ def kind_of(data) -> type[Message] | None:
     return BY_MAGIC.get(bytes(data[:MAGIC_LEN]))
 
 
-@lru_cache(maxsize=64)
 def limit(cls: type[Message], n: int) -> int:
     """The largest message of this kind for a group of n members (MAX_MEMBERS at most): the
     canonical encoding of one with every string, number and list at its largest."""
+    return _limit(cls.KIND, n)
+
+
+@lru_cache(maxsize=64)
+def _limit(kind: str, n: int) -> int:
     if not 1 <= n <= MAX_MEMBERS:
         raise ValueError(f"a group has 1 to {MAX_MEMBERS} members")
-    _, spec = SPECS[cls]
+    _, spec = SPECS[BY_KIND[kind]]
     body = {name: t.worst(n) for name, t in spec}
     return MAGIC_LEN + len(canonical({**body, "sig": bytes(SIG_LEN)}))
 

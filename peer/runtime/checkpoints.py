@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gossip.lazy import lazy
 
@@ -20,7 +21,10 @@ from ..state import checkpoint as ckpt
 from ..state.provenance import EventKind, NewEvent
 from ..state.resume import load_for_resume
 
-torch = lazy("torch")
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch")
 log = logging.getLogger("gossipfl.peer")
 
 
