@@ -140,7 +140,7 @@ class Peer:
         if self.resumed_from is None:  # a first checkpoint: a diverging first round has a model to return to
             await self._execute(self.state.persist())
             await self._commit_durable()
-        self.journal.flush()
+        await self.journal.flush()
         for a in addrs:
             log.info("listening on %s", a)
         log.info("peer %s started at round %d with %d neighbours (%s, f=%d)", self.cfg.name or self.peer_id,
@@ -168,7 +168,7 @@ class Peer:
         await self._commit_durable()
         await self.outbox.drain(min(5.0, self.cfg.round.deadline))
         self.journal.add(NewEvent(EventKind.STOPPED, self.round, details={"reason": reason}))
-        self.journal.flush()
+        await self.journal.close()
         await self.listener.stop()
         await self.transport.close("revoked" if self.revoked_at is not None else "stopped")  # the retained status
         await self.tasks.cancel()
@@ -250,7 +250,7 @@ class Peer:
         diverged = self.checkpoints.restore_if_diverged(self.round)  # back to the checkpoint before noising
         if diverged is not None:
             self.journal.add(diverged)
-            self.journal.flush()
+            await self.journal.flush()
             if self.checkpoints.gave_up:
                 raise PeerError(self.checkpoints.gave_up)
         self.journal.add(*self.privacy.after_training(self.round, self.model.flat))  # noised, accounted
@@ -379,13 +379,13 @@ class Peer:
         out = await self.wire.seal(self.ctx.own, self.neighbours, fields, cmd.transmit)
         await self._execute(self.state.sent(out.update_id, [
             (nb, s.update_id, {"bytes": len(s.data), **out.details}) for nb, s in out.per_neighbour.items()]))
-        self.journal.flush()
+        await self.journal.flush()
         self.outbox.updates({nb: s.data for nb, s in out.per_neighbour.items()}, cmd.round)
 
     async def sync(self) -> None:
         """Make what the last round produced durable now: its checkpoint written and logged."""
         await self._commit_durable()
-        self.journal.flush()
+        await self.journal.flush()
 
     async def _commit_durable(self) -> None:
         done = await self.checkpoints.durable()

@@ -216,7 +216,7 @@ def connect(path: str | os.PathLike, create: bool = False) -> sqlite3.Connection
         raise ProvenanceError(f"{path}: no such provenance database")
     try:
         con = sqlite3.connect(f"file:{path}?mode={'rwc' if create else 'rw'}", uri=True,
-                              isolation_level=None, timeout=30)
+                              isolation_level=None, timeout=30, check_same_thread=False)  # a peer writes from its journal's thread
         con.execute("PRAGMA journal_mode=WAL")
     except sqlite3.DatabaseError as exc:
         raise ProvenanceError(f"{path}: not a provenance database ({exc})") from None
