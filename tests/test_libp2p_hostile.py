@@ -137,10 +137,11 @@ class Neighbour:
 def test_unknown_identities_get_no_stream_and_their_connections_are_closed(trusted, victim_of):
     a, b, key = trusted
     victim = victim_of([a, b])
-    streams = result(attack("streams", victim.addr, 8, "--identities", "6", "--per-identity", "2"))
+    # a budget long enough for six handshakes on a loaded machine: refused ones end the attack early
+    streams = result(attack("streams", victim.addr, 40, "--identities", "6", "--per-identity", "2"))
     assert streams["refused"] == 6 and streams["sessions"] == 0 and streams["streams"] == 0, streams
     # plaintext would let anyone claim a neighbour's PeerId (its public key is in the PeerId): not offered
-    spoof = result(attack("plaintext", victim.addr, 8, "--claim", b.peer_id))
+    spoof = result(attack("plaintext", victim.addr, 40, "--claim", b.peer_id))
     assert not spoof["secured"] and spoof["streams"] == 0, spoof
     assert victim.got == []
     assert Neighbour(b, victim).send(b"honest")
