@@ -201,13 +201,15 @@ def test_declaring_or_sending_more_than_max_size_is_reset_and_closed(trusted, vi
 
 @pytest.mark.timeout(120)
 def test_a_stolen_key_flooding_messages_is_cut_off_and_the_others_are_not(trusted, victim_of):
-    from gossip.libp2p_transport import COOLDOWN, MESSAGE_BURST
+    from gossip.libp2p_transport import COOLDOWN, MESSAGE_BURST, MESSAGE_RATE
 
     a, b, key = trusted
     victim = victim_of([a, b])
     flood = result(attack("junk", victim.addr, 8, "--key", str(key), "--size", "1000", "--body", "nested"))
-    # a burst is read, then the connection is closed: not thousands of messages decrypted
-    assert flood["closed_by_target"] == 1 and flood["messages"] <= MESSAGE_BURST + 4, flood
+    # a burst (and what the rate refills while a slow machine runs the attack) is read, then the
+    # connection is closed: not thousands of messages decrypted
+    allowed = MESSAGE_BURST + MESSAGE_RATE * flood["elapsed"] + 4
+    assert flood["closed_by_target"] == 1 and flood["messages"] <= allowed, flood
     assert Neighbour(b, victim).send(b"unaffected")
     time.sleep(COOLDOWN)
     assert Neighbour(a, victim).send(b"cooled down")  # the key's owner is not locked out for long
