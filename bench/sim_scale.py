@@ -35,6 +35,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench._help import answer_help  # noqa: E402
 from bench._table import emit_json, print_table  # noqa: E402
 
 RULES = ["mean", "median", "trimmed_mean", "nnm+trimmed_mean", "krum", "self_centered_clip"]
@@ -167,6 +168,7 @@ def _only(argv: list[str]) -> list[str] | None:
 
 
 def main() -> None:
+    answer_help(__doc__, '[--quick] [--only RULE,...]')
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(child(sys.argv[2:])))
         return

@@ -37,13 +37,7 @@ from peer.learning.model import build_model
 from peer.runtime.exchange import fits, rule_params
 
 from . import datasets, streams
-from .attacks import (
-    DATA_ATTACKS,
-    MODEL_ATTACKS,
-    PROTOCOL_ATTACKS,
-    label_flip_map,
-    model_attack_rows,
-)
+from .attacks import PROTOCOL_ATTACKS, REGISTRY, model_attack_rows
 from .batched_mlp import MLPKernel
 from .engine import RoundMetrics, RunResult
 from .errors import ScenarioError
@@ -155,8 +149,8 @@ class Shard:
         self.train_data, self.eval_data = datasets.node_data(
             sc.dataset, sc.data_options, partition_=sc.partition, alpha=sc.alpha,
             labels_per_shard=sc.labels_per_shard, seed=sc.seed, nodes=self.own, total=n_all, progress=progress)
-        if sc.attack in DATA_ATTACKS:
-            flip = label_flip_map(10)
+        if REGISTRY[sc.attack].label_map is not None:
+            flip = REGISTRY[sc.attack].label_map(10)
             for k in np.flatnonzero(topo.byz[self.own]):
                 lo, c = self.train_data.offset[k], self.train_data.count[k]
                 self.train_data.y[lo:lo + c] = flip[self.train_data.y[lo:lo + c]]
@@ -315,7 +309,7 @@ class Shard:
         None where the rule refuses the inputs (the targets keep their own models)."""
         sc = self.sc
         stack = self._gather(rows)
-        if sc.attack in MODEL_ATTACKS:
+        if REGISTRY[sc.attack].rows is not None:
             self._craft(r, stack, t, rows)
         weights = self._mh(t, rows) if sc.weights == "metropolis_hastings" else None
         try:

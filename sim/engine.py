@@ -30,17 +30,8 @@ from peer.runtime.process import configure_process
 from privacy.dp import seeded_generator
 
 from . import datasets
-from .attacks import (
-    DATA_ATTACKS,
-    MODEL_ATTACKS,
-    PROTOCOL_ATTACKS,
-    AttackTransport,
-    ModelAttacker,
-    ProtocolAttacker,
-    label_flip_map,
-    model_attack,
-    poison_labels,
-)
+from .attacks import REGISTRY as ATTACK_REGISTRY
+from .attacks import AttackTransport, ModelAttacker, ProtocolAttacker, model_attack, poison_labels
 from .placement import place_byzantine
 from .scenario import Scenario
 
@@ -160,11 +151,12 @@ class ProtocolEngine:
         if v not in self.byzantine:
             return
         kind = self.sc.attack
-        if kind in DATA_ATTACKS:
-            parts.data = poison_labels(parts.data, label_flip_map(10))
-        elif kind in PROTOCOL_ATTACKS:
+        attack = ATTACK_REGISTRY[kind]
+        if attack.label_map is not None:
+            parts.data = poison_labels(parts.data, attack.label_map(10))
+        elif attack.rewrite is not None:
             parts.transport = AttackTransport(parts.transport, ProtocolAttacker(kind, ident, parts.max_message))
-        elif kind in MODEL_ATTACKS:
+        elif attack.rows is not None:
             def craft(r: int, recipient: str, own: torch.Tensor) -> torch.Tensor:
                 t = self.label_of[self.node_of[recipient]]
                 neigh = [u for u in self.graph.neighbors(t) if u not in self.byzantine]
