@@ -36,7 +36,7 @@ from gossip.envelope import max_message_size
 from peer.learning.model import build_model
 from peer.runtime.exchange import fits, rule_params
 
-from . import datasets, streams
+from . import datasets, streams, user
 from .attacks import PROTOCOL_ATTACKS, REGISTRY, model_attack_rows
 from .batched_mlp import MLPKernel
 from .engine import RoundMetrics, RunResult
@@ -148,14 +148,15 @@ class Shard:
 
         self.train_data, self.eval_data = datasets.node_data(
             sc.dataset, sc.data_options, partition_=sc.partition, alpha=sc.alpha,
-            labels_per_shard=sc.labels_per_shard, seed=sc.seed, nodes=self.own, total=n_all, progress=progress)
+            labels_per_shard=sc.labels_per_shard, seed=sc.seed, nodes=self.own, total=n_all, progress=progress,
+            loader=user.loader(sc) if ":" in sc.dataset else None, classes=sc.classes)
         if REGISTRY[sc.attack].label_map is not None:
-            flip = REGISTRY[sc.attack].label_map(10)
+            flip = REGISTRY[sc.attack].label_map(sc.classes)
             for k in np.flatnonzero(topo.byz[self.own]):
                 lo, c = self.train_data.offset[k], self.train_data.count[k]
                 self.train_data.y[lo:lo + c] = flip[self.train_data.y[lo:lo + c]]
-        features = datasets.FEATURES[sc.dataset]
-        module = build_model(sc.model, features, 10, sc.model_options, seed=sc.seed)
+        features = self.train_data.x.shape[1]
+        module = build_model(sc.model, features, sc.classes, sc.model_options, seed=sc.seed, base=user.folder(sc))
         self.module = module
         names = [k for k, _ in module.named_parameters()]
         shapes = [tuple(p.shape) for _, p in module.named_parameters()]
@@ -163,25 +164,32 @@ class Shard:
         init = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
         self.d = init.numel()
         self.params = init.repeat(len(self.view), 1)  # every node starts from the same seeded model
-        self.buf = torch.zeros(len(self.own), self.d) if sc.momentum else None
+        # the user's learner as pure functions (None: the built-in cross-entropy SGD below)
+        self.fn = None if sc.learner == "classification" else user.functional(sc)
+        if self.fn is None and sc.learner != "classification":
+            raise ScenarioError(f"engine batched: {user.batched_refusal(sc)}")
+        self.buf = torch.zeros(len(self.own), self.d) if sc.momentum and self.fn is None else None
+        self.opt = self.fn.init_state(len(self.own), self.d) if self.fn is not None else None
         self.dp = update_privacy(sc)
         self.releases = releases_allowed(sc)
 
+        fn = self.fn
+
         def loss(flat, x, y):
-            return torch.nn.functional.cross_entropy(functional_call(module, params_of(flat), (x,)), y)
+            out = functional_call(module, params_of(flat), (x,))
+            return fn.batch_loss(out, x, y) if fn is not None else torch.nn.functional.cross_entropy(out, y)
 
         def logits(flat, x):
             return functional_call(module, params_of(flat), (x,))
 
-        kernel = MLPKernel.of(module)  # plain MLPs: batched matmuls; any other model: vmap
+        kernel = MLPKernel.of(module) if fn is None else None  # built-in learner, plain MLPs: batched matmuls
         self._grad = kernel.grad if kernel else vmap(grad(loss))
         self._logits_common = kernel.logits if kernel else vmap(logits, in_dims=(0, None))
         self._logits_own = kernel.logits if kernel else vmap(logits)
         self._local = threading.local()  # per worker thread: the gathered (B, n, d) stack buffer, reused
         self.workers = max(1, workers)
         self._pool: ThreadPoolExecutor | None = None
-        test = datasets.test_set(sc.dataset, sc.data_options)
-        self.test = None if test is None else (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+        self.test = user.test_set(sc)
         self.down = np.zeros(n_all, dtype=bool)
         self.honest_own = np.flatnonzero(~topo.byz[self.own])
         side = np.arange(n_all) < n_all // 2
@@ -226,18 +234,25 @@ class Shard:
         batch = np.arange(sc.batch_size)[None, :]
         p = start = self.params.index_select(0, at)
         buf = self.buf.index_select(0, at) if self.buf is not None else None
+        opt = {k: v.index_select(0, at) for k, v in self.opt.items()} if self.opt is not None else None
         with torch.no_grad():
             for s in range(sc.local_steps):
                 pick = streams.below(sc.seed, streams.BATCH, data.count[local][:, None], glob[:, None], r, s, batch)
                 idx = torch.from_numpy(data.offset[local][:, None] + pick)
                 x = data.x.index_select(0, idx.view(-1)).view(*idx.shape, *data.x.shape[1:])
                 g = self._grad(p, x, data.y.index_select(0, idx.view(-1)).view(idx.shape))
+                if opt is not None:  # the user's functional optimizer (the same step its peers take)
+                    p = self.fn.step(p, g, opt, sc)
+                    continue
                 if buf is not None:
                     buf = buf.mul_(sc.momentum).add_(g)
                     g = buf
                 p = torch.add(p, g, alpha=-sc.lr)
         if buf is not None:
             self.buf.index_copy_(0, at, buf)
+        if opt is not None:
+            for k, v in opt.items():
+                self.opt[k].index_copy_(0, at, v)
         if self.dp is not None:  # update-mode differential privacy: what a node keeps and sends is noised
             p = privatize_rows(sc, start, p, glob, r)
         return p
@@ -417,34 +432,47 @@ class Shard:
                 if self.test is not None:
                     x, y = self.test
                     out = self._logits_common(p, x)  # (c, T, C)
-                    yy = y.expand(len(local), -1)
+                    yy = y.expand(len(local), *y.shape)
+                    xx = x.expand(len(local), *x.shape)
                     mask = None
                 else:
-                    out, yy, mask = self._own_eval(p, local)
+                    out, xx, yy, mask = self._own_eval(p, local)
+                if self.fn is not None:  # the user's scores per sample
+                    scores = vmap(self.fn.per_sample)(out, xx, yy)
+                    hit, ce = scores[self.fn.metric].to(out.dtype), scores["loss"].to(out.dtype)
+                    self._masked_means(at, hit, ce, mask, acc, loss)
+                    return
                 # cross-entropy per sample: logsumexp - the true class's logit
                 ce = torch.logsumexp(out, dim=2) - out.gather(2, yy.unsqueeze(2)).squeeze(2)
                 hit = (out.argmax(dim=2) == yy).to(ce.dtype)
-                if mask is None:
-                    acc[at] = hit.mean(1).numpy()
-                    loss[at] = ce.mean(1).numpy()
-                else:
-                    m = mask.to(ce.dtype)
-                    count = m.sum(1)
-                    acc[at] = ((hit * m).sum(1) / count).numpy()
-                    loss[at] = ((ce * m).sum(1) / count).numpy()
+                self._masked_means(at, hit, ce, mask, acc, loss)
 
         self._each(run, self._chunks(np.arange(len(idx))))
         return {**sums, "accuracy": acc, "loss": loss}
 
+    @staticmethod
+    def _masked_means(at, hit: torch.Tensor, ce: torch.Tensor, mask, acc: np.ndarray, loss: np.ndarray) -> None:
+        """acc[at], loss[at]: the means over each node's samples (c, T), only where `mask` is set."""
+        if mask is None:
+            acc[at] = hit.mean(1).numpy()
+            loss[at] = ce.mean(1).numpy()
+        else:
+            m = mask.to(ce.dtype)
+            count = m.sum(1)
+            acc[at] = ((hit * m).sum(1) / count).numpy()
+            loss[at] = ((ce * m).sum(1) / count).numpy()
+
     def _own_eval(self, p: torch.Tensor, local: np.ndarray):
-        """Each node's own held-out samples, padded to the chunk's largest (with a mask)."""
+        """Each node's own held-out samples, padded to the chunk's largest (with a mask):
+        (outputs, inputs, labels, mask)."""
         ev = self.eval_data
         count = ev.count[local]
         width = max(int(count.max()), 1)
         j = np.arange(width)[None, :]
         mask = j < count[:, None]
         idx = torch.from_numpy(ev.offset[local][:, None] + np.where(mask, j, 0))
-        return self._logits_own(p, ev.x[idx]), ev.y[idx], torch.from_numpy(mask)
+        x = ev.x[idx]
+        return self._logits_own(p, x), x, ev.y[idx], torch.from_numpy(mask)
 
     def own_params(self) -> torch.Tensor:
         return self.params[:len(self.own)]
@@ -508,7 +536,9 @@ class BatchedEngine:
     def _rounds(self, shard: Shard, t_start: float) -> RunResult:
         sc, topo = self.sc, self.topo
         size = max_message_size(sc.codec, shard.d)
-        result = RunResult(self.rule, sc, self.byzantine, engine="batched")
+        metric = user.metric(sc)
+        result = RunResult(self.rule, sc, self.byzantine, engine="batched", metric=metric[0],
+                           higher_is_better=metric[1])
         every = eval_every(sc, topo.n)
         for r in range(sc.rounds):
             t0 = time.monotonic()

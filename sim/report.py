@@ -50,6 +50,8 @@ def summary_row(res: RunResult) -> dict:
     batched = res.engine == "batched"
     evaluated = [rm.round for rm in res.rounds if rm.accuracy]
     return {"run": res.scenario.name, "rule": res.rule, "attack": res.scenario.attack, "engine": res.engine,
+            # the *_accuracy figures hold this metric (the learner's headline figure; "loss": lower is better)
+            "metric": res.metric, "higher_is_better": res.higher_is_better,
             "nodes": len(last.accuracy) + len(bad), "honest": len(last.accuracy),
             "byzantine": len(bad), "byzantine_nodes": [str(b) for b in bad],
             "rounds": len(res.rounds), "evaluated_rounds": len(evaluated),
@@ -126,8 +128,10 @@ def _accuracy_plot(results: list[RunResult], path: Path) -> Path:
             ax.fill_between(xs, p10, med, color=line.get_color(), alpha=0.15, linewidth=0)
             ax.plot(xs, np.array([a.min() for a in per_round]), ":", color=line.get_color(), linewidth=0.8)
     ax.set_xlabel("round")
-    ax.set_ylabel("honest test accuracy")
-    ax.set_ylim(0, 1)
+    metric = results[0].metric if results else "accuracy"
+    ax.set_ylabel(f"honest test {metric}" + ("" if results and results[0].higher_is_better else " (lower is better)"))
+    if metric == "accuracy":
+        ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     notes = ["lines: mean over honest nodes"]
@@ -135,7 +139,7 @@ def _accuracy_plot(results: list[RunResult], path: Path) -> Path:
         notes.append("band: 10th percentile to median; dotted: minimum")
     if reference:
         notes.append("dashed: attack-free reference")
-    ax.set_title("accuracy per round\n" + "; ".join(notes), fontsize=10)
+    ax.set_title(f"{metric} per round\n" + "; ".join(notes), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -163,10 +167,13 @@ def table(rows: list[dict], title: str):
     from rich.table import Table
 
     many = any(r.get("honest", 0) >= MANY_NODES for r in rows)
+    metric = rows[0].get("metric", "accuracy") if rows else "accuracy"
+    short = "acc" if metric == "accuracy" else metric
     t = Table(title=title)
     t.add_column("rule", no_wrap=True)
     t.add_column("attack", no_wrap=True)
-    for col in ("byz", "mean acc", "min acc") + (("p10 acc", "median acc") if many else ()) + ("consensus",):
+    for col in ("byz", f"mean {short}", f"min {short}") + ((f"p10 {short}", f"median {short}") if many else ()) + \
+            ("consensus",):
         t.add_column(col, justify="right", no_wrap=True)
     private = any(r.get("epsilon") is not None for r in rows)
     if private:
@@ -179,9 +186,8 @@ def table(rows: list[dict], title: str):
         rej = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items())) or "-"
         if r.get("engine") == "batched":
             rej = "n/a"  # no wire: nothing is verified
-        pct = [f"{100 * r['mean_accuracy']:.1f}%", f"{100 * r['min_accuracy']:.1f}%"]
-        if many:
-            pct += [f"{100 * r['p10_accuracy']:.1f}%", f"{100 * r['median_accuracy']:.1f}%"]
+        keys = ["mean_accuracy", "min_accuracy"] + (["p10_accuracy", "median_accuracy"] if many else [])
+        pct = [f"{100 * r[k]:.1f}%" if metric == "accuracy" else f"{r[k]:.4g}" for k in keys]
         eps = [] if not private else ["-" if r.get(k) is None else f"{r[k]:.3g}" for k in ("epsilon", "epsilon_replace")]
         t.add_row(r["rule"], r["attack"], str(r["byzantine"]), *pct, f"{r['consensus_distance']:.3g}", *eps, rej,
                   r.get("engine", "protocol"), f"{r['seconds_per_node_round']:.4g}")

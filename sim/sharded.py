@@ -24,6 +24,7 @@ import numpy as np
 
 from gossip.envelope import max_message_size
 
+from . import user
 from .batched import Shard, Topo, eval_every, evaluated, round_metrics, setup
 from .engine import RunResult
 from .errors import ScenarioError
@@ -142,7 +143,8 @@ def run_sharded(sc: Scenario, rule: str, graph: nx.Graph, shards: int, *, addres
             counts[own] = c
         size = None
         byz = [topo.labels[i] for i in np.flatnonzero(topo.byz)]
-        result = RunResult(rule, sc, byz, engine="batched")
+        metric = user.metric(sc)
+        result = RunResult(rule, sc, byz, engine="batched", metric=metric[0], higher_is_better=metric[1])
         every = eval_every(sc, topo.n)
         for r in range(sc.rounds):
             t0 = time.monotonic()
