@@ -41,6 +41,7 @@ from .attacks import PROTOCOL_ATTACKS, REGISTRY, model_attack_rows
 from .batched_mlp import MLPKernel
 from .engine import RoundMetrics, RunResult
 from .errors import ScenarioError
+from .measures import MIN_OWN_SAMPLES
 from .placement import place_byzantine
 from .privacy import epsilon_spent, privatize_rows, releases_allowed, update_privacy
 from .scenario import Scenario
@@ -187,7 +188,8 @@ class Shard:
         self._logits_common = kernel.logits if kernel else vmap(logits, in_dims=(0, None))
         self._logits_own = kernel.logits if kernel else vmap(logits)
         self._local = threading.local()  # per worker thread: the gathered (B, n, d) stack buffer, reused
-        self.workers = max(1, workers)
+        # torch.func transforms share state across threads: a vmapped model runs on one worker thread
+        self.workers = max(1, workers) if kernel else 1
         self._pool: ThreadPoolExecutor | None = None
         self.test = user.test_set(sc)
         self.down = np.zeros(n_all, dtype=bool)
@@ -411,8 +413,10 @@ class Shard:
         stack[torch.from_numpy(rows_t), torch.from_numpy(bj)] = crafted
 
     def measure(self, evaluate: bool = True) -> dict:
-        """Sums of the honest own models for the consensus distance, and, when `evaluate`, the
-        test accuracy and loss of every honest own node (empty arrays otherwise)."""
+        """Sums of the honest own models for the consensus distance, and, when `evaluate`, each
+        honest own node's metric and loss on the shared test set (or, without one, on its own
+        held-out samples), and on its own held-out samples where it has MIN_OWN_SAMPLES or more
+        (`own`; `own_small` counts the nodes with fewer, which are not scored on their own data)."""
         idx = self.honest_own
         total, sumsq = torch.zeros(self.d, dtype=torch.float64), 0.0
         for lo in range(0, len(idx), CHUNK_NODES):  # in float64, a chunk at a time (100,000 nodes: 1.8 GB at once)
@@ -420,8 +424,22 @@ class Shard:
             total += hp.sum(0)
             sumsq += float(torch.dot(hp.view(-1), hp.view(-1)))
         sums = {"nodes": self.own[idx], "sum": total, "sumsq": sumsq, "count": len(idx)}
+        none = self.own[idx[:0]]
         if not evaluate:
-            return {**sums, "nodes": self.own[idx[:0]], "accuracy": np.zeros(0), "loss": np.zeros(0)}
+            return {**sums, "nodes": none, "accuracy": np.zeros(0), "loss": np.zeros(0), "own_nodes": none,
+                    "own": np.zeros(0), "own_small": 0}
+        big = self.eval_data.count[idx] >= MIN_OWN_SAMPLES
+        own_acc, own_loss = self._evaluate(idx[big], shared=False)
+        if self.test is not None:
+            acc, loss = self._evaluate(idx, shared=True)
+            nodes = idx
+        else:
+            acc, loss, nodes = own_acc, own_loss, idx[big]
+        return {**sums, "nodes": self.own[nodes], "accuracy": acc, "loss": loss, "own_nodes": self.own[idx[big]],
+                "own": own_acc, "own_small": int((~big).sum())}
+
+    def _evaluate(self, idx: np.ndarray, shared: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(metric, loss) of own nodes `idx` on the shared test set or on their own held-out samples."""
         acc = np.zeros(len(idx))
         loss = np.zeros(len(idx))
 
@@ -429,7 +447,7 @@ class Shard:
             local = idx[at]
             with torch.no_grad():
                 p = self.params.index_select(0, torch.from_numpy(local))
-                if self.test is not None:
+                if shared:
                     x, y = self.test
                     out = self._logits_common(p, x)  # (c, T, C)
                     yy = y.expand(len(local), *y.shape)
@@ -447,8 +465,9 @@ class Shard:
                 hit = (out.argmax(dim=2) == yy).to(ce.dtype)
                 self._masked_means(at, hit, ce, mask, acc, loss)
 
-        self._each(run, self._chunks(np.arange(len(idx))))
-        return {**sums, "accuracy": acc, "loss": loss}
+        if len(idx):
+            self._each(run, self._chunks(np.arange(len(idx))))
+        return acc, loss
 
     @staticmethod
     def _masked_means(at, hit: torch.Tensor, ce: torch.Tensor, mask, acc: np.ndarray, loss: np.ndarray) -> None:
@@ -494,7 +513,12 @@ def round_metrics(r: int, parts: list[dict], labels: list, delivered: int, sent:
     names = [labels[v] for v in nodes[order].tolist()]
     acc = dict(zip(names, np.concatenate([p["accuracy"] for p in parts])[order].tolist(), strict=True))
     loss = dict(zip(names, np.concatenate([p["loss"] for p in parts])[order].tolist(), strict=True))
-    return RoundMetrics(r, acc, loss, consensus(parts), sent * message_bytes, Counter(), online, seconds)
+    own_nodes = np.concatenate([p["own_nodes"] for p in parts])
+    order = np.argsort(own_nodes, kind="stable")
+    own = dict(zip([labels[v] for v in own_nodes[order].tolist()],
+                   np.concatenate([p["own"] for p in parts])[order].tolist(), strict=True))
+    return RoundMetrics(r, acc, loss, consensus(parts), sent * message_bytes, Counter(), online, seconds,
+                        own=own, own_small=sum(p["own_small"] for p in parts))
 
 
 def messages_sent(topo: Topo, down: np.ndarray, sending: bool = True) -> int:
@@ -514,8 +538,10 @@ class BatchedEngine:
     """One process, one shard holding every node. Same RunResult as the protocol engine."""
 
     def __init__(self, sc: Scenario, rule: str, graph: nx.Graph, out: Path,
-                 progress: Callable[[int], None] | None = None, setup_progress: Callable[[int], None] | None = None):
+                 progress: Callable[[int], None] | None = None, setup_progress: Callable[[int], None] | None = None,
+                 alone: bool = False):
         self.sc, self.rule, self.graph, self.out = sc, rule, graph, Path(out)
+        self.alone = alone  # every node trains alone: nothing is sent or aggregated (sim.measures' baseline)
         self.progress, self.setup_progress = progress, setup_progress
         self.topo = setup(sc, graph)
         self.byzantine = [self.topo.labels[i] for i in np.flatnonzero(self.topo.byz)]
@@ -544,7 +570,7 @@ class BatchedEngine:
             t0 = time.monotonic()
             shard.churn(r)
             shard.train(r)
-            delivered = shard.aggregate(r)
+            delivered = 0 if self.alone else shard.aggregate(r)
             m = shard.measure(evaluated(r, sc.rounds, every))
             result.rounds.append(round_metrics(r, [m], topo.labels, delivered, messages_sent(topo, shard.down, r < shard.releases), size,
                                                int((~shard.down).sum()), time.monotonic() - t0))

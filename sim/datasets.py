@@ -153,7 +153,7 @@ def node_data(dataset: str, options: dict, *, partition_: str, alpha: float, lab
         features = x.shape[1]
         d = split_holdout(x, y, HOLDOUT, seed + 1000 + int(i), classes)
         train.append((d.x_train, d.y_train))
-        held.append((d.x_eval, d.y_eval) if len(d.y_eval) else (d.x_train, d.y_train))  # as a peer evaluates
+        held.append((d.x_eval, d.y_eval))  # possibly none: such a node is not scored on its own data
         if progress is not None and (k + 1) % 256 == 0:
             progress(256)
     if progress is not None:

@@ -32,6 +32,7 @@ from privacy.dp import seeded_generator
 from . import user
 from .attacks import REGISTRY as ATTACK_REGISTRY
 from .attacks import AttackTransport, ModelAttacker, ProtocolAttacker, model_attack, poison_labels
+from .measures import MIN_OWN_SAMPLES
 from .placement import place_byzantine
 from .scenario import Scenario
 
@@ -46,6 +47,8 @@ class RoundMetrics:
     rejected: Counter
     online: int
     seconds: float
+    own: dict = field(default_factory=dict)  # node -> metric on its own held-out data (nodes with enough of it)
+    own_small: int = 0  # honest nodes with too few held-out samples to be scored on their own data
 
 
 @dataclass
@@ -239,13 +242,25 @@ class ProtocolEngine:
         return result
 
     def _measure(self, r, honest, test_xy, bytes_sent, rejected, online, seconds) -> RoundMetrics:
-        acc, loss = {}, {}
+        acc, loss, own = {}, {}, {}
         models = []
+        small = 0
+        name = self.metric[0]
         for v in honest:
             p = self.peers[v]
-            m = p.learner.evaluate(*test_xy) if test_xy is not None else p.learner.evaluate()
-            acc[v], loss[v] = m.get(self.metric[0], float("nan")), m.get("loss", float("nan"))
+            data = getattr(p.learner, "data", None)
+            held = 0 if data is None else len(data.y_eval)
+            if held >= MIN_OWN_SAMPLES:  # scored on its own held-out data only when there is enough of it
+                m = p.learner.evaluate()
+                own[v] = m.get(name, float("nan"))
+                if test_xy is None:
+                    acc[v], loss[v] = own[v], m.get("loss", float("nan"))
+            else:
+                small += 1
+            if test_xy is not None:
+                m = p.learner.evaluate(*test_xy)
+                acc[v], loss[v] = m.get(name, float("nan")), m.get("loss", float("nan"))
             models.append(p.model.flat)
         stack = torch.stack(models)
         consensus = float(((stack - stack.mean(0)) ** 2).sum(1).mean())
-        return RoundMetrics(r, acc, loss, consensus, bytes_sent, rejected, online, seconds)
+        return RoundMetrics(r, acc, loss, consensus, bytes_sent, rejected, online, seconds, own=own, own_small=small)

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from gossip.verify import REASONS  # noqa: E402
 
 from .engine import RunResult  # noqa: E402
+from .measures import MIN_OWN_SAMPLES, distribution, versus_alone  # noqa: E402
 
 PER_NODE_ROWS = 1000  # metrics files hold one row per node and round up to this many honest nodes
 MANY_NODES = 20  # from this many honest nodes the plots show the spread, not only the mean
@@ -34,11 +35,32 @@ def label(res: RunResult) -> str:
 
 def _spread(values) -> dict:
     a = np.asarray(list(values), dtype=float)
+    if len(a) == 0:
+        return dict.fromkeys(("mean", "min", "p10", "median", "p90"), float("nan"))
     return {"mean": float(a.mean()), "min": float(a.min()), "p10": float(np.percentile(a, 10)),
             "median": float(np.median(a)), "p90": float(np.percentile(a, 90))}
 
 
-def summary_row(res: RunResult) -> dict:
+def honest_measures(res: RunResult, alone: dict | None) -> dict:
+    """The distribution over honest nodes (worst and the bad tail next to the median), on each
+    node's own held-out data where it has enough, and against each node trained alone."""
+    last, hib = res.rounds[-1], res.higher_is_better
+    dist = distribution(last.accuracy.values(), hib)
+    own = {**distribution(last.own.values(), hib), "too_small": last.own_small, "min_samples": MIN_OWN_SAMPLES}
+    if not own["nodes"]:
+        own["note"] = (f"no honest node has {MIN_OWN_SAMPLES} or more held-out samples: none is scored on its own data")
+    elif last.own_small:
+        own["note"] = (f"{last.own_small} of {last.own_small + own['nodes']} honest nodes have fewer than "
+                       f"{MIN_OWN_SAMPLES} held-out samples and are not scored on their own data")
+    vs = versus_alone(last.accuracy, alone, hib)
+    if vs is None:
+        vs = {"note": "no baseline: baseline = false, or a learner only the protocol engine runs"
+              if not res.scenario.baseline or alone is None else "no node measured both ways"}
+    return {"worst_accuracy": dist["worst"], "tail_accuracy": dist["tail"], "measured_nodes": dist["nodes"],
+            "own_heldout": own, "vs_alone": vs}
+
+
+def summary_row(res: RunResult, alone: dict | None = None) -> dict:
     last = res.rounds[-1]
     acc = _spread(last.accuracy.values())
     total_rejected = {}
@@ -48,7 +70,7 @@ def summary_row(res: RunResult) -> dict:
     node_rounds = sum(rm.online for rm in res.rounds)
     bad = byzantine_of(res)
     batched = res.engine == "batched"
-    evaluated = [rm.round for rm in res.rounds if rm.accuracy]
+    evaluated = [rm.round for rm in res.rounds if rm.accuracy] or [len(res.rounds) - 1]
     return {"run": res.scenario.name, "rule": res.rule, "attack": res.scenario.attack, "engine": res.engine,
             # the *_accuracy figures hold this metric (the learner's headline figure; "loss": lower is better)
             "metric": res.metric, "higher_is_better": res.higher_is_better,
@@ -71,7 +93,8 @@ def summary_row(res: RunResult) -> dict:
             "privacy": res.scenario.privacy, "noise_multiplier": res.scenario.noise_multiplier
             if res.epsilon is not None else None,
             "epsilon": res.epsilon,  # the largest epsilon an honest node spent, add/remove (None: privacy off)
-            "epsilon_replace": res.epsilon_replace}  # the same releases under replacement
+            "epsilon_replace": res.epsilon_replace,  # the same releases under replacement
+            **honest_measures(res, alone)}
 
 
 def write_metrics(results: list[RunResult], out: Path) -> None:
@@ -116,6 +139,8 @@ def _accuracy_plot(results: list[RunResult], path: Path) -> Path:
     spread = False
     for res in results:
         shown = [rm for rm in res.rounds if rm.accuracy]  # the evaluated rounds (sim.batched.eval_every)
+        if not shown:
+            continue
         xs = np.array([rm.round + 1 for rm in shown])
         per_round = [np.fromiter(rm.accuracy.values(), dtype=float) for rm in shown]
         ys = np.array([a.mean() for a in per_round])
@@ -168,12 +193,17 @@ def table(rows: list[dict], title: str):
 
     many = any(r.get("honest", 0) >= MANY_NODES for r in rows)
     metric = rows[0].get("metric", "accuracy") if rows else "accuracy"
-    short = "acc" if metric == "accuracy" else metric
-    t = Table(title=title)
+    higher = rows[0].get("higher_is_better", True) if rows else True
+    t = Table(title=f"{title}\nper honest node: {metric}{'' if higher else ' (lower is better)'}; worst node, "
+              f"{'10th' if higher else '90th'} percentile, median" + ("; alone: the median node trained alone, "
+              ">= alone: nodes at least as good as alone" if any("alone" in r.get("vs_alone", {}) for r in rows)
+              else ""))
     t.add_column("rule", no_wrap=True)
     t.add_column("attack", no_wrap=True)
-    for col in ("byz", f"mean {short}", f"min {short}") + ((f"p10 {short}", f"median {short}") if many else ()) + \
-            ("consensus",):
+    tail = "p10" if higher else "p90"
+    alone = any("alone" in r.get("vs_alone", {}) for r in rows)
+    for col in ("byz", "mean", "worst") + ((tail, "median") if many else ()) + \
+            (("alone", ">= alone") if alone else ()) + ("consensus",):
         t.add_column(col, justify="right", no_wrap=True)
     private = any(r.get("epsilon") is not None for r in rows)
     if private:
@@ -186,8 +216,14 @@ def table(rows: list[dict], title: str):
         rej = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items())) or "-"
         if r.get("engine") == "batched":
             rej = "n/a"  # no wire: nothing is verified
-        keys = ["mean_accuracy", "min_accuracy"] + (["p10_accuracy", "median_accuracy"] if many else [])
-        pct = [f"{100 * r[k]:.1f}%" if metric == "accuracy" else f"{r[k]:.4g}" for k in keys]
+        keys = ["mean_accuracy", "worst_accuracy"] + (["tail_accuracy", "median_accuracy"] if many else [])
+        values = [r[k] for k in keys]
+        vs = r.get("vs_alone", {})
+        if alone:
+            values.append(vs["alone"]["median"] if "alone" in vs else float("nan"))
+        pct = [("-" if v != v else f"{100 * v:.1f}%" if metric == "accuracy" else f"{v:.3g}") for v in values]
+        if alone:
+            pct.append(f"{100 * vs['at_least_as_good']:.0f}%" if "alone" in vs else "-")
         eps = [] if not private else ["-" if r.get(k) is None else f"{r[k]:.3g}" for k in ("epsilon", "epsilon_replace")]
         t.add_row(r["rule"], r["attack"], str(r["byzantine"]), *pct, f"{r['consensus_distance']:.3g}", *eps, rej,
                   r.get("engine", "protocol"), f"{r['seconds_per_node_round']:.4g}")

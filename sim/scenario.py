@@ -74,6 +74,7 @@ class Scenario:
     delta: float = 1e-5
     epsilon: float = math.inf  # the budget per node
     accountant: str = "rdp"
+    baseline: bool = True  # also train every node alone and report each honest node against it
     source: str = ""
 
     def to_dict(self) -> dict:
@@ -85,7 +86,7 @@ class Scenario:
 
 _FIELDS = {  # table.key -> (attribute, type, check)
     "name": ("name", str), "seed": ("seed", int), "rounds": ("rounds", int), "engine": ("engine", str),
-    "eval_every": ("eval_every", int),
+    "eval_every": ("eval_every", int), "baseline": ("baseline", bool),
     "topology.graph": ("topology", str),
     "data.dataset": ("dataset", str), "data.partition": ("partition", str), "data.alpha": ("alpha", float),
     "data.labels_per_shard": ("labels_per_shard", int), "data.options": ("data_options", dict),
@@ -143,7 +144,7 @@ def build(doc: dict, source: str = "") -> Scenario:
         attr, typ = _FIELDS[key]
         if typ is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
-        if not isinstance(v, typ) or isinstance(v, bool):
+        if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
             raise ScenarioError(f"{key} must be {typ.__name__}, got {v!r:.80}")
         if key == "aggregation.rule":
             v = [v]
