@@ -4,7 +4,6 @@ and the command line, results folder, plots and summary say what they show."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import replace
 
@@ -21,6 +20,7 @@ from sim.engine import ProtocolEngine
 from sim.errors import ScenarioError
 from sim.run import run_all
 from sim.scenario import Scenario, build, engine_for, expand, parse_sweep
+from sim.virtual_time import run_virtual
 from topology import from_spec, resolve
 
 AGREE = Scenario(name="agree", rounds=20, topology="regular:16,6", dataset="digits", partition="iid", local_steps=10,
@@ -41,7 +41,7 @@ def test_both_engines_agree_on_mean_honest_accuracy(case, tmp_path):
     for seed in (0, 1, 2):
         sc = replace(AGREE, seed=seed, **CASES[case])
         graph = resolve(sc.topology, seed=seed)
-        proto.append(_mean_acc(asyncio.run(ProtocolEngine(sc, "median", graph, tmp_path / f"p{seed}").run())))
+        proto.append(_mean_acc(run_virtual(ProtocolEngine(sc, "median", graph, tmp_path / f"p{seed}").run())))
         fast_run = BatchedEngine(sc, "median", graph, tmp_path / f"b{seed}").run()
         assert fast_run.engine == "batched" and len(fast_run.rounds) == sc.rounds
         fast.append(_mean_acc(fast_run))
