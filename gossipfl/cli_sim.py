@@ -23,6 +23,9 @@ def _print_outcome(outcome, title: str, quiet: bool) -> None:
         console.print(f"[yellow]warning:[/yellow] {w}")
     if not quiet:
         console.print(report.table(outcome.rows, title))
+        ranking = report.sweep_plots.regimes(outcome.rows, outcome.results)
+        if len({r["regime"] for r in ranking}) > 1 and len({r["rule"] for r in ranking}) > 1:
+            console.print(report.regimes_table(ranking, outcome.results[0].metric))
     engines = {r["engine"] for r in outcome.rows}
     logs = "per-run topology.png (small graphs)"
     if "protocol" in engines:

@@ -418,16 +418,11 @@ class Shard:
         held-out samples), and on its own held-out samples where it has MIN_OWN_SAMPLES or more
         (`own`; `own_small` counts the nodes with fewer, which are not scored on their own data)."""
         idx = self.honest_own
-        total, sumsq = torch.zeros(self.d, dtype=torch.float64), 0.0
-        for lo in range(0, len(idx), CHUNK_NODES):  # in float64, a chunk at a time (100,000 nodes: 1.8 GB at once)
-            hp = self.params.index_select(0, torch.from_numpy(idx[lo:lo + CHUNK_NODES])).double()
-            total += hp.sum(0)
-            sumsq += float(torch.dot(hp.view(-1), hp.view(-1)))
-        sums = {"nodes": self.own[idx], "sum": total, "sumsq": sumsq, "count": len(idx)}
         none = self.own[idx[:0]]
-        if not evaluate:
-            return {**sums, "nodes": none, "accuracy": np.zeros(0), "loss": np.zeros(0), "own_nodes": none,
-                    "own": np.zeros(0), "own_small": 0}
+        if not evaluate:  # nothing measured: no consensus either (sim.batched.consensus gives NaN)
+            return {"count": 0, "mean": None, "m2": 0.0, "nodes": none, "accuracy": np.zeros(0),
+                    "loss": np.zeros(0), "own_nodes": none, "own": np.zeros(0), "own_small": 0}
+        sums = {"nodes": self.own[idx], **self._spread(idx)}
         big = self.eval_data.count[idx] >= MIN_OWN_SAMPLES
         own_acc, own_loss = self._evaluate(idx[big], shared=False)
         if self.test is not None:
@@ -437,6 +432,24 @@ class Shard:
             acc, loss, nodes = own_acc, own_loss, idx[big]
         return {**sums, "nodes": self.own[nodes], "accuracy": acc, "loss": loss, "own_nodes": self.own[idx[big]],
                 "own": own_acc, "own_small": int((~big).sum())}
+
+    def _spread(self, idx: np.ndarray) -> dict:
+        """count, mean (d,) and m2 (sum of squared distances to the mean) of the models of own
+        nodes idx: in float32 a chunk at a time, chunks combined as parallel variances (Chan et
+        al.), so no float64 copy of every model and no cancellation of |x|^2 - |mean|^2."""
+        count, mean, m2 = 0, torch.zeros(self.d, dtype=torch.float64), 0.0
+        for lo in range(0, len(idx), CHUNK_NODES):
+            hp = self.params.index_select(0, torch.from_numpy(idx[lo:lo + CHUNK_NODES]))
+            c = hp.shape[0]
+            mu = hp.mean(0)
+            dev = hp - mu
+            chunk_m2 = float(torch.dot(dev.view(-1), dev.view(-1)))
+            delta = mu.double() - mean
+            total = count + c
+            m2 += chunk_m2 + float(delta.dot(delta)) * count * c / total
+            mean += delta * (c / total)
+            count = total
+        return {"count": count, "mean": mean, "m2": m2}
 
     def _evaluate(self, idx: np.ndarray, shared: bool) -> tuple[np.ndarray, np.ndarray]:
         """(metric, loss) of own nodes `idx` on the shared test set or on their own held-out samples."""
@@ -498,12 +511,15 @@ class Shard:
 
 
 def consensus(parts: list[dict]) -> float:
-    """Mean squared distance of the honest models to their average, from per-shard sums."""
+    """Mean squared distance of the honest models to their average, from per-shard (count,
+    mean, m2) combined as parallel variances; NaN on a round that was not measured."""
+    parts = [p for p in parts if p["count"]]
+    if not parts:
+        return float("nan")
     count = sum(p["count"] for p in parts)
-    total = sum(p["sum"] for p in parts)
-    sumsq = sum(p["sumsq"] for p in parts)
-    mean = total / count
-    return max(float(sumsq / count - (mean * mean).sum()), 0.0)
+    mean = sum(p["mean"] * p["count"] for p in parts) / count
+    m2 = sum(p["m2"] + p["count"] * float((p["mean"] - mean).dot(p["mean"] - mean)) for p in parts)
+    return max(m2 / count, 0.0)
 
 
 def round_metrics(r: int, parts: list[dict], labels: list, delivered: int, sent: int, message_bytes: int,

@@ -7,14 +7,11 @@ import csv
 import json
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from gossip.verify import REASONS  # noqa: E402
 
+from . import sweep_plots  # noqa: E402
 from .engine import RunResult  # noqa: E402
 from .measures import MIN_OWN_SAMPLES, distribution, versus_alone  # noqa: E402
 
@@ -126,66 +123,16 @@ def write_metrics(results: list[RunResult], out: Path) -> None:
             w.writerows(rows)
 
 
-def plot(results: list[RunResult], out: Path) -> list[Path]:
-    paths = [_accuracy_plot(results, out / "accuracy.png"), _consensus_plot(results, out / "consensus.png")]
+def plot(results: list[RunResult], out: Path, rows: list[dict] | None = None) -> list[Path]:
+    """accuracy.png (one panel per rule), consensus.png and, with the summary rows, regimes.png
+    and regimes.json (which rule wins in which regime)."""
+    paths = [sweep_plots.accuracy_panels(results, out / "accuracy.png"), sweep_plots.accuracy_panels(results, out / "consensus.png", consensus=True)]
+    if rows is not None and results:
+        ranking = sweep_plots.regimes(rows, results)
+        (out / "regimes.json").write_text(json.dumps(ranking, indent=1))
+        paths.append(sweep_plots.regimes_plot(ranking, results[0].metric, results[0].higher_is_better,
+                                              out / "regimes.png"))
     return paths
-
-
-def _accuracy_plot(results: list[RunResult], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    clean = [r for r in results if r.scenario.attack == "none"]
-    attacked = [r for r in results if r.scenario.attack != "none"]
-    reference = bool(clean and attacked)  # a dashed line is a reference only next to attacked runs
-    spread = False
-    for res in results:
-        shown = [rm for rm in res.rounds if rm.accuracy]  # the evaluated rounds (sim.batched.eval_every)
-        if not shown:
-            continue
-        xs = np.array([rm.round + 1 for rm in shown])
-        per_round = [np.fromiter(rm.accuracy.values(), dtype=float) for rm in shown]
-        ys = np.array([a.mean() for a in per_round])
-        style = "--" if reference and res.scenario.attack == "none" else "-"
-        (line,) = ax.plot(xs, ys, style, label=label(res))
-        if len(per_round[-1]) >= MANY_NODES:
-            spread = True
-            p10 = np.array([np.percentile(a, 10) for a in per_round])
-            med = np.array([np.median(a) for a in per_round])
-            ax.fill_between(xs, p10, med, color=line.get_color(), alpha=0.15, linewidth=0)
-            ax.plot(xs, np.array([a.min() for a in per_round]), ":", color=line.get_color(), linewidth=0.8)
-    ax.set_xlabel("round")
-    metric = results[0].metric if results else "accuracy"
-    ax.set_ylabel(f"honest test {metric}" + ("" if results and results[0].higher_is_better else " (lower is better)"))
-    if metric == "accuracy":
-        ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    notes = ["lines: mean over honest nodes"]
-    if spread:
-        notes.append("band: 10th percentile to median; dotted: minimum")
-    if reference:
-        notes.append("dashed: attack-free reference")
-    ax.set_title(f"{metric} per round\n" + "; ".join(notes), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _consensus_plot(results: list[RunResult], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    for res in results:
-        ax.semilogy([rm.round + 1 for rm in res.rounds], [max(rm.consensus, 1e-12) for rm in res.rounds],
-                    label=label(res))
-    ax.set_xlabel("round")
-    ax.set_ylabel("consensus distance")
-    ax.set_title("consensus distance per round\nmean squared distance of the honest models to their average",
-                 fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def table(rows: list[dict], title: str):
@@ -198,6 +145,9 @@ def table(rows: list[dict], title: str):
               f"{'10th' if higher else '90th'} percentile, median" + ("; alone: the median node trained alone, "
               ">= alone: nodes at least as good as alone" if any("alone" in r.get("vs_alone", {}) for r in rows)
               else ""))
+    settings = any(r.get("setting") for r in rows)
+    if settings:
+        t.add_column("setting")
     t.add_column("rule", no_wrap=True)
     t.add_column("attack", no_wrap=True)
     tail = "p10" if higher else "p90"
@@ -225,6 +175,23 @@ def table(rows: list[dict], title: str):
         if alone:
             pct.append(f"{100 * vs['at_least_as_good']:.0f}%" if "alone" in vs else "-")
         eps = [] if not private else ["-" if r.get(k) is None else f"{r[k]:.3g}" for k in ("epsilon", "epsilon_replace")]
-        t.add_row(r["rule"], r["attack"], str(r["byzantine"]), *pct, f"{r['consensus_distance']:.3g}", *eps, rej,
+        t.add_row(*([r.get("setting", "")] if settings else []), r["rule"], r["attack"], str(r["byzantine"]), *pct, f"{r['consensus_distance']:.3g}", *eps, rej,
                   r.get("engine", "protocol"), f"{r['seconds_per_node_round']:.4g}")
+    return t
+
+
+def regimes_table(ranking: list[dict], metric: str = "accuracy"):
+    """Per regime, the rules from best to worst (seeds averaged): which rule wins where."""
+    from rich.table import Table
+
+    fmt = (lambda v: "-" if v != v else f"{100 * v:.1f}%") if metric == "accuracy" else \
+        (lambda v: "-" if v != v else f"{v:.3g}")
+    t = Table(title=f"which rule wins in which regime (final mean {metric}, seeds averaged; regimes.png)")
+    for col in ("regime", "best rule", "mean", "worst node", "then"):
+        t.add_column(col)
+    for regime in dict.fromkeys(r["regime"] for r in ranking):
+        ranked = [r for r in ranking if r["regime"] == regime]
+        best = ranked[0]
+        rest = ", ".join(f"{r['rule']} {fmt(r['mean'])}" for r in ranked[1:])
+        t.add_row(regime, best["rule"], fmt(best["mean"]), fmt(best["worst"]), rest or "-")
     return t

@@ -106,9 +106,12 @@ def run_all(scenarios: list[Scenario], out: str | Path, *, quiet: bool = False, 
     warnings = [w for _, ws in pairs for w in ws]
     alone = baselines(results)
     rows = [report.summary_row(r, alone.get(measures.alone_key(r.scenario))) for r in results]
+    keys = [k for k in report.sweep_plots.swept(results) if k != "attack"]
+    for row, res in zip(rows, results, strict=True):  # the swept settings besides rule and attack, for the table
+        row["setting"] = report.sweep_plots.setting(res, keys, skip=("attack",)) if keys else ""
     report.write_metrics(results, out)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
-    plots = report.plot(results, out)
+    plots = report.plot(results, out, rows)
     return Outcome(out, results, rows, plots, warnings)
 
 

@@ -115,6 +115,9 @@ class ShardWorker:
         sent = int(s.topo.degree[s.own][up].sum()) if r < s.releases else 0  # none once the privacy budget is spent
         return {**m, "delivered": delivered, "sent": sent, "online": int(up.sum())}
 
+    def dimension(self) -> int:
+        return self.shard.d
+
     def counts(self) -> np.ndarray:
         return self.shard.train_data.count
 
@@ -153,7 +156,7 @@ def run_sharded(sc: Scenario, rule: str, graph: nx.Graph, shards: int, *, addres
             parts = ray.get([a.aggregate.remote(r, evaluate, *[exports[j] for j in sources[b]])
                              for b, a in enumerate(actors)])
             if size is None:
-                size = max_message_size(sc.codec, int(parts[0]["sum"].numel()))
+                size = max_message_size(sc.codec, int(ray.get(actors[0].dimension.remote())))
             result.rounds.append(round_metrics(r, parts, topo.labels, sum(p["delivered"] for p in parts),
                                                sum(p["sent"] for p in parts), size, sum(p["online"] for p in parts),
                                                time.monotonic() - t0))

@@ -112,7 +112,7 @@ def test_chunk_sizes_change_nothing(monkeypatch):
     pieces = BatchedEngine(sc, "median", graph, ".").run()
     for a, b in zip(whole.rounds, pieces.rounds, strict=True):
         assert a.accuracy == b.accuracy and a.online == b.online
-        assert a.consensus == pytest.approx(b.consensus, rel=1e-9)
+        assert a.consensus == pytest.approx(b.consensus, rel=1e-5)  # float32 chunks: rounding only
 
 
 def _delivered(sc: Scenario, r: int = 0) -> dict:
@@ -281,7 +281,7 @@ def test_worker_threads_change_nothing():
 
 def test_large_runs_evaluate_on_a_schedule_and_say_so(tmp_path, monkeypatch):
     """Above EVAL_ALL_NODES the test set is evaluated about EVAL_POINTS times and in the last
-    round; every round still trains and aggregates (consensus every round); the summary says so."""
+    round; every round still trains and aggregates (consensus only where measured); the summary says so."""
     from sim.report import summary_row
 
     sc = Scenario(name="e", rounds=5, topology="regular:30,4", rules=["mean"], f=0, local_steps=1, engine="batched")
@@ -291,6 +291,6 @@ def test_large_runs_evaluate_on_a_schedule_and_say_so(tmp_path, monkeypatch):
     monkeypatch.setattr(batched, "EVAL_POINTS", 2)
     res = BatchedEngine(sc, "mean", from_spec(sc.topology, seed=0), tmp_path).run()
     assert [rm.round for rm in res.rounds if rm.accuracy] == [1, 3, 4] and len(res.rounds) == 5
-    assert all(rm.consensus > 0 for rm in res.rounds)
+    assert [rm.round for rm in res.rounds if rm.consensus > 0] == [1, 3, 4]  # NaN elsewhere: not measured
     row = summary_row(res)
     assert row["evaluated_rounds"] == 3 and "3 of 5 rounds" in row["evaluation"]
