@@ -384,12 +384,15 @@ alpha = 0.5               # Dirichlet concentration: small = very non-IID
 labels_per_shard = 2      # classes per node with partition = "labels"
 # options = { samples = 200 }   # data set options: synthetic takes samples, dim, alpha, beta;
                                 # fashion_mnist takes limit, test_limit
+# dataset = "mymodule:loader"  # your own loader (beside this file), as data.source in peer.toml
+# test = "mymodule:held_out"    # a held-out set (x, y) every node is scored on
 
 [model]
 name = "mlp"              # mlp or cnn (built in), or package.module:factory
 options = { hidden = [32] }
 
 [train]
+# learner = "mymodule:mse"  # your learner; a peer.learning.functional.Functional runs in both engines
 local_steps = 5           # SGD steps per round
 batch_size = 32
 lr = 0.1
