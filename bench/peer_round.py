@@ -21,6 +21,7 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench._help import answer_help  # noqa: E402
 from bench._table import emit_json, print_table  # noqa: E402
 
 MODELS = {"100k": [1024, 32], "1M": [1024, 900]}  # MLP hidden sizes: ~100k and ~1M parameters
@@ -193,6 +194,7 @@ def process_peak_rss(hidden: list[int], rounds: int, rule: str, transport: str =
 
 
 def main() -> None:
+    answer_help(__doc__, '[--quick] [--metrics] [--rss-only]')
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         args = json.loads(sys.argv[2])
         print(json.dumps(breakdown(*args) if sys.argv[3] == "breakdown" else run(*args)))

@@ -17,6 +17,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench._help import answer_help  # noqa: E402
 from bench._table import emit_json, print_table  # noqa: E402
 
 ROUNDS = 5
@@ -52,6 +53,7 @@ def child(nodes: int) -> dict:
 
 
 def main() -> None:
+    answer_help(__doc__)
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         print(json.dumps(child(int(sys.argv[2]))))
         return

@@ -14,11 +14,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench._help import answer_help  # noqa: E402
 from bench._table import emit_json, print_table  # noqa: E402
 from topology import from_spec, metropolis_hastings, summarize  # noqa: E402
 
 
 def main() -> None:
+    answer_help(__doc__)
     rows, figures = [], {}
     for n in (100, 1_000, 10_000):
         t0 = time.perf_counter()

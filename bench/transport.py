@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench._help import answer_help  # noqa: E402
 from bench._table import emit_json, print_table  # noqa: E402
 from tests.netfixtures import free_ports, mosquitto_broker  # noqa: E402
 
@@ -157,6 +158,7 @@ async def sender(mode: str, port: int, mb: int, broker: int | None) -> dict:
 
 
 def main() -> None:
+    answer_help(__doc__)
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         mode, port, n_values, count = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
         asyncio.run(receiver(mode, port, n_values, count))

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench._help import answer_help  # noqa: E402
 from bench._table import best_time as best  # noqa: E402
 from bench._table import emit_json, print_table
 from gossip.envelope import seal_update  # noqa: E402
@@ -39,6 +40,7 @@ def torch_save_round_trip(x):
 
 
 def main() -> None:
+    answer_help(__doc__)
     torch.set_num_threads(1)
     figures = {}
     for label, tuned in (("default allocator", False), ("peer runtime (tune_allocator)", True)):

@@ -136,7 +136,7 @@ def _membership(d: dict, fleet) -> str:
 @audit_group.command("show")
 @click.argument("db", type=click.Path())
 @click.option("--round", "round_", type=int, help="only this round")
-@click.option("--kind", type=click.Choice(KINDS))
+@click.option("--kind", type=click.Choice(KINDS), help="only events of this kind")
 @click.option("--peer", help="only events whose counterpart is this peer (plan name, PeerId prefix or suffix)")
 @click.option("--update", help="only events about this update or model (hash prefix)")
 @_plan_option
@@ -382,7 +382,8 @@ def audit_trace(update_hash: str, dbs, depth: int, png, dot, plan, as_json: bool
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder to write index.html into")
 @click.option("--update", help="update or model to draw the lineage of (hash prefix; default: the newest "
                                "aggregated model of the first log)")
-@click.option("--depth", default=3, show_default=True, type=click.IntRange(0, 20))
+@click.option("--depth", default=3, show_default=True, type=click.IntRange(0, 20),
+              help="rounds of lineage to draw back from the update")
 @_plan_option
 @friendly
 def audit_report(logs, out: str, update, depth: int, plan) -> None:
@@ -396,7 +397,8 @@ def audit_report(logs, out: str, update, depth: int, plan) -> None:
 
 @audit_group.command("export")
 @click.argument("db", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
+              help="one JSON object per event, or CSV with a header row")
 @click.option("--out", type=click.Path(dir_okay=False), help="file to write (default: standard output)")
 @friendly
 def audit_export(db: str, fmt: str, out) -> None:

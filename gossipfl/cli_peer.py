@@ -45,11 +45,12 @@ def peer_init(directory: str, force: bool) -> None:
 
 
 @peer_group.command("start")
-@click.option("--config", "config", required=True, type=click.Path(dir_okay=False))
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="the peer's peer.toml")
 @click.option("--rounds", type=click.IntRange(0), default=None,
               help="run this many rounds from wherever the peer starts, then stop [default: until its round "
                    "reaches round.rounds]")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="log lines as text, or one JSON object per line (for journald or a log shipper)")
 @click.option("-v", "--verbose", is_flag=True, help="log every rejection")
 @friendly
 def peer_start(config: str, rounds, log_format: str, verbose: bool) -> None:
@@ -67,7 +68,7 @@ def peer_start(config: str, rounds, log_format: str, verbose: bool) -> None:
 
 
 @peer_group.command("id")
-@click.option("--config", "config", required=True, type=click.Path(dir_okay=False))
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="the peer's peer.toml")
 @friendly
 def peer_id_cmd(config: str) -> None:
     """Print this peer's PeerId and the multiaddrs others dial, without starting it."""

@@ -16,7 +16,7 @@ def relay_group() -> None:
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False),
               help="relay.toml: [identity] key, [network] trust (and records), [relay] listen and limits")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+              type=click.Choice(["debug", "info", "warning", "error"]), help="the least severe log lines shown")
 @friendly
 def relay_start(config: str, log_level: str) -> None:
     """Run a fleet relay until SIGINT/SIGTERM; prints its PeerId and addresses."""

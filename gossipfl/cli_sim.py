@@ -23,6 +23,9 @@ def _print_outcome(outcome, title: str, quiet: bool) -> None:
         console.print(f"[yellow]warning:[/yellow] {w}")
     if not quiet:
         console.print(report.table(outcome.rows, title))
+        ranking = report.sweep_plots.regimes(outcome.rows, outcome.results)
+        if len({r["regime"] for r in ranking}) > 1 and len({r["rule"] for r in ranking}) > 1:
+            console.print(report.regimes_table(ranking, outcome.results[0].metric))
     engines = {r["engine"] for r in outcome.rows}
     logs = "per-run topology.png (small graphs)"
     if "protocol" in engines:
@@ -76,6 +79,31 @@ def sim_run(scenario: str, sweep_items, sweep, engine, ray_address, shards: int,
     _print_outcome(outcome, f"simulation {base.name}", quiet)
 
 
+@sim_group.command("attacks")
+@click.option("--json", "as_json", is_flag=True, help="print the registry as JSON instead of a table")
+@friendly
+def sim_attacks(as_json: bool) -> None:
+    """List every attack: what it sends, its parameters, and how it acts in each engine."""
+    from sim.attacks import REGISTRY
+
+    rows = [{"name": a.name, "family": a.family, "sends": a.summary, "params": a.defaults,
+             "engines": list(a.engines), "batched": a.batched, "protocol": a.protocol} for a in REGISTRY.values()]
+    if as_json:
+        import json
+
+        click.echo(json.dumps(rows, indent=1, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(title="attacks (attack.kind)", show_lines=True)
+    for col in ("name", "family", "what the attacker sends", "params", "batched engine", "protocol engine"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
+        table.add_row(r["name"], r["family"], r["sends"], params, r["batched"] or "-", r["protocol"] or "-")
+    _console().print(table)
+
+
 @sim_group.command("init")
 @click.argument("path", type=click.Path(dir_okay=False), default="scenario.toml")
 @click.option("--force", is_flag=True, help="overwrite an existing file")
@@ -97,10 +125,11 @@ def sim_init(path: str, force: bool) -> None:
 
 
 @main.command("demo")
-@click.option("--rounds", default=30, show_default=True, type=click.IntRange(1, 100_000))
-@click.option("--nodes", default=16, show_default=True, type=click.IntRange(10, 1000))
-@click.option("--out", type=click.Path(file_okay=False), default="demo-results", show_default=True)
-@click.option("--quiet", is_flag=True)
+@click.option("--rounds", default=30, show_default=True, type=click.IntRange(1, 100_000), help="gossip rounds")
+@click.option("--nodes", default=16, show_default=True, type=click.IntRange(10, 1000), help="peers in the graph")
+@click.option("--out", type=click.Path(file_okay=False), default="demo-results", show_default=True,
+              help="results folder")
+@click.option("--quiet", is_flag=True, help="no progress bar or table")
 @friendly
 def demo_cmd(rounds: int, nodes: int, out: str, quiet: bool) -> None:
     """16 peers on a small-world graph, non-IID digits, 3 sign-flip attackers: mean vs robust rules."""

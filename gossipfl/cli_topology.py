@@ -26,7 +26,8 @@ def _graph_options(fn):
 @click.argument("graph")
 @click.option("--rule", default="median", show_default=True, help="aggregation rule for the robustness check")
 @click.option("--byzantine", type=float, default=None, help="attack budget: a count, or a fraction below 1")
-@click.option("--png", type=click.Path(dir_okay=False), default="topology.png", show_default=True)
+@click.option("--png", type=click.Path(dir_okay=False), default="topology.png", show_default=True,
+              help="where to write the drawing of the graph")
 @click.option("--json", "as_json", is_flag=True, help="print the analysis as JSON")
 @_graph_options
 @friendly
@@ -134,8 +135,10 @@ def plan_overrides(rule, f, model, learner, data_source, data_path, metrics, rou
 @topology_group.command("plan")
 @click.argument("graph")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder to write the plan into")
-@click.option("--network-id", default="gossipfl", show_default=True)
-@click.option("--transport", type=click.Choice(_transport_names()), default="libp2p", show_default=True)
+@click.option("--network-id", default="gossipfl", show_default=True,
+              help="the id every signed update carries: peers reject updates of another network")
+@click.option("--transport", type=click.Choice(_transport_names()), default="libp2p", show_default=True,
+              help="how the peers reach each other")
 @_transport_plan_options
 @click.option("--rule", default=None, help="aggregation rule for every node [default: the template's, else median]")
 @click.option("--f", "f", default=None, type=click.IntRange(0),

@@ -36,17 +36,12 @@ from gossip.envelope import max_message_size
 from peer.learning.model import build_model
 from peer.runtime.exchange import fits, rule_params
 
-from . import datasets, streams
-from .attacks import (
-    DATA_ATTACKS,
-    MODEL_ATTACKS,
-    PROTOCOL_ATTACKS,
-    label_flip_map,
-    model_attack_rows,
-)
+from . import datasets, streams, user
+from .attacks import PROTOCOL_ATTACKS, REGISTRY, model_attack_rows
 from .batched_mlp import MLPKernel
 from .engine import RoundMetrics, RunResult
 from .errors import ScenarioError
+from .measures import MIN_OWN_SAMPLES
 from .placement import place_byzantine
 from .privacy import epsilon_spent, privatize_rows, releases_allowed, update_privacy
 from .scenario import Scenario
@@ -154,14 +149,15 @@ class Shard:
 
         self.train_data, self.eval_data = datasets.node_data(
             sc.dataset, sc.data_options, partition_=sc.partition, alpha=sc.alpha,
-            labels_per_shard=sc.labels_per_shard, seed=sc.seed, nodes=self.own, total=n_all, progress=progress)
-        if sc.attack in DATA_ATTACKS:
-            flip = label_flip_map(10)
+            labels_per_shard=sc.labels_per_shard, seed=sc.seed, nodes=self.own, total=n_all, progress=progress,
+            loader=user.loader(sc) if ":" in sc.dataset else None, classes=sc.classes)
+        if REGISTRY[sc.attack].label_map is not None:
+            flip = REGISTRY[sc.attack].label_map(sc.classes)
             for k in np.flatnonzero(topo.byz[self.own]):
                 lo, c = self.train_data.offset[k], self.train_data.count[k]
                 self.train_data.y[lo:lo + c] = flip[self.train_data.y[lo:lo + c]]
-        features = datasets.FEATURES[sc.dataset]
-        module = build_model(sc.model, features, 10, sc.model_options, seed=sc.seed)
+        features = self.train_data.x.shape[1]
+        module = build_model(sc.model, features, sc.classes, sc.model_options, seed=sc.seed, base=user.folder(sc))
         self.module = module
         names = [k for k, _ in module.named_parameters()]
         shapes = [tuple(p.shape) for _, p in module.named_parameters()]
@@ -169,25 +165,33 @@ class Shard:
         init = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
         self.d = init.numel()
         self.params = init.repeat(len(self.view), 1)  # every node starts from the same seeded model
-        self.buf = torch.zeros(len(self.own), self.d) if sc.momentum else None
+        # the user's learner as pure functions (None: the built-in cross-entropy SGD below)
+        self.fn = None if sc.learner == "classification" else user.functional(sc)
+        if self.fn is None and sc.learner != "classification":
+            raise ScenarioError(f"engine batched: {user.batched_refusal(sc)}")
+        self.buf = torch.zeros(len(self.own), self.d) if sc.momentum and self.fn is None else None
+        self.opt = self.fn.init_state(len(self.own), self.d) if self.fn is not None else None
         self.dp = update_privacy(sc)
         self.releases = releases_allowed(sc)
 
+        fn = self.fn
+
         def loss(flat, x, y):
-            return torch.nn.functional.cross_entropy(functional_call(module, params_of(flat), (x,)), y)
+            out = functional_call(module, params_of(flat), (x,))
+            return fn.batch_loss(out, x, y) if fn is not None else torch.nn.functional.cross_entropy(out, y)
 
         def logits(flat, x):
             return functional_call(module, params_of(flat), (x,))
 
-        kernel = MLPKernel.of(module)  # plain MLPs: batched matmuls; any other model: vmap
+        kernel = MLPKernel.of(module) if fn is None else None  # built-in learner, plain MLPs: batched matmuls
         self._grad = kernel.grad if kernel else vmap(grad(loss))
         self._logits_common = kernel.logits if kernel else vmap(logits, in_dims=(0, None))
         self._logits_own = kernel.logits if kernel else vmap(logits)
         self._local = threading.local()  # per worker thread: the gathered (B, n, d) stack buffer, reused
-        self.workers = max(1, workers)
+        # torch.func transforms share state across threads: a vmapped model runs on one worker thread
+        self.workers = max(1, workers) if kernel else 1
         self._pool: ThreadPoolExecutor | None = None
-        test = datasets.test_set(sc.dataset, sc.data_options)
-        self.test = None if test is None else (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+        self.test = user.test_set(sc)
         self.down = np.zeros(n_all, dtype=bool)
         self.honest_own = np.flatnonzero(~topo.byz[self.own])
         side = np.arange(n_all) < n_all // 2
@@ -232,18 +236,25 @@ class Shard:
         batch = np.arange(sc.batch_size)[None, :]
         p = start = self.params.index_select(0, at)
         buf = self.buf.index_select(0, at) if self.buf is not None else None
+        opt = {k: v.index_select(0, at) for k, v in self.opt.items()} if self.opt is not None else None
         with torch.no_grad():
             for s in range(sc.local_steps):
                 pick = streams.below(sc.seed, streams.BATCH, data.count[local][:, None], glob[:, None], r, s, batch)
                 idx = torch.from_numpy(data.offset[local][:, None] + pick)
                 x = data.x.index_select(0, idx.view(-1)).view(*idx.shape, *data.x.shape[1:])
                 g = self._grad(p, x, data.y.index_select(0, idx.view(-1)).view(idx.shape))
+                if opt is not None:  # the user's functional optimizer (the same step its peers take)
+                    p = self.fn.step(p, g, opt, sc)
+                    continue
                 if buf is not None:
                     buf = buf.mul_(sc.momentum).add_(g)
                     g = buf
                 p = torch.add(p, g, alpha=-sc.lr)
         if buf is not None:
             self.buf.index_copy_(0, at, buf)
+        if opt is not None:
+            for k, v in opt.items():
+                self.opt[k].index_copy_(0, at, v)
         if self.dp is not None:  # update-mode differential privacy: what a node keeps and sends is noised
             p = privatize_rows(sc, start, p, glob, r)
         return p
@@ -315,7 +326,7 @@ class Shard:
         None where the rule refuses the inputs (the targets keep their own models)."""
         sc = self.sc
         stack = self._gather(rows)
-        if sc.attack in MODEL_ATTACKS:
+        if REGISTRY[sc.attack].rows is not None:
             self._craft(r, stack, t, rows)
         weights = self._mh(t, rows) if sc.weights == "metropolis_hastings" else None
         try:
@@ -402,17 +413,46 @@ class Shard:
         stack[torch.from_numpy(rows_t), torch.from_numpy(bj)] = crafted
 
     def measure(self, evaluate: bool = True) -> dict:
-        """Sums of the honest own models for the consensus distance, and, when `evaluate`, the
-        test accuracy and loss of every honest own node (empty arrays otherwise)."""
+        """Sums of the honest own models for the consensus distance, and, when `evaluate`, each
+        honest own node's metric and loss on the shared test set (or, without one, on its own
+        held-out samples), and on its own held-out samples where it has MIN_OWN_SAMPLES or more
+        (`own`; `own_small` counts the nodes with fewer, which are not scored on their own data)."""
         idx = self.honest_own
-        total, sumsq = torch.zeros(self.d, dtype=torch.float64), 0.0
-        for lo in range(0, len(idx), CHUNK_NODES):  # in float64, a chunk at a time (100,000 nodes: 1.8 GB at once)
-            hp = self.params.index_select(0, torch.from_numpy(idx[lo:lo + CHUNK_NODES])).double()
-            total += hp.sum(0)
-            sumsq += float(torch.dot(hp.view(-1), hp.view(-1)))
-        sums = {"nodes": self.own[idx], "sum": total, "sumsq": sumsq, "count": len(idx)}
-        if not evaluate:
-            return {**sums, "nodes": self.own[idx[:0]], "accuracy": np.zeros(0), "loss": np.zeros(0)}
+        none = self.own[idx[:0]]
+        if not evaluate:  # nothing measured: no consensus either (sim.batched.consensus gives NaN)
+            return {"count": 0, "mean": None, "m2": 0.0, "nodes": none, "accuracy": np.zeros(0),
+                    "loss": np.zeros(0), "own_nodes": none, "own": np.zeros(0), "own_small": 0}
+        sums = {"nodes": self.own[idx], **self._spread(idx)}
+        big = self.eval_data.count[idx] >= MIN_OWN_SAMPLES
+        own_acc, own_loss = self._evaluate(idx[big], shared=False)
+        if self.test is not None:
+            acc, loss = self._evaluate(idx, shared=True)
+            nodes = idx
+        else:
+            acc, loss, nodes = own_acc, own_loss, idx[big]
+        return {**sums, "nodes": self.own[nodes], "accuracy": acc, "loss": loss, "own_nodes": self.own[idx[big]],
+                "own": own_acc, "own_small": int((~big).sum())}
+
+    def _spread(self, idx: np.ndarray) -> dict:
+        """count, mean (d,) and m2 (sum of squared distances to the mean) of the models of own
+        nodes idx: in float32 a chunk at a time, chunks combined as parallel variances (Chan et
+        al.), so no float64 copy of every model and no cancellation of |x|^2 - |mean|^2."""
+        count, mean, m2 = 0, torch.zeros(self.d, dtype=torch.float64), 0.0
+        for lo in range(0, len(idx), CHUNK_NODES):
+            hp = self.params.index_select(0, torch.from_numpy(idx[lo:lo + CHUNK_NODES]))
+            c = hp.shape[0]
+            mu = hp.mean(0)
+            dev = hp - mu
+            chunk_m2 = float(torch.dot(dev.view(-1), dev.view(-1)))
+            delta = mu.double() - mean
+            total = count + c
+            m2 += chunk_m2 + float(delta.dot(delta)) * count * c / total
+            mean += delta * (c / total)
+            count = total
+        return {"count": count, "mean": mean, "m2": m2}
+
+    def _evaluate(self, idx: np.ndarray, shared: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(metric, loss) of own nodes `idx` on the shared test set or on their own held-out samples."""
         acc = np.zeros(len(idx))
         loss = np.zeros(len(idx))
 
@@ -420,49 +460,66 @@ class Shard:
             local = idx[at]
             with torch.no_grad():
                 p = self.params.index_select(0, torch.from_numpy(local))
-                if self.test is not None:
+                if shared:
                     x, y = self.test
                     out = self._logits_common(p, x)  # (c, T, C)
-                    yy = y.expand(len(local), -1)
+                    yy = y.expand(len(local), *y.shape)
+                    xx = x.expand(len(local), *x.shape)
                     mask = None
                 else:
-                    out, yy, mask = self._own_eval(p, local)
+                    out, xx, yy, mask = self._own_eval(p, local)
+                if self.fn is not None:  # the user's scores per sample
+                    scores = vmap(self.fn.per_sample)(out, xx, yy)
+                    hit, ce = scores[self.fn.metric].to(out.dtype), scores["loss"].to(out.dtype)
+                    self._masked_means(at, hit, ce, mask, acc, loss)
+                    return
                 # cross-entropy per sample: logsumexp - the true class's logit
                 ce = torch.logsumexp(out, dim=2) - out.gather(2, yy.unsqueeze(2)).squeeze(2)
                 hit = (out.argmax(dim=2) == yy).to(ce.dtype)
-                if mask is None:
-                    acc[at] = hit.mean(1).numpy()
-                    loss[at] = ce.mean(1).numpy()
-                else:
-                    m = mask.to(ce.dtype)
-                    count = m.sum(1)
-                    acc[at] = ((hit * m).sum(1) / count).numpy()
-                    loss[at] = ((ce * m).sum(1) / count).numpy()
+                self._masked_means(at, hit, ce, mask, acc, loss)
 
-        self._each(run, self._chunks(np.arange(len(idx))))
-        return {**sums, "accuracy": acc, "loss": loss}
+        if len(idx):
+            self._each(run, self._chunks(np.arange(len(idx))))
+        return acc, loss
+
+    @staticmethod
+    def _masked_means(at, hit: torch.Tensor, ce: torch.Tensor, mask, acc: np.ndarray, loss: np.ndarray) -> None:
+        """acc[at], loss[at]: the means over each node's samples (c, T), only where `mask` is set."""
+        if mask is None:
+            acc[at] = hit.mean(1).numpy()
+            loss[at] = ce.mean(1).numpy()
+        else:
+            m = mask.to(ce.dtype)
+            count = m.sum(1)
+            acc[at] = ((hit * m).sum(1) / count).numpy()
+            loss[at] = ((ce * m).sum(1) / count).numpy()
 
     def _own_eval(self, p: torch.Tensor, local: np.ndarray):
-        """Each node's own held-out samples, padded to the chunk's largest (with a mask)."""
+        """Each node's own held-out samples, padded to the chunk's largest (with a mask):
+        (outputs, inputs, labels, mask)."""
         ev = self.eval_data
         count = ev.count[local]
         width = max(int(count.max()), 1)
         j = np.arange(width)[None, :]
         mask = j < count[:, None]
         idx = torch.from_numpy(ev.offset[local][:, None] + np.where(mask, j, 0))
-        return self._logits_own(p, ev.x[idx]), ev.y[idx], torch.from_numpy(mask)
+        x = ev.x[idx]
+        return self._logits_own(p, x), x, ev.y[idx], torch.from_numpy(mask)
 
     def own_params(self) -> torch.Tensor:
         return self.params[:len(self.own)]
 
 
 def consensus(parts: list[dict]) -> float:
-    """Mean squared distance of the honest models to their average, from per-shard sums."""
+    """Mean squared distance of the honest models to their average, from per-shard (count,
+    mean, m2) combined as parallel variances; NaN on a round that was not measured."""
+    parts = [p for p in parts if p["count"]]
+    if not parts:
+        return float("nan")
     count = sum(p["count"] for p in parts)
-    total = sum(p["sum"] for p in parts)
-    sumsq = sum(p["sumsq"] for p in parts)
-    mean = total / count
-    return max(float(sumsq / count - (mean * mean).sum()), 0.0)
+    mean = sum(p["mean"] * p["count"] for p in parts) / count
+    m2 = sum(p["m2"] + p["count"] * float((p["mean"] - mean).dot(p["mean"] - mean)) for p in parts)
+    return max(m2 / count, 0.0)
 
 
 def round_metrics(r: int, parts: list[dict], labels: list, delivered: int, sent: int, message_bytes: int,
@@ -472,7 +529,12 @@ def round_metrics(r: int, parts: list[dict], labels: list, delivered: int, sent:
     names = [labels[v] for v in nodes[order].tolist()]
     acc = dict(zip(names, np.concatenate([p["accuracy"] for p in parts])[order].tolist(), strict=True))
     loss = dict(zip(names, np.concatenate([p["loss"] for p in parts])[order].tolist(), strict=True))
-    return RoundMetrics(r, acc, loss, consensus(parts), sent * message_bytes, Counter(), online, seconds)
+    own_nodes = np.concatenate([p["own_nodes"] for p in parts])
+    order = np.argsort(own_nodes, kind="stable")
+    own = dict(zip([labels[v] for v in own_nodes[order].tolist()],
+                   np.concatenate([p["own"] for p in parts])[order].tolist(), strict=True))
+    return RoundMetrics(r, acc, loss, consensus(parts), sent * message_bytes, Counter(), online, seconds,
+                        own=own, own_small=sum(p["own_small"] for p in parts))
 
 
 def messages_sent(topo: Topo, down: np.ndarray, sending: bool = True) -> int:
@@ -492,8 +554,10 @@ class BatchedEngine:
     """One process, one shard holding every node. Same RunResult as the protocol engine."""
 
     def __init__(self, sc: Scenario, rule: str, graph: nx.Graph, out: Path,
-                 progress: Callable[[int], None] | None = None, setup_progress: Callable[[int], None] | None = None):
+                 progress: Callable[[int], None] | None = None, setup_progress: Callable[[int], None] | None = None,
+                 alone: bool = False):
         self.sc, self.rule, self.graph, self.out = sc, rule, graph, Path(out)
+        self.alone = alone  # every node trains alone: nothing is sent or aggregated (sim.measures' baseline)
         self.progress, self.setup_progress = progress, setup_progress
         self.topo = setup(sc, graph)
         self.byzantine = [self.topo.labels[i] for i in np.flatnonzero(self.topo.byz)]
@@ -514,13 +578,15 @@ class BatchedEngine:
     def _rounds(self, shard: Shard, t_start: float) -> RunResult:
         sc, topo = self.sc, self.topo
         size = max_message_size(sc.codec, shard.d)
-        result = RunResult(self.rule, sc, self.byzantine, engine="batched")
+        metric = user.metric(sc)
+        result = RunResult(self.rule, sc, self.byzantine, engine="batched", metric=metric[0],
+                           higher_is_better=metric[1])
         every = eval_every(sc, topo.n)
         for r in range(sc.rounds):
             t0 = time.monotonic()
             shard.churn(r)
             shard.train(r)
-            delivered = shard.aggregate(r)
+            delivered = 0 if self.alone else shard.aggregate(r)
             m = shard.measure(evaluated(r, sc.rounds, every))
             result.rounds.append(round_metrics(r, [m], topo.labels, delivered, messages_sent(topo, shard.down, r < shard.releases), size,
                                                int((~shard.down).sum()), time.monotonic() - t0))

@@ -128,10 +128,13 @@ class Packed:
 
 
 def node_data(dataset: str, options: dict, *, partition_: str, alpha: float, labels_per_shard: int, seed: int,
-              nodes: np.ndarray, total: int, progress=None) -> tuple[Packed, Packed]:
+              nodes: np.ndarray, total: int, progress=None, loader=None, classes: int = 10) -> tuple[Packed, Packed]:
     """(train, held-out) samples of the given node indices out of `total` nodes: exactly what
-    the protocol engine's peer with that plan index loads, with each partition computed once."""
-    if dataset == "digits":
+    the protocol engine's peer with that plan index loads, with each partition computed once.
+    `loader(i, total)`: the scenario's own data loader (sim.user.loader) instead of `dataset`."""
+    if loader is not None:
+        load = lambda i: loader(int(i), total)  # noqa: E731
+    elif dataset == "digits":
         (x_pool, y_pool), _ = digits_pool_and_test()
         split = partition(y_pool, total, partition_, alpha=alpha, labels_per_shard=labels_per_shard, seed=seed)
         load = lambda i: (x_pool[split[i]], y_pool[split[i]])  # noqa: E731
@@ -141,15 +144,18 @@ def node_data(dataset: str, options: dict, *, partition_: str, alpha: float, lab
     else:
         load = lambda i: synthetic(int(i), total, seed=seed, **options)  # noqa: E731
     train, held = [], []
+    features = FEATURES.get(dataset, 0)
     for k, i in enumerate(nodes):
         x, y = load(i)
-        d = split_holdout(np.asarray(x, dtype=np.float32).reshape(len(y), -1), np.asarray(y, dtype=np.int64),
-                          HOLDOUT, seed + 1000 + int(i), 10)
+        y = np.asarray(y)
+        y = y.astype(np.int64) if y.dtype.kind in "biu" else y.astype(np.float32)  # classes, or regression targets
+        x = np.asarray(x, dtype=np.float32).reshape(len(y), -1)
+        features = x.shape[1]
+        d = split_holdout(x, y, HOLDOUT, seed + 1000 + int(i), classes)
         train.append((d.x_train, d.y_train))
-        held.append((d.x_eval, d.y_eval) if len(d.y_eval) else (d.x_train, d.y_train))  # as a peer evaluates
+        held.append((d.x_eval, d.y_eval))  # possibly none: such a node is not scored on its own data
         if progress is not None and (k + 1) % 256 == 0:
             progress(256)
     if progress is not None:
         progress(len(nodes) % 256)
-    features = FEATURES[dataset]
     return Packed.of(train, features), Packed.of(held, features)

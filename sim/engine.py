@@ -29,18 +29,10 @@ from peer.runtime.parts import PeerParts
 from peer.runtime.process import configure_process
 from privacy.dp import seeded_generator
 
-from . import datasets
-from .attacks import (
-    DATA_ATTACKS,
-    MODEL_ATTACKS,
-    PROTOCOL_ATTACKS,
-    AttackTransport,
-    ModelAttacker,
-    ProtocolAttacker,
-    label_flip_map,
-    model_attack,
-    poison_labels,
-)
+from . import user
+from .attacks import REGISTRY as ATTACK_REGISTRY
+from .attacks import AttackTransport, ModelAttacker, ProtocolAttacker, model_attack, poison_labels
+from .measures import MIN_OWN_SAMPLES
 from .placement import place_byzantine
 from .scenario import Scenario
 
@@ -55,6 +47,8 @@ class RoundMetrics:
     rejected: Counter
     online: int
     seconds: float
+    own: dict = field(default_factory=dict)  # node -> metric on its own held-out data (nodes with enough of it)
+    own_small: int = 0  # honest nodes with too few held-out samples to be scored on their own data
 
 
 @dataclass
@@ -68,6 +62,8 @@ class RunResult:
     engine: str = "protocol"  # "batched": no wire, no provenance logs
     epsilon: float | None = None  # differential privacy: the largest epsilon an honest node spent (None: off)
     epsilon_replace: float | None = None  # the same under replacement (epsilon is add/remove)
+    metric: str = "accuracy"  # what RoundMetrics.accuracy holds: the learner's headline figure
+    higher_is_better: bool = True
 
 
 def _identity(seed: int, node) -> Identity:
@@ -75,6 +71,8 @@ def _identity(seed: int, node) -> Identity:
 
 
 def data_overrides(sc: Scenario) -> dict:
+    if ":" in sc.dataset:  # the user's loader, imported from the scenario's folder (sim.user)
+        return {"source": sc.dataset, "options": dict(sc.data_options), "seed": sc.seed, "holdout": 0.1}
     if sc.dataset == "digits":
         return {"source": "digits", "partition": sc.partition, "alpha": sc.alpha,
                 "labels_per_shard": sc.labels_per_shard, "seed": sc.seed, "holdout": 0.1}
@@ -119,9 +117,10 @@ class ProtocolEngine:
     def build(self) -> list[Peer]:
         sc = self.sc
         overrides = {
-            "model": {"name": sc.model, "options": sc.model_options, "classes": 10, "seed": sc.seed},
+            "model": {"name": sc.model, "options": sc.model_options, "classes": sc.classes, "seed": sc.seed},
             "data": data_overrides(sc),
-            "train": {"local_steps": sc.local_steps, "batch_size": sc.batch_size, "lr": sc.lr, "momentum": sc.momentum},
+            "train": {"local_steps": sc.local_steps, "batch_size": sc.batch_size, "lr": sc.lr, "momentum": sc.momentum,
+                      "learner": sc.learner, "options": sc.learner_options},
             # f means nothing to a non-robust rule (and secure_mean refuses f > 0)
             "aggregation": {"rule": self.rule, "f": sc.f if REGISTRY[parse_rule(self.rule)[1]].robust else 0,
                             "weights": sc.weights, "params": sc.rule_params},
@@ -131,6 +130,7 @@ class ProtocolEngine:
         if sc.privacy != "off":
             overrides["privacy"] = {"mode": sc.privacy, "noise_multiplier": sc.noise_multiplier, "clip": sc.clip,
                                     "delta": sc.delta, "epsilon": sc.epsilon, "accountant": sc.accountant}
+        user.check(sc)  # the user's modules, imported from the scenario's folder: the peers find them loaded
         idents = {v: _identity(sc.seed, v) for v in self.graph.nodes}
         self.nodes = write_plan(self.graph, self.out / "peers", network_id=f"sim-{sc.name}", transport="memory",
                                 overrides=overrides, identities=idents, force=True, draw=False)
@@ -160,11 +160,12 @@ class ProtocolEngine:
         if v not in self.byzantine:
             return
         kind = self.sc.attack
-        if kind in DATA_ATTACKS:
-            parts.data = poison_labels(parts.data, label_flip_map(10))
-        elif kind in PROTOCOL_ATTACKS:
+        attack = ATTACK_REGISTRY[kind]
+        if attack.label_map is not None:
+            parts.data = poison_labels(parts.data, attack.label_map(self.sc.classes))
+        elif attack.rewrite is not None:
             parts.transport = AttackTransport(parts.transport, ProtocolAttacker(kind, ident, parts.max_message))
-        elif kind in MODEL_ATTACKS:
+        elif attack.rows is not None:
             def craft(r: int, recipient: str, own: torch.Tensor) -> torch.Tensor:
                 t = self.label_of[self.node_of[recipient]]
                 neigh = [u for u in self.graph.neighbors(t) if u not in self.byzantine]
@@ -184,9 +185,10 @@ class ProtocolEngine:
         configure_process()
         peers = self.build()
         honest = [v for v in sorted(self.graph.nodes) if v not in self.byzantine]
-        test = datasets.test_set(sc.dataset, sc.data_options)
-        test_xy = None if test is None else (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
-        result = RunResult(self.rule, sc, self.byzantine, peer_dirs=[n.dir for n in self.nodes])
+        test_xy = user.test_set(sc)
+        self.metric = user.metric(sc)
+        result = RunResult(self.rule, sc, self.byzantine, peer_dirs=[n.dir for n in self.nodes],
+                           metric=self.metric[0], higher_is_better=self.metric[1])
         down: dict = {}
         churn_rng = random.Random(sc.seed + 4)
         t_start = time.monotonic()
@@ -240,13 +242,25 @@ class ProtocolEngine:
         return result
 
     def _measure(self, r, honest, test_xy, bytes_sent, rejected, online, seconds) -> RoundMetrics:
-        acc, loss = {}, {}
+        acc, loss, own = {}, {}, {}
         models = []
+        small = 0
+        name = self.metric[0]
         for v in honest:
             p = self.peers[v]
-            m = p.learner.evaluate(*test_xy) if test_xy is not None else p.learner.evaluate()
-            acc[v], loss[v] = m.accuracy, m.loss
+            data = getattr(p.learner, "data", None)
+            held = 0 if data is None else len(data.y_eval)
+            if held >= MIN_OWN_SAMPLES:  # scored on its own held-out data only when there is enough of it
+                m = p.learner.evaluate()
+                own[v] = m.get(name, float("nan"))
+                if test_xy is None:
+                    acc[v], loss[v] = own[v], m.get("loss", float("nan"))
+            else:
+                small += 1
+            if test_xy is not None:
+                m = p.learner.evaluate(*test_xy)
+                acc[v], loss[v] = m.get(name, float("nan")), m.get("loss", float("nan"))
             models.append(p.model.flat)
         stack = torch.stack(models)
         consensus = float(((stack - stack.mean(0)) ** 2).sum(1).mean())
-        return RoundMetrics(r, acc, loss, consensus, bytes_sent, rejected, online, seconds)
+        return RoundMetrics(r, acc, loss, consensus, bytes_sent, rejected, online, seconds, own=own, own_small=small)

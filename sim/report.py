@@ -7,15 +7,13 @@ import csv
 import json
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from gossip.verify import REASONS  # noqa: E402
 
+from . import sweep_plots  # noqa: E402
 from .engine import RunResult  # noqa: E402
+from .measures import MIN_OWN_SAMPLES, distribution, versus_alone  # noqa: E402
 
 PER_NODE_ROWS = 1000  # metrics files hold one row per node and round up to this many honest nodes
 MANY_NODES = 20  # from this many honest nodes the plots show the spread, not only the mean
@@ -34,11 +32,32 @@ def label(res: RunResult) -> str:
 
 def _spread(values) -> dict:
     a = np.asarray(list(values), dtype=float)
+    if len(a) == 0:
+        return dict.fromkeys(("mean", "min", "p10", "median", "p90"), float("nan"))
     return {"mean": float(a.mean()), "min": float(a.min()), "p10": float(np.percentile(a, 10)),
             "median": float(np.median(a)), "p90": float(np.percentile(a, 90))}
 
 
-def summary_row(res: RunResult) -> dict:
+def honest_measures(res: RunResult, alone: dict | None) -> dict:
+    """The distribution over honest nodes (worst and the bad tail next to the median), on each
+    node's own held-out data where it has enough, and against each node trained alone."""
+    last, hib = res.rounds[-1], res.higher_is_better
+    dist = distribution(last.accuracy.values(), hib)
+    own = {**distribution(last.own.values(), hib), "too_small": last.own_small, "min_samples": MIN_OWN_SAMPLES}
+    if not own["nodes"]:
+        own["note"] = (f"no honest node has {MIN_OWN_SAMPLES} or more held-out samples: none is scored on its own data")
+    elif last.own_small:
+        own["note"] = (f"{last.own_small} of {last.own_small + own['nodes']} honest nodes have fewer than "
+                       f"{MIN_OWN_SAMPLES} held-out samples and are not scored on their own data")
+    vs = versus_alone(last.accuracy, alone, hib)
+    if vs is None:
+        vs = {"note": "no baseline: baseline = false, or a learner only the protocol engine runs"
+              if not res.scenario.baseline or alone is None else "no node measured both ways"}
+    return {"worst_accuracy": dist["worst"], "tail_accuracy": dist["tail"], "measured_nodes": dist["nodes"],
+            "own_heldout": own, "vs_alone": vs}
+
+
+def summary_row(res: RunResult, alone: dict | None = None) -> dict:
     last = res.rounds[-1]
     acc = _spread(last.accuracy.values())
     total_rejected = {}
@@ -48,8 +67,10 @@ def summary_row(res: RunResult) -> dict:
     node_rounds = sum(rm.online for rm in res.rounds)
     bad = byzantine_of(res)
     batched = res.engine == "batched"
-    evaluated = [rm.round for rm in res.rounds if rm.accuracy]
+    evaluated = [rm.round for rm in res.rounds if rm.accuracy] or [len(res.rounds) - 1]
     return {"run": res.scenario.name, "rule": res.rule, "attack": res.scenario.attack, "engine": res.engine,
+            # the *_accuracy figures hold this metric (the learner's headline figure; "loss": lower is better)
+            "metric": res.metric, "higher_is_better": res.higher_is_better,
             "nodes": len(last.accuracy) + len(bad), "honest": len(last.accuracy),
             "byzantine": len(bad), "byzantine_nodes": [str(b) for b in bad],
             "rounds": len(res.rounds), "evaluated_rounds": len(evaluated),
@@ -69,7 +90,8 @@ def summary_row(res: RunResult) -> dict:
             "privacy": res.scenario.privacy, "noise_multiplier": res.scenario.noise_multiplier
             if res.epsilon is not None else None,
             "epsilon": res.epsilon,  # the largest epsilon an honest node spent, add/remove (None: privacy off)
-            "epsilon_replace": res.epsilon_replace}  # the same releases under replacement
+            "epsilon_replace": res.epsilon_replace,  # the same releases under replacement
+            **honest_measures(res, alone)}
 
 
 def write_metrics(results: list[RunResult], out: Path) -> None:
@@ -101,72 +123,37 @@ def write_metrics(results: list[RunResult], out: Path) -> None:
             w.writerows(rows)
 
 
-def plot(results: list[RunResult], out: Path) -> list[Path]:
-    paths = [_accuracy_plot(results, out / "accuracy.png"), _consensus_plot(results, out / "consensus.png")]
+def plot(results: list[RunResult], out: Path, rows: list[dict] | None = None) -> list[Path]:
+    """accuracy.png (one panel per rule), consensus.png and, with the summary rows, regimes.png
+    and regimes.json (which rule wins in which regime)."""
+    paths = [sweep_plots.accuracy_panels(results, out / "accuracy.png"), sweep_plots.accuracy_panels(results, out / "consensus.png", consensus=True)]
+    if rows is not None and results:
+        ranking = sweep_plots.regimes(rows, results)
+        (out / "regimes.json").write_text(json.dumps(ranking, indent=1))
+        paths.append(sweep_plots.regimes_plot(ranking, results[0].metric, results[0].higher_is_better,
+                                              out / "regimes.png"))
     return paths
-
-
-def _accuracy_plot(results: list[RunResult], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    clean = [r for r in results if r.scenario.attack == "none"]
-    attacked = [r for r in results if r.scenario.attack != "none"]
-    reference = bool(clean and attacked)  # a dashed line is a reference only next to attacked runs
-    spread = False
-    for res in results:
-        shown = [rm for rm in res.rounds if rm.accuracy]  # the evaluated rounds (sim.batched.eval_every)
-        xs = np.array([rm.round + 1 for rm in shown])
-        per_round = [np.fromiter(rm.accuracy.values(), dtype=float) for rm in shown]
-        ys = np.array([a.mean() for a in per_round])
-        style = "--" if reference and res.scenario.attack == "none" else "-"
-        (line,) = ax.plot(xs, ys, style, label=label(res))
-        if len(per_round[-1]) >= MANY_NODES:
-            spread = True
-            p10 = np.array([np.percentile(a, 10) for a in per_round])
-            med = np.array([np.median(a) for a in per_round])
-            ax.fill_between(xs, p10, med, color=line.get_color(), alpha=0.15, linewidth=0)
-            ax.plot(xs, np.array([a.min() for a in per_round]), ":", color=line.get_color(), linewidth=0.8)
-    ax.set_xlabel("round")
-    ax.set_ylabel("honest test accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    notes = ["lines: mean over honest nodes"]
-    if spread:
-        notes.append("band: 10th percentile to median; dotted: minimum")
-    if reference:
-        notes.append("dashed: attack-free reference")
-    ax.set_title("accuracy per round\n" + "; ".join(notes), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _consensus_plot(results: list[RunResult], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    for res in results:
-        ax.semilogy([rm.round + 1 for rm in res.rounds], [max(rm.consensus, 1e-12) for rm in res.rounds],
-                    label=label(res))
-    ax.set_xlabel("round")
-    ax.set_ylabel("consensus distance")
-    ax.set_title("consensus distance per round\nmean squared distance of the honest models to their average",
-                 fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def table(rows: list[dict], title: str):
     from rich.table import Table
 
     many = any(r.get("honest", 0) >= MANY_NODES for r in rows)
-    t = Table(title=title)
+    metric = rows[0].get("metric", "accuracy") if rows else "accuracy"
+    higher = rows[0].get("higher_is_better", True) if rows else True
+    t = Table(title=f"{title}\nper honest node: {metric}{'' if higher else ' (lower is better)'}; worst node, "
+              f"{'10th' if higher else '90th'} percentile, median" + ("; alone: the median node trained alone, "
+              ">= alone: nodes at least as good as alone" if any("alone" in r.get("vs_alone", {}) for r in rows)
+              else ""))
+    settings = any(r.get("setting") for r in rows)
+    if settings:
+        t.add_column("setting")
     t.add_column("rule", no_wrap=True)
     t.add_column("attack", no_wrap=True)
-    for col in ("byz", "mean acc", "min acc") + (("p10 acc", "median acc") if many else ()) + ("consensus",):
+    tail = "p10" if higher else "p90"
+    alone = any("alone" in r.get("vs_alone", {}) for r in rows)
+    for col in ("byz", "mean", "worst") + ((tail, "median") if many else ()) + \
+            (("alone", ">= alone") if alone else ()) + ("consensus",):
         t.add_column(col, justify="right", no_wrap=True)
     private = any(r.get("epsilon") is not None for r in rows)
     if private:
@@ -179,10 +166,32 @@ def table(rows: list[dict], title: str):
         rej = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items())) or "-"
         if r.get("engine") == "batched":
             rej = "n/a"  # no wire: nothing is verified
-        pct = [f"{100 * r['mean_accuracy']:.1f}%", f"{100 * r['min_accuracy']:.1f}%"]
-        if many:
-            pct += [f"{100 * r['p10_accuracy']:.1f}%", f"{100 * r['median_accuracy']:.1f}%"]
+        keys = ["mean_accuracy", "worst_accuracy"] + (["tail_accuracy", "median_accuracy"] if many else [])
+        values = [r[k] for k in keys]
+        vs = r.get("vs_alone", {})
+        if alone:
+            values.append(vs["alone"]["median"] if "alone" in vs else float("nan"))
+        pct = [("-" if v != v else f"{100 * v:.1f}%" if metric == "accuracy" else f"{v:.3g}") for v in values]
+        if alone:
+            pct.append(f"{100 * vs['at_least_as_good']:.0f}%" if "alone" in vs else "-")
         eps = [] if not private else ["-" if r.get(k) is None else f"{r[k]:.3g}" for k in ("epsilon", "epsilon_replace")]
-        t.add_row(r["rule"], r["attack"], str(r["byzantine"]), *pct, f"{r['consensus_distance']:.3g}", *eps, rej,
+        t.add_row(*([r.get("setting", "")] if settings else []), r["rule"], r["attack"], str(r["byzantine"]), *pct, f"{r['consensus_distance']:.3g}", *eps, rej,
                   r.get("engine", "protocol"), f"{r['seconds_per_node_round']:.4g}")
+    return t
+
+
+def regimes_table(ranking: list[dict], metric: str = "accuracy"):
+    """Per regime, the rules from best to worst (seeds averaged): which rule wins where."""
+    from rich.table import Table
+
+    fmt = (lambda v: "-" if v != v else f"{100 * v:.1f}%") if metric == "accuracy" else \
+        (lambda v: "-" if v != v else f"{v:.3g}")
+    t = Table(title=f"which rule wins in which regime (final mean {metric}, seeds averaged; regimes.png)")
+    for col in ("regime", "best rule", "mean", "worst node", "then"):
+        t.add_column(col)
+    for regime in dict.fromkeys(r["regime"] for r in ranking):
+        ranked = [r for r in ranking if r["regime"] == regime]
+        best = ranked[0]
+        rest = ", ".join(f"{r['rule']} {fmt(r['mean'])}" for r in ranked[1:])
+        t.add_row(regime, best["rule"], fmt(best["mean"]), fmt(best["worst"]), rest or "-")
     return t

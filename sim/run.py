@@ -16,7 +16,7 @@ from pathlib import Path
 from topology.draw import draw
 from topology.formats import resolve
 
-from . import report
+from . import measures, report
 from .engine import ProtocolEngine, RunResult
 from .errors import ScenarioError
 from .scenario import Scenario, engine_for
@@ -104,11 +104,28 @@ def run_all(scenarios: list[Scenario], out: str | Path, *, quiet: bool = False, 
         pairs = _run_here(jobs, total, quiet=quiet, engine=engine, console=console)
     results = [r for r, _ in pairs]
     warnings = [w for _, ws in pairs for w in ws]
-    rows = [report.summary_row(r) for r in results]
+    alone = baselines(results)
+    rows = [report.summary_row(r, alone.get(measures.alone_key(r.scenario))) for r in results]
+    keys = [k for k in report.sweep_plots.swept(results) if k != "attack"]
+    for row, res in zip(rows, results, strict=True):  # the swept settings besides rule and attack, for the table
+        row["setting"] = report.sweep_plots.setting(res, keys, skip=("attack",)) if keys else ""
     report.write_metrics(results, out)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
-    plots = report.plot(results, out)
+    plots = report.plot(results, out, rows)
     return Outcome(out, results, rows, plots, warnings)
+
+
+def baselines(results: list[RunResult]) -> dict:
+    """Each distinct scenario's nodes trained alone (sim.measures), once per data, learner and
+    rounds however many rules and attacks a sweep runs on them; scenarios with baseline = false
+    or a learner only the protocol engine runs have none."""
+    out: dict = {}
+    for res in results:
+        sc = res.scenario
+        key = measures.alone_key(sc)
+        if sc.baseline and key not in out:
+            out[key] = measures.train_alone(sc, graph_of(sc))
+    return out
 
 
 def _run_here(jobs, total: int, *, quiet: bool, engine: str | None, console) -> list:

@@ -19,6 +19,7 @@ from peer.learning.model import BUILTIN, check_builtin_options
 from privacy.settings import PrivacySettings, check_privacy
 from topology import TopologyError, max_byzantine, resolve
 
+from . import user
 from .attacks import ATTACKS, PROTOCOL_ATTACKS
 from .errors import ScenarioError
 
@@ -38,6 +39,10 @@ class Scenario:
     data_options: dict[str, Any] = field(default_factory=dict)
     model: str = "mlp"
     model_options: dict[str, Any] = field(default_factory=lambda: {"hidden": [32]})
+    classes: int = 10
+    learner: str = "classification"  # or package.module:factory, as in peer.toml
+    learner_options: dict[str, Any] = field(default_factory=dict)
+    test_data: str = ""  # package.module:function returning (x, y): a held-out set shared by every node
     local_steps: int = 5
     batch_size: int = 32
     lr: float = 0.1
@@ -69,6 +74,7 @@ class Scenario:
     delta: float = 1e-5
     epsilon: float = math.inf  # the budget per node
     accountant: str = "rdp"
+    baseline: bool = True  # also train every node alone and report each honest node against it
     source: str = ""
 
     def to_dict(self) -> dict:
@@ -80,11 +86,12 @@ class Scenario:
 
 _FIELDS = {  # table.key -> (attribute, type, check)
     "name": ("name", str), "seed": ("seed", int), "rounds": ("rounds", int), "engine": ("engine", str),
-    "eval_every": ("eval_every", int),
+    "eval_every": ("eval_every", int), "baseline": ("baseline", bool),
     "topology.graph": ("topology", str),
     "data.dataset": ("dataset", str), "data.partition": ("partition", str), "data.alpha": ("alpha", float),
     "data.labels_per_shard": ("labels_per_shard", int), "data.options": ("data_options", dict),
-    "model.name": ("model", str), "model.options": ("model_options", dict),
+    "model.name": ("model", str), "model.options": ("model_options", dict), "model.classes": ("classes", int),
+    "train.learner": ("learner", str), "train.options": ("learner_options", dict), "data.test": ("test_data", str),
     "train.local_steps": ("local_steps", int), "train.batch_size": ("batch_size", int),
     "train.lr": ("lr", float), "train.momentum": ("momentum", float),
     "aggregation.rule": ("rules", str), "aggregation.rules": ("rules", list), "aggregation.f": ("f", int),
@@ -104,6 +111,7 @@ SWEEP_ALIASES = {"aggregator": "aggregation.rules", "rule": "aggregation.rules",
                  "placement": "attack.placement", "f": "aggregation.f", "alpha": "data.alpha",
                  "dataset": "data.dataset", "dropout": "faults.dropout", "loss": "faults.loss", "seed": "seed",
                  "rounds": "rounds", "engine": "engine", "lr": "train.lr", "local_steps": "train.local_steps",
+                 "learner": "train.learner",
                  "privacy": "privacy.mode", "sigma": "privacy.noise_multiplier",
                  "noise_multiplier": "privacy.noise_multiplier", "clip": "privacy.clip", "eval_every": "eval_every"}
 ENGINES = ("auto", "protocol", "batched")
@@ -114,7 +122,8 @@ def _flatten(doc: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in doc.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and key not in ("data.options", "model.options", "aggregation.params", "attack.params"):
+        if isinstance(v, dict) and key not in ("data.options", "model.options", "aggregation.params", "attack.params",
+                                                      "train.options"):
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -135,7 +144,7 @@ def build(doc: dict, source: str = "") -> Scenario:
         attr, typ = _FIELDS[key]
         if typ is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
-        if not isinstance(v, typ) or isinstance(v, bool):
+        if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
             raise ScenarioError(f"{key} must be {typ.__name__}, got {v!r:.80}")
         if key == "aggregation.rule":
             v = [v]
@@ -148,7 +157,7 @@ def build(doc: dict, source: str = "") -> Scenario:
 _RANGES = {
     "seed": ("seed", 0, MAX_SEED), "rounds": ("rounds", 1, MAX_ROUNDS), "eval_every": ("eval_every", 0, MAX_ROUNDS),
     "alpha": ("data.alpha", 1e-6, 1e6), "labels_per_shard": ("data.labels_per_shard", 1, 1 << 20),
-    "local_steps": ("train.local_steps", 1, 1 << 31), "batch_size": ("train.batch_size", 1, 1 << 20),
+    "local_steps": ("train.local_steps", 1, 1 << 31), "classes": ("model.classes", 2, 1_000_000), "batch_size": ("train.batch_size", 1, 1 << 20),
     "lr": ("train.lr", 1e-12, 1e6), "momentum": ("train.momentum", 0.0, 0.999999),
     "f": ("aggregation.f", 0, 1 << 20), "byzantine": ("attack.byzantine", 0.0, float(1 << 20)),
     "cap": ("attack.cap", 0, 1 << 20), "dropout": ("faults.dropout", 0.0, 0.999999),
@@ -187,6 +196,7 @@ def _check_options(sc: Scenario) -> None:
             raise ScenarioError(str(exc)) from None
     elif ":" not in sc.model:
         raise ScenarioError(f"model.name must be {', '.join(BUILTIN)} or package.module:factory, got {sc.model!r:.80}")
+    user.check(sc)
     if sc.dataset == "digits" and sc.data_options:
         raise ScenarioError(f"data.options: {', '.join(sorted(sc.data_options))} unused: the digits data set "
                             "takes no options")
@@ -236,8 +246,8 @@ def validate(sc: Scenario) -> None:
         raise ScenarioError(f"{field_} {msg}")
 
     _check_ranges(sc)
-    if sc.dataset not in DATASETS:
-        bad("data.dataset", f"must be one of {', '.join(DATASETS)}, got {sc.dataset!r:.80}")
+    if sc.dataset not in DATASETS and ":" not in sc.dataset:
+        bad("data.dataset", f"must be one of {', '.join(DATASETS)} or package.module:loader, got {sc.dataset!r:.80}")
     if sc.partition not in ("iid", "dirichlet", "labels"):
         bad("data.partition", f"must be iid, dirichlet or labels, got {sc.partition!r:.80}")
     if not sc.rules:
@@ -253,6 +263,10 @@ def validate(sc: Scenario) -> None:
         bad("attack.placement", f"must be random, degree or chosen, got {sc.placement!r:.80}")
     if sc.engine not in ENGINES:
         bad("engine", f"must be one of {', '.join(ENGINES)}, got {sc.engine!r:.80}")
+    if sc.engine == "batched" and sc.attack not in PROTOCOL_ATTACKS:
+        why = user.batched_refusal(sc)
+        if why:
+            bad("engine", f"= \"batched\": {why}")
     if sc.engine == "batched" and sc.attack in PROTOCOL_ATTACKS:
         bad("engine", f"= \"batched\" does not model protocol attacks (attack.kind = {sc.attack!r}: bytes on the "
                       "wire); use engine = \"protocol\"")
@@ -336,9 +350,15 @@ def engine_for(sc: Scenario, nodes: int, override: str | None = None) -> str:
     if choice == "batched" and sc.attack in PROTOCOL_ATTACKS:
         raise ScenarioError(f"engine batched does not model protocol attacks (attack.kind = {sc.attack!r}); "
                             "use the protocol engine")
+    if choice == "batched":
+        why = user.batched_refusal(sc)
+        if why:
+            raise ScenarioError(f"engine batched: {why}")
     if choice != "auto":
         return choice
-    return "protocol" if nodes <= AUTO_PROTOCOL_NODES or sc.attack in PROTOCOL_ATTACKS else "batched"
+    if nodes <= AUTO_PROTOCOL_NODES or sc.attack in PROTOCOL_ATTACKS or user.batched_refusal(sc):
+        return "protocol"
+    return "batched"
 
 
 EXAMPLE = '''\
@@ -364,12 +384,15 @@ alpha = 0.5               # Dirichlet concentration: small = very non-IID
 labels_per_shard = 2      # classes per node with partition = "labels"
 # options = { samples = 200 }   # data set options: synthetic takes samples, dim, alpha, beta;
                                 # fashion_mnist takes limit, test_limit
+# dataset = "mymodule:loader"  # your own loader (beside this file), as data.source in peer.toml
+# test = "mymodule:held_out"    # a held-out set (x, y) every node is scored on
 
 [model]
 name = "mlp"              # mlp or cnn (built in), or package.module:factory
 options = { hidden = [32] }
 
 [train]
+# learner = "mymodule:mse"  # your learner; a peer.learning.functional.Functional runs in both engines
 local_steps = 5           # SGD steps per round
 batch_size = 32
 lr = 0.1

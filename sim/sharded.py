@@ -24,6 +24,7 @@ import numpy as np
 
 from gossip.envelope import max_message_size
 
+from . import user
 from .batched import Shard, Topo, eval_every, evaluated, round_metrics, setup
 from .engine import RunResult
 from .errors import ScenarioError
@@ -114,6 +115,9 @@ class ShardWorker:
         sent = int(s.topo.degree[s.own][up].sum()) if r < s.releases else 0  # none once the privacy budget is spent
         return {**m, "delivered": delivered, "sent": sent, "online": int(up.sum())}
 
+    def dimension(self) -> int:
+        return self.shard.d
+
     def counts(self) -> np.ndarray:
         return self.shard.train_data.count
 
@@ -142,7 +146,8 @@ def run_sharded(sc: Scenario, rule: str, graph: nx.Graph, shards: int, *, addres
             counts[own] = c
         size = None
         byz = [topo.labels[i] for i in np.flatnonzero(topo.byz)]
-        result = RunResult(rule, sc, byz, engine="batched")
+        metric = user.metric(sc)
+        result = RunResult(rule, sc, byz, engine="batched", metric=metric[0], higher_is_better=metric[1])
         every = eval_every(sc, topo.n)
         for r in range(sc.rounds):
             t0 = time.monotonic()
@@ -151,7 +156,7 @@ def run_sharded(sc: Scenario, rule: str, graph: nx.Graph, shards: int, *, addres
             parts = ray.get([a.aggregate.remote(r, evaluate, *[exports[j] for j in sources[b]])
                              for b, a in enumerate(actors)])
             if size is None:
-                size = max_message_size(sc.codec, int(parts[0]["sum"].numel()))
+                size = max_message_size(sc.codec, int(ray.get(actors[0].dimension.remote())))
             result.rounds.append(round_metrics(r, parts, topo.labels, sum(p["delivered"] for p in parts),
                                                sum(p["sent"] for p in parts), size, sum(p["online"] for p in parts),
                                                time.monotonic() - t0))

@@ -4,7 +4,6 @@ and the command line, results folder, plots and summary say what they show."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import replace
 
@@ -21,6 +20,7 @@ from sim.engine import ProtocolEngine
 from sim.errors import ScenarioError
 from sim.run import run_all
 from sim.scenario import Scenario, build, engine_for, expand, parse_sweep
+from sim.virtual_time import run_virtual
 from topology import from_spec, resolve
 
 AGREE = Scenario(name="agree", rounds=20, topology="regular:16,6", dataset="digits", partition="iid", local_steps=10,
@@ -41,7 +41,7 @@ def test_both_engines_agree_on_mean_honest_accuracy(case, tmp_path):
     for seed in (0, 1, 2):
         sc = replace(AGREE, seed=seed, **CASES[case])
         graph = resolve(sc.topology, seed=seed)
-        proto.append(_mean_acc(asyncio.run(ProtocolEngine(sc, "median", graph, tmp_path / f"p{seed}").run())))
+        proto.append(_mean_acc(run_virtual(ProtocolEngine(sc, "median", graph, tmp_path / f"p{seed}").run())))
         fast_run = BatchedEngine(sc, "median", graph, tmp_path / f"b{seed}").run()
         assert fast_run.engine == "batched" and len(fast_run.rounds) == sc.rounds
         fast.append(_mean_acc(fast_run))
@@ -112,7 +112,7 @@ def test_chunk_sizes_change_nothing(monkeypatch):
     pieces = BatchedEngine(sc, "median", graph, ".").run()
     for a, b in zip(whole.rounds, pieces.rounds, strict=True):
         assert a.accuracy == b.accuracy and a.online == b.online
-        assert a.consensus == pytest.approx(b.consensus, rel=1e-9)
+        assert a.consensus == pytest.approx(b.consensus, rel=1e-5)  # float32 chunks: rounding only
 
 
 def _delivered(sc: Scenario, r: int = 0) -> dict:
@@ -281,7 +281,7 @@ def test_worker_threads_change_nothing():
 
 def test_large_runs_evaluate_on_a_schedule_and_say_so(tmp_path, monkeypatch):
     """Above EVAL_ALL_NODES the test set is evaluated about EVAL_POINTS times and in the last
-    round; every round still trains and aggregates (consensus every round); the summary says so."""
+    round; every round still trains and aggregates (consensus only where measured); the summary says so."""
     from sim.report import summary_row
 
     sc = Scenario(name="e", rounds=5, topology="regular:30,4", rules=["mean"], f=0, local_steps=1, engine="batched")
@@ -291,6 +291,6 @@ def test_large_runs_evaluate_on_a_schedule_and_say_so(tmp_path, monkeypatch):
     monkeypatch.setattr(batched, "EVAL_POINTS", 2)
     res = BatchedEngine(sc, "mean", from_spec(sc.topology, seed=0), tmp_path).run()
     assert [rm.round for rm in res.rounds if rm.accuracy] == [1, 3, 4] and len(res.rounds) == 5
-    assert all(rm.consensus > 0 for rm in res.rounds)
+    assert [rm.round for rm in res.rounds if rm.consensus > 0] == [1, 3, 4]  # NaN elsewhere: not measured
     row = summary_row(res)
     assert row["evaluated_rounds"] == 3 and "3 of 5 rounds" in row["evaluation"]

@@ -59,7 +59,7 @@ def test_sharded_run_equals_the_single_process_run(cluster, kw):
     for a, b in zip(one.rounds, two.rounds, strict=True):
         assert a.accuracy == b.accuracy and a.loss == b.loss
         assert (a.online, a.bytes_sent) == (b.online, b.bytes_sent)
-        assert a.consensus == pytest.approx(b.consensus, rel=1e-6)
+        assert a.consensus == pytest.approx(b.consensus, rel=1e-5)  # float32 per chunk: rounding only
 
 
 @pytest.mark.timeout(300)

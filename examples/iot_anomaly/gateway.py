@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from peer.learning.functional import Functional
+
 SENSORS, WINDOW, MODES = 6, 16, 3
 
 
@@ -77,6 +79,16 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
         return float("nan")
     ranks = torch.cat([pos, neg]).argsort().argsort().double() + 1
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def _reconstruction_error(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Per window: the squared reconstruction error (the loss, and the anomaly score)."""
+    return {"loss": ((out - x) ** 2).mean(dim=-1)}
+
+
+# The same learning as AnomalyLearner (MSE reconstruction, Adam), written as pure functions so the
+# simulator's batched engine can train thousands of gateways at once (train.learner in scenario.toml).
+reconstruction = Functional(_reconstruction_error, optimizer="adam", metric="loss", higher_is_better=False)
 
 
 class AnomalyLearner:
