@@ -60,6 +60,7 @@ class Scenario:
     partition_rounds: list[int] = field(default_factory=list)
     deadline: float = 0.2
     codec: str = "raw-f32"
+    compression: dict[str, Any] = field(default_factory=dict)  # [round.compression]: sim.compression
     max_message_mb: float = 4.0
     engine: str = "auto"
     eval_every: int = 0  # batched engine: rounds between test-set evaluations (0: every round up to 200 nodes, else ~10)
@@ -94,7 +95,7 @@ _FIELDS = {  # table.key -> (attribute, type, check)
     "faults.dropout": ("dropout", float), "faults.rejoin": ("rejoin", float), "faults.loss": ("loss", float),
     "faults.latency": ("latency", float), "faults.stragglers": ("stragglers", int),
     "faults.partition": ("partition_rounds", list), "faults.deadline": ("deadline", float),
-    "round.codec": ("codec", str), "round.max_message_mb": ("max_message_mb", float),
+    "round.codec": ("codec", str), "round.compression": ("compression", dict), "round.max_message_mb": ("max_message_mb", float),
     "privacy.mode": ("privacy", str), "privacy.noise_multiplier": ("noise_multiplier", float),
     "privacy.clip": ("clip", float), "privacy.delta": ("delta", float), "privacy.epsilon": ("epsilon", float),
     "privacy.accountant": ("accountant", str),
@@ -114,7 +115,8 @@ def _flatten(doc: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in doc.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and key not in ("data.options", "model.options", "aggregation.params", "attack.params"):
+        if isinstance(v, dict) and key not in ("data.options", "model.options", "aggregation.params", "attack.params",
+                                                  "round.compression"):
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -197,6 +199,10 @@ def _check_options(sc: Scenario) -> None:
             raise ScenarioError(str(exc)) from None
     if sc.codec not in FLOAT_CODECS:
         raise ScenarioError(f"round.codec must be one of {', '.join(FLOAT_CODECS)}, got {sc.codec!r:.80}")
+    # imported here: sim.compression imports the batched engine, which imports this module
+    from .compression import check as check_compression
+
+    check_compression(sc)
 
 
 def _check_graph(sc: Scenario) -> None:
@@ -337,7 +343,11 @@ def engine_for(sc: Scenario, nodes: int, override: str | None = None) -> str:
         raise ScenarioError(f"engine batched does not model protocol attacks (attack.kind = {sc.attack!r}); "
                             "use the protocol engine")
     if choice != "auto":
+        if choice == "protocol" and sc.compression:
+            raise ScenarioError("round.compression runs in the batched engine; use engine = \"batched\"")
         return choice
+    if sc.compression:
+        return "batched"
     return "protocol" if nodes <= AUTO_PROTOCOL_NODES or sc.attack in PROTOCOL_ATTACKS else "batched"
 
 
