@@ -413,6 +413,13 @@ deadline = 0.2            # seconds a node waits for its neighbours each round (
 [round]
 codec = "raw-f32"         # update encoding on the wire
 max_message_mb = 4.0
+# compressed gossip (batched engine; README, Compressed gossip): uncomment the table
+# [round.compression]
+# compressor = "topk"     # topk, randk or none
+# fraction = 0.01         # or count = N: entries kept per message
+# values = "f32"          # f32, f16 or int8
+# error_feedback = true
+# gamma = 0.2             # CHOCO's step size
 
 [privacy]
 mode = "off"              # off; update (clip each node's model change to `clip`, add Gaussian noise of std

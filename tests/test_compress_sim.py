@@ -114,3 +114,22 @@ def test_settings_defaults():
     s = settings({"compressor": "randk", "count": 100, "values": "int8"})
     assert s.sparse == Compression("randk", None, 100, "int8") and s.error_feedback and s.gamma == 1.0
     assert settings({}) is None
+
+
+def test_sim_run_with_a_compression_table(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from gossipfl.cli import main
+
+    sc = tmp_path / "s.toml"
+    sc.write_text('name = "small"\nrounds = 3\n[topology]\ngraph = "regular:8,4"\n[aggregation]\nrules = ["median"]\n'
+                  'f = 0\n[round.compression]\ncompressor = "randk"\ncount = 50\nvalues = "int8"\ngamma = 0.5\n')
+    r = CliRunner().invoke(main, ["sim", "run", str(sc), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert "B/node-rnd" in r.output
+    row = json.loads((tmp_path / "r" / "summary.json").read_text())[0]
+    assert row["engine"] == "batched"
+    assert row["bytes_per_node_round"] == 4 * message_bytes("sparse-int8", 50, 5)
+    assert "real size" in row["bytes"]
