@@ -6,6 +6,9 @@
            largest magnitude / 127; a scale per block, not per whole model, so one large layer
            does not flatten the rest); payload = scales then codes; a quarter of the bytes
            plus 1/1024.
+- sparse-f32, sparse-f16, sparse-int8: a compressed update (gossip.sparse): `n` is the count
+           of kept entries, not the model's size; n uint32 indices (strictly increasing) then the
+           n kept values in raw-f32, f16 or int8. Opened by gossip.sparse, never by `decode`.
 - u32:     n little-endian uint32 words, not model values: a masked contribution of secure
            aggregation (privacy.secagg); decode is a zero-copy uint32 view. A peer never
            encodes its model with it (the `round.codec` setting offers FLOAT_CODECS only).
@@ -28,7 +31,8 @@ else:
 
 FLOAT_CODECS = ("raw-f32", "f16", "int8")  # encodings of a flat float model
 WORD_CODECS = ("u32",)  # opaque words (masked contributions), sealed as they are
-CODECS = FLOAT_CODECS + WORD_CODECS
+SPARSE_CODECS = {"sparse-f32": "raw-f32", "sparse-f16": "f16", "sparse-int8": "int8"}  # -> the kept values' codec
+CODECS = FLOAT_CODECS + WORD_CODECS + tuple(SPARSE_CODECS)
 INT8_BLOCK = 4096
 Bytes = bytes | bytearray | memoryview
 
@@ -44,6 +48,8 @@ def encoded_size(codec: str, n: int) -> int:
         return 2 * n
     if codec == "int8":
         return 4 * _n_blocks(n) + n
+    if codec in SPARSE_CODECS:  # n entries: an index each, then the values
+        return 4 * n + encoded_size(SPARSE_CODECS[codec], n)
     raise CodecError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
 
 
@@ -63,6 +69,8 @@ def encode(flat: torch.Tensor, codec: str = "raw-f32") -> memoryview:
         safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
         codes = np.clip(np.rint(blocks / safe[:, None]), -127, 127).astype(np.int8).reshape(-1)[:n]
         return memoryview(scales.tobytes() + codes.tobytes())
+    if codec in SPARSE_CODECS:
+        raise CodecError(f"{codec} carries a compressed update: gossip.sparse encodes it")
     if codec in WORD_CODECS:
         raise CodecError(f"{codec} carries masked words, not model values; choose one of {', '.join(FLOAT_CODECS)}")
     raise CodecError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
@@ -81,6 +89,8 @@ def decode(payload: Bytes, codec: str, n: int) -> torch.Tensor:
     expected = encoded_size(codec, n)
     if len(payload) != expected:
         raise CodecError(f"{codec} payload for {n} values must have {expected} bytes, got {len(payload)}")
+    if codec in SPARSE_CODECS:
+        raise CodecError(f"{codec} carries a compressed update: gossip.sparse opens it")
     if codec == "raw-f32":
         return _view(payload, "<f4", 0, n)
     if codec == "u32":

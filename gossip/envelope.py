@@ -285,11 +285,11 @@ def _uint_size(v: int) -> int:
 
 
 def _largest_header() -> int:
-    """Bytes of the biggest valid message with an empty payload, but for `n`'s own encoding:
-    every bounded field at its bound."""
+    """Bytes of the biggest valid message with an empty payload, but for `n`'s and the codec
+    name's own bytes: every bounded field at its bound."""
     worst = {"v": VERSION, "net": "x" * MAX_NETWORK_ID_LEN, "sender": "x" * MAX_PEER_ID_LEN, "round": MAX_UINT,
              "ts": 0.0, "kind": "x" * MAX_KIND_LEN, "schema": bytes(HASH_LEN),
-             "codec": max(CODECS, key=len), "n": 0, "deg": MAX_UINT,
+             "codec": "", "n": 0, "deg": MAX_UINT,
              "parents": [bytes(HASH_LEN)] * MAX_PARENTS, "payload_hash": bytes(HASH_LEN)}
     return len(_frame(header_bytes(worst), bytes(SIG_LEN), memoryview(b""))) - _uint_size(0) - len(bin_header(0))
 
@@ -298,11 +298,11 @@ _LARGEST_HEADER = _largest_header()
 
 
 def max_message_size(codec: str, n: int) -> int:
-    """The largest valid update message for a model of `n` values in `codec`: the payload's
-    exact size plus room for the longest network id, sender, kind and MAX_PARENTS parents."""
+    """The largest valid message of `n` values (entries, for a sparse codec) in `codec`: the
+    payload's exact size, the codec's name, plus room for the longest network id, sender, kind and MAX_PARENTS parents."""
     if not 0 <= n <= MAX_UINT:
         raise ValueError(f"n must be in [0, 2**64), got {n}")
     size = encoded_size(codec, n)
     if size >= 1 << 32:
         raise ValueError(f"a {codec} payload of {n} values does not fit a msgpack bin (4 GiB)")
-    return _LARGEST_HEADER + _uint_size(n) + len(bin_header(size)) + size
+    return _LARGEST_HEADER + len(codec) + _uint_size(n) + len(bin_header(size)) + size

@@ -566,7 +566,10 @@ class BatchedEngine:
         sc, topo = self.sc, self.topo
         t_start = time.monotonic()
         workers = torch.get_num_threads()  # as many worker threads as torch was given, one torch thread each
-        shard = Shard(sc, self.rule, topo, np.arange(topo.n), progress=self.setup_progress, workers=workers)
+        kind = Shard
+        if sc.compression:  # compressed gossip: public copies, sim.compression
+            from .compression import CompressedShard as kind
+        shard = kind(sc, self.rule, topo, np.arange(topo.n), progress=self.setup_progress, workers=workers)
         self.shard = shard
         torch.set_num_threads(1)
         try:
@@ -588,7 +591,10 @@ class BatchedEngine:
             shard.train(r)
             delivered = 0 if self.alone else shard.aggregate(r)
             m = shard.measure(evaluated(r, sc.rounds, every))
-            result.rounds.append(round_metrics(r, [m], topo.labels, delivered, messages_sent(topo, shard.down, r < shard.releases), size,
+            sent, per = messages_sent(topo, shard.down, r < shard.releases), size
+            if sc.compression:  # every message at its real size (sim.compression)
+                sent, per = 1, shard.bytes_sent()
+            result.rounds.append(round_metrics(r, [m], topo.labels, delivered, sent, per,
                                                int((~shard.down).sum()), time.monotonic() - t0))
             if self.progress:
                 self.progress(1)

@@ -83,10 +83,13 @@ def summary_row(res: RunResult, alone: dict | None = None) -> dict:
             "consensus_distance": last.consensus, "rejected": total_rejected,
             "seconds": res.seconds, "seconds_per_node_round": res.seconds / max(node_rounds, 1),
             "mbytes_sent": sum(rm.bytes_sent for rm in res.rounds) / 1e6,
+            "bytes_per_node_round": sum(rm.bytes_sent for rm in res.rounds) / max(len(res.rounds), 1)
+            / max(len(last.accuracy) + len(bad), 1),
             "provenance": ("none: the batched engine has no wire and writes no provenance logs (protocol "
                            "attacks and logs need engine = \"protocol\")") if batched
             else "every peer's signed log: peers/*/data/provenance.db",
-            "bytes": "estimated: messages sent x largest update size" if batched else "measured",
+            "bytes": ("messages sent x their real size (round.compression)" if res.scenario.compression else
+                      "estimated: messages sent x largest update size") if batched else "measured",
             "privacy": res.scenario.privacy, "noise_multiplier": res.scenario.noise_multiplier
             if res.epsilon is not None else None,
             "epsilon": res.epsilon,  # the largest epsilon an honest node spent, add/remove (None: privacy off)
@@ -162,6 +165,7 @@ def table(rows: list[dict], title: str):
     t.add_column("rejected")
     t.add_column("engine", no_wrap=True)
     t.add_column("s/node-rnd", justify="right", no_wrap=True)
+    t.add_column("B/node-rnd", justify="right", no_wrap=True)
     for r in rows:
         rej = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items())) or "-"
         if r.get("engine") == "batched":
@@ -175,8 +179,9 @@ def table(rows: list[dict], title: str):
         if alone:
             pct.append(f"{100 * vs['at_least_as_good']:.0f}%" if "alone" in vs else "-")
         eps = [] if not private else ["-" if r.get(k) is None else f"{r[k]:.3g}" for k in ("epsilon", "epsilon_replace")]
-        t.add_row(*([r.get("setting", "")] if settings else []), r["rule"], r["attack"], str(r["byzantine"]), *pct, f"{r['consensus_distance']:.3g}", *eps, rej,
-                  r.get("engine", "protocol"), f"{r['seconds_per_node_round']:.4g}")
+        t.add_row(*([r.get("setting", "")] if settings else []), r["rule"], r["attack"], str(r["byzantine"]), *pct,
+                  f"{r['consensus_distance']:.3g}", *eps, rej, r.get("engine", "protocol"),
+                  f"{r['seconds_per_node_round']:.4g}", f"{r['bytes_per_node_round']:,.0f}")
     return t
 
 

@@ -60,6 +60,8 @@ def run_one(sc: Scenario, rule: str, run_dir: Path, *, engine: str | None = None
     chosen = engine_for(sc, graph.number_of_nodes(), engine)
     warnings = []
     if chosen == "batched":
+        if shards > 1 and sc.compression:
+            raise ScenarioError("round.compression runs in one process: leave out --shards")
         if shards > 1:
             from .sharded import run_sharded
 

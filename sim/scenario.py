@@ -65,6 +65,7 @@ class Scenario:
     partition_rounds: list[int] = field(default_factory=list)
     deadline: float = 0.2
     codec: str = "raw-f32"
+    compression: dict[str, Any] = field(default_factory=dict)  # [round.compression]: sim.compression
     max_message_mb: float = 4.0
     engine: str = "auto"
     eval_every: int = 0  # batched engine: rounds between test-set evaluations (0: every round up to 200 nodes, else ~10)
@@ -101,7 +102,7 @@ _FIELDS = {  # table.key -> (attribute, type, check)
     "faults.dropout": ("dropout", float), "faults.rejoin": ("rejoin", float), "faults.loss": ("loss", float),
     "faults.latency": ("latency", float), "faults.stragglers": ("stragglers", int),
     "faults.partition": ("partition_rounds", list), "faults.deadline": ("deadline", float),
-    "round.codec": ("codec", str), "round.max_message_mb": ("max_message_mb", float),
+    "round.codec": ("codec", str), "round.compression": ("compression", dict), "round.max_message_mb": ("max_message_mb", float),
     "privacy.mode": ("privacy", str), "privacy.noise_multiplier": ("noise_multiplier", float),
     "privacy.clip": ("clip", float), "privacy.delta": ("delta", float), "privacy.epsilon": ("epsilon", float),
     "privacy.accountant": ("accountant", str),
@@ -123,7 +124,7 @@ def _flatten(doc: dict, prefix: str = "") -> dict[str, Any]:
     for k, v in doc.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and key not in ("data.options", "model.options", "aggregation.params", "attack.params",
-                                                      "train.options"):
+                                                      "train.options", "round.compression"):
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -207,6 +208,10 @@ def _check_options(sc: Scenario) -> None:
             raise ScenarioError(str(exc)) from None
     if sc.codec not in FLOAT_CODECS:
         raise ScenarioError(f"round.codec must be one of {', '.join(FLOAT_CODECS)}, got {sc.codec!r:.80}")
+    # imported here: sim.compression imports the batched engine, which imports this module
+    from .compression import check as check_compression
+
+    check_compression(sc)
 
 
 def _check_graph(sc: Scenario) -> None:
@@ -355,7 +360,11 @@ def engine_for(sc: Scenario, nodes: int, override: str | None = None) -> str:
         if why:
             raise ScenarioError(f"engine batched: {why}")
     if choice != "auto":
+        if choice == "protocol" and sc.compression:
+            raise ScenarioError("round.compression runs in the batched engine; use engine = \"batched\"")
         return choice
+    if sc.compression:
+        return "batched"
     if nodes <= AUTO_PROTOCOL_NODES or sc.attack in PROTOCOL_ATTACKS or user.batched_refusal(sc):
         return "protocol"
     return "batched"
@@ -426,6 +435,13 @@ deadline = 0.2            # seconds a node waits for its neighbours each round (
 [round]
 codec = "raw-f32"         # update encoding on the wire
 max_message_mb = 4.0
+# compressed gossip (batched engine; README, Compressed gossip): uncomment the table
+# [round.compression]
+# compressor = "topk"     # topk, randk or none
+# fraction = 0.01         # or count = N: entries kept per message
+# values = "f32"          # f32, f16 or int8
+# error_feedback = true
+# gamma = 0.2             # CHOCO's step size
 
 [privacy]
 mode = "off"              # off; update (clip each node's model change to `clip`, add Gaussian noise of std

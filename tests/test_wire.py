@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gossip.codecs import CODECS, FLOAT_CODECS, decode, encode, encoded_size
+from gossip.codecs import CODECS, FLOAT_CODECS, WORD_CODECS, decode, encode, encoded_size
 from gossip.envelope import (
     Envelope,
     bin_header,
@@ -208,7 +208,7 @@ def test_forgery_with_a_trusted_senders_name_is_rejected():
 
 
 def test_codecs_listed():
-    assert CODECS == ("raw-f32", "f16", "int8", "u32")
+    assert CODECS == ("raw-f32", "f16", "int8", "u32", "sparse-f32", "sparse-f16", "sparse-int8")
 
 
 # --- two stages: screen (header + signature) then finish (payload) ------------------------
@@ -408,7 +408,7 @@ def test_int8_is_one_scale_per_4096_block_then_the_codes(n):
         assert abs(float(back[i]) - float(block[i])) <= 1e-6 * abs(float(block[i]))
 
 
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", FLOAT_CODECS + WORD_CODECS)
 @pytest.mark.parametrize("n", [0, 1, 7, 4096])
 def test_a_payload_of_the_wrong_size_is_a_codec_error(codec, n):
     size = encoded_size(codec, n)
