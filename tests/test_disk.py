@@ -57,6 +57,7 @@ def _refused(path, ident, match):
         ProvenanceLog(path, ident, "net")
     text = str(err.value)
     assert f"gossipfl audit verify {path}" in text and "aside" in text and "\n" not in text
+    assert text.count(str(path)) == 2  # once what is broken, once the command that shows it
     return text
 
 
@@ -147,14 +148,14 @@ def test_every_event_deleted_under_an_intact_head_is_refused(tmp_path):
     path = tmp_path / "p.db"
     ident = _log_with_events(path)
     _sql(path, ("DELETE FROM events",))
-    _refused(path, ident, "names event 12 but the log has no events")
+    _refused(path, ident, "event 1: the signed head names event 12 but the log ends at event 0")
 
 
 @pytest.mark.parametrize("mutation, match", [
-    (("UPDATE events SET details = '{\"loss\":9}' WHERE seq = 12",), "hash does not match"),
-    (("UPDATE events SET sig = zeroblob(64) WHERE seq = 12",), "signature does not verify"),
-    (("DELETE FROM events WHERE seq = 11",), "does not follow event 11"),
-    (("UPDATE events SET prev = ? WHERE seq = 12", ("ab" * 32,)), "hash does not match"),
+    (("UPDATE events SET details = '{\"loss\":9}' WHERE seq = 12",), r"event 12 \(trained\): its hash does not match"),
+    (("UPDATE events SET sig = zeroblob(64) WHERE seq = 12",), r"event 12 \(trained\): its signature does not verify"),
+    (("DELETE FROM events WHERE seq = 11",), r"event 12 \(trained\): the sequence jumps from 10 to 12"),
+    (("UPDATE events SET prev = ? WHERE seq = 12", ("ab" * 32,)), r"event 12 \(trained\): it does not follow"),
 ])
 def test_a_tampered_last_event_is_refused(tmp_path, mutation, match):
     path = tmp_path / "p.db"
@@ -163,15 +164,35 @@ def test_a_tampered_last_event_is_refused(tmp_path, mutation, match):
     _refused(path, ident, match)
 
 
-def test_opening_checks_the_tail_only(tmp_path):
-    """Opening reads the head and the last two rows (O(1) in the log's length); a break deeper
-    in the chain is `audit verify`'s to find, and it does."""
+@pytest.mark.parametrize("mutation, match", [
+    (("UPDATE events SET details = '{\"loss\":9}' WHERE seq = 3",), r"event 3 \(trained\): its hash does not match"),
+    (("UPDATE events SET kind = 'stopped' WHERE seq = 2",), r"event 2 \(stopped\): its hash does not match"),
+    (("DELETE FROM events WHERE seq = 4",), r"event 5 \(trained\): the sequence jumps from 3 to 5"),
+    (("UPDATE events SET round = 99 WHERE seq = 1",), r"event 1 \(trained\): its hash does not match"),
+    (("UPDATE events SET seq = seq + 100 WHERE seq = 6",), r"event 7 \(trained\): the sequence jumps from 5 to 7"),
+])
+def test_opening_checks_the_whole_chain(tmp_path, mutation, match):
+    """A break anywhere in the chain (not only at its end) is refused on open, naming the first
+    event that does not fit; `audit verify` agrees on where."""
     path = tmp_path / "p.db"
     ident = _log_with_events(path)
-    _sql(path, ("UPDATE events SET details = '{\"loss\":9}' WHERE seq = 3",))
-    ProvenanceLog(path, ident, "net").close()
-    v = verify_log(path)
-    assert not v.ok and v.first_bad == 3
+    _sql(path, mutation)
+    _refused(path, ident, match)
+    assert not verify_log(path).ok
+
+
+def test_a_different_history_of_the_same_length_under_the_old_head_is_broken(tmp_path):
+    """The signed head's hash, not only its sequence number, must match the chain's end: the
+    events of another history of this peer with the same length under this log's head."""
+    ident = _log_with_events(tmp_path / "a.db")
+    log = ProvenanceLog(tmp_path / "b.db", ident, "net")
+    log.append_many([NewEvent(EventKind.TRAINED, i, details={"loss": 2.0 / i}) for i in range(1, 13)])
+    log.close()
+    head_a = sqlite3.connect(tmp_path / "a.db").execute("SELECT value FROM meta WHERE key='head'").fetchone()[0]
+    _sql(tmp_path / "b.db", ("UPDATE meta SET value = ? WHERE key = 'head'", (head_a,)))
+    v = verify_log(tmp_path / "b.db")
+    assert v.status == "BROKEN" and "signed head" in v.problem
+    _refused(tmp_path / "b.db", ident, "event 12 .*not the one the signed head names")
 
 
 def test_another_peers_log_is_refused_with_its_owner_named(tmp_path):
