@@ -126,10 +126,10 @@ def test_a_record_outside_the_format_is_refused_signed_or_not(changes, message, 
 
 
 def test_epochs_only_go_forward_and_survive_a_restart(tmp_path):
-    def fresh():
+    def fresh(logged=()):
         m = Membership(IDS[0].peer_id, "net", ADMIN.peer_id, {i.peer_id for i in IDS[:3]},
                        {IDS[1].peer_id: None}, tmp_path / "membership.msgpack")
-        m.load()
+        m.load(list(logged))
         return m
 
     m = fresh()
@@ -144,10 +144,20 @@ def test_epochs_only_go_forward_and_survive_a_restart(tmp_path):
     again = fresh()  # the records were persisted and verify again
     assert (again.epoch, again.trusted, again.revoked, again.neighbours) == (2, m.trusted, m.revoked, m.neighbours)
     raw = bytearray((tmp_path / "membership.msgpack").read_bytes())
-    raw[-3] ^= 1
+    raw[-3] ^= 1  # the cache altered: its second record no longer verifies
     (tmp_path / "membership.msgpack").write_bytes(bytes(raw))
-    with pytest.raises(MembershipFileError, match="move it aside"):
-        fresh()
+    assert fresh().epoch == 1  # without the log, only what verifies counts
+    state = (2, m.trusted, m.revoked, m.neighbours)
+    rebuilt = fresh(logged=m.records)  # the provenance log holds every record applied
+    assert (rebuilt.epoch, rebuilt.trusted, rebuilt.revoked, rebuilt.neighbours) == state
+    assert msgpack.unpackb((tmp_path / "membership.msgpack").read_bytes()) == m.records  # the cache rewritten
+    (tmp_path / "membership.msgpack").unlink()
+    lost = fresh(logged=m.records)
+    assert (lost.epoch, lost.trusted, lost.revoked, lost.neighbours) == state
+    (tmp_path / "membership.msgpack").write_bytes(b"\xc1garbage")
+    assert fresh(logged=m.records[:1]).epoch == 1  # unreadable: ignored, the log counts
+    with pytest.raises(MembershipFileError, match="in the provenance log does not apply"):
+        fresh(logged=[record(3, action="revoke", peer=IDS[2], key=MALLORY)])
 
 
 def test_peers_admit_and_revoke_while_they_run(tmp_path):

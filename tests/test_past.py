@@ -12,15 +12,20 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 
+import msgpack
 import pytest
 
-from peer.audit.verify import verify_log
+from gossip.identity import Identity
+from gossip.membership import open_record, seal_record
+from peer.audit.verify import load_events, verify_log
 from peer.ops.plan import write_plan
 from peer.state import checkpoint as ckpt
+from peer.state.provenance import EventKind, ProvenanceLog
 from topology import from_spec
 
-from .netfixtures import ROOT
+from .netfixtures import ROOT, free_ports
 
 OVER = {"train": {"local_steps": 2, "batch_size": 16, "lr": 0.1},
         "round": {"deadline": 0.2, "train_in_thread": False, "rounds": 4},
@@ -150,3 +155,49 @@ def test_a_byte_flipped_in_the_database_file_is_refused(node):
     raw[spot] ^= 0x01
     db.write_bytes(bytes(raw))
     refused(config, data, seq, kind)
+
+
+# --- the membership is rebuilt from the log --------------------------------------------------
+
+LIBP2P = {"train": {"local_steps": 2, "batch_size": 16, "lr": 0.1},
+          "round": {"deadline": 1.0, "interval": 0.3, "rounds": 0, "train_in_thread": False},
+          "aggregation": {"rule": "mean", "f": 0}}
+
+
+@pytest.mark.timeout(240)
+def test_a_lost_membership_file_forgets_no_revocation(tmp_path, peer_processes):
+    """Node 0's log holds the admin's revocation of node 1 (as a peer that applied it logs it);
+    its membership.msgpack is gone. Node 1, started on a blank data folder, keeps sending to node
+    0: node 0 rejects every update of it as revoked and never aggregates one, and writes the
+    membership file again from its log."""
+    admin = Identity.from_seed(b"A" * 32)
+    ids = {"0": Identity.from_seed(b"0" * 32), "1": Identity.from_seed(b"1" * 32)}
+    nodes = write_plan(from_spec("complete:2"), tmp_path / "plan", network_id="lab", overrides=LIBP2P,
+                       draw=False, identities={int(k): v for k, v in ids.items()}, admin=admin, transport_options={"ports": free_ports(2)})
+    by = {n.label: n for n in nodes}
+    revoke = seal_record(admin, network="lab", epoch=1, action="revoke", peer=ids["1"].peer_id)
+    rec = open_record(revoke, admin=admin.peer_id, network="lab")
+    db = by["0"].dir / "data" / "provenance.db"
+    log = ProvenanceLog(db, ids["0"], "lab")
+    log.append(EventKind.MEMBERSHIP, 0, rec.peer, rec.record_id, {**rec.summary(), "bytes": revoke.hex()})
+    log.close()
+    cache = by["0"].dir / "data" / "membership.msgpack"
+    assert not cache.exists()
+    peer_processes.start("0", by["0"].config)
+    peer_processes.start("1", by["1"].config)
+    end = time.time() + 150
+    while time.time() < end and min(peer_processes.log(k).count(" neighbours accepted") for k in "01") < 4 \
+            and peer_processes.procs["0"].poll() is None:
+        time.sleep(0.3)
+    assert by["0"].peer_id == ids["0"].peer_id
+    peer_processes.stop_all()
+    assert min(peer_processes.log(k).count(" neighbours accepted") for k in "01") >= 4, peer_processes.log("0")
+    _, started = load_events(db, kind="started")
+    assert started and started[-1].details["neighbours"] == []  # the revoked one is no neighbour
+    _, received = load_events(db, kind="received")  # node 1 kept sending; node 0 never took one
+    assert not [e for e in received if e.counterpart == ids["1"].peer_id]
+    _, aggregated = load_events(db, kind="aggregated")
+    assert not [e for e in aggregated if ids["1"].peer_id in json.dumps(e.details)]
+    assert msgpack.unpackb(cache.read_bytes()) == [revoke]  # the cache written again from the log
+    assert verify_log(db).ok
+

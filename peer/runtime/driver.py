@@ -30,6 +30,7 @@ from .context import RoundContext, RoundRecord, log_round
 from .inbox import Inbox, Listener
 from .journal import Journal
 from .membership import allowed_peers
+from .membership import restore as restore_membership
 from .metrics import PeerMetrics
 from .outbox import Outbox
 from .parts import PeerParts, build_parts, config_folder, membership_of, policy_of, verifier_of
@@ -62,7 +63,7 @@ class Peer:
         self.lock.acquire()  # before the log and the checkpoint are touched
         try:
             self.prov = ProvenanceLog(Path(cfg.data_dir) / "provenance.db", self.identity, cfg.network)
-            self.membership.load()  # the admin's records since the trust list, verified again
+            restore_membership(self.membership, self.prov)  # from the verified log (and its cache file)
             if self.membership.own_revocation is not None:
                 raise RevokedError(f"this peer ({self.peer_id}) was revoked by the network admin at epoch "
                                    f"{self.membership.own_revocation}; it cannot rejoin with this key")
