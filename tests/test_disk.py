@@ -283,18 +283,35 @@ def test_a_deleted_checkpoint_is_refused_while_the_log_has_a_checkpoint_event(pe
         load_for_resume(path, log, SCHEMA, N)
 
 
+@pytest.mark.parametrize("rnd", [1, 5])
 @pytest.mark.parametrize("log_state", ["missing", "empty"])
-def test_a_missing_or_empty_log_next_to_a_checkpoint_past_round_zero_is_refused(tmp_path, log_state):
+def test_a_missing_or_empty_log_next_to_a_checkpoint_past_round_zero_is_refused(tmp_path, log_state, rnd):
     path = tmp_path / "checkpoint.msgpack"
-    ckpt.save(path, _ck(5))
+    ckpt.save(path, _ck(rnd))
     if log_state == "empty":
         ProvenanceLog(tmp_path / "provenance.db", Identity.from_seed(SEED), "net").close()
     log = ProvenanceLog(tmp_path / "provenance.db", Identity.from_seed(SEED), "net")
     try:
-        with pytest.raises(ResumeError, match="at round 5 .* records no checkpoint"):
+        with pytest.raises(ResumeError, match=f"at round {rnd} .* records no checkpoint"):
             load_for_resume(path, log, SCHEMA, N)
     finally:
         log.close()
+
+
+@pytest.mark.parametrize("tmp_round, fill", [(3, 0.123), (4, None), (3, None)])
+def test_a_deleted_checkpoint_next_to_a_tmp_the_log_never_recorded_is_refused(peer_files, tmp_round, fill):
+    """A well-formed `.tmp` is rolled forward only when it is exactly what the log's last
+    checkpoint event names (round and params hash), never merely because it is there."""
+    path, log = peer_files
+    _checkpoint_round(path, log, _ck(3))
+    path.unlink()
+    odd = _ck(tmp_round, fill)
+    if (tmp_round, fill) == (3, None):
+        odd.params[0] += 1.0  # the logged round, other weights
+    ckpt.write(path, odd)
+    with pytest.raises(ResumeError, match="missing but .* says round 3"):
+        load_for_resume(path, log, SCHEMA, N)
+    assert not path.exists()
 
 
 def test_a_round_zero_checkpoint_without_an_event_is_a_fresh_start(peer_files):

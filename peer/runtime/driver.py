@@ -85,8 +85,7 @@ class Peer:
         self.journal = Journal(self.prov, self.checkpoints.publish, self.outbox, self.failed)
         self.listener = Listener(self.transport, self.tasks, self.receive, self.failed)
         self.history: list[RoundRecord] = []
-        self.ctx = RoundContext(started=0.0)
-        self._wake, self._stop = asyncio.Event(), asyncio.Event()
+        self.ctx, self._wake, self._stop = RoundContext(started=0.0), asyncio.Event(), asyncio.Event()
         self.failure: BaseException | None = None
         self.revoked_at: int | None = None
         self.started = False
@@ -219,7 +218,8 @@ class Peer:
             raise RevokedError(f"this peer ({self.peer_id}) was revoked by the network admin at epoch "
                                f"{self.revoked_at}; it stopped and must not be restarted with this key")
         if self.failure is not None:
-            raise PeerError(f"the peer stopped: {type(self.failure).__name__}: {self.failure}")
+            raise self.failure if isinstance(self.failure, PeerError) else PeerError(  # its own exit status
+                f"the peer stopped: {type(self.failure).__name__}: {self.failure}")
         return self.history
 
     # --- one round -------------------------------------------------------------------

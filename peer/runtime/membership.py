@@ -10,7 +10,6 @@ more trusted than the network. Pure bookkeeping: the peer decides what to do wit
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from gossip.files import FileReadError, read_limited
 from gossip.membership import MAGIC, MAX_RECORD, MembershipError, Record, open_record
 
 from ..errors import PeerError
+from ..state import files
 from ..state.provenance import EventKind, NewEvent
 from .commands import Command, Forget, Log, Reject, Revoked, SetAllowed, Transmit
 
@@ -137,12 +137,7 @@ class Membership:
     def _save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(msgpack.packb(self.records[-MAX_RECORDS:], use_bin_type=True))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        files.write_atomic(self.path, msgpack.packb(self.records[-MAX_RECORDS:], use_bin_type=True))
 
 
 def _epoch(data: bytes) -> int:

@@ -31,7 +31,8 @@ from typing import Any
 
 from gossip.identity import Identity, verify_signature
 
-from ..errors import ProvenanceError
+from ..errors import ProvenanceError, TransientError
+from . import files
 from .chain import (  # noqa: F401 (the log's primitives, imported from here by the audit and tests)
     EVENT_DOMAIN,
     FORMAT,
@@ -195,10 +196,13 @@ def connect(path: str | os.PathLike, create: bool = False) -> sqlite3.Connection
     if not create and not path.is_file():
         raise ProvenanceError(f"{path}: no such provenance database")
     try:
-        con = sqlite3.connect(f"file:{path}?mode={'rwc' if create else 'rw'}", uri=True,
+        con = sqlite3.connect(f"file:{path}?mode={'rwc' if create else 'rw'}&nofollow=1", uri=True,
                               isolation_level=None, timeout=30)
         con.execute("PRAGMA journal_mode=WAL")
     except sqlite3.DatabaseError as exc:
+        if _disk_trouble(exc):  # the WAL and its index could not be made: a full disk, not a bad file
+            raise TransientError(f"cannot open the provenance log {path}: {exc}; the peer stops and is restarted "
+                                 "later (free space in its data folder)") from None
         raise ProvenanceError(f"{path}: not a provenance database ({exc})") from None
     return con
 
@@ -233,30 +237,39 @@ def _create(path: Path, identity: Identity, network: str) -> None:
     """Build a new log under a temporary name (meta and a signed genesis head) and rename it
     into place: a crash leaves no log or a whole one, never an empty file."""
     tmp = path.with_name(path.name + ".new")
-    for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
-        leftover.unlink(missing_ok=True)
-    con = connect(tmp, create=True)
+    for side in ("-wal", "-shm"):
+        Path(f"{tmp}{side}").unlink(missing_ok=True)  # a link is removed, never followed
+    os.close(files.open_fresh(tmp))  # empty, 0600, not through a link: SQLite makes it a database
     try:
-        con.execute("PRAGMA synchronous=FULL")
-        con.executescript(_SCHEMA)
-        con.execute("BEGIN IMMEDIATE")
-        con.executemany("INSERT INTO meta VALUES (?, ?)", [
-            ("format", FORMAT), ("peer_id", identity.peer_id), ("network", network), ("created", time.time()),
-            ("head", signed_head(identity, 0, GENESIS))])
-        con.execute("COMMIT")
-    finally:
-        con.close()  # the last connection checkpoints the WAL into the file and removes it
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _fsync(path.parent)
+        con = connect(tmp, create=True)
+        try:
+            con.execute("PRAGMA synchronous=FULL")
+            con.executescript(_SCHEMA)
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("format", FORMAT), ("peer_id", identity.peer_id), ("network", network), ("created", time.time()),
+                ("head", signed_head(identity, 0, GENESIS))])
+            con.execute("COMMIT")
+        finally:
+            con.close()  # the last connection checkpoints the WAL into the file and removes it
+    except (ProvenanceError, sqlite3.OperationalError) as exc:
+        tmp.unlink(missing_ok=True)
+        if _disk_trouble(exc):
+            raise TransientError(f"cannot create the provenance log {path}: {_plain(exc)}; the peer stops and is "
+                                 "restarted later (free space in its data folder)") from None
+        raise
+    files.replace(tmp, path)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _disk_trouble(exc: BaseException) -> bool:
+    """SQLite's words for a full disk, a quota or a failing device (transient: restart later)."""
+    text = str(exc).lower()
+    return any(w in text for w in ("disk is full", "disk i/o error", "database or disk is full", "no space",
+                                   "readonly database", "unable to open database file"))
+
+
+def _plain(exc: BaseException) -> str:
+    return str(exc).rsplit("(", 1)[-1].rstrip(")") if "(" in str(exc) else str(exc)
 
 
 def _where(exc: ChainError) -> str:
@@ -275,13 +288,16 @@ class ProvenanceLog:
     def __init__(self, path: str | os.PathLike, identity: Identity, network: str = ""):
         self.path = Path(path)
         self.identity = identity
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        files.make_dir(self.path.parent)
         if not self.path.exists() and not self.path.is_symlink():
             _create(self.path, identity, network)
         elif self.path.is_symlink() or not self.path.is_file():
             raise self._refuse("it is not a regular file (a symbolic link, a directory or a device)")
         elif self.path.stat().st_size == 0:
             raise self._refuse("it is empty (0 bytes), and a log is never created empty: it was truncated")
+        for side in ("-wal", "-shm"):  # SQLite opens these beside the log itself
+            files.refuse_link(f"{self.path}{side}")
+        os.chmod(self.path, files.MODE)  # a regular file (checked above); SQLite's side files take its mode
         try:
             self.con = connect(self.path)
         except ProvenanceError as exc:
@@ -315,10 +331,11 @@ class ProvenanceLog:
         self.con.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self.con.execute("COMMIT")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            if self.con.in_transaction:  # a COMMIT the disk refused leaves it open: nothing of it stays
+                self.con.execute("ROLLBACK")
             raise
-        self.con.execute("COMMIT")
 
     def append(self, kind: str, round_: int | None = None, counterpart: str | None = None,
                update_hash: str | None = None, details: Mapping[str, Any] | None = None) -> int:
@@ -343,9 +360,17 @@ class ProvenanceLog:
             prev = h
         if not rows:
             return self._seq
-        with self._tx():
-            self.con.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)", (signed_head(self.identity, seq, prev),))
+        try:
+            with self._tx():
+                self.con.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+                self.con.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)",
+                                 (signed_head(self.identity, seq, prev),))
+        except sqlite3.OperationalError as exc:
+            if not _disk_trouble(exc):
+                raise
+            raise TransientError(f"cannot append to the provenance log {self.path}: {exc}; nothing was "
+                                 "half-written; the peer stops and is restarted later (free space in its data "
+                                 "folder)") from None
         self._seq, self._prev = seq, prev
         return seq
 
