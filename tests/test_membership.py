@@ -215,3 +215,18 @@ def test_peers_admit_and_revoke_while_they_run(tmp_path):
     for n in nodes:
         assert verify_log(n.dir / "data" / "provenance.db").ok
     assert torch.isfinite(peers[4].model.flat).all() and peers[4].history[-1].accepted == 2
+
+
+def test_an_epoch_cannot_jump_past_every_future_record(tmp_path):
+    """A record signed with epoch 2**63 - 1 (a stolen admin key) would leave no newer epoch for
+    the admin's own records: one record moves a peer's epoch by at most MAX_EPOCH_STEP."""
+    from gossip.membership import MAX_EPOCH_STEP
+
+    m = Membership(IDS[0].peer_id, "net", ADMIN.peer_id, {i.peer_id for i in IDS[:3]}, {IDS[1].peer_id: None},
+                   tmp_path / "membership.msgpack")
+    for epoch in (2**63 - 1, MAX_EPOCH_STEP + 1):
+        offer = m.offer(record(epoch))
+        assert offer.record is None and offer.reason == "bad_membership" and "jumps more than" in offer.detail
+    assert m.epoch == 0 and IDS[3].peer_id not in m.trusted
+    assert m.offer(record(MAX_EPOCH_STEP)).record is not None and m.epoch == MAX_EPOCH_STEP
+    assert m.offer(record(2 * MAX_EPOCH_STEP, action="revoke", peer=IDS[3])).record is not None

@@ -17,7 +17,14 @@ from pathlib import Path
 import msgpack
 
 from gossip.files import FileReadError, read_limited
-from gossip.membership import MAGIC, MAX_RECORD, MembershipError, Record, open_record
+from gossip.membership import (
+    MAGIC,
+    MAX_EPOCH_STEP,
+    MAX_RECORD,
+    MembershipError,
+    Record,
+    open_record,
+)
 
 from ..errors import PeerError
 from ..state import files
@@ -112,6 +119,9 @@ class Membership:
             return Offer(None, "", "already applied")
         if record.epoch <= self.epoch:
             return Offer(None, "stale_membership", f"epoch {record.epoch}, this peer is at epoch {self.epoch}")
+        if record.epoch > self.epoch + MAX_EPOCH_STEP:
+            return Offer(None, "bad_membership", f"epoch {record.epoch} jumps more than {MAX_EPOCH_STEP} past this "
+                                                 f"peer's epoch {self.epoch}")
         self._apply(record)
         self.records.append(record.data)
         if persist:
