@@ -108,7 +108,7 @@ def reseal(identity: Identity, data: bytes, **changes) -> bytes:
     env = parse(data)
     payload = changes.pop("payload", None)
     payload = bytes(env.payload) if payload is None else payload
-    fields = {k: env.header[k] for k in ("net", "round", "schema", "codec", "n", "deg", "parents", "kind")}
+    fields = {k: env.header[k] for k in ("net", "round", "schema", "codec", "n", "deg", "eps", "parents", "kind")}
     fields.update(changes)
     return seal(identity, payload=payload, **fields).data
 

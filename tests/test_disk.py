@@ -516,3 +516,20 @@ def test_a_real_peer_refuses_to_start_on_damaged_files_with_one_line(tmp_path, d
     assert again.returncode == 2, (damage, again.stderr[-2000:])
     lines = [ln for ln in again.stderr.splitlines() if ln.strip()]
     assert "Traceback" not in again.stderr and len([ln for ln in lines if ln.startswith("error:")]) == 1, lines
+
+
+def test_an_event_changed_after_the_log_was_opened_is_refused_when_read_back(tmp_path):
+    """The chain is verified on open; what start-up then reads is checked again (a row changed
+    by another process meanwhile is not believed)."""
+    path = tmp_path / "p.db"
+    ident = _log_with_events(path)
+    log = ProvenanceLog(path, ident, "net")
+    try:
+        log.append(EventKind.CHECKPOINT, 12, details={"next_round": 12, "params_hash": "ab" * 32})
+        assert log.last_event(EventKind.CHECKPOINT).details["next_round"] == 12
+        _sql(path, ("UPDATE events SET details = ? WHERE kind = 'checkpoint'",
+                    ('{"next_round":2,"params_hash":"' + "cd" * 32 + '"}',)))
+        with pytest.raises(BrokenLogError, match=r"event 13 \(checkpoint\): its content does not match"):
+            log.last_event(EventKind.CHECKPOINT)
+    finally:
+        log.close()
