@@ -172,6 +172,8 @@ class AttackTransport(Transport):
         await self.inner.start()
 
     async def send(self, peer_id: str, data: bytes) -> bool:
+        if bytes(data[:4]) == b"GFLW":  # the witness protocol's asks and answers: not updates
+            return await self.inner.send(peer_id, data)
         ok = True
         for message in self.rewrite(peer_id, data):
             ok = await self.inner.send(peer_id, message) and ok
