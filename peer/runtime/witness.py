@@ -149,6 +149,8 @@ def rollback(answers: dict, resumed_round: int, epsilon: float) -> str | None:
 async def confirm_past(peer) -> dict:
     """At start: refuse (RollbackError) a state older than what the neighbours witnessed, unless
     --accept-rollback; returns what was accepted, for the `started` event."""
+    if peer.resumed_from is None:  # a first start has no past to roll back (an emptied folder: see the README)
+        return {}
     answers = await peer.witness.ask(peer._execute, peer.neighbours, min(ASK_WAIT, 2 * peer.cfg.round.deadline))
     problem = rollback(answers, peer.round, peer.privacy.epsilon())
     if problem is None:
