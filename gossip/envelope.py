@@ -1,16 +1,19 @@
-"""Wire format v2 (VERSION): one signed msgpack map per message, with a fixed, canonical layout.
+"""Wire format v3 (VERSION): one signed msgpack map per message, with a fixed, canonical layout.
 
-The map has exactly these 14 keys in this order, each value in its one canonical msgpack
-encoding (shortest header for ints, str, bin and arrays; float64 for `ts`):
+The map has exactly these 15 keys in this order, each value in its one canonical msgpack
+encoding (shortest header for ints, str, bin and arrays; float64 for `ts` and `eps`):
 
-    v uint (= 2) | net str <= 128 B | sender str <= 64 B | round uint < 2**64 | ts float64 (finite)
+    v uint (= 3) | net str <= 128 B | sender str <= 64 B | round uint < 2**64 | ts float64 (finite)
     kind str <= 16 B | schema bin 32 | codec str (one of CODECS) | n uint | deg uint
+    eps float64 (finite, >= 0: the sender's cumulative privacy epsilon, 0 without privacy)
     parents array <= MAX_PARENTS of bin 32 | payload_hash bin 32 (SHA-256 of the payload)
     sig bin 64 | payload bin of exactly encoded_size(codec, n) bytes
 
-The first 12 pairs are the header. The signature is Ed25519 over
-SHA-256(DOMAIN + canonical header), the canonical header being those 12 pairs under a
-12-entry map header: the very bytes of the message after its first byte. DOMAIN
+The first 13 pairs are the header. The signature is Ed25519 over
+SHA-256(DOMAIN + canonical header), the canonical header being those 13 pairs under a
+13-entry map header: the very bytes of the message after its first byte. `eps` is signed so
+that neighbours witness a sender's privacy budget: one that goes down is a rollback (v3; v2
+had no `eps`). DOMAIN
 (b"gossipfl/envelope/v1\0") keeps these signatures apart from the other things a key signs
 (membership records, provenance events); its "v1" names that separation, not the wire
 version. The header digest is the update's identity (`update_id`); the payload is bound
@@ -40,9 +43,9 @@ from .msgpack_canonical import Cursor, Malformed, NonCanonical, is_int_type
 if TYPE_CHECKING:
     import torch  # for annotations only: parsing an envelope never loads torch
 
-VERSION = 2  # 2: fixed key order and canonical encodings (v1 peers sorted keys and allowed any encoding)
+VERSION = 3  # 3: the signed `eps`; 2: fixed key order and canonical encodings (v1 sorted keys, any encoding)
 DOMAIN = b"gossipfl/envelope/v1\x00"
-HEADER_FIELDS = ("v", "net", "sender", "round", "ts", "kind", "schema", "codec", "n", "deg",
+HEADER_FIELDS = ("v", "net", "sender", "round", "ts", "kind", "schema", "codec", "n", "deg", "eps",
                  "parents", "payload_hash")
 FIELDS = HEADER_FIELDS + ("sig", "payload")  # the wire order
 ALL_FIELDS = frozenset(FIELDS)
@@ -66,7 +69,7 @@ def canonical(obj: object) -> bytes:
 
 
 def header_bytes(header: dict) -> bytes:
-    """The canonical header: the 12 header fields in the format's order."""
+    """The canonical header: the 13 header fields in the format's order."""
     return canonical({k: header[k] for k in HEADER_FIELDS})
 
 
@@ -145,6 +148,8 @@ def _check_header(h: dict, payload_len: int) -> None:
             raise ValueError(f"{name} has more than {limit} bytes of UTF-8: {h[name]!r:.80}")
     if not math.isfinite(h["ts"]):
         raise ValueError(f"ts must be finite, got {h['ts']}")
+    if not (math.isfinite(h["eps"]) and h["eps"] >= 0):
+        raise ValueError(f"eps must be finite and >= 0, got {h['eps']}")
     if len(h["schema"]) != HASH_LEN or any(len(p) != HASH_LEN for p in h["parents"]):
         raise ValueError("schema and parents must be 32-byte hashes")
     if len(h["parents"]) > MAX_PARENTS:
@@ -160,13 +165,13 @@ def _check_header(h: dict, payload_len: int) -> None:
 
 def seal(identity: Identity, *, net: str, round: int, schema: bytes, payload: Bytes, codec: str,
          n: int, parents: Sequence[bytes] = (), deg: int = 0, kind: str = "update",
-         ts: float | None = None) -> Sealed:
+         ts: float | None = None, eps: float = 0.0) -> Sealed:
     """Sign and encode one message in its canonical form."""
     body = memoryview(payload).cast("B")
     header = {
         "v": VERSION, "net": str(net), "sender": identity.peer_id, "round": int(round),
         "ts": float(time.time() if ts is None else ts), "kind": str(kind), "schema": bytes(schema),
-        "codec": str(codec), "n": int(n), "deg": int(deg), "parents": [bytes(p) for p in parents],
+        "codec": str(codec), "n": int(n), "deg": int(deg), "eps": float(eps), "parents": [bytes(p) for p in parents],
         "payload_hash": payload_digest(body),
     }
     _check_header(header, len(body))
@@ -262,6 +267,10 @@ def _read(cur: Cursor) -> Envelope:
     n = h["n"] = cur.uint("n")
     _key(cur, "deg")
     h["deg"] = cur.uint("deg")
+    _key(cur, "eps")
+    eps = h["eps"] = cur.float64("eps")
+    if not eps >= 0:  # float64() refuses NaN and infinities
+        raise Malformed(f"eps {eps} is negative")
     _key(cur, "parents")
     h["parents"] = [bytes(cur.bin("a parent", HASH_LEN)) for _ in range(cur.array_header("parents", MAX_PARENTS))]
     _key(cur, "payload_hash")
@@ -273,7 +282,7 @@ def _read(cur: Cursor) -> Envelope:
     payload = cur.bin("payload", encoded_size(codec, n))
     if not cur.at_end():
         raise Malformed(f"{len(view) - cur.pos} bytes after the envelope")
-    # the canonical header is the message's own bytes under a 12-entry map header
+    # the canonical header is the message's own bytes under a 13-entry map header
     digest = hashlib.sha256(DOMAIN)
     digest.update(bytes([0x80 | len(HEADER_FIELDS)]))
     digest.update(view[1:header_end])
@@ -289,7 +298,7 @@ def _largest_header() -> int:
     name's own bytes: every bounded field at its bound."""
     worst = {"v": VERSION, "net": "x" * MAX_NETWORK_ID_LEN, "sender": "x" * MAX_PEER_ID_LEN, "round": MAX_UINT,
              "ts": 0.0, "kind": "x" * MAX_KIND_LEN, "schema": bytes(HASH_LEN),
-             "codec": "", "n": 0, "deg": MAX_UINT,
+             "codec": "", "n": 0, "deg": MAX_UINT, "eps": 0.0,
              "parents": [bytes(HASH_LEN)] * MAX_PARENTS, "payload_hash": bytes(HASH_LEN)}
     return len(_frame(header_bytes(worst), bytes(SIG_LEN), memoryview(b""))) - _uint_size(0) - len(bin_header(0))
 

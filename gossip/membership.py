@@ -27,6 +27,9 @@ MAX_RECORD = 16 * 1024
 MAX_NEIGHBOURS = 256
 MAX_ADDR = 256
 ACTIONS = ("admit", "revoke")
+# how far one record may move a peer's epoch: a stolen admin key that signs epoch 2**63 - 1
+# would otherwise leave no epoch for any record after it (the admin's own tool steps by 1)
+MAX_EPOCH_STEP = 1000
 _FIELDS = ("action", "addr", "epoch", "neighbours", "net", "peer", "ts")
 
 

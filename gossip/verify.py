@@ -17,7 +17,7 @@ The Verifier holds configuration only; the replay window belongs to the caller.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Container
+from collections.abc import Collection, Container, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -47,6 +47,7 @@ class Reason(StrEnum):
     NON_FINITE = "non_finite"
     NON_CANONICAL = "non_canonical"
     WRONG_KIND = "wrong_kind"  # a masked contribution to a plain peer, or a plain update to a secure_mean one
+    PRIVACY_ROLLBACK = "privacy_rollback"  # the sender's signed epsilon went down: its privacy ledger was reset
 
 
 REASONS = tuple(r.value for r in Reason)
@@ -97,6 +98,9 @@ class Verifier:
     max_lead: int = 2
     revoked: Collection[str] = ()  # revoked senders get their own reason (read at each call)
     masked_words: int | None = None  # secure_mean: the words of a masked contribution to this peer
+    # the highest signed epsilon accepted from each sender (caller-owned, read at each call, like
+    # `revoked`): a sender whose epsilon goes down reset its privacy ledger
+    witnessed: Mapping[str, float] | None = None
 
     def screen(self, data: object, current_round: int,
                seen: Container[tuple[str, int]] = ()) -> Envelope | Rejected:
@@ -138,6 +142,10 @@ class Verifier:
             return reject(Reason.REPLAY, _REPLAY_DETAIL.format(rnd))
         if not self.authentic(env):
             return reject(Reason.BAD_SIGNATURE, "signature does not verify with the sender's key")
+        before = self.witnessed.get(sender, 0.0) if self.witnessed is not None else 0.0
+        if h["eps"] < before:  # signed, so the sender itself claims the lower budget
+            return Rejected(Reason.PRIVACY_ROLLBACK, f"epsilon {h['eps']:.6g} after {before:.6g} from this sender "
+                            "(its privacy ledger went back)", sender, rnd, env, authenticated=True)
         return env
 
     def finish(self, env: Envelope) -> Accepted | Rejected:

@@ -52,8 +52,11 @@ def peer_init(directory: str, force: bool) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="log lines as text, or one JSON object per line (for journald or a log shipper)")
 @click.option("-v", "--verbose", is_flag=True, help="log every rejection")
+@click.option("--accept-rollback", is_flag=True,
+              help="start even though a neighbour holds an update this peer signed later than its log and "
+                   "checkpoint (a restored backup); logged in the `started` event")
 @friendly
-def peer_start(config: str, rounds, log_format: str, verbose: bool) -> None:
+def peer_start(config: str, rounds, log_format: str, verbose: bool, accept_rollback: bool) -> None:
     """Run a peer until its rounds are done or it gets SIGINT/SIGTERM."""
     import asyncio
     import logging
@@ -64,7 +67,7 @@ def peer_start(config: str, rounds, log_format: str, verbose: bool) -> None:
 
     cfg = load_config(config)
     logs.setup(log_format, logging.DEBUG if verbose else logging.INFO, peer=cfg.name or None, names=logs.names_of(cfg))
-    sys.exit(asyncio.run(serve(cfg, rounds)))
+    sys.exit(asyncio.run(serve(cfg, rounds, accept_rollback)))
 
 
 @peer_group.command("id")

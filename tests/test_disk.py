@@ -57,6 +57,7 @@ def _refused(path, ident, match):
         ProvenanceLog(path, ident, "net")
     text = str(err.value)
     assert f"gossipfl audit verify {path}" in text and "aside" in text and "\n" not in text
+    assert text.count(str(path)) == 2  # once what is broken, once the command that shows it
     return text
 
 
@@ -147,14 +148,14 @@ def test_every_event_deleted_under_an_intact_head_is_refused(tmp_path):
     path = tmp_path / "p.db"
     ident = _log_with_events(path)
     _sql(path, ("DELETE FROM events",))
-    _refused(path, ident, "names event 12 but the log has no events")
+    _refused(path, ident, "event 1: the signed head names event 12 but the log ends at event 0")
 
 
 @pytest.mark.parametrize("mutation, match", [
-    (("UPDATE events SET details = '{\"loss\":9}' WHERE seq = 12",), "hash does not match"),
-    (("UPDATE events SET sig = zeroblob(64) WHERE seq = 12",), "signature does not verify"),
-    (("DELETE FROM events WHERE seq = 11",), "does not follow event 11"),
-    (("UPDATE events SET prev = ? WHERE seq = 12", ("ab" * 32,)), "hash does not match"),
+    (("UPDATE events SET details = '{\"loss\":9}' WHERE seq = 12",), r"event 12 \(trained\): its hash does not match"),
+    (("UPDATE events SET sig = zeroblob(64) WHERE seq = 12",), r"event 12 \(trained\): its signature does not verify"),
+    (("DELETE FROM events WHERE seq = 11",), r"event 12 \(trained\): the sequence jumps from 10 to 12"),
+    (("UPDATE events SET prev = ? WHERE seq = 12", ("ab" * 32,)), r"event 12 \(trained\): it does not follow"),
 ])
 def test_a_tampered_last_event_is_refused(tmp_path, mutation, match):
     path = tmp_path / "p.db"
@@ -163,15 +164,35 @@ def test_a_tampered_last_event_is_refused(tmp_path, mutation, match):
     _refused(path, ident, match)
 
 
-def test_opening_checks_the_tail_only(tmp_path):
-    """Opening reads the head and the last two rows (O(1) in the log's length); a break deeper
-    in the chain is `audit verify`'s to find, and it does."""
+@pytest.mark.parametrize("mutation, match", [
+    (("UPDATE events SET details = '{\"loss\":9}' WHERE seq = 3",), r"event 3 \(trained\): its hash does not match"),
+    (("UPDATE events SET kind = 'stopped' WHERE seq = 2",), r"event 2 \(stopped\): its hash does not match"),
+    (("DELETE FROM events WHERE seq = 4",), r"event 5 \(trained\): the sequence jumps from 3 to 5"),
+    (("UPDATE events SET round = 99 WHERE seq = 1",), r"event 1 \(trained\): its hash does not match"),
+    (("UPDATE events SET seq = seq + 100 WHERE seq = 6",), r"event 7 \(trained\): the sequence jumps from 5 to 7"),
+])
+def test_opening_checks_the_whole_chain(tmp_path, mutation, match):
+    """A break anywhere in the chain (not only at its end) is refused on open, naming the first
+    event that does not fit; `audit verify` agrees on where."""
     path = tmp_path / "p.db"
     ident = _log_with_events(path)
-    _sql(path, ("UPDATE events SET details = '{\"loss\":9}' WHERE seq = 3",))
-    ProvenanceLog(path, ident, "net").close()
-    v = verify_log(path)
-    assert not v.ok and v.first_bad == 3
+    _sql(path, mutation)
+    _refused(path, ident, match)
+    assert not verify_log(path).ok
+
+
+def test_a_different_history_of_the_same_length_under_the_old_head_is_broken(tmp_path):
+    """The signed head's hash, not only its sequence number, must match the chain's end: the
+    events of another history of this peer with the same length under this log's head."""
+    ident = _log_with_events(tmp_path / "a.db")
+    log = ProvenanceLog(tmp_path / "b.db", ident, "net")
+    log.append_many([NewEvent(EventKind.TRAINED, i, details={"loss": 2.0 / i}) for i in range(1, 13)])
+    log.close()
+    head_a = sqlite3.connect(tmp_path / "a.db").execute("SELECT value FROM meta WHERE key='head'").fetchone()[0]
+    _sql(tmp_path / "b.db", ("UPDATE meta SET value = ? WHERE key = 'head'", (head_a,)))
+    v = verify_log(tmp_path / "b.db")
+    assert v.status == "BROKEN" and "signed head" in v.problem
+    _refused(tmp_path / "b.db", ident, "event 12 .*not the one the signed head names")
 
 
 def test_another_peers_log_is_refused_with_its_owner_named(tmp_path):
@@ -262,18 +283,35 @@ def test_a_deleted_checkpoint_is_refused_while_the_log_has_a_checkpoint_event(pe
         load_for_resume(path, log, SCHEMA, N)
 
 
+@pytest.mark.parametrize("rnd", [1, 5])
 @pytest.mark.parametrize("log_state", ["missing", "empty"])
-def test_a_missing_or_empty_log_next_to_a_checkpoint_past_round_zero_is_refused(tmp_path, log_state):
+def test_a_missing_or_empty_log_next_to_a_checkpoint_past_round_zero_is_refused(tmp_path, log_state, rnd):
     path = tmp_path / "checkpoint.msgpack"
-    ckpt.save(path, _ck(5))
+    ckpt.save(path, _ck(rnd))
     if log_state == "empty":
         ProvenanceLog(tmp_path / "provenance.db", Identity.from_seed(SEED), "net").close()
     log = ProvenanceLog(tmp_path / "provenance.db", Identity.from_seed(SEED), "net")
     try:
-        with pytest.raises(ResumeError, match="at round 5 .* records no checkpoint"):
+        with pytest.raises(ResumeError, match=f"at round {rnd} .* records no checkpoint"):
             load_for_resume(path, log, SCHEMA, N)
     finally:
         log.close()
+
+
+@pytest.mark.parametrize("tmp_round, fill", [(3, 0.123), (4, None), (3, None)])
+def test_a_deleted_checkpoint_next_to_a_tmp_the_log_never_recorded_is_refused(peer_files, tmp_round, fill):
+    """A well-formed `.tmp` is rolled forward only when it is exactly what the log's last
+    checkpoint event names (round and params hash), never merely because it is there."""
+    path, log = peer_files
+    _checkpoint_round(path, log, _ck(3))
+    path.unlink()
+    odd = _ck(tmp_round, fill)
+    if (tmp_round, fill) == (3, None):
+        odd.params[0] += 1.0  # the logged round, other weights
+    ckpt.write(path, odd)
+    with pytest.raises(ResumeError, match="missing but .* says round 3"):
+        load_for_resume(path, log, SCHEMA, N)
+    assert not path.exists()
 
 
 def test_a_round_zero_checkpoint_without_an_event_is_a_fresh_start(peer_files):
@@ -478,3 +516,20 @@ def test_a_real_peer_refuses_to_start_on_damaged_files_with_one_line(tmp_path, d
     assert again.returncode == 2, (damage, again.stderr[-2000:])
     lines = [ln for ln in again.stderr.splitlines() if ln.strip()]
     assert "Traceback" not in again.stderr and len([ln for ln in lines if ln.startswith("error:")]) == 1, lines
+
+
+def test_an_event_changed_after_the_log_was_opened_is_refused_when_read_back(tmp_path):
+    """The chain is verified on open; what start-up then reads is checked again (a row changed
+    by another process meanwhile is not believed)."""
+    path = tmp_path / "p.db"
+    ident = _log_with_events(path)
+    log = ProvenanceLog(path, ident, "net")
+    try:
+        log.append(EventKind.CHECKPOINT, 12, details={"next_round": 12, "params_hash": "ab" * 32})
+        assert log.last_event(EventKind.CHECKPOINT).details["next_round"] == 12
+        _sql(path, ("UPDATE events SET details = ? WHERE kind = 'checkpoint'",
+                    ('{"next_round":2,"params_hash":"' + "cd" * 32 + '"}',)))
+        with pytest.raises(BrokenLogError, match=r"event 13 \(checkpoint\): its content does not match"):
+            log.last_event(EventKind.CHECKPOINT)
+    finally:
+        log.close()

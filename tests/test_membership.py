@@ -126,10 +126,10 @@ def test_a_record_outside_the_format_is_refused_signed_or_not(changes, message, 
 
 
 def test_epochs_only_go_forward_and_survive_a_restart(tmp_path):
-    def fresh():
+    def fresh(logged=()):
         m = Membership(IDS[0].peer_id, "net", ADMIN.peer_id, {i.peer_id for i in IDS[:3]},
                        {IDS[1].peer_id: None}, tmp_path / "membership.msgpack")
-        m.load()
+        m.load(list(logged))
         return m
 
     m = fresh()
@@ -144,10 +144,20 @@ def test_epochs_only_go_forward_and_survive_a_restart(tmp_path):
     again = fresh()  # the records were persisted and verify again
     assert (again.epoch, again.trusted, again.revoked, again.neighbours) == (2, m.trusted, m.revoked, m.neighbours)
     raw = bytearray((tmp_path / "membership.msgpack").read_bytes())
-    raw[-3] ^= 1
+    raw[-3] ^= 1  # the cache altered: its second record no longer verifies
     (tmp_path / "membership.msgpack").write_bytes(bytes(raw))
-    with pytest.raises(MembershipFileError, match="move it aside"):
-        fresh()
+    assert fresh().epoch == 1  # without the log, only what verifies counts
+    state = (2, m.trusted, m.revoked, m.neighbours)
+    rebuilt = fresh(logged=m.records)  # the provenance log holds every record applied
+    assert (rebuilt.epoch, rebuilt.trusted, rebuilt.revoked, rebuilt.neighbours) == state
+    assert msgpack.unpackb((tmp_path / "membership.msgpack").read_bytes()) == m.records  # the cache rewritten
+    (tmp_path / "membership.msgpack").unlink()
+    lost = fresh(logged=m.records)
+    assert (lost.epoch, lost.trusted, lost.revoked, lost.neighbours) == state
+    (tmp_path / "membership.msgpack").write_bytes(b"\xc1garbage")
+    assert fresh(logged=m.records[:1]).epoch == 1  # unreadable: ignored, the log counts
+    with pytest.raises(MembershipFileError, match="in the provenance log does not apply"):
+        fresh(logged=[record(3, action="revoke", peer=IDS[2], key=MALLORY)])
 
 
 def test_peers_admit_and_revoke_while_they_run(tmp_path):
@@ -205,3 +215,18 @@ def test_peers_admit_and_revoke_while_they_run(tmp_path):
     for n in nodes:
         assert verify_log(n.dir / "data" / "provenance.db").ok
     assert torch.isfinite(peers[4].model.flat).all() and peers[4].history[-1].accepted == 2
+
+
+def test_an_epoch_cannot_jump_past_every_future_record(tmp_path):
+    """A record signed with epoch 2**63 - 1 (a stolen admin key) would leave no newer epoch for
+    the admin's own records: one record moves a peer's epoch by at most MAX_EPOCH_STEP."""
+    from gossip.membership import MAX_EPOCH_STEP
+
+    m = Membership(IDS[0].peer_id, "net", ADMIN.peer_id, {i.peer_id for i in IDS[:3]}, {IDS[1].peer_id: None},
+                   tmp_path / "membership.msgpack")
+    for epoch in (2**63 - 1, MAX_EPOCH_STEP + 1):
+        offer = m.offer(record(epoch))
+        assert offer.record is None and offer.reason == "bad_membership" and "jumps more than" in offer.detail
+    assert m.epoch == 0 and IDS[3].peer_id not in m.trusted
+    assert m.offer(record(MAX_EPOCH_STEP)).record is not None and m.epoch == MAX_EPOCH_STEP
+    assert m.offer(record(2 * MAX_EPOCH_STEP, action="revoke", peer=IDS[3])).record is not None

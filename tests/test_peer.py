@@ -118,6 +118,28 @@ def test_restarted_peer_resumes_with_its_model_and_round(tmp_path):
     assert again.state.seen == peers[1].state.seen
 
 
+def test_the_replay_window_and_parents_are_saved_in_the_checkpoint(tmp_path):
+    """What resume restores the window from: a mutant that checkpoints an empty window is seen
+    here (after a few rounds the live window is often empty, so the restart test cannot)."""
+    import asyncio
+
+    from peer.state import checkpoint as ckpt
+
+    nodes = plan(tmp_path, "ring:4")
+    p = memory_peer(nodes[1].config, MemoryHub())
+    seen = {(nodes[0].peer_id, 2), (nodes[2].peer_id, 3)}
+
+    async def write():
+        p.checkpoints.begin(3, None, seen, ["ab" * 32])
+        return await p.checkpoints.durable()
+
+    assert asyncio.run(write())[0] == 3
+    ck = ckpt.load(p.checkpoints.writer.latest, p.model.schema, p.model.size)
+    assert {tuple(x) for x in ck.replay} == seen and ck.parents == ["ab" * 32]
+    p.lock.release()
+    p.prov.close()
+
+
 def test_restarted_peer_catches_up_with_its_neighbours(tmp_path):
     from gossip.identity import load_key
 

@@ -99,6 +99,7 @@ def _crafted():
         Reason.NON_FINITE: (message(params=nan), {}),
         Reason.NON_CANONICAL: (wide_round, {}),
         Reason.WRONG_KIND: (message(kind="masked"), {}),  # masked contributions go to secure_mean peers only
+        Reason.PRIVACY_ROLLBACK: (message(eps=2.5), {"witnessed": {ALICE.peer_id: 7.0}}),
     }
 
 
@@ -106,6 +107,7 @@ def _crafted():
 def test_each_reason_code_has_a_crafted_message(reason):
     data, opts = _crafted()[reason]
     v = verifier()
+    v.witnessed = opts.get("witnessed")
     seen: set = set()
     if opts.get("replay"):  # the round state records what it accepted; the verifier only reads it
         first = v.verify(data, 5, seen)
@@ -115,6 +117,21 @@ def test_each_reason_code_has_a_crafted_message(reason):
     assert isinstance(r, Rejected), r
     assert r.reason == reason, (r.reason, r.detail)
     assert r.detail
+
+
+def test_a_sender_whose_signed_epsilon_goes_down_is_rejected_as_a_privacy_rollback():
+    """The epsilon is signed (part of the update id) and may only grow: once 7.0 was accepted from
+    a sender, 2.5 is its privacy ledger gone back, proven by its own signature."""
+    v = verifier()
+    v.witnessed = {}
+    for eps in (0.0, 7.0, 7.0, 9.5):
+        assert isinstance(v.verify(message(eps=eps), 5), Accepted)
+        v.witnessed[ALICE.peer_id] = eps  # what the peer's inbox records of an accepted update
+    r = v.verify(message(eps=9.0), 5)
+    assert r.reason == Reason.PRIVACY_ROLLBACK and r.authenticated and "9 after 9.5" in r.detail
+    assert verifier().verify(message(eps=2.5), 5).update_id != verifier().verify(message(eps=3.5), 5).update_id
+    forged = tamper(message(eps=9.5), eps=9.75)  # not re-signed
+    assert v.verify(forged, 5).reason == Reason.BAD_SIGNATURE
 
 
 def test_every_reason_is_covered():
@@ -249,9 +266,11 @@ def test_rejections_say_whether_the_sender_is_proven():
     nan = PARAMS.clone()
     nan[0] = float("inf")
     crafted = _crafted()
-    after_signature = {Reason.SCHEMA_MISMATCH, Reason.PAYLOAD_HASH_MISMATCH, Reason.NON_FINITE, Reason.WRONG_KIND}
+    after_signature = {Reason.SCHEMA_MISMATCH, Reason.PAYLOAD_HASH_MISMATCH, Reason.NON_FINITE, Reason.WRONG_KIND,
+                       Reason.PRIVACY_ROLLBACK}
     for reason, (data, opts) in crafted.items():
         v, seen = verifier(), set()
+        v.witnessed = opts.get("witnessed")
         if opts.get("replay"):
             seen.add((ALICE.peer_id, 5))
         r = v.verify(data, 5, seen)
@@ -417,3 +436,13 @@ def test_a_payload_of_the_wrong_size_is_a_codec_error(codec, n):
             with pytest.raises(CodecError, match=f"{size} bytes"):
                 decode(bytes(wrong), codec, n)
     assert decode(bytes(size), codec, n).shape == (n,)
+
+
+def test_a_start_below_what_a_neighbour_witnessed_is_a_rollback():
+    from peer.runtime.witness import rollback
+
+    assert rollback({"n1": (5, 2.0), "n2": None}, 5, 2.0) is None  # round 5 sent, resumed at 5: redone
+    assert "round 6" in rollback({"n1": (6, 2.0)}, 5, 2.0)
+    assert "epsilon 2.01" in rollback({"n1": (4, 2.01)}, 5, 2.0)
+    assert rollback({"n1": (4, 2.0 * (1 + 1e-12))}, 5, 2.0) is None  # the same float, rounded
+    assert rollback({}, 0, 0.0) is None

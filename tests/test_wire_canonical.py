@@ -70,12 +70,12 @@ def _swap(old: bytes, new: bytes) -> bytes:
 SENDER = ALICE.peer_id.encode()
 REENCODINGS = {
     "sorted keys (format v1 before it was fixed)": reencode(GOOD, sorted(msgpack.unpackb(GOOD))),
-    "payload before sig": reencode(GOOD, [*list(msgpack.unpackb(GOOD))[:12], "payload", "sig"]),
+    "payload before sig": reencode(GOOD, [*list(msgpack.unpackb(GOOD))[:13], "payload", "sig"]),
     "ts as float32": reencode(GOOD, use_single_float=True),
     "bin as str (use_bin_type=False)": reencode(GOOD, use_bin_type=False),
-    "map16 header": b"\xde\x00\x0e" + GOOD[1:],
-    "v as uint8": _swap(b"\xa1v\x02", b"\xa1v\xcc\x02"),
-    "v as int64": _swap(b"\xa1v\x02", b"\xa1v\xd3" + (2).to_bytes(8, "big")),
+    "map16 header": b"\xde\x00\x0f" + GOOD[1:],
+    "v as uint8": _swap(b"\xa1v\x03", b"\xa1v\xcc\x03"),
+    "v as int64": _swap(b"\xa1v\x03", b"\xa1v\xd3" + (3).to_bytes(8, "big")),
     "round as uint16": _swap(b"\xa5round\x05", b"\xa5round\xcd\x00\x05"),
     "round as int8": _swap(b"\xa5round\x05", b"\xa5round\xd0\x05"),
     "n as uint32": _swap(b"\xa1n\xcd\x01\x01", b"\xa1n\xce\x00\x00\x01\x01"),
@@ -88,15 +88,15 @@ REENCODINGS = {
     "payload as bin32": _swap(b"\xa7payload\xc5\x04\x04", b"\xa7payload\xc6\x00\x00\x04\x04"),
     "parents as array16": _swap(b"\xa7parents\x92", b"\xa7parents\xdc\x00\x02"),
     "key as str8": _swap(b"\xa4kind", b"\xd9\x04kind"),
-    "a duplicate key": b"\x8f" + GOOD[1:] + canonical("deg") + canonical(3),
-    "a duplicate key first": b"\x8f" + canonical("deg") + canonical(9) + GOOD[1:],
-    "an extra key": b"\x8f" + GOOD[1:] + canonical("zz") + canonical(1),
+    "a duplicate key": b"\xde\x00\x10" + GOOD[1:] + canonical("deg") + canonical(3),
+    "a duplicate key first": b"\xde\x00\x10" + canonical("deg") + canonical(9) + GOOD[1:],
+    "an extra key": b"\xde\x00\x10" + GOOD[1:] + canonical("zz") + canonical(1),
 }
 
 
 def test_the_format_fixes_the_key_order():
     assert list(msgpack.unpackb(GOOD)) == ["v", "net", "sender", "round", "ts", "kind", "schema", "codec", "n",
-                                          "deg", "parents", "payload_hash", "sig", "payload"]
+                                          "deg", "eps", "parents", "payload_hash", "sig", "payload"]
     assert canonical(msgpack.unpackb(GOOD, raw=False)) == GOOD  # what msgpack itself writes, in that order
 
 
@@ -277,8 +277,8 @@ def _hostile() -> dict[str, bytes]:
         "nested array32s": b"\xdd\x00\x00\x00\x01" * (mb4 // 5),
         "nested maps under v": b"\x81\xa1v" * (mb4 // 3),
         "map32 of 4G pairs": b"\xdf\xff\xff\xff\xff" + b"\xc0" * mb4,
-        "net of 4 GB declared": b"\x8e\xa1v\x02\xa3net\xdb\xff\xff\xff\xff" + b"a" * mb4,
-        "net of 4 MB": b"\x8e\xa1v\x02\xa3net\xdb" + mb4.to_bytes(4, "big") + b"a" * mb4,
+        "net of 4 GB declared": b"\x8f\xa1v\x03\xa3net\xdb\xff\xff\xff\xff" + b"a" * mb4,
+        "net of 4 MB": b"\x8f\xa1v\x03\xa3net\xdb" + mb4.to_bytes(4, "big") + b"a" * mb4,
         "parents of 4G items": _swap(b"\xa7parents\x92", b"\xa7parents\xdd\xff\xff\xff\xff") + b"\x00" * mb4,
         "a 4 MB payload for 257 values": header_then + b"\xc6" + mb4.to_bytes(4, "big") + b"\x00" * mb4,
         "1 MB of garbage": os.urandom(1 << 20),
@@ -342,7 +342,7 @@ def test_seal_refuses_what_parse_would_refuse():
     x = encode(PARAMS)
     base = dict(net="net", round=1, schema=SCHEMA, payload=x, codec="raw-f32", n=N)
     for changes, field in [({"schema": bytes(31)}, "schema"), ({"parents": [bytes(33)]}, "parents"),
-                           ({"round": -1}, "round"), ({"deg": 2**64}, "deg"), ({"ts": float("inf")}, "ts"),
+                           ({"round": -1}, "round"), ({"deg": 2**64}, "deg"), ({"ts": float("inf")}, "ts"), ({"eps": -1.0}, "eps"), ({"eps": float("nan")}, "eps"),
                            ({"codec": "zip"}, "codec"), ({"n": N + 1}, "payload")]:
         with pytest.raises(ValueError, match=field):
             seal(ALICE, **{**base, **changes})
@@ -368,10 +368,10 @@ def test_an_envelope_built_by_hand_computes_its_id_from_the_header():
 # --- the signature and the update id, computed here from the format's description -------------
 
 
-def test_the_signature_covers_sha256_of_the_domain_and_the_12_header_fields():
+def test_the_signature_covers_sha256_of_the_domain_and_the_13_header_fields():
     obj = msgpack.unpackb(GOOD, raw=False)
     header = {k: obj[k] for k in ["v", "net", "sender", "round", "ts", "kind", "schema", "codec", "n", "deg",
-                                  "parents", "payload_hash"]}
+                                  "eps", "parents", "payload_hash"]}
     digest = hashlib.sha256(b"gossipfl/envelope/v1\x00" + msgpack.packb(header, use_bin_type=True)).digest()
     ALICE.private_key.public_key().verify(obj["sig"], digest)  # raises InvalidSignature if not
     assert parse(GOOD).update_id == header_digest(parse(GOOD).header).hex() == digest.hex()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from gossip.lazy import lazy
 
 from ..state import checkpoint as ckpt
+from ..state import files
 from ..state.provenance import EventKind, NewEvent
 from ..state.resume import load_for_resume
 
@@ -45,11 +46,7 @@ class CheckpointWriter:
         def write() -> tuple[Path, str]:
             digest = ckpt.params_hash(ck.params)
             tmp = ckpt.write(self.path, ck)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            files.fsync_path(tmp)
             return tmp, digest
 
         self._job = (asyncio.get_running_loop().run_in_executor(None, write), ck.round)

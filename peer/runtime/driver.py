@@ -30,6 +30,7 @@ from .context import RoundContext, RoundRecord, log_round
 from .inbox import Inbox, Listener
 from .journal import Journal
 from .membership import allowed_peers
+from .membership import restore as restore_membership
 from .metrics import PeerMetrics
 from .outbox import Outbox
 from .parts import PeerParts, build_parts, config_folder, membership_of, policy_of, verifier_of
@@ -38,6 +39,7 @@ from .round import OfferKind, Phase, RoundState
 from .stack import UpdateStack
 from .tasks import TaskSet
 from .wires import make_wire
+from .witness import Witness, confirm_past
 
 log = logging.getLogger("gossipfl.peer")
 OWED_MAX = 30.0  # seconds a stopping peer gives neighbours' rounds to get what they need from it
@@ -62,7 +64,7 @@ class Peer:
         self.lock.acquire()  # before the log and the checkpoint are touched
         try:
             self.prov = ProvenanceLog(Path(cfg.data_dir) / "provenance.db", self.identity, cfg.network)
-            self.membership.load()  # the admin's records since the trust list, verified again
+            restore_membership(self.membership, self.prov)  # from the verified log (and its cache file)
             if self.membership.own_revocation is not None:
                 raise RevokedError(f"this peer ({self.peer_id}) was revoked by the network admin at epoch "
                                    f"{self.membership.own_revocation}; it cannot rejoin with this key")
@@ -83,13 +85,11 @@ class Peer:
                              retry_cap=cfg.round.interval or cfg.round.deadline)
         self.journal = Journal(self.prov, self.checkpoints.publish, self.outbox, self.failed)
         self.listener = Listener(self.transport, self.tasks, self.receive, self.failed)
+        self.inbox.witness = self.witness = Witness(self.prov, self.peer_id, cfg.network, self.verifier)
         self.history: list[RoundRecord] = []
-        self.ctx = RoundContext(started=0.0)
-        self._wake, self._stop = asyncio.Event(), asyncio.Event()
-        self.failure: BaseException | None = None
-        self.revoked_at: int | None = None
-        self.started = False
-        self.resumed_from: int | None = None
+        self.ctx, self._wake, self._stop = RoundContext(started=0.0), asyncio.Event(), asyncio.Event()
+        self.failure, self.revoked_at = None, None  # what stopped it (an exception); the epoch it was revoked at
+        self.started, self.resumed_from = False, None  # resumed_from: the round of the checkpoint it resumed
 
     @classmethod
     def from_config(cls, cfg: PeerConfig, transport: Transport | None = None) -> Peer:
@@ -132,11 +132,11 @@ class Peer:
         self.resume()
         await self.go_online()
         await self._apply_neighbours()  # the stored membership records count from the start
-        addrs = self.transport.addresses()
+        addrs, past = self.transport.addresses(), await confirm_past(self)  # neighbours witness its past
         self.journal.add(NewEvent(EventKind.STARTED, self.round, details={
             "neighbours": self.neighbours, "rule": self.cfg.aggregation.rule, "f": self.cfg.aggregation.f,
             "transport": self.cfg.transport.kind, "addresses": addrs, "resumed_from": self.resumed_from,
-            "schema": self.model.schema.hex(), "params": self.model.size}))
+            "schema": self.model.schema.hex(), "params": self.model.size, **past}))
         if self.resumed_from is None:  # a first checkpoint: a diverging first round has a model to return to
             await self._execute(self.state.persist())
             await self._commit_durable()
@@ -148,8 +148,7 @@ class Peer:
         self.started = True
 
     def request_stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
+        self._stop.set(), self._wake.set()
 
     def failed(self, what: str, exc: BaseException) -> None:
         """A background task died: say why and stop the peer (never a silent half-alive peer)."""
@@ -218,7 +217,8 @@ class Peer:
             raise RevokedError(f"this peer ({self.peer_id}) was revoked by the network admin at epoch "
                                f"{self.revoked_at}; it stopped and must not be restarted with this key")
         if self.failure is not None:
-            raise PeerError(f"the peer stopped: {type(self.failure).__name__}: {self.failure}")
+            raise self.failure if isinstance(self.failure, PeerError) else PeerError(  # its own exit status
+                f"the peer stopped: {type(self.failure).__name__}: {self.failure}")
         return self.history
 
     # --- one round -------------------------------------------------------------------
@@ -375,7 +375,8 @@ class Peer:
         """Seal the own update; log `sent` durably before anything leaves (never a receipt
         without a send); then transmit each neighbour its bytes."""
         fields = dict(net=self.cfg.network, round=cmd.round, schema=self.model.schema, codec=self.cfg.round.codec,
-                      parents=[bytes.fromhex(x) for x in cmd.parents], deg=len(self.neighbours))
+                      parents=[bytes.fromhex(x) for x in cmd.parents], deg=len(self.neighbours),
+                      eps=self.privacy.signed())
         out = await self.wire.seal(self.ctx.own, self.neighbours, fields, cmd.transmit)
         await self._execute(self.state.sent(out.update_id, [
             (nb, s.update_id, {"bytes": len(s.data), **out.details}) for nb, s in out.per_neighbour.items()]))

@@ -21,6 +21,7 @@ from .commands import Command, Offer, Reject, Screened
 from .membership import Membership, on_record
 from .tasks import TaskSet
 from .wire import Wire
+from .witness import Witness, is_witness
 
 VERIFY_IN_THREAD_BYTES = 1 << 20
 VERIFY_WORKERS = 2
@@ -45,12 +46,15 @@ class Inbox:
         self.pool = ThreadPoolExecutor(max_workers=VERIFY_WORKERS, thread_name_prefix="verify")
         self.slots = asyncio.Semaphore(VERIFY_WORKERS)
         self.open = True
+        self.witness: Witness | None = None  # set by the peer once its log is open
 
     def sort(self, hint: str | None, data, round_: int, seen, neighbours: list[str]) -> list[Command]:
         """One message from the transport (`hint`: the sender it claims, unproven)."""
         self.count_bytes(len(data))
         if is_record(data):
             return on_record(self.membership, hint, data, round_, neighbours)
+        if is_witness(data):  # a neighbour asking what it holds of this peer's past, or answering
+            return self.witness.on_message(hint, data) if self.witness is not None else []
         kind = self.wire.kind_of(data)
         if kind is not None:
             return self.wire.on_message(kind, hint, data, self.membership.trusted, round_)
@@ -77,6 +81,9 @@ class Inbox:
 
     def _offer(self, result: Accepted | Rejected, size: int, neighbours: list[str]) -> Command:
         if isinstance(result, Accepted):
+            witnessed, sender = self.verifier.witnessed, result.sender
+            if witnessed is not None:  # the sender's budget as it signed it: never lower from now on
+                witnessed[sender] = max(witnessed.get(sender, 0.0), result.envelope.header["eps"])
             opened = self.wire.open(result, neighbours)
             if isinstance(opened, Reject):
                 return opened

@@ -1,6 +1,7 @@
 """The fleet as one peer knows it: the trust list (epoch 0) plus the admin's records since.
 
-Records are applied at once and persisted (DATA_DIR/membership.msgpack, rewritten atomically);
+Records are applied at once, logged as `membership` events (the verified log is the source of
+truth at start) and cached (DATA_DIR/membership.msgpack, rewritten atomically);
 on restart every stored record is verified again against the admin key, so the file is no
 more trusted than the network. Pure bookkeeping: the peer decides what to do with a change
 (new neighbours count from the next round; a revocation counts at once).
@@ -9,16 +10,24 @@ more trusted than the network. Pure bookkeeping: the peer decides what to do wit
 from __future__ import annotations
 
 import logging
-import os
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
 
 from gossip.files import FileReadError, read_limited
-from gossip.membership import MAX_RECORD, MembershipError, Record, open_record
+from gossip.membership import (
+    MAGIC,
+    MAX_EPOCH_STEP,
+    MAX_RECORD,
+    MembershipError,
+    Record,
+    open_record,
+)
 
 from ..errors import PeerError
+from ..state import files
 from ..state.provenance import EventKind, NewEvent
 from .commands import Command, Forget, Log, Reject, Revoked, SetAllowed, Transmit
 
@@ -52,10 +61,37 @@ class Membership:
     records: list[bytes] = field(default_factory=list)
     revoked_at: dict[str, int] = field(default_factory=dict)
 
-    def load(self) -> None:
-        """Re-apply the stored records, each verified again; a file that does not verify is an error."""
+    def load(self, logged: list[bytes] = ()) -> list[Record]:
+        """Re-apply the records the verified provenance log holds (`logged`, the source of truth)
+        and the cached file's, each verified again against the admin key, in epoch order. A record
+        the log holds that no longer applies is an error (the admin key changed?); the file is a
+        cache: a copy that is unreadable or holds a record that does not verify is set aside with a
+        warning (the log has every record that was applied). The file is rewritten when it differs.
+        Returns the file's records the log lacks (applied, killed before its event was logged): the
+        caller logs them."""
+        cached = self._cached()
+        known = set(map(bytes, logged))
+        for data in logged:
+            offer = self.offer(bytes(data), persist=False)
+            if offer.record is None and offer.reason:
+                raise MembershipFileError(f"a membership record in the provenance log does not apply ({offer.detail}); "
+                                          "is trust.toml's admin key the one that signed it?")
+        extra = []
+        for data in sorted((d for d in cached if d not in known), key=_epoch):
+            offer = self.offer(data, persist=False)
+            if offer.record is not None:
+                extra.append(offer.record)
+            elif offer.reason == "bad_membership":
+                log.warning("%s: a cached record does not verify (%s): ignored; the provenance log holds the "
+                            "membership", self.path, offer.detail)
+        if self.path is not None and (cached != self.records or not self.path.exists()) and self.records:
+            self._save()
+        return extra
+
+    def _cached(self) -> list[bytes]:
+        """The records of the membership file ([] when there is none or it is unreadable)."""
         if self.path is None or not self.path.exists():
-            return
+            return []
         try:
             raw = read_limited(self.path, MAX_RECORDS * (MAX_RECORD + 16), "membership file")
             stored = msgpack.unpackb(raw, raw=False, max_bin_len=MAX_RECORD, max_array_len=MAX_RECORDS,
@@ -63,13 +99,9 @@ class Membership:
             if not isinstance(stored, list) or not all(isinstance(d, bytes) for d in stored):
                 raise ValueError("not a list of records")
         except (FileReadError, ValueError, msgpack.UnpackException) as exc:
-            raise MembershipFileError(f"{self.path}: unreadable ({exc}); move it aside to start from the trust "
-                                      "list and let the neighbours pass the records on again") from None
-        for data in stored:
-            offer = self.offer(data, persist=False)
-            if offer.record is None:
-                raise MembershipFileError(f"{self.path}: a stored record does not apply ({offer.detail}); "
-                                          "move it aside to start from the trust list")
+            log.warning("%s: unreadable (%s): ignored; rebuilt from the provenance log", self.path, exc)
+            return []
+        return stored
 
     @property
     def own_revocation(self) -> int | None:
@@ -87,6 +119,9 @@ class Membership:
             return Offer(None, "", "already applied")
         if record.epoch <= self.epoch:
             return Offer(None, "stale_membership", f"epoch {record.epoch}, this peer is at epoch {self.epoch}")
+        if record.epoch > self.epoch + MAX_EPOCH_STEP:
+            return Offer(None, "bad_membership", f"epoch {record.epoch} jumps more than {MAX_EPOCH_STEP} past this "
+                                                 f"peer's epoch {self.epoch}")
         self._apply(record)
         self.records.append(record.data)
         if persist:
@@ -112,12 +147,36 @@ class Membership:
     def _save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(msgpack.packb(self.records[-MAX_RECORDS:], use_bin_type=True))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        files.write_atomic(self.path, msgpack.packb(self.records[-MAX_RECORDS:], use_bin_type=True))
+
+
+def _epoch(data: bytes) -> int:
+    """A record's epoch before it is verified (order only; offer() checks everything)."""
+    try:
+        return int(msgpack.unpackb(msgpack.unpackb(data[len(MAGIC):], raw=False, max_map_len=2, max_array_len=4)["body"],
+                                   raw=False, max_array_len=256, max_map_len=8)["epoch"])
+    except Exception:
+        return 0
+
+
+def restore(membership: Membership, prov) -> None:
+    """Rebuild `membership` from the peer's verified log (and its cache file), and log the cached
+    records the log lacks (applied by a peer killed before it logged them)."""
+    unlogged = membership.load(logged_records(prov.events(EventKind.MEMBERSHIP)))
+    prov.append_many(NewEvent(EventKind.MEMBERSHIP, None, r.peer, r.record_id, {**r.summary(), "bytes": r.data.hex()})
+                     for r in unlogged)
+
+
+def logged_records(events) -> list[bytes]:
+    """The admin's records carried by `membership` events (their `bytes`), in log order."""
+    out = []
+    for ev in events:
+        raw = ev.details.get("bytes") if isinstance(ev.details, dict) else None
+        try:
+            out.append(bytes.fromhex(raw))
+        except (TypeError, ValueError):
+            continue
+    return out
 
 
 def allowed_peers(neighbours, admin: str | None) -> set[str]:
@@ -152,9 +211,37 @@ def on_record(membership: Membership, hint: str | None, data, round_: int, neigh
 def stored_membership(own_id: str, network: str, trust, neighbours: dict[str, str | None],
                       data_dir: Path) -> Membership:
     """The fleet as a peer starts into it: the trust list and its configured neighbours with
-    the admin's records stored in DATA_DIR applied (verified again). Read only: the running
-    peer keeps its own and persists it."""
+    the admin's records its provenance log and membership file hold applied (each verified
+    again). Read only, before the data folder is locked (the log's chain is verified when the
+    peer opens it; the records carry the admin's signature): the running peer keeps its own."""
     view = Membership(own_id, network, getattr(trust, "admin", None), set(trust.peers), dict(neighbours),
-                      Path(data_dir) / "membership.msgpack")
-    view.load()
+                      None)
+    cache = Path(data_dir) / "membership.msgpack"
+    view.path = cache
+    try:
+        records = view._cached()
+    finally:
+        view.path = None
+    try:
+        view.load([*logged_records(_peek_membership(Path(data_dir) / "provenance.db")), *records])
+    except MembershipFileError:
+        pass  # the running peer says why, once its log is open
     return view
+
+
+def _peek_membership(db: Path) -> list:
+    """The log's `membership` events, read without opening it for writing ([] if unreadable)."""
+    from ..state.provenance import ProvenanceError, connect, iter_events, row_to_event
+
+    if not db.is_file() or db.is_symlink():
+        return []
+    try:
+        con = connect(db)
+    except ProvenanceError:
+        return []
+    try:
+        return [row_to_event(r) for r in iter_events(con, "WHERE kind = ?", (EventKind.MEMBERSHIP.value,))]
+    except sqlite3.DatabaseError:
+        return []
+    finally:
+        con.close()

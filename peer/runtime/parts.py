@@ -161,7 +161,7 @@ def verifier_of(parts: PeerParts, membership: Membership, masked_words: int | No
     cfg, model = parts.cfg, parts.model
     return Verifier(cfg.network, membership.trusted, model.schema, model.size, neighbours=set(parts.neighbours),
                     max_size=parts.max_message, max_lag=0, max_lead=cfg.round.max_lead, revoked=membership.revoked,
-                    masked_words=masked_words)
+                    masked_words=masked_words, witnessed={})
 
 
 def policy_of(parts: PeerParts) -> RoundPolicy:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import dataclass
 
 from gossip.lazy import lazy
@@ -80,6 +81,12 @@ class PeerPrivacy:
     def epsilon(self) -> float:
         """Epsilon under add/remove (of a gateway's data in update mode, of a record in record mode)."""
         return self.acct.epsilon() if self.acct is not None else 0.0
+
+    def signed(self) -> float:
+        """The cumulative epsilon an update carries in its signed header (0 without privacy; the
+        largest float for an unbounded one): neighbours refuse a sender whose value goes down."""
+        eps = self.epsilon()
+        return eps if math.isfinite(eps) else sys.float_info.max
 
     def epsilon_replace(self) -> float:
         """The same releases' epsilon under replacement (one unit swapped for another)."""

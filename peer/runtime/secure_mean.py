@@ -87,6 +87,7 @@ class SecureMeanWire(Wire):
         self.schema, self.n_params, self.off_loop, self.random = schema, n_params, off_loop, random
         self.exch: SecAggExchange | None = None
         self.inputs: dict[int, torch.Tensor] = {}  # round -> the own model it masks (this round's and the last)
+        self.eps = 0.0  # the signed epsilon of the last update sealed
 
     def exchange(self, policy) -> Exchange:
         self.exch = SecAggExchange(policy, self.identity, self.network, self.setup.groups, self.n_params,
@@ -103,6 +104,7 @@ class SecureMeanWire(Wire):
 
     async def seal(self, own, neighbours, fields, transmit) -> Outgoing:
         record = await self.off_loop(own.numel() * 4, seal_update, self.identity, own, **fields)
+        self.eps = fields.get("eps", 0.0)  # the masked envelopes carry the same signed epsilon
         r = fields["round"]
         self.inputs = {k: v for k, v in self.inputs.items() if k >= r - 1}
         if transmit:  # kept: receivers may forward their shares after this peer's round ended
@@ -145,7 +147,8 @@ class SecureMeanWire(Wire):
             def masked_envelope(s=s, x=x, fp=fp):
                 payload = s.mask(x, fp)  # a ChaCha20 stream per other dealer, and the self-mask
                 return seal(self.identity, net=self.network, round=cmd.round, schema=self.schema, payload=payload,
-                            codec="u32", n=masked_words(self.n_params), kind=MASKED_KIND, deg=degree)
+                            codec="u32", n=masked_words(self.n_params), kind=MASKED_KIND, deg=degree,
+                            eps=self.eps)
 
             try:
                 sealed = await self.off_loop(kept.numel() * 4, masked_envelope)

@@ -15,12 +15,14 @@ from .driver import Peer
 log = logging.getLogger("gossipfl.peer")
 
 
-async def serve(cfg: PeerConfig, rounds: int | None = None) -> int:
-    """Run until the configured rounds are done or SIGINT/SIGTERM; a second signal exits at once."""
+async def serve(cfg: PeerConfig, rounds: int | None = None, accept_rollback: bool = False) -> int:
+    """Run until the configured rounds are done or SIGINT/SIGTERM; a second signal exits at once.
+    `accept_rollback`: start even from a state older than the neighbours witnessed (logged)."""
     from .process import configure_process
 
     configure_process()
     peer = Peer.from_config(cfg)
+    peer.witness.accept = accept_rollback
     loop = asyncio.get_running_loop()
     signals = {"count": 0}
     notifier = Notifier.from_env()

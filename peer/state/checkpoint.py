@@ -3,7 +3,8 @@ and the model's schema (parameter names, shapes, input size) so that `gossipfl p
 rebuilds a usable model without the training data.
 
 msgpack with raw little-endian float32 bytes (no pickle); written to a temporary file,
-fsynced, renamed over the old one, and the directory fsynced: a crash leaves either the
+fsynced, renamed over the old one, and the directory fsynced (peer.state.files: never
+through a link, mode 0600): a crash leaves either the
 old or the new checkpoint, never a torn one.
 """
 
@@ -24,6 +25,7 @@ from gossip.identity import MAX_PEER_ID_LEN
 from ..errors import PeerError
 from ..learning.learner import MAX_STATE_TENSORS, state_limit
 from ..learning.model import schema_hash
+from . import files
 
 FORMAT = "gossipfl-checkpoint/1"
 
@@ -103,7 +105,7 @@ def write(path: str | os.PathLike, ck: Checkpoint) -> Path:
     """Write the checkpoint beside `path` (not yet durable, not yet in place); returns the
     temporary file for commit(): a crash in between leaves the old checkpoint."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.make_dir(path.parent)
     doc = {"format": FORMAT, "round": ck.round, "schema": ck.schema}
     if ck.model is not None:  # written only when known; before the parameters, so export reads it first
         doc["model"] = ck.model.to_doc()
@@ -112,7 +114,16 @@ def write(path: str | os.PathLike, ck: Checkpoint) -> Path:
     if ck.learner:
         doc["learner"] = _state_doc(ck.learner)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    try:
+        _write_doc(files.open_fresh(tmp), doc)
+    except OSError as exc:  # the disk is full, or failed: the old checkpoint stays in place
+        tmp.unlink(missing_ok=True)
+        raise files.disk_error(tmp, exc, "write") from None
+    return tmp
+
+
+def _write_doc(fd: int, doc: dict) -> None:
+    with os.fdopen(fd, "wb") as fh:
         # the same msgpack map packb would build, written piece by piece so the parameter
         # blocks go from the tensors to the file without a copy
         packer = msgpack.Packer(use_bin_type=True)
@@ -124,24 +135,12 @@ def write(path: str | os.PathLike, ck: Checkpoint) -> Path:
                 fh.write(value)
             else:
                 fh.write(packer.pack(value))
-    return tmp
 
 
 def commit(tmp: Path, path: str | os.PathLike) -> None:
     """fsync the written file, rename it over the old checkpoint, fsync the directory: a
     crash at any point leaves the old or the new checkpoint, never a torn one."""
-    path = Path(path)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    files.replace(tmp, path)
 
 
 MAX_REPLAY = 1 << 16  # (sender, round) pairs in the replay window
@@ -183,7 +182,7 @@ def load(path: str | os.PathLike, schema: bytes, n_params: int) -> Checkpoint | 
         raise CheckpointError(f"{path}: unreadable ({exc.strerror})") from None
     doc = _parse(path, raw, limit)
     if doc["schema"] != schema:
-        raise CheckpointError(f"{path}: saved for a different model (schema differs); move it away to start fresh")
+        raise CheckpointError(f"{path}: saved for a different model (its schema differs from the configured model's)")
 
     def bad(field_: str, why: str) -> CheckpointError:
         return CheckpointError(f"{path}: field {field_!r} {why}")
@@ -221,8 +220,8 @@ def _parse(path: Path, raw: bytes, limit: int) -> dict:
         doc = msgpack.unpackb(raw, raw=False, max_bin_len=limit, max_str_len=1 << 12,
                               max_array_len=MAX_REPLAY, max_map_len=max(4 * len(_KEYS), MAX_STATE_TENSORS),
                               strict_map_key=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}); move it away to start fresh") from None
+    except Exception:
+        raise CheckpointError(f"{path}: unreadable checkpoint (not a well-formed msgpack document)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a gossipfl checkpoint")
     if not _KEYS <= set(doc) <= _KEYS | _OPTIONAL:
@@ -292,6 +291,6 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
                 if key == "model":
                     return _model_info(path, {"model": unpacker.unpack()})
                 unpacker.skip()
-        except Exception as exc:
-            raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+        except Exception:
+            raise CheckpointError(f"{path}: unreadable checkpoint (not a well-formed msgpack document)") from None
     return None

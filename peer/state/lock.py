@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from ..errors import PeerError
+from . import files
 
 
 class DataDirLocked(PeerError):
@@ -25,8 +26,8 @@ class DataDirLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        files.make_dir(self.path.parent)
+        fd = files.open_kept(self.path)  # never through a link, 0600
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -34,8 +35,12 @@ class DataDirLock:
             os.close(fd)
             raise DataDirLocked(f"{self.path.parent} is in use by another gossipfl peer (pid {holder}); "
                                 "stop it first, or give this peer its own storage.dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            files.write_all(fd, f"{os.getpid()}\n".encode(), self.path)
+        except BaseException:
+            os.close(fd)
+            raise
         self.fd = fd
 
     def release(self) -> None:

@@ -9,13 +9,14 @@ the sender really signed that update without anyone trusting this peer.
 
 A log is born whole: it is built under a temporary name with its meta and a signed
 genesis head (seq 0) and renamed into place, so every log this code wrote has a head
-from its first moment. Opening a log checks its tail against that head (O(1) rows)
-and refuses to append to a log that is truncated, cut, re-signed or not a log at all.
+from its first moment. Opening a log checks its whole chain against that head (peer.state.chain:
+one SHA-256 per event) and refuses a log that is truncated, cut, edited anywhere, re-signed or not
+a log at all, naming the first event that does not fit: what start-up then reads (the last
+checkpoint, privacy and membership events) is what the peer wrote.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -28,16 +29,23 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from gossip.identity import Identity, verify_signature
 
-from ..errors import ProvenanceError
+from ..errors import ProvenanceError, TransientError
+from . import files
+from .chain import (  # noqa: F401 (the log's primitives, imported from here by the audit and tests)
+    EVENT_DOMAIN,
+    FORMAT,
+    GENESIS,
+    HEAD_DOMAIN,
+    ChainError,
+    event_hash,
+    head_message,
+    read_head,
+    signed_head,
+    verify_chain,
+)
 
-FORMAT = "gossipfl-provenance/1"
-EVENT_DOMAIN = b"gossipfl/event/v1\x00"
-HEAD_DOMAIN = b"gossipfl/head/v1\x00"
-GENESIS = "0" * 64
 MAX_DETAILS_DEPTH = 32  # containers inside containers in an event's details
 
 
@@ -162,33 +170,6 @@ def _nesting(text: str) -> int:
     return deepest
 
 
-def event_hash(peer_id: str, seq: int, ts: float, kind: str, round_: int | None,
-               counterpart: str | None, update_hash: str | None, details: str, prev: str) -> str:
-    body = msgpack.packb([FORMAT, peer_id, seq, ts, kind, round_, counterpart, update_hash, details, prev],
-                         use_bin_type=True)
-    return hashlib.sha256(EVENT_DOMAIN + body).hexdigest()
-
-
-def head_message(seq: int, hash_: str) -> bytes:
-    return HEAD_DOMAIN + msgpack.packb([seq, hash_])
-
-
-def signed_head(identity: Identity, seq: int, hash_: str) -> bytes:
-    """The head row's value: [seq, hash, signature of head_message(seq, hash)]."""
-    return msgpack.packb([seq, hash_, identity.sign(head_message(seq, hash_))], use_bin_type=True)
-
-
-def read_head(raw: Any) -> tuple[int, str, bytes] | None:
-    """(seq, hash, signature) of a stored head, None if it is not one."""
-    try:
-        seq, hash_, sig = msgpack.unpackb(raw, raw=False, max_bin_len=256, max_str_len=256, max_array_len=3)
-    except Exception:
-        return None
-    if type(seq) is not int or not isinstance(hash_, str) or not isinstance(sig, bytes):
-        return None
-    return seq, hash_, sig
-
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -215,10 +196,13 @@ def connect(path: str | os.PathLike, create: bool = False) -> sqlite3.Connection
     if not create and not path.is_file():
         raise ProvenanceError(f"{path}: no such provenance database")
     try:
-        con = sqlite3.connect(f"file:{path}?mode={'rwc' if create else 'rw'}", uri=True,
-                              isolation_level=None, timeout=30, check_same_thread=False)  # a peer writes from its journal's thread
+        con = sqlite3.connect(f"file:{path}?mode={'rwc' if create else 'rw'}&nofollow=1", uri=True,
+                              isolation_level=None, timeout=30, check_same_thread=False)  # written by the journal's thread
         con.execute("PRAGMA journal_mode=WAL")
     except sqlite3.DatabaseError as exc:
+        if _disk_trouble(exc):  # the WAL and its index could not be made: a full disk, not a bad file
+            raise TransientError(f"cannot open the provenance log {path}: {exc}; the peer stops and is restarted "
+                                 "later (free space in its data folder)") from None
         raise ProvenanceError(f"{path}: not a provenance database ({exc})") from None
     return con
 
@@ -249,67 +233,49 @@ def iter_events(con: sqlite3.Connection, where: str = "", args: tuple = ()) -> I
     yield from con.execute(f"SELECT {_COLUMNS} FROM events {where} ORDER BY seq", args)
 
 
-def check_tail(con: sqlite3.Connection, peer_id: str, head: Any) -> tuple[int, str]:
-    """(last seq, last hash) if the log's end agrees with its signed head; ProvenanceError
-    naming the disagreement otherwise. Reads the head and the last two rows only: the
-    whole chain is `audit verify`'s job, this catches cuts, rollbacks and forged heads."""
-    parsed = read_head(head)
-    if parsed is None:
-        raise ProvenanceError("the signed head is missing or unreadable" if head is None
-                              else "the signed head is unreadable")
-    head_seq, head_hash, head_sig = parsed
-    if not verify_signature(peer_id, head_sig, head_message(head_seq, head_hash)):
-        raise ProvenanceError("the signed head's signature does not verify with this peer's key")
-    rows = con.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq DESC LIMIT 2").fetchall()
-    if not rows:
-        if (head_seq, head_hash) != (0, GENESIS):
-            raise ProvenanceError(f"the signed head names event {head_seq} but the log has no events "
-                                  "(events deleted)")
-        return 0, GENESIS
-    seq, ts, kind, rnd, cp, uh, details, prev, h, sig = rows[0]
-    if (head_seq, head_hash) != (seq, h):
-        raise ProvenanceError(f"the signed head names event {head_seq} but the log ends at event {seq} "
-                              "(events cut off the end, or the log rolled back)")
-    if not isinstance(details, str) or not isinstance(sig, bytes) \
-            or event_hash(peer_id, seq, ts, kind, rnd, cp, uh, details, prev) != h:
-        raise ProvenanceError(f"event {seq}'s hash does not match its content (altered)")
-    if not verify_signature(peer_id, sig, bytes.fromhex(h)):
-        raise ProvenanceError(f"event {seq}'s signature does not verify with this peer's key")
-    before = rows[1] if len(rows) > 1 else None
-    expected_prev = (before[0], before[8]) if before else (0, GENESIS)
-    if expected_prev != (seq - 1, prev):
-        raise ProvenanceError(f"event {seq} does not follow event {seq - 1} (events deleted or altered)")
-    return seq, h
-
-
 def _create(path: Path, identity: Identity, network: str) -> None:
     """Build a new log under a temporary name (meta and a signed genesis head) and rename it
     into place: a crash leaves no log or a whole one, never an empty file."""
     tmp = path.with_name(path.name + ".new")
-    for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
-        leftover.unlink(missing_ok=True)
-    con = connect(tmp, create=True)
+    for side in ("-wal", "-shm"):
+        Path(f"{tmp}{side}").unlink(missing_ok=True)  # a link is removed, never followed
+    os.close(files.open_fresh(tmp))  # empty, 0600, not through a link: SQLite makes it a database
     try:
-        con.execute("PRAGMA synchronous=FULL")
-        con.executescript(_SCHEMA)
-        con.execute("BEGIN IMMEDIATE")
-        con.executemany("INSERT INTO meta VALUES (?, ?)", [
-            ("format", FORMAT), ("peer_id", identity.peer_id), ("network", network), ("created", time.time()),
-            ("head", signed_head(identity, 0, GENESIS))])
-        con.execute("COMMIT")
-    finally:
-        con.close()  # the last connection checkpoints the WAL into the file and removes it
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _fsync(path.parent)
+        con = connect(tmp, create=True)
+        try:
+            con.execute("PRAGMA synchronous=FULL")
+            con.executescript(_SCHEMA)
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("format", FORMAT), ("peer_id", identity.peer_id), ("network", network), ("created", time.time()),
+                ("head", signed_head(identity, 0, GENESIS))])
+            con.execute("COMMIT")
+        finally:
+            con.close()  # the last connection checkpoints the WAL into the file and removes it
+    except (ProvenanceError, sqlite3.OperationalError) as exc:
+        tmp.unlink(missing_ok=True)
+        if _disk_trouble(exc):
+            raise TransientError(f"cannot create the provenance log {path}: {_plain(exc)}; the peer stops and is "
+                                 "restarted later (free space in its data folder)") from None
+        raise
+    files.replace(tmp, path)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _disk_trouble(exc: BaseException) -> bool:
+    """SQLite's words for a full disk, a quota or a failing device (transient: restart later)."""
+    text = str(exc).lower()
+    return any(w in text for w in ("disk is full", "disk i/o error", "database or disk is full", "no space",
+                                   "readonly database", "unable to open database file"))
+
+
+def _plain(exc: BaseException) -> str:
+    return str(exc).rsplit("(", 1)[-1].rstrip(")") if "(" in str(exc) else str(exc)
+
+
+def _where(exc: ChainError) -> str:
+    if exc.seq is None:
+        return exc.problem
+    return f"event {exc.seq}" + (f" ({exc.kind})" if exc.kind else "") + f": {exc.problem}"
 
 
 class ProvenanceLog:
@@ -322,11 +288,16 @@ class ProvenanceLog:
     def __init__(self, path: str | os.PathLike, identity: Identity, network: str = ""):
         self.path = Path(path)
         self.identity = identity
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
+        files.make_dir(self.path.parent)
+        if not self.path.exists() and not self.path.is_symlink():
             _create(self.path, identity, network)
-        elif not self.path.is_file() or self.path.stat().st_size == 0:
-            raise self._refuse("empty (0 bytes) or not a file: a log is never created empty, so it was truncated")
+        elif self.path.is_symlink() or not self.path.is_file():
+            raise self._refuse("it is not a regular file (a symbolic link, a directory or a device)")
+        elif self.path.stat().st_size == 0:
+            raise self._refuse("it is empty (0 bytes), and a log is never created empty: it was truncated")
+        for side in ("-wal", "-shm"):  # SQLite opens these beside the log itself
+            files.refuse_link(f"{self.path}{side}")
+        os.chmod(self.path, files.MODE)  # a regular file (checked above); SQLite's side files take its mode
         try:
             self.con = connect(self.path)
         except ProvenanceError as exc:
@@ -340,30 +311,31 @@ class ProvenanceLog:
             if meta["peer_id"] != identity.peer_id:
                 raise ProvenanceError(f"{self.path} belongs to peer {meta['peer_id']}, not {identity.peer_id}")
             try:
-                self._seq, self._prev = check_tail(self.con, identity.peer_id, meta.get("head"))
-            except ProvenanceError as exc:
-                raise self._refuse(str(exc)) from None
+                end = verify_chain(self.con, identity.peer_id, meta.get("head"))
+            except ChainError as exc:
+                raise self._refuse(_where(exc)) from None
             except sqlite3.DatabaseError as exc:
                 raise self._refuse(f"unreadable ({exc})") from None
+            self._seq, self._prev = end.seq, end.hash
         except BaseException:
             self.con.close()
             raise
 
     def _refuse(self, problem: str) -> BrokenLogError:
         return BrokenLogError(
-            f"{self.path}: refusing to append to this provenance log: {problem}. "
-            f"Inspect it with `gossipfl audit verify {self.path}`; to start a new chain deliberately, "
-            "move it (and the peer's checkpoint beside it) aside")
+            f"the provenance log {self.path} is broken: {problem}. `gossipfl audit verify {self.path}` shows "
+            "it; to start a new chain deliberately, move the log and the checkpoint beside it aside")
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
         self.con.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self.con.execute("COMMIT")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            if self.con.in_transaction:  # a COMMIT the disk refused leaves it open: nothing of it stays
+                self.con.execute("ROLLBACK")
             raise
-        self.con.execute("COMMIT")
 
     def append(self, kind: str, round_: int | None = None, counterpart: str | None = None,
                update_hash: str | None = None, details: Mapping[str, Any] | None = None) -> int:
@@ -388,9 +360,17 @@ class ProvenanceLog:
             prev = h
         if not rows:
             return self._seq
-        with self._tx():
-            self.con.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)", (signed_head(self.identity, seq, prev),))
+        try:
+            with self._tx():
+                self.con.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+                self.con.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)",
+                                 (signed_head(self.identity, seq, prev),))
+        except sqlite3.OperationalError as exc:
+            if not _disk_trouble(exc):
+                raise
+            raise TransientError(f"cannot append to the provenance log {self.path}: {exc}; nothing was "
+                                 "half-written; the peer stops and is restarted later (free space in its data "
+                                 "folder)") from None
         self._seq, self._prev = seq, prev
         return seq
 
@@ -398,7 +378,18 @@ class ProvenanceLog:
         """The latest event of `kind` (reads back from the end: O(events since it))."""
         row = self.con.execute(f"SELECT {_COLUMNS} FROM events WHERE kind = ? ORDER BY seq DESC LIMIT 1",
                                (EventKind(kind).value,)).fetchone()
-        return row_to_event(row) if row else None
+        return self._checked(row) if row else None
+
+    def _checked(self, row) -> Event:
+        """An event read back for start-up, its hash and signature checked again (the chain was
+        verified on open; this catches a row changed since, under the lock)."""
+        ev = row_to_event(row)
+        seq, ts, kind, rnd, cp, uh, details, prev, h, sig = row
+        pid = self.identity.peer_id
+        if not isinstance(details, str) or event_hash(pid, seq, ts, kind, rnd, cp, uh, details, prev) != h \
+                or not verify_signature(pid, ev.sig, bytes.fromhex(h)):
+            raise self._refuse(f"event {seq} ({kind}): its content does not match its hash or signature (altered)")
+        return ev
 
     def events(self, kind: str | None = None) -> list[Event]:
         where, args = ("WHERE kind = ?", (kind,)) if kind else ("", ())

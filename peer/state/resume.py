@@ -68,8 +68,8 @@ def _load(path: Path, schema: bytes, n_params: int) -> tuple[Checkpoint | None, 
     """(checkpoint or None, why it could not be read or None)."""
     try:
         return ckpt.load(path, schema, n_params), None
-    except CheckpointError as exc:
-        return None, str(exc)
+    except CheckpointError as exc:  # said once: the caller names the path
+        return None, str(exc).removeprefix(f"{path}: ")
 
 
 def matches(ck: Checkpoint | None, want: Vouched) -> bool:
