@@ -34,7 +34,7 @@ def child(nodes: int) -> dict:
         out = run_all([sc], tmp, quiet=True)
     row = out.rows[0]
     # baseline: the same local training alone, for every node and round
-    from peer.learning.classification import TrainConfig, Trainer
+    from peer.learning.classification import ClassificationLearner, TrainConfig
     from peer.learning.data import digits_shard
     from peer.learning.model import FlatModel, build_model
 
@@ -42,7 +42,7 @@ def child(nodes: int) -> dict:
     for i in range(nodes):
         data = digits_shard(i, nodes)
         fm = FlatModel(build_model("mlp", 64, 10, {"hidden": [32]}))
-        tr = Trainer(fm.module, fm.flat, data, TrainConfig(local_steps=5))
+        tr = ClassificationLearner(fm.module, fm.flat, data, TrainConfig(local_steps=5))
         for _ in range(ROUNDS):
             tr.train_round()
             tr.evaluate()

@@ -506,9 +506,6 @@ class Shard:
         x = ev.x[idx]
         return self._logits_own(p, x), x, ev.y[idx], torch.from_numpy(mask)
 
-    def own_params(self) -> torch.Tensor:
-        return self.params[:len(self.own)]
-
 
 def consensus(parts: list[dict]) -> float:
     """Mean squared distance of the honest models to their average, from per-shard (count,

@@ -15,8 +15,6 @@ import networkx as nx
 
 from .errors import ScenarioError
 
-PLACEMENTS = ("random", "degree", "chosen")
-
 
 def attacker_count(byzantine: float, nodes: int) -> int:
     """`byzantine` is a fraction (0 < x < 1) or a count."""

@@ -164,9 +164,3 @@ class ClassificationLearner:
 
     def momentum_state(self) -> torch.Tensor | None:
         return self.opt.buf
-
-    def load_momentum(self, buf: torch.Tensor | None) -> None:
-        self.load_state({} if buf is None else {"momentum": buf})
-
-
-Trainer = ClassificationLearner  # the name the peer and the simulator have used

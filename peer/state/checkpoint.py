@@ -147,7 +147,6 @@ MAX_REPLAY = 1 << 16  # (sender, round) pairs in the replay window
 MAX_PARENTS = 1 << 12  # update ids the next update names as parents
 _KEYS = {"format", "round", "schema", "params", "momentum", "replay", "parents"}
 _OPTIONAL = {"model", "learner"}
-MAX_SCHEMA_BYTES = 1 << 22  # the parameter names and shapes of one model
 
 
 def params_hash(params: torch.Tensor) -> str:
