@@ -65,7 +65,11 @@ class Compression:
 
     def k(self, n: int) -> int:
         """Entries kept of n values: the count, or ceil(fraction * n); at least 1, at most n."""
-        want = self.count if self.count is not None else math.ceil(self.fraction * n)
+        if self.count is not None:
+            want = self.count
+        else:
+            assert self.fraction is not None  # one of the two, checked on construction
+            want = math.ceil(self.fraction * n)
         return max(0, min(n, max(1, want)))
 
     def payload_size(self, n: int) -> int:

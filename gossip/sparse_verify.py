@@ -16,7 +16,7 @@ import torch
 from .envelope import Envelope, Sealed, payload_digest, seal
 from .identity import Identity
 from .sparse import Compression, SparseRejected, SparseUpdate, decode_sparse, encode_sparse
-from .verify import Reason, Rejected
+from .verify import Reason, Rejected, Verified
 
 SPARSE_KIND = "sparse"
 
@@ -28,17 +28,8 @@ def seal_sparse(identity: Identity, idx: torch.Tensor, values: torch.Tensor, com
 
 
 @dataclass
-class SparseAccepted:
-    envelope: Envelope
+class SparseAccepted(Verified):
     update: SparseUpdate
-
-    @property
-    def sender(self) -> str:
-        return self.envelope.sender
-
-    @property
-    def update_id(self) -> str:
-        return self.envelope.update_id
 
 
 def finish_sparse(env: Envelope, *, schema: bytes, n_params: int, comp: Compression) -> SparseAccepted | Rejected:

@@ -54,9 +54,10 @@ REASONS = tuple(r.value for r in Reason)
 
 
 @dataclass
-class Accepted:
+class Verified:
+    """An envelope whose payload passed every check, and who sent it."""
+
     envelope: Envelope
-    params: torch.Tensor  # float32 (n,); read-only view for raw-f32
 
     @property
     def sender(self) -> str:
@@ -65,6 +66,11 @@ class Accepted:
     @property
     def update_id(self) -> str:
         return self.envelope.update_id
+
+
+@dataclass
+class Accepted(Verified):
+    params: torch.Tensor  # float32 (n,); read-only view for raw-f32
 
 
 @dataclass
