@@ -128,7 +128,7 @@ class Peer:
         await self.listener.start()
 
     async def start(self) -> None:
-        self.metrics.start(self.cfg.metrics.listen)
+        self.metrics.start(self.cfg.metrics.listen, transport=self.transport)
         self.resume()
         await self.go_online()
         await self._apply_neighbours()  # the stored membership records count from the start
