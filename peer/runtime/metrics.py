@@ -53,6 +53,7 @@ SINCE_AGGREGATION = "gossipfl_seconds_since_aggregation"
 REJECTED = "gossipfl_updates_rejected_total"
 INFO = "gossipfl_peer_info"
 LINK = "gossipfl_link"  # {neighbour, kind}: 1 for how each neighbour is connected now
+DROPPED = "gossipfl_transport_dropped_total"
 REACHABILITY = "gossipfl_reachability"  # {state}: 1 for what the peer knows of its own reachability
 LINK_KINDS = ("direct", "hole-punched", "relayed", "down")
 REACHABILITY_STATES = ("public", "private", "unknown")
@@ -137,6 +138,10 @@ class PeerMetrics:
                            ["neighbour", "kind"], registry=r)
         self._reach = Gauge(REACHABILITY, "1 for this peer's reachability: public (others can dial it), private "
                             "(behind NAT: reached through relays) or unknown", ["state"], registry=r)
+        self._dropped = Counter("gossipfl_transport_dropped", "Received messages the transport dropped before "
+                                "verification, by reason (MQTT: a sender over its share, the inbox over its total)",
+                                ["reason"], registry=r)
+        self._dropped_seen: dict[str, int] = {}
         self.connectivity: dict = {}  # {"reachability": ..., "links": {neighbour name: kind}} last seen
         self._links_task: asyncio.Task | None = None
         self.last_aggregation: float | None = None  # time.time() of the last aggregation
@@ -164,10 +169,9 @@ class PeerMetrics:
         if loop_lag and self._lag_task is None:
             with contextlib.suppress(RuntimeError):  # no running loop: no lag to measure
                 self._lag_task = asyncio.get_running_loop().create_task(self.watch_loop())
-        probe = getattr(transport, "connectivity", None)
-        if probe is not None and self._links_task is None:
+        if transport is not None and self._links_task is None:
             with contextlib.suppress(RuntimeError):
-                self._links_task = asyncio.get_running_loop().create_task(self.watch_links(probe))
+                self._links_task = asyncio.get_running_loop().create_task(self.watch_transport(transport))
 
     def stop(self) -> None:
         if self._links_task is not None:
@@ -192,16 +196,32 @@ class PeerMetrics:
             self._lag.observe(lag)
             self._lag_last.set(lag)
 
-    async def watch_links(self, probe, interval: float = LINKS_INTERVAL) -> None:
-        """Ask the transport how it reaches each neighbour every `interval` seconds."""
+    async def watch_transport(self, transport, interval: float = LINKS_INTERVAL) -> None:
+        """Every `interval` seconds: what the transport dropped before the peer saw it (`dropped`,
+        a Counter by reason: MQTT's inbox bounds) and how it reaches each neighbour
+        (`connectivity()`: libp2p). A transport with neither is not watched."""
+        probe, dropped = getattr(transport, "connectivity", None), getattr(transport, "dropped", None)
+        if probe is None and dropped is None:
+            return
         while True:
             try:
-                self.set_connectivity(await probe())
+                if dropped is not None:
+                    self.sync_dropped(dropped)
+                if probe is not None:
+                    self.set_connectivity(await probe())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a transport going away: the next probe says more
                 log.debug("connectivity probe failed: %r", exc)
             await asyncio.sleep(interval)
+
+    def sync_dropped(self, totals: Mapping[str, int]) -> None:
+        """Bring gossipfl_transport_dropped_total{reason} up to the transport's running totals."""
+        for reason, total in sorted(dict(totals).items())[:MAX_REASONS]:
+            missing = int(total) - self._dropped_seen.get(reason, 0)
+            if missing > 0:
+                self._dropped_seen[reason] = int(total)
+                self._dropped.labels(reason=str(reason)[:MAX_KEY_LEN]).inc(missing)
 
     def set_connectivity(self, report: Mapping) -> dict:
         """The transport's report (reachability, links: {PeerId: kind or None}) into the gauges,
