@@ -31,7 +31,7 @@ from .inbox import Inbox, Listener
 from .journal import Journal
 from .membership import allowed_peers
 from .metrics import PeerMetrics
-from .outbox import Outbox
+from .outbox import Outbox, upload_budget
 from .parts import PeerParts, build_parts, config_folder, membership_of, policy_of, verifier_of
 from .privacy_ledger import PeerPrivacy
 from .round import OfferKind, Phase, RoundState
@@ -79,8 +79,8 @@ class Peer:
         self.tasks = TaskSet(self.failed)
         self.inbox = Inbox(self.verifier, self.wire, self.membership, self.metrics.bytes_in, self.tasks,
                            self._execute)
-        self.outbox = Outbox(self.transport, self.tasks, self.metrics.bytes_out,
-                             retry_cap=cfg.round.interval or cfg.round.deadline)
+        self.outbox = Outbox(self.transport, self.tasks, self.metrics.bytes_out, retry_cap=cfg.round.interval
+                             or cfg.round.deadline, upload=upload_budget(cfg.transport.max_upload_kbps))
         self.journal = Journal(self.prov, self.checkpoints.publish, self.outbox, self.failed)
         self.listener = Listener(self.transport, self.tasks, self.receive, self.failed)
         self.history: list[RoundRecord] = []
