@@ -13,6 +13,10 @@ The network admin publishes membership records into the inboxes the same way, un
 PeerId as the sender (publish_to_inboxes); a record proves itself by its admin signature.
 The MQTT client runs on its own event loop thread (gossip.loop_thread): paho moves whole
 packets inside its loop, which stalled the peer's loop for 150 ms on a 50 MB update.
+What arrives and the peer has not taken yet is bounded per sender and in total
+(gossip.inbox_budget): a message is checked the moment paho hands it over, before any queue
+(aiomqtt's own queue is bypassed: it had no bound), and one that does not fit is dropped and
+counted by reason (`dropped`), so a flood into an inbox costs a fixed amount of memory.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import aiomqtt
 
 from .errors import TransportError
 from .identity import Identity
+from .inbox_budget import INBOX_FULL, InboxBudget
 from .loop_thread import LoopThread
 from .membership import MAX_RECORD, is_record
 from .transport import QueuedTransport
@@ -99,6 +104,9 @@ class MqttTransport(QueuedTransport):
         self.tls, self.ca_file, self.prefix, self.publish_status = tls, ca_file, prefix, status
         super().__init__(inbox)
         self.max_size = max_size
+        share = 2 * max(max_size, MAX_RECORD)  # two updates (or records) of one sender waiting
+        self.budget = InboxBudget(share, total_messages=inbox)
+        self._main_loop: asyncio.AbstractEventLoop | None = None
         self.client: aiomqtt.Client | None = None
         self._task: asyncio.Task | None = None
         self.io: LoopThread | None = None
@@ -135,12 +143,56 @@ class MqttTransport(QueuedTransport):
                             qos=1, retain=True)
         client = aiomqtt.Client(self.host, self.port, username=self.username, password=self.password,
                                 identifier=f"gossipfl-{self.peer_id[-16:]}", tls_context=tls_context,
-                                timeout=CONNECT_TIMEOUT, max_queued_incoming_messages=0, will=will)
+                                timeout=CONNECT_TIMEOUT, will=will)
         handle_whole_packets(client._client)
+        client._client.on_message = self._on_message  # instead of aiomqtt's unbounded queue
         return client
+
+    @property
+    def dropped(self):
+        """Received messages dropped, by reason (gossip.inbox_budget)."""
+        return self.budget.dropped
+
+    def _on_message(self, _client, _userdata, message) -> None:
+        """On the MQTT thread, as paho hands over a message: held if the sender's share and the
+        total have room, then handed to the peer's loop; else dropped and counted."""
+        payload, loop = message.payload, self._main_loop
+        sender = message.topic.rsplit("/", 1)[-1]
+        if loop is None or not isinstance(payload, bytes | bytearray):
+            return
+        if not self.budget.take(sender, len(payload), None if self._fits(payload) else 0):
+            self._note_drops()
+            return
+        try:
+            loop.call_soon_threadsafe(self._deliver, sender, bytes(payload))
+        except RuntimeError:  # the peer's loop is closed: we are going away
+            self.budget.give_back(sender, len(payload))
+
+    def _note_drops(self) -> None:
+        total = sum(self.budget.dropped.values())
+        if total & (total - 1) == 0:  # the 1st, 2nd, 4th, 8th, ... drop: a flood is one line per doubling
+            log.warning("inbox over its bounds: dropped %s so far", dict(self.budget.dropped))
+
+    def _deliver(self, sender: str | None, data: bytes) -> None:
+        try:
+            self.queue.put_nowait((sender, data))
+        except asyncio.QueueFull:
+            self.budget.give_back(sender, len(data), INBOX_FULL)
+
+    async def _iterate(self):
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            self.budget.give_back(item[0], len(item[1]))
+            yield item
+
+    async def set_neighbours(self, addrs) -> None:
+        self.budget.set_known(addrs)
 
     async def start(self) -> None:
         self.queue = asyncio.Queue(maxsize=self.queue.maxsize)
+        self.budget.clear()
         self.closed = False
         self.io = io = LoopThread(f"mqtt-{self.peer_id[-6:]}")
         io.start()
@@ -155,7 +207,8 @@ class MqttTransport(QueuedTransport):
         `main_loop` is the peer's loop, where received messages are delivered."""
         connected = asyncio.Event()
         self._last_error = ""
-        self._task = task = asyncio.get_running_loop().create_task(self._run(connected, main_loop))
+        self._main_loop = main_loop
+        self._task = task = asyncio.get_running_loop().create_task(self._run(connected))
         waiter = asyncio.ensure_future(connected.wait())
         done, _ = await asyncio.wait({waiter, task}, timeout=CONNECT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         if waiter in done:
@@ -173,7 +226,7 @@ class MqttTransport(QueuedTransport):
         if exc is not None and not self.closed:
             self._failed(exc)  # the client loop died: the peer must know
 
-    async def _run(self, connected: asyncio.Event, main_loop: asyncio.AbstractEventLoop) -> None:
+    async def _run(self, connected: asyncio.Event) -> None:
         delay = 0.5
         while not self.closed:
             try:
@@ -189,12 +242,8 @@ class MqttTransport(QueuedTransport):
                     log.info("connected to MQTT broker %s:%d", self.host, self.port)
                     if self.publish_status:  # online again: replaces a will the broker may have published
                         await self._status({**self._identity_status(), **self._last_status, "online": True})
-                    async for message in client.messages:
-                        payload = message.payload
-                        if not isinstance(payload, (bytes, bytearray)) or not self._fits(payload):
-                            continue
-                        main_loop.call_soon_threadsafe(
-                            self._deliver, str(message.topic).rsplit("/", 1)[-1], bytes(payload))
+                    async for _ in client.messages:  # messages go by _on_message: this only waits for a
+                        pass  # lost connection (MqttError)
             except aiomqtt.MqttError as exc:
                 self.client = None
                 connected.clear()

@@ -52,6 +52,10 @@ def status_table(rows):
         status = Text("online", style="green") if r.online else Text("offline", style="red")
         if r.source:
             status.append(f" ({r.source})")
+        if r.reachability or r.links:
+            status.append(f" {r.reachability or '?'}")
+            kinds = sorted(set(r.links.values()))
+            status.append("".join(f" {sum(k == kind for k in r.links.values())} {kind}" for kind in kinds))
         label = f"{r.name} (..{r.peer_id[-8:]})"
         if not r.online and r.error:
             notes.append(Text(f"{label} is offline: {r.error}"))
@@ -80,7 +84,8 @@ def status_table(rows):
 def fleet_status_cmd(paths, watch: bool, interval: float, as_json: bool, source: str, timeout: float,
                      username, password_file) -> None:
     """Show every peer of a plan folder (or of peer.toml files): round, eval metric, training
-    loss, neighbours heard, age of the last aggregation, rejections, online. Eval and loss
+    loss, neighbours heard, age of the last aggregation, rejections, online; for libp2p peers
+    their reachability and how many links are direct, hole-punched or relayed (--json: each one). Eval and loss
     show "-" for peers that keep their learning metrics to themselves (the default)."""
     import asyncio
     import time

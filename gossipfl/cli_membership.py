@@ -39,22 +39,27 @@ def _report(outcome) -> None:
 
 @fleet_group.command("admit")
 @click.argument("plan", type=click.Path(file_okay=False, exists=True))
-@click.option("--name", required=True, help="plan name of the new gateway")
+@click.option("--name", default=None, help="plan name of the new gateway [default with --request: the request's]")
 @click.option("--neighbours", required=True, help="comma-separated plan names (or PeerIds) it neighbours")
+@click.option("--request", "request", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="an enrolment request (gossipfl peer init --enrol on the gateway): admit the key the gateway "
+                   "generated itself; no private key is written")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="its listening port where the transport has one (default: one no node of the plan uses)")
 @click.option("--host", default=None, help="its listening address (default: the plan's nodes')")
 @click.option("--no-send", is_flag=True, help="only write and sign the record")
 @friendly
-def fleet_admit(plan: str, name: str, neighbours: str, port, host: str, no_send: bool) -> None:
+def fleet_admit(plan: str, name, neighbours: str, request, port, host: str, no_send: bool) -> None:
     """Admit a new gateway to a running fleet: its folder (from the plan's template, with ports
     no other node uses, its systemd unit and the template's modules), a signed record,
     delivered now (MQTT plans: also its broker login and ACL lines, applied when the broker
-    reloads)."""
+    reloads). With --request, the gateway's own key (checked: the request is signed by it),
+    name, address and reachability come from its enrolment request and no key is written."""
     from peer.ops.admin import admit
+    from peer.ops.enrol import read_request
 
     _report(admit(plan, name, [n.strip() for n in neighbours.split(",") if n.strip()], port=port, host=host,
-                  send=not no_send))
+                  send=not no_send, request=read_request(request) if request else None))
 
 
 @fleet_group.command("revoke")

@@ -18,9 +18,17 @@ def peer_group() -> None:
 @click.option("--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False),
               help="where to write peer.toml, peer.key and a one-peer trust.toml")
 @click.option("--force", is_flag=True, help="overwrite existing files")
+@click.option("--enrol", "enrol", metavar="NETWORK", default=None,
+              help="join the fleet NETWORK: write only a new key and an enrolment request (enrolment.json) for "
+                   "its admin's `gossipfl fleet admit --request`")
+@click.option("--name", default=None, help="with --enrol: the name asked for [default: the host name]")
+@click.option("--reachability", type=click.Choice(["auto", "public", "private"]), default="auto", show_default=True,
+              help="with --enrol: can others dial this gateway (private: behind NAT)")
+@click.option("--addr", default="", help="with --enrol: where others dial it, /ip4/HOST/tcp/PORT (public gateways)")
 @friendly
-def peer_init(directory: str, force: bool) -> None:
-    """Write a commented example peer.toml and a new key."""
+def peer_init(directory: str, force: bool, enrol, name, reachability: str, addr: str) -> None:
+    """Write a commented example peer.toml and a new key (--enrol: a key and an enrolment
+    request; the private key never leaves this gateway)."""
     from pathlib import Path
 
     from gossip.identity import Identity, save_key
@@ -30,6 +38,8 @@ def peer_init(directory: str, force: bool) -> None:
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    if enrol is not None:
+        return _enrol(d, force, enrol, name, reachability, addr)
     cfg = d / "peer.toml"
     if cfg.exists() and not force:
         raise ConfigError(f"{cfg} exists (use --force to overwrite)")
@@ -42,6 +52,26 @@ def peer_init(directory: str, force: bool) -> None:
     click.echo(f"wrote {cfg}, {d / 'peer.key'} and {trust}; this peer is {ident.peer_id}")
     click.echo("add your neighbours' PeerIds to network.neighbours and trust.toml, then: "
                f"gossipfl peer start --config {cfg}")
+
+
+def _enrol(d, force: bool, network: str, name, reachability: str, addr: str) -> None:
+    import socket
+
+    from gossip.identity import Identity, save_key
+    from peer.errors import ConfigError
+    from peer.ops.enrol import make_request
+
+    out = d / "enrolment.json"
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists (use --force to overwrite)")
+    ident = Identity.generate()
+    text = make_request(ident, network, name or socket.gethostname().split(".")[0], reachability, addr)
+    save_key(ident, d / "peer.key", force=force)
+    out.write_text(text)
+    click.echo(f"wrote {d / 'peer.key'} (keep it here) and {out}; this peer is {ident.peer_id}")
+    click.echo(f"send {out.name} to the network's admin: gossipfl fleet admit PLAN --request {out.name} "
+               "--neighbours ...; then put the peer.toml (and trust.toml) it writes in this folder and run "
+               "gossipfl peer start --config peer.toml")
 
 
 @peer_group.command("start")

@@ -106,10 +106,11 @@ def _transport_lines() -> list[str]:
     kinds = [chosen, *(k for k in KINDS.values() if k is not chosen)]
     undeployed = [k.name for k in KINDS.values() if not k.deployed]
     lines = [_line("kind", chosen.name, " | ".join(KINDS) + "".join(f" ({n}: only inside one process)"
-                                                                     for n in undeployed))]
+                                                                     for n in undeployed)),
+             _line("max_upload_kbps", 0.0, "upload budget in kbit/s that the outbox paces updates to (0: none)")]
     for k in kinds:
         for f in fields(k.config):
-            if f.name == "kind":
+            if f.name in ("kind", "max_upload_kbps"):
                 continue
             v = EXAMPLE_VALUES.get(f"transport.{f.name}", default_of(f)) if k is chosen else default_of(f)
             lines.append(_line(f.name, v, f"{k.name}: {k.comments.get(f.name, '')}".rstrip(": "),

@@ -207,7 +207,8 @@ def _transport(t: _Table, network: str, base: Path) -> TransportConfig:
         for key, (typ, kw) in other.schema.items():
             if other is not kind and key not in kind.schema and key in t.data:
                 t.get(key, typ, **kw)
-    transport = t.section(kind.config, {"kind": (str, {}), **kind.schema})
+    transport = t.section(kind.config, {"kind": (str, {}), "max_upload_kbps": (float, {"check": non_negative}),
+                                        **kind.schema})
     kind.check(transport, network, base)
     return transport
 

@@ -29,6 +29,7 @@ class TransportConfig:
     the kind's own fields (libp2p: listen, mdns; mqtt: host, port, ...); memory has none."""
 
     kind: str = "memory"
+    max_upload_kbps: float = 0.0  # every kind: the outbox paces what it sends to this (kbit/s; 0: no limit)
 
 
 @dataclass

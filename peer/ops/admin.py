@@ -29,6 +29,7 @@ from ..config.parse import load_config
 from ..config.tomlwrite import dumps
 from ..errors import ConfigError
 from ..transports import TransportKind, kind_of
+from .enrol import Request
 from .mosquitto import write_secret
 from .plan import ADMIN_DIR, ADMIN_KEY, node_dir_name, node_document, write_unit
 from .plan_edits import (
@@ -146,11 +147,21 @@ class Plan:
                                       deployed=self.kind.deployed, fixed=fixed)
 
 
-def admit(folder, name: str, neighbours: list[str], *, port: int | None = None, host: str | None = None,
-          send: bool = True) -> Outcome:
+def admit(folder, name: str | None, neighbours: list[str], *, port: int | None = None, host: str | None = None,
+          send: bool = True, request: Request | None = None) -> Outcome:
     """A new gateway, set up as the plan set up the others; `port` and `host`: where it listens
-    (transports that listen; default: a port no node of the plan uses, on the plan's host)."""
+    (transports that listen; default: a port no node of the plan uses, on the plan's host).
+    With an enrolment `request` (peer.ops.enrol) the gateway keeps the key it generated: no key
+    is written, its PeerId, name (unless `name` is given), address and reachability come from
+    the request."""
     plan = Plan(folder)
+    if request is not None:
+        _check_request(plan, request)
+        name = name or request.name
+        if request.host_port and host is None and port is None:
+            host, port = request.host_port
+    if not name:
+        raise ConfigError("name the new gateway (--name)")
     if any(n["node"] == name for n in plan.nodes):
         raise ConfigError(f"the plan already has a node {name!r}")
     nbrs = [plan.node(n) for n in neighbours]
@@ -177,11 +188,20 @@ def admit(folder, name: str, neighbours: list[str], *, port: int | None = None, 
     if base is not None:
         metrics_host = template.metrics_listen(base).rpartition(":")[0].strip("[]")
         ports["metrics"] = free_port(used, base, metrics_host)
-    ident = Identity.generate()
+    ident = Identity.generate() if request is None else None
+    pid = ident.peer_id if ident is not None else request.peer_id
     ids = [n["peer_id"] for n in nbrs]
-    ep = plan.kind.admit_endpoint(plan, ident.peer_id, ids, host, ports.get("listen"))  # may refuse: nothing written
+    ep = plan.kind.admit_endpoint(plan, pid, ids, host, ports.get("listen"))  # may refuse: nothing written
+    if request is not None and request.reachability != "auto" and "reachability" in plan.kind.schema:
+        ep.transport["reachability"] = request.reachability
+        if request.reachability == "private":
+            ep.addr = None  # nobody can dial it: its neighbours reach it through the fleet's relays
     node_dir.mkdir(parents=True)
-    save_key(ident, node_dir / "peer.key")
+    if ident is not None:
+        save_key(ident, node_dir / "peer.key")
+    else:
+        notes.append(f"no key written: the gateway keeps the key it generated (peer.key beside {node_dir.name}/"
+                     "peer.toml on the gateway)")
     for file, text in ep.secrets.items():
         write_secret(node_dir / file, text)
     tables = template.for_node(name, index, index + 1, ports.get("metrics"))
@@ -200,27 +220,33 @@ def admit(folder, name: str, neighbours: list[str], *, port: int | None = None, 
     config = node_dir / "peer.toml"
     config.write_text(f"# gateway {name}, admitted to a running fleet\n" + dumps(doc, comments))
     cfg = load_config(config)  # it loads, with its modules beside it, before the plan changes
-    trust = TrustList(plan.trust.network, plan.trust.peers | {ident.peer_id},
-                      {**plan.trust.names, ident.peer_id: name}, plan.trust.admin)
-    entry = {"node": name, "peer_id": ident.peer_id, "config": str(config.relative_to(plan.dir)),
+    trust = TrustList(plan.trust.network, plan.trust.peers | {pid}, {**plan.trust.names, pid: name}, plan.trust.admin)
+    entry = {"node": name, "peer_id": pid, **({"enrolled": True} if request is not None else {}), "config": str(config.relative_to(plan.dir)),
              "port": ports.get("listen"), **({"metrics_port": ports["metrics"]} if "metrics" in ports else {})}
     plan.manifest["nodes"].append(entry)
     plan.save(trust)  # before the configs are loaded: the new one's neighbours must be on the trust list
     graph = adjacency({n["peer_id"]: docs[n["node"]] for n in plan.live if n["node"] in docs})
-    graph[ident.peer_id] = ids
-    for pid in ids:
-        graph[pid] = [*graph[pid], ident.peer_id]
-    rewritten = plan.rewrite_neighbourhoods(graph, {ident.peer_id: ep.addr, **addresses})
+    graph[pid] = ids
+    for nb in ids:
+        graph[nb] = [*graph[nb], pid]
+    rewritten = plan.rewrite_neighbourhoods(graph, {pid: ep.addr, **addresses})
     unit = None
     if plan.kind.deployed:
         unit = write_unit(node_dir, cfg, plan.gateway(), f"gateway {name} of gossipfl network {plan.trust.network}")
         entry["unit"] = str(unit.relative_to(plan.dir))
-    epoch, data, record = plan.sign("admit", ident.peer_id, addr=ep.addr or "", neighbours=ids)
+    epoch, data, record = plan.sign("admit", pid, addr=ep.addr or "", neighbours=ids)
     plan.save(trust)
-    targets = [n for n in plan.live if n["peer_id"] != ident.peer_id]
+    targets = [n for n in plan.live if n["peer_id"] != pid]
     delivered = plan.kind.deliver(plan, data, targets) if send else {}
-    return Outcome(epoch, "admit", ident.peer_id, record, delivered, config, ep.changed, unit, ports, copied, notes,
+    return Outcome(epoch, "admit", pid, record, delivered, config, ep.changed, unit, ports, copied, notes,
                    [p for p in rewritten if p != config])
+
+
+def _check_request(plan: Plan, request: Request) -> None:
+    if request.network != plan.trust.network:
+        raise ConfigError(f"the request is for network {request.network!r}, this plan is {plan.trust.network!r}")
+    if request.peer_id in plan.trust.peers or any(n["peer_id"] == request.peer_id for n in plan.nodes):
+        raise ConfigError(f"{request.peer_id} is in the plan already (a revoked key is never admitted again)")
 
 
 def admission_template(plan: Plan, neighbour: dict) -> tuple[NodeTemplate, list[str]]:

@@ -26,6 +26,7 @@ from .mosquitto import DASHBOARD_PASSWORD, DASHBOARD_USER
 
 MAX_SCRAPE = 1 << 20  # bytes of one metrics page
 MAX_STATUS = 64 * 1024  # bytes of one MQTT status
+MAX_LINKS = 256  # neighbours' links read from one peer
 PREFERRED = ("accuracy", "loss")  # the eval metric shown, in this order; else the first one
 BROKER_DIR = "broker"  # peer.ops.plan.BROKER_DIR (not imported from there: it imports torch)
 
@@ -67,6 +68,8 @@ class PeerRow:
     rejected: int | None = None
     error: str = ""
     eval: dict[str, float] = field(default_factory=dict)
+    reachability: str | None = None  # public | private | unknown (libp2p peers)
+    links: dict[str, str] = field(default_factory=dict)  # neighbour -> direct | hole-punched | relayed | down
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -173,9 +176,17 @@ def row_from_metrics(member: Member, text: str) -> PeerRow:
     train: dict[str, float] = {}
     evals: dict[str, float] = {}
     rejected = 0.0
+    links: dict[str, str] = {}
+    reach = None
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == m.TRAIN and "metric" in s.labels:
+            if s.name == m.LINK:
+                if s.value == 1 and s.labels.get("kind") in m.LINK_KINDS and len(links) < MAX_LINKS:
+                    links[s.labels.get("neighbour", "")[:m.MAX_KEY_LEN]] = s.labels["kind"]
+            elif s.name == m.REACHABILITY:
+                if s.value == 1 and s.labels.get("state") in m.REACHABILITY_STATES:
+                    reach = s.labels["state"]
+            elif s.name == m.TRAIN and "metric" in s.labels:
                 train[s.labels["metric"]] = s.value
             elif s.name == m.EVAL and "metric" in s.labels:
                 evals[s.labels["metric"]] = s.value
@@ -188,7 +199,8 @@ def row_from_metrics(member: Member, text: str) -> PeerRow:
     rnd = _number(one.get(m.ROUND))
     return PeerRow(member.name, member.peer_id, True, "metrics", None if rnd is None else int(rnd), metric, value,
                    _number(train.get("loss")), _int(one.get(m.HEARD)), _int(one.get(m.NEIGHBOURS)),
-                   _number(one.get(m.SINCE_AGGREGATION)), int(rejected), eval=evals)
+                   _number(one.get(m.SINCE_AGGREGATION)), int(rejected), eval=evals, reachability=reach,
+                   links=links)
 
 
 def _int(x) -> int | None:
@@ -206,11 +218,14 @@ def row_from_status(member: Member, status: dict, now: float | None = None) -> P
     rejected = status.get("rejected") if isinstance(status.get("rejected"), dict) else {}
     online = status.get("online") is True
     reason = status.get("reason") if isinstance(status.get("reason"), str) else ""
+    links = status.get("links") if isinstance(status.get("links"), dict) else {}
+    links = dict(list({str(k)[:m.MAX_KEY_LEN]: v for k, v in links.items() if v in m.LINK_KINDS}.items())[:MAX_LINKS])
+    reach = status.get("reachability") if status.get("reachability") in m.REACHABILITY_STATES else None
     return PeerRow(member.name, member.peer_id, online, "mqtt", _int(status.get("round")), metric, value,
                    _number(status.get("loss")), _int(status.get("neighbours_heard")), _int(status.get("neighbours")),
                    None if last is None else max(0.0, now - last),
                    int(sum(v for v in rejected.values() if _number(v) is not None)),
-                   error="" if online else (reason[:80] or "offline"), eval=evals)
+                   error="" if online else (reason[:80] or "offline"), eval=evals, reachability=reach, links=links)
 
 
 def offline(member: Member, error: str) -> PeerRow:

@@ -32,7 +32,7 @@ from .journal import Journal
 from .membership import allowed_peers
 from .membership import restore as restore_membership
 from .metrics import PeerMetrics
-from .outbox import Outbox
+from .outbox import Outbox, upload_budget
 from .parts import PeerParts, build_parts, config_folder, membership_of, policy_of, verifier_of
 from .privacy_ledger import PeerPrivacy
 from .round import OfferKind, Phase, RoundState
@@ -81,8 +81,8 @@ class Peer:
         self.tasks = TaskSet(self.failed)
         self.inbox = Inbox(self.verifier, self.wire, self.membership, self.metrics.bytes_in, self.tasks,
                            self._execute)
-        self.outbox = Outbox(self.transport, self.tasks, self.metrics.bytes_out,
-                             retry_cap=cfg.round.interval or cfg.round.deadline)
+        self.outbox = Outbox(self.transport, self.tasks, self.metrics.bytes_out, retry_cap=cfg.round.interval
+                             or cfg.round.deadline, upload=upload_budget(cfg.transport.max_upload_kbps))
         self.journal = Journal(self.prov, self.checkpoints.publish, self.outbox, self.failed)
         self.listener = Listener(self.transport, self.tasks, self.receive, self.failed)
         self.inbox.witness = self.witness = Witness(self.prov, self.peer_id, cfg.network, self.verifier)
@@ -128,7 +128,7 @@ class Peer:
         await self.listener.start()
 
     async def start(self) -> None:
-        self.metrics.start(self.cfg.metrics.listen)
+        self.metrics.start(self.cfg.metrics.listen, transport=self.transport)
         self.resume()
         await self.go_online()
         await self._apply_neighbours()  # the stored membership records count from the start

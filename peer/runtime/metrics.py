@@ -52,6 +52,12 @@ NEIGHBOURS = "gossipfl_neighbours"
 SINCE_AGGREGATION = "gossipfl_seconds_since_aggregation"
 REJECTED = "gossipfl_updates_rejected_total"
 INFO = "gossipfl_peer_info"
+LINK = "gossipfl_link"  # {neighbour, kind}: 1 for how each neighbour is connected now
+DROPPED = "gossipfl_transport_dropped_total"
+REACHABILITY = "gossipfl_reachability"  # {state}: 1 for what the peer knows of its own reachability
+LINK_KINDS = ("direct", "hole-punched", "relayed", "down")
+REACHABILITY_STATES = ("public", "private", "unknown")
+LINKS_INTERVAL = 2.0
 
 
 def metric_dict(metrics) -> dict[str, float]:
@@ -127,6 +133,17 @@ class PeerMetrics:
                                 "peer stopped training and sending", registry=r)
         self._since = Gauge(SINCE_AGGREGATION, "Seconds since the last aggregation (NaN: none yet)", registry=r)
         self._since.set_function(self.seconds_since_aggregation)
+        self._link = Gauge(LINK, "1 for how each neighbour is connected now: direct, hole-punched (a direct "
+                           "connection DCUtR upgraded), relayed (a circuit through a fleet relay) or down",
+                           ["neighbour", "kind"], registry=r)
+        self._reach = Gauge(REACHABILITY, "1 for this peer's reachability: public (others can dial it), private "
+                            "(behind NAT: reached through relays) or unknown", ["state"], registry=r)
+        self._dropped = Counter("gossipfl_transport_dropped", "Received messages the transport dropped before "
+                                "verification, by reason (MQTT: a sender over its share, the inbox over its total)",
+                                ["reason"], registry=r)
+        self._dropped_seen: dict[str, int] = {}
+        self.connectivity: dict = {}  # {"reachability": ..., "links": {neighbour name: kind}} last seen
+        self._links_task: asyncio.Task | None = None
         self.last_aggregation: float | None = None  # time.time() of the last aggregation
         self._rejected_seen: dict[str, int] = {}
         self._status: dict = {}
@@ -137,9 +154,10 @@ class PeerMetrics:
 
     # --- serving ---------------------------------------------------------------------
 
-    def start(self, listen: str | None, *, loop_lag: bool = True) -> None:
+    def start(self, listen: str | None, *, loop_lag: bool = True, transport=None) -> None:
         """Serve the metrics on HOST:PORT (None: no HTTP endpoint) and, from inside a running
-        event loop, start sampling its lag. A port in use is a one-line PeerError."""
+        event loop, start sampling its lag and (a transport that reports its `connectivity()`,
+        libp2p) watching its links. A port in use is a one-line PeerError."""
         if listen is not None and self._server is None:
             host, port = split_host_port(listen)
             try:
@@ -151,8 +169,14 @@ class PeerMetrics:
         if loop_lag and self._lag_task is None:
             with contextlib.suppress(RuntimeError):  # no running loop: no lag to measure
                 self._lag_task = asyncio.get_running_loop().create_task(self.watch_loop())
+        if transport is not None and self._links_task is None:
+            with contextlib.suppress(RuntimeError):
+                self._links_task = asyncio.get_running_loop().create_task(self.watch_transport(transport))
 
     def stop(self) -> None:
+        if self._links_task is not None:
+            self._links_task.cancel()
+            self._links_task = None
         if self._lag_task is not None:
             self._lag_task.cancel()
             self._lag_task = None
@@ -171,6 +195,58 @@ class PeerMetrics:
             lag = max(0.0, loop.time() - asked - interval)
             self._lag.observe(lag)
             self._lag_last.set(lag)
+
+    async def watch_transport(self, transport, interval: float = LINKS_INTERVAL) -> None:
+        """Every `interval` seconds: what the transport dropped before the peer saw it (`dropped`,
+        a Counter by reason: MQTT's inbox bounds) and how it reaches each neighbour
+        (`connectivity()`: libp2p). A transport with neither is not watched."""
+        probe, dropped = getattr(transport, "connectivity", None), getattr(transport, "dropped", None)
+        if probe is None and dropped is None:
+            return
+        while True:
+            try:
+                if dropped is not None:
+                    self.sync_dropped(dropped)
+                if probe is not None:
+                    self.set_connectivity(await probe())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a transport going away: the next probe says more
+                log.debug("connectivity probe failed: %r", exc)
+            await asyncio.sleep(interval)
+
+    def sync_dropped(self, totals: Mapping[str, int]) -> None:
+        """Bring gossipfl_transport_dropped_total{reason} up to the transport's running totals."""
+        for reason, total in sorted(dict(totals).items())[:MAX_REASONS]:
+            missing = int(total) - self._dropped_seen.get(reason, 0)
+            if missing > 0:
+                self._dropped_seen[reason] = int(total)
+                self._dropped.labels(reason=str(reason)[:MAX_KEY_LEN]).inc(missing)
+
+    def set_connectivity(self, report: Mapping) -> dict:
+        """The transport's report (reachability, links: {PeerId: kind or None}) into the gauges,
+        the status and the log (a line whenever the reachability or a neighbour's link changes)."""
+        state = report.get("reachability")
+        state = state if state in REACHABILITY_STATES else "unknown"
+        links = report.get("links") if isinstance(report.get("links"), Mapping) else {}
+        named = {self.names.get(p, p): (k if k in LINK_KINDS else "down") for p, k in sorted(links.items())}
+        before = self.connectivity
+        now = {"reachability": state, "links": named}
+        if now == before:
+            return now
+        if state != before.get("reachability"):
+            log.info("reachability: %s", state)
+        for n, kind in named.items():
+            if kind != before.get("links", {}).get(n):
+                log.info("link to %s: %s", n, kind)
+        self._reach.clear()
+        self._reach.labels(state=state).set(1)
+        self._link.clear()
+        for n, kind in named.items():
+            self._link.labels(neighbour=n, kind=kind).set(1)
+        with self._lock:
+            self.connectivity = now
+        return now
 
     # --- what the peer reports -------------------------------------------------------
 
@@ -234,7 +310,7 @@ class PeerMetrics:
             "neighbours_heard": len(heard), "neighbours": self.neighbours,
             "heard": [self.names.get(p, p) for p in heard], "aggregated": aggregated,
             "last_aggregation": self.last_aggregation, "rejected": self.rejected_counts(), "note": note,
-            **({"privacy": dict(privacy)} if privacy else {}), "ts": time.time()}
+            **({"privacy": dict(privacy)} if privacy else {}), **self.connectivity, "ts": time.time()}
         with self._lock:
             self._status = status
         return dict(status)

@@ -9,7 +9,8 @@ down) is tried again, with a delay doubling from RETRY_FIRST up to the peer's ro
 or RETRY_CAP, until it is delivered or a newer one replaces it. At most two transmissions run at
 once (a stalled neighbour holds one slot, and a transport buffers at most two). Small protocol
 messages (records passed on, key adverts, reveals) go out at once, tried again for a
-while if undelivered.
+while if undelivered. With an upload budget (peer.runtime.upload), each update waits its turn
+so that what goes out stays within it; protocol messages never wait but are counted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable, Mapping
 from gossip.transport import Transport
 
 from .tasks import TaskSet
+from .upload import UploadBudget
 
 log = logging.getLogger("gossipfl.peer")
 SEND_SLOTS = 2
@@ -28,10 +30,15 @@ RETRY_FIRST = 0.25  # seconds before the first retry of an undelivered update
 RETRY_CAP = 5.0  # longest wait between retries when the peer has no round interval
 
 
+def upload_budget(kbps: float) -> UploadBudget | None:
+    """`[transport] max_upload_kbps` as the outbox takes it (0: no budget)."""
+    return UploadBudget(kbps) if kbps > 0 else None
+
+
 class Outbox:
     def __init__(self, transport: Transport, tasks: TaskSet, delivered: Callable[[int], None],
-                 retry_cap: float = RETRY_CAP):
-        self.transport, self.tasks, self.delivered = transport, tasks, delivered
+                 retry_cap: float = RETRY_CAP, upload: UploadBudget | None = None):
+        self.transport, self.tasks, self.delivered, self.upload = transport, tasks, delivered, upload
         self.retry_cap = max(RETRY_FIRST, retry_cap)
         self.mailbox: dict[str, tuple[bytes, int]] = {}  # neighbour -> the newest update not yet sent
         self.latest: dict[str, tuple[bytes, int]] = {}  # neighbour -> the newest update it was given
@@ -73,7 +80,7 @@ class Outbox:
     async def _message(self, to: str, data: bytes, retry_for: float) -> None:
         loop = asyncio.get_running_loop()
         give_up, delay = loop.time() + retry_for, RETRY_FIRST
-        while not await self._transmit(to, data):
+        while not await self._transmit(to, data, wait=False):
             if loop.time() + delay > give_up:
                 log.debug("a message to %s was not delivered", to)
                 return
@@ -101,8 +108,14 @@ class Outbox:
                 pass
             delay = min(2 * delay, self.retry_cap)
 
-    async def _transmit(self, nb: str, data: bytes) -> bool:
+    async def _transmit(self, nb: str, data: bytes, wait: bool = True) -> bool:
         async with self.slots:
+            if self.upload is not None:  # holding the slot: nothing else of ours goes out meanwhile
+                now = asyncio.get_running_loop().time()
+                if wait:
+                    await asyncio.sleep(self.upload.reserve(len(data), now))
+                else:
+                    self.upload.charge(len(data), now)
             delivered = await self.transport.send(nb, data)
         if delivered:
             self.bytes_sent += len(data)
