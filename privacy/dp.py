@@ -66,8 +66,8 @@ def privatize_model(start_flat: torch.Tensor, end_flat: torch.Tensor, clip: floa
     if start_flat.shape != end_flat.shape or start_flat.dim() != 1:
         raise ValueError(f"privatize_model takes two flat models of one shape, got {tuple(start_flat.shape)} "
                          f"and {tuple(end_flat.shape)}")
-    noised, norm = privatize(end_flat - start_flat, clip, sigma, generator)
-    norm = float(norm)
+    noised, norms = privatize(end_flat - start_flat, clip, sigma, generator)
+    norm = float(norms)
     if not math.isfinite(norm):
         raise ValueError("the model change is not finite (training diverged): nothing to release")
     return start_flat + noised, {"norm": norm, "clipped": norm > clip}

@@ -59,7 +59,7 @@ class LedgerEntry:
         survivors, dropped = _peers(rec["survivors"], stage >= 3), _peers(rec["dropped"], stage >= 4)
         if survivors is not None and not survivors:
             raise _bad("an empty survivor set")
-        if dropped is not None and set(dropped) & set(survivors):
+        if dropped is not None and survivors is not None and set(dropped) & set(survivors):  # both set from revealed on
             raise _bad("a member both survived and dropped")
         return cls(receiver, rnd, phase, None if book is None else bytes.fromhex(book), survivors, dropped)
 

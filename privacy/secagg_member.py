@@ -28,8 +28,11 @@ out of that round) and logs why.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from gossip.identity import Identity
 
@@ -74,7 +77,8 @@ class MemberSession:
             raise ValueError(f"{self.me:.16} is not a member of {ctx.receiver:.16}'s group")
         self.min_threshold = max(default_threshold(ctx.n), min_threshold or 0)
         self.entry = ledger.begin(ctx.receiver, ctx.round)
-        self._c, self._s = fresh_key(random), fresh_key(random)
+        self._c: X25519PrivateKey | None = fresh_key(random)  # None once the shares are in
+        self._s: X25519PrivateKey | None = fresh_key(random)  # None once masked
         self.c_pub, self.s_pub = public_raw(self._c), public_raw(self._s)
         self.book: wire.KeyBook | None = None
         self.keys: dict[str, wire.BookEntry] = {}
@@ -83,7 +87,8 @@ class MemberSession:
         self.dealers: tuple[str, ...] | None = None  # U2 as this member was told (with itself)
         self._b: bytes | None = None
         self._shared: dict[str, bytes] = {}  # X25519(c, c_k) per other member, from dealing to opening boxes
-        self._deal = self._forward = self._consent = self._reveal = None  # what was sent, for repeats
+        sent: bytes | None = None
+        self._deal = self._forward = self._consent = self._reveal = sent  # what was sent, for repeats
 
     def record(self) -> dict:
         """The ledger entry of this session, to log before sending what the last step returned."""
@@ -96,8 +101,10 @@ class MemberSession:
 
     def receive(self, msg: wire.Message) -> bytes | None:
         """A parsed message from the receiver: the answer to send it, or None."""
-        handler = {wire.KeyBook: self._on_book, wire.Forward: self._on_forward, wire.Survivors: self._on_survivors,
-                   wire.Proof: self._on_proof}.get(type(msg))
+        handlers: dict[type, Callable[[Any], bytes | None]] = {
+            wire.KeyBook: self._on_book, wire.Forward: self._on_forward, wire.Survivors: self._on_survivors,
+            wire.Proof: self._on_proof}
+        handler = handlers.get(type(msg))
         if handler is None:
             raise SecAggError("unexpected_kind", (), f"a member does not take a {msg.KIND}")
         self._check(msg)
@@ -111,8 +118,9 @@ class MemberSession:
         if msg.sender != c.receiver or msg.round != c.round:
             raise SecAggError("wrong_session", (), f"{msg.KIND} from {msg.sender:.16} for round {msg.round}, this "
                                                    f"session is {c.receiver:.16}'s round {c.round}")
-        if getattr(msg, "to", self.me) != self.me:
-            raise SecAggError("wrong_addressee", (), f"{msg.KIND} addressed to {msg.to:.16}")
+        to = getattr(msg, "to", self.me)
+        if to != self.me:
+            raise SecAggError("wrong_addressee", (), f"{msg.KIND} addressed to {to:.16}")
         book = getattr(msg, "book", None)
         if book is not None and book != self.entry.book:
             raise SecAggError("wrong_session", (), f"{msg.KIND} for another key book")
@@ -127,8 +135,10 @@ class MemberSession:
     def _on_book(self, book: wire.KeyBook) -> bytes:
         if self.book is not None:
             if book.digest == self.book.digest:
+                assert self._deal is not None  # kept with the book
                 return self._deal
             raise self._blame("book_changed", "a second, different key book for the session")
+        assert self._c is not None  # dropped only once shares were forwarded, after a book
         c, t = self.ctx, book.threshold
         if not self.min_threshold <= t <= c.n:
             raise self._blame("weak_threshold", f"threshold {t}, this member needs {self.min_threshold} to {c.n}")
@@ -162,6 +172,7 @@ class MemberSession:
     def _make_deal(self, bid: bytes, keys: dict[str, wire.BookEntry], t: int, b: bytes):
         """The DEAL message, and this member's own pair of shares."""
         c, members, shared = self.ctx, sorted(keys), {}
+        assert self._c is not None and self._s is not None  # before the book is kept, both keys are
         if len(b) != HASH_LEN:
             raise ValueError(f"the random source gave {len(b)} bytes, {HASH_LEN} asked")
         xs = [c.x(k) for k in members]
@@ -194,6 +205,7 @@ class MemberSession:
         if self.book is None or self._deal is None:
             raise self._blame("out_of_order", "shares forwarded before the key book")
         c, bid = self.ctx, self.entry.book
+        assert self._c is not None and bid is not None  # c is dropped with the first forward; dealt: a book
         dealers = [box.dealer for box in fwd.boxes]
         if any(d not in self.keys or d == self.me for d in dealers):
             raise self._blame("not_in_book", "shares from a dealer outside the key book (or from this member)")
@@ -243,6 +255,7 @@ class MemberSession:
         if fp.count != self.ctx.n:
             raise ValueError(f"the fixed point's count is {fp.count}, the group has {self.ctx.n} members")
         c = self.ctx
+        assert self._s is not None and self.entry.book is not None  # s is dropped with b; forwarded: dealt
         enc = fp.encode(x)
         out = bytearray(TAG_LEN + 4 * enc.size)
         out[:TAG_LEN] = contribution_tag(c, self.entry.book, self.me)
@@ -264,6 +277,7 @@ class MemberSession:
         u = msg.survivors
         if self.entry.phase not in ("masked", "consented", "revealed"):
             raise self._blame("not_masked", "named a survivor before this member sent its masked input")
+        assert self.dealers is not None  # masked: the forwarded shares were accepted
         if not set(u) <= set(self.dealers):
             raise self._blame("not_survivor_subset", "survivors who did not deal shares to this member")
         if self.me not in u:
@@ -283,6 +297,7 @@ class MemberSession:
         c, u = self.ctx, proof.survivors
         if self.entry.survivors is None:
             raise self._blame("not_consented", "a proof for a set this member was never asked to sign")
+        assert self.dealers is not None and self.entry.book is not None  # consented: dealt and masked
         if u != self.entry.survivors:
             raise self._blame("conflicting_survivors", "the proof is for another survivor set than the one signed")
         signers = [s.member for s in proof.consents]

@@ -21,8 +21,10 @@ reconstruct what it committed to; then this receiver has no sum for the round.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -96,7 +98,13 @@ class ReceiverSession:
         self._digests: dict[tuple[Phase, str], bytes] = {}
         self.book: wire.KeyBook | None = None
         self._commits: dict[str, dict[str, tuple[bytes, bytes]]] = {}  # dealer -> holder -> (cb, cs)
-        self.members = self.dealers = self.survivors = self.signers = ()  # U1, U2, U, U4
+        none: tuple[str, ...] = ()
+        self.members = self.dealers = self.survivors = self.signers = none  # U1, U2, U, U4
+
+    def _bid(self) -> bytes:
+        """The key book's digest: fixed when KEYS closes, before every phase that uses it."""
+        assert self.book is not None  # only called from DEALS on (each caller checked the phase)
+        return self.book.digest
 
     # --- who is expected --------------------------------------------------------------------
 
@@ -105,9 +113,11 @@ class ReceiverSession:
         return {Phase.KEYS: self.ctx.group, Phase.DEALS: self.members, Phase.MASKED: self.dealers,
                 Phase.CONSENTS: self.survivors, Phase.REVEALS: self.signers}.get(self.phase, ())
 
-    def _received(self) -> dict:
-        return {Phase.KEYS: self.adverts, Phase.DEALS: self.deals, Phase.MASKED: self.masked,
-                Phase.CONSENTS: self.consents, Phase.REVEALS: self.reveals}.get(self.phase, {})
+    def _received(self) -> Mapping[str, object]:
+        received: dict[Phase, Mapping[str, object]] = {
+            Phase.KEYS: self.adverts, Phase.DEALS: self.deals, Phase.MASKED: self.masked,
+            Phase.CONSENTS: self.consents, Phase.REVEALS: self.reveals}
+        return received.get(self.phase, {})
 
     def missing(self) -> tuple[str, ...]:
         got = self._received()
@@ -121,7 +131,7 @@ class ReceiverSession:
     def receive(self, msg: wire.Message) -> None:
         """A parsed ADVERT, DEAL, CONSENT or REVEAL from a member."""
         phase = _TAKES.get(type(msg))
-        if phase is None:
+        if phase is None or not isinstance(msg, wire.Advert | wire.Deal | wire.Consent | wire.Reveal):
             raise SecAggError("unexpected_kind", (), f"a receiver does not take a {msg.KIND}")
         c = self.ctx
         if msg.net != c.network:
@@ -133,7 +143,7 @@ class ReceiverSession:
             raise SecAggError("late" if late else "out_of_order", (), f"a {msg.KIND} in phase {self.phase}")
         if msg.sender not in self.expected():
             raise SecAggError("not_expected", (), f"{msg.sender:.16} has no {msg.KIND} to send in this session")
-        if self.book is not None and msg.book != self.book.digest:
+        if self.book is not None and not isinstance(msg, wire.Advert) and msg.book != self.book.digest:  # no book yet
             raise SecAggError("wrong_session", (), f"{msg.KIND} for another key book")
         seen = self._digests.get((phase, msg.sender))
         if seen == msg.digest:
@@ -142,8 +152,9 @@ class ReceiverSession:
             raise SecAggError("bad_signature", (), f"{msg.KIND} not signed by {msg.sender:.16}")
         if seen is not None:
             raise SecAggError("equivocation", (msg.sender,), f"two different signed {msg.KIND}s")
-        {wire.Advert: self._advert, wire.Deal: self._deal, wire.Consent: self._consent,
-         wire.Reveal: self._reveal}[type(msg)](msg)
+        take: dict[type, Callable[[Any], None]] = {wire.Advert: self._advert, wire.Deal: self._deal,
+                                                   wire.Consent: self._consent, wire.Reveal: self._reveal}
+        take[type(msg)](msg)
         self._digests[(phase, msg.sender)] = msg.digest
 
     def _advert(self, msg: wire.Advert) -> None:
@@ -174,7 +185,7 @@ class ReceiverSession:
         view = memoryview(payload).cast("B")
         if len(view) != TAG_LEN + 4 * self.size:
             raise SecAggError("bad_payload", (sender,), f"{len(view)} bytes, expected {TAG_LEN + 4 * self.size}")
-        if bytes(view[:TAG_LEN]) != contribution_tag(self.ctx, self.book.digest, sender):
+        if bytes(view[:TAG_LEN]) != contribution_tag(self.ctx, self._bid(), sender):
             raise SecAggError("wrong_context", (sender,), "masked for another receiver, round, network or session")
         if sender in self.masked:
             if not np.array_equal(self.masked[sender], np.frombuffer(view, "<u4", offset=TAG_LEN)):
@@ -192,7 +203,7 @@ class ReceiverSession:
         if tuple(s.dealer for s in msg.b_shares) != self.survivors or tuple(s.dealer for s in msg.s_shares) != dropped:
             raise SecAggError("bad_reveal", (msg.sender,), "not b shares for the survivors and s shares for the "
                                                            "dropped dealers")
-        c, bid = self.ctx, self.book.digest
+        c, bid = self.ctx, self._bid()
         key = reveal_key(c, bid, self._c, self.adverts[msg.sender].c_pub, msg.sender, msg.sender)
         shares: tuple[dict[str, bytes], dict[str, bytes]] = ({}, {})
         for which, rows, out in (("b", msg.b_shares, shares[0]), ("s", msg.s_shares, shares[1])):
@@ -209,7 +220,7 @@ class ReceiverSession:
 
     # --- closing phases -------------------------------------------------------------------------
 
-    def _enough(self, got: dict) -> tuple[str, ...]:
+    def _enough(self, got: Mapping[str, object]) -> tuple[str, ...]:
         if len(got) < self.threshold:
             raise SecAggError("too_few", self.missing(), f"{len(got)} of {len(self.expected())} answered in phase "
                                                          f"{self.phase}, threshold {self.threshold}")
@@ -223,30 +234,32 @@ class ReceiverSession:
             entries = [wire.BookEntry(k, a.c_pub, a.s_pub, a.sig) for k, a in sorted(self.adverts.items())]
             data = wire.encode(me, wire.KeyBook, net=c.network, round=c.round, threshold=self.threshold,
                                recv_pub=public_raw(self._c), entries=entries)
-            self.book = wire.parse(data, c.n)
+            book = wire.parse(data, c.n)
+            assert isinstance(book, wire.KeyBook)  # the bytes just encoded as one
+            self.book = book
             self.phase = Phase.DEALS
             return dict.fromkeys(self.members, data)
         if self.phase is Phase.DEALS:
             self.dealers = self._enough(self.deals)
             self._commits = {j: {cm.holder: (cm.cb, cm.cs) for cm in d.commits} for j, d in self.deals.items()}
             boxes = {j: {b.holder: b for b in d.boxes} for j, d in self.deals.items()}
-            out = {}
+            out: dict[str, bytes] = {}
             for k in self.dealers:
                 rows = [wire.ForwardedBox(j, *self._commits[j][k], boxes[j][k].ct, boxes[j][k].sig)
                         for j in self.dealers if j != k]
-                out[k] = wire.encode(me, wire.Forward, net=c.network, to=k, round=c.round, book=self.book.digest,
+                out[k] = wire.encode(me, wire.Forward, net=c.network, to=k, round=c.round, book=self._bid(),
                                      boxes=rows)
             self.phase = Phase.MASKED
             return out
         if self.phase is Phase.MASKED:
             self.survivors = self._enough(self.masked)
-            data = wire.encode(me, wire.Survivors, net=c.network, round=c.round, book=self.book.digest,
+            data = wire.encode(me, wire.Survivors, net=c.network, round=c.round, book=self._bid(),
                                survivors=self.survivors)
             self.phase = Phase.CONSENTS
             return dict.fromkeys(self.survivors, data)
         if self.phase is Phase.CONSENTS:
             self.signers = self._enough(self.consents)
-            data = wire.encode(me, wire.Proof, net=c.network, round=c.round, book=self.book.digest,
+            data = wire.encode(me, wire.Proof, net=c.network, round=c.round, book=self._bid(),
                                survivors=self.survivors,
                                consents=[wire.Signature(k, self.consents[k].sig) for k in self.signers])
             self.phase = Phase.REVEALS
@@ -261,7 +274,7 @@ class ReceiverSession:
             raise SecAggError("out_of_order", (), f"result() in phase {self.phase}")
         if fp.count != self.ctx.n:
             raise ValueError(f"the fixed point's count is {fp.count}, the group has {self.ctx.n} members")
-        c, bid, u = self.ctx, self.book.digest, self.survivors
+        c, bid, u = self.ctx, self._bid(), self.survivors
         revealers = self._enough(self.reveals)[: self.threshold]
         lagrange = lagrange_at_zero([c.x(r) for r in revealers])
         dropped = tuple(k for k in self.dealers if k not in u)

@@ -26,11 +26,11 @@ def metropolis_hastings(graph: nx.Graph) -> tuple[list, sp.csr_matrix]:
     nodes = list(graph.nodes)
     index = {v: i for i, v in enumerate(nodes)}
     deg = np.array([graph.degree(v) for v in nodes], dtype=float)
-    rows, cols = [], []
+    row_list, col_list = [], []
     for u, v in graph.edges():
-        rows.append(index[u])
-        cols.append(index[v])
-    rows, cols = np.array(rows, dtype=int), np.array(cols, dtype=int)
+        row_list.append(index[u])
+        col_list.append(index[v])
+    rows, cols = np.array(row_list, dtype=int), np.array(col_list, dtype=int)
     w = 1.0 / (1.0 + np.maximum(deg[rows], deg[cols]))
     n = len(nodes)
     off = sp.coo_matrix((np.concatenate([w, w]), (np.concatenate([rows, cols]), np.concatenate([cols, rows]))),

@@ -109,7 +109,7 @@ class PlanCheck:
 
     def suggestions(self) -> list[str]:
         """What would work, as the flags of `topology plan` (an empty list when nothing is known)."""
-        out = []
+        out: list[str] = []
         if self.ok:
             return out
         if self.min_degree is not None:

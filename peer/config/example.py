@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import fields
+from typing import Any
 
 from privacy.settings import PrivacySettings
 
@@ -24,7 +25,7 @@ from .parse import (
 from .tomlwrite import value
 
 # values that differ from the defaults on purpose: an example names a real deployment
-EXAMPLE_VALUES = {
+EXAMPLE_VALUES: dict[str, Any] = {
     "name": "gateway-1", "identity.key": "peer.key", "network.id": "my-network", "network.trust": "trust.toml",
     "transport.kind": "libp2p", "transport.listen": ["/ip4/0.0.0.0/tcp/4001"], "data.shards": 8,
 }

@@ -57,7 +57,8 @@ class _Table:
     """Typed access to one TOML table that remembers its path for error messages."""
 
     def __init__(self, data: dict, path: str):
-        self.data, self.path, self.used = data, path, set()
+        self.data, self.path = data, path
+        self.used: set[str] = set()
 
     def name(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key

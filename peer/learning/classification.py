@@ -120,6 +120,7 @@ class ClassificationLearner:
     def _train_private(self) -> Metrics:
         """One round of DP-SGD. The metrics (loss, accuracy on the sampled records) are computed
         from private data without noise: they are for the peer's own log, not a DP release."""
+        assert self.record_dp is not None  # train() calls this only once enable_record_dp set it
         clip, sigma, gen, q = self.record_dp
         self.module.train()
         x, y = self.data.x_train, self.data.y_train
@@ -147,6 +148,7 @@ class ClassificationLearner:
             x, y = self.data.x_eval, self.data.y_eval
             if len(y) == 0:
                 x, y = self.data.x_train, self.data.y_train
+        assert y is not None  # x and y are given together
         self.module.eval()
         out = self.module(x)
         return Metrics(loss=float(self.loss_fn(out, y)), accuracy=float((out.argmax(1) == y).float().mean()),

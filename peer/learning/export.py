@@ -92,7 +92,7 @@ def vouched_checkpoint(data_dir: Path) -> ckpt.Checkpoint:
         except ckpt.CheckpointError as exc:
             problems.append(str(exc))
             continue
-        if matches(ck, want):
+        if ck is not None and matches(ck, want):
             return ck
         problems.append(f"{candidate.name} is not the checkpoint of round {want.round} the log vouches for")
     raise ExportError(f"{data_dir}: no checkpoint the provenance log vouches for "
@@ -102,6 +102,8 @@ def vouched_checkpoint(data_dir: Path) -> ckpt.Checkpoint:
 def rebuild(cfg: PeerConfig, ck: ckpt.Checkpoint) -> FlatModel:
     """The config's model with the checkpoint's parameters; ExportError if they do not fit."""
     info = ck.model
+    if info is None:
+        raise ExportError("the checkpoint carries no model schema: run the peer one more round to rewrite it")
     base = cfg.source.resolve().parent if cfg.source is not None else None
     module = build_model(cfg.model.name, info.in_features, cfg.model.classes, cfg.model.options,
                          cfg.model.seed, base=base)
@@ -148,6 +150,7 @@ def export(cfg: PeerConfig, out: str | os.PathLike, formats: tuple[str, ...] = F
         raise ExportError(f"--format: {unknown[0] if unknown else 'nothing'} is not one of {', '.join(FORMATS)}")
     ck = vouched_checkpoint(Path(cfg.data_dir))
     fm = rebuild(cfg, ck)
+    assert ck.model is not None  # rebuild refuses a checkpoint without its model schema
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = Exported(ck.round, ckpt.params_hash(ck.params), ck.model.in_features)

@@ -27,13 +27,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from gossip.lazy import lazy
 
 from ..errors import ConfigError, PeerError
 
-torch, nn = lazy("torch"), lazy("torch.nn")  # loaded when a learner is built, not to read a config
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:
+    torch, nn = lazy("torch"), lazy("torch.nn")  # loaded when a learner is built, not to read a config
 
 LEARNER_ARGUMENTS = ("model", "flat", "data", "cfg", "seed")  # what gossipfl passes every learner factory
 BUILTIN_LEARNERS = {"classification": "peer.learning.classification:ClassificationLearner"}

@@ -12,7 +12,9 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgpack
 
@@ -20,7 +22,11 @@ from gossip.lazy import lazy
 
 from ..errors import ConfigError
 
-torch, nn = lazy("torch"), lazy("torch.nn")  # loaded when a model is built, not to read a config
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:
+    torch, nn = lazy("torch"), lazy("torch.nn")  # loaded when a model is built, not to read a config
 
 
 def mlp(in_features: int = 64, hidden: list[int] | tuple[int, ...] = (32,), classes: int = 10) -> nn.Module:
@@ -43,7 +49,7 @@ def cnn(in_features: int = 64, channels: int = 16, classes: int = 10, side: int 
         nn.Flatten(), nn.Linear(2 * channels * (side // 2) ** 2, 64), nn.ReLU(), nn.Linear(64, classes))
 
 
-BUILTIN = {"mlp": mlp, "cnn": cnn}
+BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn}
 MAX_WIDTH = 1 << 16  # a hidden layer, channel count or image side of a built-in model
 MAX_LAYERS = 64
 MAX_PARAMETERS = 50_000_000  # 200 MB of float32: beyond it, name your own factory
@@ -146,6 +152,7 @@ def _import(module: str, what: str, base: Path | None):
     """Import `module`, from the folder `base` (the config's) first, then the installed packages."""
     local = _local_origin(module, base) if base is not None else None
     if local is not None:
+        assert base is not None  # local is only looked for inside base
         top = module.split(".")[0]
         loaded = sys.modules.get(top)
         origin = getattr(loaded, "__file__", None) if loaded is not None else None

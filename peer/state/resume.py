@@ -16,11 +16,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import PeerError
 from . import checkpoint as ckpt
 from .checkpoint import Checkpoint, CheckpointError, params_hash
-from .provenance import EventKind, ProvenanceLog
+from .provenance import Event, EventKind, ProvenanceLog
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 
@@ -28,6 +29,14 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 class ResumeError(PeerError):
     """The checkpoint and the provenance log disagree: resuming would continue from state the
     log does not describe."""
+
+
+class EventSource(Protocol):
+    """A provenance log to read from: the peer's own, or export's read-only view of it."""
+
+    path: Path
+
+    def last_event(self, kind: EventKind) -> Event | None: ...
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,7 @@ class Vouched:
     params_hash: str
 
 
-def vouched(log: ProvenanceLog) -> Vouched | None:
+def vouched(log: EventSource) -> Vouched | None:
     """The log's last checkpoint event, None if it has none; ResumeError if it is malformed."""
     ev = log.last_event(EventKind.CHECKPOINT)
     if ev is None:
