@@ -177,6 +177,7 @@ class MqttTransport(QueuedTransport):
         try:
             self.queue.put_nowait((sender, data))
         except asyncio.QueueFull:
+            assert sender is not None  # MQTT names every sender (the topic's last level)
             self.budget.give_back(sender, len(data), INBOX_FULL)
 
     async def _iterate(self):

@@ -51,7 +51,7 @@ class QuietAcceptor:
         self.epoll = select.epoll()
         self.epoll.register(self.sock.fileno(), select.EPOLLIN)
         self.pending: dict[int, tuple[socket.socket, float]] = {}  # fd -> (socket, deadline), oldest first
-        self.slots = Slots(capacity)
+        self.slots: Slots[int] = Slots(capacity)  # by file descriptor
         self.ready: deque = deque()
         self.closed = False
         self._original = listener.accept

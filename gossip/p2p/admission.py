@@ -13,25 +13,28 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+T = TypeVar("T", bound=Hashable)  # what holds a slot: a file descriptor, a cancel scope
 
 
-class Slots:
+class Slots(Generic[T]):
     """At most `capacity` holders, each (token, source); `add` returns the evicted token."""
 
     def __init__(self, capacity: int):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.capacity = capacity
-        self._by_source: dict[str, OrderedDict[Hashable, None]] = {}
-        self._source_of: dict[Hashable, str] = {}
+        self._by_source: dict[str, OrderedDict[T, None]] = {}
+        self._source_of: dict[T, str] = {}
 
     def __len__(self) -> int:
         return len(self._source_of)
 
-    def __contains__(self, token: Hashable) -> bool:
+    def __contains__(self, token: object) -> bool:
         return token in self._source_of
 
-    def add(self, token: Hashable, source: str) -> Hashable | None:
+    def add(self, token: T, source: str) -> T | None:
         """Take a slot for `token`; when all are taken, first free the oldest slot of the
         source holding the most (ties: the source that came first) and return its token."""
         evicted = None
@@ -43,7 +46,7 @@ class Slots:
         self._by_source.setdefault(source, OrderedDict())[token] = None
         return evicted
 
-    def remove(self, token: Hashable) -> None:
+    def remove(self, token: T) -> None:
         source = self._source_of.pop(token, None)
         if source is None:
             return

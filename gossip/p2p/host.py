@@ -152,7 +152,7 @@ class Hardening:
                  on_trusted: Callable[[str], None], spawn: Callable):
         self.swarm, self.gate, self.counters = swarm, gate, counters
         self.bounds_for, self.on_trusted, self.spawn = bounds_for, on_trusted, spawn
-        self.handshakes = Slots(HANDSHAKE_SLOTS)
+        self.handshakes: Slots[trio.CancelScope] = Slots(HANDSHAKE_SLOTS)
         self.acceptors: list[QuietAcceptor] = []
 
     def install(self) -> None:
@@ -269,7 +269,7 @@ def check_bindable(addr: str) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise TransportError(f"cannot listen on {addr}: {exc.strerror.lower()} "
+            raise TransportError(f"cannot listen on {addr}: {(exc.strerror or str(exc)).lower()} "
                                  "(another process has this port?)") from None
 
 

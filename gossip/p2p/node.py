@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import multiaddr
 import trio
@@ -86,7 +87,7 @@ class Node:
         self.relay_ids = {r.peer_id for r in s.relays}
         self.reachability = Reachability(s.reachability)
         self.receiver = UpdateReceiver(self.gate, self.counters, self.max_size, self.deliver)
-        self.host = None
+        self.host: Any = None  # the libp2p host once started (py-libp2p is not typed)
         self.relay = None  # FleetRelay when serving
         self.keeper: ReservationKeeper | None = None
         self.bound: list[str] = []
@@ -151,7 +152,8 @@ class Node:
         if s.relays and s.reachability != "public":
             self.keeper = ReservationKeeper(host, list(s.relays), on_change=lambda: self._addresses_changed.set(),
                                             retry_cap=s.reconnect_cap)
-        started, self._stop, self._finished = trio.Event(), trio.Event(), trio.Event()
+        started, stop, self._finished = trio.Event(), trio.Event(), trio.Event()
+        self._stop = stop
         failure: list[BaseException] = []
 
         async def run() -> None:
@@ -175,7 +177,7 @@ class Node:
                                     if s.relays and s.reachability == "auto":
                                         tasks.start_soon(self._check_reachability)
                                     started.set()
-                                    await self._stop.wait()
+                                    await stop.wait()
                                     self._nursery = None  # no reconnection to a relay, no push from here on
                                     tasks.cancel_scope.cancel()
                                 await close_swarm(host)
@@ -183,7 +185,7 @@ class Node:
                         hardening.close()  # after the listeners closed: nothing waits on its sockets
                     nursery.cancel_scope.cancel()
             except BaseException as exc:  # noqa: BLE001 - reported through `failure` or on_failed
-                if started.is_set() and not isinstance(exc, trio.Cancelled) and not self._stop.is_set():
+                if started.is_set() and not isinstance(exc, trio.Cancelled) and not stop.is_set():
                     self.on_failed(exc)  # the host died after it started: the peer must know
                 failure.append(exc)
                 started.set()

@@ -221,7 +221,8 @@ def fleet_relay(host, limits: RelayLimits, allowed: Callable[[str], bool], on_st
             circuit.scopes.append(scope)
             try:
                 with scope:
-                    await super()._relay_data(_Counted(src, self), dst, peer_id, None, circuit_data_limit)
+                    await super()._relay_data(_Counted(src, self), dst, peer_id, None,  # type: ignore[arg-type]  # a stream wrapper
+                                              circuit_data_limit)
             finally:
                 ended = self.circuits.pop(key, None)
                 for other in ended.scopes if ended is not None else ():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import multiaddr
 import trio
@@ -44,8 +45,8 @@ class RelayService:
         self.counters = Counters()
         self.gate = Gate(allowed)
         self.bridge = TrioBridge(f"relay-{identity.peer_id[-6:]}")
-        self.relay = None
-        self.host = None
+        self.relay: Any = None  # the fleet relay and the libp2p host once started (py-libp2p is not typed)
+        self.host: Any = None
         self._addrs: list[str] = []
         self._stop: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
@@ -97,7 +98,8 @@ class RelayService:
         self.relay = fleet_relay(self.host, limits, self.gate.may_send)
         if self.dial_back:
             honest_autonat(self.host)
-        started, self._stop, self._finished = trio.Event(), trio.Event(), trio.Event()
+        started, stop, self._finished = trio.Event(), trio.Event(), trio.Event()
+        self._stop = stop
         failure: list[BaseException] = []
 
         async def run() -> None:
@@ -113,7 +115,7 @@ class RelayService:
                             hardening.guard_listeners()
                             async with background_trio_service(self.relay):
                                 started.set()
-                                await self._stop.wait()
+                                await stop.wait()
                                 await close_swarm(self.host)
                     finally:
                         hardening.close()
