@@ -253,7 +253,7 @@ class Libp2pTransport(QueuedTransport):
 
     def _from_trio(self, sender: str, body: bytearray) -> None:
         if self.loop is not None and not self.closed:
-            self.loop.call_soon_threadsafe(self._deliver, sender, body)
+            self.loop.call_soon_threadsafe(self._deliver, sender, body)  # no copy: updates are large
 
     def _trusted(self, peer_id: str) -> None:
         """A neighbour just connected to us: dial it at once, whatever the backoff said."""

@@ -173,7 +173,7 @@ class MqttTransport(QueuedTransport):
         if total & (total - 1) == 0:  # the 1st, 2nd, 4th, 8th, ... drop: a flood is one line per doubling
             log.warning("inbox over its bounds: dropped %s so far", dict(self.budget.dropped))
 
-    def _deliver(self, sender: str | None, data: bytes) -> None:
+    def _deliver(self, sender: str | None, data: bytes | bytearray) -> None:
         try:
             self.queue.put_nowait((sender, data))
         except asyncio.QueueFull:

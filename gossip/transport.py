@@ -46,7 +46,7 @@ class Transport:
     async def set_neighbours(self, addrs: dict[str, str | None]) -> None:
         """The neighbours changed (fleet membership): id -> address where the transport dials."""
 
-    on_failure = None  # callable(exc): a background task of the transport died (set by the owner)
+    on_failure: Callable[[BaseException], object] | None = None  # a background task died (set by the owner)
 
     def _failed(self, exc: BaseException) -> None:
         """Report a dead background task to the owner (from any thread); never silent."""
@@ -62,7 +62,7 @@ class QueuedTransport(Transport):
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=inbox)
         self.dropped_full = 0
 
-    def _deliver(self, sender: str | None, data: bytes) -> None:
+    def _deliver(self, sender: str | None, data: bytes | bytearray) -> None:
         try:
             self.queue.put_nowait((sender, data))
         except asyncio.QueueFull:

@@ -17,7 +17,7 @@ The Verifier holds configuration only; the replay window belongs to the caller.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Container, Mapping
+from collections.abc import Collection, Container
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -106,7 +106,7 @@ class Verifier:
     masked_words: int | None = None  # secure_mean: the words of a masked contribution to this peer
     # the highest signed epsilon accepted from each sender (caller-owned, read at each call, like
     # `revoked`): a sender whose epsilon goes down reset its privacy ledger
-    witnessed: Mapping[str, float] | None = None
+    witnessed: dict[str, float] | None = None
 
     def screen(self, data: object, current_round: int,
                seen: Container[tuple[str, int]] = ()) -> Envelope | Rejected:

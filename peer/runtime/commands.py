@@ -13,6 +13,8 @@ from ..state.provenance import NewEvent
 if TYPE_CHECKING:  # a relay imports membership, and so these commands: never torch
     import torch
 
+    from gossip.verify import Accepted, Rejected
+
 
 class Command:
     """Base of every command (a rule's exchange may add its own, e.g. secure_mean's masking)."""
@@ -64,14 +66,14 @@ class Finish(Command):
 class Screened(Command):
     """A message's header was checked (structure, window, replay, signature): judge it."""
 
-    result: object  # Envelope | Rejected
+    result: Envelope | Rejected
 
 
 @dataclass(frozen=True)
 class Offer(Command):
     """A message's payload was verified (and opened by the wire): count, buffer or drop it."""
 
-    result: object  # Accepted | Rejected
+    result: Accepted | Rejected
     size: int
 
 

@@ -44,6 +44,11 @@ class RoundContext:
     note: str = ""
     aggregated: bool = False
 
+    def sent(self) -> torch.Tensor:
+        """The model this round sends (set once training ended)."""
+        assert self.own is not None, "the round has not trained yet"
+        return self.own
+
     def record(self, round_: int, accepted: int, rejected: Counter, bytes_sent: int, now: float) -> RoundRecord:
         return RoundRecord(round_, self.train, self.eval, accepted, rejected, self.aggregated, self.note,
                            bytes_sent, now - self.started, self.train_s, self.eval_s)

@@ -1,13 +1,10 @@
 """One peer: the asyncio driver of peer.runtime.round.RoundState.
 
-The state machine decides (catch-up, rate limits, quorum and deadline, combine or skip, what
-to log); this class is its only caller and the only interpreter of its commands (`_execute`).
-It does the I/O the commands ask for through parts that each get only what they need: the
-rule's wire (sealing, opening, combining), the payload verifier (worker threads for large
-updates), the outbox (transmissions), the checkpoints, the provenance log, the privacy ledger.
-Time comes from the event loop's clock (`loop.time()`), so the simulator can run every peer on
-a virtual one; background work lives in one tracked TaskSet.
-"""
+The state machine decides (catch-up, rate limits, quorum, deadline, combine or skip, what to
+log); this class is its only caller and only interpreter of its commands (`_execute`), doing the
+I/O through parts that get only what they need: the rule's wire, the payload verifier, the
+outbox, the checkpoints, the journal (provenance log), the privacy ledger. Time is the event
+loop's clock (virtual in the simulator); background work lives in one tracked TaskSet."""
 
 from __future__ import annotations
 
@@ -15,6 +12,7 @@ import asyncio
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 from gossip.transport import Transport
 
@@ -88,8 +86,9 @@ class Peer:
         self.inbox.witness = self.witness = Witness(self.prov, self.peer_id, cfg.network, self.verifier)
         self.history: list[RoundRecord] = []
         self.ctx, self._wake, self._stop = RoundContext(started=0.0), asyncio.Event(), asyncio.Event()
-        self.failure, self.revoked_at = None, None  # what stopped it (an exception); the epoch it was revoked at
-        self.started, self.resumed_from = False, None  # resumed_from: the round of the checkpoint it resumed
+        self.failure: BaseException | None = None  # what stopped it
+        self.revoked_at: int | None = None  # the epoch at which it was revoked
+        self.started, self.resumed_from = False, cast(int | None, None)  # the round of the checkpoint it resumed
 
     @classmethod
     def from_config(cls, cfg: PeerConfig, transport: Transport | None = None) -> Peer:
@@ -148,7 +147,8 @@ class Peer:
         self.started = True
 
     def request_stop(self) -> None:
-        self._stop.set(), self._wake.set()
+        self._stop.set()
+        self._wake.set()
 
     def failed(self, what: str, exc: BaseException) -> None:
         """A background task died: say why and stop the peer (never a silent half-alive peer)."""
@@ -366,7 +366,7 @@ class Peer:
                     await self._execute(self.state.exchanged(sender, round_, content, self.clock()))
                     self._wake.set()
                 case _ if self.wire.carries(cmd):
-                    await self._execute(await self.wire.carry_out(cmd, ctx.own, self.state.collected,
+                    await self._execute(await self.wire.carry_out(cmd, ctx.sent(), self.state.collected,
                                                                   self.neighbours))
                 case _:  # pragma: no cover - a command nobody carries out is a bug
                     raise PeerError(f"no one carries out {cmd!r}")
@@ -377,7 +377,7 @@ class Peer:
         fields = dict(net=self.cfg.network, round=cmd.round, schema=self.model.schema, codec=self.cfg.round.codec,
                       parents=[bytes.fromhex(x) for x in cmd.parents], deg=len(self.neighbours),
                       eps=self.privacy.signed())
-        out = await self.wire.seal(self.ctx.own, self.neighbours, fields, cmd.transmit)
+        out = await self.wire.seal(self.ctx.sent(), self.neighbours, fields, cmd.transmit)
         await self._execute(self.state.sent(out.update_id, [
             (nb, s.update_id, {"bytes": len(s.data), **out.details}) for nb, s in out.per_neighbour.items()]))
         await self.journal.flush()

@@ -125,7 +125,7 @@ def _route_uncaught(logger: logging.Logger) -> None:
             return
         name = args.thread.name if args.thread else "?"
         logger.error("uncaught exception in thread %s: %r", name, args.exc_value,
-                     exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+                     exc_info=args.exc_value if args.exc_value is not None else True)
 
     def unraisable_hook(u):
         logger.warning("exception ignored in %r: %r", u.object, u.exc_value,

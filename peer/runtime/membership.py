@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,7 @@ class Membership:
     records: list[bytes] = field(default_factory=list)
     revoked_at: dict[str, int] = field(default_factory=dict)
 
-    def load(self, logged: list[bytes] = ()) -> list[Record]:
+    def load(self, logged: Sequence[bytes] = ()) -> list[Record]:
         """Re-apply the records the verified provenance log holds (`logged`, the source of truth)
         and the cached file's, each verified again against the admin key, in epoch order. A record
         the log holds that no longer applies is an error (the admin key changed?); the file is a
@@ -172,6 +173,8 @@ def logged_records(events) -> list[bytes]:
     out = []
     for ev in events:
         raw = ev.details.get("bytes") if isinstance(ev.details, dict) else None
+        if not isinstance(raw, str):
+            continue
         try:
             out.append(bytes.fromhex(raw))
         except (TypeError, ValueError):

@@ -25,6 +25,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
@@ -148,7 +149,7 @@ class PeerMetrics:
         self._rejected_seen: dict[str, int] = {}
         self._status: dict = {}
         self._lock = threading.Lock()
-        self._server = None
+        self._server: Any = None  # prometheus-client's WSGI server once started
         self._lag_task: asyncio.Task | None = None
         self.address: tuple[str, int] | None = None
 
@@ -228,7 +229,8 @@ class PeerMetrics:
         the status and the log (a line whenever the reachability or a neighbour's link changes)."""
         state = report.get("reachability")
         state = state if state in REACHABILITY_STATES else "unknown"
-        links = report.get("links") if isinstance(report.get("links"), Mapping) else {}
+        raw = report.get("links")
+        links = raw if isinstance(raw, Mapping) else {}
         named = {self.names.get(p, p): (k if k in LINK_KINDS else "down") for p, k in sorted(links.items())}
         before = self.connectivity
         now = {"reachability": state, "links": named}

@@ -98,10 +98,12 @@ def load_local_data(cfg: PeerConfig) -> LocalData:
     if d.source == "digits":
         return digits_shard(d.shard, d.shards, d.partition, alpha=d.alpha, labels_per_shard=d.labels_per_shard,
                             seed=d.seed, holdout=d.holdout)
+    if d.source in ("npz", "csv") and d.path is None:
+        raise ConfigError(f"data.source = {d.source!r} needs data.path (the file to read)")
     if d.source == "npz":
-        x, y = load_npz(d.path, d.x_key, d.y_key)
+        x, y = load_npz(str(d.path), d.x_key, d.y_key)
     elif d.source == "csv":
-        x, y = load_csv(d.path, d.label_column)
+        x, y = load_csv(str(d.path), d.label_column)
     else:
         loader = load_object(d.source, "data.source", config_folder(cfg))
         try:

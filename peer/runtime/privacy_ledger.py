@@ -23,6 +23,7 @@ import logging
 import math
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gossip.lazy import lazy
 
@@ -30,7 +31,10 @@ from ..errors import ConfigError, PeerError
 from ..state.provenance import EventKind, NewEvent, ProvenanceLog
 
 log = logging.getLogger("gossipfl.peer")
-dp, accountant = lazy("privacy.dp"), lazy("privacy.accountant")
+if TYPE_CHECKING:
+    from privacy import accountant, dp
+else:
+    dp, accountant = lazy("privacy.dp"), lazy("privacy.accountant")
 
 
 # what `epsilon` (add/remove) and `epsilon_replace` (replacement) are about, per mode
@@ -56,8 +60,8 @@ class PeerPrivacy:
         self.settings = s = settings
         self.mode = s.mode
         self.exhausted = False
-        self.release = None
-        self.acct = None
+        self.release: accountant.Release | None = None
+        self.acct: accountant.Accountant | None = None
         self._transmit, self._start = True, None  # this round's, between before_ and after_training
         if self.mode == "off":
             return
@@ -77,6 +81,11 @@ class PeerPrivacy:
     @property
     def on(self) -> bool:
         return self.mode != "off"
+
+    def _kept(self) -> tuple[accountant.Accountant, accountant.Release]:
+        """The accountant and the round's release: both set whenever privacy is on."""
+        assert self.acct is not None and self.release is not None, "privacy is off"
+        return self.acct, self.release
 
     def epsilon(self) -> float:
         """Epsilon under add/remove (of a gateway's data in update mode, of a record in record mode)."""
@@ -106,10 +115,11 @@ class PeerPrivacy:
         except (ValueError, TypeError) as exc:
             raise PrivacyLedgerError(f"{prov.path}: privacy event {ev.seq} cannot be read back ({exc}); "
                                      "refusing to continue: the privacy budget spent is unknown") from None
-        if restored.kind != self.acct.kind or restored.delta != self.settings.delta:
+        acct, _ = self._kept()
+        if restored.kind != acct.kind or restored.delta != self.settings.delta:
             raise PrivacyLedgerError(
                 f"{prov.path}: the ledger was kept with accountant {restored.kind!r} and delta {restored.delta:g}; "
-                f"peer.toml now says {self.acct.kind!r} and {self.settings.delta:g}: changing them would restart "
+                f"peer.toml now says {acct.kind!r} and {self.settings.delta:g}: changing them would restart "
                 "the accounting. Put privacy.accountant and privacy.delta back")
         self.acct = restored
         self.exhausted = bool(ev.details.get("exhausted"))
@@ -120,7 +130,8 @@ class PeerPrivacy:
         round's plan (send=False once the budget would be exceeded: logged once)."""
         if not self.on:
             return None
-        if not self.exhausted and self.acct.allows(self.release, self.settings.epsilon):
+        acct, release = self._kept()
+        if not self.exhausted and acct.allows(release, self.settings.epsilon):
             return RoundPrivacy({}, True)
         first = not self.exhausted
         self.exhausted = True
@@ -154,15 +165,16 @@ class PeerPrivacy:
 
     def spend(self, extra: dict) -> dict:
         """The round's release is about to leave: compose it; returns the `privacy` event's details."""
-        self.acct.spend(self.release)
+        acct, release = self._kept()
+        acct.spend(release)
         return {**self._details(exhausted=False), **extra}
 
     def _details(self, exhausted: bool) -> dict:
-        s, r = self.settings, self.release
+        (acct, r), s = self._kept(), self.settings
         return {"mode": s.mode, "sigma": r.sigma, "clip": s.clip, "q": r.q, "steps": r.steps, "delta": s.delta,
                 "epsilon": _finite(self.epsilon()), "epsilon_replace": _finite(self.epsilon_replace()),
                 "relation": RELATIONS[s.mode], "budget": _finite(s.epsilon), "exhausted": exhausted,
-                "accountant": self.acct.state()}
+                "accountant": acct.state()}
 
     def event(self, round_: int, details: dict) -> NewEvent:
         return NewEvent(EventKind.PRIVACY, round_, details=details)

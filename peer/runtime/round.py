@@ -199,7 +199,7 @@ class RoundState:
             return OfferKind.REJECTED, self.reject(reason, detail, sender, True, result.update_id)
         self.seen.add((sender, rnd))
         sh = result.envelope.signed_header()
-        log = [Log(NewEvent(EventKind.RECEIVED, rnd, sender, result.update_id,
+        log: list[Command] = [Log(NewEvent(EventKind.RECEIVED, rnd, sender, result.update_id,
                             {"header": sh["header"].hex(), "sig": sh["sig"].hex(), "bytes": size}))]
         if rnd == self.round:
             self.collected[sender] = self.keep(result)

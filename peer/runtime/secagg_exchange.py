@@ -132,6 +132,7 @@ class SecAggExchange(Exchange):
     def start(self, round_: int, now: float) -> list[Command]:
         self.started = round_
         own = self._own(round_)
+        assert own is not None  # created when missing
         own.opened = now
         out = [] if own.session is None else self._advance_if_complete(round_, own, now)
         logs, sends = [], []
@@ -207,7 +208,7 @@ class SecAggExchange(Exchange):
         if own is None or own.session is None or own.failed or own.opened is None:
             return []
         if own.session.phase in (Stage.KEYS, Stage.DEALS, Stage.CONSENTS) and now >= own.opened + self.policy.deadline:
-            return self._advance(self.started, own, now)
+            return self._advance(own.session.ctx.round, own, now)
         return []
 
     def wake_at(self) -> float | None:
@@ -317,12 +318,15 @@ class SecAggExchange(Exchange):
 
     def _advance_if_complete(self, rnd: int, own: _Own, now: float) -> list[Command]:
         s = own.session
+        if s is None:
+            return []
         if rnd != self.started or own.failed or s.phase not in (Stage.KEYS, Stage.DEALS, Stage.CONSENTS):
             return []  # MASKED closes with the round; REVEALS with `ready`
         return self._advance(rnd, own, now) if s.complete() else []
 
     def _advance(self, rnd: int, own: _Own, now: float) -> list[Command]:
         s = own.session
+        assert s is not None  # callers checked: a failed group has no session to advance
         closing, missing = s.phase, s.missing()
         try:
             out = s.advance()

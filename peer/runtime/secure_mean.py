@@ -97,10 +97,14 @@ class SecureMeanWire(Wire):
     def words(self, group_size: int) -> int:
         return masked_words(self.n_params)
 
+    def _exchange(self) -> SecAggExchange:
+        assert self.exch is not None, "exchange() makes it when the round state is built"
+        return self.exch
+
     def restore(self, prov) -> None:
         """The member's ledger, from its `secagg_ledger` events: after a restart no session
         starts again for a (receiver, round) it began, and no second survivor set is signed."""
-        self.exch.restore(e.details for e in prov.events(EventKind.SECAGG_LEDGER))
+        self._exchange().restore(e.details for e in prov.events(EventKind.SECAGG_LEDGER))
 
     async def seal(self, own, neighbours, fields, transmit) -> Outgoing:
         record = await self.off_loop(own.numel() * 4, seal_update, self.identity, own, **fields)
@@ -117,7 +121,7 @@ class SecureMeanWire(Wire):
     def on_message(self, kind, hint, data, trusted, round_) -> list[Command]:
         """Parsed (bounded by the largest group) and handed to the exchange, which checks the
         sender, session and signature before it does any work."""
-        n = self.setup.largest_group(len(self.exch.policy.neighbours))
+        n = self.setup.largest_group(len(self._exchange().policy.neighbours))
         try:
             msg = wire.parse(data, n)
         except SecAggError as exc:

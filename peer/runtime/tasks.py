@@ -24,8 +24,9 @@ class TaskSet:
 
     def _done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.on_failure(task.get_name(), task.exception())
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            self.on_failure(task.get_name(), exc)
 
     async def wait(self, timeout: float) -> None:
         """Let running tasks finish for up to `timeout` seconds."""

@@ -93,7 +93,7 @@ def _state_doc(state: dict[str, torch.Tensor]) -> dict:
 def _f32(t: torch.Tensor) -> memoryview:
     """Little-endian float32 bytes of `t`, a view where the tensor already is that."""
     arr = t.detach().to(torch.float32).contiguous().numpy().astype("<f4", copy=False)
-    return memoryview(arr).cast("B")
+    return memoryview(arr.data).cast("B")
 
 
 def save(path: str | os.PathLike, ck: Checkpoint) -> None:
@@ -210,7 +210,9 @@ def load(path: str | os.PathLike, schema: bytes, n_params: int) -> Checkpoint | 
     if info is not None and info.schema != schema:
         raise bad("model", "does not match the checkpoint's schema hash")
     learner = _learner_state(path, doc.get("learner", {}), n_params)
-    return Checkpoint(rnd, schema, tensor("params", False), tensor("momentum", True),
+    params = tensor("params", False)
+    assert params is not None  # not optional: tensor() raised otherwise
+    return Checkpoint(rnd, schema, params, tensor("momentum", True),
                       [(s, r) for s, r in replay], list(parents), info, learner)
 
 

@@ -337,9 +337,9 @@ class ProvenanceLog:
                 self.con.execute("ROLLBACK")
             raise
 
-    def append(self, kind: str, round_: int | None = None, counterpart: str | None = None,
+    def append(self, kind: EventKind | str, round_: int | None = None, counterpart: str | None = None,
                update_hash: str | None = None, details: Mapping[str, Any] | None = None) -> int:
-        return self.append_many([NewEvent(kind, round_, counterpart, update_hash, details or {})])
+        return self.append_many([NewEvent(EventKind(kind), round_, counterpart, update_hash, details or {})])
 
     def append_many(self, events: Iterable[NewEvent | tuple]) -> int:
         """Append events atomically (durable when this returns); returns the last seq.
