@@ -128,7 +128,8 @@ class Fleet:
         plan_dir = Path(plan) if plan else None
         if plan_dir is not None and not plan_dir.is_dir():
             raise AuditLookupError(f"--plan {plan_dir}: no such folder")
-        logs, names = [], {}
+        logs: list[PeerLog] = []
+        names: dict[str, str] = {}
         for path in expand_logs(args):
             owner, events = load_events(path)
             logs.append(PeerLog(path, owner, events))

@@ -98,6 +98,7 @@ def heat_map_png(fleet: Fleet, grid: Grid, width_px: int = 1400) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib.artist import Artist
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -115,6 +116,8 @@ def heat_map_png(fleet: Fleet, grid: Grid, width_px: int = 1400) -> bytes:
     ax.set_xlim(grid.first - 0.5, grid.last + 0.5)
     index = {p: i for i, p in enumerate(grid.peers)}
     for h in grid.membership:
+        if h.round is None:
+            continue  # a record every peer applied only at start-up (round None): no round to draw it at
         colour = MEMBERSHIP_COLOURS.get(h.kind, "#1d2430")
         ax.axvline(h.round - 0.5, color=colour, linewidth=2, linestyle="--")
         ax.annotate(f"{h.kind} {fleet.name(h.peer)}", (h.round - 0.5, -0.5), xytext=(3, 4),
@@ -129,7 +132,7 @@ def heat_map_png(fleet: Fleet, grid: Grid, width_px: int = 1400) -> bytes:
         xs, ys = zip(*points, strict=True)
         ax.scatter(xs, ys, marker=marker, s=70 if n_peers <= 30 else 18, color=colour, edgecolors="white",
                    linewidths=0.8, zorder=3)
-    handles = [Patch(color=c, label=label) for c, label in zip(COLOURS, LEGEND, strict=True)]
+    handles: list[Artist] = [Patch(color=c, label=label) for c, label in zip(COLOURS, LEGEND, strict=True)]
     handles += [Line2D([], [], marker=MARK_STYLE[k][0], color=MARK_STYLE[k][1], linestyle="", label=k)
                 for k in MARK_STYLE if k in by_kind]
     handles += [Line2D([], [], color=c, linestyle="--", label=f"{k} (membership record)")

@@ -89,8 +89,8 @@ def membership_history(fleet: Fleet) -> list[Happening]:
             d = e.details
             h = records.get(e.update_hash)
             if h is None:
-                action = d.get("action") if d.get("action") in ("admit", "revoke") else "membership"
-                subject = d.get("peer") if isinstance(d.get("peer"), str) else e.counterpart or ""
+                action = got if (got := d.get("action")) in ("admit", "revoke") else "membership"
+                subject = got if isinstance(got := d.get("peer"), str) else e.counterpart or ""
                 nbrs = [fleet.name(n) for n in d.get("neighbours") or () if isinstance(n, str)]
                 text = (f"{action} {fleet.label(subject)} (epoch {d.get('epoch', '?')}, record "
                         f"{short(e.update_hash)})" + (f", neighbour of {', '.join(nbrs)}" if nbrs else ""))

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..state.provenance import EventKind
 from .fleet import Fleet, short
 from .grid import AGGREGATED, MARKS, REJECTED, REVOKED, SKIPPED, Grid, build_grid, heat_map_png
-from .lifecycle import fleet_history
+from .lifecycle import Happening, fleet_history
 from .lineage import draw_lineage, lineage, lineage_summary
 from .query import rejections
 from .verify import verify_log
@@ -162,7 +162,7 @@ def _grid(fleet: Fleet) -> str:
         shown = range(grid.last - keep + 1, grid.last + 1)
         out += (f"<p class=muted>The table shows the last {keep} rounds ({shown[0]} to {shown[-1]}); "
                 "the heat map above shows them all.</p>")
-    membership = {}
+    membership: dict[int | None, list[Happening]] = {}
     for h in grid.membership:
         membership.setdefault(h.round, []).append(h)
     head = []
@@ -189,7 +189,8 @@ def _counts(fleet: Fleet) -> str:
     rows = []
     for log in sorted(fleet.logs, key=lambda lg: fleet.name(lg.owner)):
         accepted = sum(1 for e in log.events if e.kind == EventKind.RECEIVED)
-        proven, strangers = Counter(), Counter()
+        proven: Counter[str] = Counter()
+        strangers: Counter[str] = Counter()
         for e in log.events:
             if e.kind == EventKind.REJECTED:
                 reason = str(e.details.get("reason", "?"))

@@ -80,7 +80,7 @@ def _check_received(ev_details: dict, counterpart: str | None, update_hash: str 
     sender = fields.get("sender") if isinstance(fields, dict) else None
     if sender != counterpart:
         return "stored header's sender differs from the event's counterpart"
-    if not verify_signature(sender, sig, digest):
+    if not isinstance(sender, str) or not verify_signature(sender, sig, digest):  # None: no sender to verify
         return "sender's signature on the stored header does not verify"
     return None
 
@@ -218,9 +218,9 @@ class Lineage:
 
 class LineageIndex:
     def __init__(self, paths):
-        self.sent: dict[str, tuple[str, int, list[str]]] = {}
-        self.consumers: dict[str, list[tuple[str, int]]] = {}
-        self.next_sent: dict[tuple[str, int], str] = {}
+        self.sent: dict[str, tuple[str, int | None, list[str]]] = {}
+        self.consumers: dict[str, list[tuple[str, int | None]]] = {}
+        self.next_sent: dict[tuple[str, int | None], str] = {}
         self.seen_in: dict[str, set[str]] = {}
         for path in paths:
             peer_id, events = load_events(path)

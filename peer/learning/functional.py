@@ -130,6 +130,7 @@ class FunctionalLearner:
     def evaluate(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Metrics:
         if x is None:
             x, y = self.data.x_eval, self.data.y_eval
+        assert y is not None  # x and y are given together (as in classification.py)
         if len(x) == 0:
             return Metrics(loss=math.nan, samples=0)
         with torch.no_grad():

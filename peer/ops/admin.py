@@ -188,8 +188,12 @@ def admit(folder, name: str | None, neighbours: list[str], *, port: int | None =
     if base is not None:
         metrics_host = template.metrics_listen(base).rpartition(":")[0].strip("[]")
         ports["metrics"] = free_port(used, base, metrics_host)
-    ident = Identity.generate() if request is None else None
-    pid = ident.peer_id if ident is not None else request.peer_id
+    ident: Identity | None = None
+    if request is None:
+        ident = Identity.generate()
+        pid = ident.peer_id
+    else:
+        pid = request.peer_id
     ids = [n["peer_id"] for n in nbrs]
     ep = plan.kind.admit_endpoint(plan, pid, ids, host, ports.get("listen"))  # may refuse: nothing written
     if request is not None and request.reachability != "auto" and "reachability" in plan.kind.schema:

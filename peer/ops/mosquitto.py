@@ -175,8 +175,8 @@ def remove_login(folder: Path, peer_id: str, *, prefix: str, network: str) -> Br
     users.pop(peer_id, None)
     blocks = [b for b in _acl_blocks(files.acl.read_text()) if _user(b) != peer_id]
     for b in blocks:
-        if _user(b):
-            gone = f"topic write {inbox_topic(prefix, network, peer_id, _user(b))}"
+        if user := _user(b):
+            gone = f"topic write {inbox_topic(prefix, network, peer_id, user)}"
             b[:] = [line for line in b if line != gone]
     _write(files, users, blocks)
     return files

@@ -29,6 +29,7 @@ import asyncio
 import logging
 import signal
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -110,6 +111,12 @@ class FleetMembers:
 
     def __contains__(self, peer_id: object) -> bool:
         return peer_id in self.members
+
+    def __iter__(self) -> Iterator[str]:  # with __len__: a Collection[str], what RelayService's `allowed` takes
+        return iter(self.members)
+
+    def __len__(self) -> int:
+        return len(self.members)
 
     def refresh(self) -> bool:
         """Apply the records not seen yet, in epoch order; True when the members changed."""

@@ -22,6 +22,7 @@ from gossip.mqtt_transport import status_topic
 from ..config.parse import PeerConfig, load_config, split_host_port
 from ..errors import ConfigError
 from ..runtime import metrics as m
+from ..transports.mqtt import MqttConfig
 from .mosquitto import DASHBOARD_PASSWORD, DASHBOARD_USER
 
 MAX_SCRAPE = 1 << 20  # bytes of one metrics page
@@ -211,14 +212,14 @@ def _int(x) -> int | None:
 def row_from_status(member: Member, status: dict, now: float | None = None) -> PeerRow:
     """A row from a peer's retained MQTT status (peer.runtime.metrics.PeerMetrics.status())."""
     now = time.time() if now is None else now
-    evals = status.get("eval") if isinstance(status.get("eval"), dict) else {}
+    evals = got if isinstance(got := status.get("eval"), dict) else {}
     evals = {str(k): v for k, v in evals.items() if _number(v) is not None}
     metric, value = _shown(evals)
     last = _number(status.get("last_aggregation"))
-    rejected = status.get("rejected") if isinstance(status.get("rejected"), dict) else {}
+    rejected = got if isinstance(got := status.get("rejected"), dict) else {}
     online = status.get("online") is True
-    reason = status.get("reason") if isinstance(status.get("reason"), str) else ""
-    links = status.get("links") if isinstance(status.get("links"), dict) else {}
+    reason = got if isinstance(got := status.get("reason"), str) else ""
+    links = got if isinstance(got := status.get("links"), dict) else {}
     links = dict(list({str(k)[:m.MAX_KEY_LEN]: v for k, v in links.items() if v in m.LINK_KINDS}.items())[:MAX_LINKS])
     reach = status.get("reachability") if status.get("reachability") in m.REACHABILITY_STATES else None
     return PeerRow(member.name, member.peer_id, online, "mqtt", _int(status.get("round")), metric, value,
@@ -250,6 +251,7 @@ def scrape(listen: str, timeout: float) -> str:
 
 
 def _scrape_row(member: Member, timeout: float) -> PeerRow:
+    assert member.metrics is not None  # fleet_status scrapes only members with a metrics endpoint
     try:
         return row_from_metrics(member, scrape(member.metrics, timeout))
     except (OSError, urllib.error.URLError) as exc:
@@ -259,8 +261,13 @@ def _scrape_row(member: Member, timeout: float) -> PeerRow:
         return offline(member, f"metrics {member.metrics}: not a metrics page ({str(exc)[:80]})")
 
 
+def _mqtt(cfg: PeerConfig) -> MqttConfig:
+    assert isinstance(cfg.transport, MqttConfig)  # only peers whose transport.kind is mqtt read a broker
+    return cfg.transport
+
+
 def _broker_key(cfg: PeerConfig, login: Login | None) -> tuple:
-    t = cfg.transport
+    t = _mqtt(cfg)
     return (t.host, t.port, t.tls, t.ca_file) + ((t.username, t.password) if login is None else ())
 
 
@@ -270,9 +277,9 @@ async def read_statuses(group: list[Member], timeout: float, login: Login | None
     (else the first peer's own login, which the plan's ACL lets read only its own status)."""
     import aiomqtt
 
-    t = group[0].cfg.transport
+    t = _mqtt(group[0].cfg)
     username, password = (login.username, login.password) if login else (t.username, t.password)
-    topics = {status_topic(mb.cfg.transport.topic_prefix, mb.cfg.network, mb.peer_id): mb.peer_id for mb in group}
+    topics = {status_topic(_mqtt(mb.cfg).topic_prefix, mb.cfg.network, mb.peer_id): mb.peer_id for mb in group}
     out: dict[str, dict | str] = {}
     tls = ssl.create_default_context(cafile=t.ca_file) if t.tls else None
     try:
@@ -319,9 +326,11 @@ async def fleet_status(group: list[Member], timeout: float = 3.0, source: str = 
                                        else "not an mqtt peer")
     results = await asyncio.gather(*scrapes, *(read_statuses(g, timeout, login) for g in brokers.values()))
     for row in results[:len(by_http)]:
+        assert isinstance(row, PeerRow)  # the first len(by_http) results are _scrape_row's
         rows[row.peer_id] = row
     now = time.time()
     for g, statuses in zip(brokers.values(), results[len(by_http):], strict=True):
+        assert isinstance(statuses, dict)  # the rest are read_statuses'
         for mb in g:
             got = statuses.get(mb.peer_id)
             if isinstance(got, dict):

@@ -133,6 +133,7 @@ class NodeTemplate:
         data.update({"shard": index, "shards": shards})
         if "metrics" in tables and tables["metrics"].get("listen") is not None:
             port = self.metrics_port(index) if metrics_port is None else metrics_port
+            assert port is not None  # metrics.listen is set, so metrics_port found its port
             tables["metrics"] = {**tables["metrics"], "listen": self.metrics_listen(port)}
         return tables
 

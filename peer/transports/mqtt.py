@@ -77,7 +77,8 @@ class MqttKind(TransportKind):
     plan_settings = MqttPlan
     per_node = ("host", "port", "username", "password", "password_file")
 
-    def check(self, transport: MqttConfig, network: str, base: Path) -> None:
+    def check(self, transport: TransportConfig, network: str, base: Path) -> None:
+        assert isinstance(transport, MqttConfig)  # the parser builds this kind's table as its `config` class
         if transport.password_file is not None:
             if transport.password is not None:
                 raise ConfigError("transport.password and transport.password_file are both set; keep one")
