@@ -240,7 +240,8 @@ def test_mqtt_intruder_is_rejected_as_unknown_sender(tmp_path, peer_processes, m
         await t.start()
         try:
             x = FlatModel(build_model("mlp", 64, 10, {"hidden": [32]})).get()
-            for _ in range(40):
+            for _ in range(600):  # until the peer's first round ended (at most 60 s: a slow start
+                # subscribes late, and what is published before that reaches nobody)
                 await t.send(target.peer_id, seal_update(intruder, x, net="lab", round=0, schema=schema_of_plan()).data)
                 await asyncio.sleep(0.1)
                 if "round 0:" in peer_processes.log(target.label):
