@@ -105,7 +105,9 @@ class MqttTransport(QueuedTransport):
         super().__init__(inbox)
         self.max_size = max_size
         share = 2 * max(max_size, MAX_RECORD)  # two updates (or records) of one sender waiting
-        self.budget = InboxBudget(share, total_messages=inbox)
+        # per-sender shares only where the broker authenticates publishers (the plan's logins and
+        # ACL tie each inbox topic to its sender); anonymously a topic is anyone's word
+        self.budget = InboxBudget(share, total_messages=inbox, shares=username is not None)
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self.client: aiomqtt.Client | None = None
         self._task: asyncio.Task | None = None

@@ -163,3 +163,15 @@ def test_the_inbox_budget_gives_each_neighbour_its_share_and_strangers_one_betwe
     assert (b.bytes, b.messages) == (0, 0) and b.take("x3", 100)
     tight = InboxBudget(100, total_bytes=150)
     assert tight.take("a", 100) and not tight.take("b", 100) and tight.dropped == {OVER_TOTAL: 1}
+
+
+def test_where_the_topic_is_only_a_hint_a_flood_under_a_neighbours_name_meets_only_the_total():
+    """Without broker logins anyone may publish under a neighbour's name: no per-sender share
+    that such a flood could fill and so crowd out the neighbour's real update."""
+    from gossip.inbox_budget import OVER_TOTAL, InboxBudget
+
+    b = InboxBudget(100, per_sender_messages=3, total_messages=8, shares=False)
+    b.set_known({"n1"})
+    assert all(b.take("n1", 1) for _ in range(7))  # the spoofer's junk, under n1's name
+    assert b.take("n1", 90)  # n1's real update still fits (a share would have refused it)
+    assert not b.take("n1", 1) and b.dropped == {OVER_TOTAL: 1}  # memory stays bounded by the total

@@ -349,9 +349,12 @@ def test_mqtt_topic_spoofing_does_not_silence_a_neighbour(tmp_path, peer_process
     assert sent > 500
     _, received = load_events(db(victim), kind="received")
     from_friend = sorted(e.round for e in received if e.counterpart == friend.peer_id)
-    # round 0 may be published before the victim has subscribed (MQTT keeps no inbox for it); every
-    # round after that, under the flood, node-1's real update arrived and counted
-    assert {1, 2, 3} <= set(from_friend), from_friend
+    # round 0 may be published before the victim has subscribed (MQTT keeps no inbox for it). Under
+    # the flood node-1's real updates still arrive and count, and the flood is never charged to
+    # node-1 (no rate limit, no rejection under its name). Not every round: without broker logins
+    # the inbox's bound (gossip/inbox_budget.py) is shared by every publisher, and a flood can fill
+    # it while this peer trains - the memory bound wins; the plan's ACL ties topics to publishers.
+    assert set(from_friend) & {1, 2, 3}, from_friend
     _, rejected = load_events(db(victim), kind="rejected")
     assert sum(e.details.get("count", 1) for e in rejected) > 100  # the flood was seen, and summarised
     assert all(e.counterpart is None for e in rejected)  # never attributed to node-1
