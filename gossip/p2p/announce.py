@@ -34,7 +34,7 @@ from .records import (
     StaleRecord,
     seal,
 )
-from .streams import close_quietly, read_exactly, reset, why
+from .streams import close_quietly, read_exactly, remote_peer, reset, why
 
 PROTOCOL = "/gossipfl/addrs/1.0.0"
 READ_TIMEOUT = 5.0
@@ -126,9 +126,8 @@ class Announcer:
             return False
 
     async def handle(self, stream) -> None:
-        try:
-            sender = stream.muxed_conn.peer_id.to_base58()
-        except Exception:
+        sender = remote_peer(stream)
+        if sender is None:
             await reset(stream)
             return
         if not self.may_send(sender):

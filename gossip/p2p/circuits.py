@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import multiaddr
 import trio
 
-from .streams import close_quietly, reset, why
+from .streams import close_quietly, remote_peer, reset, why
 
 HOP_TIMEOUT = 15.0
 
@@ -148,10 +148,7 @@ def stop_handler(host, is_relay: Callable[[str], bool], counters):
 
     class StopHandler(CircuitV2Protocol):
         async def _handle_stop_stream(self, stream) -> None:
-            try:
-                remote = stream.muxed_conn.peer_id.to_base58()
-            except Exception:
-                remote = "?"
+            remote = remote_peer(stream) or "?"
             if not is_relay(remote):
                 counters.refused_circuits += 1
                 log.debug("refusing a relayed connection offered by %s: not one of our relays", remote)

@@ -43,7 +43,7 @@ from .host import (
     YAMUX_WINDOW,
     Bounds,
 )
-from .streams import close_quietly, reset, why
+from .streams import close_quietly, remote_peer, reset, why
 
 DIALBACK_TIMEOUT = 5.0
 # py-libp2p's hop logs these at ERROR for what a relay meets all the time (a client closing its
@@ -253,10 +253,7 @@ def fleet_relay(host, limits: RelayLimits, allowed: Callable[[str], bool], on_st
 
 
 def _pid(stream) -> str:
-    try:
-        return stream.muxed_conn.peer_id.to_base58()
-    except Exception:
-        return "?"
+    return remote_peer(stream) or "?"
 
 
 def _trio_deadline(monotonic_deadline: float | None) -> float:

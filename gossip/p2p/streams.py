@@ -45,6 +45,15 @@ async def read_more(stream) -> bool:
         return False
 
 
+def remote_peer(stream) -> str | None:
+    """The PeerId at the other end of a stream (proven by the secure channel), or None when the
+    stream no longer says (a connection torn down under it)."""
+    try:
+        return stream.muxed_conn.peer_id.to_base58()
+    except Exception:
+        return None
+
+
 async def reset(stream) -> None:
     try:
         await stream.reset()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .host import Counters, Gate
-from .streams import close_quietly, read_exactly, read_more, reset, why
+from .streams import close_quietly, read_exactly, read_more, remote_peer, reset, why
 
 PROTOCOL = "/gossipfl/update/1.0.0"
 LENGTH_BYTES = 8
@@ -74,9 +74,8 @@ class UpdateReceiver:
 
     async def handle(self, stream) -> None:
         """Read one whole length-prefixed message in the sender's own slot, then deliver it."""
-        try:
-            sender = stream.muxed_conn.peer_id.to_base58()
-        except Exception:
+        sender = remote_peer(stream)
+        if sender is None:
             await reset(stream)
             return
         if not self.gate.may_send(sender):  # no longer trusted since it connected, or a relay
