@@ -49,6 +49,7 @@ class RoundMetrics:
     seconds: float
     own: dict = field(default_factory=dict)  # node -> metric on its own held-out data (nodes with enough of it)
     own_small: int = 0  # honest nodes with too few held-out samples to be scored on their own data
+    own_fleet: dict = field(default_factory=dict)  # ditto: the fleet model on the node's own held-out data
 
 
 @dataclass
