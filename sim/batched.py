@@ -617,7 +617,7 @@ class BatchedEngine:
 
     def _rounds(self, shard: Shard, t_start: float) -> RunResult:
         sc, topo = self.sc, self.topo
-        size = max_message_size(sc.codec, shard.d)
+        size = max_message_size(sc.codec, shard.split.shared_size if shard.split is not None else shard.d)
         metric = user.metric(sc)
         result = RunResult(self.rule, sc, self.byzantine, engine="batched", metric=metric[0],
                            higher_is_better=metric[1])
