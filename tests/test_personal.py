@@ -41,7 +41,7 @@ def test_defaults_are_todays_behaviour():
     ({"personal": [""]}, "personalization.personal must be a list"),
     ({"mode": "local_head", "personal": []}, "must name at least one parameter pattern"),
     ({"similarity": "yes"}, "personalization.similarity must be true or false"),
-    ({"similarity": True}, "not yet supported in peers"),
+    ({"similarity": True}, "personalization.similarity = true is not supported by what reads this table"),
     ({"lamda": 0.1}, "unknown field(s) lamda in [personalization]; allowed: mode, personal, lambda, similarity"),
 ])
 def test_config_errors_name_the_field_and_what_is_allowed(raw, says):
@@ -52,7 +52,7 @@ def test_config_errors_name_the_field_and_what_is_allowed(raw, says):
 
 def test_similarity_is_accepted_only_by_a_caller_that_supports_it():
     assert parse_personalization({"similarity": True}, "scenario.personalization", similarity_supported=True).similarity
-    with pytest.raises(ConfigError, match=r"scenario\.personalization\.similarity = true is not yet supported"):
+    with pytest.raises(ConfigError, match=r"scenario\.personalization\.similarity = true is not supported"):
         parse_personalization({"similarity": True}, "scenario.personalization")
 
 

@@ -285,7 +285,14 @@ def parse_privacy(t: _Table) -> PrivacySettings:
 
 def check_personalization(p, agg: AggregationConfig) -> None:
     """What personalization cannot be combined with in a peer."""
-    if p.mode == "local_head" and parse_rule(agg.rule)[1] == "secure_mean":
+    pre, rule = parse_rule(agg.rule)
+    if p.similarity and (pre or rule == "secure_mean"):
+        raise ConfigError(f"personalization.similarity = true mixes each neighbour's update by its distance to the own "
+                          f"model, so aggregation.rule = {agg.rule!r} cannot go with it ("
+                          + ("secure aggregation hides each update" if rule == "secure_mean" else
+                             "the similarity mix replaces the rule and its pre-steps")
+                          + "); use a plain rule such as \"median\" (its f bounds the Byzantine neighbours)")
+    if p.mode == "local_head" and rule == "secure_mean":
         raise ConfigError("personalization.mode = \"local_head\" is not supported with aggregation.rule = "
                           "\"secure_mean\" yet (its masks cover the whole model); use a robust rule, or mode = "
                           "\"ditto\" (the fleet model is then the whole model)")
@@ -343,7 +350,7 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
                                                            "share_learning_metrics": (bool, {})})
     privacy = parse_privacy(top.table("privacy"))
     pers = top.table("personalization")
-    personalization = parse_personalization(pers.data, pers.path)
+    personalization = parse_personalization(pers.data, pers.path, similarity_supported=True)
     pers.used.update(pers.data)
     pers.done()
     check_personalization(personalization, agg)

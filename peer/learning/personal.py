@@ -6,7 +6,7 @@ fleet's, as pure functions shared by the peer and the simulator.
     mode = "shared"        # "shared" (one fleet model) | "local_head" | "ditto"
     personal = ["head.*"]  # local_head: fnmatch patterns over the model's parameter names
     lambda = 0.1           # ditto: how strongly the personal model is pulled towards the fleet's
-    similarity = false     # similarity-aware mixing of neighbours
+    similarity = false     # mix neighbours by closeness to the own model (aggregation.similarity)
 
 - local_head (FedPer/FedRep): the parameters whose names match `personal` are the gateway's
   own; only the others (the shared part) are signed, sent and aggregated. `Split` is the index
@@ -40,8 +40,8 @@ MODES = ("shared", "local_head", "ditto")
 FIELDS = ("mode", "personal", "lambda", "similarity")
 MAX_PATTERNS = 256
 MAX_LAMBDA = 1e6
-SIMILARITY_UNSUPPORTED = ("personalization.similarity = true is not yet supported in peers (the similarity-aware "
-                          "mixing is not part of this gossipfl); remove it or set it to false")
+SIMILARITY_UNSUPPORTED = ("personalization.similarity = true is not supported by what reads this table (it cannot "
+                          "mix neighbours by similarity); remove it or set it to false")
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Personalization:
 def parse_personalization(raw: Any, where: str = "personalization", similarity_supported: bool = False
                           ) -> Personalization:
     """`[personalization]` from a TOML table (a dict); ConfigError naming the field and what is
-    allowed. `similarity_supported`: whether the caller can mix by similarity (peers: not yet)."""
+    allowed. `similarity_supported`: whether the caller can mix by similarity (a peer can)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -169,6 +169,12 @@ class Split:
         out.index_copy_(out.dim() - 1, self.shared_index, shared)
         out.index_copy_(out.dim() - 1, self.personal_index, personal.to(shared.dtype))
         return out
+
+
+def split_of(cfg: Personalization, model: Any) -> Split | None:
+    """local_head: the split of `model` (anything with `names` and `shapes`, e.g. a FlatModel;
+    ConfigError if a pattern names no parameter); None in the other modes."""
+    return Split(model.names, model.shapes, cfg.personal) if cfg.split_parameters else None
 
 
 def ditto_strength(lr: float, lam: float, steps: int) -> float:
