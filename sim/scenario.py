@@ -241,9 +241,14 @@ def _check_personalization(sc: Scenario) -> None:
             raise ScenarioError("[personalization] is not modelled with round.compression; leave one of them out")
         if sc.privacy != "off":
             raise ScenarioError("[personalization] is not modelled with [privacy] in the simulator; leave one out")
-    if pers.similarity and sc.engine == "protocol":
-        raise ScenarioError("personalization.similarity = true runs in the batched engine only (peers do not mix "
-                            "by similarity yet): use engine = \"batched\" or \"auto\"")
+    for rule in sc.rules:  # what a peer refuses (peer.config.parse.check_personalization), said for the scenario
+        pre, name = parse_rule(rule)
+        if pers.similarity and (pre or name == "secure_mean"):
+            raise ScenarioError(f"personalization.similarity = true replaces the rule by the similarity mix: "
+                                f"aggregation rule {rule!r} cannot go with it; use a plain rule such as \"median\"")
+        if pers.mode == "local_head" and name == "secure_mean":
+            raise ScenarioError("personalization.mode = \"local_head\" does not go with aggregation rule "
+                                "\"secure_mean\" (its masks cover the whole model)")
     if sc.shift_concept > sc.classes:
         raise ScenarioError(f"data.shift.concept must be at most model.classes ({sc.classes}): each group "
                             f"relabels classes by its own shift, got {sc.shift_concept}")
@@ -397,9 +402,6 @@ def engine_for(sc: Scenario, nodes: int, override: str | None = None) -> str:
     if choice == "batched" and sc.attack in PROTOCOL_ATTACKS:
         raise ScenarioError(f"engine batched does not model protocol attacks (attack.kind = {sc.attack!r}); "
                             "use the protocol engine")
-    if sc.similarity and choice == "protocol":
-        raise ScenarioError("personalization.similarity = true runs in the batched engine only (peers do not mix "
-                            "by similarity yet): use --engine batched")
     if choice == "batched":
         why = user.batched_refusal(sc)
         if why:
@@ -409,8 +411,6 @@ def engine_for(sc: Scenario, nodes: int, override: str | None = None) -> str:
             raise ScenarioError("round.compression runs in the batched engine; use engine = \"batched\"")
         return choice
     if sc.compression:
-        return "batched"
-    if sc.similarity:
         return "batched"
     if nodes <= AUTO_PROTOCOL_NODES or sc.attack in PROTOCOL_ATTACKS or user.batched_refusal(sc):
         return "protocol"
@@ -504,8 +504,8 @@ mode = "shared"           # shared (one fleet model), local_head (the parameters
                           # leave a node) or ditto (a personal model beside the fleet's, pulled towards it)
 personal = ["head.*"]     # local_head: fnmatch patterns over parameter names (built-in mlp: "3.*" is the last layer)
 lambda = 0.1              # ditto: the pull towards the fleet model
-similarity = false        # mix neighbours by similarity to the own model (clipped: a Byzantine neighbour stays
-                          # bounded) instead of the rule; batched engine
+similarity = false        # mix neighbours by similarity to the own model (clipped by f: a Byzantine neighbour
+                          # stays bounded) instead of the rule
 
 # [data.shift]            # heterogeneous gateways beyond label skew (sim.shift), per node from (seed, node)
 # offset = 0.5            # feature shift: std of each node's per-feature offset
