@@ -330,7 +330,7 @@ class Shard:
         new = self.params[:n_own].clone()
         tasks = []  # (rows aggregated, targets): one batched aggregate call each
         for k in np.unique(got[online] + 1) if online.any() else []:
-            if not self.pers.similarity and not fits(self.rule, int(k), sc.f):
+            if not fits(self.rule, int(k), sc.f):  # as a peer: the rule and f decide when a round has enough rows
                 continue  # kept own model, as a peer skips
             targets = np.flatnonzero(online & (got + 1 == k))
             chunk = max(1, STACK_BUDGET // (int(k) * self.d * 4))

@@ -25,28 +25,29 @@ from torch import nn
 
 from peer.learning.functional import Functional
 
-CONTROLS, SENSORS = 3, 5  # speed, load, ambient; then five sensors driven by them
+CONTROLS, SENSORS = 6, 4  # speed, load, ambient, supply pressure, valve, fluid viscosity; four sensors
+
+_RNG = np.random.default_rng(12345)  # the physics every pump obeys (fixed, not per gateway)
+_A = _RNG.normal(0.0, 0.6, (4, CONTROLS))
+_MIX = _RNG.normal(0.0, 1.0, (CONTROLS, SENSORS))  # how the sensors see the controls
 
 
 def _site(seed: int, shard: int, spread: float) -> dict:
-    """Gateway `shard`'s pump: its operating point and its calibration."""
+    """Gateway `shard`'s pump: its operating point (the centre and width of its controls) and
+    its calibration (a gain on the load reading and an offset)."""
     rng = np.random.default_rng([seed, shard, 31])
-    return {"centre": np.array([rng.uniform(0.4, 1.6), rng.uniform(0.2, 1.2), rng.uniform(-1.0, 1.0)]),
-            "width": spread * rng.uniform(0.5, 1.0, CONTROLS),
-            "gain": rng.normal(0.0, 0.6), "offset": rng.normal(0.0, 0.6)}
+    return {"centre": rng.uniform(-1.0, 1.0, CONTROLS), "width": spread * rng.uniform(0.5, 1.0, CONTROLS),
+            "gain": rng.normal(0.0, 0.5), "offset": rng.normal(0.0, 0.5)}
 
 
 def _physics(c: np.ndarray) -> np.ndarray:
-    """The process all pumps share: temperature from speed, load and ambient (nonlinear)."""
-    s, load, amb = c[:, 0], c[:, 1], c[:, 2]
-    return 1.5 * s * load + 0.8 * s * s - 0.6 * amb * load + 0.5 * np.sin(4.0 * s) * np.cos(3.0 * load + amb)
+    """The process all pumps share: bearing temperature from the controls (nonlinear)."""
+    z = c @ _A.T
+    return np.sin(2.0 * z[:, 0]) + 0.5 * z[:, 1] ** 2 + np.tanh(2.0 * z[:, 2]) * z[:, 3]
 
 
-_MIX = np.random.default_rng(12345).normal(0.0, 1.0, (CONTROLS, SENSORS))  # how the sensors see the controls
-
-
-def readings(shard: int, shards: int, seed: int, samples: int = 320, spread: float = 0.6, noise: float = 0.2):
-    """The data loader: (x (samples, 8), y (samples,) float temperatures) of gateway `shard`."""
+def readings(shard: int, shards: int, seed: int, samples: int = 320, spread: float = 0.6, noise: float = 0.1):
+    """The data loader: (x (samples, 10), y (samples,) float temperatures) of gateway `shard`."""
     site = _site(seed, shard, spread)
     rng = np.random.default_rng([seed, shard, 32])
     c = site["centre"] + site["width"] * rng.uniform(-1.0, 1.0, (samples, CONTROLS))
