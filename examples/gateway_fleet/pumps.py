@@ -10,9 +10,9 @@ outside its narrow range; the fleet's one model learns the physics but averages 
 away; a shared body with a gateway's own head (or a personal model pulled towards the fleet's)
 gets both.
 
-    [model] name = "gateway:body_and_head"       # parameters "body.*" (shared) and "head.*"
-    [data]  dataset = "gateway:readings"          # source = "gateway:readings" in peer.toml
-    [train] learner = "gateway:temperature"       # squared error, Adam; metric "loss" (MSE)
+    [model] name = "pumps:body_and_head"       # parameters "body.*" (shared) and "head.*"
+    [data]  dataset = "pumps:readings"          # source = "pumps:readings" in peer.toml
+    [train] learner = "pumps:temperature"       # squared error, Adam; metric "loss" (MSE)
 """
 
 from __future__ import annotations
