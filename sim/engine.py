@@ -261,7 +261,8 @@ class ProtocolEngine:
                 own[v] = m.get(name, float("nan"))
                 if p.personal.learner is not None:  # ditto: the personal model is what the gateway uses
                     own_fleet[v] = own[v]
-                    own[v] = p.personal.learner.evaluate().get(name, float("nan"))
+                    m = p.personal.learner.evaluate()
+                    own[v] = m.get(name, float("nan"))
                 if test_xy is None:
                     acc[v], loss[v] = own[v], m.get("loss", float("nan"))
             else:

@@ -62,6 +62,7 @@ def honest_measures(res: RunResult, alone: dict | None, alone_own: dict | None =
               if not res.scenario.baseline or alone is None else "no node measured both ways"}
     vs_own = versus_alone(last.own, alone_own, hib)
     out = {"worst_accuracy": dist["worst"], "tail_accuracy": dist["tail"], "measured_nodes": dist["nodes"],
+           "headline_is_own": last.accuracy == last.own,  # no shared test set: the figures above are own held-out
            "own_heldout": own, "vs_alone": vs,
            "vs_alone_own": vs_own if vs_own is not None else {"note": "no node scored on its own data both ways"}}
     if last.own_fleet:  # ditto: the fleet model on the same held-out data, beside the personal one
@@ -174,8 +175,8 @@ def table(rows: list[dict], title: str):
     t.add_column("attack", no_wrap=True)
     tail = "p10" if higher else "p90"
     alone = any("alone" in r.get("vs_alone", {}) for r in rows)
-    own = any(r.get("own_heldout", {}).get("nodes") for r in rows) and (modes or any(
-        "alone" in r.get("vs_alone_own", {}) for r in rows))
+    # own held-out columns where the headline is a shared test set (else they repeat it)
+    own = any(r.get("own_heldout", {}).get("nodes") and not r.get("headline_is_own") for r in rows)
     for col in ("byz", "mean", "worst") + ((tail, "median") if many else ()) + \
             (("alone", ">= alone") if alone else ()) + \
             (("own worst", f"own {tail}", "own median", "own alone", "beat alone") if own else ()) + ("consensus",):

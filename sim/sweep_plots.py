@@ -190,6 +190,8 @@ def gateways(results: list[RunResult], alone: dict, path: Path) -> Path:
     metric = results[0].metric if results else "accuracy"
     higher = not results or results[0].higher_is_better
     ax.set_ylabel(f"{metric} on own held-out data" + ("" if higher else " (lower is better)"))
+    if not higher and boxes and all((b > 0).all() for b in boxes if len(b)):
+        ax.set_yscale("log")  # a loss: the spread over gateways spans orders of magnitude
     ax.grid(alpha=0.3, axis="y")
     ax.set_title("per gateway, last round: box = median and quartiles, whiskers 10th-90th percentile, a dot per "
                  "gateway\ngrey: alone (same learner, no neighbours); red: under attack", fontsize=8)
