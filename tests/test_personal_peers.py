@@ -207,3 +207,40 @@ def test_config_errors_say_what_to_fix(tmp_path):
     nodes[0].config.write_text(text)
     with pytest.raises(ConfigError, match=r"similarity = true .* cannot go with it \(the similarity mix replaces "):
         load_config(nodes[0].config)
+
+
+def test_fleet_status_shows_the_personal_model_and_the_spread_over_gateways(tmp_path):
+    import urllib.request
+
+    from gossipfl.cli_fleet import status_table
+    from peer.ops.status import Member, PeerRow, per_gateway, row_from_metrics, row_from_status
+    from peer.runtime.metrics import PeerMetrics
+
+    from .netfixtures import free_ports
+
+    (port,) = free_ports(1)
+    pm = PeerMetrics("gw-1", "12D3KooWp", neighbours=2, share_learning_metrics=True, personal=True)
+    pm.start(f"127.0.0.1:{port}", loop_lag=False)
+    try:
+        status = pm.round_done(4, train={"loss": 0.5}, eval={"accuracy": 0.5}, personal={"accuracy": 0.875})
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        pm.stop()
+    member = Member("gw-1", "12D3KooWp", tmp_path / "peer.toml", f"127.0.0.1:{port}", None)
+    for row in (row_from_metrics(member, text), row_from_status(member, json.loads(json.dumps(status)))):
+        assert (row.metric, row.value, row.personal, row.personal_eval) == ("accuracy", 0.5, 0.875, {"accuracy": 0.875})
+    private = PeerMetrics("gw-2", "12D3KooWq", share_learning_metrics=False, personal=True)
+    assert "personal_eval" not in private.round_done(1, eval={"accuracy": 0.5}, personal={"accuracy": 0.9})
+
+    rows = [PeerRow(f"gw-{i}", f"p{i}", True, "metrics", 4, "accuracy", 0.5, personal=v)
+            for i, v in enumerate([0.9, 0.6, 0.8, 0.7, None])]  # gw-4 is not personalized: its shared model
+    assert per_gateway(rows) == {"metric": "accuracy", "gateways": 5, "worst": 0.5, "p10": 0.5, "median": 0.7}
+    losses = [PeerRow("a", "p", True, "mqtt", 1, "loss", v) for v in (0.1, 0.4, 0.2)]
+    assert per_gateway(losses) == {"metric": "loss", "gateways": 3, "worst": 0.4, "p10": 0.4, "median": 0.2}
+    from rich.console import Console
+
+    console = Console(width=80, record=True)  # as `gossipfl fleet status` prints it
+    console.print(status_table(rows))
+    shown = console.export_text()
+    assert "personal" in shown.splitlines()[1] and max(map(len, shown.splitlines())) <= 80, shown
+    assert "worst 0.5, 10th percentile 0.5, median 0.7" in " ".join(shown.split()), shown
