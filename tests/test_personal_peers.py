@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gossip.envelope import decode_payload, parse
+from gossip.envelope import decode_payload, max_message_size, parse
 from gossip.mqtt_transport import inbox_topic
 from peer.audit.verify import load_events
 from peer.config.parse import load_config
@@ -104,9 +104,13 @@ def test_local_head_restart_restores_the_head_and_export_writes_it(tmp_path):
     assert peers[0].metrics.status()["personal_eval"] == peers[0].history[-1].personal_eval
     trained = _events(peers[0], EventKind.TRAINED)[-1].details
     assert trained["personal_eval_accuracy"] == trained["eval_accuracy"]  # the model sent from is the personal one
+    split = Split(peers[0].model.names, peers[0].model.shapes, HEAD)
     started = _events(peers[0], EventKind.STARTED)[0].details
-    assert started["personalization"] == "local_head" and started["params"] == Split(
-        peers[0].model.names, peers[0].model.shapes, HEAD).shared_size
+    assert started["personalization"] == "local_head" and started["params"] == split.shared_size
+    # what a neighbour may send: the shared part's schema, size and exact message bound
+    assert peers[0].verifier.schema == split.shared_schema and peers[0].verifier.n_params == split.shared_size
+    assert peers[0].parts.max_message == max_message_size("raw-f32", split.shared_size) < max_message_size(
+        "raw-f32", split.size)
     before = peers[0].model.flat.detach().clone()
 
     again = memory_peer(nodes[0].config, hub)
