@@ -99,3 +99,20 @@ def test_ditto_pull_is_the_proximal_step_of_the_quadratic():
     rows = torch.stack([personal, personal])
     out = ditto_pull(rows, torch.stack([fleet, fleet]), torch.tensor([0.0, 1.0]))
     assert torch.allclose(out, torch.stack([personal, torch.tensor([0.5, 2.0])]))
+
+
+def test_update_privacy_of_a_local_head_noises_and_clips_only_what_is_released():
+    from peer.runtime.privacy_ledger import PeerPrivacy
+    from privacy.settings import PrivacySettings
+
+    split = Split(NAMES, SHAPES, ["3.*"])
+    ledger = PeerPrivacy(PrivacySettings(mode="update", noise_multiplier=1.0, clip=0.5), None,
+                         torch.Generator().manual_seed(0), split)
+    flat = torch.zeros(split.size)
+    send, _ = ledger.before_training(0, flat)
+    assert send
+    flat += 10.0  # training moved every parameter far
+    ledger.after_training(0, flat)
+    assert torch.equal(split.personal(flat), torch.full((split.personal_size,), 10.0))  # the head: as trained
+    shared = split.shared(flat)  # clipped to 0.5 and noised with std 0.5: nowhere near 10
+    assert shared.abs().max() < 5.0 and shared.std() > 0

@@ -52,7 +52,7 @@ class Peer:
         seed, base = cfg.data.seed + 7 * cfg.data.shard, config_folder(cfg)
         self.learner = make_learner(self.model.module, self.model.flat, parts.data, cfg.train, seed=seed, base=base)
         self.personal = Personalizer(cfg.personalization, self.model, parts.split, parts.data, cfg.train, seed, base)
-        self.privacy = PeerPrivacy(cfg.privacy, self.learner, parts.noise)  # after the learner: record mode switches it
+        self.privacy = PeerPrivacy(cfg.privacy, self.learner, parts.noise, parts.split)  # after the learner (record)
         self.model_info = ModelInfo.of(self.model, parts.data.features)  # checkpoints carry it, for export
         self.membership = membership_of(parts)
         self.stack = UpdateStack(self.neighbours, parts.wire_size, masked=parts.secure is not None)
