@@ -162,7 +162,8 @@ class ProtocolEngine:
         protocol attacks). The peer itself has no attack code path."""
         if parts.cfg.privacy.mode != "off":
             parts.noise = seeded_generator(self.sc.seed * 7919 + idx)
-        parts.data = shift.apply_local(shift.of(self.sc), self.sc.seed, idx, parts.data)  # [data.shift]
+        # [data.shift]: keyed by the peer's data shard, the batched engine's node index
+        parts.data = shift.apply_local(shift.of(self.sc), self.sc.seed, parts.cfg.data.shard, parts.data)
         if v not in self.byzantine:
             return
         kind = self.sc.attack
