@@ -6,7 +6,6 @@ from __future__ import annotations
 import click
 
 from gossip.membership import MAX_EPOCH_STEP
-
 from gossipfl.cli import friendly
 from gossipfl.cli_fleet import fleet_group
 

@@ -122,7 +122,9 @@ class Membership:
         elif configured != replayed[:len(configured)]:
             raise MembershipFileError(f"the admin keys of the provenance log ({' -> '.join(replayed)}) are not the "
                                       f"ones the trust list names ({' -> '.join(configured)}); copy trust.toml from "
-                                      "the plan again (its `admin` and `retired_admins`)")
+                                      "the plan again (its `admin` and `retired_admins`), and if it is the plan's, "
+                                      "this peer applied a rotation the admin did not sign (a stolen key's): move "
+                                      "data/ aside and start with --accept-rollback")
 
     def _cached(self) -> list[bytes]:
         """The records of the membership file ([] when there is none or it is unreadable)."""
