@@ -85,8 +85,8 @@ def fleet_revoke(plan: str, who: str, no_send: bool) -> None:
 @fleet_group.command("rotate-admin")
 @click.argument("plan", type=click.Path(file_okay=False, exists=True))
 @click.option("--key", "key", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="the successor admin key (a PEM key file, mode 0600, e.g. from `gossipfl keygen`) "
-                   "[default: a fresh one, written to PLAN/admin/admin.key]")
+              help="the successor admin key (a PEM key file, mode 0600, e.g. from `gossipfl keygen`), copied to "
+                   "PLAN/admin/admin.key [default: a fresh key, written there]")
 @click.option("--epoch", type=click.IntRange(1, 2**63 - 1), default=None,
               help="sign the rotation at this epoch [default: the plan's next]; higher when a thief of the old key "
                    f"signed records with higher epochs (at most {MAX_EPOCH_STEP} past what a peer holds)")
