@@ -232,3 +232,20 @@ def test_an_mqtt_plan_moves_the_admin_broker_login(tmp_path, sent):
     assert f"user {new}" in acl and OLD.peer_id not in acl
     assert (folder / "admin" / "mqtt.password").read_text() != before
     assert sent[-1][0] == OLD.peer_id  # delivered with the old login, before it went
+
+
+def test_a_relay_follows_the_records_folder_through_a_rotation(tmp_path):
+    """A relay reads the plan's records folder: it replays from the first admin key its trust
+    list names, through the rotation, and refuses what the retired key signed after it."""
+    from peer.ops.relay import FleetMembers, RelayConfig, RelayLimits
+
+    trust = build_trust_list("net", [IDS[0].peer_id, IDS[1].peer_id], NEW.peer_id, [OLD.peer_id])
+    (tmp_path / "trust.toml").write_text(trust.to_toml())
+    records = tmp_path / "records"
+    records.mkdir()
+    for i, data in enumerate([rec(1, "admit", IDS[2], OLD, (IDS[0],)), rec(2, "rotate", NEW, OLD),
+                              rec(3, "admit", IDS[3], NEW, (IDS[0],)), rec(4, "revoke", IDS[0], OLD)], 1):
+        (records / f"{i:06d}.msgpack").write_bytes(data)
+    members = FleetMembers(RelayConfig(tmp_path / "k", tmp_path / "trust.toml", [], RelayLimits(), records))
+    assert members.refresh()
+    assert set(members) == {i.peer_id for i in IDS} and members.membership.admin == NEW.peer_id
