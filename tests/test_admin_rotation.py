@@ -234,7 +234,7 @@ def test_an_mqtt_plan_moves_the_admin_broker_login(tmp_path, sent):
     assert sent[-1][0] == OLD.peer_id  # delivered with the old login, before it went
 
 
-def test_a_relay_follows_the_records_folder_through_a_rotation(tmp_path):
+def test_a_relay_follows_the_records_folder_through_a_rotation(tmp_path, caplog):
     """A relay reads the plan's records folder: it replays from the first admin key its trust
     list names, through the rotation, and refuses what the retired key signed after it."""
     from peer.ops.relay import FleetMembers, RelayConfig, RelayLimits
@@ -247,5 +247,7 @@ def test_a_relay_follows_the_records_folder_through_a_rotation(tmp_path):
                               rec(3, "admit", IDS[3], NEW, (IDS[0],)), rec(4, "revoke", IDS[0], OLD)], 1):
         (records / f"{i:06d}.msgpack").write_bytes(data)
     members = FleetMembers(RelayConfig(tmp_path / "k", tmp_path / "trust.toml", [], RelayLimits(), records))
-    assert members.refresh()
+    with caplog.at_level("WARNING", logger="gossipfl"):
+        assert members.refresh()
     assert set(members) == {i.peer_id for i in IDS} and members.membership.admin == NEW.peer_id
+    assert "000004.msgpack refused: signed by the admin key" in caplog.text and "rotated away at epoch 2" in caplog.text
