@@ -216,6 +216,7 @@ def test_config_errors_say_what_to_fix(tmp_path):
 def test_fleet_status_shows_the_personal_model_and_the_spread_over_gateways(tmp_path):
     import urllib.request
 
+    import gossipfl.cli  # noqa: F401  (the command modules are loaded through the CLI)
     from gossipfl.cli_fleet import status_table
     from peer.ops.status import Member, PeerRow, per_gateway, row_from_metrics, row_from_status
     from peer.runtime.metrics import PeerMetrics
