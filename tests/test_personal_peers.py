@@ -249,3 +249,27 @@ def test_fleet_status_shows_the_personal_model_and_the_spread_over_gateways(tmp_
     shown = console.export_text()
     assert "personal" in shown.splitlines()[1] and max(map(len, shown.splitlines())) <= 80, shown
     assert "worst 0.5, 10th percentile 0.5, median 0.7" in " ".join(shown.split()), shown
+
+
+def test_a_tampered_personal_model_is_refused_on_restart(tmp_path):
+    from peer.state.resume import ResumeError
+
+    nodes = _plan(tmp_path, {"mode": "ditto"})
+    hub, peers = build_memory_network(nodes)
+    run_virtual(run_peers(peers, rounds=1))
+    personal = peers[0].personal.personal
+    assert personal is not None
+    ck = nodes[0].dir / "data" / "checkpoint.msgpack"
+    raw = bytearray(ck.read_bytes())
+    body = personal.flat.detach().numpy().tobytes()
+    at = raw.find(body[:64])
+    assert at > 0 and raw.find(body[:64], at + 1) < 0  # the personal block, distinct from the fleet model's
+    raw[at + 9] ^= 0xFF  # one flipped bit of the personal model: the log's hash covers it
+    ck.write_bytes(bytes(raw))
+    again = memory_peer(nodes[0].config, hub)
+    try:
+        with pytest.raises(ResumeError, match="refusing to resume from state the log does not describe"):
+            again.resume()
+    finally:
+        again.prov.close()
+        again.lock.release()
