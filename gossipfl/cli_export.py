@@ -16,7 +16,8 @@ from gossipfl.cli_peer import peer_group
 @friendly
 def peer_export(config: str, out: str, formats: str) -> None:
     """Write the model of the last checkpoint the provenance log vouches for (no training
-    data needed; safe while the peer runs)."""
+    data needed; safe while the peer runs): the personal model where [personalization] gives
+    the gateway one, else the shared model; the first line says which."""
     import torch
 
     from peer.config.parse import load_config
@@ -25,7 +26,9 @@ def peer_export(config: str, out: str, formats: str) -> None:
     torch.set_num_threads(1)
     cfg = load_config(config)
     done = export(cfg, out, tuple(f.strip() for f in formats.split(",") if f.strip()))
-    click.echo(f"model of round {done.round} (params {done.params_hash[:16]}..., {done.in_features} inputs)")
+    which = ("personal model (this gateway's own, [personalization])" if done.serves == "personal"
+             else "shared model (the fleet's)")
+    click.echo(f"{which} of round {done.round} (params {done.params_hash[:16]}..., {done.in_features} inputs)")
     for fmt, path in done.written.items():
         click.echo(f"  {fmt:<12} {path}")
     for fmt, why in done.skipped.items():

@@ -36,11 +36,15 @@ def status_table(rows):
     from rich.table import Table
     from rich.text import Text
 
+    from peer.ops.status import per_gateway
+
     names = {r.metric for r in rows if r.metric is not None}
     one_metric = names.pop() if len(names) == 1 else None
     table = Table(title=f"fleet: {sum(r.online for r in rows)}/{len(rows)} online", title_justify="left",
                   padding=(0, 1, 0, 0), pad_edge=False, box=None, header_style="bold")
-    for col in ("peer", "round", one_metric or "eval", "loss", "heard", "since agg", "rejected", "status"):
+    personal = any(r.personal is not None for r in rows)  # [personalization]: the model each gateway serves
+    for col in ("peer", "round", one_metric or "eval", *(("personal",) if personal else ()), "loss", "heard",
+                "since agg", "rejected", "status"):
         table.add_column(col, justify="left" if col in ("peer", "status") else "right", overflow="fold")
     notes = []
     for r in rows:
@@ -59,8 +63,14 @@ def status_table(rows):
         label = f"{r.name} (..{r.peer_id[-8:]})"
         if not r.online and r.error:
             notes.append(Text(f"{label} is offline: {r.error}"))
-        table.add_row(label, "-" if r.round is None else str(r.round), quality, _num(r.loss), heard,
+        mine = (_num(r.personal),) if personal else ()
+        table.add_row(label, "-" if r.round is None else str(r.round), quality, *mine, _num(r.loss), heard,
                       _age(r.since_aggregation), "-" if r.rejected is None else str(r.rejected), status)
+    spread = per_gateway(rows)
+    if spread is not None and spread["gateways"] > 1:
+        notes.append(Text(f"per gateway ({spread['metric']} of the model each serves, {spread['gateways']} "
+                          f"gateways): worst {_num(spread['worst'])}, 10th percentile {_num(spread['p10'])}, "
+                          f"median {_num(spread['median'])}"))
     if any(r.source and r.metric is None for r in rows):
         notes.append(Text("eval and loss are '-' for peers that keep them to themselves (the default; "
                           "[metrics] share_learning_metrics = true publishes them)", style="dim"))

@@ -125,7 +125,7 @@ def test_init_example_shows_every_default_of_the_config_dataclasses(tmp_path):
     assert r.exit_code == 0, r.output
     cfg = load_config(tmp_path / "peer.toml")
     checked = 0
-    for table in ("transport", "model", "data", "train", "aggregation", "round", "metrics"):
+    for table in ("transport", "model", "data", "train", "aggregation", "round", "metrics", "personalization"):
         section = getattr(cfg, table)
         for f in fields(section):
             expected = EXAMPLE_VALUES.get(f"{table}.{f.name}", default_of(f))

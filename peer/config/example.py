@@ -12,6 +12,7 @@ from privacy.settings import PrivacySettings
 
 from ..learning.classification import TrainConfig
 from ..learning.model import BUILTIN
+from ..learning.personal import Personalization
 from ..transports import KINDS, kind_of
 from .parse import (
     DEFAULT_DATA_DIR,
@@ -74,10 +75,15 @@ _LAYOUT = [
         ("noise_multiplier", "sigma: noise std = sigma * clip"), ("clip", "L2 bound of a change or an example's gradient"),
         ("delta", ""), ("epsilon", "the budget: stop sending before exceeding it (inf: never stop)"),
         ("accountant", "rdp | pld (dp-accounting)")]),
+    ("personalization", Personalization, [
+        ("mode", "shared (one fleet model) | local_head (personal layers stay here) | ditto (a personal model too)"),
+        ("personal", "local_head: name patterns of the layers that never leave, e.g. [\"3.*\"] for mlp's last"),
+        ("lambda", "ditto: pull of the personal model towards the fleet model"),
+        ("similarity", "weigh neighbours by how close their models are to this one's")]),
     ("storage", None, [("dir", "checkpoints and the provenance log")]),
 ]
 
-_PLAIN_DEFAULTS = {"storage.dir": DEFAULT_DATA_DIR}
+_PLAIN_DEFAULTS = {"storage.dir": DEFAULT_DATA_DIR, "personalization.lambda": Personalization().lam}
 # fields off by default, shown commented out with a value to copy
 _COMMENTED_SAMPLES = {"metrics.listen": "127.0.0.1:9464"}
 # shown commented out with their defaults: `topology plan` computes them per node unless a

@@ -26,6 +26,7 @@ from ..learning.model import (
     check_model_factory,
     load_object,
 )
+from ..learning.personal import parse_personalization
 from ..transports import KINDS, kind_of, names
 from . import checks
 from .checks import SEED, between, fraction, message_mb, non_negative, positive, seconds
@@ -282,6 +283,21 @@ def parse_privacy(t: _Table) -> PrivacySettings:
     return s
 
 
+def check_personalization(p, agg: AggregationConfig) -> None:
+    """What personalization cannot be combined with in a peer."""
+    pre, rule = parse_rule(agg.rule)
+    if p.similarity and (pre or rule == "secure_mean"):
+        raise ConfigError(f"personalization.similarity = true mixes each neighbour's update by its distance to the own "
+                          f"model, so aggregation.rule = {agg.rule!r} cannot go with it ("
+                          + ("secure aggregation hides each update" if rule == "secure_mean" else
+                             "the similarity mix replaces the rule and its pre-steps")
+                          + "); use a plain rule such as \"median\" (its f bounds the Byzantine neighbours)")
+    if p.mode == "local_head" and rule == "secure_mean":
+        raise ConfigError("personalization.mode = \"local_head\" is not supported with aggregation.rule = "
+                          "\"secure_mean\" yet (its masks cover the whole model); use a robust rule, or mode = "
+                          "\"ditto\" (the fleet model is then the whole model)")
+
+
 def parse_config(doc: dict, base: Path) -> PeerConfig:
     top = _Table(doc, "")
     name = top.get("name", str, "", check=lambda v: None if len(v) <= 128 and v.isprintable() else
@@ -333,6 +349,11 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
     metrics = top.table("metrics").section(MetricsConfig, {"listen": (str, {"check": _host_port}),
                                                            "share_learning_metrics": (bool, {})})
     privacy = parse_privacy(top.table("privacy"))
+    pers = top.table("personalization")
+    personalization = parse_personalization(pers.data, pers.path, similarity_supported=True)
+    pers.used.update(pers.data)
+    pers.done()
+    check_personalization(personalization, agg)
 
     s = top.table("storage")
     data_dir = base / s.get("dir", str, DEFAULT_DATA_DIR, check=lambda v: None if v else "must not be empty")
@@ -340,7 +361,7 @@ def parse_config(doc: dict, base: Path) -> PeerConfig:
     top.done()
     return PeerConfig(key=key, network=network, trust=trust, neighbours=neighbours, data_dir=data_dir,
                       transport=transport, model=model, data=data, train=train, aggregation=agg, round=rnd,
-                      metrics=metrics, privacy=privacy, name=name)
+                      metrics=metrics, privacy=privacy, personalization=personalization, name=name)
 
 
 def load_config(path: str | os.PathLike) -> PeerConfig:

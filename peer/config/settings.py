@@ -9,6 +9,8 @@ from typing import Any
 
 from privacy.settings import PrivacySettings
 
+from ..learning.personal import Personalization
+
 BUILTIN_SOURCES = ("digits", "npz", "csv")
 DEFAULT_DATA_DIR = "peer-data"
 LOADER_ARGUMENTS = ("shard", "shards", "seed")  # what the peer passes every package.module:loader
@@ -142,5 +144,6 @@ class PeerConfig:
     round: RoundConfig = field(default_factory=RoundConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    personalization: Personalization = field(default_factory=Personalization)
     name: str = ""
     source: Path | None = None

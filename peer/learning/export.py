@@ -38,6 +38,7 @@ class Exported:
     round: int
     params_hash: str
     in_features: int
+    serves: str = "shared"  # which model was written: "personal" ([personalization]) or "shared" (the fleet's)
     written: dict[str, Path] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # format -> why it could not be written
 
@@ -99,8 +100,15 @@ def vouched_checkpoint(data_dir: Path) -> ckpt.Checkpoint:
                       f"({'; '.join(problems) or 'no checkpoint file'})")
 
 
+def served(cfg: PeerConfig, ck: ckpt.Checkpoint) -> str:
+    """Which model a checkpoint gives the gateway: "personal" (ditto's personal model, or
+    local_head's model with its own head) or "shared" (the fleet model)."""
+    return "personal" if ck.personal is not None or cfg.personalization.mode == "local_head" else "shared"
+
+
 def rebuild(cfg: PeerConfig, ck: ckpt.Checkpoint) -> FlatModel:
-    """The config's model with the checkpoint's parameters; ExportError if they do not fit."""
+    """The config's model with the parameters the gateway uses (ditto: the personal model's);
+    ExportError if they do not fit."""
     info = ck.model
     if info is None:
         raise ExportError("the checkpoint carries no model schema: run the peer one more round to rewrite it")
@@ -113,7 +121,7 @@ def rebuild(cfg: PeerConfig, ck: ckpt.Checkpoint) -> FlatModel:
                           f"{list(zip(fm.names, fm.shapes, strict=True))[:3]}..., the checkpoint "
                           f"{list(zip(info.names, info.shapes, strict=True))[:3]}...: export with the config "
                           "the peer ran")
-    fm.set(ck.params)
+    fm.set(ck.personal if ck.personal is not None else ck.params)
     module.eval()
     return fm
 
@@ -153,7 +161,7 @@ def export(cfg: PeerConfig, out: str | os.PathLike, formats: tuple[str, ...] = F
     assert ck.model is not None  # rebuild refuses a checkpoint without its model schema
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = Exported(ck.round, ckpt.params_hash(ck.params), ck.model.in_features)
+    result = Exported(ck.round, ckpt.state_hash(ck), ck.model.in_features, served(cfg, ck))
     example = torch.zeros(2, ck.model.in_features)
     for fmt in formats:
         dest = out / FILES[fmt]
@@ -171,7 +179,8 @@ def export(cfg: PeerConfig, out: str | os.PathLike, formats: tuple[str, ...] = F
         "model": cfg.model.name, "options": cfg.model.options, "classes": cfg.model.classes,
         "in_features": ck.model.in_features, "input": {"name": "input", "shape": ["batch", ck.model.in_features],
                                                        "dtype": "float32"},
-        "round": ck.round, "params_hash": result.params_hash, "schema": ck.schema.hex(),
+        "round": ck.round, "params_hash": result.params_hash, "serves": result.serves,
+        "personalization": cfg.personalization.mode, "schema": ck.schema.hex(),
         "peer": cfg.name, "network": cfg.network, "learner": cfg.train.learner,
         "files": {f: p.name for f, p in result.written.items()}, "skipped": result.skipped}, indent=1))
     if not result.written:

@@ -71,6 +71,8 @@ class PeerRow:
     eval: dict[str, float] = field(default_factory=dict)
     reachability: str | None = None  # public | private | unknown (libp2p peers)
     links: dict[str, str] = field(default_factory=dict)  # neighbour -> direct | hole-punched | relayed | down
+    personal: float | None = None  # [personalization]: the personal model's value of `metric`
+    personal_eval: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,6 +164,28 @@ def _number(x) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+LOWER_IS_BETTER = ("loss", "mae", "mse", "rmse", "error")  # metric names read as "smaller is better"
+
+
+def per_gateway(rows: list[PeerRow]) -> dict | None:
+    """The distribution over gateways of the model each serves (personal where it has one, else
+    the shared one) in the metric they all show: worst, 10th percentile (of the worst side),
+    median. None unless at least one gateway shows a value and all show the same metric."""
+    names = {r.metric for r in rows if r.metric is not None}
+    if len(names) != 1:
+        return None
+    metric = names.pop()
+    served = [r.personal if r.personal is not None else r.value for r in rows if r.metric == metric]
+    values = sorted(v for v in served if v is not None)
+    if not values:
+        return None
+    if any(word in metric.lower() for word in LOWER_IS_BETTER):
+        values.reverse()  # worst first
+    k = len(values)
+    return {"metric": metric, "gateways": k, "worst": values[0], "p10": values[int(0.1 * (k - 1))],
+            "median": values[(k - 1) // 2] if k % 2 else (values[k // 2 - 1] + values[k // 2]) / 2}
+
+
 def _shown(evals: dict[str, float]) -> tuple[str | None, float | None]:
     for key in PREFERRED:
         if key in evals:
@@ -176,6 +200,7 @@ def row_from_metrics(member: Member, text: str) -> PeerRow:
     one: dict[str, float] = {}
     train: dict[str, float] = {}
     evals: dict[str, float] = {}
+    personal: dict[str, float] = {}
     rejected = 0.0
     links: dict[str, str] = {}
     reach = None
@@ -191,17 +216,20 @@ def row_from_metrics(member: Member, text: str) -> PeerRow:
                 train[s.labels["metric"]] = s.value
             elif s.name == m.EVAL and "metric" in s.labels:
                 evals[s.labels["metric"]] = s.value
+            elif s.name == m.PERSONAL_EVAL and "metric" in s.labels and len(personal) < m.MAX_METRIC_KEYS:
+                personal[s.labels["metric"]] = s.value
             elif s.name == m.REJECTED:
                 rejected += s.value if math.isfinite(s.value) else 0
             elif not s.labels:
                 one[s.name] = s.value
     evals = {k: v for k, v in evals.items() if math.isfinite(v)}
+    personal = {k: v for k, v in personal.items() if math.isfinite(v)}
     metric, value = _shown(evals)
     rnd = _number(one.get(m.ROUND))
     return PeerRow(member.name, member.peer_id, True, "metrics", None if rnd is None else int(rnd), metric, value,
                    _number(train.get("loss")), _int(one.get(m.HEARD)), _int(one.get(m.NEIGHBOURS)),
                    _number(one.get(m.SINCE_AGGREGATION)), int(rejected), eval=evals, reachability=reach,
-                   links=links)
+                   links=links, personal=personal.get(metric) if metric else None, personal_eval=personal)
 
 
 def _int(x) -> int | None:
@@ -214,6 +242,8 @@ def row_from_status(member: Member, status: dict, now: float | None = None) -> P
     now = time.time() if now is None else now
     evals = got if isinstance(got := status.get("eval"), dict) else {}
     evals = {str(k): v for k, v in evals.items() if _number(v) is not None}
+    personal = got if isinstance(got := status.get("personal_eval"), dict) else {}
+    personal = {str(k)[:m.MAX_KEY_LEN]: v for k, v in list(personal.items())[:m.MAX_METRIC_KEYS] if _number(v) is not None}
     metric, value = _shown(evals)
     last = _number(status.get("last_aggregation"))
     rejected = got if isinstance(got := status.get("rejected"), dict) else {}
@@ -226,7 +256,8 @@ def row_from_status(member: Member, status: dict, now: float | None = None) -> P
                    _number(status.get("loss")), _int(status.get("neighbours_heard")), _int(status.get("neighbours")),
                    None if last is None else max(0.0, now - last),
                    int(sum(v for v in rejected.values() if _number(v) is not None)),
-                   error="" if online else (reason[:80] or "offline"), eval=evals, reachability=reach, links=links)
+                   error="" if online else (reason[:80] or "offline"), eval=evals, reachability=reach, links=links,
+                   personal=personal.get(metric) if metric else None, personal_eval=personal)
 
 
 def offline(member: Member, error: str) -> PeerRow:

@@ -44,7 +44,7 @@ class CheckpointWriter:
         """Hash and write `ck` on a worker thread (nothing may change its tensors until durable())."""
 
         def write() -> tuple[Path, str]:
-            digest = ckpt.params_hash(ck.params)
+            digest = ckpt.state_hash(ck)
             tmp = ckpt.write(self.path, ck)
             files.fsync_path(tmp)
             return tmp, digest
@@ -81,9 +81,10 @@ class Checkpoints:
     while the next one trains, and the model restored from it when training diverges. Takes
     the model, the learner and the checkpoint path; the driver hands it the round's state."""
 
-    def __init__(self, path: Path, model, learner, model_info: ckpt.ModelInfo):
+    def __init__(self, path: Path, model, learner, model_info: ckpt.ModelInfo, personal=None):
         self.path = Path(path)
         self.model, self.learner, self.model_info = model, learner, model_info
+        self.personal = personal  # a peer.runtime.personalize.Personalizer: ditto's personal model rides along
         self.writer = CheckpointWriter(self.path)
         self.diverged = 0
         self.gave_up: str | None = None  # why the peer must stop: it keeps diverging
@@ -94,18 +95,24 @@ class Checkpoints:
         ck = load_for_resume(self.path, prov, self.model.schema, self.model.size)
         if ck is None:
             return None
+        self._restore(ck)
+        return ck
+
+    def _restore(self, ck: ckpt.Checkpoint) -> None:
         self.model.set(ck.params)
         self.learner.load_state(ck.learner_state())
-        return ck
+        if self.personal is not None:
+            self.personal.restore(ck)
 
     def begin(self, next_round: int, params: torch.Tensor | None, seen, parents) -> None:
         """Hash and write the state round `next_round` starts from (`params`: the round's result,
         None for the current model) while it trains; logged once durable."""
         params = self.model.flat.detach().clone() if params is None else params
         state = {k: v.clone() for k, v in self.learner.state().items()}
+        personal, personal_state = self.personal.state() if self.personal is not None else (None, {})
         self.writer.begin(ckpt.Checkpoint(next_round, self.model.schema, params, None,
                                           sorted([s, r] for s, r in seen), list(parents),
-                                          self.model_info, state))
+                                          self.model_info, state, personal, personal_state))
 
     async def durable(self) -> tuple[int, str] | None:
         """(next round, params hash) once the checkpoint begun last is on disk; None if none."""
@@ -118,7 +125,8 @@ class Checkpoints:
         """A model that diverged is never sent: return to the last checkpoint and say so (the
         event to log); when there is none or it keeps diverging, `gave_up` says why to stop."""
         lo, hi = torch.aminmax(self.model.flat)
-        if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
+        if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)) and (self.personal is None
+                                                                     or self.personal.finite()):
             self.diverged = 0
             return None
         self.diverged += 1
@@ -131,6 +139,5 @@ class Checkpoints:
             return event
         log.warning("round %d: the model diverged after training; back to the checkpoint of round %d",
                     round_, ck.round)
-        self.model.set(ck.params)
-        self.learner.load_state(ck.learner_state())
+        self._restore(ck)
         return event

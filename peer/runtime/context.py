@@ -28,6 +28,7 @@ class RoundRecord:
     seconds: float
     train_seconds: float = 0.0
     eval_seconds: float = 0.0  # local evaluation on the held-out split (neither training nor protocol)
+    personal_eval: Metrics = field(default_factory=Metrics)  # the personal model's (local_head, ditto), else {}
 
 
 @dataclass
@@ -39,6 +40,8 @@ class RoundContext:
     eval: Metrics = field(default_factory=Metrics)
     train_s: float = 0.0
     eval_s: float = 0.0
+    personal_train: Metrics = field(default_factory=Metrics)  # ditto: the personal model's training
+    personal_eval: Metrics = field(default_factory=Metrics)  # the personal model on the held-out split
     own: torch.Tensor | None = None  # the model sent (row 0 of the stack)
     result: torch.Tensor | None = None  # the model the next checkpoint holds
     note: str = ""
@@ -51,7 +54,14 @@ class RoundContext:
 
     def record(self, round_: int, accepted: int, rejected: Counter, bytes_sent: int, now: float) -> RoundRecord:
         return RoundRecord(round_, self.train, self.eval, accepted, rejected, self.aggregated, self.note,
-                           bytes_sent, now - self.started, self.train_s, self.eval_s)
+                           bytes_sent, now - self.started, self.train_s, self.eval_s, self.personal_eval)
+
+    def trained(self) -> dict:
+        """The `trained` event's details: training and held-out metrics, the personal model's
+        prefixed `personal_` (its training) and `personal_eval_`."""
+        return {**self.train, **{f"eval_{k}": v for k, v in self.eval.items()},
+                **{f"personal_{k}": v for k, v in self.personal_train.items()},
+                **{f"personal_eval_{k}": v for k, v in self.personal_eval.items()}}
 
 
 def log_round(rec: RoundRecord, neighbours: int) -> None:

@@ -18,7 +18,7 @@ from gossip.transport import Transport
 
 from ..config.parse import PeerConfig
 from ..errors import PeerError, RevokedError
-from ..learning.learner import Metrics, make_learner
+from ..learning.learner import make_learner
 from ..state.checkpoint import ModelInfo
 from ..state.lock import DataDirLock
 from ..state.provenance import EventKind, NewEvent, ProvenanceLog
@@ -32,6 +32,7 @@ from .membership import restore as restore_membership
 from .metrics import PeerMetrics
 from .outbox import Outbox, upload_budget
 from .parts import PeerParts, build_parts, config_folder, membership_of, policy_of, verifier_of
+from .personalize import Personalizer
 from .privacy_ledger import PeerPrivacy
 from .round import OfferKind, Phase, RoundState
 from .stack import UpdateStack
@@ -48,12 +49,13 @@ class Peer:
         cfg = self.cfg = parts.cfg
         self.parts, self.identity, self.peer_id = parts, parts.identity, parts.identity.peer_id
         self.neighbours, self.transport, self.model = list(parts.neighbours), parts.transport, parts.model
-        self.learner = make_learner(self.model.module, self.model.flat, parts.data, cfg.train,
-                                    seed=cfg.data.seed + 7 * cfg.data.shard, base=config_folder(cfg))
-        self.privacy = PeerPrivacy(cfg.privacy, self.learner, parts.noise)  # after the learner: record mode switches it
+        seed, base = cfg.data.seed + 7 * cfg.data.shard, config_folder(cfg)
+        self.learner = make_learner(self.model.module, self.model.flat, parts.data, cfg.train, seed=seed, base=base)
+        self.personal = Personalizer(cfg.personalization, self.model, parts.split, parts.data, cfg.train, seed, base)
+        self.privacy = PeerPrivacy(cfg.privacy, self.learner, parts.noise, parts.split)  # after the learner (record)
         self.model_info = ModelInfo.of(self.model, parts.data.features)  # checkpoints carry it, for export
         self.membership = membership_of(parts)
-        self.stack = UpdateStack(self.neighbours, self.model.size, masked=parts.secure is not None)
+        self.stack = UpdateStack(self.neighbours, parts.wire_size, masked=parts.secure is not None)
         self.wire = make_wire(parts, self.stack)
         self.verifier = verifier_of(parts, self.membership, self.wire.words(len(self.neighbours)))
         policy = policy_of(parts)
@@ -72,10 +74,11 @@ class Peer:
             self.lock.release()
             raise
         self.checkpoints = Checkpoints(Path(cfg.data_dir) / "checkpoint.msgpack", self.model, self.learner,
-                                       self.model_info)
+                                       self.model_info, self.personal)
         names = {**parts.trust.names, **{n.id: n.name for n in cfg.neighbours if n.name}}
         self.metrics = PeerMetrics(cfg.name or self.peer_id[-8:], self.peer_id, neighbours=len(self.neighbours),
-                                   names=names, share_learning_metrics=cfg.metrics.share_learning_metrics)
+                                   names=names, share_learning_metrics=cfg.metrics.share_learning_metrics,
+                                   personal=self.personal.serves == "personal")
         self.tasks = TaskSet(self.failed)
         self.inbox = Inbox(self.verifier, self.wire, self.membership, self.metrics.bytes_in, self.tasks,
                            self._execute)
@@ -135,7 +138,8 @@ class Peer:
         self.journal.add(NewEvent(EventKind.STARTED, self.round, details={
             "neighbours": self.neighbours, "rule": self.cfg.aggregation.rule, "f": self.cfg.aggregation.f,
             "transport": self.cfg.transport.kind, "addresses": addrs, "resumed_from": self.resumed_from,
-            "schema": self.model.schema.hex(), "params": self.model.size, **past}))
+            "schema": self.parts.wire_schema.hex(), "params": self.parts.wire_size, "personalization": self.personal.mode,
+            **past}))
         if self.resumed_from is None:  # a first checkpoint: a diverging first round has a model to return to
             await self._execute(self.state.persist())
             await self._commit_durable()
@@ -237,12 +241,8 @@ class Peer:
         transmit, events = self.privacy.before_training(self.round, self.model.flat)
         self.journal.add(*events)  # the budget ran out: said once, in the log too
         t = self.clock()
-        if not transmit:  # no more releases: the own data is left alone, the model is only aggregated
-            ctx.train = Metrics()
-        elif self.cfg.round.train_in_thread:
-            ctx.train = await asyncio.to_thread(self.learner.train, self.round)
-        else:
-            ctx.train = self.learner.train(self.round)
+        ctx.train, ctx.personal_train = await self.personal.train(self.learner, self.round, transmit,
+                                                                  self.cfg.round.train_in_thread)
         ctx.train_s = self.clock() - t
         await self._commit_durable()  # the last round's checkpoint, written while this one trained
         if self._stop.is_set():
@@ -256,11 +256,11 @@ class Peer:
         self.journal.add(*self.privacy.after_training(self.round, self.model.flat))  # noised, accounted
         t = self.clock()
         ctx.eval = self.learner.evaluate()
+        ctx.personal_eval = self.personal.evaluate(ctx.eval)  # the model the gateway serves, where personal
         ctx.eval_s = self.clock() - t
-        ctx.own = ctx.result = self.stack.hold_own(self.model.flat.detach())  # what is sent is what is aggregated
+        ctx.own = ctx.result = self.stack.hold_own(self.personal.outgoing())  # what is sent is what is aggregated
         self.outbox.new_round()
-        await self._execute(self.state.trained(self.clock(), {
-            **ctx.train, **{f"eval_{k}": v for k, v in ctx.eval.items()}}, transmit=transmit))
+        await self._execute(self.state.trained(self.clock(), ctx.trained(), transmit=transmit))
         return True
 
     async def collect_and_aggregate(self) -> RoundRecord | None:
@@ -278,8 +278,8 @@ class Peer:
         rec = ctx.record(r, accepted, rejected, self.outbox.bytes_sent, self.clock())
         self.history.append(rec)
         await self.transport.status(self.metrics.round_done(
-            r, train=ctx.train, eval=ctx.eval, heard=heard, aggregated=ctx.aggregated, seconds=rec.seconds,
-            rejected_total=self.state.total_rejected, note=ctx.note, privacy=self.privacy.status()))
+            r, train=ctx.train, eval=ctx.eval, personal=ctx.personal_eval, heard=heard, aggregated=ctx.aggregated,
+            seconds=rec.seconds, rejected_total=self.state.total_rejected, note=ctx.note, privacy=self.privacy.status()))
         log_round(rec, len(self.neighbours))
         return rec
 
@@ -341,10 +341,10 @@ class Peer:
                 case do.Skip(_, reason):
                     ctx.note, ctx.result = reason, ctx.own
                 case do.Persist(next_round):
-                    self.checkpoints.begin(next_round, ctx.result, self.state.seen, self.state.parents)
+                    self.checkpoints.begin(next_round, self.personal.full(ctx.result), self.state.seen, self.state.parents)
                     ctx.result = None
                 case do.Adopt(value, senders, weights, report):
-                    self.model.set(value)
+                    self.personal.adopt(value)
                     ctx.result, ctx.aggregated = value, True
                     await self._execute(self.state.aggregated(senders, weights, report))
                 case do.Refuse(reason):
@@ -374,7 +374,7 @@ class Peer:
     async def _send(self, cmd: do.Send) -> None:
         """Seal the own update; log `sent` durably before anything leaves (never a receipt
         without a send); then transmit each neighbour its bytes."""
-        fields = dict(net=self.cfg.network, round=cmd.round, schema=self.model.schema, codec=self.cfg.round.codec,
+        fields = dict(net=self.cfg.network, round=cmd.round, schema=self.parts.wire_schema, codec=self.cfg.round.codec,
                       parents=[bytes.fromhex(x) for x in cmd.parents], deg=len(self.neighbours),
                       eps=self.privacy.signed())
         out = await self.wire.seal(self.ctx.sent(), self.neighbours, fields, cmd.transmit)

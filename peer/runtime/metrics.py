@@ -48,6 +48,7 @@ EPSILON = "gossipfl_privacy_epsilon"
 BUDGET = "gossipfl_privacy_epsilon_budget"
 TRAIN = "gossipfl_train_metric"
 EVAL = "gossipfl_eval_metric"
+PERSONAL_EVAL = "gossipfl_personal_eval_metric"  # [personalization]: the model the gateway serves
 HEARD = "gossipfl_neighbours_heard"
 NEIGHBOURS = "gossipfl_neighbours"
 SINCE_AGGREGATION = "gossipfl_seconds_since_aggregation"
@@ -80,11 +81,14 @@ def metric_dict(metrics) -> dict[str, float]:
     return out
 
 
-def learning_status(train: Mapping[str, float], evals: Mapping[str, float]) -> dict:
-    """The status fields that carry the learner's numbers (published only when shared)."""
+def learning_status(train: Mapping[str, float], evals: Mapping[str, float],
+                    personal: Mapping[str, float] | None = None) -> dict:
+    """The status fields that carry the learner's numbers (published only when shared);
+    `personal`: the personal model's held-out numbers, where the peer has one."""
     return {"loss": _json_number(train["loss"]) if "loss" in train else None,
             "train": {k: _json_number(v) for k, v in train.items()},
-            "eval": {k: _json_number(v) for k, v in evals.items()}}
+            "eval": {k: _json_number(v) for k, v in evals.items()},
+            **({} if personal is None else {"personal_eval": {k: _json_number(v) for k, v in personal.items()}})}
 
 
 def _json_number(x: float) -> float | None:
@@ -97,7 +101,7 @@ class PeerMetrics:
     loop-lag task runs on the peer's event loop."""
 
     def __init__(self, name: str, peer_id: str, *, neighbours: int = 0, names: Mapping[str, str] | None = None,
-                 share_learning_metrics: bool = False):
+                 share_learning_metrics: bool = False, personal: bool = False):
         self.name, self.peer_id, self.names = name, peer_id, dict(names or {})
         self.share_learning = share_learning_metrics
         self.registry = r = CollectorRegistry(auto_describe=True)
@@ -116,10 +120,15 @@ class PeerMetrics:
                               buckets=LAG_BUCKETS, registry=r)
         self._lag_last = Gauge("gossipfl_event_loop_lag_last_seconds", "The last event-loop lag sample",
                                registry=r)
-        self._train = self._eval = None  # registered only when shared: absent names, not empty ones
+        self._train = self._eval = self._personal = None  # registered only when shared: absent names, not empty ones
+        self.personal = personal  # [personalization] local_head or ditto: the gateway serves a personal model
         if share_learning_metrics:
             self._train = Gauge(TRAIN, "The learner's training metrics of the last round", ["metric"], registry=r)
-            self._eval = Gauge(EVAL, "The learner's held-out metrics of the last round", ["metric"], registry=r)
+            self._eval = Gauge(EVAL, "The learner's held-out metrics of the last round (of the fleet model the peer "
+                               "sends from)", ["metric"], registry=r)
+            if personal:
+                self._personal = Gauge(PERSONAL_EVAL, "The personal model's held-out metrics of the last round (the "
+                                       "model the gateway serves)", ["metric"], registry=r)
         self._heard = Gauge(HEARD, "Neighbours whose update was accepted in the last round", registry=r)
         self._neighbours = Gauge(NEIGHBOURS, "Neighbours this peer has", registry=r)
         self._neighbours.set(neighbours)
@@ -278,20 +287,22 @@ class PeerMetrics:
             if missing > 0:
                 self.rejected(str(reason), missing)
 
-    def round_done(self, round: int, *, train=None, eval=None, heard: Iterable[str] = (), aggregated: bool = False,
+    def round_done(self, round: int, *, train=None, eval=None, personal=None, heard: Iterable[str] = (),
+                   aggregated: bool = False,
                    seconds: float | None = None, rejected_total: Mapping[str, int] | None = None,
                    note: str = "", privacy: Mapping | None = None) -> dict:
         """One round is over: update every metric; returns the status message (see status()).
         The learner's numbers are kept to the gateway unless shared (and the budget not spent)."""
         share = self.share_learning and not (privacy and privacy.get("exhausted"))
         train_m, eval_m = (metric_dict(train), metric_dict(eval)) if share else ({}, {})
+        personal_m = metric_dict(personal) if share and self.personal else {}
         heard = sorted(heard)
         if rejected_total is not None:
             self.sync_rejected(rejected_total)
         self._round.set(round)
         self._accepted.inc(len(heard))
         self._heard.set(len(heard))
-        for gauge, values in ((self._train, train_m), (self._eval, eval_m)):
+        for gauge, values in ((self._train, train_m), (self._eval, eval_m), (self._personal, personal_m)):
             if gauge is None:
                 continue
             gauge.clear()  # a key the learner stopped reporting is not shown stale
@@ -308,7 +319,7 @@ class PeerMetrics:
             self._exhausted.set(1 if privacy.get("exhausted") else 0)
         status = {
             "v": STATUS_VERSION, "name": self.name, "peer_id": self.peer_id, "online": True, "round": round,
-            **(learning_status(train_m, eval_m) if share else {}),
+            **(learning_status(train_m, eval_m, personal_m if self.personal else None) if share else {}),
             "neighbours_heard": len(heard), "neighbours": self.neighbours,
             "heard": [self.names.get(p, p) for p in heard], "aggregated": aggregated,
             "last_aggregation": self.last_aggregation, "rejected": self.rejected_counts(), "note": note,

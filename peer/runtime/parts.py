@@ -20,6 +20,7 @@ from ..errors import ConfigError, DataError
 from ..learning.data import LocalData, digits_shard, from_loader, load_csv, load_npz, split_holdout
 from ..learning.learner import probe_model
 from ..learning.model import FlatModel, build_model, load_object
+from ..learning.personal import Split, split_of
 from .membership import Membership, allowed_peers, stored_membership
 from .round import RoundPolicy
 from .secure_mean import SecureMeanSetup
@@ -44,6 +45,17 @@ class PeerParts:
     secure: SecureMeanSetup | None = None  # secure_mean: the groups, clip bound and threshold
     noise: object = None  # privacy noise generator (None: seeded from os.urandom; the simulator seeds it)
     fleet: set[str] = field(default_factory=set)  # the fleet's PeerIds, live: membership keeps it (relays serve them)
+    split: Split | None = None  # personalization.mode = "local_head": only the shared part meets the wire
+
+    @property
+    def wire_size(self) -> int:
+        """Values in one update: the model's, or its shared part's (local_head)."""
+        return self.split.shared_size if self.split is not None else self.model.size
+
+    @property
+    def wire_schema(self) -> bytes:
+        """The schema hash updates carry: the model's, or its shared part's (local_head)."""
+        return self.split.shared_schema if self.split is not None else self.model.schema
 
 
 def message_limit(cfg: PeerConfig, n_params: int, secure: SecureMeanSetup | None = None) -> int:
@@ -133,10 +145,11 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
                          base=config_folder(cfg))
     probe_model(module, data, cfg.model.classes, cfg.train.learner, cfg.model.name)
     model = FlatModel(module)
+    split = split_of(cfg.personalization, model)
     secure = None
     if cfg.aggregation.rule == "secure_mean":
         secure = SecureMeanSetup.of(cfg.neighbours, cfg.aggregation.params)
-    limit = message_limit(cfg, model.size, secure)
+    limit = message_limit(cfg, split.shared_size if split is not None else model.size, secure)
     admin = getattr(trust, "admin", None)
     allowed = allowed_peers(neighbours, admin)  # live: membership changes it
     fleet = set(trust.peers)  # live: membership changes it
@@ -145,7 +158,7 @@ def build_parts(cfg: PeerConfig, transport: Transport | None = None, identity: I
         transport = build_transport(cfg, identity, hub, max_size=limit, allowed=allowed, members=fleet)
     degrees = {n.id: n.degree for n in cfg.neighbours if n.degree is not None}
     return PeerParts(identity, trust, neighbours, transport, model, data, cfg, degrees, limit, allowed, secure,
-                     fleet=fleet)
+                     fleet=fleet, split=split)
 
 
 def membership_of(parts: PeerParts) -> Membership:
@@ -160,8 +173,9 @@ def membership_of(parts: PeerParts) -> Membership:
 def verifier_of(parts: PeerParts, membership: Membership, masked_words: int | None) -> Verifier:
     """What this peer accepts: the network, the live trust and revocation sets, its model's schema
     and size, the message bound, and the round window (no past rounds, `max_lead` ahead)."""
-    cfg, model = parts.cfg, parts.model
-    return Verifier(cfg.network, membership.trusted, model.schema, model.size, neighbours=set(parts.neighbours),
+    cfg = parts.cfg
+    return Verifier(cfg.network, membership.trusted, parts.wire_schema, parts.wire_size,
+                    neighbours=set(parts.neighbours),
                     max_size=parts.max_message, max_lag=0, max_lead=cfg.round.max_lead, revoked=membership.revoked,
                     masked_words=masked_words, witnessed={})
 

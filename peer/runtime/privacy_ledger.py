@@ -56,8 +56,9 @@ class RoundPrivacy:
 class PeerPrivacy:
     """The accountant and the noise of one peer (mode `off`: a no-op that never refuses)."""
 
-    def __init__(self, settings, learner, generator=None):
+    def __init__(self, settings, learner, generator=None, split=None):
         self.settings = s = settings
+        self.split = split  # personalization local_head: only the shared part is released (and noised)
         self.mode = s.mode
         self.exhausted = False
         self.release: accountant.Release | None = None
@@ -159,6 +160,11 @@ class PeerPrivacy:
         """Update mode, after training: replace the model by start + the clipped, noised change."""
         if self.mode != "update":
             return {}
+        if self.split is not None:
+            new, details = dp.privatize_model(self.split.shared(start), self.split.shared(flat), self.settings.clip,
+                                              self.settings.noise_multiplier, self.gen)
+            self.split.put_shared(flat, new)
+            return details
         new, details = dp.privatize_model(start, flat, self.settings.clip, self.settings.noise_multiplier, self.gen)
         flat.copy_(new)
         return details

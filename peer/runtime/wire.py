@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from aggregation import AggregationError, aggregate
+from aggregation.similarity import similarity_mix
 from gossip.envelope import Sealed, seal_update
 from gossip.verify import Accepted
 
@@ -76,8 +77,9 @@ class DirectWire(Wire):
     """Plain updates: sealed once (off the event loop when large), the same bytes to everyone."""
 
     def __init__(self, identity, stack, rule: str, f: int, params: Mapping, *, metropolis_hastings: bool = False,
-                 degrees: Mapping[str, int] | None = None, off_loop=None):
+                 degrees: Mapping[str, int] | None = None, off_loop=None, similarity: bool = False):
         self.identity, self.stack = identity, stack
+        self.similarity = similarity  # [personalization] similarity: mixed by closeness to the own model
         self.rule, self.f, self.params = rule, f, rule_params(rule, dict(params))
         self.metropolis_hastings, self.degrees = metropolis_hastings, dict(degrees or {})
         self.off_loop = off_loop
@@ -96,9 +98,22 @@ class DirectWire(Wire):
         assert isinstance(cmd, Combine)
         inputs = [collected[s] for s in cmd.senders]
         weights = None if cmd.weights is None else torch.tensor(cmd.weights, dtype=torch.float32)
+        if self.similarity:
+            return [similar(self.stack.stacked(own, inputs), weights, self.f, cmd)]
         try:
             out = aggregate(self.rule, self.stack.stacked(own, inputs), weights, f=self.f, **self.params)
         except AggregationError as exc:
             return [Refuse(f"kept own model: {exc}")]
         value = out.value.clone() if self.stack.owns(out.value) else out.value  # e.g. Krum's chosen row
         return [Adopt(value, cmd.senders, cmd.weights, out.report.to_dict())]
+
+
+def similar(stack: torch.Tensor, weights: torch.Tensor | None, f: int, cmd: Combine) -> Adopt:
+    """personalization.similarity: the rows mixed by their closeness to the own model (row 0),
+    each pull clipped so f Byzantine neighbours move it at most as far as the farthest honest
+    one is (aggregation.similarity); the report names the weights, the radius and the scale."""
+    mix = similarity_mix(stack, weights, f=f)
+    report = {"rule": "similarity", "n": int(stack.shape[0]), "f": f, "details": {
+        "weights": [round(float(w), 6) for w in mix.weights], "radius": float(mix.radius),
+        "scale": float(mix.scale)}}
+    return Adopt(mix.value, cmd.senders, cmd.weights, report)

@@ -16,12 +16,13 @@ def _direct(parts: PeerParts, stack: UpdateStack) -> Wire:
     agg = parts.cfg.aggregation
     return DirectWire(parts.identity, stack, agg.rule, agg.f, agg.params,
                       metropolis_hastings=agg.weights == "metropolis_hastings",
-                      degrees=parts.neighbour_degrees, off_loop=off_loop_if_large)
+                      degrees=parts.neighbour_degrees, off_loop=off_loop_if_large,
+                      similarity=parts.cfg.personalization.similarity)
 
 
 def _secure_mean(parts: PeerParts, stack: UpdateStack) -> Wire:
     assert parts.secure is not None  # built with the parts when the rule is secure_mean
-    return SecureMeanWire(parts.secure, parts.identity, parts.cfg.network, parts.model.schema, parts.model.size,
+    return SecureMeanWire(parts.secure, parts.identity, parts.cfg.network, parts.wire_schema, parts.wire_size,
                           off_loop_if_large)
 
 

@@ -69,6 +69,9 @@ class Checkpoint:
     parents: list[str] = field(default_factory=list)
     model: ModelInfo | None = None
     learner: dict[str, torch.Tensor] = field(default_factory=dict)  # the learner's state()
+    # personalization.mode = "ditto": the gateway's personal model beside the fleet's, and its learner's state
+    personal: torch.Tensor | None = None
+    personal_learner: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def learner_state(self) -> dict[str, torch.Tensor]:
         """The learner's state, reading an older checkpoint's momentum as the built-in's."""
@@ -113,6 +116,9 @@ def write(path: str | os.PathLike, ck: Checkpoint) -> Path:
                 "replay": [list(x) for x in ck.replay], "parents": list(ck.parents)})
     if ck.learner:
         doc["learner"] = _state_doc(ck.learner)
+    if ck.personal is not None:
+        doc["personal"] = _f32(ck.personal)
+        doc["personal_learner"] = _state_doc(ck.personal_learner)
     tmp = path.with_name(path.name + ".tmp")
     try:
         _write_doc(files.open_fresh(tmp), doc)
@@ -146,13 +152,21 @@ def commit(tmp: Path, path: str | os.PathLike) -> None:
 MAX_REPLAY = 1 << 16  # (sender, round) pairs in the replay window
 MAX_PARENTS = 1 << 12  # update ids the next update names as parents
 _KEYS = {"format", "round", "schema", "params", "momentum", "replay", "parents"}
-_OPTIONAL = {"model", "learner"}
+_OPTIONAL = {"model", "learner", "personal", "personal_learner"}
 
 
-def params_hash(params: torch.Tensor) -> str:
-    """SHA-256 hex of the parameters as little-endian float32: what a `checkpoint` event
-    records and what resuming compares against the checkpoint's parameters."""
-    return hashlib.sha256(_f32(params)).hexdigest()
+def params_hash(params: torch.Tensor, personal: torch.Tensor | None = None) -> str:
+    """SHA-256 hex of the parameters as little-endian float32 (then the personal model's, when
+    there is one): what a `checkpoint` event records and what resuming compares against."""
+    h = hashlib.sha256(_f32(params))
+    if personal is not None:
+        h.update(_f32(personal))
+    return h.hexdigest()
+
+
+def state_hash(ck: Checkpoint) -> str:
+    """params_hash of everything a checkpoint holds of the model(s)."""
+    return params_hash(ck.params, ck.personal)
 
 
 def _is_update_id(text: str) -> bool:
@@ -161,7 +175,7 @@ def _is_update_id(text: str) -> bool:
 
 def max_file_size(n_params: int) -> int:
     """The largest checkpoint file of a model of n_params: parameters, learner state, the rest."""
-    return 8 * n_params + state_limit(n_params) + MAX_STATE_TENSORS * 512 + (1 << 22)
+    return 2 * (8 * n_params + state_limit(n_params) + MAX_STATE_TENSORS * 512) + (1 << 22)  # a personal model too
 
 
 def load(path: str | os.PathLike, schema: bytes, n_params: int) -> Checkpoint | None:
@@ -212,8 +226,12 @@ def load(path: str | os.PathLike, schema: bytes, n_params: int) -> Checkpoint | 
     learner = _learner_state(path, doc.get("learner", {}), n_params)
     params = tensor("params", False)
     assert params is not None  # not optional: tensor() raised otherwise
-    return Checkpoint(rnd, schema, params, tensor("momentum", True),
-                      [(s, r) for s, r in replay], list(parents), info, learner)
+    if ("personal" in doc) != ("personal_learner" in doc):
+        raise bad("personal", "and 'personal_learner' come together")
+    personal = tensor("personal", False) if "personal" in doc else None
+    return Checkpoint(rnd, schema, params, tensor("momentum", True), [(s, r) for s, r in replay], list(parents),
+                      info, learner, personal, _learner_state(path, doc.get("personal_learner", {}), n_params,
+                                                                     "personal_learner"))
 
 
 def _parse(path: Path, raw: bytes, limit: int) -> dict:
@@ -251,9 +269,9 @@ def _model_info(path: Path, doc: dict) -> ModelInfo:
     return ModelInfo(f, tuple(names), tuple(tuple(s) for s in shapes))
 
 
-def _learner_state(path: Path, raw, n_params: int) -> dict[str, torch.Tensor]:
+def _learner_state(path: Path, raw, n_params: int, field_: str = "learner") -> dict[str, torch.Tensor]:
     def bad(why: str) -> CheckpointError:
-        return CheckpointError(f"{path}: field 'learner' {why}")
+        return CheckpointError(f"{path}: field {field_!r} {why}")
 
     if not isinstance(raw, dict) or len(raw) > MAX_STATE_TENSORS:
         raise bad(f"must be a map of at most {MAX_STATE_TENSORS} tensors")

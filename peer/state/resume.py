@@ -20,7 +20,7 @@ from typing import Protocol
 
 from ..errors import PeerError
 from . import checkpoint as ckpt
-from .checkpoint import Checkpoint, CheckpointError, params_hash
+from .checkpoint import Checkpoint, CheckpointError, state_hash
 from .provenance import Event, EventKind, ProvenanceLog
 
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -70,7 +70,7 @@ def _describe(ck: Checkpoint | None, problem: str | None) -> str:
         return problem
     if ck is None:
         return "missing"
-    return f"at round {ck.round} with params hash {params_hash(ck.params)[:16]}..."
+    return f"at round {ck.round} with params hash {state_hash(ck)[:16]}..."
 
 
 def _load(path: Path, schema: bytes, n_params: int) -> tuple[Checkpoint | None, str | None]:
@@ -82,7 +82,7 @@ def _load(path: Path, schema: bytes, n_params: int) -> tuple[Checkpoint | None, 
 
 
 def matches(ck: Checkpoint | None, want: Vouched) -> bool:
-    return ck is not None and ck.round == want.round and params_hash(ck.params) == want.params_hash
+    return ck is not None and ck.round == want.round and state_hash(ck) == want.params_hash
 
 
 def load_for_resume(path: str | os.PathLike, log: ProvenanceLog, schema: bytes, n_params: int) -> Checkpoint | None:
