@@ -2,7 +2,9 @@
 
 The trust list a plan writes is epoch 0. Afterwards the admin key (made by the plan, kept off
 the gateways) signs records with increasing epochs: `admit` a PeerId (its address, and which
-peers take it as a neighbour) or `revoke` one. On the wire a record is MAGIC followed by a
+peers take it as a neighbour), `revoke` one, or `rotate` to a successor admin key (the record's
+`peer`): from then on only the successor signs, and records of the key rotated away are refused
+(`check_rotation` below has the rules; README "If the admin key is stolen" says why). On the wire a record is MAGIC followed by a
 msgpack map {"body": bin, "sig": bin}; `body` is the canonical msgpack of the record's fields
 and the Ed25519 signature covers SHA-256(DOMAIN + body). Like envelopes, a record has exactly
 one byte string: anything else is refused, and so is anything not signed by the admin.
@@ -13,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -26,7 +28,7 @@ DOMAIN = b"gossipfl/membership/v1\x00"
 MAX_RECORD = 16 * 1024
 MAX_NEIGHBOURS = 256
 MAX_ADDR = 256
-ACTIONS = ("admit", "revoke")
+ACTIONS = ("admit", "revoke", "rotate")
 # how far one record may move a peer's epoch: a stolen admin key that signs epoch 2**63 - 1
 # would otherwise leave no epoch for any record after it (the admin's own tool steps by 1)
 MAX_EPOCH_STEP = 1000
@@ -137,6 +139,29 @@ def _typed(doc: dict, data: bytes) -> Record:
             check_peer_id(pid)
     except PeerIdError as exc:
         raise MembershipError(f"record names an invalid PeerId: {exc}") from None
-    if action == "revoke" and (nbrs or addr):
-        raise MembershipError("a revocation carries no address or neighbours")
+    if action in ("revoke", "rotate") and (nbrs or addr):
+        raise MembershipError(f"a {'revocation' if action == 'revoke' else 'rotation'} carries no address or "
+                              "neighbours")
     return Record(net, epoch, action, peer, addr, tuple(nbrs), ts, data)
+
+
+def check_rotation(record: Record, admins: Sequence[str], members: Collection[str]) -> str | None:
+    """Why a peer whose admin keys so far are `admins` (oldest first; the last one signs now)
+    must refuse `record` for what it names, or None. Pure; the signature, the network and the
+    epoch are checked before (open_record, the peer's epoch rules). The rules:
+    - only the current key rotates (the signature check), and a rotation is final: a key
+      rotated away never signs again, not even another rotation (its records are refused as
+      `retired_admin`), so the holder of a stolen key cannot take back a rotation it lost;
+    - the successor is a key never used as this network's admin (no rotating back to a retired
+      key, which a thief may hold) and not a gateway's (`members`: trusted or revoked PeerIds;
+      the admin key is kept apart from the gateways);
+    - no record admits an admin key, current or retired, as a gateway."""
+    if record.action == "rotate":
+        if record.peer in admins:
+            return f"rotation to {record.peer}, which is {'the current' if record.peer == admins[-1] else 'a retired'} " \
+                   "admin key of this network (a successor must be a fresh key)"
+        if record.peer in members:
+            return f"rotation to {record.peer}, a gateway's key (the admin key is kept apart from the gateways)"
+    elif record.action == "admit" and record.peer in admins:
+        return f"admits {record.peer}, an admin key of this network, as a gateway"
+    return None

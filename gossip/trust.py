@@ -19,12 +19,15 @@ MAX_TRUST_FILE = 4 * 1024 * 1024
 class TrustList:
     """The allowed peers of one network; `names` maps a PeerId to an optional label.
     `admin` is the PeerId of the network's admin key, which signs membership records
-    (None in trust lists written before there was one: no membership changes then)."""
+    (None in trust lists written before there was one: no membership changes then);
+    `retired` the admin keys rotated away before it, oldest first (`fleet rotate-admin`):
+    records they signed before their rotation still count, none after."""
 
     network: str
     peers: frozenset[str]
     names: dict[str, str]
     admin: str | None = None
+    retired: tuple[str, ...] = ()
 
     def __contains__(self, peer_id: object) -> bool:
         return peer_id in self.peers
@@ -33,6 +36,9 @@ class TrustList:
         lines = [f'network = "{self.network}"']
         if self.admin is not None:
             lines.append(f'admin = "{self.admin}"  # signs membership records; its key is kept off the gateways')
+        if self.retired:
+            keys = ", ".join(f'"{k}"' for k in self.retired)
+            lines.append(f"retired_admins = [{keys}]  # rotated away, oldest first: nothing they sign now counts")
         lines.append("")
         for pid in sorted(self.peers, key=lambda p: (self.names.get(p, ""), p)):
             lines.append("[[peer]]")
@@ -43,7 +49,7 @@ class TrustList:
         return "\n".join(lines)
 
 
-def build_trust_list(network: object, entries: list, admin: object = None) -> TrustList:
+def build_trust_list(network: object, entries: list, admin: object = None, retired: object = ()) -> TrustList:
     """Entries are PeerId strings or {id, name} tables; errors name the bad entry. `network` and
     `admin` are checked too (they may come straight from a parsed file). (Lists written for
     single-masking secure aggregation also carry `x25519` and `binding`: unused now that every
@@ -75,7 +81,23 @@ def build_trust_list(network: object, entries: list, admin: object = None) -> Tr
             names[pid] = str(name)
     if admin is not None and admin in peers:
         raise TrustListError(f"trust list: `admin` {admin} is also a peer; the admin key must be kept apart from the nodes")
-    return TrustList(network, frozenset(peers), names, admin)
+    return TrustList(network, frozenset(peers), names, admin, _retired(retired, admin, peers))
+
+
+def _retired(retired: object, admin: object, peers: list[str]) -> tuple[str, ...]:
+    """`retired_admins`: distinct PeerIds, none of them the admin or a peer, only with an admin."""
+    if not isinstance(retired, list | tuple) or not all(isinstance(k, str) for k in retired):
+        raise TrustListError(f"trust list: `retired_admins` must be a list of PeerId strings, got {retired!r:.80}")
+    if retired and admin is None:
+        raise TrustListError("trust list: `retired_admins` without `admin`: name the current admin key")
+    for key in retired:
+        try:
+            check_peer_id(key)
+        except PeerIdError as exc:
+            raise TrustListError(f"trust list: `retired_admins`: {exc}") from None
+        if key == admin or key in peers or list(retired).count(key) > 1:
+            raise TrustListError(f"trust list: `retired_admins` names {key} twice, or as the admin or a peer")
+    return tuple(retired)
 
 
 def load_trust_list(path: str | os.PathLike) -> TrustList:
@@ -100,6 +122,6 @@ def load_trust_list(path: str | os.PathLike) -> TrustList:
     if not isinstance(doc, dict) or not isinstance(entries, list):
         raise TrustListError(f"trust list {path}: expected `network` and a list of peers")
     try:
-        return build_trust_list(doc.get("network"), entries, doc.get("admin"))
+        return build_trust_list(doc.get("network"), entries, doc.get("admin"), doc.get("retired_admins", []))
     except TrustListError as exc:
         raise TrustListError(f"{path}: {exc}") from None

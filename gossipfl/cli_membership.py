@@ -1,15 +1,18 @@
-"""`gossipfl fleet admit` / `fleet revoke`: the network admin changes the fleet while it runs."""
+"""`gossipfl fleet admit` / `fleet revoke` / `fleet rotate-admin`: the network admin changes the fleet
+while it runs."""
 
 from __future__ import annotations
 
 import click
 
+from gossip.membership import MAX_EPOCH_STEP
 from gossipfl.cli import friendly
 from gossipfl.cli_fleet import fleet_group
 
 
 def _report(outcome) -> None:
-    click.echo(f"epoch {outcome.epoch}: {outcome.action} {outcome.peer_id}  (record {outcome.record})")
+    what = "rotate the admin key to" if outcome.action == "rotate" else outcome.action
+    click.echo(f"epoch {outcome.epoch}: {what} {outcome.peer_id}  (record {outcome.record})")
     if outcome.config is not None:
         ports = ", ".join(f"{k} port {v}" for k, v in outcome.ports.items())
         click.echo(f"new gateway: {outcome.config.parent}" + (f" ({ports})" if ports else "") +
@@ -24,7 +27,10 @@ def _report(outcome) -> None:
         names = ", ".join(p.parent.name for p in outcome.rewritten)
         click.echo(f"rewrote the neighbours in {names}/peer.toml (running peers have the record already; copy "
                    "these files to their gateways before you set one up again from the plan)")
-    if outcome.broker is not None:
+    if outcome.broker is not None and outcome.action == "rotate":
+        click.echo(f"the admin's broker login changed in {outcome.broker / 'passwd'} and {outcome.broker / 'acl'}: "
+                   "reload Mosquitto (kill -HUP <its pid>, or systemctl reload mosquitto) before the next admit")
+    elif outcome.broker is not None:
         files = f"{outcome.broker / 'passwd'} and {outcome.broker / 'acl'}"
         click.echo(f"broker login {'added to' if outcome.action == 'admit' else 'removed from'} {files}: "
                    "reload Mosquitto to apply it (kill -HUP <its pid>, or systemctl reload mosquitto; copy both "
@@ -74,3 +80,26 @@ def fleet_revoke(plan: str, who: str, no_send: bool) -> None:
     from peer.ops.admin import revoke
 
     _report(revoke(plan, who, send=not no_send))
+
+
+@fleet_group.command("rotate-admin")
+@click.argument("plan", type=click.Path(file_okay=False, exists=True))
+@click.option("--key", "key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="the successor admin key (a PEM key file, mode 0600, e.g. from `gossipfl keygen`), copied to "
+                   "PLAN/admin/admin.key [default: a fresh key, written there]")
+@click.option("--epoch", type=click.IntRange(1, 2**63 - 1), default=None,
+              help="sign the rotation at this epoch [default: the plan's next]; higher when a thief of the old key "
+                   f"signed records with higher epochs (at most {MAX_EPOCH_STEP} past what a peer holds)")
+@friendly
+def fleet_rotate_admin(plan: str, key, epoch) -> None:
+    """Replace the network's admin key (e.g. it leaked): a record signed by the current key names
+    its successor and is delivered to every gateway now, under the old key; from its arrival the
+    peers refuse what the old key signs (`retired_admin`) and apply what the new one signs. The
+    plan's admin.key, trust.toml (`admin`, `retired_admins`) and plan.json switch to the new
+    key, so later `fleet admit` / `fleet revoke` sign with it; the old key leaves the plan.
+    MQTT plans: the admin's broker login changes too (reload the broker)."""
+    from pathlib import Path
+
+    from peer.ops.admin import rotate_admin
+
+    _report(rotate_admin(plan, Path(key) if key else None, epoch=epoch))

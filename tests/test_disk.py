@@ -195,6 +195,33 @@ def test_a_different_history_of_the_same_length_under_the_old_head_is_broken(tmp
     _refused(tmp_path / "b.db", ident, "event 12 .*not the one the signed head names")
 
 
+def test_events_appended_past_the_signed_head_are_named_from_the_first(tmp_path):
+    """An intact chain that runs on past its signed head (events added, the head put back):
+    refused, naming the first event past the head."""
+    path = tmp_path / "p.db"
+    ident = _log_with_events(path)
+    head = sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='head'").fetchone()[0]
+    log = ProvenanceLog(path, ident, "net")
+    log.append_many([NewEvent(EventKind.TRAINED, i, details={"loss": 0.5}) for i in (13, 14)])
+    log.close()
+    _sql(path, ("UPDATE meta SET value = ? WHERE key = 'head'", (head,)))
+    _refused(path, ident, r"event 13 \(trained\): it lies past the signed head \(event 12\): events added")
+
+
+def test_a_signature_changed_after_the_log_was_opened_is_refused_when_read_back(tmp_path):
+    path = tmp_path / "p.db"
+    ident = _log_with_events(path)
+    log = ProvenanceLog(path, ident, "net")
+    try:
+        log.append(EventKind.CHECKPOINT, 12, details={"next_round": 12, "params_hash": "ab" * 32})
+        _sql(path, ("UPDATE events SET sig = ? WHERE kind = 'checkpoint'", (b"\x01" * 64,)))
+        with pytest.raises(BrokenLogError, match=r"event 13 \(checkpoint\): its content does not match its hash or "
+                                                 "signature"):
+            log.last_event(EventKind.CHECKPOINT)
+    finally:
+        log.close()
+
+
 def test_another_peers_log_is_refused_with_its_owner_named(tmp_path):
     path = tmp_path / "p.db"
     _log_with_events(path)

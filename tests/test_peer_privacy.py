@@ -106,6 +106,31 @@ def test_the_budget_stops_training_and_sending_for_good(tmp_path):
         assert verify_log(n.dir / "data" / "provenance.db").ok
 
 
+def test_a_spent_budget_stays_spent_after_a_restart_and_is_said_once(tmp_path):
+    """The ledger restored from the log keeps `exhausted`: the restarted peer neither trains nor
+    logs the budget's end a second time."""
+    from gossip.identity import Identity
+    from peer.state.provenance import ProvenanceLog
+
+    acct = Accountant("rdp", 1e-5)
+    acct.spend(Release(1.0, 1.0, 1))
+    budget = (acct.epsilon() + acct.epsilon_if(Release(1.0, 1.0, 1))) / 2  # room for exactly 1 release
+    settings = PrivacySettings(mode="update", noise_multiplier=1.0, clip=1.0, epsilon=budget)
+    prov = ProvenanceLog(tmp_path / "p.db", Identity.from_seed(b"p" * 32), "net")
+    try:
+        first, flat = PeerPrivacy(settings, None), torch.zeros(8)
+        for r in range(3):
+            send, events = first.before_training(r, flat)
+            prov.append_many(events + (first.after_training(r, flat + 0.1) if send else []))
+        assert [e.details["exhausted"] for e in prov.events("privacy")] == [False, True]
+        again = PeerPrivacy(settings, None)
+        again.restore(prov)
+        assert again.exhausted and again.epsilon() == first.epsilon()
+        assert again.before_training(3, flat) == (False, [])
+    finally:
+        prov.close()
+
+
 def test_record_mode_runs_dp_sgd_and_accounts_its_sampling(tmp_path):
     nodes = _plan(tmp_path, "complete:2", mode="record", noise_multiplier=1.0, clip=1.0)
     _, peers = build_memory_network(nodes)

@@ -28,7 +28,7 @@ MARKS = {"started": "\u25b6", "restarted": "\u21ba", "crash-resume": "\u21af", "
 MARK_STYLE = {"started": (">", "#1d2430"), "restarted": ("o", "#1d2430"), "crash-resume": ("X", "#e8590c"),
               "stopped": ("s", "#1d2430"), "jump": (">", "#1c7ed6"), "budget-spent": ("D", "#7b4fa6"),
               "diverged": ("d", "#d9443c")}
-MEMBERSHIP_COLOURS = {"admit": "#1f7a8c", "revoke": "#7b4fa6"}
+MEMBERSHIP_COLOURS = {"admit": "#1f7a8c", "revoke": "#7b4fa6", "rotate": "#b5651d"}
 
 
 @dataclass
@@ -86,9 +86,9 @@ def build_grid(fleet: Fleet) -> Grid | None:
     history = fleet_history(fleet)
     marks: dict[tuple[str, int], list[Happening]] = {}
     for h in history:
-        if h.kind not in ("admit", "revoke") and h.round is not None and h.peer in rows:
+        if h.kind not in MEMBERSHIP_COLOURS and h.round is not None and h.peer in rows:
             marks.setdefault((h.peer, h.round), []).append(h)
-    return Grid(peers, first, last, cells, rows, marks, [h for h in history if h.kind in ("admit", "revoke")],
+    return Grid(peers, first, last, cells, rows, marks, [h for h in history if h.kind in MEMBERSHIP_COLOURS],
                 revoked)
 
 

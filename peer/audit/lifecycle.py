@@ -89,10 +89,11 @@ def membership_history(fleet: Fleet) -> list[Happening]:
             d = e.details
             h = records.get(e.update_hash)
             if h is None:
-                action = got if (got := d.get("action")) in ("admit", "revoke") else "membership"
+                action = got if (got := d.get("action")) in ("admit", "revoke", "rotate") else "membership"
                 subject = got if isinstance(got := d.get("peer"), str) else e.counterpart or ""
                 nbrs = [fleet.name(n) for n in d.get("neighbours") or () if isinstance(n, str)]
-                text = (f"{action} {fleet.label(subject)} (epoch {d.get('epoch', '?')}, record "
+                what = "rotate the admin key to" if action == "rotate" else action
+                text = (f"{what} {fleet.label(subject)} (epoch {d.get('epoch', '?')}, record "
                         f"{short(e.update_hash)})" + (f", neighbour of {', '.join(nbrs)}" if nbrs else ""))
                 h = records[e.update_hash] = Happening(action, e.round, e.ts, subject, text)
             h.applied.append({"peer": log.owner, "round": e.round})

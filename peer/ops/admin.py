@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gossip.identity import Identity, load_key, save_key
-from gossip.membership import open_record, seal_record
+from gossip.membership import MembershipError, Record, open_record, seal_record
 from gossip.trust import TrustList, load_trust_list
 
 from ..config.parse import load_config
@@ -80,6 +80,7 @@ class Plan:
         self.admin: Identity = load_key(key)
         if self.trust.admin != self.admin.peer_id:
             raise ConfigError(f"{key} is not the admin key trust.toml names ({self.trust.admin})")
+        self.admins = [*self.trust.retired, self.admin.peer_id]  # every admin key so far, oldest first
         self.records = self.admin_dir / RECORDS
         self.kind: TransportKind = kind_of(self.manifest.get("transport", "libp2p"))
 
@@ -120,13 +121,23 @@ class Plan:
     def gateway(self) -> GatewayLayout:
         return GatewayLayout(**self.manifest.get("gateway", {}))
 
+    def open(self, data: bytes) -> Record:
+        """A record of this plan, signed by one of its admin keys (the current one or a retired one)."""
+        errors = []
+        for key in reversed(self.admins):
+            try:
+                return open_record(data, admin=key, network=self.trust.network)
+            except MembershipError as exc:
+                errors.append(exc)
+        raise errors[0]
+
     def next_epoch(self) -> int:
-        epochs = [open_record(p.read_bytes(), admin=self.admin.peer_id, network=self.trust.network).epoch
-                  for p in self.records.glob("*.msgpack")] if self.records.exists() else []
+        epochs = [self.open(p.read_bytes()).epoch for p in self.records.glob("*.msgpack")] \
+            if self.records.exists() else []
         return max(epochs, default=0) + 1
 
-    def sign(self, action: str, peer_id: str, **fields) -> tuple[int, bytes, Path]:
-        epoch = self.next_epoch()
+    def sign(self, action: str, peer_id: str, epoch: int | None = None, **fields) -> tuple[int, bytes, Path]:
+        epoch = epoch or self.next_epoch()
         data = seal_record(self.admin, network=self.trust.network, epoch=epoch, action=action, peer=peer_id,
                            **fields)
         self.records.mkdir(parents=True, exist_ok=True)
@@ -224,7 +235,7 @@ def admit(folder, name: str | None, neighbours: list[str], *, port: int | None =
     config = node_dir / "peer.toml"
     config.write_text(f"# gateway {name}, admitted to a running fleet\n" + dumps(doc, comments))
     cfg = load_config(config)  # it loads, with its modules beside it, before the plan changes
-    trust = TrustList(plan.trust.network, plan.trust.peers | {pid}, {**plan.trust.names, pid: name}, plan.trust.admin)
+    trust = replace(plan.trust, peers=plan.trust.peers | {pid}, names={**plan.trust.names, pid: name})
     entry = {"node": name, "peer_id": pid, **({"enrolled": True} if request is not None else {}), "config": str(config.relative_to(plan.dir)),
              "port": ports.get("listen"), **({"metrics_port": ports["metrics"]} if "metrics" in ports else {})}
     plan.manifest["nodes"].append(entry)
@@ -283,8 +294,8 @@ def revoke(folder, who: str, *, send: bool = True) -> Outcome:
     pid = node["peer_id"]
     graph = adjacency({n["peer_id"]: plan.config(n) for n in plan.live})
     epoch, data, path = plan.sign("revoke", pid)
-    trust = TrustList(plan.trust.network, plan.trust.peers - {pid},
-                      {k: v for k, v in plan.trust.names.items() if k != pid}, plan.trust.admin)
+    trust = replace(plan.trust, peers=plan.trust.peers - {pid}, names={k: v for k, v in plan.trust.names.items()
+                                                                       if k != pid})
     node["revoked_epoch"] = epoch
     plan.save(trust)
     broker = plan.kind.revoked(plan, pid)
@@ -294,6 +305,37 @@ def revoke(folder, who: str, *, send: bool = True) -> Outcome:
     targets = [node] + [n for n in plan.live if n["peer_id"] != pid]
     delivered = plan.kind.deliver(plan, data, targets) if send else {}
     return Outcome(epoch, "revoke", pid, path, delivered, broker=broker, rewritten=rewritten)
+
+
+def rotate_admin(folder, key: Path | None = None, *, epoch: int | None = None) -> Outcome:
+    """Replace the plan's admin key by `key` (a fresh one by default): a `rotate` record signed
+    by the current key names the successor; the plan's admin.key, trust.toml (`admin`,
+    `retired_admins`) and plan.json switch to it, so later admits and revocations are signed by
+    it; the record is delivered to every live gateway at once, under the old key (the peers let
+    only the current admin connect), and passed on by them. The old key leaves the plan for
+    good: nothing it signs counts any more where the record arrived. `epoch`: above the next one
+    when a thief signed records with higher epochs (at most MAX_EPOCH_STEP past a peer's)."""
+    plan = Plan(folder)
+    new = load_key(key) if key is not None else Identity.generate()
+    pid = new.peer_id
+    if pid in plan.admins:
+        raise ConfigError(f"{pid} is {'the' if pid == plan.admin.peer_id else 'a retired'} admin key of this plan: "
+                          "rotate to a fresh key")
+    if pid in plan.trust.peers or any(n["peer_id"] == pid for n in plan.nodes):
+        raise ConfigError(f"{pid} is a gateway's key: the admin key is kept apart from the gateways")
+    if epoch is not None and epoch < plan.next_epoch():
+        raise ConfigError(f"--epoch {epoch} is not above the plan's records (next: {plan.next_epoch()})")
+    epoch, data, record = plan.sign("rotate", pid, epoch)
+    old = plan.admin.peer_id
+    save_key(new, plan.admin_dir / ADMIN_KEY, force=True)  # atomically: the old key is gone from the plan
+    plan.manifest["admin"], plan.manifest["retired_admins"] = pid, [*plan.trust.retired, old]
+    plan.save(replace(plan.trust, admin=pid, retired=(*plan.trust.retired, old)))
+    delivered = plan.kind.deliver(plan, data, plan.live)  # `plan` still holds the old key
+    broker = plan.kind.rotated_admin(plan, pid)
+    notes = [f"the old admin key {old} is retired: destroy every copy of it (the plan no longer has one)",
+             "gateways set up again from the plan need its new trust.toml (it names the new admin key and the "
+             "retired ones); copy it to a gateway that was down now, before it starts"]
+    return Outcome(epoch, "rotate", pid, record, delivered, broker=broker, notes=notes)
 
 
 def deliver(plan: Plan, data: bytes, nodes: list[dict]) -> dict[str, bool]:

@@ -182,6 +182,17 @@ def remove_login(folder: Path, peer_id: str, *, prefix: str, network: str) -> Br
     return files
 
 
+def replace_admin_login(folder: Path, old: str, new: BrokerPeer, *, prefix: str, network: str) -> BrokerFiles:
+    """The admin key was rotated: the old admin's login and ACL section go, the new one's come."""
+    files = _existing(folder)
+    users = _password_lines(files.passwd)
+    users.pop(old, None)
+    users[new.peer_id] = password_hash(new.password)
+    blocks = [b for b in _acl_blocks(files.acl.read_text()) if _user(b) != old]
+    _write(files, users, [*blocks, admin_section(new.peer_id, prefix, network)])
+    return files
+
+
 def _existing(folder: Path) -> BrokerFiles:
     files = broker_files(folder)
     for path in (files.passwd, files.acl):

@@ -45,6 +45,7 @@ It signs membership records: `gossipfl fleet admit` and `gossipfl fleet revoke` 
 the peers do not. Every peer trusts it (trust.toml: admin = ...), so whoever holds it
 decides who is in the network. Move this folder off this machine (an offline disk, a
 password manager) once the plan is copied to the gateways; never copy it to a gateway.
+If it leaks (or to retire it), `gossipfl fleet rotate-admin PLAN` replaces it by a fresh key.
 """
 
 

@@ -106,7 +106,8 @@ class FleetMembers:
         trust = load_trust_list(cfg.trust)
         self.records = cfg.records
         self.members: set[str] = set(trust.peers)
-        self.membership = Membership("", trust.network, getattr(trust, "admin", None), self.members, {})
+        first = next(iter(trust.retired), trust.admin)  # the records folder holds the rotations since
+        self.membership = Membership("", trust.network, first, self.members, {})
         self._seen: set[str] = set()
 
     def __contains__(self, peer_id: object) -> bool:
@@ -130,7 +131,7 @@ class FleetMembers:
                 log.warning("%s", exc)
                 continue
             self._seen.add(f.name)
-            if offer.reason == "bad_membership":
+            if offer.reason in ("bad_membership", "retired_admin", "refused_membership"):
                 log.warning("membership record %s refused: %s", f.name, offer.detail)
         return self.members != before
 

@@ -175,8 +175,8 @@ def per_gateway(rows: list[PeerRow]) -> dict | None:
     if len(names) != 1:
         return None
     metric = names.pop()
-    values = sorted(r.personal if r.personal is not None else r.value for r in rows
-                    if r.metric == metric and (r.personal if r.personal is not None else r.value) is not None)
+    served = [r.personal if r.personal is not None else r.value for r in rows if r.metric == metric]
+    values = sorted(v for v in served if v is not None)
     if not values:
         return None
     if any(word in metric.lower() for word in LOWER_IS_BETTER):

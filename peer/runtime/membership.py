@@ -1,5 +1,11 @@
 """The fleet as one peer knows it: the trust list (epoch 0) plus the admin's records since.
 
+The admin key itself can change: a `rotate` record signed by the current key names its
+successor (gossip.membership.check_rotation has the rules). The chain of admin keys is rebuilt
+like the rest, from the log: replay starts at the first key the trust list names (its retired
+keys, oldest first, then `admin`), each logged record verified against the key current at
+that point, and the chain replayed must agree with the trust list's (one a prefix of the other).
+
 Records are applied at once, logged as `membership` events (the verified log is the source of
 truth at start) and cached (DATA_DIR/membership.msgpack, rewritten atomically);
 on restart every stored record is verified again against the admin key, so the file is no
@@ -24,6 +30,7 @@ from gossip.membership import (
     MAX_RECORD,
     MembershipError,
     Record,
+    check_rotation,
     open_record,
 )
 
@@ -46,7 +53,12 @@ class Offer:
 
     record: Record | None = None
     reason: str = ""  # "bad_membership" (unproven), "stale_membership" (proven, not newer), "" (a duplicate)
-    detail: str = ""
+    detail: str = ""  # "retired_admin" (signed by a key rotated away), "refused_membership" (the admin's, breaks a rule)
+    by: str | None = None  # who signed it, when proven
+
+    @property
+    def proven(self) -> bool:
+        return self.by is not None
 
 
 @dataclass
@@ -61,6 +73,13 @@ class Membership:
     revoked: set[str] = field(default_factory=set)
     records: list[bytes] = field(default_factory=list)
     revoked_at: dict[str, int] = field(default_factory=dict)
+    retired: list[str] = field(default_factory=list)  # admin keys rotated away, oldest first
+    retired_at: dict[str, int] = field(default_factory=dict)  # admin key -> the epoch it was rotated away
+
+    @property
+    def admins(self) -> list[str]:
+        """Every admin key of this network so far, oldest first; the last one signs now."""
+        return [*self.retired, *([self.admin] if self.admin else [])]
 
     def load(self, logged: Sequence[bytes] = ()) -> list[Record]:
         """Re-apply the records the verified provenance log holds (`logged`, the source of truth)
@@ -72,11 +91,15 @@ class Membership:
         caller logs them."""
         cached = self._cached()
         known = set(map(bytes, logged))
+        configured = self.admins
+        if configured:  # replay from the first admin key: the log's rotations lead to the others
+            self.admin, self.retired = configured[0], []
         for data in logged:
             offer = self.offer(bytes(data), persist=False)
             if offer.record is None and offer.reason:
                 raise MembershipFileError(f"a membership record in the provenance log does not apply ({offer.detail}); "
                                           "is trust.toml's admin key the one that signed it?")
+        self._agree(configured)
         extra = []
         for data in sorted((d for d in cached if d not in known), key=_epoch):
             offer = self.offer(data, persist=False)
@@ -88,6 +111,20 @@ class Membership:
         if self.path is not None and (cached != self.records or not self.path.exists()) and self.records:
             self._save()
         return extra
+
+    def _agree(self, configured: list[str]) -> None:
+        """After replaying the log: the trust list may know of rotations the log lacks (set up
+        again from the plan) and the log of rotations the trust list lacks (a gateway's copy of
+        it is not rewritten); any other difference is an error."""
+        replayed = self.admins
+        if replayed == configured[:len(replayed)]:
+            self.retired, self.admin = configured[:-1], configured[-1] if configured else None
+        elif configured != replayed[:len(configured)]:
+            raise MembershipFileError(f"the admin keys of the provenance log ({' -> '.join(replayed)}) are not the "
+                                      f"ones the trust list names ({' -> '.join(configured)}); copy trust.toml from "
+                                      "the plan again (its `admin` and `retired_admins`), and if it is the plan's, "
+                                      "this peer applied a rotation the admin did not sign (a stolen key's): move "
+                                      "data/ aside and start with --accept-rollback")
 
     def _cached(self) -> list[bytes]:
         """The records of the membership file ([] when there is none or it is unreadable)."""
@@ -115,23 +152,48 @@ class Membership:
         try:
             record = open_record(data, admin=self.admin, network=self.network)
         except MembershipError as exc:
+            old = self._retired_signer(data)
+            if old is not None:
+                at = self.retired_at.get(old)
+                return Offer(None, "retired_admin", f"signed by the admin key {old}, rotated away"
+                                                    f"{'' if at is None else f' at epoch {at}'}; the admin key is now "
+                                                    f"{self.admin}", old)
             return Offer(None, "bad_membership", str(exc))
         if self.records and record.data == self.records[-1]:  # the latest record, back by gossip
             return Offer(None, "", "already applied")
         if record.epoch <= self.epoch:
-            return Offer(None, "stale_membership", f"epoch {record.epoch}, this peer is at epoch {self.epoch}")
+            return Offer(None, "stale_membership", f"epoch {record.epoch}, this peer is at epoch {self.epoch}",
+                         self.admin)
         if record.epoch > self.epoch + MAX_EPOCH_STEP:
             return Offer(None, "bad_membership", f"epoch {record.epoch} jumps more than {MAX_EPOCH_STEP} past this "
                                                  f"peer's epoch {self.epoch}")
+        why = check_rotation(record, self.admins, self.trusted | self.revoked)
+        if why is not None:
+            return Offer(None, "refused_membership", why, self.admin)
         self._apply(record)
         self.records.append(record.data)
         if persist:
             self._save()
         return Offer(record)
 
+    def _retired_signer(self, data: bytes) -> str | None:
+        """The retired admin key that signed `data`, if one did (for a clear refusal)."""
+        for key in reversed(self.retired):
+            try:
+                open_record(data, admin=key, network=self.network)
+            except MembershipError:
+                continue
+            return key
+        return None
+
     def _apply(self, r: Record) -> None:
         self.epoch = r.epoch
-        if r.action == "admit":
+        if r.action == "rotate":
+            assert self.admin is not None  # open_record verified it against the current key
+            self.retired.append(self.admin)
+            self.retired_at[self.admin] = r.epoch
+            self.admin = r.peer
+        elif r.action == "admit":
             self.trusted.add(r.peer)
             self.revoked.discard(r.peer)
             if r.peer == self.own_id:  # this peer was admitted: the record names its neighbours
@@ -197,9 +259,11 @@ def on_record(membership: Membership, hint: str | None, data, round_: int, neigh
     if r is None and not offer.reason:
         return []
     if r is None:
-        proven = offer.reason == "stale_membership"
-        return [Reject(offer.reason, offer.detail, membership.admin if proven else hint, proven)]
-    log.info("membership epoch %d: %s %s", r.epoch, r.action, r.peer)
+        if offer.reason in ("retired_admin", "refused_membership"):
+            log.warning("membership record refused (%s): %s", offer.reason, offer.detail)
+        return [Reject(offer.reason, offer.detail, offer.by if offer.proven else hint, offer.proven)]
+    log.info("membership epoch %d: %s %s", r.epoch, "rotate the admin key to" if r.action == "rotate" else r.action,
+             r.peer)
     out: list[Command] = [Log(NewEvent(EventKind.MEMBERSHIP, round_, r.peer, r.record_id,
                                        {**r.summary(), "bytes": bytes(data).hex()}), durable=True)]
     if r.action == "revoke" and r.peer == membership.own_id:
@@ -218,7 +282,7 @@ def stored_membership(own_id: str, network: str, trust, neighbours: dict[str, st
     again). Read only, before the data folder is locked (the log's chain is verified when the
     peer opens it; the records carry the admin's signature): the running peer keeps its own."""
     view = Membership(own_id, network, getattr(trust, "admin", None), set(trust.peers), dict(neighbours),
-                      None)
+                      None, retired=list(getattr(trust, "retired", ())))
     cache = Path(data_dir) / "membership.msgpack"
     view.path = cache
     try:

@@ -167,7 +167,7 @@ def membership_of(parts: PeerParts) -> Membership:
     cfg = parts.cfg
     return Membership(parts.identity.peer_id, cfg.network, getattr(parts.trust, "admin", None),
                       parts.fleet or set(parts.trust.peers), {n.id: n.addr for n in cfg.neighbours},
-                      Path(cfg.data_dir) / "membership.msgpack")
+                      Path(cfg.data_dir) / "membership.msgpack", retired=list(getattr(parts.trust, "retired", ())))
 
 
 def verifier_of(parts: PeerParts, membership: Membership, masked_words: int | None) -> Verifier:

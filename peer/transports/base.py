@@ -102,6 +102,11 @@ class TransportKind:
         the folder whose files changed, or None."""
         return None
 
+    def rotated_admin(self, plan, admin_id: str) -> Path | None:
+        """The admin key was rotated to `admin_id` (and the rotation delivered): move the admin's
+        access where the transport keeps one (a broker login); the folder whose files changed."""
+        return None
+
     def deliver(self, plan, data: bytes, nodes: list[dict]) -> dict[str, bool]:
         """Send a membership record to these nodes of the plan; node name -> delivered."""
         raise ConfigError(f"a {self.name} plan has no way to reach its gateways: use --no-send and deliver the "

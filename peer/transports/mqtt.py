@@ -160,6 +160,18 @@ class MqttKind(TransportKind):
         remove_login(broker, peer_id, prefix=plan.transport_config().topic_prefix, network=plan.trust.network)
         return broker
 
+    def rotated_admin(self, plan, admin_id: str) -> Path | None:
+        """The retired admin's broker login goes, the successor's comes (its password replaces
+        PLAN/admin/mqtt.password); the broker applies it on reload."""
+        from ..ops.mosquitto import replace_admin_login, write_admin_login
+
+        broker = plan.dir / BROKER_DIR
+        if not broker.exists():
+            return None
+        replace_admin_login(broker, plan.admin.peer_id, write_admin_login(plan.admin_dir, admin_id),
+                            prefix=plan.transport_config().topic_prefix, network=plan.trust.network)
+        return broker
+
     def deliver(self, plan, data: bytes, nodes: list[dict]) -> dict[str, bool]:
         """Into each node's inbox with the admin's broker login (PLAN/admin/mqtt.password)."""
         from gossip.errors import TransportError
