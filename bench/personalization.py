@@ -10,7 +10,9 @@
 
 For each: "alone" (the same learner, no neighbours: the baseline, run in the same sweep),
 "shared" with mean and with the robust rule nnm+trimmed_mean, and each personalization mode
-(local_head, ditto with lambda 0.1 and 1, similarity, and local_head + similarity), under no attack and with 12.5%
+(local_head, ditto with lambda 0.1 and 1, similarity, and local_head + similarity)
+and a noise floor: every gateway alone again, its batches drawn from another stream (ditto
+with a vanishing lambda): how far chance alone moves a gateway's figure, under no attack and with 12.5%
 of the gateways Byzantine (sign flip, ALIE; sim.attacks, at most 2 next to any honest one,
 f = 2). Per mode: the worst gateway's, the 10th percentile's (90th for a loss) and the median
 gateway's figure on its own held-out data, the fraction of gateways that beat alone, the
@@ -54,6 +56,7 @@ MODES = {
 }
 PERSONAL = ("local_head", "ditto", "ditto lambda=1", "similarity", "local_head+similarity")
 ATTACKS = ("none", "sign_flip", "alie")
+NOISE = "alone, other batches"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gateway_fleet" / "scenario.toml"
 
 
@@ -103,10 +106,14 @@ def bench_setting(name: str, sc) -> dict:
     a_own = alone["own"]
     rows, figures = [], {}
     runs = {}  # (label, attack) -> RunResult
+    # the noise floor: ditto with a vanishing lambda is each gateway alone with its batches drawn from
+    # another stream; its ratio to alone says how far chance alone moves a gateway's figure
+    runs[NOISE, "none"] = run_mode(sc, "mean", "ditto", False, "none", 1e-9)
     for label, (rule, mode, similarity) in MODES.items():
         for attack in ATTACKS:
             runs[label, attack] = run_mode(sc, rule, mode, similarity, attack, 1.0 if "lambda=1" in label else 0.1)
     first = runs["shared mean", "none"]
+    runs = {k: v for k, v in runs.items() if k != (NOISE, "none")} | {(NOISE, "none"): runs[NOISE, "none"]}
     hib = first.higher_is_better
     a_worst = distribution(a_own.values(), hib)["worst"]
     for (label, attack), res in [(("alone", "none"), None), *runs.items()]:
@@ -118,7 +125,7 @@ def bench_setting(name: str, sc) -> dict:
         figures[f"{label}/{attack}"] = {"worst": d["worst"], "tail": d["tail"], "median": d["median"],
                                         "nodes": d["nodes"], "beat_alone": vs["beat"] if vs else None,
                                         "worst_ratio": vs["worst_ratio"] if vs else None, "worst_vs_alone_worst": worst_vs}
-        rule = "-" if res is None else res.rule
+        rule = "-" if res is None or label == NOISE else res.rule
         rows.append([label, rule, attack, d["nodes"], d["worst"], d["tail"], d["median"],
                      "-" if vs is None else f"{100 * vs['beat']:.0f}%", "-" if vs is None else vs["worst_ratio"],
                      "-" if worst_vs is None else worst_vs])
