@@ -36,7 +36,7 @@ from gossip.envelope import max_message_size
 from peer.learning.model import build_model
 from peer.runtime.exchange import fits, rule_params
 
-from . import datasets, streams, user
+from . import datasets, personalize, shift, streams, user
 from .attacks import PROTOCOL_ATTACKS, REGISTRY, model_attack_rows
 from .batched_mlp import MLPKernel
 from .engine import RoundMetrics, RunResult
@@ -150,7 +150,8 @@ class Shard:
         self.train_data, self.eval_data = datasets.node_data(
             sc.dataset, sc.data_options, partition_=sc.partition, alpha=sc.alpha,
             labels_per_shard=sc.labels_per_shard, seed=sc.seed, nodes=self.own, total=n_all, progress=progress,
-            loader=user.loader(sc) if ":" in sc.dataset else None, classes=sc.classes)
+            loader=user.loader(sc) if ":" in sc.dataset else None, classes=sc.classes,
+            shift=(shift.of(sc), sc.seed))
         if REGISTRY[sc.attack].label_map is not None:
             flip = REGISTRY[sc.attack].label_map(sc.classes)
             for k in np.flatnonzero(topo.byz[self.own]):
@@ -173,6 +174,13 @@ class Shard:
         self.opt = self.fn.init_state(len(self.own), self.d) if self.fn is not None else None
         self.dp = update_privacy(sc)
         self.releases = releases_allowed(sc)
+        # personalization (sim.personalize): local_head's shared columns, ditto's personal rows
+        self.pers = personalize.of(sc)
+        self.split = personalize.split_of(self.pers, module)
+        self.personal = self.params[:len(self.own)].clone() if self.pers.personal_model else None
+        self.personal_buf = torch.zeros_like(self.buf) if self.buf is not None and self.personal is not None else None
+        self.personal_opt = self.fn.init_state(len(self.own), self.d) \
+            if self.fn is not None and self.personal is not None else None
 
         fn = self.fn
 
@@ -217,7 +225,10 @@ class Shard:
         active = np.flatnonzero(~self.down[self.own])
 
         def run(local: np.ndarray) -> None:
-            self.params.index_copy_(0, torch.from_numpy(local), self.local_training(r, local))
+            at = torch.from_numpy(local)
+            if self.personal is not None:  # ditto: pulled towards the fleet model this round starts from
+                self.personal.index_copy_(0, at, self.personal_training(r, local, self.params.index_select(0, at)))
+            self.params.index_copy_(0, at, self.local_training(r, local))
 
         self._each(run, self._chunks(active))
 
@@ -230,16 +241,36 @@ class Shard:
         """The new models (c, d) of own nodes `local` after this round's local SGD steps from
         their current ones: the one place a node's model is formed from its own data (a
         privacy step on the update, new - old, belongs here). Advances their momentum."""
+        start = self.params.index_select(0, torch.from_numpy(local))
+        p = self._steps(r, local, start, self.buf, self.opt, streams.BATCH)
+        if self.dp is not None:  # update-mode differential privacy: what a node keeps and sends is noised
+            p = privatize_rows(self.sc, start, p, self.own[local], r)
+        return p
+
+    def personal_training(self, r: int, local: np.ndarray, fleet: torch.Tensor) -> torch.Tensor:
+        """Ditto: the personal models (c, d) of own nodes `local` after the learner's steps on
+        their own batches and the proximal pull towards `fleet` (peer.learning.personal)."""
+        from peer.learning.personal import ditto_pull, ditto_strength
+
+        at = torch.from_numpy(local)
+        assert self.personal is not None
+        p = self._steps(r, local, self.personal.index_select(0, at), self.personal_buf, self.personal_opt,
+                        streams.PERSONAL)
+        return ditto_pull(p.clone(), fleet, ditto_strength(self.sc.lr, self.pers.lam, self.sc.local_steps))
+
+    def _steps(self, r: int, local: np.ndarray, p: torch.Tensor, buf_all: torch.Tensor | None,
+               opt_all: dict | None, stream: int) -> torch.Tensor:
+        """local_steps optimizer steps from rows p (c, d) on batches drawn from `stream`;
+        advances the rows' momentum or optimizer state in buf_all / opt_all."""
         sc, data = self.sc, self.train_data
         glob = self.own[local]
         at = torch.from_numpy(local)
         batch = np.arange(sc.batch_size)[None, :]
-        p = start = self.params.index_select(0, at)
-        buf = self.buf.index_select(0, at) if self.buf is not None else None
-        opt = {k: v.index_select(0, at) for k, v in self.opt.items()} if self.opt is not None else None
+        buf = buf_all.index_select(0, at) if buf_all is not None else None
+        opt = {k: v.index_select(0, at) for k, v in opt_all.items()} if opt_all is not None else None
         with torch.no_grad():
             for s in range(sc.local_steps):
-                pick = streams.below(sc.seed, streams.BATCH, data.count[local][:, None], glob[:, None], r, s, batch)
+                pick = streams.below(sc.seed, stream, data.count[local][:, None], glob[:, None], r, s, batch)
                 idx = torch.from_numpy(data.offset[local][:, None] + pick)
                 x = data.x.index_select(0, idx.view(-1)).view(*idx.shape, *data.x.shape[1:])
                 g = self._grad(p, x, data.y.index_select(0, idx.view(-1)).view(idx.shape))
@@ -250,13 +281,11 @@ class Shard:
                     buf = buf.mul_(sc.momentum).add_(g)
                     g = buf
                 p = torch.add(p, g, alpha=-sc.lr)
-        if buf is not None:
-            self.buf.index_copy_(0, at, buf)
-        if opt is not None:
+        if buf_all is not None and buf is not None:
+            buf_all.index_copy_(0, at, buf)
+        if opt_all is not None and opt is not None:
             for k, v in opt.items():
-                self.opt[k].index_copy_(0, at, v)
-        if self.dp is not None:  # update-mode differential privacy: what a node keeps and sends is noised
-            p = privatize_rows(sc, start, p, glob, r)
+                opt_all[k].index_copy_(0, at, v)
         return p
 
     def export(self) -> tuple[np.ndarray, torch.Tensor]:
@@ -301,7 +330,7 @@ class Shard:
         new = self.params[:n_own].clone()
         tasks = []  # (rows aggregated, targets): one batched aggregate call each
         for k in np.unique(got[online] + 1) if online.any() else []:
-            if not fits(self.rule, int(k), sc.f):
+            if not fits(self.rule, int(k), sc.f):  # as a peer: the rule and f decide when a round has enough rows
                 continue  # kept own model, as a peer skips
             targets = np.flatnonzero(online & (got + 1 == k))
             chunk = max(1, STACK_BUDGET // (int(k) * self.d * 4))
@@ -329,10 +358,15 @@ class Shard:
         if REGISTRY[sc.attack].rows is not None:
             self._craft(r, stack, t, rows)
         weights = self._mh(t, rows) if sc.weights == "metropolis_hastings" else None
-        try:
-            return aggregate(self.rule, stack, weights, f=sc.f, **rule_params(self.rule, sc.rule_params)).value
-        except AggregationError:
-            return None
+        sent = stack if self.split is None else self.split.shared(stack)  # local_head: only the shared columns
+        if self.pers.similarity:
+            value = personalize.mix(sent, weights, sc.f)
+        else:
+            try:
+                value = aggregate(self.rule, sent, weights, f=sc.f, **rule_params(self.rule, sc.rule_params)).value
+            except AggregationError:
+                return None
+        return value if self.split is None else self.split.merge(value, self.split.personal(stack[:, 0]))
 
     def _each(self, fn: Callable, items: list) -> None:
         """fn(item) for every item, over the shard's worker threads (each chunk's result is its
@@ -421,17 +455,19 @@ class Shard:
         none = self.own[idx[:0]]
         if not evaluate:  # nothing measured: no consensus either (sim.batched.consensus gives NaN)
             return {"count": 0, "mean": None, "m2": 0.0, "nodes": none, "accuracy": np.zeros(0),
-                    "loss": np.zeros(0), "own_nodes": none, "own": np.zeros(0), "own_small": 0}
+                    "loss": np.zeros(0), "own_nodes": none, "own": np.zeros(0), "own_small": 0, "own_fleet": np.zeros(0)}
         sums = {"nodes": self.own[idx], **self._spread(idx)}
         big = self.eval_data.count[idx] >= MIN_OWN_SAMPLES
-        own_acc, own_loss = self._evaluate(idx[big], shared=False)
+        # the model the node uses on its own data: ditto's personal one, else its (fleet) model
+        own_acc, own_loss = self._evaluate(idx[big], shared=False, rows=self.personal)
+        fleet = self._evaluate(idx[big], shared=False)[0] if self.personal is not None else np.zeros(0)
         if self.test is not None:
             acc, loss = self._evaluate(idx, shared=True)
             nodes = idx
         else:
             acc, loss, nodes = own_acc, own_loss, idx[big]
         return {**sums, "nodes": self.own[nodes], "accuracy": acc, "loss": loss, "own_nodes": self.own[idx[big]],
-                "own": own_acc, "own_small": int((~big).sum())}
+                "own": own_acc, "own_small": int((~big).sum()), "own_fleet": fleet}
 
     def _spread(self, idx: np.ndarray) -> dict:
         """count, mean (d,) and m2 (sum of squared distances to the mean) of the models of own
@@ -451,15 +487,17 @@ class Shard:
             count = total
         return {"count": count, "mean": mean, "m2": m2}
 
-    def _evaluate(self, idx: np.ndarray, shared: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(metric, loss) of own nodes `idx` on the shared test set or on their own held-out samples."""
+    def _evaluate(self, idx: np.ndarray, shared: bool, rows: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(metric, loss) of own nodes `idx` on the shared test set or on their own held-out
+        samples, with their models in `rows` (own nodes' rows; None: self.params)."""
+        source = self.params if rows is None else rows
         acc = np.zeros(len(idx))
         loss = np.zeros(len(idx))
 
         def run(at: np.ndarray) -> None:
             local = idx[at]
             with torch.no_grad():
-                p = self.params.index_select(0, torch.from_numpy(local))
+                p = source.index_select(0, torch.from_numpy(local))
                 if shared:
                     x, y = self.test
                     out = self._logits_common(p, x)  # (c, T, C)
@@ -528,10 +566,12 @@ def round_metrics(r: int, parts: list[dict], labels: list, delivered: int, sent:
     loss = dict(zip(names, np.concatenate([p["loss"] for p in parts])[order].tolist(), strict=True))
     own_nodes = np.concatenate([p["own_nodes"] for p in parts])
     order = np.argsort(own_nodes, kind="stable")
-    own = dict(zip([labels[v] for v in own_nodes[order].tolist()],
-                   np.concatenate([p["own"] for p in parts])[order].tolist(), strict=True))
+    own_names = [labels[v] for v in own_nodes[order].tolist()]
+    own = dict(zip(own_names, np.concatenate([p["own"] for p in parts])[order].tolist(), strict=True))
+    fleet_values = np.concatenate([p.get("own_fleet", np.zeros(0)) for p in parts])
+    own_fleet = dict(zip(own_names, fleet_values[order].tolist(), strict=True)) if len(fleet_values) else {}
     return RoundMetrics(r, acc, loss, consensus(parts), sent * message_bytes, Counter(), online, seconds,
-                        own=own, own_small=sum(p["own_small"] for p in parts))
+                        own=own, own_small=sum(p["own_small"] for p in parts), own_fleet=own_fleet)
 
 
 def messages_sent(topo: Topo, down: np.ndarray, sending: bool = True) -> int:
@@ -577,7 +617,7 @@ class BatchedEngine:
 
     def _rounds(self, shard: Shard, t_start: float) -> RunResult:
         sc, topo = self.sc, self.topo
-        size = max_message_size(sc.codec, shard.d)
+        size = max_message_size(sc.codec, shard.split.shared_size if shard.split is not None else shard.d)
         metric = user.metric(sc)
         result = RunResult(self.rule, sc, self.byzantine, engine="batched", metric=metric[0],
                            higher_is_better=metric[1])

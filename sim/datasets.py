@@ -128,10 +128,14 @@ class Packed:
 
 
 def node_data(dataset: str, options: dict, *, partition_: str, alpha: float, labels_per_shard: int, seed: int,
-              nodes: np.ndarray, total: int, progress=None, loader=None, classes: int = 10) -> tuple[Packed, Packed]:
+              nodes: np.ndarray, total: int, progress=None, loader=None, classes: int = 10,
+              shift=None) -> tuple[Packed, Packed]:
     """(train, held-out) samples of the given node indices out of `total` nodes: exactly what
     the protocol engine's peer with that plan index loads, with each partition computed once.
-    `loader(i, total)`: the scenario's own data loader (sim.user.loader) instead of `dataset`."""
+    `loader(i, total)`: the scenario's own data loader (sim.user.loader) instead of `dataset`.
+    `shift`: (sim.shift.Shift, seed), each node's samples as that gateway sees them."""
+    from . import shift as shifts
+
     if loader is not None:
         load = lambda i: loader(int(i), total)  # noqa: E731
     elif dataset == "digits":
@@ -152,6 +156,8 @@ def node_data(dataset: str, options: dict, *, partition_: str, alpha: float, lab
         x = np.asarray(x, dtype=np.float32).reshape(len(y), -1)
         features = x.shape[1]
         d = split_holdout(x, y, HOLDOUT, seed + 1000 + int(i), classes)
+        if shift is not None:
+            d = shifts.apply_local(shift[0], shift[1], int(i), d)
         train.append((d.x_train, d.y_train))
         held.append((d.x_eval, d.y_eval))  # possibly none: such a node is not scored on its own data
         if progress is not None and (k + 1) % 256 == 0:

@@ -29,7 +29,7 @@ from peer.runtime.parts import PeerParts
 from peer.runtime.process import configure_process
 from privacy.dp import seeded_generator
 
-from . import user
+from . import personalize, shift, user
 from .attacks import REGISTRY as ATTACK_REGISTRY
 from .attacks import AttackTransport, ModelAttacker, ProtocolAttacker, model_attack, poison_labels
 from .measures import MIN_OWN_SAMPLES
@@ -49,6 +49,7 @@ class RoundMetrics:
     seconds: float
     own: dict = field(default_factory=dict)  # node -> metric on its own held-out data (nodes with enough of it)
     own_small: int = 0  # honest nodes with too few held-out samples to be scored on their own data
+    own_fleet: dict = field(default_factory=dict)  # ditto: the fleet model on the node's own held-out data
 
 
 @dataclass
@@ -122,11 +123,15 @@ class ProtocolEngine:
             "train": {"local_steps": sc.local_steps, "batch_size": sc.batch_size, "lr": sc.lr, "momentum": sc.momentum,
                       "learner": sc.learner, "options": sc.learner_options},
             # f means nothing to a non-robust rule (and secure_mean refuses f > 0)
-            "aggregation": {"rule": self.rule, "f": sc.f if REGISTRY[parse_rule(self.rule)[1]].robust else 0,
+            # (similarity: f sets the clipping radius whatever the rule)
+            "aggregation": {"rule": self.rule, "f": sc.f if REGISTRY[parse_rule(self.rule)[1]].robust or sc.similarity
+                            else 0,
                             "weights": sc.weights, "params": sc.rule_params},
             "round": {"deadline": sc.deadline, "train_in_thread": False, "codec": sc.codec,
                       "max_message_mb": sc.max_message_mb, "max_lead": 2},
         }
+        if sc.personalization != "shared" or sc.similarity:  # the peers' own [personalization]
+            overrides["personalization"] = personalize.table(sc)
         if sc.privacy != "off":
             overrides["privacy"] = {"mode": sc.privacy, "noise_multiplier": sc.noise_multiplier, "clip": sc.clip,
                                     "delta": sc.delta, "epsilon": sc.epsilon, "accountant": sc.accountant}
@@ -157,6 +162,8 @@ class ProtocolEngine:
         protocol attacks). The peer itself has no attack code path."""
         if parts.cfg.privacy.mode != "off":
             parts.noise = seeded_generator(self.sc.seed * 7919 + idx)
+        # [data.shift]: keyed by the peer's data shard, the batched engine's node index
+        parts.data = shift.apply_local(shift.of(self.sc), self.sc.seed, parts.cfg.data.shard, parts.data)
         if v not in self.byzantine:
             return
         kind = self.sc.attack
@@ -242,7 +249,7 @@ class ProtocolEngine:
         return result
 
     def _measure(self, r, honest, test_xy, bytes_sent, rejected, online, seconds) -> RoundMetrics:
-        acc, loss, own = {}, {}, {}
+        acc, loss, own, own_fleet = {}, {}, {}, {}
         models = []
         small = 0
         name = self.metric[0]
@@ -253,6 +260,10 @@ class ProtocolEngine:
             if held >= MIN_OWN_SAMPLES:  # scored on its own held-out data only when there is enough of it
                 m = p.learner.evaluate()
                 own[v] = m.get(name, float("nan"))
+                if p.personal.learner is not None:  # ditto: the personal model is what the gateway uses
+                    own_fleet[v] = own[v]
+                    m = p.personal.learner.evaluate()
+                    own[v] = m.get(name, float("nan"))
                 if test_xy is None:
                     acc[v], loss[v] = own[v], m.get("loss", float("nan"))
             else:
@@ -263,4 +274,5 @@ class ProtocolEngine:
             models.append(p.model.flat)
         stack = torch.stack(models)
         consensus = float(((stack - stack.mean(0)) ** 2).sum(1).mean())
-        return RoundMetrics(r, acc, loss, consensus, bytes_sent, rejected, online, seconds, own=own, own_small=small)
+        return RoundMetrics(r, acc, loss, consensus, bytes_sent, rejected, online, seconds, own=own, own_small=small,
+                            own_fleet=own_fleet)

@@ -27,10 +27,12 @@ def distribution(values, higher_is_better: bool = True) -> dict:
 
 
 def alone_scenario(sc):
-    """The same nodes, data, model, learner, rounds and seed, every node trained alone: no
-    attackers, faults or privacy noise (a node alone sends nothing)."""
+    """The same nodes, data (shift included), model, learner, rounds and seed, every node
+    trained alone: no attackers, faults, privacy noise or personalization (a node alone sends
+    nothing: its one model is its personal model)."""
     return replace(sc, attack="none", byzantine=0, dropout=0.0, loss=0.0, latency=0.0, stragglers=0,
-                   partition_rounds=[], privacy="off", rules=["mean"], name=f"{sc.name}-alone")
+                   partition_rounds=[], privacy="off", rules=["mean"], name=f"{sc.name}-alone",
+                   personalization="shared", similarity=False)
 
 
 def alone_key(sc) -> tuple:
@@ -38,21 +40,28 @@ def alone_key(sc) -> tuple:
     return (a.topology, a.dataset, a.partition, a.alpha, a.labels_per_shard, repr(sorted(a.data_options.items())),
             a.model, repr(sorted(a.model_options.items())), a.classes, a.learner,
             repr(sorted(a.learner_options.items())), a.test_data, a.local_steps, a.batch_size, a.lr, a.momentum,
-            a.rounds, a.seed, a.source)
+            a.rounds, a.seed, a.source, a.shift_offset, a.shift_scale, a.shift_rotation, a.shift_concept)
 
 
 def train_alone(sc, graph) -> dict | None:
     """Each node's metric (shared test set, else its own held-out data) after the scenario's
     rounds of training alone, run by the batched engine; None when the learner is not one the
     batched engine can run (sim.user.batched_refusal)."""
+    both = alone_figures(sc, graph)
+    return None if both is None else both["test"]
+
+
+def alone_figures(sc, graph) -> dict | None:
+    """{"test": as train_alone, "own": each node's metric on its own held-out data (nodes with
+    MIN_OWN_SAMPLES or more)} after training alone; None as train_alone."""
     from . import user
     from .batched import BatchedEngine
 
     if user.batched_refusal(sc):
         return None
     a = alone_scenario(sc)
-    res = BatchedEngine(a, "mean", graph, ".", alone=True).run()
-    return dict(res.rounds[-1].accuracy)
+    last = BatchedEngine(a, "mean", graph, ".", alone=True).run().rounds[-1]
+    return {"test": dict(last.accuracy), "own": dict(last.own)}
 
 
 def versus_alone(fed: dict, alone: dict | None, higher_is_better: bool) -> dict | None:
@@ -66,4 +75,17 @@ def versus_alone(fed: dict, alone: dict | None, higher_is_better: bool) -> dict 
     sign = 1.0 if higher_is_better else -1.0
     gain = np.array([sign * (fed[v] - alone[v]) for v in nodes])
     return {"alone": distribution([alone[v] for v in nodes], higher_is_better),
-            "gain": distribution(gain, True), "at_least_as_good": float((gain >= 0).mean()), "nodes": len(nodes)}
+            "gain": distribution(gain, True), "at_least_as_good": float((gain >= 0).mean()),
+            "beat": float((gain > 0).mean()), "worst_ratio": worst_ratio(fed, alone, nodes, higher_is_better),
+            "nodes": len(nodes)}
+
+
+def worst_ratio(fed: dict, alone: dict, nodes: list, higher_is_better: bool) -> float:
+    """The worst node's figure over its figure alone, oriented so that >= 1 means no node is
+    worse off than alone: min over nodes of fed/alone (higher is better) or alone/fed (a loss)."""
+    f = np.array([fed[v] for v in nodes], dtype=float)
+    a = np.array([alone[v] for v in nodes], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = f / a if higher_is_better else a / f
+    r = r[np.isfinite(r)]
+    return float(r.min()) if len(r) else math.nan

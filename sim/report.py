@@ -38,9 +38,16 @@ def _spread(values) -> dict:
             "median": float(np.median(a)), "p90": float(np.percentile(a, 90))}
 
 
-def honest_measures(res: RunResult, alone: dict | None) -> dict:
+def mode_of(sc) -> str:
+    """The run's personalization as one word: shared, local_head, ditto, with +similarity."""
+    return sc.personalization + ("+similarity" if sc.similarity else "")
+
+
+def honest_measures(res: RunResult, alone: dict | None, alone_own: dict | None = None) -> dict:
     """The distribution over honest nodes (worst and the bad tail next to the median), on each
-    node's own held-out data where it has enough, and against each node trained alone."""
+    node's own held-out data where it has enough (with the model the node uses: ditto's
+    personal one), and against each node trained alone, on the shared figure and on its own
+    held-out data (`alone_own`)."""
     last, hib = res.rounds[-1], res.higher_is_better
     dist = distribution(last.accuracy.values(), hib)
     own = {**distribution(last.own.values(), hib), "too_small": last.own_small, "min_samples": MIN_OWN_SAMPLES}
@@ -53,11 +60,17 @@ def honest_measures(res: RunResult, alone: dict | None) -> dict:
     if vs is None:
         vs = {"note": "no baseline: baseline = false, or a learner only the protocol engine runs"
               if not res.scenario.baseline or alone is None else "no node measured both ways"}
-    return {"worst_accuracy": dist["worst"], "tail_accuracy": dist["tail"], "measured_nodes": dist["nodes"],
-            "own_heldout": own, "vs_alone": vs}
+    vs_own = versus_alone(last.own, alone_own, hib)
+    out = {"worst_accuracy": dist["worst"], "tail_accuracy": dist["tail"], "measured_nodes": dist["nodes"],
+           "headline_is_own": last.accuracy == last.own,  # no shared test set: the figures above are own held-out
+           "own_heldout": own, "vs_alone": vs,
+           "vs_alone_own": vs_own if vs_own is not None else {"note": "no node scored on its own data both ways"}}
+    if last.own_fleet:  # ditto: the fleet model on the same held-out data, beside the personal one
+        out["own_heldout_fleet"] = distribution(last.own_fleet.values(), hib)
+    return out
 
 
-def summary_row(res: RunResult, alone: dict | None = None) -> dict:
+def summary_row(res: RunResult, alone: dict | None = None, alone_own: dict | None = None) -> dict:
     last = res.rounds[-1]
     acc = _spread(last.accuracy.values())
     total_rejected = {}
@@ -69,6 +82,7 @@ def summary_row(res: RunResult, alone: dict | None = None) -> dict:
     batched = res.engine == "batched"
     evaluated = [rm.round for rm in res.rounds if rm.accuracy] or [len(res.rounds) - 1]
     return {"run": res.scenario.name, "rule": res.rule, "attack": res.scenario.attack, "engine": res.engine,
+            "personalization": mode_of(res.scenario),
             # the *_accuracy figures hold this metric (the learner's headline figure; "loss": lower is better)
             "metric": res.metric, "higher_is_better": res.higher_is_better,
             "nodes": len(last.accuracy) + len(bad), "honest": len(last.accuracy),
@@ -94,7 +108,7 @@ def summary_row(res: RunResult, alone: dict | None = None) -> dict:
             if res.epsilon is not None else None,
             "epsilon": res.epsilon,  # the largest epsilon an honest node spent, add/remove (None: privacy off)
             "epsilon_replace": res.epsilon_replace,  # the same releases under replacement
-            **honest_measures(res, alone)}
+            **honest_measures(res, alone, alone_own)}
 
 
 def write_metrics(results: list[RunResult], out: Path) -> None:
@@ -126,10 +140,13 @@ def write_metrics(results: list[RunResult], out: Path) -> None:
             w.writerows(rows)
 
 
-def plot(results: list[RunResult], out: Path, rows: list[dict] | None = None) -> list[Path]:
-    """accuracy.png (one panel per rule), consensus.png and, with the summary rows, regimes.png
-    and regimes.json (which rule wins in which regime)."""
+def plot(results: list[RunResult], out: Path, rows: list[dict] | None = None, alone: dict | None = None) -> list[Path]:
+    """accuracy.png (one panel per rule), consensus.png, gateways.png (each run's per-node
+    distribution on own held-out data beside alone's; `alone`: alone_key -> node -> figure)
+    and, with the summary rows, regimes.png and regimes.json (which rule wins in which regime)."""
     paths = [sweep_plots.accuracy_panels(results, out / "accuracy.png"), sweep_plots.accuracy_panels(results, out / "consensus.png", consensus=True)]
+    if any(r.rounds and r.rounds[-1].own for r in results):
+        paths.append(sweep_plots.gateways(results, alone or {}, out / "gateways.png"))
     if rows is not None and results:
         ranking = sweep_plots.regimes(rows, results)
         (out / "regimes.json").write_text(json.dumps(ranking, indent=1))
@@ -151,12 +168,18 @@ def table(rows: list[dict], title: str):
     settings = any(r.get("setting") for r in rows)
     if settings:
         t.add_column("setting")
+    modes = any(r.get("personalization", "shared") != "shared" for r in rows)
+    if modes:
+        t.add_column("personalization", no_wrap=True)
     t.add_column("rule", no_wrap=True)
     t.add_column("attack", no_wrap=True)
     tail = "p10" if higher else "p90"
     alone = any("alone" in r.get("vs_alone", {}) for r in rows)
+    # own held-out columns where the headline is a shared test set (else they repeat it)
+    own = any(r.get("own_heldout", {}).get("nodes") and not r.get("headline_is_own") for r in rows)
     for col in ("byz", "mean", "worst") + ((tail, "median") if many else ()) + \
-            (("alone", ">= alone") if alone else ()) + ("consensus",):
+            (("alone", ">= alone") if alone else ()) + \
+            (("own worst", f"own {tail}", "own median", "own alone", "beat alone") if own else ()) + ("consensus",):
         t.add_column(col, justify="right", no_wrap=True)
     private = any(r.get("epsilon") is not None for r in rows)
     if private:
@@ -166,6 +189,7 @@ def table(rows: list[dict], title: str):
     t.add_column("engine", no_wrap=True)
     t.add_column("s/node-rnd", justify="right", no_wrap=True)
     t.add_column("B/node-rnd", justify="right", no_wrap=True)
+    nan = float("nan")
     for r in rows:
         rej = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items())) or "-"
         if r.get("engine") == "batched":
@@ -178,8 +202,15 @@ def table(rows: list[dict], title: str):
         pct = [("-" if v != v else f"{100 * v:.1f}%" if metric == "accuracy" else f"{v:.3g}") for v in values]
         if alone:
             pct.append(f"{100 * vs['at_least_as_good']:.0f}%" if "alone" in vs else "-")
+        if own:
+            oh, vo = r.get("own_heldout", {}), r.get("vs_alone_own", {})
+            figures = [oh.get("worst", nan), oh.get("tail", nan), oh.get("median", nan),
+                       vo["alone"]["median"] if "alone" in vo else nan]
+            pct += [("-" if v != v else f"{100 * v:.1f}%" if metric == "accuracy" else f"{v:.3g}") for v in figures]
+            pct.append(f"{100 * vo['beat']:.0f}%" if "beat" in vo else "-")
         eps = [] if not private else ["-" if r.get(k) is None else f"{r[k]:.3g}" for k in ("epsilon", "epsilon_replace")]
-        t.add_row(*([r.get("setting", "")] if settings else []), r["rule"], r["attack"], str(r["byzantine"]), *pct,
+        t.add_row(*([r.get("setting", "")] if settings else []),
+                  *([r.get("personalization", "shared")] if modes else []), r["rule"], r["attack"], str(r["byzantine"]), *pct,
                   f"{r['consensus_distance']:.3g}", *eps, rej, r.get("engine", "protocol"),
                   f"{r['seconds_per_node_round']:.4g}", f"{r['bytes_per_node_round']:,.0f}")
     return t

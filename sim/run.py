@@ -107,13 +107,16 @@ def run_all(scenarios: list[Scenario], out: str | Path, *, quiet: bool = False, 
     results = [r for r, _ in pairs]
     warnings = [w for _, ws in pairs for w in ws]
     alone = baselines(results)
-    rows = [report.summary_row(r, alone.get(measures.alone_key(r.scenario))) for r in results]
+    rows = []
+    for r in results:
+        both = alone.get(measures.alone_key(r.scenario)) or {}
+        rows.append(report.summary_row(r, both.get("test"), both.get("own")))
     keys = [k for k in report.sweep_plots.swept(results) if k != "attack"]
     for row, res in zip(rows, results, strict=True):  # the swept settings besides rule and attack, for the table
         row["setting"] = report.sweep_plots.setting(res, keys, skip=("attack",)) if keys else ""
     report.write_metrics(results, out)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
-    plots = report.plot(results, out, rows)
+    plots = report.plot(results, out, rows, {k: v["own"] for k, v in alone.items() if v})
     return Outcome(out, results, rows, plots, warnings)
 
 
@@ -126,7 +129,7 @@ def baselines(results: list[RunResult]) -> dict:
         sc = res.scenario
         key = measures.alone_key(sc)
         if sc.baseline and key not in out:
-            out[key] = measures.train_alone(sc, graph_of(sc))
+            out[key] = measures.alone_figures(sc, graph_of(sc))
     return out
 
 

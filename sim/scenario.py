@@ -76,6 +76,14 @@ class Scenario:
     epsilon: float = math.inf  # the budget per node
     accountant: str = "rdp"
     baseline: bool = True  # also train every node alone and report each honest node against it
+    personalization: str = "shared"  # [personalization] mode: shared | local_head | ditto (peer.learning.personal)
+    personal: list[str] = field(default_factory=lambda: ["head.*"])  # local_head: parameter name patterns
+    ditto_lambda: float = 0.1  # [personalization] lambda
+    similarity: bool = False  # similarity-aware mixing (aggregation.similarity) instead of the rule
+    shift_offset: float = 0.0  # [data.shift] feature shift per node (sim.shift)
+    shift_scale: float = 0.0
+    shift_rotation: float = 0.0
+    shift_concept: int = 0  # concept shift: groups of nodes with their own label map
     source: str = ""
 
     def to_dict(self) -> dict:
@@ -106,6 +114,10 @@ _FIELDS = {  # table.key -> (attribute, type, check)
     "privacy.mode": ("privacy", str), "privacy.noise_multiplier": ("noise_multiplier", float),
     "privacy.clip": ("clip", float), "privacy.delta": ("delta", float), "privacy.epsilon": ("epsilon", float),
     "privacy.accountant": ("accountant", str),
+    "personalization.mode": ("personalization", str), "personalization.personal": ("personal", list),
+    "personalization.lambda": ("ditto_lambda", float), "personalization.similarity": ("similarity", bool),
+    "data.shift.offset": ("shift_offset", float), "data.shift.scale": ("shift_scale", float),
+    "data.shift.rotation": ("shift_rotation", float), "data.shift.concept": ("shift_concept", int),
 }
 SWEEP_ALIASES = {"aggregator": "aggregation.rules", "rule": "aggregation.rules", "attack": "attack.kind",
                  "byzantine": "attack.byzantine", "topology": "topology.graph", "partition": "data.partition",
@@ -114,7 +126,11 @@ SWEEP_ALIASES = {"aggregator": "aggregation.rules", "rule": "aggregation.rules",
                  "rounds": "rounds", "engine": "engine", "lr": "train.lr", "local_steps": "train.local_steps",
                  "learner": "train.learner",
                  "privacy": "privacy.mode", "sigma": "privacy.noise_multiplier",
-                 "noise_multiplier": "privacy.noise_multiplier", "clip": "privacy.clip", "eval_every": "eval_every"}
+                 "noise_multiplier": "privacy.noise_multiplier", "clip": "privacy.clip", "eval_every": "eval_every",
+                 "personalization": "personalization.mode", "mode": "personalization.mode",
+                 "lambda": "personalization.lambda", "similarity": "personalization.similarity",
+                 "offset": "data.shift.offset", "scale": "data.shift.scale", "rotation": "data.shift.rotation",
+                 "concept": "data.shift.concept"}
 ENGINES = ("auto", "protocol", "batched")
 AUTO_PROTOCOL_NODES = 100  # engine = "auto": the protocol engine up to this many nodes, the batched one beyond
 
@@ -165,6 +181,8 @@ _RANGES = {
     "rejoin": ("faults.rejoin", 0.0, 1.0), "loss": ("faults.loss", 0.0, 0.999999),
     "latency": ("faults.latency", 0.0, MAX_SECONDS), "stragglers": ("faults.stragglers", 0, 1 << 20),
     "deadline": ("faults.deadline", 1e-3, MAX_SECONDS), "max_message_mb": ("round.max_message_mb", 1e-3, 4096.0),
+    "shift_offset": ("data.shift.offset", 0.0, 1e3), "shift_scale": ("data.shift.scale", 0.0, 10.0),
+    "shift_rotation": ("data.shift.rotation", 0.0, math.pi), "shift_concept": ("data.shift.concept", 0, 1 << 20),
 }
 
 
@@ -212,6 +230,28 @@ def _check_options(sc: Scenario) -> None:
     from .compression import check as check_compression
 
     check_compression(sc)
+
+
+def _check_personalization(sc: Scenario) -> None:
+    from . import personalize
+
+    pers = personalize.of(sc)
+    if pers.mode != "shared" or pers.similarity:
+        if sc.compression:
+            raise ScenarioError("[personalization] is not modelled with round.compression; leave one of them out")
+        if sc.privacy != "off":
+            raise ScenarioError("[personalization] is not modelled with [privacy] in the simulator; leave one out")
+    for rule in sc.rules:  # what a peer refuses (peer.config.parse.check_personalization), said for the scenario
+        pre, name = parse_rule(rule)
+        if pers.similarity and (pre or name == "secure_mean"):
+            raise ScenarioError(f"personalization.similarity = true replaces the rule by the similarity mix: "
+                                f"aggregation rule {rule!r} cannot go with it; use a plain rule such as \"median\"")
+        if pers.mode == "local_head" and name == "secure_mean":
+            raise ScenarioError("personalization.mode = \"local_head\" does not go with aggregation rule "
+                                "\"secure_mean\" (its masks cover the whole model)")
+    if sc.shift_concept > sc.classes:
+        raise ScenarioError(f"data.shift.concept must be at most model.classes ({sc.classes}): each group "
+                            f"relabels classes by its own shift, got {sc.shift_concept}")
 
 
 def _check_graph(sc: Scenario) -> None:
@@ -278,6 +318,7 @@ def validate(sc: Scenario) -> None:
     if sc.weights not in ("uniform", "metropolis_hastings"):
         bad("aggregation.weights", f"must be uniform or metropolis_hastings, got {sc.weights!r:.80}")
     _check_options(sc)
+    _check_personalization(sc)
     problem = check_privacy(privacy_settings(sc))
     if problem:
         raise ScenarioError(problem)
@@ -333,7 +374,7 @@ def expand(base: Scenario, grid: dict[str, list[str]]) -> list[Scenario]:
         for k, raw in zip(keys, combo, strict=True):
             attr, typ = _FIELDS[k]
             try:
-                v = typ(raw) if typ in (int, float) else raw
+                v = typ(raw) if typ in (int, float) else _boolean(k, raw) if typ is bool else raw
             except ValueError:
                 raise ScenarioError(f"--sweep {k}: {raw!r} is not a {typ.__name__}") from None
             setattr(sc, attr, v)
@@ -344,6 +385,12 @@ def expand(base: Scenario, grid: dict[str, list[str]]) -> list[Scenario]:
         validate(sc)
         out.append(sc)
     return out
+
+
+def _boolean(key: str, raw: str) -> bool:
+    if raw.lower() not in ("true", "false"):
+        raise ScenarioError(f"--sweep {key}: {raw!r} is not true or false")
+    return raw.lower() == "true"
 
 
 def engine_for(sc: Scenario, nodes: int, override: str | None = None) -> str:
@@ -451,4 +498,18 @@ clip = 1.0
 delta = 1e-5
 # epsilon = 8.0           # a budget per node: a node stops sending once another round would exceed it
 accountant = "rdp"        # rdp or pld (dp-accounting)
+
+[personalization]         # gateways that see different worlds (README, Personalization)
+mode = "shared"           # shared (one fleet model), local_head (the parameters named in `personal` never
+                          # leave a node) or ditto (a personal model beside the fleet's, pulled towards it)
+personal = ["head.*"]     # local_head: fnmatch patterns over parameter names (built-in mlp: "3.*" is the last layer)
+lambda = 0.1              # ditto: the pull towards the fleet model
+similarity = false        # mix neighbours by similarity to the own model (clipped by f: a Byzantine neighbour
+                          # stays bounded) instead of the rule
+
+# [data.shift]            # heterogeneous gateways beyond label skew (sim.shift), per node from (seed, node)
+# offset = 0.5            # feature shift: std of each node's per-feature offset
+# scale = 0.3             # std of the log of each node's per-feature gain
+# rotation = 0.5          # largest angle (radians) of each node's rotation in random feature planes
+# concept = 2             # concept shift: groups of nodes, group k relabels class y as (y + k) mod classes
 '''

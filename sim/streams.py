@@ -16,7 +16,7 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 # one stream per kind of draw: the same keys in two streams give independent numbers
-BATCH, CHURN, LOSS, LATENCY, NOISE, PRIVACY = 1, 2, 3, 4, 5, 6
+BATCH, CHURN, LOSS, LATENCY, NOISE, PRIVACY, PERSONAL = 1, 2, 3, 4, 5, 6, 7  # PERSONAL: ditto's own batches
 
 
 def _mix(h: np.ndarray) -> np.ndarray:

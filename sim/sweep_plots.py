@@ -155,3 +155,47 @@ def regimes_plot(ranking: list[dict], metric: str, higher: bool, path: Path) -> 
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def gateways(results: list[RunResult], alone: dict, path: Path) -> Path:
+    """Each run's per-gateway figure on its own held-out data (a box with every node as a dot:
+    worst, tail and median readable at a glance), the same nodes trained alone first (grey),
+    once per distinct baseline (sim.measures.alone_key -> node -> figure)."""
+    from .measures import alone_key
+
+    boxes, names, colours = [], [], []
+    shown = set()
+    keys = [k for k in swept(results) if k not in ("personalization", "similarity")]
+    for res in results:
+        key = alone_key(res.scenario)
+        if key in alone and key not in shown and alone[key]:
+            shown.add(key)
+            boxes.append(np.fromiter(alone[key].values(), dtype=float))
+            extra = setting(res, [k for k in keys if k != "attack"], skip=("attack",))
+            names.append("alone" + (f"\n{extra}" if extra else ""))
+            colours.append("0.6")
+        own = res.rounds[-1].own if res.rounds else {}
+        if own:
+            boxes.append(np.fromiter(own.values(), dtype=float))
+            mode = res.scenario.personalization + ("+sim" if res.scenario.similarity else "")
+            names.append(f"{mode}\n{res.rule}\n{setting(res, keys)}".replace(", ", "\n"))
+            colours.append("tab:red" if res.scenario.attack != "none" else "tab:blue")
+    fig, ax = plt.subplots(figsize=(2.0 + 1.1 * max(len(boxes), 1), 4.6))
+    if boxes:
+        ax.boxplot(boxes, whis=(10, 90), showfliers=False, widths=0.55)
+        rng = np.random.default_rng(0)
+        for i, (b, c) in enumerate(zip(boxes, colours, strict=True)):
+            ax.scatter(i + 1 + rng.uniform(-0.18, 0.18, len(b)), b, s=7, color=c, alpha=0.7, zorder=3)
+        ax.set_xticks(range(1, len(boxes) + 1), names, fontsize=6)
+    metric = results[0].metric if results else "accuracy"
+    higher = not results or results[0].higher_is_better
+    ax.set_ylabel(f"{metric} on own held-out data" + ("" if higher else " (lower is better)"))
+    if not higher and boxes and all((b > 0).all() for b in boxes if len(b)):
+        ax.set_yscale("log")  # a loss: the spread over gateways spans orders of magnitude
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title("per gateway, last round: box = median and quartiles, whiskers 10th-90th percentile, a dot per "
+                 "gateway\ngrey: alone (same learner, no neighbours); red: under attack", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,190 @@
+"""Does every gateway gain from the fleet? Personalization measured per gateway (issue 26).
+
+32 gateways on a random 8-regular graph, the batched engine, three settings:
+
+- labels2: Fashion-MNIST, two labels per gateway (600 samples each, 60 held out);
+- dirichlet: Fashion-MNIST, label skew Dirichlet(0.1) (all 60,000 samples; gateways with
+  fewer than 30 held-out samples are not scored on their own data, and the table says how many);
+- shift: examples/gateway_fleet (pumps at their own operating points and calibrations: feature
+  and concept shift, regression; the metric is the held-out MSE, lower is better).
+
+For each: "alone" (the same learner, no neighbours: the baseline, run in the same sweep),
+"shared" with mean and with the robust rule nnm+trimmed_mean, and each personalization mode
+(local_head, ditto with lambda 0.1 and 1, similarity, and local_head + similarity)
+and a noise floor: every gateway alone again, its batches drawn from another stream (ditto
+with a vanishing lambda): how far chance alone moves a gateway's figure, under no attack and with 12.5%
+of the gateways Byzantine (sign flip, ALIE; sim.attacks, at most 2 next to any honest one,
+f = 2). Per mode: the worst gateway's, the 10th percentile's (90th for a loss) and the median
+gateway's figure on its own held-out data, the fraction of gateways that beat alone, the
+smallest per-gateway ratio to itself alone (>= 1: nobody worse off) and the worst gateway's
+figure against alone's worst gateway.
+
+Goals (checked per setting on the best personalized mode, printed after each table): worst
+ratio >= 1.0; median better than alone and than shared (mean) by at least 1 point (accuracy)
+or 5% (MSE); under each attack, the median within 2 points (or 5%) of the attack-free run.
+
+    python bench/personalization.py            # 30 rounds (~10 minutes on 2 busy cores)
+    python bench/personalization.py --quick    # 15 rounds, labels2 and shift only
+
+Last line: one JSON object with every figure and the goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from bench._help import answer_help  # noqa: E402
+from bench._table import emit_json, print_table  # noqa: E402
+
+ROBUST = "nnm+trimmed_mean"
+# label -> (rule, personalization mode, similarity)
+MODES = {
+    "shared mean": ("mean", "shared", False),
+    f"shared {ROBUST}": (ROBUST, "shared", False),
+    "local_head": (ROBUST, "local_head", False),
+    "ditto": (ROBUST, "ditto", False),
+    "ditto lambda=1": (ROBUST, "ditto", False),
+    "similarity": ("median", "shared", True),
+    "local_head+similarity": ("median", "local_head", True),
+}
+PERSONAL = ("local_head", "ditto", "ditto lambda=1", "similarity", "local_head+similarity")
+ATTACKS = ("none", "sign_flip", "alie")
+NOISE = "alone, other batches"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gateway_fleet" / "scenario.toml"
+
+
+def settings(rounds: int, quick: bool) -> dict:
+    from sim.scenario import Scenario, load
+
+    fashion = Scenario(name="labels2", seed=0, rounds=rounds, topology="regular:32,8", dataset="fashion_mnist",
+                       data_options={"limit": 19200, "test_limit": 500}, partition="labels", labels_per_shard=2,
+                       model_options={"hidden": [32]}, local_steps=5, lr=0.05, f=2, cap=2, engine="batched",
+                       personal=["3.*"], ditto_lambda=0.1)
+    out = {"labels2": fashion}
+    if not quick:
+        out["dirichlet"] = dataclasses.replace(fashion, name="dirichlet", partition="dirichlet", alpha=0.1,
+                                               data_options={"limit": 0, "test_limit": 500})
+    shift = load(str(EXAMPLE))
+    out["shift"] = dataclasses.replace(shift, rounds=rounds, topology="regular:32,8", f=2, cap=2, engine="batched")
+    return out
+
+
+def run_mode(sc, rule: str, mode: str, similarity: bool, attack: str, lam: float = 0.1):
+    from sim.batched import BatchedEngine
+    from sim.run import graph_of
+
+    s = dataclasses.replace(sc, rules=[rule], personalization=mode, similarity=similarity, attack=attack,
+                            byzantine=0.125 if attack != "none" else 0, ditto_lambda=lam,
+                            eval_every=sc.rounds)  # only the last round is scored: the table reads no other
+    return BatchedEngine(s, rule, graph_of(s), "/tmp").run()
+
+
+def better(a: float, b: float, higher: bool, accuracy: bool) -> bool:
+    """a clearly better than b: 1 point of accuracy, or 5% of a loss."""
+    return a >= b + 0.01 if accuracy else a <= 0.95 * b if not higher else a >= 1.05 * b
+
+
+def close(a: float, b: float, accuracy: bool) -> bool:
+    """Within 2 points (accuracy) or 5% (a loss) of each other."""
+    return abs(a - b) <= 0.02 if accuracy else abs(a - b) <= 0.05 * abs(b)
+
+
+def bench_setting(name: str, sc) -> dict:
+    from sim.measures import alone_figures, distribution, versus_alone
+    from sim.run import graph_of
+
+    t0 = time.monotonic()
+    alone = alone_figures(sc, graph_of(sc))
+    assert alone is not None
+    a_own = alone["own"]
+    rows, figures = [], {}
+    runs = {}  # (label, attack) -> RunResult
+    # the noise floor: ditto with a vanishing lambda is each gateway alone with its batches drawn from
+    # another stream; its ratio to alone says how far chance alone moves a gateway's figure
+    runs[NOISE, "none"] = run_mode(sc, "mean", "ditto", False, "none", 1e-9)
+    for label, (rule, mode, similarity) in MODES.items():
+        for attack in ATTACKS:
+            runs[label, attack] = run_mode(sc, rule, mode, similarity, attack, 1.0 if "lambda=1" in label else 0.1)
+    first = runs["shared mean", "none"]
+    runs = {k: v for k, v in runs.items() if k != (NOISE, "none")} | {(NOISE, "none"): runs[NOISE, "none"]}
+    hib = first.higher_is_better
+    a_worst = distribution(a_own.values(), hib)["worst"]
+    for (label, attack), res in [(("alone", "none"), None), *runs.items()]:
+        own = a_own if res is None else res.rounds[-1].own
+        d = distribution(own.values(), hib)
+        vs = None if res is None else versus_alone(own, a_own, hib)
+        # the worst gateway against alone's worst gateway (oriented: > 1 better), beside the per-gateway ratio
+        worst_vs = (d["worst"] / a_worst if hib else a_worst / d["worst"]) if res is not None else None
+        figures[f"{label}/{attack}"] = {"worst": d["worst"], "tail": d["tail"], "median": d["median"],
+                                        "nodes": d["nodes"], "beat_alone": vs["beat"] if vs else None,
+                                        "worst_ratio": vs["worst_ratio"] if vs else None, "worst_vs_alone_worst": worst_vs}
+        rule = "-" if res is None or label == NOISE else res.rule
+        rows.append([label, rule, attack, d["nodes"], d["worst"], d["tail"], d["median"],
+                     "-" if vs is None else f"{100 * vs['beat']:.0f}%", "-" if vs is None else vs["worst_ratio"],
+                     "-" if worst_vs is None else worst_vs])
+    accuracy = first.metric == "accuracy"
+    tail = "p10" if hib else "p90"
+    print_table(["mode", "rule", "attack", "scored", "worst", tail, "median", "beat alone", "worst/alone",
+                 "worst/alone's worst"], rows,
+                title=f"\n{name}: {first.metric} on each gateway's own held-out data"
+                      f"{'' if hib else ' (lower is better)'}; worst/alone: the smallest per-gateway ratio to itself "
+                      "alone (>= 1: no gateway worse off); worst/alone's worst: the worst gateway against alone's "
+                      "worst (> 1: the bad tail improved)")
+    best = max(PERSONAL, key=lambda m: figures[f"{m}/none"]["median"] * (1 if hib else -1))
+    b = figures[f"{best}/none"]
+    goals = {
+        "best_mode": best,
+        "worst_ratio": b["worst_ratio"], "worst_ratio_ok": b["worst_ratio"] >= 1.0,
+        "median_vs_alone": b["median"] - figures["alone/none"]["median"],
+        "median_beats_alone": better(b["median"], figures["alone/none"]["median"], hib, accuracy),
+        "median_vs_shared": b["median"] - figures["shared mean/none"]["median"],
+        "median_beats_shared": better(b["median"], figures["shared mean/none"]["median"], hib, accuracy)
+        and better(b["median"], figures[f"shared {ROBUST}/none"]["median"], hib, accuracy),
+        "attack_gap": {a: figures[f"{best}/{a}"]["median"] - b["median"] for a in ATTACKS[1:]},
+        "attack_ok": all(close(figures[f"{best}/{a}"]["median"], b["median"], accuracy) for a in ATTACKS[1:]),
+    }
+    print(f"goals ({name}, best personalized mode {best}): worst/alone {b['worst_ratio']:.3f} "
+          f"({'met' if goals['worst_ratio_ok'] else 'NOT met'}); median vs alone {goals['median_vs_alone']:+.4f} "
+          f"({'met' if goals['median_beats_alone'] else 'NOT met'}); vs shared mean "
+          f"{goals['median_vs_shared']:+.4f} ({'met' if goals['median_beats_shared'] else 'NOT met'}); "
+          "under attack " + ", ".join(f"{a} {g:+.4f}" for a, g in goals["attack_gap"].items())
+          + f" ({'met' if goals['attack_ok'] else 'NOT met'}); {time.monotonic() - t0:.0f} s")
+    return {"metric": first.metric, "higher_is_better": hib, "figures": figures, "goals": goals,
+            "seconds": time.monotonic() - t0}
+
+
+def main() -> None:
+    answer_help(__doc__, "[--quick] [--rounds N]")
+    ap = argparse.ArgumentParser(description="personalization per gateway (issue 26)")
+    ap.add_argument("--quick", action="store_true", help="15 rounds, labels2 and shift only")
+    ap.add_argument("--rounds", type=int, default=0, help="rounds per run (default 30, --quick 15)")
+    args = ap.parse_args()
+    import torch
+
+    from sim.datasets import FASHION_HINT, fashion_available
+
+    if not fashion_available():
+        sys.exit(FASHION_HINT)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    rounds = args.rounds or (15 if args.quick else 30)
+    out = {name: bench_setting(name, sc) for name, sc in settings(rounds, args.quick).items()}
+    summary = {name: {"best_mode": r["goals"]["best_mode"], "worst_ratio_vs_alone": r["goals"]["worst_ratio"],
+                      "median_vs_alone": r["goals"]["median_vs_alone"],
+                      "median_vs_shared": r["goals"]["median_vs_shared"],
+                      "attack_gap": r["goals"]["attack_gap"],
+                      "goals_met": all(r["goals"][k] for k in ("worst_ratio_ok", "median_beats_alone",
+                                                              "median_beats_shared", "attack_ok"))}
+               for name, r in out.items()}
+    emit_json({"bench": "personalization", "rounds": rounds, "nodes": 32, "byzantine_fraction": 0.125,
+               "robust_rule": ROBUST, "summary": summary, "settings": out})
+
+
+if __name__ == "__main__":
+    main()
