@@ -10,7 +10,8 @@ and bench/fieldlab.py.
 
 The plan is written as `gossipfl topology plan` writes it (peer.ops.plan.write_plan, libp2p,
 node i on port 4001 + i, metrics on 127.0.0.1:9100 + i), then each peer.toml is pointed at the
-lab: it listens on 0.0.0.0, a neighbour on the public internet is named by its address there,
+lab: it listens on its lab address (0.0.0.0 for those in `listen_any`: gateways whose address
+will change), a neighbour on the public internet is named by its address there,
 a neighbour behind NAT by its PeerId only (nobody can dial in: it is reached through the
 relay), every gateway but the relay names the relay in `[transport] relays`, and the relay
 gateway serves the fleet (`serve_relay = true`). Gateways on the public side say
@@ -80,7 +81,8 @@ class Gateway:
 
 class LabFleet:
     def __init__(self, lab, tmp_path: Path, spec: str, hosts: dict[str, object], relay: str | None = None,
-                 overrides: dict | None = None, hole_punch: bool = False, network: str = "fieldlab"):
+                 overrides: dict | None = None, hole_punch: bool = False, network: str = "fieldlab",
+                 listen_any: tuple[str, ...] = ()):
         self.lab, self.tmp = lab, Path(tmp_path)
         self.plan = self.tmp / "plan"
         nodes = write_plan(from_spec(spec), self.plan, network_id=network, transport_options={"base_port": BASE_PORT},
@@ -88,8 +90,7 @@ class LabFleet:
         if {n.label for n in nodes} != set(hosts):
             raise ValueError(f"hosts for {sorted(hosts)}, the plan has {sorted(n.label for n in nodes)}")
         self.gateways = {n.label: Gateway(n.label, hosts[n.label], n.dir, n.peer_id, n.port) for n in nodes}
-        self.relay = relay
-        self.hole_punch = hole_punch
+        self.relay, self.hole_punch, self.listen_any = relay, hole_punch, set(listen_any)
         for g in self.gateways.values():
             self._point_at_lab(g)
         self._offsets: dict[str, int] = {}
@@ -105,7 +106,7 @@ class LabFleet:
     def _point_at_lab(self, g: Gateway) -> None:
         doc = tomllib.loads(g.config.read_text())
         t = doc["transport"]
-        t["listen"] = [f"/ip4/0.0.0.0/tcp/{g.port}"]
+        t["listen"] = [f"/ip4/{'0.0.0.0' if g.label in self.listen_any else g.host.address}/tcp/{g.port}"]
         t["reachability"] = "private" if g.behind_nat else "public"
         t["hole_punch"] = self.hole_punch
         if self.relay is not None:

@@ -6,9 +6,13 @@ test fails. Skips without root or nftables."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+
+from gossip.p2p.node import BOOK_FILE
+from gossip.p2p.records import open_record
 
 from .labfleet import LabFleet
 
@@ -81,3 +85,32 @@ def test_lossy_links_and_a_partitioned_site_nobody_aborts_and_the_site_catches_u
     assert set(codes.values()) == {0}, (codes, fleet.tails())
     verified = fleet.verify()
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def known_addresses(fleet: LabFleet, of: str, at: str) -> list[str]:
+    """The direct addresses of `of`'s newest signed record that gateway `at` keeps (verified again)."""
+    saved = json.loads((fleet.gateways[at].dir / "data" / "libp2p" / BOOK_FILE).read_text())
+    record = open_record(bytes.fromhex(saved[fleet.gateways[of].peer_id]), fleet.gateways[of].peer_id, None)
+    return [a for a in record.addrs if "/p2p-circuit" not in a]
+
+
+def test_a_gateway_whose_address_changed_mid_run_is_found_again(lab, tmp_path):
+    fleet = six_gateways(lab, tmp_path, listen_any=("2",))
+    fleet.start()
+    fleet.wait(lambda f: all(full_rounds(f, n) for n in f.labels), 150, "every gateway's first full round")
+    mover = fleet.gateways["2"]
+    old = mover.host.address
+    new = lab.readdress(mover.host)  # a new DHCP lease: the old address is gone, connections on it die
+    moved = fleet.mark()
+    # its neighbours (1 on the public side, 3 behind NAT) aggregate it again within 3 rounds
+    fleet.wait(lambda f: all(len(f.rounds(n, moved[n])) >= 4 for n in ("1", "2", "3")), 120,
+               "four rounds after the move")
+    for label in ("1", "2", "3"):
+        after = fleet.rounds(label, moved[label])
+        caught = next((i for i, r in enumerate(after) if r.accepted == r.neighbours), None)
+        assert caught is not None and caught < 3, (label, after, fleet.text(label)[-3000:])
+    fleet.wait(lambda f: any(new in a for a in known_addresses(f, "2", "1")), 30, "1 keeping 2's new record")
+    assert not any(old in a for a in known_addresses(fleet, "2", "1"))
+    codes = fleet.stop()
+    assert set(codes.values()) == {0}, (codes, fleet.tails())
+    assert any(new in a for a in known_addresses(fleet, "2", "3"))
