@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,7 @@ class LabFleet:
             raise ValueError(f"hosts for {sorted(hosts)}, the plan has {sorted(n.label for n in nodes)}")
         self.gateways = {n.label: Gateway(n.label, hosts[n.label], n.dir, n.peer_id, n.port) for n in nodes}
         self.relay, self.hole_punch, self.listen_any = relay, hole_punch, set(listen_any)
+        self.network = network
         for g in self.gateways.values():
             self._point_at_lab(g)
         self._offsets: dict[str, int] = {}
@@ -193,3 +195,43 @@ class LabFleet:
         return subprocess.run([sys.executable, "-m", "gossipfl", "audit", "verify",
                                *(str(g.db) for g in self.gateways.values())],
                               capture_output=True, text=True, timeout=120, env=ENV, cwd=str(ROOT))
+
+    # -- enrolment -------------------------------------------------------------------------
+
+    def cli(self, where, *args: str) -> subprocess.CompletedProcess:
+        """`gossipfl ARGS` run inside the lab node `where` (to its end)."""
+        return self.lab.exec(where, [sys.executable, "-m", "gossipfl", *args], timeout=120, check=False,
+                             env=ENV, cwd=str(ROOT))
+
+    def enrol(self, label: str, host, neighbours: list[str], admin_host) -> subprocess.CompletedProcess:
+        """A gateway at `host` makes its own key and enrolment request (`peer init --enrol`, its
+        reachability as the lab places it); the admin, at `admin_host` on the public side, admits
+        it into the running fleet (`fleet admit --request`: the record goes to every gateway it
+        can reach, they pass it on); the gateway copies the folder the admin wrote and the trust
+        list beside its key, and its operator points it at the lab (the relay). Returns the
+        admit's outcome; the gateway is then in `gateways`, not started."""
+        site = self.tmp / f"site-{label}"
+        own = site / f"gw-{label}"
+        behind_nat = host.role == "host" and host.site is not None
+        port = BASE_PORT + len(self.gateways)  # no node of the plan has it (the plan checks ports plan-wide)
+        r = self.cli(host, "peer", "init", "--dir", str(own), "--enrol", self.network, "--name", label,
+                     "--reachability", "private" if behind_nat else "public",
+                     *(() if behind_nat else ("--addr", f"/ip4/{host.address}/tcp/{port}")))
+        if r.returncode != 0:
+            raise AssertionError(f"peer init --enrol: {r.stdout}{r.stderr}")
+        admitted = self.cli(admin_host, "fleet", "admit", str(self.plan), "--request", str(own / "enrolment.json"),
+                            "--neighbours", ",".join(neighbours),
+                            *(("--host", host.address, "--port", str(port)) if behind_nat else ()))
+        if admitted.returncode != 0:
+            return admitted
+        node = json.loads((self.plan / "plan.json").read_text())["nodes"][-1]
+        folder = (self.plan / node["config"]).parent
+        for f in folder.iterdir():
+            if f.is_file():
+                shutil.copy(f, own / f.name)
+        shutil.copy(self.plan / "trust.toml", site / "trust.toml")
+        (own / "data").mkdir(exist_ok=True)
+        g = Gateway(label, host, own, node["peer_id"], port)
+        self.gateways[label] = g
+        self._point_at_lab(g)
+        return admitted

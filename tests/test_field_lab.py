@@ -114,3 +114,28 @@ def test_a_gateway_whose_address_changed_mid_run_is_found_again(lab, tmp_path):
     codes = fleet.stop()
     assert set(codes.values()) == {0}, (codes, fleet.tails())
     assert any(new in a for a in known_addresses(fleet, "2", "3"))
+
+
+def test_a_gateway_behind_nat_enrolled_with_its_own_key_joins_the_running_fleet(lab, tmp_path):
+    fleet = six_gateways(lab, tmp_path)
+    admin = lab.public("admin")
+    host = lab.site("site6", nat="symmetric").host("g6")
+    fleet.start()
+    fleet.wait(lambda f: all(full_rounds(f, n) for n in f.labels), 150, "every gateway's first full round")
+    keys = {str(p) for p in fleet.plan.rglob("*.key")}
+    admitted = fleet.enrol("6", host, ["1", "4"], admin)  # one neighbour on the public side, one behind NAT
+    assert admitted.returncode == 0, admitted.stdout + admitted.stderr
+    # the admin reached the public gateways (0, 1, 2); the NATed ones got the record from their neighbours
+    assert "delivered to 3 of 6 gateways" in admitted.stdout and "no key written" in admitted.stdout, admitted.stdout
+    assert {str(p) for p in fleet.plan.rglob("*.key")} == keys  # no key of the new gateway in the plan folder
+    fleet.wait(lambda f: all("neighbours now" in f.text(n) for n in ("1", "4")), 60, "1 and 4 taking in 6")
+    mark = fleet.mark()
+    fleet.start(["6"])
+    fleet.wait(lambda f: all(any(r.accepted == 3 for r in f.rounds(n, mark[n])) for n in ("1", "4"))
+               and any(r.accepted == 2 for r in f.rounds("6")), 120, "1 and 4 aggregating 6, and 6 both")
+    row = fleet.status("6")
+    assert row["reachability"] == "private" and row["links"] == {"1": "direct", "4": "relayed"}, row
+    codes = fleet.stop()
+    assert set(codes.values()) == {0}, (codes, fleet.tails())
+    verified = fleet.verify()
+    assert verified.returncode == 0, verified.stdout + verified.stderr
