@@ -14,7 +14,8 @@ lab: it listens on its lab address (0.0.0.0 for those in `listen_any`: gateways 
 will change), a neighbour on the public internet is named by its address there,
 a neighbour behind NAT by its PeerId only (nobody can dial in: it is reached through the
 relay), every gateway but the relay names the relay in `[transport] relays`, and the relay
-gateway serves the fleet (`serve_relay = true`). Gateways on the public side say
+gateway serves the fleet (`serve_relay = true`); or, with `relay_at`, every gateway names
+the dedicated relay at `relay_at` (`gossipfl relay start`: start_relay()). Gateways on the public side say
 `reachability = "public"`, those behind NAT "private" (what `peer init --enrol
 --reachability` records for an enrolled one). Every wait is bounded; the lab kills what is
 left at teardown.
@@ -35,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gossip.identity import Identity, save_key
 from peer.config.tomlwrite import dumps
 from peer.ops.plan import write_plan
 from topology import from_spec
@@ -83,7 +85,7 @@ class Gateway:
 class LabFleet:
     def __init__(self, lab, tmp_path: Path, spec: str, hosts: dict[str, object], relay: str | None = None,
                  overrides: dict | None = None, hole_punch: bool = False, network: str = "fieldlab",
-                 listen_any: tuple[str, ...] = ()):
+                 listen_any: tuple[str, ...] = (), relay_at=None):
         self.lab, self.tmp = lab, Path(tmp_path)
         self.plan = self.tmp / "plan"
         nodes = write_plan(from_spec(spec), self.plan, network_id=network, transport_options={"base_port": BASE_PORT},
@@ -92,10 +94,13 @@ class LabFleet:
             raise ValueError(f"hosts for {sorted(hosts)}, the plan has {sorted(n.label for n in nodes)}")
         self.gateways = {n.label: Gateway(n.label, hosts[n.label], n.dir, n.peer_id, n.port) for n in nodes}
         self.relay, self.hole_punch, self.listen_any = relay, hole_punch, set(listen_any)
-        self.network = network
+        self.network, self.relay_at = network, relay_at
+        self.relay_identity = Identity.generate() if relay_at is not None else None
+        self.relay_proc: subprocess.Popen | None = None
+        self.relay_addr = (f"/ip4/{relay_at.address}/tcp/{BASE_PORT}/p2p/{self.relay_identity.peer_id}"
+                           if relay_at is not None and self.relay_identity is not None else None)
         for g in self.gateways.values():
             self._point_at_lab(g)
-        self._offsets: dict[str, int] = {}
 
     @property
     def labels(self) -> list[str]:
@@ -111,7 +116,9 @@ class LabFleet:
         t["listen"] = [f"/ip4/{'0.0.0.0' if g.label in self.listen_any else g.host.address}/tcp/{g.port}"]
         t["reachability"] = "private" if g.behind_nat else "public"
         t["hole_punch"] = self.hole_punch
-        if self.relay is not None:
+        if self.relay_addr is not None:
+            t["relays"] = [self.relay_addr]
+        elif self.relay is not None:
             if g.label == self.relay:
                 t["serve_relay"] = True
             else:
@@ -195,6 +202,20 @@ class LabFleet:
         return subprocess.run([sys.executable, "-m", "gossipfl", "audit", "verify",
                                *(str(g.db) for g in self.gateways.values())],
                               capture_output=True, text=True, timeout=120, env=ENV, cwd=str(ROOT))
+
+    def start_relay(self) -> subprocess.Popen:
+        """The dedicated fleet relay at `relay_at` (`gossipfl relay start`, the plan's trust list)."""
+        assert self.relay_at is not None and self.relay_identity is not None, "LabFleet(relay_at=...) has no relay"
+        folder = self.tmp / "relay"
+        folder.mkdir(exist_ok=True)
+        save_key(self.relay_identity, folder / "relay.key")
+        (folder / "relay.toml").write_text(f'[identity]\nkey = "relay.key"\n[network]\ntrust = "{self.plan}/trust.toml"\n'
+                                           f'[relay]\nlisten = ["/ip4/0.0.0.0/tcp/{BASE_PORT}"]\n')
+        with open(self.tmp / "relay.log", "ab") as out:
+            self.relay_proc = self.lab.run(self.relay_at, [sys.executable, "-m", "gossipfl", "relay", "start",
+                                                           "--config", str(folder / "relay.toml")],
+                                           stdout=out, stderr=out, env=ENV, cwd=str(ROOT))
+        return self.relay_proc
 
     # -- enrolment -------------------------------------------------------------------------
 
