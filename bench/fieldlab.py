@@ -26,7 +26,11 @@ aborted gateway; the relay within 50 MB of an ordinary peer (it is: no torch).
 The round interval (--interval, default 1 s: rounds here take less) caps the round rate at
 60 a minute: a condition that keeps up shows ratio 1.00; --interval 0 runs flat out.
 
-    python bench/fieldlab.py [--window 40] [--partition 60] [--interval 1] [--only direct,relayed,...]
+The model (an MLP on the digits, --hidden wide) sets the update's size: at the default 256 an
+update is about 77 KB, two neighbours' worth a round about 1.2 s of a 1 Mbit/s uplink.
+
+    python bench/fieldlab.py [--window 40] [--partition 60] [--interval 1] [--hidden 256]
+                             [--only direct,relayed,...]
 
 Prints a table, then one JSON line. Needs root, ip and nft (else says why and exits 0).
 """
@@ -41,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._help import answer_help  # noqa: E402
 
-answer_help(__doc__, "[--window S] [--partition S] [--interval S] [--only NAMES]")
+answer_help(__doc__, "[--window S] [--partition S] [--interval S] [--hidden N] [--only NAMES]")
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
@@ -71,7 +75,7 @@ def tx_bytes(lab, host) -> int:
     return total
 
 
-def build(lab, tmp: Path, name: str, interval: float):
+def build(lab, tmp: Path, name: str, interval: float, hidden: int):
     from tests.labfleet import OVERRIDES, LabFleet
 
     hosts: dict[str, object] = {}
@@ -82,7 +86,8 @@ def build(lab, tmp: Path, name: str, interval: float):
         relay_at = lab.public("relay")
     else:
         hosts = {str(i): lab.public(f"g{i}") for i in range(6)}
-    overrides = {**OVERRIDES, "round": {**OVERRIDES["round"], "interval": interval}}
+    overrides = {**OVERRIDES, "round": {**OVERRIDES["round"], "interval": interval},
+                 "model": {"name": "mlp", "classes": 10, "options": {"hidden": [hidden]}}}
     fleet = LabFleet(lab, tmp, "ring:6", hosts, relay_at=relay_at, hole_punch=name == "hole-punched",
                      overrides=overrides)
     if relay_at is not None:
@@ -96,11 +101,11 @@ def build(lab, tmp: Path, name: str, interval: float):
     return fleet
 
 
-def run(name: str, window: float, partition: float, interval: float) -> dict:
+def run(name: str, window: float, partition: float, interval: float, hidden: int) -> dict:
     from tests.netlab import Lab
 
     with tempfile.TemporaryDirectory(prefix=f"bench-fieldlab-{name}-") as tmp, Lab() as lab:
-        fleet = build(lab, Path(tmp), name, interval)
+        fleet = build(lab, Path(tmp), name, interval, hidden)
         fleet.start()
         fleet.wait(lambda f: all(any(r.accepted == r.neighbours for r in f.rounds(n)) for n in f.labels), 240,
                    f"{name}: every gateway's first full round")
@@ -149,6 +154,8 @@ def main() -> int:
     p.add_argument("--partition", type=float, default=60.0, help="seconds the partition lasts")
     p.add_argument("--interval", type=float, default=1.0,
                    help="[round] interval: seconds between round starts, at least (0: flat out)")
+    p.add_argument("--hidden", type=int, default=256,
+                   help="the MLP's hidden width: 256 is 19,210 values, a 77 KB update (32: 2,410, 10 KB)")
     p.add_argument("--only", default=",".join(CONDITIONS), help="comma-separated conditions (direct always runs)")
     a = p.parse_args()
     why = unavailable()
@@ -159,7 +166,7 @@ def main() -> int:
     unknown = sorted(set(names) - set(CONDITIONS))
     if unknown:
         p.error(f"unknown conditions {', '.join(unknown)}; choose from {', '.join(CONDITIONS)}")
-    results = [run(n, a.window, a.partition, a.interval) for n in names]
+    results = [run(n, a.window, a.partition, a.interval, a.hidden) for n in names]
     base = results[0]["rounds_per_min"]
     from bench._table import emit_json, print_table
 
@@ -172,9 +179,11 @@ def main() -> int:
                      f"{r['peer_vmhwm_mb']:.0f}", "/".join(sorted({k for ls in r["links"].values() for k in ls.values()}))])
     print_table(["condition", "rounds/min", "x direct", "bytes/round", "accepted/round", "catch-up rounds",
                  "aborted", "relay MB", "peer MB", "links of 0, 1"], rows,
-                title=f"six gateways on a ring, {a.window:.0f} s per condition (partition {a.partition:.0f} s), round "
-                      f"interval {a.interval:g} s, deadline 8 s; medians of the gateways; accepted of 2 neighbours")
-    emit_json({"window_s": a.window, "partition_s": a.partition, "interval_s": a.interval, "conditions": results})
+                title=f"six gateways on a ring, MLP 64-{a.hidden}-10, {a.window:.0f} s per condition (partition "
+                      f"{a.partition:.0f} s), round interval {a.interval:g} s, deadline 8 s; medians of the "
+                      "gateways; accepted of 2 neighbours")
+    emit_json({"window_s": a.window, "partition_s": a.partition, "interval_s": a.interval, "hidden": a.hidden,
+               "conditions": results})
     return 0
 
 
