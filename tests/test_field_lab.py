@@ -55,7 +55,7 @@ def test_six_gateways_three_behind_nat_aggregate_every_neighbour_every_round(lab
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-PARTITION = 20.0  # seconds in the test (a minute in bench/fieldlab.py): past the 8 s round deadline
+PARTITION = 25.0  # seconds in the test (a minute in bench/fieldlab.py): three 8 s round deadlines
 
 
 def test_lossy_links_and_a_partitioned_site_nobody_aborts_and_the_site_catches_up(lab, tmp_path):
