@@ -2,15 +2,14 @@
 sender and in total, so that a flood into one inbox (re-published captured updates, say) costs
 the receiver a fixed amount of memory and never starves the other senders.
 
-The sender is whatever the transport was told (an MQTT inbox topic's last level: a hint that
-anyone may fake where the broker has no ACL). Senders that are not among the known neighbours
-share one slot ("*"), so inventing names buys no room beyond that slot and the total. Where
-the sender is only a hint (`shares=False`: an MQTT broker without logins, so without the ACL
-that ties a topic to its publisher) there are no per-sender shares, only the total: a share
-keyed on a name anyone may write would let a flood under a neighbour's name crowd out that
-neighbour's real updates (rate limits key on the signed sender, after verification). A
-message that does not fit is dropped at once and counted under its reason; every byte taken
-is given back exactly once, when the peer takes the message or it is dropped further on.
+The sender a message is charged to is the one the transport proved (gossip.inbox_gate: an
+MQTT topic's last level alone is anyone's word where the broker has no ACL), or STRANGERS for
+what it cannot prove. Senders that are not among the known neighbours share one slot (the
+strangers'), so inventing names buys no room beyond that slot and the total; each neighbour
+has a share of its own that nobody else's messages can fill. A message that does not fit is
+dropped at once and counted under its reason (`refuse` counts the gate's reasons too); every
+byte taken is given back exactly once, when the peer takes the message or it is dropped
+further on.
 Thread-safe: the MQTT thread takes, the peer's loop gives back.
 """
 
@@ -28,13 +27,12 @@ INBOX_FULL = "inbox queue full"
 
 class InboxBudget:
     def __init__(self, per_sender_bytes: int, *, per_sender_messages: int = 32, total_bytes: int | None = None,
-                 total_messages: int = 256, shares: bool = True):
+                 total_messages: int = 256):
         if per_sender_bytes <= 0 or per_sender_messages <= 0 or total_messages <= 0:
             raise ValueError("inbox bounds must be positive")
         self.per_sender_bytes, self.per_sender_messages = per_sender_bytes, per_sender_messages
         self.fixed_total = total_bytes
         self.total_messages = total_messages
-        self.shares = shares
         self.known: frozenset[str] | None = None  # None: every sender is its own slot
         self.dropped: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -69,7 +67,7 @@ class InboxBudget:
             slot = self._slot.get(self.slot(sender), (0, 0))
             if limit is not None and size > limit:
                 reason = TOO_LARGE
-            elif self.shares and (slot[0] + size > self.per_sender_bytes or slot[1] >= self.per_sender_messages):
+            elif slot[0] + size > self.per_sender_bytes or slot[1] >= self.per_sender_messages:
                 reason = OVER_SHARE
             elif self.bytes + size > self.total_bytes or self.messages >= self.total_messages:
                 reason = OVER_TOTAL
@@ -83,6 +81,11 @@ class InboxBudget:
             self.bytes += size
             self.messages += 1
             return True
+
+    def refuse(self, reason: str) -> None:
+        """A message dropped before it asked for room (counted under `reason`)."""
+        with self._lock:
+            self.dropped[reason] += 1
 
     def give_back(self, sender: str, size: int, dropped: str | None = None) -> None:
         """The peer took the message (or it was dropped later, for `dropped`)."""

@@ -16,7 +16,10 @@ packets inside its loop, which stalled the peer's loop for 150 ms on a 50 MB upd
 What arrives and the peer has not taken yet is bounded per sender and in total
 (gossip.inbox_budget): a message is checked the moment paho hands it over, before any queue
 (aiomqtt's own queue is bypassed: it had no bound), and one that does not fit is dropped and
-counted by reason (`dropped`), so a flood into an inbox costs a fixed amount of memory.
+counted by reason (`dropped`), so a flood into an inbox costs a fixed amount of memory. An
+update is charged to its sender only once proven (gossip.inbox_gate: a sender that may send,
+named by the topic too, not let in before, its signature and payload hash): without broker
+logins a flood under a neighbour's name cannot crowd out that neighbour's real updates.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Container, Iterable
 
 import aiomqtt
 
 from .errors import TransportError
 from .identity import Identity
-from .inbox_budget import INBOX_FULL, InboxBudget
+from .inbox_budget import INBOX_FULL, TOO_LARGE, InboxBudget
+from .inbox_gate import InboxGate
 from .loop_thread import LoopThread
 from .membership import MAX_RECORD, is_record
 from .transport import QueuedTransport
@@ -98,16 +103,20 @@ class MqttTransport(QueuedTransport):
     def __init__(self, identity: Identity, network: str, *, host: str = "127.0.0.1", port: int = 1883,
                  username: str | None = None, password: str | None = None, tls: bool = False,
                  ca_file: str | None = None, prefix: str = "gossipfl", status: bool = True,
-                 max_size: int = 64 * 1024 * 1024, inbox: int = 256, name: str = ""):
+                 max_size: int = 64 * 1024 * 1024, inbox: int = 256, name: str = "",
+                 allowed: Container[str] | None = None, neighbours: Iterable[str] = ()):
+        """`allowed`: who may send updates (read live; None: anyone), `neighbours`: who gets a
+        share of the inbox of its own (set_neighbours replaces them)."""
         self.identity, self.peer_id, self.network, self.name = identity, identity.peer_id, network, name
         self.host, self.port, self.username, self.password = host, port, username, password
         self.tls, self.ca_file, self.prefix, self.publish_status = tls, ca_file, prefix, status
         super().__init__(inbox)
         self.max_size = max_size
         share = 2 * max(max_size, MAX_RECORD)  # two updates (or records) of one sender waiting
-        # per-sender shares only where the broker authenticates publishers (the plan's logins and
-        # ACL tie each inbox topic to its sender); anonymously a topic is anyone's word
-        self.budget = InboxBudget(share, total_messages=inbox, shares=username is not None)
+        self.budget = InboxBudget(share, total_messages=inbox)
+        if neighbours:
+            self.budget.set_known(neighbours)
+        self.gate = InboxGate(allowed)
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self.client: aiomqtt.Client | None = None
         self._task: asyncio.Task | None = None
@@ -156,39 +165,50 @@ class MqttTransport(QueuedTransport):
         return self.budget.dropped
 
     def _on_message(self, _client, _userdata, message) -> None:
-        """On the MQTT thread, as paho hands over a message: held if the sender's share and the
-        total have room, then handed to the peer's loop; else dropped and counted."""
+        """On the MQTT thread, as paho hands over a message: proven (the gate says whose share
+        pays), held if that share and the total have room, then handed to the peer's loop;
+        else dropped and counted."""
         payload, loop = message.payload, self._main_loop
-        sender = message.topic.rsplit("/", 1)[-1]
+        hint = message.topic.rsplit("/", 1)[-1]
         if loop is None or not isinstance(payload, bytes | bytearray):
             return
-        if not self.budget.take(sender, len(payload), None if self._fits(payload) else 0):
+        if not self._fits(payload):
+            self.budget.refuse(TOO_LARGE)
             self._note_drops()
             return
+        share, uid, reason = self.gate.check(hint, payload)
+        if reason is not None or not self.budget.take(share, len(payload)):
+            if reason is not None:
+                self.budget.refuse(reason)
+            self._note_drops()
+            return
+        if uid is not None:
+            self.gate.admitted(uid)
         try:
-            loop.call_soon_threadsafe(self._deliver, sender, bytes(payload))
+            loop.call_soon_threadsafe(self._deliver_held, share, hint, bytes(payload))
         except RuntimeError:  # the peer's loop is closed: we are going away
-            self.budget.give_back(sender, len(payload))
+            self.budget.give_back(share, len(payload))
 
     def _note_drops(self) -> None:
         total = sum(self.budget.dropped.values())
         if total & (total - 1) == 0:  # the 1st, 2nd, 4th, 8th, ... drop: a flood is one line per doubling
             log.warning("inbox over its bounds: dropped %s so far", dict(self.budget.dropped))
 
-    def _deliver(self, sender: str | None, data: bytes | bytearray) -> None:
+    def _deliver_held(self, share: str, sender: str, data: bytes) -> None:
+        """On the peer's loop: queue a message the budget holds under `share`."""
         try:
-            self.queue.put_nowait((sender, data))
+            self.queue.put_nowait((share, sender, data))
         except asyncio.QueueFull:
-            assert sender is not None  # MQTT names every sender (the topic's last level)
-            self.budget.give_back(sender, len(data), INBOX_FULL)
+            self.budget.give_back(share, len(data), INBOX_FULL)
 
     async def _iterate(self):
         while True:
             item = await self.queue.get()
             if item is None:
                 return
-            self.budget.give_back(item[0], len(item[1]))
-            yield item
+            share, sender, data = item
+            self.budget.give_back(share, len(data))
+            yield sender, data
 
     async def set_neighbours(self, addrs) -> None:
         self.budget.set_known(addrs)

@@ -20,6 +20,7 @@ from gossip.p2p.records import (
     RecordRefused,
     SeqCounter,
     StaleRecord,
+    moved_from,
     open_record,
     seal,
 )
@@ -100,6 +101,14 @@ def test_the_address_book_dials_the_newest_record_first_and_keeps_only_verified_
     assert AddressBook().load(path, [A.peer_id]) == 0
     path.write_text("{")
     assert AddressBook().load(path, [A.peer_id]) == 0
+
+
+def test_a_newer_record_says_which_addresses_the_neighbour_left():
+    circuit = f"/ip4/203.0.113.1/tcp/4001/p2p/{B.peer_id}/p2p-circuit"
+    first = open_record(seal(A, ["/ip4/192.0.2.1/tcp/4001", "/ip4/10.0.0.5/tcp/4001", circuit], 1), A.peer_id)
+    moved = open_record(seal(A, ["/ip4/192.0.2.2/tcp/4001", "/ip4/10.0.0.5/tcp/4002"], 2), A.peer_id)
+    assert moved_from(first, moved) == {"192.0.2.1"}  # 10.0.0.5 kept (another port), the relay is no IP of A's
+    assert moved_from(None, moved) == set() and moved_from(moved, moved) == set()
 
 
 def test_slots_evict_from_the_source_that_holds_the_most():

@@ -83,10 +83,11 @@ def own_addresses(bound: list[str], announce: list[str], reserved: list[Relay], 
 
 class Announcer:
     """Seals our record when our addresses change, pushes it, and takes the neighbours' ones
-    into `book`. `on_learned(record)` is called for each newer record (trio thread)."""
+    into `book`. `on_learned(record, previous)` is called for each newer record with the one it replaced
+    (or None) (trio thread)."""
 
     def __init__(self, identity: Identity, seq: SeqCounter, book: AddressBook, may_send: Callable[[str], bool],
-                 on_learned: Callable[[AddressRecord], None]):
+                 on_learned: Callable[[AddressRecord, AddressRecord | None], None]):
         self.identity, self.seq, self.book = identity, seq, book
         self.may_send, self.on_learned = may_send, on_learned
         self.addrs: list[str] | None = None
@@ -139,6 +140,7 @@ class Announcer:
                 if size > MAX_RECORD:
                     raise RecordRefused(f"declared a {size}-byte record (limit {MAX_RECORD})")
                 data = await read_exactly(stream, size)
+            previous = self.book.records.get(sender)
             record = self.book.learn(bytes(data), sender)
         except StaleRecord as exc:  # a push that crossed a newer one
             log.debug("an older address record from %s: %s", sender, exc)
@@ -156,7 +158,7 @@ class Announcer:
         await close_quietly(stream)
         if record is not None:
             log.info("%s is at %s (record %d)", sender, ", ".join(record.addrs) or "no address", record.seq)
-            self.on_learned(record)
+            self.on_learned(record, previous)
 
 
 def parse_addrs(addrs: list[str], what: str) -> list[str]:

@@ -41,7 +41,7 @@ from .host import (
     run_services,
 )
 from .nat import Paths, Reachability, ReservationKeeper, hole_punching
-from .records import AddressBook, AddressRecord, SeqCounter
+from .records import AddressBook, AddressRecord, SeqCounter, moved_from
 from .relay import RelayLimits, fleet_relay, honest_autonat
 from .streams import close_quietly, why
 from .updates import LENGTH_BYTES, UpdateReceiver, write_update
@@ -277,6 +277,21 @@ class Node:
                 if not is_relayed(conn):
                     await close_quietly(conn)
 
+    async def _drop_connections_to(self, peer_id: str, gone: set[str]) -> None:
+        """A neighbour's new record says it left these IPs: our direct connections to them are
+        dead without knowing it and would hold our sends until a stream times out. Close
+        them; the next send dials an address of the record."""
+        from libp2p.peer.id import ID
+
+        for conn in list(self.host.get_network().connections.get(ID.from_base58(peer_id), [])):
+            try:
+                remote = conn.muxed_conn.get_remote_address()
+            except Exception:
+                continue
+            if not is_relayed(conn) and remote and str(remote[0]) in gone:
+                log.info("%s left %s: closing our connection to it there", peer_id, remote[0])
+                await close_quietly(conn)
+
     async def _watch_addresses(self) -> None:
         """Reseal and push our record when our addresses change (interfaces, reservations)."""
         while True:
@@ -315,7 +330,10 @@ class Node:
         if self.gate.may_send(peer_id) and self._nursery is not None:
             self._nursery.start_soon(self.announcer.push, self.host, peer_id)
 
-    def _learned(self, record: AddressRecord) -> None:
+    def _learned(self, record: AddressRecord, previous: AddressRecord | None) -> None:
+        gone = moved_from(previous, record)
+        if gone and self._nursery is not None:
+            self._nursery.start_soon(self._drop_connections_to, record.peer_id, gone)
         if self.settings.state_dir is not None:
             try:
                 self.book.save(self.settings.state_dir / BOOK_FILE)

@@ -147,6 +147,18 @@ def split_addrs(addrs) -> tuple[list[str], list[tuple[str, str]]]:
     return direct, circuits
 
 
+def hosts_of(addrs) -> set[str]:
+    """The IPs of the direct addresses among `addrs` (/ip4/X/tcp/... or /ip6/X/tcp/...)."""
+    return {a.split("/")[2] for a in split_addrs(addrs)[0] if a.startswith(("/ip4/", "/ip6/"))}
+
+
+def moved_from(previous: AddressRecord | None, record: AddressRecord) -> set[str]:
+    """The IPs a neighbour's previous record named and its newer one no longer does: it left
+    them (a new DHCP lease, a new cellular session), and a connection we hold to one of them
+    is dead without knowing it."""
+    return hosts_of(previous.addrs) - hosts_of(record.addrs) if previous is not None else set()
+
+
 class AddressBook:
     """Per neighbour: its newest verified record and its configured address (pure)."""
 

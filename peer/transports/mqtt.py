@@ -96,7 +96,8 @@ class MqttKind(TransportKind):
         t = cfg.transport
         return MqttTransport(identity, cfg.network, host=t.host, port=t.port, username=t.username,
                              password=t.password, tls=t.tls, ca_file=t.ca_file, prefix=t.topic_prefix,
-                             status=t.status, max_size=max_size, name=cfg.name)
+                             status=t.status, max_size=max_size, name=cfg.name, allowed=allowed,
+                             neighbours=[n.id for n in cfg.neighbours])
 
     def describe(self, cfg, peer_id: str) -> list[str]:
         t = cfg.transport
