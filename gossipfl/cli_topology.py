@@ -154,11 +154,15 @@ def plan_overrides(rule, f, model, learner, data_source, data_path, metrics, rou
 @click.option("--watchdog", "watchdog_sec", default=60, show_default=True, type=click.IntRange(1),
               help="systemd units: seconds without a sign of life before systemd restarts a peer")
 @click.option("--force", is_flag=True, help="replace an existing plan folder (new keys!)")
+@click.option("--requests", "requests_dir", default=None, type=click.Path(file_okay=False),
+              help="a folder of enrolment requests (enrolment.json of `gossipfl peer init --enrol` on each gateway, "
+                   "any *.json name): the node named in a request gets its PeerId, address and reachability, and no "
+                   "key is written for it")
 @_graph_options
 @friendly
 def topology_plan(graph: str, out: str, network_id: str, transport: str, rule, f, template, model, learner,
                   data_source, data_path, metrics, rounds, allow_weak: bool, install_dir: str, service_user: str,
-                  gossipfl_path, watchdog_sec: int, force: bool, seed: int, allow_directed: bool,
+                  gossipfl_path, watchdog_sec: int, force: bool, requests_dir, seed: int, allow_directed: bool,
                   allow_disconnected: bool, **transport_options) -> None:
     """Write a key, a peer.toml and a systemd unit per node, a shared trust list and the
     network's admin key (in OUT/admin: move it off this machine) for GRAPH.
@@ -168,10 +172,14 @@ def topology_plan(graph: str, out: str, network_id: str, transport: str, rule, f
     names are copied into each node folder.
 
     Refuses a plan in which some node's neighbourhood is too small for --rule at --f
-    (it would keep its own model every round), and says what would work."""
+    (it would keep its own model every round), and says what would work.
+
+    For a real fleet, --requests plans gateways that made their own keys (`gossipfl peer init
+    --enrol NETWORK --name NODE` on each): no private key of theirs is in the plan."""
     from click.core import ParameterSource
 
     from peer.errors import ConfigError
+    from peer.ops.enrol import read_requests
     from peer.ops.plan import (
         ADMIN_DIR,
         PlanOptions,
@@ -193,10 +201,15 @@ def topology_plan(graph: str, out: str, network_id: str, transport: str, rule, f
     overrides = plan_overrides(rule, f, model, learner, data_source, data_path, metrics, rounds)
     opts = PlanOptions(network_id=network_id, transport=transport, transport_options=transport_options,
                        template=tmpl, overrides=overrides, allow_weak=allow_weak, force=force,
-                       gateway=GatewayLayout(install_dir, service_user, gossipfl_path, watchdog_sec))
+                       gateway=GatewayLayout(install_dir, service_user, gossipfl_path, watchdog_sec),
+                       requests=read_requests(requests_dir) if requests_dir else None)
     nodes = write_plan(g, out, opts)
     units = ", a systemd unit per node" if nodes and nodes[0].unit else ""
     click.echo(f"planned {len(nodes)} peers in {out} (trust list, plan.json, analysis.json, topology.png{units})")
+    enrolled = [n.label for n in nodes if n.enrolled]
+    if enrolled:
+        click.echo(f"enrolled with their own keys (none written): {', '.join(enrolled)}; hand each its folder and "
+                   "trust.toml, beside the peer.key it made")
     if tmpl is not None:
         _report_template(tmpl, nodes)
     check = check_robustness(g, overrides, tmpl)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from gossip.identity import Identity, load_key
+from gossip.identity import Identity, load_key, save_key
 from peer.audit.verify import load_events, verify_log
 from peer.errors import ConfigError
 from peer.ops.admin import Plan
@@ -123,3 +123,70 @@ def test_a_request_must_be_signed_by_the_key_it_names_and_well_formed(tmp_path):
         parse_request(" " * 10_000)
     with pytest.raises(ConfigError, match="not JSON"):
         parse_request("{")
+
+
+def _requests(folder, names, ports, private=()):
+    """Each gateway makes its key and request on its own machine (`peer init --enrol`); the
+    admin collects the requests in `folder`. -> name -> the gateway's own key."""
+    folder.mkdir()
+    keys = {}
+    for name, port in zip(names, ports, strict=True):
+        keys[name] = Identity.generate()
+        reach, addr = ("private", "") if name in private else ("public", f"/ip4/127.0.0.1/tcp/{port}")
+        (folder / f"{name}.json").write_text(make_request(keys[name], NET, name, reach, addr))
+    return keys
+
+
+def test_topology_plan_from_enrolment_requests_writes_no_key_of_theirs(tmp_path):
+    ports = [5101, 5102, 5103, 5104]  # written into configs only: nothing listens here
+    keys = _requests(tmp_path / "requests", ["0", "2"], [ports[0], ports[2]], private={"2"})
+    plan = tmp_path / "plan"
+    r = cli("topology", "plan", "ring:4", "--out", str(plan), "--network-id", NET, "--requests",
+            str(tmp_path / "requests"), "--base-port", "4701")
+    assert r.returncode == 0, r.stderr
+    assert "enrolled with their own keys (none written): 0, 2" in r.stdout
+    manifest = Plan(plan)
+    assert manifest.node("0")["peer_id"] == keys["0"].peer_id and manifest.node("0")["enrolled"] is True
+    assert "enrolled" not in manifest.node("1")
+    assert not (plan / "node-0" / "peer.key").exists() and not (plan / "node-2" / "peer.key").exists()
+    assert (plan / "node-1" / "peer.key").exists()  # the plan still makes keys for the others
+    assert {keys["0"].peer_id, keys["2"].peer_id} <= manifest.trust.peers
+    cfg1 = (plan / "node-1" / "peer.toml").read_text()
+    assert f"/ip4/127.0.0.1/tcp/{ports[0]}/p2p/{keys['0'].peer_id}" in cfg1  # dialled where its request said
+    assert keys["2"].peer_id in cfg1 and f"/tcp/{ports[2]}/p2p/{keys['2'].peer_id}" not in cfg1  # private: no address
+    assert 'reachability = "private"' in (plan / "node-2" / "peer.toml").read_text()
+
+    def refused(why, *args):
+        r = cli("topology", "plan", "ring:4", "--out", str(tmp_path / "bad"), "--requests", str(tmp_path / "requests"),
+                *args)
+        assert r.returncode != 0 and why in r.stderr, r.stderr
+
+    refused("is for network 'field-enrol'", "--network-id", "other")
+    (tmp_path / "requests" / "x.json").write_text(make_request(Identity.generate(), NET, "7"))
+    refused("which the graph has no node of", "--network-id", NET)
+    (tmp_path / "requests" / "x.json").unlink()
+    (tmp_path / "requests" / "dup.json").write_text(make_request(Identity.generate(), NET, "0"))
+    refused("a second request for the name '0'", "--network-id", NET)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+@pytest.mark.timeout(180)
+def test_a_fleet_planned_from_requests_runs_with_the_keys_its_gateways_made(tmp_path, peer_processes):
+    ports = free_ports(3)
+    names = ["0", "1", "2"]
+    keys = _requests(tmp_path / "requests", names, ports)
+    plan = tmp_path / "plan"
+    nodes = write_plan(from_spec("ring:3"), plan, network_id=NET, overrides=OVERRIDES, draw=False,
+                       requests={r.name: r for r in map(parse_request, (p.read_text() for p in
+                                                                        (tmp_path / "requests").glob("*.json")))})
+    assert private_keys(plan) == []  # every gateway made its own key: none in the plan folder
+    for n in nodes:  # on each gateway: its folder from the admin, beside the key it made
+        save_key(keys[n.label], n.dir / "peer.key")
+        peer_processes.start(n.label, n.config)
+    wait_until(peer_processes, names, rounds_done(2))
+    peer_processes.stop_all()
+    for n in nodes:
+        assert verify_log(n.dir / "data" / "provenance.db").ok, n.label
+        _, aggregated = load_events(n.dir / "data" / "provenance.db", kind="aggregated")
+        others = {keys[m].peer_id for m in names if m != n.label}
+        assert any(set(e.details["senders"]) >= others for e in aggregated), n.label

@@ -29,7 +29,7 @@ from ..config.parse import load_config
 from ..config.tomlwrite import dumps
 from ..errors import ConfigError
 from ..transports import TransportKind, kind_of
-from .enrol import Request
+from .enrol import Request, apply_reachability
 from .mosquitto import write_secret
 from .plan import ADMIN_DIR, ADMIN_KEY, node_dir_name, node_document, write_unit
 from .plan_edits import (
@@ -207,10 +207,8 @@ def admit(folder, name: str | None, neighbours: list[str], *, port: int | None =
         pid = request.peer_id
     ids = [n["peer_id"] for n in nbrs]
     ep = plan.kind.admit_endpoint(plan, pid, ids, host, ports.get("listen"))  # may refuse: nothing written
-    if request is not None and request.reachability != "auto" and "reachability" in plan.kind.schema:
-        ep.transport["reachability"] = request.reachability
-        if request.reachability == "private":
-            ep.addr = None  # nobody can dial it: its neighbours reach it through the fleet's relays
+    if request is not None:
+        apply_reachability(plan.kind, ep, request)
     node_dir.mkdir(parents=True)
     if ident is not None:
         save_key(ident, node_dir / "peer.key")

@@ -121,3 +121,40 @@ def read_request(path: str | Path) -> Request:
     except FileReadError as exc:
         raise ConfigError(str(exc)) from None
     return parse_request(text, str(path))
+
+
+MAX_REQUESTS = 10_000  # a plan's folder of requests: bounded like every other input
+
+
+def read_requests(folder: str | Path) -> dict[str, Request]:
+    """Every `*.json` request in `folder`, by the name each asks for; two requests for one name
+    or one PeerId are refused (the admin must say which gateway is which)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: not a folder of enrolment requests (enrolment.json files from "
+                          "gossipfl peer init --enrol)")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise ConfigError(f"{folder}: no enrolment requests (*.json) in it")
+    if len(files) > MAX_REQUESTS:
+        raise ConfigError(f"{folder}: more than {MAX_REQUESTS} requests")
+    out: dict[str, Request] = {}
+    ids: dict[str, str] = {}
+    for f in files:
+        r = read_request(f)
+        if r.name in out:
+            raise ConfigError(f"{f}: a second request for the name {r.name!r}; keep one per gateway")
+        if r.peer_id in ids:
+            raise ConfigError(f"{f}: PeerId {r.peer_id} already asked for by {ids[r.peer_id]!r}")
+        out[r.name], ids[r.peer_id] = r, r.name
+    return out
+
+
+def apply_reachability(kind, endpoint, request: Request) -> None:
+    """What a request says of how the gateway is reached, on its planned endpoint (the
+    transports that know reachability): a private gateway has no address anyone dials - its
+    neighbours reach it through the fleet's relays."""
+    if request.reachability != "auto" and "reachability" in kind.schema:
+        endpoint.transport["reachability"] = request.reachability
+        if request.reachability == "private":
+            endpoint.addr = None

@@ -31,6 +31,7 @@ from ..errors import ConfigError
 from ..learning.classification import TrainConfig
 from ..transports import NodeEndpoint, kind_of
 from ..transports.mqtt import BROKER_DIR  # noqa: F401  (where an mqtt plan's broker files are)
+from .enrol import Request, apply_reachability
 from .mosquitto import write_secret
 from .pacing import round_table
 from .systemd import GatewayLayout, unit_text
@@ -63,6 +64,7 @@ class PlannedNode:
     unit: Path | None = None  # the node's systemd unit file (libp2p and mqtt plans)
     metrics_port: int | None = None  # its Prometheus endpoint's port, when the template has [metrics]
     copied: list[str] = field(default_factory=list)  # the template's modules and data copied into its folder
+    enrolled: bool = False  # its key was made on the gateway (an enrolment request): none in the plan
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class PlanOptions:
     gateway: GatewayLayout | None = None  # systemd units of deployed transports (default GatewayLayout())
     identities: dict | None = None  # node label -> Identity instead of fresh keys (the simulator, tests)
     admin: Identity | None = None  # the admin key instead of a fresh one
+    requests: dict[str, Request] | None = None  # node name -> enrolment request: the gateway's own key, none written
     force: bool = False  # replace an existing plan folder
     draw: bool = True  # analysis.json and topology.png
     allow_weak: bool = True  # False: WeakPlanError before anything is written (the CLI passes it)
@@ -168,7 +171,9 @@ class PlanWriter:
         self.nodes = sorted(graph.nodes, key=lambda v: (str(type(v)), v))
         self.index = {v: i for i, v in enumerate(self.nodes)}
         self.gateway = (options.gateway or GatewayLayout()) if self.kind.deployed else None
-        self.idents: dict = {}
+        self.idents: dict = {}  # node -> Identity, for the nodes whose key the plan makes
+        self.pids: dict = {}  # node -> PeerId, every node
+        self.requests = dict(options.requests or {})
         self.endpoints: dict[Any, NodeEndpoint] = {}
 
     def write(self) -> list[PlannedNode]:
@@ -194,12 +199,38 @@ class PlanWriter:
         if self.out.exists() and any(self.out.iterdir()) and not self.opts.force:
             raise ConfigError(f"{self.out} exists and is not empty; refusing to overwrite keys (use --force)")
         self.template.check_imports()
-        self.idents = {v: (self.opts.identities or {}).get(v) or Identity.generate() for v in self.nodes}
-        eps = self.kind.endpoints(self.settings, [self.idents[v].peer_id for v in self.nodes])
+        self.check_requests()
+        self.idents = {v: (self.opts.identities or {}).get(v) or Identity.generate() for v in self.nodes
+                       if str(v) not in self.requests}
+        self.pids = {v: self.requests[str(v)].peer_id if str(v) in self.requests else self.idents[v].peer_id
+                     for v in self.nodes}
+        eps = self.kind.endpoints(self.settings, [self.pids[v] for v in self.nodes])
         self.endpoints = dict(zip(self.nodes, eps, strict=True))
+        for v in self.nodes:
+            request = self.requests.get(str(v))
+            if request is None:
+                continue
+            if request.host_port and self.kind.listens:  # where the gateway said it is dialled
+                self.endpoints[v] = self.kind.admit_endpoint(None, self.pids[v], [], *request.host_port)
+            apply_reachability(self.kind, self.endpoints[v], request)
         check_ports({str(v): (self.endpoints[v].port, self.template.metrics_port(self.index[v])) for v in self.nodes},
                     self.kind.name)
         return robustness
+
+    def check_requests(self) -> None:
+        """Each enrolment request names a node of the graph, of this network, with a PeerId of its own."""
+        names = {str(v) for v in self.nodes}
+        unknown = sorted(set(self.requests) - names)
+        if unknown:
+            raise ConfigError(f"enrolment requests for {', '.join(map(repr, unknown))}, which the graph has no node "
+                              f"of (its nodes: {', '.join(sorted(names)[:10])}{' ...' if len(names) > 10 else ''}); "
+                              "name each gateway as its node (peer init --enrol --name)")
+        for name, r in self.requests.items():
+            if r.network != self.opts.network_id:
+                raise ConfigError(f"the enrolment request of {name!r} is for network {r.network!r}, this plan is "
+                                  f"{self.opts.network_id!r} (--network-id)")
+        if len({r.peer_id for r in self.requests.values()}) < len(self.requests):
+            raise ConfigError("two enrolment requests name the same PeerId")
 
     def prepare_folder(self) -> None:
         if self.out.exists() and any(self.out.iterdir()):
@@ -210,7 +241,7 @@ class PlanWriter:
         """The admin key (apart) and the trust list; returns the admin's identity."""
         admin = self.opts.admin or Identity.generate()
         write_admin_key(self.out / ADMIN_DIR, admin, self.opts.network_id)
-        entries = [{"id": self.idents[v].peer_id, "name": str(v)} for v in self.nodes]
+        entries = [{"id": self.pids[v], "name": str(v)} for v in self.nodes]
         (self.out / "trust.toml").write_text(build_trust_list(self.opts.network_id, entries,
                                                               admin=admin.peer_id).to_toml())
         return admin
@@ -218,9 +249,9 @@ class PlanWriter:
     def neighbours(self, v) -> list[dict]:
         out = []
         for u in sorted(self.graph.neighbors(v), key=lambda x: self.index[x]):
-            nb = {"id": self.idents[u].peer_id, "name": str(u), "degree": self.graph.degree(u)}
+            nb = {"id": self.pids[u], "name": str(u), "degree": self.graph.degree(u)}
             if self.rule == "secure_mean":  # the receiver's group: a sender masks for it with every other member
-                nb["group"] = [self.idents[w].peer_id for w in sorted(self.graph.neighbors(u), key=lambda x: self.index[x])]
+                nb["group"] = [self.pids[w] for w in sorted(self.graph.neighbors(u), key=lambda x: self.index[x])]
             if self.endpoints[u].addr:
                 nb["addr"] = self.endpoints[u].addr
             out.append(nb)
@@ -229,7 +260,8 @@ class PlanWriter:
     def write_node(self, v) -> PlannedNode:
         i, d, ep = self.index[v], self.out / node_dir_name(v), self.endpoints[v]
         d.mkdir()
-        save_key(self.idents[v], d / "peer.key")
+        if v in self.idents:  # an enrolled gateway keeps the key it made (peer.key beside its peer.toml there)
+            save_key(self.idents[v], d / "peer.key")
         for name, text in ep.secrets.items():
             write_secret(d / name, text)
         tables = self.template.for_node(str(v), i, len(self.nodes))
@@ -243,11 +275,12 @@ class PlanWriter:
         unit = None
         if self.gateway is not None:
             unit = write_unit(d, cfg, self.gateway, f"node {v} of gossipfl network {self.opts.network_id}")
-        return PlannedNode(str(v), self.idents[v].peer_id, d, config, ep.port, unit,
-                           self.template.metrics_port(i), copied)
+        return PlannedNode(str(v), self.pids[v], d, config, ep.port, unit,
+                           self.template.metrics_port(i), copied, enrolled=v not in self.idents)
 
     def write_manifest(self, planned: list[PlannedNode], admin: Identity) -> None:
-        nodes = [{"node": p.label, "peer_id": p.peer_id, "config": str(p.config.relative_to(self.out)),
+        nodes = [{"node": p.label, "peer_id": p.peer_id, **({"enrolled": True} if p.enrolled else {}),
+                  "config": str(p.config.relative_to(self.out)),
                   "port": p.port, **({"metrics_port": p.metrics_port} if p.metrics_port else {}),
                   **({"unit": str(p.unit.relative_to(self.out))} if p.unit else {})} for p in planned]
         manifest = {"network": self.opts.network_id, "transport": self.kind.name, "admin": admin.peer_id,
