@@ -17,12 +17,12 @@ def check_stack(stack: torch.Tensor | Rows) -> torch.Tensor | Rows:
     if isinstance(stack, Rows):
         if 0 in stack.shape:
             raise AggregationError(f"stack is empty (shape {stack.shape}): nothing to aggregate")
-        finite = stack.finite
-        if finite is None:
+        ok = stack.finite
+        if ok is None:
             x = stack.materialize()
-            finite = (torch.isfinite(x.amax(dim=2)) & torch.isfinite(x.amin(dim=2))).numpy()
-        if not finite.all():
-            named = [tuple(i) for i in np.argwhere(~finite).tolist()]
+            ok = (torch.isfinite(x.amax(dim=2)) & torch.isfinite(x.amin(dim=2))).numpy()
+        if not ok.all():
+            named = [tuple(i) for i in np.argwhere(~ok).tolist()]
             raise AggregationError(f"(batch, row) entries {named[:10]} contain NaN or Inf; reject them before "
                                    "aggregating")
         return stack

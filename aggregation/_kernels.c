@@ -25,35 +25,52 @@ typedef const float *row_t;
 
 #define TILE 4
 
+/* LANES floats as one value: GCC's vector extension (AVX-512, or split into narrower registers) */
+typedef float vf __attribute__((vector_size(4 * LANES)));
+static inline vf load(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline double hsum(vf a) { /* the lanes added in float64, in order */
+    double s = 0.0;
+    for (int l = 0; l < LANES; l++) s += (double)a[l];
+    return s;
+}
+
 /* r[i][0..c) = sum_j w[i][j] x_j[c0..c0+c) for i < m (or, with centre >= 0, x_centre + sum_j
  * w[i][j] (x_j - x_centre)), TILE output rows and LANES columns at a time in registers, each
  * value summed over j in order */
+static const float ZERO[BLK]; /* the centre when there is none: x - 0 and 0 + s are exact */
+
 static void mix_block(row_t *x, int64_t c0, int64_t c, int32_t n, const float *w, int32_t m, int32_t centre,
                       float **r) {
-    const float *xc = centre >= 0 ? x[centre] + c0 : NULL;
+    const float *xc = centre >= 0 ? x[centre] + c0 : ZERO;
     for (int32_t i0 = 0; i0 < m; i0 += TILE) {
         int32_t ti = m - i0 < TILE ? m - i0 : TILE;
+        const float *w0 = w + (int64_t)i0 * n; /* a tile's missing rows repeat its last (never stored) */
+        const float *w1 = w + (int64_t)(i0 + (ti > 1 ? 1 : 0)) * n;
+        const float *w2 = w + (int64_t)(i0 + (ti > 2 ? 2 : ti - 1)) * n;
+        const float *w3 = w + (int64_t)(i0 + (ti > 3 ? 3 : ti - 1)) * n;
         int64_t k = 0;
         for (; k + LANES <= c; k += LANES) {
-            float acc[TILE][LANES] = {{0}};
+            vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, vc = load(xc + k);
             for (int32_t j = 0; j < n; j++) {
-                const float *xj = x[j] + c0 + k;
-                float v[LANES];
-                for (int l = 0; l < LANES; l++) v[l] = xc ? xj[l] - xc[k + l] : xj[l];
-                for (int32_t t = 0; t < TILE; t++) {
-                    float wt = t < ti ? w[(int64_t)(i0 + t) * n + j] : 0.0f;
-                    for (int l = 0; l < LANES; l++) acc[t][l] += wt * v[l];
-                }
+                vf v = load(x[j] + c0 + k) - vc;
+                a0 += w0[j] * v;
+                a1 += w1[j] * v;
+                a2 += w2[j] * v;
+                a3 += w3[j] * v;
             }
-            for (int32_t t = 0; t < ti; t++)
-                for (int l = 0; l < LANES; l++) r[i0 + t][k + l] = xc ? xc[k + l] + acc[t][l] : acc[t][l];
+            vf acc[TILE] = {a0, a1, a2, a3};
+            for (int32_t t = 0; t < ti; t++) store(r[i0 + t] + k, vc + acc[t]);
         }
-        for (; k < c; k++) /* the last columns, fewer than LANES */
+        for (; k < c; k++) /* the last columns, fewer than LANES: the same sums one at a time */
             for (int32_t t = 0; t < ti; t++) {
                 float a = 0.0f;
-                for (int32_t j = 0; j < n; j++)
-                    a += w[(int64_t)(i0 + t) * n + j] * (xc ? x[j][c0 + k] - xc[k] : x[j][c0 + k]);
-                r[i0 + t][k] = xc ? xc[k] + a : a;
+                for (int32_t j = 0; j < n; j++) a += w[(int64_t)(i0 + t) * n + j] * (x[j][c0 + k] - xc[k]);
+                r[i0 + t][k] = xc[k] + a;
             }
     }
 }
@@ -123,6 +140,13 @@ int gm_network(const int64_t *rows, int64_t batch, int32_t n, int64_t d,
     return 0;
 }
 
+/* sum of a[k] b[k] for k < len (a multiple of LANES): LANES float32 sums, added in float64 */
+static double dot(const float *a, const float *b, int64_t len) {
+    vf acc = {0};
+    for (int64_t k = 0; k < len; k += LANES) acc += load(a + k) * load(b + k);
+    return hsum(acc);
+}
+
 /* out[b] (n, n) float64 = Xc Xc^T, Xc the rows of entry b minus its row `centre` (with
  * `diagonal`, only the diagonal: the squared distances to the centre row) */
 int gm_gram(const int64_t *rows, int64_t batch, int32_t n, int64_t d, int32_t centre, int32_t diagonal,
@@ -145,14 +169,26 @@ int gm_gram(const int64_t *rows, int64_t batch, int32_t n, int64_t d, int32_t ce
             }
             for (int32_t i = 0; i < n; i++) {
                 const float *ci = cb + (int64_t)i * GBLK;
-                for (int32_t j = diagonal ? i : 0; j <= i; j++) {
-                    const float *cj = cb + (int64_t)j * GBLK;
-                    float acc[LANES] = {0};
-                    for (int64_t k = 0; k < padded; k += LANES)
-                        for (int l = 0; l < LANES; l++) acc[l] += ci[k + l] * cj[k + l];
-                    double s = 0.0;
-                    for (int l = 0; l < LANES; l++) s += (double)acc[l];
-                    g[(int64_t)i * n + j] += s;
+                if (diagonal) {
+                    g[(int64_t)i * n + i] += dot(ci, ci, padded);
+                    continue;
+                }
+                /* four rows j at a time: four independent sums (a lone one waits on its own latency) */
+                for (int32_t j0 = 0; j0 <= i; j0 += 4) {
+                    const float *p0 = cb + (int64_t)j0 * GBLK;
+                    const float *p1 = cb + (int64_t)(j0 + 1 <= i ? j0 + 1 : i) * GBLK;
+                    const float *p2 = cb + (int64_t)(j0 + 2 <= i ? j0 + 2 : i) * GBLK;
+                    const float *p3 = cb + (int64_t)(j0 + 3 <= i ? j0 + 3 : i) * GBLK;
+                    vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                    for (int64_t k = 0; k < padded; k += LANES) {
+                        vf v = load(ci + k);
+                        a0 += v * load(p0 + k);
+                        a1 += v * load(p1 + k);
+                        a2 += v * load(p2 + k);
+                        a3 += v * load(p3 + k);
+                    }
+                    vf acc[4] = {a0, a1, a2, a3};
+                    for (int t = 0; t < 4 && j0 + t <= i; t++) g[(int64_t)i * n + j0 + t] += hsum(acc[t]);
                 }
             }
         }

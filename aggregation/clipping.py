@@ -88,6 +88,8 @@ def self_centered_clip(stack: Stack, weights: torch.Tensor | None, *, f: int = 0
         x = stack[:, own]
         diff = stack - x[:, None, :]
         norms = torch.linalg.vector_norm(diff, dim=2)
+    tau_used: torch.Tensor | float
+    radius: torch.Tensor | float
     if tau is None:
         k = 2 * f if clip is None else clip
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n:

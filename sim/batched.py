@@ -49,7 +49,7 @@ from .scenario import Scenario
 
 STACK_BUDGET = 4 << 20  # bytes of one gathered (B, n, d) stack (sim.compression): chunks of targets stay below it
 VALUE_BUDGET = 16 << 20  # bytes of the (B, d) values one aggregate call returns: targets per call
-CHUNK_NODES = 2048  # nodes per call of training and evaluation
+CHUNK_NODES = 256  # nodes per call of training and evaluation (their intermediates stay in cache)
 EVAL_ALL_NODES = 200  # up to this many nodes, the automatic schedule evaluates every round
 EVAL_POINTS = 10  # beyond it, about this many evaluated rounds (and always the last)
 
@@ -548,7 +548,7 @@ class BatchedEngine:
     def __init__(self, sc: Scenario, rule: str, graph: nx.Graph, out: Path,
                  progress: Callable[[int], None] | None = None, setup_progress: Callable[[int], None] | None = None,
                  alone: bool = False):
-        self.sc, self.rule, self.graph, self.out = sc, rule, graph, Path(out)
+        self.sc, self.rule, self.out = sc, rule, Path(out)  # the graph is not kept: its arrays are (Topo)
         self.alone = alone  # every node trains alone: nothing is sent or aggregated (sim.measures' baseline)
         self.progress, self.setup_progress = progress, setup_progress
         self.topo = setup(sc, graph)
