@@ -106,6 +106,17 @@ def _cache() -> Path:
     return base
 
 
+def _cpu() -> str:
+    """What -march=native compiles for: a cache shared by several machines keeps one build per CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+
+
 def _build() -> ctypes.CDLL | None:
     if os.environ.get("GOSSIPFL_KERNELS", "1") == "0":
         return None
@@ -115,7 +126,7 @@ def _build() -> ctypes.CDLL | None:
                       "compiled one", RuntimeWarning, stacklevel=3)
         return None
     text = SOURCE.read_bytes()
-    key = hashlib.sha256(text + " ".join([cc, *FLAGS, sys.platform]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(text + " ".join([cc, *FLAGS, sys.platform, _cpu()]).encode()).hexdigest()[:16]
     try:
         lib = _cache() / f"kernels-{key}.so"
         if not lib.exists():
@@ -124,6 +135,9 @@ def _build() -> ctypes.CDLL | None:
                 subprocess.run([cc, *FLAGS, "-o", str(built), str(SOURCE)], check=True, capture_output=True,
                                timeout=120)
                 os.replace(built, lib)
+            for old in lib.parent.glob("kernels-*.so"):  # builds of an earlier source or CPU
+                if old != lib:
+                    old.unlink(missing_ok=True)
         dll = ctypes.CDLL(str(lib))
     except (OSError, subprocess.SubprocessError) as e:
         warnings.warn(f"aggregation kernels not built ({e}); running the slower torch/numpy path",

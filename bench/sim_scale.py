@@ -25,6 +25,9 @@ cores the wall time is about half) and the 1-minute load average at its end.
     python bench/sim_scale.py --only trimmed_mean,nnm+trimmed_mean   # figure 1 for these rules only
                                          # (protocol baseline on 200 nodes; no figures 2-4)
 
+"mean acc" is the honest nodes' mean test accuracy in the last round: digits on its shared test set;
+synthetic nodes (64 or 16 samples) hold fewer than 30 held-out samples and are not scored ("-").
+
 Prints a table, then one JSON line.
 """
 
@@ -75,7 +78,7 @@ def batched(nodes: int, rounds: int, rule: str, dataset: str = "digits", options
             "evaluated_rounds": sum(1 for rm in res.rounds if rm.accuracy), "workers": 2,
             "cpu_seconds": cpu, "load_average_1min": os.getloadavg()[0],
             "graph_seconds": t_setup - t0, "s_per_node_round": run_rounds / (nodes * rounds),
-            "mean_accuracy": sum(accs) / len(accs), "maxrss_mb": _rss_mb()}
+            "mean_accuracy": sum(accs) / len(accs) if accs else None, "maxrss_mb": _rss_mb()}
 
 
 def protocol(nodes: int, rounds: int) -> dict:
@@ -219,7 +222,7 @@ def main() -> None:
                 "-" if floor_s is None else f"{f['round_seconds'] / floor_s:.1f}x",
                 f["s_per_node_round"], f"{proto['s_per_node_round'] / f['s_per_node_round']:.0f}x",
                 f"{loop['s_per_node_round'] / f['s_per_node_round']:.1f}x", f"{f['maxrss_mb']:.0f}",
-                f"{100 * f['mean_accuracy']:.1f}%"]
+                "-" if f["mean_accuracy"] is None else f"{100 * f['mean_accuracy']:.1f}%"]
 
     for rule in only or RULES:
         f = run("batched", n1, r1, rule)
