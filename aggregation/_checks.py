@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from ._kernels import Rows
 from .catalog import AggregationError  # noqa: F401  (defined without torch, raised here)
 
 
-def check_stack(stack: torch.Tensor) -> torch.Tensor:
+def check_stack(stack: torch.Tensor | Rows) -> torch.Tensor | Rows:
     """Return `stack` as a contiguous float32/float64 batch (B, n, d) with finite values:
     an (n, d) stack becomes the batch of one (1, n, d), a view when it is already contiguous
-    float32 or float64; half precision is aggregated in float32."""
+    float32 or float64; half precision is aggregated in float32. Rows (read in place) are
+    checked by their rows' finiteness and returned as they are."""
+    if isinstance(stack, Rows):
+        if 0 in stack.shape:
+            raise AggregationError(f"stack is empty (shape {stack.shape}): nothing to aggregate")
+        ok = stack.finite
+        if ok is None:
+            x = stack.materialize()
+            ok = (torch.isfinite(x.amax(dim=2)) & torch.isfinite(x.amin(dim=2))).numpy()
+        if not ok.all():
+            named = [tuple(i) for i in np.argwhere(~ok).tolist()]
+            raise AggregationError(f"(batch, row) entries {named[:10]} contain NaN or Inf; reject them before "
+                                   "aggregating")
+        return stack
     if not isinstance(stack, torch.Tensor):
         raise AggregationError(
             f"stack must be a torch.Tensor of shape (n, d) or (B, n, d), got {type(stack).__name__}")

@@ -32,6 +32,7 @@ class Rule:
     """tolerates(n, f): can the rule aggregate n rows of which f may be Byzantine?"""
     robust: bool = True  # False for mean: it accepts any f but one Byzantine row moves it anywhere
     params: tuple[str, ...] = ("f",)  # keyword parameters a user may set (`mix` is passed by aggregate)
+    reads_rows: bool = False  # takes aggregation._kernels.Rows (rows read in place) as well as a tensor
 
     @functools.cached_property
     def fn(self) -> Callable:
@@ -50,22 +51,23 @@ def _majority(n: int, f: int) -> bool:
 
 _RULES = [
     Rule("mean", "coordinate:mean", True, "no robustness (f = 0)", "weighted average: the gossip baseline",
-         lambda n, f: True, robust=False),
-    Rule("median", "coordinate:median", False, "n > 2f", "coordinate-wise median", _majority),
+         lambda n, f: True, robust=False, reads_rows=True),
+    Rule("median", "coordinate:median", False, "n > 2f", "coordinate-wise median", _majority, reads_rows=True),
     Rule("trimmed_mean", "coordinate:trimmed_mean", False, "n > 2f", "coordinate-wise mean after trimming f per side",
-         _majority),
-    Rule("krum", "krum:krum", False, "n > 2f + 2", "the row with the smallest Krum score", lambda n, f: n > 2 * f + 2),
+         _majority, reads_rows=True),
+    Rule("krum", "krum:krum", False, "n > 2f + 2", "the row with the smallest Krum score", lambda n, f: n > 2 * f + 2,
+         reads_rows=True),
     Rule("multi_krum", "krum:multi_krum", True, "n > 2f + 2", "mean of the m best Krum rows",
-         lambda n, f: n > 2 * f + 2, params=("f", "m")),
+         lambda n, f: n > 2 * f + 2, params=("f", "m"), reads_rows=True),
     Rule("bulyan", "krum:bulyan", False, "n >= 4f + 3", "Krum selection then mean around the median",
-         lambda n, f: n >= 4 * f + 3),
+         lambda n, f: n >= 4 * f + 3, reads_rows=True),
     Rule("geomed", "geomed:geomed", True, "n > 2f", "geometric median (smoothed Weiszfeld)", _majority,
          params=("f", "nu", "tol", "max_iter")),
     Rule("centered_clip", "clipping:centered_clip", True, "n > 2f", "centred clipping around a robust start",
          _majority, params=("f", "tau", "iters", "center")),
     Rule("self_centered_clip", "clipping:self_centered_clip", True, "n > 2f",
          "each neighbour's pull on the own model clipped (ClippedGossip)", _majority,
-         params=("f", "own", "tau", "clip")),
+         params=("f", "own", "tau", "clip"), reads_rows=True),
     Rule("meamed", "coordinate:meamed", False, "n > 2f", "coordinate-wise mean of the n - f values nearest the median",
          _majority),
     Rule("mda", "mda:mda", True, f"n > 2f and C(n, f) <= {MAX_MDA_SUBSETS:,}",
@@ -75,9 +77,10 @@ _RULES = [
          lambda n, f: n >= 3, robust=False, params=("f", "bound", "threshold")),
 ]
 PRE_REGISTRY = {
-    "nnm": Rule("nnm", "presteps:nnm", True, "n > f", "nearest-neighbour mixing", lambda n, f: n > f),
+    "nnm": Rule("nnm", "presteps:nnm", True, "n > f", "nearest-neighbour mixing", lambda n, f: n > f,
+                reads_rows=True),
     "bucketing": Rule("bucketing", "presteps:bucketing", True, "bucket_size >= 1", "average random buckets",
-                      params=("f", "bucket_size", "seed")),
+                      params=("f", "bucket_size", "seed"), reads_rows=True),
 }
 REGISTRY: dict[str, Rule] = {r.name: r for r in _RULES}
 RULES: tuple[str, ...] = tuple(REGISTRY)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import torch
 
+from . import _kernels as kernels
 from ._checks import AggregationError
+from ._kernels import Stack
 from .coordinate import combine
 from .coordinate import median as coordinate_median
 from .report import BatchReport
@@ -70,7 +72,7 @@ def centered_clip(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int =
                           details={"tau": tau_used, "iters": iters, "center": start})
 
 
-def self_centered_clip(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0, own: int = 0,
+def self_centered_clip(stack: Stack, weights: torch.Tensor | None, *, f: int = 0, own: int = 0,
                        tau: float | None = None, clip: int | None = None) -> tuple[torch.Tensor, BatchReport]:
     """x_own + sum_j w_j clip(x_j - x_own, tau): each neighbour may pull the node's own model
     at most tau. With tau unset, it is the distance of the (clip + 1)-th farthest row, so the
@@ -78,9 +80,16 @@ def self_centered_clip(stack: torch.Tensor, weights: torch.Tensor | None, *, f: 
     batch, n = stack.shape[:2]
     if isinstance(own, bool) or not isinstance(own, int) or not 0 <= own < n:
         raise AggregationError(f"self_centered_clip: own must be a row index in 0..{n - 1}, got {own!r}")
-    x = stack[:, own]
-    diff = stack - x[:, None, :]
-    norms = torch.linalg.vector_norm(diff, dim=2)
+    rows = kernels.as_rows(stack)
+    if rows is not None:  # distances to the own row from the Gram kernel's diagonal, rows read in place
+        norms = kernels.gram(rows, own, diagonal=True).diagonal(dim1=1, dim2=2).sqrt().to(torch.float32)
+    else:
+        assert isinstance(stack, torch.Tensor)
+        x = stack[:, own]
+        diff = stack - x[:, None, :]
+        norms = torch.linalg.vector_norm(diff, dim=2)
+    tau_used: torch.Tensor | float
+    radius: torch.Tensor | float
     if tau is None:
         k = 2 * f if clip is None else clip
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n:
@@ -94,6 +103,9 @@ def self_centered_clip(stack: torch.Tensor, weights: torch.Tensor | None, *, f: 
         tau_used = radius = _radius(tau, "self_centered_clip")
     w = torch.full((batch, n), 1.0 / n) if weights is None else weights / weights.sum(dim=1, keepdim=True)
     factors = _clip_factors(norms, radius)
-    value = x + combine(w.to(stack.dtype) * factors, diff)
+    if rows is not None:  # x_own + sum_j w_j f_j (x_j - x_own), in C
+        value = kernels.network(rows, (), (0,), mix=(w.to(torch.float32) * factors)[:, None, :], centre=own)
+    else:
+        value = x + combine(w.to(stack.dtype) * factors, diff)
     return value, BatchReport("self_centered_clip", n, f, batch, scores=factors,
                               details={"tau": tau_used, "own": own})

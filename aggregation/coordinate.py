@@ -2,14 +2,17 @@
 
 Every rule here (and in the other rule modules) takes a batch of stacks (B, n, d) and
 optional (B, n) weights and returns (B, d) values with a BatchReport; a peer's single
-stack is the batch of one.
+stack is the batch of one. The rules here read rows in place (aggregation._kernels.Rows)
+where the compiled kernels are built, and run the same networks in numpy where not.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._columns import reduce_sorted, trimmed_mean_columns
+from . import _kernels as kernels
+from ._columns import network, reduce_sorted, trimmed_mean_columns, trimming_network
+from ._kernels import Stack
 from .report import BatchReport
 
 
@@ -18,15 +21,22 @@ def combine(coeffs: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
     return torch.bmm(coeffs.to(stack.dtype).unsqueeze(1), stack).squeeze(1)
 
 
-def weighted_mean(stack: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+def weighted_mean(stack: Stack, weights: torch.Tensor | None) -> torch.Tensor:
     """The gossip baseline: sum_i w_i x_i / sum_i w_i (plain mean without weights)."""
+    rows = kernels.as_rows(stack)
+    if rows is not None:
+        if weights is None:
+            return kernels.network(rows, (), tuple(range(rows.shape[1])))
+        w = weights.to(torch.float32)
+        return kernels.network(rows, (), (0,), mix=(w / w.sum(dim=1, keepdim=True))[:, None, :])
+    assert isinstance(stack, torch.Tensor)
     if weights is None:
         return stack.mean(dim=1)
     w = weights.to(stack.dtype)
     return combine(w / w.sum(dim=1, keepdim=True), stack)
 
 
-def mean(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, BatchReport]:
+def mean(stack: Stack, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, BatchReport]:
     batch, n = stack.shape[:2]
     details: dict[str, object] = {"weighted": weights is not None}
     if f:
@@ -34,20 +44,35 @@ def mean(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0) -> tu
     return weighted_mean(stack, weights), BatchReport("mean", n, f, batch, details=details)
 
 
-def _rows(stack: torch.Tensor, mix: torch.Tensor | None) -> int:
+def _rows(stack: Stack, mix: torch.Tensor | None) -> int:
     """Rows the rule aggregates: those of mix @ stack when a pre-step's matrices are given."""
     return stack.shape[1] if mix is None else mix.shape[1]
 
 
-def median(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0, mix: torch.Tensor | None = None) -> tuple[torch.Tensor, BatchReport]:
+def median(stack: Stack, weights: torch.Tensor | None, *, f: int = 0, mix: torch.Tensor | None = None) -> tuple[torch.Tensor, BatchReport]:
     n = _rows(stack, mix)  # only the middle rank(s) are computed: ranks (n-1)//2 .. n//2
-    value = reduce_sorted(stack, lambda b: b.mean(dim=0), (n - 1) // 2, n // 2 + 1, mix=mix)
+    lo, hi = (n - 1) // 2, n // 2 + 1
+    rows = kernels.as_rows(stack)
+    if rows is not None:  # the same network, run in C on the rows in place
+        value = kernels.network(rows, *network(n, lo, hi), mix=mix)
+    else:
+        assert isinstance(stack, torch.Tensor)
+        value = reduce_sorted(stack, lambda b: b.mean(dim=0), lo, hi, mix=mix)
     return value, BatchReport("median", n, f, stack.shape[0])
 
 
-def trimmed_mean(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0,
+def trimmed_mean(stack: Stack, weights: torch.Tensor | None, *, f: int = 0,
                  mix: torch.Tensor | None = None) -> tuple[torch.Tensor, BatchReport]:
     batch, n = stack.shape[0], _rows(stack, mix)
+    rows = kernels.as_rows(stack)
+    if rows is not None:  # the same selection network, run in C on the rows in place
+        if f == 0:
+            value = kernels.network(rows, (), tuple(range(n))) if mix is None else \
+                kernels.network(rows, (), (0,), mix=mix.mean(dim=1, keepdim=True))
+        else:
+            value = kernels.network(rows, *trimming_network(n, f), mix=mix)
+        return value, BatchReport("trimmed_mean", n, f, batch, details={"trimmed_per_side": f})
+    assert isinstance(stack, torch.Tensor)
     if f == 0:
         value = stack.mean(dim=1) if mix is None else combine(mix.mean(dim=1), stack)
         return value, BatchReport("trimmed_mean", n, f, batch, details={"trimmed_per_side": 0})

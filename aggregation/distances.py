@@ -15,6 +15,9 @@ from collections.abc import Iterator
 
 import torch
 
+from . import _kernels as kernels
+from ._kernels import Stack
+
 BLOCK_COLUMNS = 16384
 BLOCK_ELEMENTS = 1 << 19  # with short rows, batch entries per block fill (b, n, C) up to this
 ALIGN = 16  # elements: 64 bytes of float32
@@ -40,9 +43,14 @@ def centred_blocks(stack: torch.Tensor, row: int = 0) -> Iterator[tuple[slice, s
             yield slice(b0, b1), slice(start, start + block.shape[2]), c
 
 
-def gram_centred(stack: torch.Tensor, row: int = 0) -> torch.Tensor:
+def gram_centred(stack: Stack, row: int = 0) -> torch.Tensor:
     """G[b] = Xc Xc^T (returned as float64) where Xc is stack[b] (n, d) minus its row `row`,
-    for every batch entry b of `stack` (B, n, d)."""
+    for every batch entry b of `stack` (B, n, d): in C on the rows in place where the kernels
+    are built (float32 blocks of columns summed in float64), else block by block in torch."""
+    rows = kernels.as_rows(stack)
+    if rows is not None:
+        return kernels.gram(rows, row)  # exactly symmetric
+    assert isinstance(stack, torch.Tensor)
     batch, n, _ = stack.shape
     acc = torch.zeros(batch, n, n, dtype=stack.dtype)
     for entries, _, c in centred_blocks(stack, row):
@@ -51,7 +59,7 @@ def gram_centred(stack: torch.Tensor, row: int = 0) -> torch.Tensor:
     return (g + g.mT) * 0.5  # exactly symmetric: d(i, j) == d(j, i), so equal scores tie exactly
 
 
-def squared_distances(stack: torch.Tensor, row: int = 0) -> torch.Tensor:
+def squared_distances(stack: Stack, row: int = 0) -> torch.Tensor:
     """(B, n, n) float64 squared Euclidean distances, exact zeros on the diagonals; the
     distances to row `row` (the Gram matrix's centre) are the most precise."""
     g = gram_centred(stack, row)

@@ -8,6 +8,7 @@ import torch
 
 from ._checks import AggregationError
 from ._columns import reduce_sorted
+from ._kernels import Rows, Stack
 from .coordinate import closest_to_median, weighted_mean
 from .distances import squared_distances
 from .report import BatchReport
@@ -38,19 +39,21 @@ def _order(scores: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(scores.numpy().argsort(axis=1, kind="stable"))
 
 
-def _rows_of(stack: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _rows_of(stack: Stack, rows: torch.Tensor) -> torch.Tensor:
     """stack[b, rows[b]] for every batch entry: (B, n, d), (B, k) -> (B, k, d)."""
+    if isinstance(stack, Rows):
+        return stack.pick(rows)
     return stack[torch.arange(stack.shape[0])[:, None], rows]
 
 
-def krum(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, BatchReport]:
+def krum(stack: Stack, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, BatchReport]:
     batch, n = stack.shape[:2]
     scores = krum_scores(squared_distances(stack), f)
     best = _order(scores)[:, :1]
     return _rows_of(stack, best)[:, 0], BatchReport("krum", n, f, batch, selected=best, scores=scores)
 
 
-def multi_krum(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0,
+def multi_krum(stack: Stack, weights: torch.Tensor | None, *, f: int = 0,
                m: int | None = None) -> tuple[torch.Tensor, BatchReport]:
     """Average (weighted, if weights are given) of the m best-scoring rows, m = n - f by default."""
     batch, n = stack.shape[:2]
@@ -64,7 +67,7 @@ def multi_krum(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0,
     return value, BatchReport("multi_krum", n, f, batch, selected=chosen, scores=scores, details={"m": m})
 
 
-def bulyan(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, BatchReport]:
+def bulyan(stack: Stack, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, BatchReport]:
     """Select theta = n - 2f rows by repeated Krum, then average, per coordinate, the
     beta = theta - 2f selected values nearest the coordinate's median.
 

@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from ._checks import AggregationError
+from ._kernels import Stack
 from .distances import squared_distances
 
 
-def nnm(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+def nnm(stack: Stack, weights: torch.Tensor | None, *, f: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     batch, n = stack.shape[:2]
     dist = squared_distances(stack)
     # Self distance is 0, so each row is among its own nearest; ties go to lower indices.
@@ -27,7 +28,7 @@ def nnm(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0) -> tup
     return mix, weights, {"step": "nnm", "f": f, "neighbours": n - f}
 
 
-def bucketing(stack: torch.Tensor, weights: torch.Tensor | None, *, f: int = 0, bucket_size: int = 2,
+def bucketing(stack: Stack, weights: torch.Tensor | None, *, f: int = 0, bucket_size: int = 2,
               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     """The same seeded permutation for every batch entry (as B separate calls would use)."""
     batch, n = stack.shape[:2]

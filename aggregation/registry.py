@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
+from . import _kernels as kernels
 from ._checks import check_f, check_stack, check_weights, is_uniform
+from ._kernels import Rows
 from .catalog import (
     _RULES,
     PRE_REGISTRY,
@@ -34,7 +36,7 @@ def _split_params(rule: Rule, steps: list[Rule], params: dict) -> tuple[dict, li
     return rule_params, step_params
 
 
-def aggregate(rule: str, stack: torch.Tensor, weights: torch.Tensor | None = None, *,
+def aggregate(rule: str, stack: torch.Tensor | Rows, weights: torch.Tensor | None = None, *,
               pre: Sequence[str] = (), **params) -> Aggregate:
     """Aggregate the rows of `stack` (n, d) with the named rule: value (d,) and a Report.
 
@@ -45,6 +47,9 @@ def aggregate(rule: str, stack: torch.Tensor, weights: torch.Tensor | None = Non
     `rule` may carry pre-steps ('nnm+krum'), or they may be given as `pre=['nnm']`.
     `f` is the number of Byzantine rows the rule must tolerate. Non-uniform weights are
     refused by rules that have no weighted form, rather than silently ignored.
+
+    `stack` may also be aggregation._kernels.Rows (a batch named by rows read in place): rules
+    that read rows (`Rule.reads_rows`) take it as it is, the others get it gathered.
     """
     pre_names, rule_name = parse_rule(rule)
     pre_names = list(pre) + pre_names
@@ -57,12 +62,16 @@ def aggregate(rule: str, stack: torch.Tensor, weights: torch.Tensor | None = Non
     check_f(params["f"])
     rule_params, step_params = _split_params(chosen, steps, params)
 
-    batched = isinstance(stack, torch.Tensor) and stack.dim() == 3
+    batched = isinstance(stack, Rows) or (isinstance(stack, torch.Tensor) and stack.dim() == 3)
     x = check_stack(stack)  # (B, n, d)
     w = check_weights(weights, x.shape[0], x.shape[1], batched)
+    if isinstance(x, Rows) and not (len(steps) <= 1 and kernels.available() and chosen.reads_rows
+                                    and all(s.reads_rows for s in steps)):
+        x = x.materialize()
     pre_reports, mix = [], None
     for step, sp in zip(steps, step_params, strict=True):
         if mix is not None:  # a later step needs the rows the earlier one made
+            assert isinstance(x, torch.Tensor)  # Rows take one step at most (gathered above)
             x, mix = torch.bmm(mix, x), None
         if not step.tolerates(x.shape[1], params["f"]):
             raise AggregationError(f"{step.name} requires {step.requirement}; got n = {x.shape[1]}, f = {params['f']}")
@@ -72,7 +81,7 @@ def aggregate(rule: str, stack: torch.Tensor, weights: torch.Tensor | None = Non
         if chosen.fuses_mix:  # applied block by block inside the rule: no (B, n, d) copy
             rule_params["mix"] = mix
         else:
-            x, mix = torch.bmm(mix, x), None
+            x, mix = torch.bmm(mix, x.materialize() if isinstance(x, Rows) else x), None
     if not chosen.takes_weights and not is_uniform(w):
         raise AggregationError(
             f"{rule_name} has no weighted form; pass weights=None or use one of "

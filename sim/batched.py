@@ -5,7 +5,8 @@ SGD steps at once (torch.func vmap over nodes of grad of the peer's own model th
 `functional_call`), in chunks of nodes; which messages arrive (dropout, loss, latency,
 stragglers, partition) is drawn per edge; the honest nodes are grouped by how many rows they
 aggregate (own + neighbours that delivered) and each group is one batched `aggregate` call
-on a (B, n, d) stack: the same aggregation code a peer runs. Attackers' rows are crafted per
+on a (B, n, d) batch of stacks named by row (aggregation._kernels.Rows: the rules read the
+models where they are, never a gathered copy): the same aggregation code a peer runs. Attackers' rows are crafted per
 target neighbourhood, vectorized (sim.attacks.model_attack_rows); label flip poisons the
 attackers' data. No signing, transport or provenance logs: protocol attacks need the
 protocol engine (sim.engine), the reference this engine is tested against.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import math
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +32,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from aggregation import AggregationError, aggregate
+from aggregation._kernels import Rows, finite_rows
 from gossip.envelope import max_message_size
 from peer.learning.model import build_model
 from peer.runtime.exchange import fits, rule_params
@@ -46,10 +47,9 @@ from .placement import place_byzantine
 from .privacy import epsilon_spent, privatize_rows, releases_allowed, update_privacy
 from .scenario import Scenario
 
-STACK_BUDGET = 4 << 20  # bytes of one gathered (B, n, d) stack: chunks of targets stay below it, in one
-# buffer reused (a fresh 100 MB stack each round costs more in page faults than the rules), small enough
-# that the rule reads it from cache
-CHUNK_NODES = 2048  # nodes per call of training and evaluation
+STACK_BUDGET = 4 << 20  # bytes of one gathered (B, n, d) stack (sim.compression): chunks of targets stay below it
+VALUE_BUDGET = 16 << 20  # bytes of the (B, d) values one aggregate call returns: targets per call
+CHUNK_NODES = 256  # nodes per call of training and evaluation (their intermediates stay in cache)
 EVAL_ALL_NODES = 200  # up to this many nodes, the automatic schedule evaluates every round
 EVAL_POINTS = 10  # beyond it, about this many evaluated rounds (and always the last)
 
@@ -166,6 +166,7 @@ class Shard:
         init = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
         self.d = init.numel()
         self.params = init.repeat(len(self.view), 1)  # every node starts from the same seeded model
+        self._spare: torch.Tensor | None = None  # where aggregate writes the next round's models
         # the user's learner as pure functions (None: the built-in cross-entropy SGD below)
         self.fn = None if sc.learner == "classification" else user.functional(sc)
         if self.fn is None and sc.learner != "classification":
@@ -195,7 +196,6 @@ class Shard:
         self._grad = kernel.grad if kernel else vmap(grad(loss))
         self._logits_common = kernel.logits if kernel else vmap(logits, in_dims=(0, None))
         self._logits_own = kernel.logits if kernel else vmap(logits)
-        self._local = threading.local()  # per worker thread: the gathered (B, n, d) stack buffer, reused
         # torch.func transforms share state across threads: a vmapped model runs on one worker thread
         self.workers = max(1, workers) if kernel else 1
         self._pool: ThreadPoolExecutor | None = None
@@ -327,13 +327,17 @@ class Shard:
         src = self.e_src[ok]
         got = np.bincount(self.e_row[ok], minlength=n_own)
         start = np.concatenate([[0], np.cumsum(got)[:-1]])
-        new = self.params[:n_own].clone()
+        # the new models go to a second buffer, swapped in at the end (a fresh one every round
+        # costs page faults); rows not aggregated keep their models
+        new = self._spare if self._spare is not None else torch.empty_like(self.params)
+        new.copy_(self.params)
+        finite = finite_rows(self.params)  # per model, once: the rules' input check
         tasks = []  # (rows aggregated, targets): one batched aggregate call each
         for k in np.unique(got[online] + 1) if online.any() else []:
             if not fits(self.rule, int(k), sc.f):  # as a peer: the rule and f decide when a round has enough rows
                 continue  # kept own model, as a peer skips
             targets = np.flatnonzero(online & (got + 1 == k))
-            chunk = max(1, STACK_BUDGET // (int(k) * self.d * 4))
+            chunk = max(1, min(-(-len(targets) // self.workers), VALUE_BUDGET // (self.d * 4)))
             tasks += [(int(k), targets[lo:lo + chunk]) for lo in range(0, len(targets), chunk)]
 
         def run(task) -> None:
@@ -342,19 +346,20 @@ class Shard:
             rows[:, 0] = t
             if k > 1:
                 rows[:, 1:] = self.pos[src[start[t][:, None] + np.arange(k - 1)[None, :]]]
-            value = self._aggregate_rows(r, t, rows)
+            value = self._aggregate_rows(r, t, rows, finite)
             if value is not None:
                 new.index_copy_(0, torch.from_numpy(t), value)
 
         self._each(run, tasks)
-        self.params[:n_own] = new
+        self.params, self._spare = new, self.params
         return int(ok.sum())
 
-    def _aggregate_rows(self, r: int, t: np.ndarray, rows: np.ndarray) -> torch.Tensor | None:
-        """What targets t aggregate from rows (B, k) (own first): the rule's (B, d) values, or
-        None where the rule refuses the inputs (the targets keep their own models)."""
+    def _aggregate_rows(self, r: int, t: np.ndarray, rows: np.ndarray, finite: np.ndarray) -> torch.Tensor | None:
+        """What targets t aggregate from rows (B, k) of params (own first; `finite` per row of
+        params): the rule's (B, d) values, or None where the rule refuses the inputs (the
+        targets keep their own models)."""
         sc = self.sc
-        stack = self._gather(rows)
+        stack = Rows(self.params, rows, finite[rows])
         if REGISTRY[sc.attack].rows is not None:
             self._craft(r, stack, t, rows)
         weights = self._mh(t, rows) if sc.weights == "metropolis_hastings" else None
@@ -385,17 +390,6 @@ class Shard:
             self._pool.shutdown()
             self._pool = None
 
-    def _gather(self, rows: np.ndarray) -> torch.Tensor:
-        """params[rows] as a (B, n, d) stack in this thread's reused buffer (valid until its
-        next call)."""
-        size = rows.size * self.d
-        buf = getattr(self._local, "stack", None)
-        if buf is None or buf.numel() < size:
-            buf = self._local.stack = torch.empty(max(size, STACK_BUDGET // 4))
-        out = buf[:size].view(rows.size, self.d)
-        torch.index_select(self.params, 0, torch.from_numpy(rows.reshape(-1)), out=out)
-        return out.view(*rows.shape, self.d)
-
     def _mh(self, t: np.ndarray, rows: np.ndarray) -> torch.Tensor:
         """Metropolis-Hastings weights of the rows that arrived; a missing neighbour's weight
         stays with the own model (peer.runtime.round does the same)."""
@@ -404,9 +398,9 @@ class Shard:
         w = 1.0 / (1.0 + np.maximum(deg[self.own[t]][:, None], nb))
         return torch.from_numpy(np.concatenate([1.0 - w.sum(1, keepdims=True), w], 1).astype(np.float32))
 
-    def _craft(self, r: int, stack: torch.Tensor, t: np.ndarray, rows: np.ndarray) -> None:
-        """Replace, in place, the Byzantine rows that honest targets received with what an
-        omniscient attacker sends each target (from the target's honest neighbourhood)."""
+    def _craft(self, r: int, stack: Rows, t: np.ndarray, rows: np.ndarray) -> None:
+        """Point the Byzantine rows that honest targets received at what an omniscient
+        attacker sends each target (from the target's honest neighbourhood)."""
         sc, topo = self.sc, self.topo
         glob_rows = self.view[rows]
         is_bad = topo.byz[glob_rows]
@@ -441,10 +435,11 @@ class Shard:
                                   np.arange(d)[None, :])
 
         crafted = model_attack_rows(
-            sc.attack, mean=mean[bi], std=var[bi].sqrt(), target=stack[rows_t, 0], own=stack[rows_t, bj],
+            sc.attack, mean=mean[bi], std=var[bi].sqrt(), target=self.params[torch.from_numpy(rows[rows_t, 0])],
+            own=self.params[torch.from_numpy(rows[rows_t, bj])],
             mean_without_target=others[bi], n=torch.from_numpy(deg[bi] + 1), b=torch.from_numpy(bad_count[bi]),
             noise=noise, params=sc.attack_params)
-        stack[torch.from_numpy(rows_t), torch.from_numpy(bj)] = crafted
+        stack.replace(rows_t, bj, crafted)
 
     def measure(self, evaluate: bool = True) -> dict:
         """Sums of the honest own models for the consensus distance, and, when `evaluate`, each
@@ -593,7 +588,7 @@ class BatchedEngine:
     def __init__(self, sc: Scenario, rule: str, graph: nx.Graph, out: Path,
                  progress: Callable[[int], None] | None = None, setup_progress: Callable[[int], None] | None = None,
                  alone: bool = False):
-        self.sc, self.rule, self.graph, self.out = sc, rule, graph, Path(out)
+        self.sc, self.rule, self.out = sc, rule, Path(out)  # the graph is not kept: its arrays are (Topo)
         self.alone = alone  # every node trains alone: nothing is sent or aggregated (sim.measures' baseline)
         self.progress, self.setup_progress = progress, setup_progress
         self.topo = setup(sc, graph)

@@ -107,6 +107,7 @@ def digits_node_limit() -> int:
 
 
 HOLDOUT = 0.1  # each node's held-out split (the protocol engine's peers use the same)
+PACK_NODES = 4096  # nodes' samples gathered per block while loading
 
 
 @dataclass
@@ -117,6 +118,16 @@ class Packed:
     y: torch.Tensor
     offset: np.ndarray
     count: np.ndarray
+
+    @staticmethod
+    def join(parts: list[Packed], features: int) -> Packed:
+        """The nodes of `parts`, in order, as one Packed."""
+        if len(parts) == 1:
+            return parts[0]
+        count = np.concatenate([p.count for p in parts])
+        offset = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+        return Packed(torch.cat([p.x for p in parts]).reshape(int(count.sum()), features),
+                      torch.cat([p.y for p in parts]), offset, count)
 
     @staticmethod
     def of(parts: list[tuple[torch.Tensor, torch.Tensor]], features: int) -> Packed:
@@ -147,7 +158,8 @@ def node_data(dataset: str, options: dict, *, partition_: str, alpha: float, lab
         load = lambda i: fashion_mnist(int(i), total, seed=seed, **opts)  # noqa: E731
     else:
         load = lambda i: synthetic(int(i), total, seed=seed, **options)  # noqa: E731
-    train, held = [], []
+    train, held = [], []  # per node, packed PACK_NODES at a time (a million small tensors cost more than their data)
+    packed: list[tuple[Packed, Packed]] = []
     features = FEATURES.get(dataset, 0)
     for k, i in enumerate(nodes):
         x, y = load(i)
@@ -160,8 +172,13 @@ def node_data(dataset: str, options: dict, *, partition_: str, alpha: float, lab
             d = shifts.apply_local(shift[0], shift[1], int(i), d)
         train.append((d.x_train, d.y_train))
         held.append((d.x_eval, d.y_eval))  # possibly none: such a node is not scored on its own data
+        if len(train) == PACK_NODES:
+            packed.append((Packed.of(train, features), Packed.of(held, features)))
+            train, held = [], []
         if progress is not None and (k + 1) % 256 == 0:
             progress(256)
     if progress is not None:
         progress(len(nodes) % 256)
-    return Packed.of(train, features), Packed.of(held, features)
+    if train or not packed:
+        packed.append((Packed.of(train, features), Packed.of(held, features)))
+    return Packed.join([p for p, _ in packed], features), Packed.join([h for _, h in packed], features)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from aggregation import RULES, AggregationError, BatchReport, Report, aggregate, presteps, tolerates
 from aggregation import _columns as columns
+from aggregation import _kernels as kernels
 
 from . import reference_rules as R
 
@@ -202,8 +203,18 @@ REFERENCE = [
 ]
 
 
+@pytest.fixture(params=["compiled", "torch"])
+def path(request, monkeypatch):
+    """Each rule on both its paths: the C kernels reading rows in place, and torch/numpy."""
+    if request.param == "compiled" and not kernels.available():
+        pytest.skip("no C compiler: the aggregation kernels are not built")
+    if request.param == "torch":
+        monkeypatch.setitem(kernels._state, "lib", None)
+    return request.param
+
+
 @pytest.mark.parametrize("spec, min_n, f_bound, params, check", REFERENCE, ids=[r[0] for r in REFERENCE])
-def test_each_entry_of_a_batch_matches_the_reference(spec, min_n, f_bound, params, check):
+def test_each_entry_of_a_batch_matches_the_reference(spec, min_n, f_bound, params, check, path):
     @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.data())
     def run(data):
@@ -381,3 +392,57 @@ def test_selection_network_applies_a_mixing_matrix_per_block(case, data):
         mp.setattr(columns, "MIN_COLUMNS", min_cols)
         got = columns.trimmed_mean_columns(x, f, mix=mix)
     assert torch.equal(got, sorted_trimmed_mean(torch.bmm(mix, x), f))
+
+
+# --- rows read in place (aggregation._kernels) ------------------------------------------
+
+ROW_RULES = ["mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "self_centered_clip",
+             "nnm+trimmed_mean", "nnm+median", "nnm+krum", "bucketing+median", "meamed"]
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no C compiler: the aggregation kernels are not built")
+@pytest.mark.parametrize("spec", ROW_RULES)
+def test_rows_read_in_place_give_what_the_gathered_stack_gives_on_either_path(spec, monkeypatch):
+    """A batch named by rows of a model table (some rows replaced, as crafted attack rows are),
+    aggregated with the kernels, equals the same stack gathered and aggregated in torch/numpy:
+    exactly where the rule only compares and adds (median, trimmed mean), to rounding elsewhere."""
+
+    @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.data())
+    def run(data):
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+        n = data.draw(st.integers(7, 12), label="n")
+        b, d = data.draw(st.integers(1, 6), label="B"), data.draw(st.sampled_from([1, 15, 16, 17, 300, 2100]), label="d")
+        table = torch.from_numpy(rng.normal(size=(40, d)).astype(np.float32))
+        index = rng.integers(0, 40, size=(b, n))
+        rows = kernels.Rows(table, index, np.ones((b, n), dtype=bool))
+        hit = rng.random((b, n)) < 0.2
+        hit[:, 0] = False
+        bi, bj = np.nonzero(hit)
+        rows.replace(bi, bj, torch.from_numpy(rng.normal(size=(len(bi), d)).astype(np.float32)) * 50)
+        stack = rows.materialize()
+        params = {"bucket_size": 2} if spec.startswith("bucketing") else {}
+        got = aggregate(spec, rows, f=1, **params)
+        with monkeypatch.context() as mp:
+            mp.setitem(kernels._state, "lib", None)
+            want = aggregate(spec, stack.clone(), f=1, **params)
+        if spec in ("median", "trimmed_mean"):
+            assert torch.equal(got.value, want.value)
+        else:
+            torch.testing.assert_close(got.value, want.value, rtol=1e-4, atol=1e-4)
+        assert torch.equal(rows.materialize(), stack)  # nothing was written to the rows read
+
+    run()
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no C compiler: the aggregation kernels are not built")
+def test_finite_rows_and_a_non_finite_row_read_in_place_is_named():
+    x = torch.randn(6, 37)
+    x[2, 5], x[4, 36] = float("nan"), float("-inf")
+    x[5] = 3e38  # huge but finite
+    assert kernels.finite_rows(x).tolist() == [True, True, False, True, False, True]
+    rows = kernels.Rows(x, np.array([[0, 2, 1], [3, 5, 0]]), kernels.finite_rows(x)[np.array([[0, 2, 1], [3, 5, 0]])])
+    with pytest.raises(AggregationError, match=r"\(0, 1\)"):
+        aggregate("median", rows)
+    assert torch.equal(aggregate("median", kernels.Rows(x, np.array([[0, 1, 3]]))).value[0],
+                       x[[0, 1, 3]].median(dim=0).values)

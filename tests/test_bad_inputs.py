@@ -175,7 +175,7 @@ def test_bad_csv_files_are_one_line_errors(plan, body, needle):
 
 @pytest.mark.parametrize("spec, needle", [
     ("grid:-1,-3", "ROWS must be at least 1"), ("grid:1,1", "ROWS * COLS"), ("ring:-5", "N must be at least 3"),
-    ("ring:10000000", "at most 100,000"), ("torus:2,9", "ROWS"), ("complete:1", "N"), ("complete:100000", "edges"),
+    ("ring:10000000", "at most 1,000,000"), ("torus:2,9", "ROWS"), ("complete:1", "N"), ("complete:100000", "edges"),
     ("star:1", "N"), ("regular:-4,2", "N"), ("regular:5,3", "even"), ("regular:6,9", "d < n"),
     ("er:0,0.5", "N must be at least 2"), ("er:10,nan", "finite"), ("er:10,inf", "finite"), ("er:10,2", "(0, 1]"),
     ("er:100000,0.5", "at most 5,000"), ("ws:-4,2,0.1", "N"), ("ws:10,3,0.1", "even"), ("ws:10,4,1.5", "[0, 1]"),

@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from aggregation._kernels import Rows
 from gossipfl.cli import main
 from sim import batched
 from sim.attacks import MODEL_ATTACKS, model_attack, model_attack_rows
@@ -91,8 +92,10 @@ def test_crafted_rows_are_what_the_attacker_sends_each_target():
     shard.train(0)
     t = np.flatnonzero(~topo.byz)
     rows = np.array([[v, *topo.nbr[topo.ptr[v]:topo.ptr[v + 1]]] for v in t])
-    stack = shard.params[torch.from_numpy(rows)]
-    shard._craft(0, stack, t, rows)
+    named, before = Rows(shard.params, rows), shard.params.clone()
+    shard._craft(0, named, t, rows)
+    assert torch.equal(shard.params, before)  # the models are never written: crafted rows live aside
+    stack = named.materialize()
     checked = 0
     for i, v in enumerate(t):
         hood = [v] + [u for u in rows[i, 1:] if not topo.byz[u]]
@@ -108,7 +111,7 @@ def test_chunk_sizes_change_nothing(monkeypatch):
     graph = from_spec(sc.topology, seed=0)
     whole = BatchedEngine(sc, "median", graph, ".").run()
     monkeypatch.setattr(batched, "CHUNK_NODES", 5)
-    monkeypatch.setattr(batched, "STACK_BUDGET", 3 * 7 * 4 * 2410)
+    monkeypatch.setattr(batched, "VALUE_BUDGET", 7 * 4 * 2410)  # 7 targets per aggregate call
     pieces = BatchedEngine(sc, "median", graph, ".").run()
     for a, b in zip(whole.rounds, pieces.rounds, strict=True):
         assert a.accuracy == b.accuracy and a.online == b.online

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from sim import datasets
 from sim.batched import BatchedEngine
@@ -77,3 +78,18 @@ def test_the_protocol_engine_scores_nodes_on_their_own_data(tmp_path):
     assert row["own_heldout"]["nodes"] == 6 and "note" not in row["own_heldout"]
     assert row["own_heldout"]["worst"] == max(last.own.values())  # a loss: the worst is the largest
     assert "alone" in row["vs_alone"]
+
+
+def test_node_data_packed_in_blocks_is_the_same_data(monkeypatch):
+    """Loading packs PACK_NODES nodes at a time (memory at a million nodes); any block size
+    gives the same samples, offsets and counts."""
+    def load():
+        return datasets.node_data("synthetic", {"samples": 12}, partition_="iid", alpha=0.5, labels_per_shard=2,
+                                  seed=3, nodes=np.arange(5, 40), total=40)
+
+    whole = load()
+    for block in (1, 7, 35):
+        monkeypatch.setattr(datasets, "PACK_NODES", block)
+        for a, b in zip(whole, load(), strict=True):
+            assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+            assert (a.offset == b.offset).all() and (a.count == b.count).all()

@@ -16,7 +16,7 @@ import networkx as nx
 from .errors import TopologyError
 
 MAX_RESAMPLES = 200
-MAX_NODES = 100_000
+MAX_NODES = 1_000_000  # the batched engine simulates a million nodes (bench/sim_scale.py)
 MAX_EDGES = 5_000_000
 MAX_ER_NODES = 5_000  # G(n, p) sampling is quadratic in n
 
