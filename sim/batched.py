@@ -363,7 +363,11 @@ class Shard:
         if REGISTRY[sc.attack].rows is not None:
             self._craft(r, stack, t, rows)
         weights = self._mh(t, rows) if sc.weights == "metropolis_hastings" else None
-        sent = stack if self.split is None else self.split.shared(stack)  # local_head: only the shared columns
+        # local_head (only the shared columns) and similarity mixing take the gathered stack
+        dense = stack.materialize() if self.split is not None or self.pers.similarity else None
+        sent: torch.Tensor | Rows = stack if dense is None else dense
+        if self.split is not None:
+            sent = self.split.shared(dense)
         if self.pers.similarity:
             value = personalize.mix(sent, weights, sc.f)
         else:
@@ -371,7 +375,7 @@ class Shard:
                 value = aggregate(self.rule, sent, weights, f=sc.f, **rule_params(self.rule, sc.rule_params)).value
             except AggregationError:
                 return None
-        return value if self.split is None else self.split.merge(value, self.split.personal(stack[:, 0]))
+        return value if self.split is None else self.split.merge(value, self.split.personal(dense[:, 0]))
 
     def _each(self, fn: Callable, items: list) -> None:
         """fn(item) for every item, over the shard's worker threads (each chunk's result is its
