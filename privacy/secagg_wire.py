@@ -239,7 +239,8 @@ class _Peers(_Type):
     """A sorted list of distinct PeerIds, at most n."""
 
     def read(self, cur, what, n):
-        items = [PEER.read(cur, f"a peer in {what}", n) for _ in range(cur.array_header(what, n))]
+        label = f"a peer in {what}"
+        items = [PEER.read(cur, label, n) for _ in range(cur.array_header(what, n))]
         return _sorted_distinct(items, items, what)
 
     def worst(self, n):
@@ -253,12 +254,12 @@ class _Table(_Type):
         self.row, self.types = row, (PEER, *types)
 
     def read(self, cur, what, n):
-        rows = []
+        rows, width, row_label = [], len(self.types), f"a row of {what}"
+        fields = [(t, f"{what}.{name}") for t, name in zip(self.types, self.row._fields, strict=True)]
         for _ in range(cur.array_header(what, n)):
-            if cur.array_header(f"a row of {what}", len(self.types)) != len(self.types):
-                raise Malformed(f"a row of {what} has {len(self.types)} items")
-            rows.append(self.row(*(t.read(cur, f"{what}.{name}", n) for t, name in zip(self.types, self.row._fields,
-                                                                                          strict=True))))
+            if cur.array_header(row_label, width) != width:
+                raise Malformed(f"a row of {what} has {width} items")
+            rows.append(self.row(*[t.read(cur, label, n) for t, label in fields]))
         return _sorted_distinct(rows, [r[0] for r in rows], what)
 
     def worst(self, n):

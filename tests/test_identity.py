@@ -212,3 +212,19 @@ def test_a_trust_list_written_for_single_masking_still_loads_and_its_keys_are_dr
     path.write_text(tl.to_toml())
     assert load_trust_list(path) == tl and "x25519" not in path.read_text()
     assert {e["id"] for e in entries} <= tl.peers and tl.names[entries[0]["id"]] == "n0"
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=200))
+def test_libsodium_signs_the_bytes_openssl_signs_and_both_accept_them(seed, message):
+    # signing and verifying go through libsodium; Ed25519 is deterministic, so a signature is
+    # the one cryptography (OpenSSL) writes, and each library accepts the other's
+    ident = Identity.from_seed(seed)
+    sig = ident.sign(message)
+    assert sig == ident.private_key.sign(message)
+    ident.private_key.public_key().verify(sig, message)  # raises if OpenSSL refuses it
+    assert verify_signature(ident.peer_id, sig, message)
+    assert verify_signature(ident.peer_id, bytearray(sig), memoryview(message))
+    flipped = bytes([sig[0] ^ 1]) + sig[1:]
+    assert not verify_signature(ident.peer_id, flipped, message)
+    assert not verify_signature(ident.peer_id, sig, message + b"x")

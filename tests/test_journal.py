@@ -137,3 +137,26 @@ def test_a_message_waits_for_its_own_durable_event_not_for_an_earlier_write(tmp_
     asyncio.run(scenario())
     assert failures == []
     prov.close()
+
+
+def test_a_durable_event_added_while_the_journal_writes_is_written_by_that_same_sync(tmp_path):
+    """A reveal logged while the previous group commit is on its way to disk: its message must
+    leave when its event is written, with no later call to the journal (once lost: the member's
+    reveal waited for its own round's deadline, and every receiver waiting for it too)."""
+    j, gate, outbox, published, failures, prov = journal(tmp_path)
+
+    async def scenario():
+        j.durable(NewEvent(EventKind.MEMBERSHIP, 0, details={"epoch": 1}))  # starts the journal's own write
+        j.send(Transmit(("nb",), b"first"))
+        await until(gate.entered.is_set, "the write to begin")
+        j.durable(NewEvent(EventKind.MEMBERSHIP, 0, details={"epoch": 2}))  # while that write is under way
+        j.send(Transmit(("nb",), b"second"))
+        gate.allow(2)
+        await until(lambda: len(outbox.sent) == 2, "both held messages to leave")
+        assert [d for _, d in outbox.sent] == [b"first", b"second"]
+        assert prov.last_event(EventKind.MEMBERSHIP).details["epoch"] == 2  # on disk before it left
+        await j.close()
+
+    asyncio.run(scenario())
+    assert failures == []
+    prov.close()

@@ -138,3 +138,18 @@ def test_trust_list_admin_is_optional_and_validated(tmp_path):
         load_trust_list(bad)
     with pytest.raises(TrustListError, match="kept apart from the nodes"):
         build_trust_list("lab", peers, admin=peers[1])
+
+
+def test_overrides_of_the_data_shard_win_over_the_plans_own(tmp_path):
+    """Each node gets shard i of n unless the overrides name the shard: then every node has
+    what they say (bench/peer_round.py trains its centre on all of digits with shards = 1)."""
+    g = from_spec("star:4")
+    planned = write_plan(g, tmp_path / "own", transport="memory", draw=False)
+    assert [(load_config(p.config).data.shard, load_config(p.config).data.shards) for p in planned] == \
+        [(i, 4) for i in range(4)]
+    planned = write_plan(g, tmp_path / "all", transport="memory", draw=False,
+                         overrides={"data": {"shards": 1, "shard": 0}})
+    assert {(load_config(p.config).data.shard, load_config(p.config).data.shards) for p in planned} == {(0, 1)}
+    planned = write_plan(g, tmp_path / "some", transport="memory", draw=False, overrides={"data": {"shards": 9}})
+    assert [(load_config(p.config).data.shard, load_config(p.config).data.shards) for p in planned] == \
+        [(i, 9) for i in range(4)]

@@ -265,6 +265,9 @@ class PlanWriter:
         for name, text in ep.secrets.items():
             write_secret(d / name, text)
         tables = self.template.for_node(str(v), i, len(self.nodes))
+        given = (self.opts.overrides or {}).get("data")
+        if isinstance(given, dict):  # an explicit override wins over the node's own shard (overrides come last)
+            tables["data"].update({k: given[k] for k in ("shard", "shards") if k in given})
         copied = self.template.copy_into(d, tables)
         doc, comments = node_document(str(v), self.opts.network_id, self.neighbours(v), ep, tables, self.kind,
                                       self.rule, self.f)

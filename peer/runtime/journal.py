@@ -75,6 +75,8 @@ class Journal:
     async def _sync(self) -> None:
         try:
             await self.flush()
+            while self.must_precede > self.written:  # a durable event came while that batch was written:
+                await self.flush()  # no other sync was started for it (this one was running), so write it now
         except Exception as exc:  # reported like any background failure: the peer stops, saying why
             self.failed("writing the provenance log", exc)
 
