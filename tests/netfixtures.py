@@ -179,6 +179,27 @@ class PeerProcesses:
                 p.wait()
 
 
+def wait_until(pp: PeerProcesses, names, check, timeout: float = 120.0) -> None:
+    """Until check(log) holds for the log of every one of `names`; fails with their logs at the
+    timeout, or at once when one of them exited without it (no waiting on a dead peer)."""
+    end = time.time() + timeout
+    while True:
+        if all(check(pp.log(n)) for n in names):
+            return
+        exited = [n for n in names if n in pp.procs and pp.procs[n].poll() is not None]
+        if exited and all(check(pp.log(n)) for n in names):  # its last lines came as it exited
+            return
+        if exited or time.time() > end:
+            why = f"{', '.join(exited)} exited" if exited else "timed out"
+            raise AssertionError(f"{why} waiting on {names}:\n" + "\n---\n".join(pp.log(n)[-2000:] for n in names))
+        time.sleep(0.2)
+
+
+def rounds_done(k: int):
+    """A check for wait_until: the peer logged k rounds that aggregated."""
+    return lambda text: text.count(" neighbours accepted") >= k
+
+
 @pytest.fixture
 def peer_processes(tmp_path):
     pp = PeerProcesses(tmp_path)

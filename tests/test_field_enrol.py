@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -24,7 +23,7 @@ from peer.ops.enrol import make_request, parse_request
 from peer.ops.plan import write_plan
 from topology import from_spec
 
-from .netfixtures import ROOT, free_ports
+from .netfixtures import ROOT, free_ports, rounds_done, wait_until
 
 NET = "field-enrol"
 OVERRIDES = {"train": {"local_steps": 5, "lr": 0.1}, "round": {"deadline": 3.0, "interval": 0.5, "rounds": 0},
@@ -36,19 +35,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def wait_until(pp, names, pattern, timeout=90):
-    end = time.time() + timeout
-    while time.time() < end:
-        if all(pattern(pp.log(n)) for n in names):
-            return
-        for n in names:
-            assert pp.procs[n].poll() is None, pp.log(n)[-3000:]
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting on {names}:\n" + pp.log(names[0])[-2000:])
 
-
-def rounds_done(k):
-    return lambda text: text.count(" neighbours accepted") >= k
 
 
 def private_keys(folder) -> list[str]:

@@ -77,14 +77,19 @@ def test_lossy_links_and_a_partitioned_site_nobody_aborts_and_the_site_catches_u
     # within 3 rounds of the healing gateway 4 aggregates both neighbours again, and they it
     fleet.wait(lambda f: all(len(f.rounds(n, healed[n])) >= 4 for n in ("3", "4", "5")), 120,
                "four rounds after the healing")
-    for label in ("3", "4", "5"):
-        after = fleet.rounds(label, healed[label])
-        caught = next((i for i, r in enumerate(after) if r.accepted == r.neighbours), None)
-        assert caught is not None and caught < 3, (label, after, fleet.text(label)[-3000:])
+    assert_caught_up(fleet, ("3", "4", "5"), healed)
     codes = fleet.stop()
     assert set(codes.values()) == {0}, (codes, fleet.tails())
     verified = fleet.verify()
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def assert_caught_up(fleet: LabFleet, labels, since: dict) -> None:
+    """Each of `labels` aggregated all its neighbours in one of its first 3 rounds after `since`."""
+    for label in labels:
+        after = fleet.rounds(label, since[label])
+        caught = next((i for i, r in enumerate(after) if r.accepted == r.neighbours), None)
+        assert caught is not None and caught < 3, (label, after, fleet.text(label)[-3000:])
 
 
 def known_addresses(fleet: LabFleet, of: str, at: str) -> list[str]:
@@ -105,10 +110,7 @@ def test_a_gateway_whose_address_changed_mid_run_is_found_again(lab, tmp_path):
     # its neighbours (1 on the public side, 3 behind NAT) aggregate it again within 3 rounds
     fleet.wait(lambda f: all(len(f.rounds(n, moved[n])) >= 4 for n in ("1", "2", "3")), 120,
                "four rounds after the move")
-    for label in ("1", "2", "3"):
-        after = fleet.rounds(label, moved[label])
-        caught = next((i for i, r in enumerate(after) if r.accepted == r.neighbours), None)
-        assert caught is not None and caught < 3, (label, after, fleet.text(label)[-3000:])
+    assert_caught_up(fleet, ("1", "2", "3"), moved)
     fleet.wait(lambda f: any(new in a for a in known_addresses(f, "2", "1")), 30, "1 keeping 2's new record")
     assert not any(old in a for a in known_addresses(fleet, "2", "1"))
     codes = fleet.stop()

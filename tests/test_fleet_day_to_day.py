@@ -17,20 +17,7 @@ from gossipfl.cli import main
 from peer.audit.verify import load_events, verify_log
 from peer.ops.admin import Plan
 
-from .netfixtures import free_ports, free_run
-
-
-def wait_until(pp, names, pattern, timeout=120):
-    end = time.time() + timeout
-    while time.time() < end:
-        if all(pattern(pp.log(n)) for n in names):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting on {names}:\n" + pp.log(names[0])[-3000:])
-
-
-def rounds_done(k):
-    return lambda text: text.count(" neighbours accepted") >= k
+from .netfixtures import free_ports, free_run, rounds_done, wait_until
 
 
 def status(plan) -> dict:

@@ -3,7 +3,6 @@ while they run; nobody restarts."""
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -13,24 +12,14 @@ from peer.ops.admin import Plan, deliver
 from peer.ops.plan import write_plan
 from topology import from_spec
 
-from .netfixtures import free_ports
+from .netfixtures import free_ports, rounds_done, wait_until
 
 
 def db(folder):
     return folder / "data" / "provenance.db"
 
 
-def wait_until(pp, names, pattern, timeout=120):
-    end = time.time() + timeout
-    while time.time() < end:
-        if all(pattern(pp.log(n)) for n in names):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting on {names}:\n" + pp.log(names[0])[-2000:])
 
-
-def rounds_done(k):
-    return lambda text: text.count(" neighbours accepted") >= k
 
 
 @pytest.mark.timeout(400)

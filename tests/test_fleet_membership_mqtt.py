@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import stat
-import time
 from pathlib import Path
 
 import aiomqtt
@@ -34,6 +33,8 @@ from .netfixtures import (
     free_ports,
     mosquitto_binary,
     mosquitto_broker,
+    rounds_done,
+    wait_until,
 )
 
 NET = "mqtt-fleet"
@@ -127,20 +128,6 @@ def test_the_admin_login_writes_membership_records_into_inboxes_only(fleet):
                      (inbox_topic("gossipfl", NET, n1, aid), b"record")]
     assert got_a == []  # it read neither node 1's inbox nor anything sent to it
 
-
-def wait_until(pp: PeerProcesses, names, pattern, timeout=60.0) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if all(pattern(pp.log(n)) for n in names):
-            return
-        if any(pp.procs[n].poll() is not None for n in names):
-            break
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting on {names}:\n" + "\n".join(pp.log(n)[-1500:] for n in names))
-
-
-def rounds_done(k: int):
-    return lambda text: text.count(" neighbours accepted") >= k
 
 
 def db(folder: Path) -> Path:

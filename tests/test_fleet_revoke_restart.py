@@ -6,7 +6,6 @@ rounds again and neither hears from the revoked gateway."""
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -16,23 +15,13 @@ from peer.audit.verify import load_events, verify_log
 from peer.ops.plan import write_plan
 from topology import from_spec
 
-from .netfixtures import free_ports
+from .netfixtures import free_ports, rounds_done, wait_until
 
 SETTINGS = {"train": {"local_steps": 10, "lr": 0.1}, "round": {"deadline": 3.0, "interval": 0.5, "rounds": 0},
             "aggregation": {"rule": "mean", "f": 0}}
 
 
-def wait_until(pp, names, check, timeout=150):
-    end = time.time() + timeout
-    while time.time() < end:
-        if all(check(pp.log(n)) for n in names):
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out:\n" + "\n---\n".join(pp.log(n)[-2000:] for n in names))
 
-
-def rounds(k):
-    return lambda text: text.count(" neighbours accepted") >= k
 
 
 @pytest.mark.timeout(400)
@@ -44,7 +33,7 @@ def test_former_neighbours_of_a_revoked_gateway_restart_from_the_plan(tmp_path, 
     old = by["0"].config.read_text()  # node 0's gateway never gets the rewritten file
     for n in nodes:
         peer_processes.start(n.label, n.config)
-    wait_until(peer_processes, list(by), rounds(2))
+    wait_until(peer_processes, list(by), rounds_done(2))
     r = CliRunner().invoke(main, ["fleet", "revoke", str(plan), "1"])
     assert r.exit_code == 0 and "delivered to 4 of 4 gateways" in r.output, r.output
     assert peer_processes.procs["1"].wait(60) == 3  # the revoked gateway stopped by itself, for good
@@ -58,7 +47,7 @@ def test_former_neighbours_of_a_revoked_gateway_restart_from_the_plan(tmp_path, 
     assert by["1"].peer_id in old and by["1"].peer_id not in by["2"].config.read_text()
     for label in ("0", "2"):
         peer_processes.start(f"{label}-again", by[label].config)
-    wait_until(peer_processes, ["0-again", "2-again"], rounds(2))
+    wait_until(peer_processes, ["0-again", "2-again"], rounds_done(2))
     again = peer_processes.log("0-again")
     assert "was revoked by the network admin: not a neighbour any more" in again and "error:" not in again
     assert "error:" not in peer_processes.log("2-again")

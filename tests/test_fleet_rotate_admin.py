@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -22,23 +21,13 @@ from peer.ops.plan import write_plan
 from peer.transports.libp2p import _send_all
 from topology import from_spec
 
-from .netfixtures import free_ports
+from .netfixtures import free_ports, rounds_done, wait_until
 
 SETTINGS = {"train": {"local_steps": 5, "lr": 0.1}, "round": {"deadline": 2.0, "interval": 0.3, "rounds": 0},
             "aggregation": {"rule": "mean", "f": 0}}
 
 
-def wait_until(pp, names, check, timeout=90):
-    end = time.time() + timeout
-    while time.time() < end:
-        if all(check(pp.log(n)) for n in names):
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out:\n" + "\n---\n".join(pp.log(n)[-2000:] for n in names))
 
-
-def rounds(k):
-    return lambda text: text.count(" neighbours accepted") >= k
 
 
 def has(text, k=1):
@@ -56,7 +45,7 @@ def test_rotating_the_admin_key_while_the_fleet_runs(tmp_path, peer_processes):
     old_trust = (plan_dir / "trust.toml").read_text()
     for n in nodes:
         peer_processes.start(n.label, n.config)
-    wait_until(peer_processes, list(by), rounds(2))
+    wait_until(peer_processes, list(by), rounds_done(2))
 
     run = CliRunner().invoke(main, ["fleet", "rotate-admin", str(plan_dir)])
     assert run.exit_code == 0 and "epoch 1: rotate the admin key to" in run.output, run.output
@@ -90,7 +79,7 @@ def test_rotating_the_admin_key_while_the_fleet_runs(tmp_path, peer_processes):
     assert kept.read_text() != by["1"].config.read_text()
     peer_processes.start("0-again", by["0"].config)
     peer_processes.start("1-again", kept)
-    wait_until(peer_processes, ["0-again", "1-again"], rounds(2))
+    wait_until(peer_processes, ["0-again", "1-again"], rounds_done(2))
     live = [plan.node("0"), plan.node("1")]
     assert all(deliver(plan, stolen(3, "rotate", "0"), live).values())  # the old key cannot rotate again
     wait_until(peer_processes, ["0-again", "1-again"], has("membership record refused (retired_admin)"), 30)

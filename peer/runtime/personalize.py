@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING
 from ..learning.classification import steps_per_round
 from ..learning.learner import Metrics, make_learner
 from ..learning.model import FlatModel
-from ..learning.personal import Personalization, Split, ditto_pull, ditto_strength
+from ..learning.personal import (
+    Personalization,
+    Split,
+    ditto_pull,
+    ditto_strength,
+    wire_schema,
+    wire_size,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -48,12 +55,12 @@ class Personalizer:
     @property
     def size(self) -> int:
         """Values per update on the wire."""
-        return self.split.shared_size if self.split is not None else self.model.size
+        return wire_size(self.split, self.model)
 
     @property
     def schema(self) -> bytes:
         """The schema hash updates carry and neighbours check."""
-        return self.split.shared_schema if self.split is not None else self.model.schema
+        return wire_schema(self.split, self.model)
 
     @property
     def serves(self) -> str:
