@@ -26,10 +26,12 @@ figure against alone's worst gateway.
 
 Settings are chosen once per setting, never on the seed the table reports (seed 0): the learning
 rate is the one of LR_GRID with the best median alone on seed 1 (`--tune` reruns that choice and
-prints it; the constants LR hold its result), so the baseline gets its best learning rate;
+prints it; the constants LR hold its result), so the baseline gets its best learning rate, and
+the mode the goals are checked on is the best on seed 1 too;
 rounds (30), local steps (5) and the two ditto lambdas are fixed for every setting.
 
-Goals (checked per setting on the best personalized mode, printed after each table): worst
+Goals (checked per setting on the personalized mode with the best attack-free median on seed 1,
+printed after each table): worst
 ratio at least the noise floor's (min(1, the noise row's worst/alone): no gateway falls further
 below itself alone than another batch order moves it; the strict >= 1 is printed beside it);
 median better than alone and than shared (mean and robust) by at least 1 point (accuracy) or
@@ -144,6 +146,25 @@ def run_mode(sc, rule: str, mode: str, similarity: bool, attack: str, lam: float
     return BatchedEngine(s, rule, graph_of(s), "/tmp").run()
 
 
+def run_label(sc, label: str, attack: str):
+    rule, mode, similarity = MODES[label]
+    return run_mode(sc, rule, mode, similarity, attack, 1.0 if "lambda=1" in label else 0.1)
+
+
+def pick_mode(sc) -> str:
+    """The personalized mode with the best median on the gateways' own held-out data, attack-free,
+    on seed TUNE_SEED (never the seed the table reports)."""
+    from sim.measures import distribution
+
+    s = dataclasses.replace(sc, seed=TUNE_SEED)
+    med = {}
+    for label in PERSONAL:
+        res = run_label(s, label, "none")
+        med[label] = distribution(res.rounds[-1].own.values(), res.higher_is_better)["median"]
+        hib = res.higher_is_better
+    return max(med, key=lambda m: med[m] * (1 if hib else -1))
+
+
 def better(a: float, b: float, higher: bool, accuracy: bool) -> bool:
     """a clearly better than b: 1 point of accuracy, or 5% of a loss."""
     return a >= b + 0.01 if accuracy else a <= 0.95 * b if not higher else a >= 1.05 * b
@@ -167,9 +188,9 @@ def bench_setting(name: str, sc) -> dict:
     # the noise floor: ditto with a vanishing lambda is each gateway alone with its batches drawn from
     # another stream; its ratio to alone says how far chance alone moves a gateway's figure
     runs[NOISE, "none"] = run_mode(sc, "mean", "ditto", False, "none", 1e-9)
-    for label, (rule, mode, similarity) in MODES.items():
+    for label in MODES:
         for attack in ATTACKS:
-            runs[label, attack] = run_mode(sc, rule, mode, similarity, attack, 1.0 if "lambda=1" in label else 0.1)
+            runs[label, attack] = run_label(sc, label, attack)
     first = runs["shared mean", "none"]
     runs = {k: v for k, v in runs.items() if k != (NOISE, "none")} | {(NOISE, "none"): runs[NOISE, "none"]}
     hib = first.higher_is_better
@@ -195,7 +216,7 @@ def bench_setting(name: str, sc) -> dict:
                       f"{'' if hib else ' (lower is better)'}; worst/alone: the smallest per-gateway ratio to itself "
                       "alone (>= 1: no gateway worse off); worst/alone's worst: the worst gateway against alone's "
                       "worst (> 1: the bad tail improved)")
-    best = max(PERSONAL, key=lambda m: figures[f"{m}/none"]["median"] * (1 if hib else -1))
+    best = pick_mode(sc)  # on seed TUNE_SEED: the goals are not a maximum over the modes of this table
     b = figures[f"{best}/none"]
     floor = min(1.0, figures[f"{NOISE}/none"]["worst_ratio"])  # how far another batch order alone moves a gateway
     goals = {
@@ -210,7 +231,7 @@ def bench_setting(name: str, sc) -> dict:
         "attack_gap": {a: figures[f"{best}/{a}"]["median"] - b["median"] for a in ATTACKS[1:]},
         "attack_ok": all(close(figures[f"{best}/{a}"]["median"], b["median"], accuracy) for a in ATTACKS[1:]),
     }
-    print(f"goals ({name}, best personalized mode {best}): worst/alone {b['worst_ratio']:.3f} against the noise "
+    print(f"goals ({name}, best personalized mode on seed {TUNE_SEED}: {best}): worst/alone {b['worst_ratio']:.3f} against the noise "
           f"floor {floor:.3f} ({'met' if goals['worst_ratio_ok'] else 'NOT met'}; >= 1: "
           f"{'yes' if goals['worst_ratio_at_least_1'] else 'no'}); median vs alone {goals['median_vs_alone']:+.4f} "
           f"({'met' if goals['median_beats_alone'] else 'NOT met'}); vs shared mean "
