@@ -40,6 +40,7 @@ median better than alone and than shared (mean and robust) by at least 1 point (
     python bench/personalization.py            # 30 rounds, three settings (a few minutes)
     python bench/personalization.py --quick    # 15 rounds, labels2 and shift only
     python bench/personalization.py --tune     # the learning rate per setting on seed 1, then exit
+    python bench/personalization.py --pump-heads   # why local_head loses to alone on the pumps
 
 Last line: one JSON object with every figure and the goals.
 """
@@ -165,6 +166,48 @@ def pick_mode(sc) -> str:
     return max(med, key=lambda m: med[m] * (1 if hib else -1))
 
 
+def pump_heads(rounds: int) -> dict:
+    """Why local_head loses to alone on the pumps (seed TUNE_SEED): each gateway's median held-out
+    MSE with its learned head and with a least-squares head fitted on its own training readings
+    over the body it ends with (pumps.body_and_head: "body", "head"), alone and with local_head."""
+    import numpy as np
+    import torch
+
+    from sim.batched import BatchedEngine
+    from sim.measures import alone_scenario
+    from sim.run import graph_of
+
+    sc = settings(rounds, True, TUNE_SEED)["shift"]
+    out = {}
+    for label, s in (("alone", alone_scenario(sc)),
+                     ("local_head", dataclasses.replace(sc, rules=["mean"], personalization="local_head",
+                                                        eval_every=rounds))):
+        eng = BatchedEngine(s, "mean", graph_of(s), "/tmp", alone=label == "alone")
+        eng.run()
+        sh = eng.shard
+        learned, fitted = [], []
+        for k in range(len(sh.own)):
+            torch.nn.utils.vector_to_parameters(sh.params[k], sh.module.parameters())
+
+            def features(p, k=k):
+                x, y = (t[p.offset[k]:p.offset[k] + p.count[k]] for t in (p.x, p.y))
+                with torch.no_grad():
+                    h = sh.module.body(x)
+                    out = sh.module.head(h)[:, 0]
+                return torch.cat([h, torch.ones(len(h), 1)], 1).double(), y.double(), out.double()
+            ht, yt, _ = features(sh.train_data)
+            he, ye, oe = features(sh.eval_data)
+            w = torch.linalg.solve(ht.T @ ht + 1e-3 * torch.eye(ht.shape[1], dtype=torch.float64), ht.T @ yt)
+            learned.append(float(((oe - ye) ** 2).mean()))
+            fitted.append(float(((he @ w - ye) ** 2).mean()))
+        out[label] = {"learned_head": float(np.median(learned)), "least_squares_head": float(np.median(fitted))}
+    print_table(["model", "learned head", "least-squares head"],
+                [[k, v["learned_head"], v["least_squares_head"]] for k, v in out.items()],
+                title=f"\npumps, seed {TUNE_SEED}, {rounds} rounds: median held-out MSE per gateway, the head it "
+                      "learned against a least-squares head on its own training readings over its final body")
+    return out
+
+
 def better(a: float, b: float, higher: bool, accuracy: bool) -> bool:
     """a clearly better than b: 1 point of accuracy, or 5% of a loss."""
     return a >= b + 0.01 if accuracy else a <= 0.95 * b if not higher else a >= 1.05 * b
@@ -243,11 +286,13 @@ def bench_setting(name: str, sc) -> dict:
 
 
 def main() -> None:
-    answer_help(__doc__, "[--quick] [--rounds N] [--tune]")
+    answer_help(__doc__, "[--quick] [--rounds N] [--tune] [--pump-heads]")
     ap = argparse.ArgumentParser(description="personalization per gateway (issue 26)")
     ap.add_argument("--quick", action="store_true", help="15 rounds, labels2 and shift only")
     ap.add_argument("--rounds", type=int, default=0, help="rounds per run (default 30, --quick 15)")
     ap.add_argument("--tune", action="store_true", help="choose the learning rate per setting on seed 1, then exit")
+    ap.add_argument("--pump-heads", action="store_true",
+                    help="the pumps' learned heads against least-squares heads (why local_head loses), then exit")
     args = ap.parse_args()
     import torch
 
@@ -257,6 +302,11 @@ def main() -> None:
         sys.exit(FASHION_HINT)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     rounds = args.rounds or (15 if args.quick else 30)
+    if args.pump_heads:
+        heads = pump_heads(rounds)
+        emit_json({"bench": "personalization-pump-heads", "seed": TUNE_SEED, "rounds": rounds, "heads": heads,
+                   "ratio_learned_vs_alone": heads["local_head"]["learned_head"] / heads["alone"]["learned_head"]})
+        return
     if args.tune:
         print(f"LR = {tune(rounds)!r}  # the best median alone on seed {TUNE_SEED}, {rounds} rounds")
         return

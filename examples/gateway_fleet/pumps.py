@@ -10,12 +10,11 @@ outside its narrow range; the fleet's one model learns the physics but averages 
 away; a shared body with a gateway's own head (or a personal model pulled towards the fleet's)
 gets both.
 
-Scored on its own range, though, a gateway alone does well: its range is narrow, and a small
-network fits the local curve. A body shared by every pump spreads its features over all
-operating points, and a linear head alone cannot bend them to one pump's range (bench
-personalization: `local_head` with only "head.*" own loses to alone; with "body.2.*" own too
-it comes close, and `ditto` matches alone). Where the fleet should pay is outside a gateway's
-own range, which no gateway's held-out readings cover.
+With few readings per gateway, `local_head` with only "head.*" own still loses to alone
+(bench personalization): the shared body's features would do (a least-squares head on them
+beats alone), but the head, trained together with a body that each round's aggregation
+replaces, lags it (README, Personalization). "body.2.*" kept home too comes close to alone;
+`ditto` matches it.
 
     [model] name = "pumps:body_and_head"       # parameters "body.*" (shared) and "head.*"
     [data]  dataset = "pumps:readings"          # source = "pumps:readings" in peer.toml
