@@ -151,7 +151,7 @@ class Shard:
             sc.dataset, sc.data_options, partition_=sc.partition, alpha=sc.alpha,
             labels_per_shard=sc.labels_per_shard, seed=sc.seed, nodes=self.own, total=n_all, progress=progress,
             loader=user.loader(sc) if ":" in sc.dataset else None, classes=sc.classes,
-            shift=(shift.of(sc), sc.seed))
+            shift=(shift.of(sc), sc.seed), holdout=sc.holdout)
         if REGISTRY[sc.attack].label_map is not None:
             flip = REGISTRY[sc.attack].label_map(sc.classes)
             for k in np.flatnonzero(topo.byz[self.own]):

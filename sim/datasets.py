@@ -106,7 +106,7 @@ def digits_node_limit() -> int:
     return len(digits_pool_and_test()[0][1])
 
 
-HOLDOUT = 0.1  # each node's held-out split (the protocol engine's peers use the same)
+HOLDOUT = 0.1  # each node's held-out split by default (scenario data.holdout; the protocol engine's peers use the same)
 PACK_NODES = 4096  # nodes' samples gathered per block while loading
 
 
@@ -140,11 +140,12 @@ class Packed:
 
 def node_data(dataset: str, options: dict, *, partition_: str, alpha: float, labels_per_shard: int, seed: int,
               nodes: np.ndarray, total: int, progress=None, loader=None, classes: int = 10,
-              shift=None) -> tuple[Packed, Packed]:
+              shift=None, holdout: float = HOLDOUT) -> tuple[Packed, Packed]:
     """(train, held-out) samples of the given node indices out of `total` nodes: exactly what
     the protocol engine's peer with that plan index loads, with each partition computed once.
     `loader(i, total)`: the scenario's own data loader (sim.user.loader) instead of `dataset`.
-    `shift`: (sim.shift.Shift, seed), each node's samples as that gateway sees them."""
+    `shift`: (sim.shift.Shift, seed), each node's samples as that gateway sees them.
+    `holdout`: the fraction of each node's samples kept as its held-out set."""
     from . import shift as shifts
 
     if loader is not None:
@@ -167,7 +168,7 @@ def node_data(dataset: str, options: dict, *, partition_: str, alpha: float, lab
         y = y.astype(np.int64) if y.dtype.kind in "biu" else y.astype(np.float32)  # classes, or regression targets
         x = np.asarray(x, dtype=np.float32).reshape(len(y), -1)
         features = x.shape[1]
-        d = split_holdout(x, y, HOLDOUT, seed + 1000 + int(i), classes)
+        d = split_holdout(x, y, holdout, seed + 1000 + int(i), classes)
         if shift is not None:
             d = shifts.apply_local(shift[0], shift[1], int(i), d)
         train.append((d.x_train, d.y_train))

@@ -73,14 +73,14 @@ def _identity(seed: int, node) -> Identity:
 
 def data_overrides(sc: Scenario) -> dict:
     if ":" in sc.dataset:  # the user's loader, imported from the scenario's folder (sim.user)
-        return {"source": sc.dataset, "options": dict(sc.data_options), "seed": sc.seed, "holdout": 0.1}
+        return {"source": sc.dataset, "options": dict(sc.data_options), "seed": sc.seed, "holdout": sc.holdout}
     if sc.dataset == "digits":
         return {"source": "digits", "partition": sc.partition, "alpha": sc.alpha,
-                "labels_per_shard": sc.labels_per_shard, "seed": sc.seed, "holdout": 0.1}
+                "labels_per_shard": sc.labels_per_shard, "seed": sc.seed, "holdout": sc.holdout}
     opts = dict(sc.data_options)
     if sc.dataset == "fashion_mnist":
         opts.update({"partition_": sc.partition, "alpha": sc.alpha, "labels_per_shard": sc.labels_per_shard})
-    return {"source": f"sim.datasets:{sc.dataset}", "options": opts, "seed": sc.seed, "holdout": 0.1}
+    return {"source": f"sim.datasets:{sc.dataset}", "options": opts, "seed": sc.seed, "holdout": sc.holdout}
 
 
 class ProtocolEngine:

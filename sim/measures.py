@@ -37,7 +37,7 @@ def alone_scenario(sc):
 
 def alone_key(sc) -> tuple:
     a = alone_scenario(sc)
-    return (a.topology, a.dataset, a.partition, a.alpha, a.labels_per_shard, repr(sorted(a.data_options.items())),
+    return (a.topology, a.dataset, a.partition, a.alpha, a.labels_per_shard, repr(sorted(a.data_options.items())), a.holdout,
             a.model, repr(sorted(a.model_options.items())), a.classes, a.learner,
             repr(sorted(a.learner_options.items())), a.test_data, a.local_steps, a.batch_size, a.lr, a.momentum,
             a.rounds, a.seed, a.source, a.shift_offset, a.shift_scale, a.shift_rotation, a.shift_concept)

@@ -37,6 +37,7 @@ class Scenario:
     alpha: float = 0.5
     labels_per_shard: int = 2
     data_options: dict[str, Any] = field(default_factory=dict)
+    holdout: float = 0.1  # [data] holdout: the fraction of each node's samples kept as its own held-out set
     model: str = "mlp"
     model_options: dict[str, Any] = field(default_factory=lambda: {"hidden": [32]})
     classes: int = 10
@@ -99,6 +100,7 @@ _FIELDS = {  # table.key -> (attribute, type, check)
     "topology.graph": ("topology", str),
     "data.dataset": ("dataset", str), "data.partition": ("partition", str), "data.alpha": ("alpha", float),
     "data.labels_per_shard": ("labels_per_shard", int), "data.options": ("data_options", dict),
+    "data.holdout": ("holdout", float),
     "model.name": ("model", str), "model.options": ("model_options", dict), "model.classes": ("classes", int),
     "train.learner": ("learner", str), "train.options": ("learner_options", dict), "data.test": ("test_data", str),
     "train.local_steps": ("local_steps", int), "train.batch_size": ("batch_size", int),
@@ -173,7 +175,7 @@ def build(doc: dict, source: str = "") -> Scenario:
 # attribute -> (field name, low, high): every number of a scenario has a range
 _RANGES = {
     "seed": ("seed", 0, MAX_SEED), "rounds": ("rounds", 1, MAX_ROUNDS), "eval_every": ("eval_every", 0, MAX_ROUNDS),
-    "alpha": ("data.alpha", 1e-6, 1e6), "labels_per_shard": ("data.labels_per_shard", 1, 1 << 20),
+    "alpha": ("data.alpha", 1e-6, 1e6), "holdout": ("data.holdout", 0.0, 0.99), "labels_per_shard": ("data.labels_per_shard", 1, 1 << 20),
     "local_steps": ("train.local_steps", 1, 1 << 31), "classes": ("model.classes", 2, 1_000_000), "batch_size": ("train.batch_size", 1, 1 << 20),
     "lr": ("train.lr", 1e-12, 1e6), "momentum": ("train.momentum", 0.0, 0.999999),
     "f": ("aggregation.f", 0, 1 << 20), "byzantine": ("attack.byzantine", 0.0, float(1 << 20)),
@@ -438,6 +440,7 @@ dataset = "digits"        # digits (1,527 training samples: at most that many no
 partition = "iid"         # iid, dirichlet (label skew alpha) or labels (labels_per_shard classes per node)
 alpha = 0.5               # Dirichlet concentration: small = very non-IID
 labels_per_shard = 2      # classes per node with partition = "labels"
+holdout = 0.1             # fraction of each node's samples kept as its own held-out set (scored with 30 or more)
 # options = { samples = 200 }   # data set options: synthetic takes samples, dim, alpha, beta;
                                 # fashion_mnist takes limit, test_limit
 # dataset = "mymodule:loader"  # your own loader (beside this file), as data.source in peer.toml

@@ -136,3 +136,25 @@ def test_the_gateway_fleet_example_runs_in_both_engines(tmp_path):
         row = out.rows[0]
         assert row["engine"] == engine and row["personalization"] == "local_head" and row["metric"] == "loss"
         assert row["own_heldout"]["nodes"] == 6 and "alone" in row["vs_alone_own"]
+
+
+def test_holdout_sets_each_nodes_held_out_share_in_both_engines():
+    from sim import datasets
+    from sim.engine import data_overrides
+    from sim.measures import alone_key
+
+    sc = build({"data": {"dataset": "synthetic", "options": {"samples": 120}, "holdout": 0.75}})
+    assert sc.holdout == 0.75 and data_overrides(sc)["holdout"] == 0.75  # the protocol engine's peers split alike
+    assert alone_key(sc) != alone_key(dataclasses.replace(sc, holdout=0.1))  # alone is rerun, not reused
+    with pytest.raises(ScenarioError, match="data.holdout"):
+        build({"data": {"holdout": 1.0}})
+    args = dict(partition_="iid", alpha=0.5, labels_per_shard=2, seed=0, nodes=np.arange(4), total=4)
+    train, held = datasets.node_data("synthetic", {"samples": 120}, holdout=sc.holdout, **args)
+    assert list(train.count) == [30] * 4 and list(held.count) == [90] * 4
+    train, held = datasets.node_data("synthetic", {"samples": 120}, **args)  # the default: 10% held out
+    assert list(train.count) == [108] * 4 and list(held.count) == [12] * 4
+    # the batched engine scores a node on its own held-out samples only when it has enough of them
+    sc = dataclasses.replace(sc, rounds=1, topology="regular:8,2", local_steps=1, rules=["mean"], engine="batched")
+    assert len(BatchedEngine(sc, "mean", graph_of(sc), "/tmp").run().rounds[-1].own) == 8  # 90 each
+    small = dataclasses.replace(sc, holdout=0.1)
+    assert BatchedEngine(small, "mean", graph_of(small), "/tmp").run().rounds[-1].own == {}  # 12 each: too few

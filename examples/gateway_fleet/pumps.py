@@ -10,6 +10,12 @@ outside its narrow range; the fleet's one model learns the physics but averages 
 away; a shared body with a gateway's own head (or a personal model pulled towards the fleet's)
 gets both.
 
+With few readings per gateway, `local_head` with only "head.*" own still loses to alone
+(bench personalization): the shared body's features would do (a least-squares head on them
+beats alone), but the head, trained together with a body that each round's aggregation
+replaces, lags it (README, Personalization). "body.2.*" kept home too comes close to alone;
+`ditto` matches it.
+
     [model] name = "pumps:body_and_head"       # parameters "body.*" (shared) and "head.*"
     [data]  dataset = "pumps:readings"          # source = "pumps:readings" in peer.toml
     [train] learner = "pumps:temperature"       # squared error, Adam; metric "loss" (MSE)
