@@ -96,11 +96,16 @@ class Libp2pTransport(QueuedTransport):
                  allowed: Allowed | None = None,
                  relays: list[str] | tuple[str, ...] = (), reachability: str = "auto", hole_punch: bool = True,
                  announce: list[str] | tuple[str, ...] = (), serve_relay: bool | RelayLimits = False,
-                 relay_for: Allowed | None = None, reconnect_cap: float = 5.0, state_dir=None):
+                 relay_for: Allowed | None = None, reconnect_cap: float = 5.0, state_dir=None,
+                 min_link_kbps: float = 0.0):
         """`max_size`: the largest message read from anyone (reads are bounded per sender); `allowed`:
-        who may connect (a live set); the NAT parameters are described in gossip/p2p/."""
+        who may connect (a live set); the NAT parameters are described in gossip/p2p/;
+        `min_link_kbps`: the slowest link a neighbour's whole update must cross within the read
+        deadline (0: MIN_RATE, 1 MB/s)."""
         if max_size < 1:
             raise TransportError(f"max_size must be a positive number of bytes, got {max_size}")
+        if not min_link_kbps >= 0:
+            raise TransportError(f"transport.min_link_kbps must be >= 0, got {min_link_kbps}")
         try:
             parsed = tuple(Relay.parse(r) for r in relays)
         except ValueError as exc:
@@ -127,7 +132,8 @@ class Libp2pTransport(QueuedTransport):
         self.settings = NatSettings(relays=parsed, reachability=reachability, hole_punch=hole_punch,
                                     announce=tuple(announce), serve_relay=limits, relay_for=relay_pred,
                                     reconnect_cap=reconnect_cap,
-                                    state_dir=Path(state_dir) if state_dir is not None else None)
+                                    state_dir=Path(state_dir) if state_dir is not None else None,
+                                    min_rate=min_link_kbps * 1000 / 8 if min_link_kbps else MIN_RATE)
         super().__init__(inbox)
         self.bridge = TrioBridge(f"libp2p-{identity.peer_id[-6:]}")
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -161,7 +167,7 @@ class Libp2pTransport(QueuedTransport):
     @property
     def read_deadline(self) -> float:
         """Seconds a whole message may take: fixed by max_size, not by what a sender declares."""
-        return read_deadline(self.max_size)
+        return read_deadline(self.max_size, self.settings.min_rate)
 
     @property
     def reachability(self) -> str:

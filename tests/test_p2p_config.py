@@ -56,7 +56,21 @@ def test_the_defaults_keep_a_plain_libp2p_peer_as_it_was(node_config):
     assert (t.relays, t.reachability, t.hole_punch, t.serve_relay, t.announce) == ([], "auto", True, False, [])
 
 
+def test_min_link_kbps_gives_updates_on_a_narrow_link_the_time_they_take(node_config):
+    from gossip.p2p.updates import READ_TIMEOUT_BASE, read_deadline
+
+    plain = build_transport(load_config(node_config("")), Identity.generate(), max_size=600_000, allowed=set())
+    assert plain.read_deadline == plain._node.receiver.read_deadline == read_deadline(600_000)  # 1 MB/s
+    narrow = load_config(node_config("min_link_kbps = 800.0"))  # 100,000 bytes/s
+    assert narrow.transport.min_link_kbps == 800.0
+    t = build_transport(narrow, load_key(narrow.key), max_size=600_000, allowed=set())
+    # the receiver resets a stream at this deadline: 600 KB at 800 kbit/s take 6 s, not 0.6
+    assert t._node.receiver.read_deadline == t.read_deadline == pytest.approx(READ_TIMEOUT_BASE + 600_008 / 100_000)
+
+
 @pytest.mark.parametrize("line, field", [
+    ('min_link_kbps = -1.0', "transport.min_link_kbps"),
+    ('min_link_kbps = "slow"', "transport.min_link_kbps"),
     ('relays = ["/ip4/203.0.113.1/tcp/4001"]', "transport.relays"),
     (f'relays = ["{RELAY}/p2p-circuit"]', "transport.relays"),
     ('reachability = "sometimes"', "transport.reachability"),

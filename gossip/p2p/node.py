@@ -44,7 +44,7 @@ from .nat import Paths, Reachability, ReservationKeeper, hole_punching
 from .records import AddressBook, AddressRecord, SeqCounter, moved_from
 from .relay import RelayLimits, fleet_relay, honest_autonat
 from .streams import close_quietly, why
-from .updates import LENGTH_BYTES, UpdateReceiver, write_update
+from .updates import LENGTH_BYTES, MIN_RATE, UpdateReceiver, write_update
 from .updates import PROTOCOL as UPDATES
 
 SEND_TIMEOUT = 120.0
@@ -66,6 +66,7 @@ class NatSettings:
     relay_for: Callable[[str], bool] | None = None  # who we relay for (default: who may connect)
     reconnect_cap: float = 5.0
     state_dir: Path | None = None
+    min_rate: float = MIN_RATE  # bytes/s the slowest neighbour's link carries: sets the read deadline
 
 
 @dataclass
@@ -86,7 +87,7 @@ class Node:
         s = self.settings
         self.relay_ids = {r.peer_id for r in s.relays}
         self.reachability = Reachability(s.reachability)
-        self.receiver = UpdateReceiver(self.gate, self.counters, self.max_size, self.deliver)
+        self.receiver = UpdateReceiver(self.gate, self.counters, self.max_size, self.deliver, s.min_rate)
         self.host: Any = None  # the libp2p host once started (py-libp2p is not typed)
         self.relay = None  # FleetRelay when serving
         self.keeper: ReservationKeeper | None = None

@@ -62,15 +62,16 @@ class UpdateReceiver:
     the trio thread with each whole message."""
 
     def __init__(self, gate: Gate, counters: Counters, max_size: int,
-                 deliver: Callable[[str, bytearray], None]):
+                 deliver: Callable[[str, bytearray], None], min_rate: float = MIN_RATE):
         self.gate, self.counters, self.max_size, self.deliver = gate, counters, max_size, deliver
+        self.min_rate = min_rate  # bytes/s: the slowest link a whole message must cross in time
         self._senders: dict[str, _Sender] = {}
         self._budget: dict[str, tuple[float, float]] = {}  # sender -> (tokens, at)
 
     @property
     def read_deadline(self) -> float:
         """Seconds a whole message may take: fixed by max_size, not by what a sender declares."""
-        return read_deadline(self.max_size)
+        return read_deadline(self.max_size, self.min_rate)
 
     async def handle(self, stream) -> None:
         """Read one whole length-prefixed message in the sender's own slot, then deliver it."""
@@ -147,8 +148,10 @@ class UpdateReceiver:
             return None
 
 
-def read_deadline(max_size: int) -> float:
-    return READ_TIMEOUT_BASE + (max_size + LENGTH_BYTES) / MIN_RATE
+def read_deadline(max_size: int, min_rate: float = MIN_RATE) -> float:
+    """Seconds the largest valid message may take at `min_rate` bytes/s (the default, or a
+    gateway's `transport.min_link_kbps` for neighbours on narrow links)."""
+    return READ_TIMEOUT_BASE + (max_size + LENGTH_BYTES) / min_rate
 
 
 async def write_update(stream, data) -> None:

@@ -23,6 +23,7 @@ class Libp2pConfig(TransportConfig):
     hole_punch: bool = True  # upgrade relayed links to direct ones where the NATs allow
     serve_relay: bool = False  # relay for the fleet's members (a reachable peer)
     announce: list[str] = field(default_factory=list)  # direct addresses to announce (a port forward)
+    min_link_kbps: float = 0.0  # the slowest neighbour's link, kbit/s: sets how long an update may take (0: 8,192)
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,15 @@ class Libp2pKind(TransportKind):
     schema: ClassVar[dict[str, tuple]] = {
         "listen": (list, {"check": _listen}), "mdns": (bool, {}), "relays": (list, {"check": _relays}),
         "reachability": (str, {"allowed": REACHABILITY}), "hole_punch": (bool, {}), "serve_relay": (bool, {}),
-        "announce": (list, {"check": _multiaddrs})}
+        "announce": (list, {"check": _multiaddrs}), "min_link_kbps": (float, {"check": checks.between(0, 100_000_000)})}
     comments: ClassVar[dict[str, str]] = {
         "listen": "addresses to listen on", "mdns": "also discover neighbours on the LAN",
         "relays": "behind NAT: /ip4/HOST/tcp/PORT/p2p/PEERID of the fleet's relays",
         "reachability": "auto (the relays dial us back) | public | private",
         "hole_punch": "upgrade relayed links to direct ones where the NATs allow",
         "serve_relay": "relay for the fleet's members (a reachable peer)",
-        "announce": "direct addresses to announce instead of the listen ones (a port forward)"}
+        "announce": "direct addresses to announce instead of the listen ones (a port forward)",
+        "min_link_kbps": "the slowest neighbour's link in kbit/s: how long a whole update may take to arrive (0: 8192)"}
     plan_settings = Libp2pPlan
     per_node = ("listen",)
     listens = True
@@ -83,7 +85,7 @@ class Libp2pKind(TransportKind):
                                mdns=t.mdns, allowed=allowed, relays=t.relays, reachability=t.reachability,
                                hole_punch=t.hole_punch, announce=t.announce, serve_relay=t.serve_relay,
                                relay_for=members, reconnect_cap=cfg.round.interval or cfg.round.deadline,
-                               state_dir=cfg.data_dir / "libp2p")
+                               state_dir=cfg.data_dir / "libp2p", min_link_kbps=t.min_link_kbps)
 
     def addresses(self, cfg, peer_id: str) -> list[str]:
         return [f"{addr}/p2p/{peer_id}" for addr in cfg.transport.listen]
