@@ -177,16 +177,6 @@ def split_of(cfg: Personalization, model: Any) -> Split | None:
     return Split(model.names, model.shapes, cfg.personal) if cfg.split_parameters else None
 
 
-def wire_size(split: Split | None, model: Any) -> int:
-    """Values in one update on the wire: the model's, or its shared part's (local_head)."""
-    return split.shared_size if split is not None else model.size
-
-
-def wire_schema(split: Split | None, model: Any) -> bytes:
-    """The schema hash updates carry and neighbours check: the model's, or its shared part's."""
-    return split.shared_schema if split is not None else model.schema
-
-
 def ditto_strength(lr: float, lam: float, steps: int) -> float:
     """a of `ditto_pull`: the proximal step of `steps` learner steps at rate `lr` on
     lambda/2 * ||w - w_fleet||^2 taken at once."""

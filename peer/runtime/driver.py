@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import cast
 
 from gossip.transport import Transport
 
@@ -91,7 +90,8 @@ class Peer:
         self.ctx, self._wake, self._stop = RoundContext(started=0.0), asyncio.Event(), asyncio.Event()
         self.failure: BaseException | None = None  # what stopped it
         self.revoked_at: int | None = None  # the epoch at which it was revoked
-        self.started, self.resumed_from = False, cast(int | None, None)  # the round of the checkpoint it resumed
+        self.started = False
+        self.resumed_from: int | None = None  # the round of the checkpoint it resumed
 
     @classmethod
     def from_config(cls, cfg: PeerConfig, transport: Transport | None = None) -> Peer:

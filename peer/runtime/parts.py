@@ -20,7 +20,7 @@ from ..errors import ConfigError, DataError
 from ..learning.data import LocalData, digits_shard, from_loader, load_csv, load_npz, split_holdout
 from ..learning.learner import probe_model
 from ..learning.model import FlatModel, build_model, load_object
-from ..learning.personal import Split, split_of, wire_schema, wire_size
+from ..learning.personal import Split, split_of
 from .membership import Membership, allowed_peers, stored_membership
 from .round import RoundPolicy
 from .secure_mean import SecureMeanSetup
@@ -50,12 +50,12 @@ class PeerParts:
     @property
     def wire_size(self) -> int:
         """Values in one update: the model's, or its shared part's (local_head)."""
-        return wire_size(self.split, self.model)
+        return self.split.shared_size if self.split is not None else self.model.size
 
     @property
     def wire_schema(self) -> bytes:
         """The schema hash updates carry: the model's, or its shared part's (local_head)."""
-        return wire_schema(self.split, self.model)
+        return self.split.shared_schema if self.split is not None else self.model.schema
 
 
 def message_limit(cfg: PeerConfig, n_params: int, secure: SecureMeanSetup | None = None) -> int:

@@ -19,14 +19,7 @@ from typing import TYPE_CHECKING
 from ..learning.classification import steps_per_round
 from ..learning.learner import Metrics, make_learner
 from ..learning.model import FlatModel
-from ..learning.personal import (
-    Personalization,
-    Split,
-    ditto_pull,
-    ditto_strength,
-    wire_schema,
-    wire_size,
-)
+from ..learning.personal import Personalization, Split, ditto_pull, ditto_strength
 
 if TYPE_CHECKING:
     import torch
@@ -51,16 +44,6 @@ class Personalizer:
     @property
     def mode(self) -> str:
         return self.cfg.mode
-
-    @property
-    def size(self) -> int:
-        """Values per update on the wire."""
-        return wire_size(self.split, self.model)
-
-    @property
-    def schema(self) -> bytes:
-        """The schema hash updates carry and neighbours check."""
-        return wire_schema(self.split, self.model)
 
     @property
     def serves(self) -> str:
